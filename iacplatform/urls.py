@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include("tasks_app.state_urls")),
+    path("api/v1/", include("tasks_app.api_urls")),
+    path("api/v1/", include("agents_app.api_urls")),
+    path("agent/v1/", include("agents_app.agent_urls")),
+    path("", include("tasks_app.urls")),
+]

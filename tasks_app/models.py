@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from iacplatform import crypto
+from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
+
+
+class Workspace(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    pool = models.ForeignKey("agents_app.AgentPool", on_delete=models.PROTECT, related_name="workspaces")
+    auto_apply = models.BooleanField(default=False)
+    locked = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ConfigurationVersion(models.Model):
+    """An immutable snapshot of a workspace's Terraform files, as a normalised .tar.gz."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="configuration_versions")
+    archive = models.BinaryField()
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveIntegerField()
+    files = models.JSONField(default=list)  # the file names, for display
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+
+class VariableCategory(models.TextChoices):
+    TERRAFORM = "terraform"
+    ENV = "env"
+
+
+class Variable(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="variables")
+    key = models.CharField(max_length=200)
+    category = models.CharField(max_length=20, choices=VariableCategory.choices, default=VariableCategory.TERRAFORM)
+    sensitive = models.BooleanField(default=False)
+    # Non-sensitive values are kept readable; sensitive ones only as ciphertext.
+    plain_value = models.TextField(blank=True)
+    encrypted_value = models.BinaryField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "key", "category"], name="variable_unique_key")]
+        ordering = ["category", "key"]
+
+    @property
+    def value(self) -> str:
+        if self.sensitive:
+            return crypto.decrypt(self.encrypted_value).decode() if self.encrypted_value else ""
+        return self.plain_value
+
+    def set_value(self, value: str) -> None:
+        if self.sensitive:
+            self.encrypted_value = crypto.encrypt(value.encode())
+            self.plain_value = ""
+        else:
+            self.plain_value = value
+            self.encrypted_value = None
+
+
+class Task(models.Model):
+    """One run of a workspace: plan, or plan then (after Confirm) apply."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="tasks")
+    configuration_version = models.ForeignKey(ConfigurationVersion, on_delete=models.PROTECT, related_name="tasks")
+    operation = models.CharField(max_length=20, choices=Operation.choices)
+    status = models.CharField(max_length=30, choices=RunStatus.choices, default=RunStatus.PENDING)
+    message = models.TextField(blank=True)  # why it errored / was discarded, shown to the user
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    log_size = models.PositiveBigIntegerField(default=0)
+
+    # Plan.
+    plan_hash = models.CharField(max_length=64, blank=True)
+    has_changes = models.BooleanField(null=True)
+    # The state serial the plan was made against; a different current serial = stale plan.
+    base_state_serial = models.IntegerField(null=True, blank=True)
+
+    # Warm apply.
+    warmup_status = models.CharField(max_length=20, choices=WarmupStatus.choices, default=WarmupStatus.NONE)
+    warmup_agent = models.ForeignKey(
+        "agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="warm_tasks"
+    )
+    warmup_slot = models.ForeignKey("agents_app.Slot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    warmup_at = models.DateTimeField(null=True, blank=True)
+    warmup_expires_at = models.DateTimeField(null=True, blank=True)
+    warmup_retry_count = models.PositiveSmallIntegerField(default=0)
+    warmup_message = models.TextField(blank=True)
+
+    # Apply latency, visible on every run.
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    apply_started_at = models.DateTimeField(null=True, blank=True)  # `terraform apply` process started
+    first_apply_log_at = models.DateTimeField(null=True, blank=True)  # first apply log line reached us
+    apply_path = models.CharField(max_length=20, choices=ApplyPath.choices, blank=True)
+    apply_path_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["warmup_agent", "warmup_status"], name="task_warm_agent_status"),
+            models.Index(fields=["status", "warmup_status"], name="task_status_warmup"),
+            models.Index(fields=["workspace", "status"], name="task_workspace_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.operation}, {self.status})"
+
+    @property
+    def can_apply(self) -> bool:
+        return self.operation == Operation.PLAN_AND_APPLY
+
+
+class TaskEvent(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=30, blank=True)
+    to_status = models.CharField(max_length=30)
+    message = models.TextField(blank=True)
+    actor = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+
+class JobKind(models.TextChoices):
+    PLAN = "plan"
+    APPLY = "apply"
+    WARMUP = "warmup"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Job(models.Model):
+    """One unit of agent work. Claimed with a conditional update; every agent call about it
+    carries the fencing token (`fence`), so an agent that lost the job cannot write to it."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="jobs")
+    pool = models.ForeignKey("agents_app.AgentPool", on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=20, choices=JobKind.choices)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    # Targeted jobs go to one agent first; after target_deadline any agent of the pool may take them.
+    target_agent = models.ForeignKey(
+        "agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="targeted_jobs"
+    )
+    target_slot = models.ForeignKey("agents_app.Slot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    target_deadline = models.DateTimeField(null=True, blank=True)
+    agent = models.ForeignKey("agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    slot = models.ForeignKey("agents_app.Slot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    fence = models.PositiveIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    credential_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    cold_reason = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    force_cancel = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["pool", "status"], name="job_pool_status")]
+        constraints = [
+            # Exactly once: a run has at most one apply job, whatever happens to confirm requests.
+            models.UniqueConstraint(fields=["task"], condition=models.Q(kind="apply"), name="one_apply_job_per_task"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.pk} of run {self.task_id} ({self.status})"
+
+
+class LogChunk(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_chunks")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    offset = models.PositiveBigIntegerField()  # byte offset of this chunk in the run's log
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["offset"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="logchunk_job_seq")]
+        indexes = [models.Index(fields=["task", "offset"], name="logchunk_task_offset")]
+
+
+class Plan(models.Model):
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="plan")
+    job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="+")
+    encrypted_data = models.BinaryField()
+    sha256 = models.CharField(max_length=64)  # of the plaintext plan.out
+    size = models.PositiveIntegerField()
+    summary = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def data(self) -> bytes:
+        return crypto.decrypt(self.encrypted_data)
+
+
+class StateVersion(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="state_versions")
+    serial = models.IntegerField()
+    lineage = models.CharField(max_length=100)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveIntegerField()
+    encrypted_data = models.BinaryField()
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.SET_NULL, related_name="state_versions")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-serial", "-id"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "serial"], name="state_workspace_serial")]
+
+    @property
+    def data(self) -> bytes:
+        return crypto.decrypt(self.encrypted_data)
+
+
+class StateLock(models.Model):
+    workspace = models.OneToOneField(Workspace, on_delete=models.CASCADE, related_name="state_lock")
+    lock_id = models.CharField(max_length=200)
+    info = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class AuditEvent(models.Model):
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_label = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=100)
+    object_type = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=100)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from typing import Any
+
+from tasks_app.models import AuditEvent
+
+
+def audit_record(*, actor: Any, action: str, obj: Any, data: dict | None = None) -> AuditEvent:
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    label = getattr(actor, "username", None) or (actor if isinstance(actor, str) else "system")
+    return AuditEvent.objects.create(
+        actor=user,
+        actor_label=str(label),
+        action=action,
+        object_type=type(obj).__name__.lower(),
+        object_id=str(obj.pk),
+        data=data or {},
+    )

@@ -1,0 +1,77 @@
+"""Run statuses and the legal transitions between them. Pure: tested without a database."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending"
+    PLANNING = "planning"
+    PLANNED = "planned"
+    PLANNED_NO_CHANGES = "planned_no_changes"
+    APPLY_PENDING = "apply_pending"
+    APPLY_QUEUED = "apply_queued"
+    APPLYING = "applying"
+    APPLIED = "applied"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+    ERRORED = "errored"
+
+
+class Operation(models.TextChoices):
+    PLAN = "plan"
+    PLAN_AND_APPLY = "plan_and_apply"
+
+
+class WarmupStatus(models.TextChoices):
+    NONE = "none"
+    WARMING = "warming"
+    READY = "ready"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class ApplyPath(models.TextChoices):
+    FAST = "fast"  # the plan's own work dir, kept on the plan's agent
+    REWARMED = "rewarmed"  # a dir rebuilt ahead of time by a warmup job
+    COLD = "cold"  # full preparation after Confirm
+
+
+S = RunStatus
+
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    S.PENDING: frozenset({S.PLANNING, S.CANCELLED, S.DISCARDED, S.ERRORED}),
+    S.PLANNING: frozenset({S.PLANNED, S.PLANNED_NO_CHANGES, S.APPLY_PENDING, S.CANCELLED, S.ERRORED}),
+    S.APPLY_PENDING: frozenset({S.APPLY_QUEUED, S.DISCARDED, S.CANCELLED, S.ERRORED}),
+    # apply_queued -> discarded: the plan turned out stale when the apply was about to start.
+    S.APPLY_QUEUED: frozenset({S.APPLYING, S.DISCARDED, S.CANCELLED, S.ERRORED}),
+    S.APPLYING: frozenset({S.APPLIED, S.CANCELLED, S.ERRORED}),
+}
+
+FINAL: frozenset[RunStatus] = frozenset(
+    {S.PLANNED, S.PLANNED_NO_CHANGES, S.APPLIED, S.DISCARDED, S.CANCELLED, S.ERRORED}
+)
+
+# While an applyable run is in one of these, later applyable runs of the workspace wait.
+BLOCKING: frozenset[RunStatus] = frozenset({S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING})
+
+
+class IllegalTransition(Exception):
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"a run in status '{current}' cannot become '{target}'")
+        self.current = current
+        self.target = target
+
+
+def can_transition(current: str, target: str) -> bool:
+    return RunStatus(target) in TRANSITIONS.get(RunStatus(current), frozenset())
+
+
+def check_transition(current: str, target: str) -> None:
+    if not can_transition(current, target):
+        raise IllegalTransition(current, target)
+
+
+def is_final(status: str) -> bool:
+    return RunStatus(status) in FINAL
