@@ -1,0 +1,51 @@
+"""Builders for test data. Each returns saved objects; plain tokens are returned beside them
+because only their hashes are stored."""
+
+from __future__ import annotations
+
+import itertools
+
+from agents_app.models import AgentPool
+from agents_app.services.agents import pool_create
+from tasks_app.models import Workspace
+from tasks_app.services.configs import configuration_create_from_files
+
+_seq = itertools.count(1)
+
+# Built-in resources only: `terraform init` needs no provider download. The provisioner
+# appends one line per apply to `marker_file`, so a test can count applies.
+DEMO_MAIN_TF = """
+variable "marker_file" {
+  type = string
+}
+
+variable "greeting" {
+  type    = string
+  default = "hello"
+}
+
+resource "terraform_data" "demo" {
+  input = var.greeting
+
+  provisioner "local-exec" {
+    command = "echo \\"applied ${self.input}\\" >> ${var.marker_file}"
+  }
+}
+
+output "greeting" {
+  value = terraform_data.demo.output
+}
+"""
+
+
+def make_pool(**fields) -> tuple[AgentPool, str]:
+    fields.setdefault("name", f"pool-{next(_seq)}")
+    return pool_create(**fields)
+
+
+def make_workspace(*, pool: AgentPool, files: dict[str, str] | None = None, **fields) -> Workspace:
+    fields.setdefault("name", f"ws-{next(_seq)}")
+    ws = Workspace.objects.create(pool=pool, **fields)
+    if files is not None:
+        configuration_create_from_files(workspace=ws, files=files, actor=None)
+    return ws

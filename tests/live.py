@@ -1,0 +1,148 @@
+"""The real platform for end-to-end tests: Daphne and a Celery worker (with beat) as
+subprocesses on pytest-django's test database, plus real agent processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = settings.VAR_DIR / "test-logs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    host = db.get("HOST") or ""
+    if host.startswith("/"):
+        return f"postgresql://{db['USER']}:{db.get('PASSWORD') or ''}@/{db['NAME']}?host={host}"
+    return f"postgresql://{db['USER']}:{db.get('PASSWORD') or ''}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def server_env(base_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        SECRET_KEY=settings.SECRET_KEY,
+        IAC_VAR_DIR=str(settings.VAR_DIR),
+        IAC_PUBLIC_URL=base_url,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _spawn(name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = open(LOG_DIR / f"{name}.log", "ab")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def live_url(django_db_setup, django_db_blocker) -> str:
+    """Base URL of a real Daphne serving the platform, with a Celery worker and beat."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = server_env(base)
+    web = _spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                            "iacplatform.asgi:application"], env)
+    worker = _spawn("celery", [sys.executable, "-m", "celery", "-A", "iacplatform", "worker", "-B",
+                               "--pool", "threads", "-c", "4", "-l", "info",
+                               "-s", str(settings.VAR_DIR / "test-beat-schedule")], env)
+    try:
+        def up() -> bool:
+            try:
+                return requests.get(base + "/accounts/login/", timeout=1).status_code == 200
+            except requests.RequestException:
+                if web.poll() is not None:
+                    raise AssertionError(f"daphne exited; see {LOG_DIR / 'daphne.log'}")
+                return False
+
+        wait_for(up, 60, "daphne to serve")
+        yield base
+    finally:
+        _stop(worker)
+        _stop(web)
+
+
+class AgentProcess:
+    def __init__(self, proc: subprocess.Popen, name: str, work_root: Path) -> None:
+        self.proc = proc
+        self.name = name
+        self.work_root = work_root
+
+    def kill(self) -> None:
+        """SIGKILL the agent and its terraform children: a machine dying, not a shutdown."""
+        _stop(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@pytest.fixture
+def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
+    started: list[AgentProcess] = []
+
+    def start(pool_token: str, name: str, *, slots: int = 3, env: dict[str, str] | None = None,
+              wait: bool = True) -> AgentProcess:
+        from agents_app.models import Agent
+
+        work_root = tmp_path / "agents" / name
+        agent_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        cmd = [sys.executable, "-m", "agents_app.agent", "--server", live_url, "--pool-token", pool_token,
+               "--name", name, "--work-root", str(work_root), "--slots", str(slots)]
+        proc = _spawn(f"agent-{name}", cmd, agent_env)
+        agent = AgentProcess(proc, name, work_root)
+        started.append(agent)
+        if wait:
+            def registered() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"agent {name} exited; see {LOG_DIR / f'agent-{name}.log'}")
+                return Agent.objects.filter(name=name, status="online").exists()
+
+            wait_for(registered, 30, f"agent {name} to register")
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
