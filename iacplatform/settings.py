@@ -62,6 +62,8 @@ DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
 DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
 if not DATABASES["default"].get("NAME"):
     DATABASES["default"]["NAME"] = "postgres"
+# Separate test databases let several test runs share one server.
+DATABASES["default"]["TEST"] = {"NAME": env.str("IAC_TEST_DB_NAME", "") or None}
 
 INSTALLED_APPS = [
     "daphne",
