@@ -60,6 +60,9 @@ REDIS_URL = _redis_url
 
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
 DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
+# pgserver's URL names its unix socket dir as ?host=...; Django expects it in HOST.
+if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("OPTIONS", {}):
+    DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host")
 if not DATABASES["default"].get("NAME"):
     DATABASES["default"]["NAME"] = "postgres"
 # Separate test databases let several test runs share one server.

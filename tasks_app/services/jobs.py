@@ -61,7 +61,7 @@ def job_claim(*, agent_id: int) -> dict[str, Any] | None:
         if job is None:
             return None
 
-        task = Task.objects.select_for_update().select_related("workspace__pool").get(id=job.task_id)
+        task = Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=job.task_id)
         credential, credential_hash = new_token("job")
         job.status = JobStatus.RUNNING
         job.agent = agent
@@ -242,7 +242,7 @@ def job_finish(
     keep = False
     with transaction.atomic():
         job = _running_job(job_id, agent, fence, lock=True)
-        task = Task.objects.select_for_update().select_related("workspace__pool").get(id=job.task_id)
+        task = Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=job.task_id)
         now = timezone.now()
         job.status = JobStatus.SUCCEEDED if ok else (JobStatus.CANCELLED if cancelled else JobStatus.FAILED)
         job.error = error

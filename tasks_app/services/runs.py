@@ -127,7 +127,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
     from agents_app.models import AgentStatus
 
     with transaction.atomic():
-        task = Task.objects.select_for_update().select_related("workspace", "warmup_agent").get(id=task_id)
+        task = Task.objects.select_for_update(of=("self",)).select_related("workspace", "warmup_agent").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
         serial = current_state_serial(task.workspace_id)

@@ -52,7 +52,7 @@ def warmups_expire() -> int:
     pools: set[int] = set()
     count = 0
     with transaction.atomic():
-        for task in Task.objects.select_for_update(skip_locked=True).select_related("workspace").filter(
+        for task in Task.objects.select_for_update(skip_locked=True, of=("self",)).select_related("workspace").filter(
             status=RunStatus.APPLY_PENDING, warmup_status=WarmupStatus.READY, warmup_expires_at__lte=now
         ):
             reservation_release(task, warmup_status=WarmupStatus.EXPIRED)

@@ -1,0 +1,298 @@
+"""One job on the agent: plan, warmup or apply, in `<work root>/<workspace>/<task>/`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agents_app.agent.client import ServerError
+from agents_app.agent.logstream import LogStream
+
+if TYPE_CHECKING:
+    from agents_app.agent.process import AgentProcess
+
+# Overrides any backend block in the user's files; its settings come only from TF_HTTP_*
+# environment variables, so no credential lands in a file, in .terraform/ or in plan.out.
+BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
+BACKEND_OVERRIDE_NAME = "zzz_iac_backend_override.tf"
+CANCEL_GRACE_SECONDS = 10
+
+
+class JobError(Exception):
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class WarmDir:
+    task_id: int
+    path: Path
+    plan_hash: str
+    origin: str  # "plan": the plan's own dir; "warmup": rebuilt by a warmup job
+    created_at: float = field(default_factory=time.time)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plan_summary(show_json: dict) -> dict[str, Any]:
+    counts = {"add": 0, "change": 0, "destroy": 0, "replace": 0, "import": 0}
+    resources = []
+    for rc in show_json.get("resource_changes", []) or []:
+        actions = rc.get("change", {}).get("actions", [])
+        if actions == ["no-op"] or actions == ["read"]:
+            continue
+        resources.append({"address": rc.get("address"), "actions": actions})
+        if "create" in actions and "delete" in actions:
+            counts["replace"] += 1
+            counts["add"] += 1
+            counts["destroy"] += 1
+        elif "create" in actions:
+            counts["add"] += 1
+        elif "update" in actions:
+            counts["change"] += 1
+        elif "delete" in actions:
+            counts["destroy"] += 1
+        if rc.get("change", {}).get("importing"):
+            counts["import"] += 1
+    outputs = [k for k, v in (show_json.get("output_changes") or {}).items() if v.get("actions") != ["no-op"]]
+    return {**counts, "resources": resources, "output_changes": outputs}
+
+
+class JobRun:
+    def __init__(self, agent: AgentProcess, payload: dict[str, Any]) -> None:
+        self.agent = agent
+        self.payload = payload
+        self.id: int = payload["id"]
+        self.kind: str = payload["kind"]
+        self.fence: int = payload["fence"]
+        self.task_id: int = payload["task"]["id"]
+        self.plan_hash: str = payload["task"]["plan_hash"]
+        self.dir = agent.work_root / str(payload["task"]["workspace"]) / str(self.task_id)
+        self.log = LogStream(agent.client, self.id, self.fence)
+        self.proc: subprocess.Popen | None = None
+        self.cancelled = False
+        self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
+
+    # --- control ---------------------------------------------------------------------------
+
+    def cancel(self, force: bool) -> None:
+        """SIGINT lets terraform stop cleanly (and release the state lock); SIGKILL after a
+        grace period, or at once with force."""
+        self.cancelled = True
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGINT)
+        except ProcessLookupError:
+            return
+        if not force:
+            threading.Timer(CANCEL_GRACE_SECONDS, self._kill).start()
+
+    def _kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        return self.agent.client.call(method, f"/agent/v1/jobs/{self.id}/{path}", fence=self.fence, **kw)
+
+    def env(self) -> dict[str, str]:
+        sb = self.payload["state_backend"]
+        env = dict(os.environ)
+        env.update(
+            TF_IN_AUTOMATION="1",
+            TF_INPUT="0",
+            CHECKPOINT_DISABLE="1",
+            TF_HTTP_ADDRESS=sb["address"],
+            TF_HTTP_LOCK_ADDRESS=sb["lock_address"],
+            TF_HTTP_UNLOCK_ADDRESS=sb["unlock_address"],
+            TF_HTTP_USERNAME=sb["username"],
+            TF_HTTP_PASSWORD=sb["password"],
+        )
+        for key, value in self.payload["variables"]["terraform"].items():
+            env[f"TF_VAR_{key}"] = value
+        env.update(self.payload["variables"]["env"])
+        return env
+
+    def terraform(self, *args: str, ok: tuple[int, ...] = (0,), on_start: Any = None, header: bool = True) -> int:
+        if self.cancelled:
+            raise Cancelled()
+        if header:
+            self.log.write(f"\n$ terraform {' '.join(args)}\n")
+        self.proc = subprocess.Popen(
+            [self.agent.terraform, *args],
+            cwd=self.dir,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: cancel signals reach terraform's children
+        )
+        if on_start:
+            on_start()
+        assert self.proc.stdout is not None
+        output: list[str] = []
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode(errors="replace")
+            output.append(line)
+            self.log.write(line)
+        rc = self.proc.wait()
+        self.last_output = "".join(output)
+        if self.cancelled:
+            raise Cancelled()
+        if rc not in ok:
+            tail = self.last_output.strip().splitlines()[-15:]
+            raise JobError(f"terraform {args[0]} exited with {rc}: " + "\n".join(tail))
+        return rc
+
+    def prepare(self) -> None:
+        """Full preparation: fresh dir, configuration, backend override, terraform init."""
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        archive = self.call("GET", "configuration", raw=True)
+        if hashlib.sha256(archive).hexdigest() != self.payload["configuration_sha256"]:
+            raise JobError("configuration archive does not match its sha256")
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            # The server validated the archive; the data filter refuses anything unsafe again.
+            tar.extractall(self.dir, filter="data")
+        (self.dir / BACKEND_OVERRIDE_NAME).write_text(BACKEND_OVERRIDE)
+        self.terraform("init", "-input=false", "-no-color")
+
+    def restore_plan(self) -> None:
+        data = self.call("GET", "plan-file", raw=True)
+        (self.dir / "plan.out").write_bytes(data)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != self.plan_hash:
+            raise JobError(
+                f"plan file corrupted: the stored plan hashes to {actual}, not the reviewed plan_hash "
+                f"{self.plan_hash}; nothing was applied"
+            )
+
+    def finish(self, **result: Any) -> dict:
+        self.log.close()
+        try:
+            return self.call("POST", "finish", json=result) or {}
+        except ServerError as exc:
+            if exc.status == 409:  # the job moved on while we worked: our result does not count
+                return {"keep_dir": False}
+            raise
+
+    # --- the job ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        keep = False
+        try:
+            keep = getattr(self, f"do_{self.kind}")()
+        except Cancelled:
+            self.finish(ok=False, cancelled=True, error="cancelled while terraform was running")
+        except JobError as exc:
+            self.log.write(f"\nError: {exc}\n")
+            self.finish(ok=False, error=str(exc), stale=exc.stale)
+        except Exception as exc:  # noqa: BLE001 - report, never leave the job hanging
+            self.log.write("\nagent error:\n" + traceback.format_exc())
+            try:
+                self.finish(ok=False, error=f"agent error: {exc}")
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            self.agent.job_done(self, keep)
+
+    def do_plan(self) -> bool:
+        self.prepare()
+        args = ["plan", "-input=false", "-no-color", "-out=plan.out", "-detailed-exitcode"]
+        if self.payload["speculative"]:
+            args.append("-lock=false")  # plan-only runs must not block an apply's lock
+        rc = self.terraform(*args, ok=(0, 2))
+        has_changes = rc == 2
+        show = subprocess.run(
+            [self.agent.terraform, "show", "-json", "-no-color", "plan.out"],
+            cwd=self.dir, env=self.env(), capture_output=True, check=False,
+        )
+        if show.returncode != 0:
+            raise JobError("terraform show -json failed: " + show.stderr.decode(errors="replace")[-2000:])
+        summary = plan_summary(json.loads(show.stdout))
+        data = (self.dir / "plan.out").read_bytes()
+        self.plan_hash = hashlib.sha256(data).hexdigest()
+        self.call(
+            "POST", "plan",
+            json={"plan_b64": base64.b64encode(data).decode(), "sha256": self.plan_hash, "summary": summary,
+                  "has_changes": has_changes},
+        )
+        keep = bool(self.payload["keep_dir"] and has_changes)
+        if keep:
+            # Registered before `finish` so a heartbeat sent meanwhile already reports it.
+            self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, "plan"))
+        result = self.finish(ok=True, kept_dir=keep)
+        return keep and bool(result.get("keep_dir"))
+
+    def do_warmup(self) -> bool:
+        self.prepare()
+        self.restore_plan()
+        self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, "warmup"))
+        result = self.finish(ok=True, kept_dir=True)
+        return bool(result.get("keep_dir"))
+
+    def do_apply(self) -> bool:
+        warm = self.agent.take_warm(self.task_id)
+        if warm is not None and (warm.path / "plan.out").exists():
+            self.dir = warm.path
+            path = "fast" if warm.origin == "plan" else "rewarmed"
+            reason = (
+                "the plan's own work dir, kept on this agent" if path == "fast"
+                else "work dir warmed up ahead of Confirm on this agent"
+            )
+            # Re-hash before applying: the dir sat on disk while a person reviewed the plan.
+            if sha256_file(self.dir / "plan.out") != self.plan_hash:
+                self.log.write("local plan.out does not match plan_hash: restoring it from the server\n")
+                self.restore_plan()
+                reason += "; local plan.out was corrupt and was restored from the database"
+        else:
+            path = "cold"
+            reason = self.payload.get("cold_reason") or "no warm dir on this agent"
+            self.prepare()
+            self.restore_plan()
+
+        def started() -> None:
+            self.log.event(apply_started_at=time.time(), apply_path=path, apply_path_reason=reason)
+
+        try:
+            self.terraform("apply", "-input=false", "-no-color", "plan.out", on_start=started, header=False)
+        except JobError as exc:
+            if "Saved plan is stale" in getattr(self, "last_output", ""):
+                raise JobError("the workspace state changed after the plan (terraform: saved plan is stale)",
+                               stale=True) from exc
+            raise
+        self.log.write(f"\n[apply path: {path}: {reason}]\n")
+        self.finish(ok=True)
+        return False

@@ -1,0 +1,84 @@
+"""Streams a job's output to the server while terraform runs.
+
+A sender thread posts whatever has accumulated as soon as it can: the first line goes out
+at once (the latency users feel after Confirm), later lines batch naturally while a post is
+in flight. Each post has a sequence number; the server ignores a seq it already has, so a
+retried post never duplicates lines. Events (e.g. "apply started") are posted on their own,
+after the text before them, so the server can tell preparation output from apply output.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+from agents_app.agent.client import Client, ServerError
+
+_STOP = object()
+
+
+class LogStream:
+    def __init__(self, client: Client, job_id: int, fence: int) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.fence = fence
+        self.seq = 0
+        self.lost = False  # the job moved on (409): stop sending
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"log-{job_id}", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> None:
+        if text:
+            self._q.put(("text", text))
+
+    def event(self, **events: Any) -> None:
+        self._q.put(("event", events))
+
+    def close(self, timeout: float = 30) -> None:
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+
+    def _post(self, text: str, events: dict) -> None:
+        if self.lost:
+            return
+        self.seq += 1
+        try:
+            self.client.call(
+                "POST", f"/agent/v1/jobs/{self.job_id}/logs", json={"seq": self.seq, "text": text, "events": events},
+                fence=self.fence,
+            )
+        except ServerError as exc:
+            if exc.status == 409:
+                self.lost = True
+        except Exception:  # noqa: BLE001 - logs are best effort; the job result is what matters
+            pass
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            batch = [item]
+            while True:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            text: list[str] = []
+            stop = False
+            for entry in batch:
+                if entry is _STOP:
+                    stop = True
+                    break
+                kind, value = entry
+                if kind == "text":
+                    text.append(value)
+                else:
+                    if text:
+                        self._post("".join(text), {})
+                        text = []
+                    self._post("", value)
+            if text:
+                self._post("".join(text), {})
+            if stop:
+                return
