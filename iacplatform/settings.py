@@ -11,6 +11,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from iacplatform import embedded
 from iacplatform.env import EnvError, env
+from marshmallow.validate import Range
+
+POSITIVE = Range(min=0, min_inclusive=False, error="must be greater than 0")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -27,17 +30,17 @@ try:
     # Public URL of the web process, as agents and Terraform's http backend reach it.
     IAC_PUBLIC_URL = env.url("IAC_PUBLIC_URL", "http://127.0.0.1:8000")
     IAC_PUBLIC_URL = (IAC_PUBLIC_URL if isinstance(IAC_PUBLIC_URL, str) else IAC_PUBLIC_URL.geturl()).rstrip("/")
-    IAC_AGENT_HEARTBEAT_SECONDS = env.float("IAC_AGENT_HEARTBEAT_SECONDS", 10.0, validate=lambda v: v > 0)
-    IAC_AGENT_OFFLINE_AFTER_SECONDS = env.float("IAC_AGENT_OFFLINE_AFTER_SECONDS", 120.0, validate=lambda v: v > 0)
-    IAC_WARMUP_EXPIRE_SECONDS = env.float("IAC_WARMUP_EXPIRE_SECONDS", 1800.0, validate=lambda v: v > 0)
-    IAC_WARMUP_MAX_RETRIES = env.int("IAC_WARMUP_MAX_RETRIES", 3, validate=lambda v: v >= 1)
+    IAC_AGENT_HEARTBEAT_SECONDS = env.float("IAC_AGENT_HEARTBEAT_SECONDS", 10.0, validate=POSITIVE)
+    IAC_AGENT_OFFLINE_AFTER_SECONDS = env.float("IAC_AGENT_OFFLINE_AFTER_SECONDS", 120.0, validate=POSITIVE)
+    IAC_WARMUP_EXPIRE_SECONDS = env.float("IAC_WARMUP_EXPIRE_SECONDS", 1800.0, validate=POSITIVE)
+    IAC_WARMUP_MAX_RETRIES = env.int("IAC_WARMUP_MAX_RETRIES", 3, validate=Range(min=1))
     # How long a Confirm waits for the reserving agent before any agent takes the cold path.
-    IAC_TARGET_CLAIM_TIMEOUT_SECONDS = env.float("IAC_TARGET_CLAIM_TIMEOUT_SECONDS", 3.0, validate=lambda v: v > 0)
-    IAC_CLAIM_LONGPOLL_SECONDS = env.float("IAC_CLAIM_LONGPOLL_SECONDS", 25.0, validate=lambda v: v > 0)
-    IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=lambda v: v > 0)
-    IAC_MAX_CONFIG_BYTES = env.int("IAC_MAX_CONFIG_BYTES", 10 * 1024 * 1024, validate=lambda v: v > 0)
-    IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=lambda v: v > 0)
-    IAC_MAX_STATE_BYTES = env.int("IAC_MAX_STATE_BYTES", 50 * 1024 * 1024, validate=lambda v: v > 0)
+    IAC_TARGET_CLAIM_TIMEOUT_SECONDS = env.float("IAC_TARGET_CLAIM_TIMEOUT_SECONDS", 3.0, validate=POSITIVE)
+    IAC_CLAIM_LONGPOLL_SECONDS = env.float("IAC_CLAIM_LONGPOLL_SECONDS", 25.0, validate=POSITIVE)
+    IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
+    IAC_MAX_CONFIG_BYTES = env.int("IAC_MAX_CONFIG_BYTES", 10 * 1024 * 1024, validate=POSITIVE)
+    IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
+    IAC_MAX_STATE_BYTES = env.int("IAC_MAX_STATE_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
 except EnvError as exc:  # pragma: no cover - exercised by tests/test_settings_env.py
     raise ImproperlyConfigured(str(exc)) from exc
 

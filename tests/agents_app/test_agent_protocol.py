@@ -1,0 +1,243 @@
+"""The agent protocol and the job invariants, driven through the agent HTTP endpoints
+(Django test client; no agent process, no terraform)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from agents_app.models import Agent, Slot
+from agents_app.services.agents import agent_set_offline
+from tasks_app.models import Job, Task
+from tasks_app.services.runs import run_confirm, run_create
+from tests.factories import DEMO_MAIN_TF, make_pool, make_workspace
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PLAN = b"PK-fake-plan-bytes"
+
+
+class FakeAgent:
+    """Speaks the agent protocol the way agents_app.agent does."""
+
+    def __init__(self, client: Client, pool_token: str, name: str) -> None:
+        self.c = client
+        resp = self.post("/agent/v1/register", {"name": name, "slots": 3}, token=pool_token)
+        assert resp.status_code == 201, resp.content
+        self.token = resp.json()["token"]
+        self.id = resp.json()["agent_id"]
+
+    def post(self, path: str, body: dict | None = None, token: str | None = None, fence: int | None = None):
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {token or self.token}"}
+        if fence is not None:
+            headers["HTTP_X_JOB_FENCE"] = str(fence)
+        return self.c.post(path, json.dumps(body or {}), content_type="application/json", **headers)
+
+    def claim(self) -> dict | None:
+        resp = self.post("/agent/v1/claim?wait=0")
+        assert resp.status_code in (200, 204), resp.content
+        return resp.json() if resp.status_code == 200 else None
+
+    def plan(self, job: dict, *, changes: bool = True, keep: bool = True) -> dict:
+        digest = hashlib.sha256(PLAN).hexdigest()
+        resp = self.post(f"/agent/v1/jobs/{job['id']}/plan", {
+            "plan_b64": base64.b64encode(PLAN).decode(), "sha256": digest,
+            "summary": {"add": 1, "change": 0, "destroy": 0, "resources": []}, "has_changes": changes,
+        }, fence=job["fence"])
+        assert resp.status_code == 201, resp.content
+        return self.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": True, "kept_dir": keep}, fence=job["fence"]).json()
+
+    def finish(self, job: dict, **result):
+        return self.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": True, **result}, fence=job["fence"])
+
+
+@pytest.fixture
+def setup(db):
+    pool, token = make_pool()
+    ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    return pool, token, ws
+
+
+def apply_pending(setup, agent: FakeAgent) -> Task:
+    _, _, ws = setup
+    task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
+    job = agent.claim()
+    assert job["kind"] == "plan" and job["keep_dir"] is True
+    assert agent.plan(job) == {"keep_dir": True}
+    task.refresh_from_db()
+    assert task.status == "apply_pending"
+    return task
+
+
+def test_it_refuses_unknown_tokens_and_bad_registrations(setup, client):
+    _, token, _ = setup
+    assert client.post("/agent/v1/register", "{}", content_type="application/json",
+                       HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    resp = client.post("/agent/v1/register", "{", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert resp.status_code == 400 and "not valid JSON" in resp.json()["detail"]
+    resp = client.post("/agent/v1/register", "{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert resp.status_code == 400 and "'name'" in resp.json()["detail"]
+    assert client.post("/agent/v1/heartbeat", "{}", content_type="application/json",
+                       HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+
+
+def test_it_reserves_the_plans_slot_so_the_run_is_ready_at_once(setup, client):
+    agent = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, agent)
+    assert task.warmup_status == "ready"
+    assert task.warmup_agent_id == agent.id
+    assert task.warmup_expires_at > timezone.now() + timedelta(minutes=29)
+    assert Slot.objects.get(id=task.warmup_slot_id).state == "reserved"
+
+
+def test_it_gives_the_confirmed_apply_to_the_reserving_agent_only_until_the_deadline(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    a2 = FakeAgent(client, setup[1], "a2")
+    run_confirm(task_id=task.id, actor="test")
+
+    assert a2.claim() is None, "another agent must not steal a targeted apply before the deadline"
+    Job.objects.filter(task=task, kind="apply").update(target_deadline=timezone.now() - timedelta(seconds=1))
+    job = a2.claim()
+    assert job["kind"] == "apply"
+    assert "did not take the apply" in job["cold_reason"]
+    assert not Slot.objects.filter(agent_id=a1.id, state="reserved").exists()
+
+
+def test_it_hands_a_job_to_one_claimer_and_fences_the_loser(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    _, _, ws = setup
+    task = run_create(workspace=ws, operation="plan", actor="test")
+    job = a1.claim()
+    assert a1.claim() is None  # nothing else queued: a job is never handed out twice
+
+    # The agent is declared dead; the plan is re-queued and claimed again by someone else.
+    agent_set_offline(agent_id=a1.id, reason="test")
+    a2 = FakeAgent(client, setup[1], "a2")
+    job2 = a2.claim()
+    assert job2["id"] == job["id"] and job2["fence"] == job["fence"] + 1
+
+    # The first agent comes back: its heartbeat says it is gone, and its writes are refused.
+    assert a1.post("/agent/v1/heartbeat", {}).status_code == 410
+    assert a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "late"}, fence=job["fence"]).status_code == 409
+    assert a2.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "x"}, fence=job["fence"]).status_code == 409
+    task.refresh_from_db()
+    assert task.status == "planning"
+
+
+def test_it_stores_each_log_chunk_once(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan", actor="test")
+    job = a1.claim()
+    for _ in range(2):  # a retried post after a timeout
+        assert a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "line one\n"},
+                       fence=job["fence"]).status_code == 200
+    a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 2, "text": "line two\n"}, fence=job["fence"])
+    from tasks_app.selectors import run_log_read
+
+    assert run_log_read(task_id=task.id) == ("line one\nline two\n", 18)
+    assert run_log_read(task_id=task.id, offset=9) == ("line two\n", 18)
+
+
+def test_it_redacts_sensitive_values_from_logs(setup, client):
+    from tasks_app.models import LogChunk, Variable
+
+    var = Variable(workspace=setup[2], key="db_password", sensitive=True)
+    var.set_value("hunter2-secret")
+    var.save()
+    a1 = FakeAgent(client, setup[1], "a1")
+    run_create(workspace=setup[2], operation="plan", actor="test")
+    job = a1.claim()
+    assert job["variables"]["terraform"]["db_password"] == "hunter2-secret"
+    a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "password=hunter2-secret\n"}, fence=job["fence"])
+    assert LogChunk.objects.get(job_id=job["id"]).text == "password=***\n"
+
+
+def test_it_refuses_a_plan_upload_whose_bytes_do_not_match_the_hash(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    run_create(workspace=setup[2], operation="plan", actor="test")
+    job = a1.claim()
+    resp = a1.post(f"/agent/v1/jobs/{job['id']}/plan", {
+        "plan_b64": base64.b64encode(b"abc").decode(), "sha256": "0" * 64, "summary": {}, "has_changes": True,
+    }, fence=job["fence"])
+    assert resp.status_code == 400 and "upload corrupted" in resp.json()["detail"]
+
+
+def test_it_releases_reservations_requeues_plans_and_errors_applies_of_an_offline_agent(setup, client):
+    pool, token, ws = setup
+    a1 = FakeAgent(client, token, "a1")
+    warm = apply_pending(setup, a1)
+    other_ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    applying = run_create(workspace=other_ws, operation="plan_and_apply", actor="test")
+    a1.plan(a1.claim())
+    run_confirm(task_id=applying.id, actor="test")
+    assert a1.claim()["kind"] == "apply"
+    third_ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    planning = run_create(workspace=third_ws, operation="plan", actor="test")
+    assert a1.claim()["kind"] == "plan"
+
+    Agent.objects.filter(id=a1.id).update(last_heartbeat_at=timezone.now() - timedelta(minutes=5))
+    from tasks_app.tasks import sweep
+
+    assert sweep()["offline"] == [a1.id]
+
+    warm.refresh_from_db()
+    assert warm.warmup_status in ("none",) and warm.warmup_agent_id is None
+    assert Job.objects.filter(task=warm, kind="warmup", status="queued").count() == 1  # re-warm elsewhere
+    applying.refresh_from_db()
+    assert applying.status == "errored" and "not re-run automatically" in applying.message
+    assert Job.objects.filter(task=applying, kind="apply").count() == 1
+    assert Job.objects.get(task=planning, kind="plan").status == "queued"
+
+
+def test_it_stops_warming_after_three_failures(setup, client):
+    pool, token, ws = setup
+    a1 = FakeAgent(client, token, "a1")
+    task = apply_pending(setup, a1)
+    agent_set_offline(agent_id=a1.id, reason="test")
+    a2 = FakeAgent(client, token, "a2")
+    for attempt in range(1, 4):
+        job = a2.claim()
+        assert job is not None and job["kind"] == "warmup", attempt
+        a2.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": False, "error": "init failed"}, fence=job["fence"])
+        task.refresh_from_db()
+        assert task.warmup_retry_count == attempt
+    assert task.warmup_status == "failed"
+    assert "giving up" in task.warmup_message
+    assert a2.claim() is None
+
+    result = run_confirm(task_id=task.id, actor="test")
+    assert not result.refused
+    job = a2.claim()
+    assert job["kind"] == "apply" and "warmup failed 3 times" in job["cold_reason"]
+
+
+def test_it_resets_the_retry_count_after_a_successful_warmup(setup, client):
+    pool, token, ws = setup
+    a1 = FakeAgent(client, token, "a1")
+    task = apply_pending(setup, a1)
+    agent_set_offline(agent_id=a1.id, reason="test")
+    a2 = FakeAgent(client, token, "a2")
+    job = a2.claim()
+    a2.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": False, "error": "flaky"}, fence=job["fence"])
+    job = a2.claim()
+    assert a2.finish(job, kept_dir=True).json() == {"keep_dir": True}
+    task.refresh_from_db()
+    assert (task.warmup_status, task.warmup_retry_count, task.warmup_agent_id) == ("ready", 0, a2.id)
+
+
+def test_it_tells_the_agent_to_drop_dirs_the_server_no_longer_reserves(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    from tasks_app.services.runs import run_discard
+
+    run_discard(task_id=task.id, actor="test")
+    resp = a1.post("/agent/v1/heartbeat", {"warm_dirs": [{"task": task.id, "plan_hash": "x"}]})
+    assert resp.json()["release"] == [task.id]
+    assert not Slot.objects.filter(agent_id=a1.id, state="reserved").exists()
