@@ -1,1 +1,17 @@
-urlpatterns: list = []
+"""Pages of the UI (included at the site root)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from tasks_app import views
+
+urlpatterns = [
+    path("", views.workspace_list, name="workspace-list"),
+    path("workspaces/<int:workspace_id>/", views.workspace_detail, name="workspace-detail"),
+    path("workspaces/<int:workspace_id>/runs/", views.workspace_run_create, name="workspace-run-create"),
+    path("runs/<int:task_id>/", views.run_detail, name="run-detail"),
+    path("runs/<int:task_id>/confirm/", views.run_confirm_view, name="run-confirm"),
+    path("runs/<int:task_id>/discard/", views.run_discard_view, name="run-discard"),
+    path("runs/<int:task_id>/cancel/", views.run_cancel_view, name="run-cancel"),
+]

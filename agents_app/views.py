@@ -1,0 +1,42 @@
+"""Pool pages: pools, their agents and each agent's slots."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Prefetch, Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from agents_app.models import Agent, AgentPool, AgentStatus, Slot, SlotState
+
+
+@login_required
+def pool_list(request: HttpRequest) -> HttpResponse:
+    pools = AgentPool.objects.annotate(
+        online_agents=Count("agents", filter=Q(agents__status=AgentStatus.ONLINE), distinct=True),
+        busy_slots=Count(
+            "agents__slots",
+            filter=Q(agents__status=AgentStatus.ONLINE, agents__slots__state=SlotState.RUNNING),
+            distinct=True,
+        ),
+        reserved_slots=Count(
+            "agents__slots",
+            filter=Q(agents__status=AgentStatus.ONLINE, agents__slots__state=SlotState.RESERVED),
+            distinct=True,
+        ),
+    ).order_by("name")
+    return render(request, "agents_app/pool_list.html", {"pools": pools})
+
+
+@login_required
+def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
+    pool = get_object_or_404(AgentPool, id=pool_id)
+    # Online agents first; offline ones stay listed so a vanished agent is explainable.
+    agents = (
+        Agent.objects.filter(pool=pool)
+        .prefetch_related(Prefetch("slots", queryset=Slot.objects.select_related("task", "job").order_by("index")))
+        # "online" sorts after "offline", hence the descending order.
+        .order_by("-status", "name")
+    )
+    workspaces = pool.workspaces.order_by("name")
+    return render(request, "agents_app/pool_detail.html", {"pool": pool, "agents": agents, "workspaces": workspaces})

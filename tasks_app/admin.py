@@ -1,0 +1,230 @@
+"""Admin for the run domain.
+
+Rows that record what happened (events, audit, logs, jobs, plans, state) are read-only:
+hand-editing them would break the invariants the services keep (one apply per confirm,
+fencing tokens, plan hashes). Run state changes go through the services, here as actions.
+Secrets never reach a form: archive / plan / state bytes are excluded, and a sensitive
+variable's value is write-only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from iacplatform.api_errors import Conflict
+from tasks_app.models import (
+    AuditEvent,
+    ConfigurationVersion,
+    Job,
+    LogChunk,
+    Plan,
+    StateLock,
+    StateVersion,
+    Task,
+    TaskEvent,
+    Variable,
+    Workspace,
+)
+from tasks_app.services.audit import audit_record
+from tasks_app.services.runs import run_cancel, runs_start_next
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Viewable, never added or changed by hand."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
+    list_display = ["name", "pool", "auto_apply", "locked", "created_at"]
+    list_filter = ["pool", "auto_apply", "locked"]
+    search_fields = ["name"]
+
+    def save_model(self, request: HttpRequest, obj: Workspace, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "locked" in form.changed_data:
+            # Lock changes are audited wherever they are made.
+            audit_record(actor=request.user, action="workspace.lock" if obj.locked else "workspace.unlock", obj=obj)
+            if not obj.locked:
+                # Runs that waited on the lock start now, not at the next unrelated event.
+                workspace_id = obj.id
+                transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
+
+
+@admin.register(ConfigurationVersion)
+class ConfigurationVersionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "workspace", "size", "sha256", "created_by", "created_at"]
+    list_filter = ["workspace"]
+    # The archive bytes are not shown: they are large and may hold secrets.
+    fields = ["workspace", "files", "sha256", "size", "created_by", "created_at"]
+    readonly_fields = fields
+
+
+class VariableAdminForm(forms.ModelForm):
+    # Write-only for sensitive variables: the form never carries the stored secret back out.
+    value = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="For a sensitive variable, leave blank to keep the current value.",
+    )
+
+    class Meta:
+        model = Variable
+        fields = ["workspace", "key", "category", "sensitive"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and not self.instance.sensitive:
+            self.fields["value"].initial = self.instance.plain_value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        was_sensitive = bool(self.instance.pk and self.instance.sensitive)
+        if was_sensitive and not data.get("sensitive") and not data.get("value"):
+            # Un-marking would need the secret decrypted into plain_value: require a new value.
+            self.add_error("value", "Enter a new value to make a sensitive variable non-sensitive.")
+        return data
+
+    def save(self, commit: bool = True) -> Variable:
+        var: Variable = super().save(commit=False)  # workspace, key, category, sensitive
+        new_value = self.cleaned_data.get("value", "")
+        if new_value or not var.sensitive:
+            var.set_value(new_value)
+        elif var.plain_value:
+            # Just marked sensitive with the value left blank: encrypt the value it had.
+            var.set_value(var.plain_value)
+        # Otherwise: still sensitive, left blank, so the stored ciphertext is kept.
+        if commit:
+            var.save()
+        return var
+
+
+@admin.register(Variable)
+class VariableAdmin(admin.ModelAdmin):
+    form = VariableAdminForm
+    list_display = ["key", "workspace", "category", "sensitive", "shown_value"]
+    list_filter = ["category", "sensitive", "workspace"]
+    search_fields = ["key"]
+
+    @admin.display(description="value")
+    def shown_value(self, obj: Variable) -> str:
+        return "sensitive" if obj.sensitive else obj.plain_value
+
+
+class TaskEventInline(admin.TabularInline):
+    model = TaskEvent
+    fields = ["created_at", "from_status", "to_status", "actor", "message"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Task)
+class TaskAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "workspace",
+        "operation",
+        "status",
+        "warmup_status",
+        "warmup_agent",
+        "apply_path",
+        "created_at",
+    ]
+    list_filter = ["status", "warmup_status", "apply_path", "operation", "workspace"]
+    search_fields = ["id", "workspace__name", "plan_hash"]
+    list_select_related = ["workspace", "warmup_agent"]
+    inlines = [TaskEventInline]
+    actions = ["cancel_runs"]
+
+    @admin.action(description="Cancel selected runs")
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        for task in queryset:
+            try:
+                run_cancel(task_id=task.id, actor=request.user, comment="cancelled from the admin")
+            except Conflict as exc:
+                self.message_user(request, f"run {task.id}: {exc.detail}", messages.WARNING)
+            else:
+                self.message_user(request, f"run {task.id}: cancel requested", messages.SUCCESS)
+
+
+@admin.register(TaskEvent)
+class TaskEventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "task", "from_status", "to_status", "actor", "created_at"]
+    list_filter = ["to_status"]
+    search_fields = ["task__id", "actor", "message"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ["id", "task", "kind", "status", "agent", "target_agent", "fence", "created_at", "finished_at"]
+    list_filter = ["kind", "status", "pool"]
+    search_fields = ["task__id"]
+    list_select_related = ["task", "agent", "target_agent"]
+    # The credential hash authenticates the running job; it is no one's business here.
+    exclude = ["credential_hash"]
+
+
+@admin.register(LogChunk)
+class LogChunkAdmin(ReadOnlyAdmin):
+    list_display = ["id", "task", "job", "seq", "offset", "created_at"]
+    search_fields = ["task__id"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Plan)
+class PlanAdmin(ReadOnlyAdmin):
+    list_display = ["id", "task", "sha256", "size", "created_at"]
+    search_fields = ["task__id", "sha256"]
+    exclude = ["encrypted_data"]
+
+
+@admin.register(StateVersion)
+class StateVersionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "workspace", "serial", "lineage", "sha256", "size", "task", "created_at"]
+    list_filter = ["workspace"]
+    exclude = ["encrypted_data"]
+
+
+@admin.register(StateLock)
+class StateLockAdmin(ReadOnlyAdmin):
+    """Deleting a row here is a force-unlock of the workspace state."""
+
+    list_display = ["workspace", "lock_id", "created_at"]
+
+    def delete_model(self, request: HttpRequest, obj: StateLock) -> None:
+        audit_record(actor=request.user, action="state.force_unlock", obj=obj.workspace, data={"lock_id": obj.lock_id})
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[StateLock]) -> None:
+        for lock in queryset.select_related("workspace"):
+            self.delete_model(request, lock)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "created_at", "actor_label", "action", "object_type", "object_id"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["actor_label", "action", "object_id"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
