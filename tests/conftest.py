@@ -42,4 +42,4 @@ def workspace(pool, tmp_path):
     return ws
 
 
-from tests.live import live_url, start_agent  # noqa: E402,F401  (fixtures)
+from tests.live import live_url, scenario, start_agent, user  # noqa: E402,F401  (fixtures)

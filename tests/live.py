@@ -3,6 +3,7 @@ subprocesses on pytest-django's test database, plus real agent processes."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -15,6 +16,10 @@ from typing import Callable
 import pytest
 import requests
 from django.conf import settings
+from rest_framework.authtoken.models import Token
+
+from tests.e2e.apiclient import PlatformUser
+from tests.factories import DEMO_MAIN_TF, make_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = settings.VAR_DIR / "test-logs"
@@ -146,3 +151,45 @@ def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
     yield start
     for agent in started:
         agent.stop()
+
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def user(live_url, alice) -> PlatformUser:
+    token, _ = Token.objects.get_or_create(user=alice)
+    return PlatformUser(live_url, token.key)
+
+
+class Scenario:
+    """A pool, a workspace with the demo config, and a marker file counting applies."""
+
+    def __init__(self, user: PlatformUser, start_agent, tmp_path: Path, *, warm_apply: bool = True,
+                 files: dict[str, str] | None = None) -> None:
+        self.user = user
+        self.start_agent = start_agent
+        self.pool, self.token = make_pool(warm_apply=warm_apply)
+        self.marker = tmp_path / "applied.txt"
+        n = next(_names)
+        self.workspace = user.create_workspace(
+            f"e2e-{n}", self.pool.id, files or {"main.tf": DEMO_MAIN_TF}, {"marker_file": str(self.marker)}
+        )
+        self.agents: dict[str, object] = {}
+
+    def agent(self, name: str, **kw):
+        proc = self.start_agent(self.token, f"{name}-{self.pool.id}", **kw)
+        self.agents[name] = proc
+        return proc
+
+    def applies(self) -> int:
+        return self.marker.read_text().count("applied") if self.marker.exists() else 0
+
+
+@pytest.fixture
+def scenario(user, start_agent, tmp_path):
+    def make(**kw) -> Scenario:
+        return Scenario(user, start_agent, tmp_path, **kw)
+
+    return make
+
