@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.db import connection, transaction
+from django.utils import timezone
 
 from agents_app.models import AgentPool
 from agents_app.services.agents import agents_mark_silent_offline
 from tasks_app.models import Job, JobStatus, Task
-from tasks_app.services.jobs import job_release_overdue_target
+from tasks_app.services.jobs import job_release_overdue_target, jobs_expire_leases
 from tasks_app.services.runs import runs_start_next
 from tasks_app.services.warmups import warmups_ensure, warmups_expire
 from tasks_app.states import RunStatus
@@ -30,11 +31,13 @@ def sweep() -> dict:
             if not cur.fetchone()[0]:
                 return {"skipped": True}
         offline = agents_mark_silent_offline()
+        lost = jobs_expire_leases()
         expired = warmups_expire()
         for pool_id in AgentPool.objects.filter(warm_apply=True).values_list("id", flat=True):
             warmups_ensure(pool_id=pool_id)
         for ws_id in set(Task.objects.filter(status=RunStatus.PENDING).values_list("workspace_id", flat=True)):
             runs_start_next(workspace_id=ws_id)
-        for job_id in Job.objects.filter(status=JobStatus.QUEUED, target_deadline__isnull=False).values_list("id", flat=True):
+        overdue = Job.objects.filter(status=JobStatus.QUEUED, target_deadline__lt=timezone.now())
+        for job_id in overdue.values_list("id", flat=True):
             job_release_overdue_target(job_id=job_id)
-    return {"offline": offline, "expired": expired}
+    return {"offline": offline, "lost_jobs": lost, "expired": expired}

@@ -9,12 +9,20 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app.models import Agent, AgentPool, AgentStatus, Slot, SlotState, hash_token, new_token
+from agents_app.models import (
+    Agent,
+    AgentPool,
+    AgentStatus,
+    Slot,
+    SlotState,
+    hash_token,
+    new_token,
+)
 from iacplatform import wakeups
-from tasks_app.models import Job, JobKind, JobStatus, Task
-from tasks_app.services.jobs import AgentGone
-from tasks_app.services.runs import reservation_release, run_transition
-from tasks_app.states import FINAL, RunStatus, WarmupStatus
+from tasks_app.models import Job, JobStatus, Task
+from tasks_app.services.jobs import AgentGone, job_abandon
+from tasks_app.services.runs import reservation_release
+from tasks_app.states import RunStatus, WarmupStatus
 
 
 def pool_create(*, name: str, **fields: Any) -> tuple[AgentPool, str]:
@@ -68,7 +76,9 @@ def agent_heartbeat(*, agent: Agent, warm_dirs: list[dict], running_jobs: list[i
         agent.last_heartbeat_at = now
         agent.warm_dirs = warm_dirs
         agent.save(update_fields=["last_heartbeat_at", "warm_dirs"])
-        Job.objects.filter(agent=agent, status=JobStatus.RUNNING).update(
+        # Only the jobs the agent says it runs keep their lease: a job whose claim answer
+        # was lost on the way never shows up here, and its lease runs out (see the sweep).
+        Job.objects.filter(agent=agent, status=JobStatus.RUNNING, id__in=[int(j) for j in running_jobs]).update(
             lease_expires_at=now + timedelta(seconds=settings.IAC_AGENT_OFFLINE_AFTER_SECONDS)
         )
         held = set(
@@ -112,40 +122,16 @@ def agent_set_offline(*, agent_id: int, reason: str) -> bool:
         agent.status = AgentStatus.OFFLINE
         agent.offline_at = now
         agent.save(update_fields=["status", "offline_at"])
-        for task in Task.objects.select_for_update().filter(warmup_agent=agent).exclude(status__in=list(FINAL)):
-            if task.status == RunStatus.APPLY_PENDING:
-                reservation_release(task)
-                task.warmup_message = f"{agent.name} went offline ({reason}); warming up elsewhere"
-                task.save()
+        # Jobs first: a warmup in flight counts as a failed attempt before its run's
+        # reservation is looked at.
         for job in Job.objects.select_for_update().filter(agent=agent, status=JobStatus.RUNNING):
-            task = Task.objects.select_for_update().get(id=job.task_id)
-            if job.kind == JobKind.PLAN:
-                job.status = JobStatus.QUEUED
-                job.agent = None
-                job.slot = None
-                job.credential_hash = ""
-                job.save()
-            elif job.kind == JobKind.WARMUP:
-                job.status = JobStatus.FAILED
-                job.error = f"{agent.name} went offline during the warmup"
-                job.finished_at = now
-                job.save()
-                if task.status == RunStatus.APPLY_PENDING:
-                    task.warmup_retry_count += 1
-                    failed = task.warmup_retry_count >= settings.IAC_WARMUP_MAX_RETRIES
-                    reservation_release(task, warmup_status=WarmupStatus.FAILED if failed else WarmupStatus.NONE)
-                    task.warmup_message = job.error
-                    task.save()
-            else:
-                job.status = JobStatus.FAILED
-                job.error = f"{agent.name} went offline during the apply ({reason})"
-                job.finished_at = now
-                job.save()
-                if task.status not in FINAL:
-                    run_transition(
-                        task, RunStatus.ERRORED,
-                        message=job.error + "; the state may be partially written, so the apply is not re-run automatically",
-                    )
+            job_abandon(job, why=f"{agent.name} went offline ({reason})")
+        for task in Task.objects.select_for_update().filter(
+            warmup_agent=agent, status=RunStatus.APPLY_PENDING, warmup_status=WarmupStatus.READY
+        ):
+            reservation_release(task)
+            task.warmup_message = f"{agent.name} went offline ({reason}); warming up elsewhere"
+            task.save()
         Slot.objects.filter(agent=agent).update(state=SlotState.IDLE, job=None, task=None)
         pool_id = agent.pool_id
         transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))

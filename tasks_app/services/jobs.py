@@ -20,11 +20,16 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents_app.models import Agent, AgentStatus, Slot, SlotState, hash_token, new_token
-from iacplatform import crypto
+from iacplatform import crypto, wakeups
 from iacplatform.api_errors import Conflict
 from tasks_app.models import Job, JobKind, JobStatus, LogChunk, Plan, Task, Variable
-from tasks_app.services.runs import current_state_serial, reservation_release, run_confirm, run_transition
-from tasks_app.states import Operation, RunStatus, WarmupStatus
+from tasks_app.services.runs import (
+    current_state_serial,
+    reservation_release,
+    run_confirm,
+    run_transition,
+)
+from tasks_app.states import Operation, RunStatus, WarmupStatus, is_final
 
 
 class AgentGone(Exception):
@@ -334,22 +339,69 @@ def _finish_warmup(job: Job, task: Task, *, ok: bool, error: str, kept_dir: bool
         task.save()
         return True
     _free_slot(job)
-    task.warmup_retry_count += 1
-    failed = task.warmup_retry_count >= settings.IAC_WARMUP_MAX_RETRIES
-    reservation_release(task, warmup_status=WarmupStatus.FAILED if failed else WarmupStatus.NONE)
-    task.warmup_message = (error or "warmup failed") + (" (giving up: Confirm will take the cold path)" if failed else "")
-    task.save()
-    if not failed:
+    if _warmup_failed(task, error or "warmup failed"):
         pool_id = task.workspace.pool_id
         follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
     return False
 
 
+def _warmup_failed(task: Task, message: str) -> bool:
+    """Count a failed warmup attempt; returns whether another attempt is allowed. At the
+    limit the warmup is `failed` for good: no loop of agents warming a broken run."""
+    task.warmup_retry_count += 1
+    failed = task.warmup_retry_count >= settings.IAC_WARMUP_MAX_RETRIES
+    reservation_release(task, warmup_status=WarmupStatus.FAILED if failed else WarmupStatus.NONE)
+    task.warmup_message = message + (" (giving up: Confirm will take the cold path)" if failed else "")
+    task.save()
+    return not failed
+
+
+def job_abandon(job: Job, *, why: str) -> None:
+    """The job's agent died or lost the job (caller holds the job row lock). A plan is
+    re-queued; a warmup counts as a failed attempt; an apply errors and is never re-run,
+    since it may have half-written the state."""
+    task = Task.objects.select_for_update().get(id=job.task_id)
+    _free_slot(job)
+    if job.kind == JobKind.PLAN:
+        job.status = JobStatus.QUEUED
+        job.agent = None
+        job.slot = None
+        job.credential_hash = ""
+        job.save()
+        return
+    job.status = JobStatus.FAILED
+    job.error = f"{why} during the {job.kind}"
+    job.finished_at = timezone.now()
+    job.save()
+    if job.kind == JobKind.WARMUP:
+        if task.status == RunStatus.APPLY_PENDING and task.warmup_slot_id == job.slot_id:
+            _warmup_failed(task, job.error)
+    elif not is_final(task.status):
+        run_transition(
+            task, RunStatus.ERRORED,
+            message=job.error + "; the state may be partially written, so the apply is not re-run automatically",
+        )
+
+
+def jobs_expire_leases() -> list[int]:
+    """Running jobs whose lease ran out although their agent may still be online."""
+    from tasks_app.services.warmups import warmups_ensure
+
+    expired = []
+    with transaction.atomic():
+        for job in Job.objects.select_for_update(skip_locked=True).filter(
+            status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()
+        ):
+            job_abandon(job, why=f"the lease of {job.kind} job {job.id} expired (its agent stopped reporting it)")
+            expired.append(job.id)
+            pool_id = job.pool_id
+            transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+    return expired
+
+
 def job_release_overdue_target(*, job_id: int) -> bool:
     """The targeted agent did not claim in time: wake the whole pool so any agent takes the
     apply on the cold path (the claim query admits targeted jobs past their deadline)."""
-    from iacplatform import wakeups
-
     job = Job.objects.filter(id=job_id, status=JobStatus.QUEUED).first()
     if job is None:
         return False

@@ -18,9 +18,25 @@ from django.utils import timezone
 
 from iacplatform import wakeups
 from iacplatform.api_errors import Conflict
-from tasks_app.models import ConfigurationVersion, Job, JobKind, JobStatus, StateVersion, Task, TaskEvent, Workspace
+from tasks_app.models import (
+    ConfigurationVersion,
+    Job,
+    JobKind,
+    JobStatus,
+    StateVersion,
+    Task,
+    TaskEvent,
+    Workspace,
+)
 from tasks_app.services.audit import audit_record
-from tasks_app.states import BLOCKING, FINAL, Operation, RunStatus, WarmupStatus, check_transition
+from tasks_app.states import (
+    BLOCKING,
+    FINAL,
+    Operation,
+    RunStatus,
+    WarmupStatus,
+    check_transition,
+)
 
 
 def _actor_label(actor: Any) -> str:

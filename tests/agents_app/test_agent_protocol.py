@@ -241,3 +241,31 @@ def test_it_tells_the_agent_to_drop_dirs_the_server_no_longer_reserves(setup, cl
     resp = a1.post("/agent/v1/heartbeat", {"warm_dirs": [{"task": task.id, "plan_hash": "x"}]})
     assert resp.json()["release"] == [task.id]
     assert not Slot.objects.filter(agent_id=a1.id, state="reserved").exists()
+
+
+def test_it_counts_a_warmup_cut_short_by_a_dead_agent_as_a_failed_attempt(setup, client):
+    pool, token, ws = setup
+    a1 = FakeAgent(client, token, "a1")
+    task = apply_pending(setup, a1)
+    agent_set_offline(agent_id=a1.id, reason="test")
+    a2 = FakeAgent(client, token, "a2")
+    assert a2.claim()["kind"] == "warmup"
+    agent_set_offline(agent_id=a2.id, reason="test")
+    task.refresh_from_db()
+    assert (task.warmup_status, task.warmup_retry_count) == ("none", 1)
+    assert "went offline" in task.warmup_message
+
+
+def test_it_expires_the_lease_of_a_job_the_agent_never_reports(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan", actor="test")
+    lost = a1.claim()  # imagine this answer never reached the agent
+    a1.post("/agent/v1/heartbeat", {"running_jobs": []})
+    Job.objects.filter(id=lost["id"]).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    from tasks_app.tasks import sweep
+
+    assert sweep()["lost_jobs"] == [lost["id"]]
+    again = a1.claim()
+    assert again["id"] == lost["id"] and again["fence"] == lost["fence"] + 1
+    task.refresh_from_db()
+    assert task.status == "planning"
