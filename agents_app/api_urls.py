@@ -1,1 +1,13 @@
-urlpatterns: list = []
+"""Pools and agents in the user REST API, included under /api/v1/ (see agents_app.api)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from agents_app import api
+
+urlpatterns = [
+    path("pools/", api.PoolListCreate.as_view(), name="api-pool-list"),
+    path("pools/<int:pk>/", api.PoolDetail.as_view(), name="api-pool-detail"),
+    path("pools/<int:pk>/agents/", api.PoolAgentList.as_view(), name="api-pool-agents"),
+]

@@ -1,1 +1,31 @@
-urlpatterns: list = []
+"""The user REST API, included under /api/v1/ (see tasks_app.api)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from tasks_app import api
+
+urlpatterns = [
+    path("workspaces/", api.WorkspaceListCreate.as_view(), name="api-workspace-list"),
+    path("workspaces/<int:pk>/", api.WorkspaceDetail.as_view(), name="api-workspace-detail"),
+    path(
+        "workspaces/<int:workspace_id>/configuration-versions/",
+        api.ConfigurationVersionListCreate.as_view(),
+        name="api-configuration-version-list",
+    ),
+    path("workspaces/<int:workspace_id>/variables/", api.VariableListCreate.as_view(), name="api-variable-list"),
+    path("variables/<int:pk>/", api.VariableDetail.as_view(), name="api-variable-detail"),
+    path("workspaces/<int:workspace_id>/runs/", api.RunListCreate.as_view(), name="api-run-list"),
+    path("runs/<int:pk>/", api.RunDetail.as_view(), name="api-run-detail"),
+    path("runs/<int:pk>/confirm/", api.RunConfirm.as_view(), name="api-run-confirm"),
+    path("runs/<int:pk>/discard/", api.RunDiscard.as_view(), name="api-run-discard"),
+    path("runs/<int:pk>/cancel/", api.RunCancel.as_view(), name="api-run-cancel"),
+    path("runs/<int:pk>/prepare/", api.RunPrepare.as_view(), name="api-run-prepare"),
+    path("runs/<int:pk>/logs/", api.RunLogs.as_view(), name="api-run-logs"),
+    path(
+        "workspaces/<int:workspace_id>/state-versions/",
+        api.StateVersionList.as_view(),
+        name="api-state-version-list",
+    ),
+]

@@ -70,7 +70,9 @@ class Task(models.Model):
     """One run of a workspace: plan, or plan then (after Confirm) apply."""
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="tasks")
-    configuration_version = models.ForeignKey(ConfigurationVersion, on_delete=models.PROTECT, related_name="tasks")
+    # RESTRICT: a configuration cannot be deleted under its runs, but a workspace deletion
+    # (which cascades to both) goes through.
+    configuration_version = models.ForeignKey(ConfigurationVersion, on_delete=models.RESTRICT, related_name="tasks")
     operation = models.CharField(max_length=20, choices=Operation.choices)
     status = models.CharField(max_length=30, choices=RunStatus.choices, default=RunStatus.PENDING)
     message = models.TextField(blank=True)  # why it errored / was discarded, shown to the user

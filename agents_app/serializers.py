@@ -1,0 +1,51 @@
+"""Serializers of the pools part of the user API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from agents_app.models import Agent, AgentPool, Slot
+from tasks_app.serializers import StrictModelSerializer
+
+
+class PoolSerializer(StrictModelSerializer):
+    class Meta:
+        model = AgentPool
+        fields = ["id", "name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        # A pod with no slot could never run anything, yet it would count towards max_replicas.
+        extra_kwargs = {"slots_per_pod": {"min_value": 1}}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        instance: AgentPool | None = self.instance
+        low = attrs.get("min_replicas", instance.min_replicas if instance else 1)
+        high = attrs.get("max_replicas", instance.max_replicas if instance else 10)
+        if low > high:
+            field = "max_replicas" if "max_replicas" in attrs else "min_replicas"
+            raise serializers.ValidationError({field: f"min_replicas ({low}) must not exceed max_replicas ({high})"})
+        return attrs
+
+
+class PoolCreatedSerializer(PoolSerializer):
+    token = serializers.CharField(read_only=True, help_text="the pool token for agents: shown this once, stored hashed")
+
+    class Meta(PoolSerializer.Meta):
+        fields = [*PoolSerializer.Meta.fields, "token"]
+
+
+class SlotSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Slot
+        fields = ["index", "state", "task"]
+        read_only_fields = fields
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    slots = SlotSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Agent
+        fields = ["id", "name", "status", "last_heartbeat_at", "version", "slots", "warm_dirs"]
+        read_only_fields = fields

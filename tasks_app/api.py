@@ -1,0 +1,349 @@
+"""The user REST API (DRF, `Authorization: Token <key>`): thin views that parse, call a
+service and render. Errors are shaped by iacplatform.api_errors (JSON with `detail`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from iacplatform.api_errors import Conflict
+from tasks_app.models import (
+    ConfigurationVersion,
+    StateVersion,
+    Task,
+    Variable,
+    Workspace,
+)
+from tasks_app.selectors import run_log_read
+from tasks_app.serializers import (
+    ConfigurationFilesSerializer,
+    ConfigurationVersionSerializer,
+    RunCancelSerializer,
+    RunConfirmSerializer,
+    RunCreateSerializer,
+    RunLogQuerySerializer,
+    RunLogSerializer,
+    RunSerializer,
+    StateVersionSerializer,
+    VariableSerializer,
+    WorkspaceSerializer,
+)
+from tasks_app.services.audit import audit_record
+from tasks_app.services.configs import (
+    configuration_create_from_archive,
+    configuration_create_from_files,
+)
+from tasks_app.services.runs import (
+    run_cancel,
+    run_confirm,
+    run_create,
+    run_discard,
+    runs_start_next,
+)
+from tasks_app.services.warmups import run_prepare
+from tasks_app.states import FINAL, is_final
+
+# JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
+# and nothing in the API is meant to be posted from an HTML form.
+JSON_ONLY = [JSONParser]
+
+
+def _run_queryset() -> QuerySet[Task]:
+    # `plan` is joined for its summary; its encrypted bytes (up to IAC_MAX_PLAN_BYTES) are not read.
+    return (
+        Task.objects.select_related("workspace", "warmup_agent", "plan")
+        .defer("plan__encrypted_data")
+        .prefetch_related("events")
+    )
+
+
+def _run_response(task_id: int, code: int = status.HTTP_200_OK) -> Response:
+    # Re-read after the service: its on_commit follow-ups (queue start, warmups) may have moved the run.
+    return Response(RunSerializer(_run_queryset().get(id=task_id)).data, status=code)
+
+
+# Workspaces ---------------------------------------------------------------------------------
+
+
+def _workspace_queryset() -> QuerySet[Workspace]:
+    latest = ConfigurationVersion.objects.filter(workspace=OuterRef("pk")).order_by("-id").values("id")[:1]
+    return Workspace.objects.annotate(latest_cv_id=Subquery(latest)).order_by("name")
+
+
+class WorkspaceListCreate(generics.ListCreateAPIView):
+    serializer_class = WorkspaceSerializer
+    parser_classes = JSON_ONLY
+
+    def get_queryset(self) -> QuerySet[Workspace]:
+        return _workspace_queryset()
+
+
+class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = WorkspaceSerializer
+    parser_classes = JSON_ONLY
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[Workspace]:
+        return _workspace_queryset()
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        with transaction.atomic():
+            # The row lock makes "was it locked?" and the change one step under concurrent PATCHes,
+            # so each lock / unlock is audited exactly once.
+            was_locked = Workspace.objects.select_for_update().values_list("locked", flat=True).get(
+                id=serializer.instance.id
+            )
+            ws: Workspace = serializer.save()
+            if ws.locked != was_locked:
+                action = "workspace.lock" if ws.locked else "workspace.unlock"
+                audit_record(actor=self.request.user, action=action, obj=ws)
+                if not ws.locked:
+                    # Runs queued while locked stayed pending; start them once the unlock is visible.
+                    workspace_id = ws.id
+                    transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
+
+    def perform_destroy(self, instance: Workspace) -> None:
+        with transaction.atomic():
+            ws = Workspace.objects.select_for_update().get(id=instance.id)
+            # Deleting under a running apply would orphan the agent's work and the state it writes.
+            active = Task.objects.filter(workspace=ws).exclude(status__in=list(FINAL)).values_list("id", flat=True)
+            if active:
+                ids = ", ".join(str(i) for i in active)
+                raise Conflict(f"workspace '{ws.name}' has active runs ({ids}): cancel or discard them first")
+            audit_record(actor=self.request.user, action="workspace.delete", obj=ws, data={"name": ws.name})
+            ws.delete()
+
+
+# Configuration versions ---------------------------------------------------------------------
+
+
+class _ArchiveParser(BaseParser):
+    """Hands the raw request body to the view; the configs service validates it. Reads at most
+    one byte past the limit: enough for the service to refuse an oversize archive."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> bytes:
+        return stream.read(settings.IAC_MAX_CONFIG_BYTES + 1)
+
+
+# DRF matches one media type per parser class, hence one small class per accepted type.
+class GzipParser(_ArchiveParser):
+    media_type = "application/gzip"
+
+
+class XGzipParser(_ArchiveParser):
+    media_type = "application/x-gzip"
+
+
+class XTarParser(_ArchiveParser):
+    media_type = "application/x-tar"
+
+
+class OctetStreamParser(_ArchiveParser):
+    media_type = "application/octet-stream"
+
+
+ARCHIVE_PARSERS = [GzipParser, XGzipParser, XTarParser, OctetStreamParser]
+ARCHIVE_MEDIA_TYPES = {p.media_type for p in ARCHIVE_PARSERS}
+
+
+class ConfigurationVersionListCreate(generics.ListCreateAPIView):
+    serializer_class = ConfigurationVersionSerializer
+    parser_classes = [JSONParser, *ARCHIVE_PARSERS]
+
+    def get_queryset(self) -> QuerySet[ConfigurationVersion]:
+        workspace = get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+        # The archive bytes stay in the database: the list shows what was uploaded, not the files.
+        return ConfigurationVersion.objects.filter(workspace=workspace).defer("archive").order_by("-id")
+
+    @extend_schema(
+        request={
+            "application/json": ConfigurationFilesSerializer,
+            **{media_type: OpenApiTypes.BINARY for media_type in sorted(ARCHIVE_MEDIA_TYPES)},
+        },
+        responses={201: ConfigurationVersionSerializer},
+        description="Upload Terraform files: a .tar.gz body, or JSON {\"files\": {\"main.tf\": \"...\"}}.",
+    )
+    def post(self, request: Request, workspace_id: int) -> Response:
+        workspace = get_object_or_404(Workspace, id=workspace_id)
+        data = request.data
+        if isinstance(data, bytes):
+            cv = configuration_create_from_archive(workspace=workspace, data=data, actor=request.user)
+        elif request.content_type.split(";")[0].strip() in ARCHIVE_MEDIA_TYPES:
+            # DRF skips the parser for an empty body and gives `{}`: say what is actually wrong.
+            raise ValidationError({"archive": "the request body is empty: send a .tar.gz"})
+        else:
+            files = ConfigurationFilesSerializer(data=data)
+            files.is_valid(raise_exception=True)
+            cv = configuration_create_from_files(
+                workspace=workspace, files=files.validated_data["files"], actor=request.user
+            )
+        return Response(ConfigurationVersionSerializer(cv).data, status=status.HTTP_201_CREATED)
+
+
+# Variables ----------------------------------------------------------------------------------
+
+
+class VariableListCreate(generics.ListCreateAPIView):
+    serializer_class = VariableSerializer
+    parser_classes = JSON_ONLY
+
+    def _workspace(self) -> Workspace:
+        return get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+
+    def get_queryset(self) -> QuerySet[Variable]:
+        return Variable.objects.filter(workspace=self._workspace())
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        if "workspace_id" in self.kwargs:  # absent while drf-spectacular inspects the view
+            context["workspace"] = self._workspace()
+        return context
+
+
+class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = VariableSerializer
+    parser_classes = JSON_ONLY
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+    queryset = Variable.objects.select_related("workspace")
+
+
+# Runs ---------------------------------------------------------------------------------------
+
+
+class RunListCreate(generics.ListAPIView):
+    serializer_class = RunSerializer
+    parser_classes = JSON_ONLY
+
+    def get_queryset(self) -> QuerySet[Task]:
+        workspace = get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+        return _run_queryset().filter(workspace=workspace).order_by("-id")
+
+    @extend_schema(
+        request=RunCreateSerializer,
+        responses={201: RunSerializer, 409: OpenApiResponse(description="the workspace has no configuration")},
+    )
+    def post(self, request: Request, workspace_id: int) -> Response:
+        workspace = get_object_or_404(Workspace, id=workspace_id)
+        params = RunCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        task = run_create(
+            workspace=workspace,
+            operation=params.validated_data["operation"],
+            message=params.validated_data["message"],
+            actor=request.user,
+        )
+        return _run_response(task.id, status.HTTP_201_CREATED)
+
+
+class RunDetail(generics.RetrieveAPIView):
+    serializer_class = RunSerializer
+
+    def get_queryset(self) -> QuerySet[Task]:
+        return _run_queryset()
+
+
+class _RunAction(generics.GenericAPIView):
+    """Base for POST /runs/<id>/<action>/: 404 for an unknown run, then the service decides."""
+
+    serializer_class = RunSerializer
+    parser_classes = JSON_ONLY
+    queryset = Task.objects.all()
+
+    def _task_id(self) -> int:
+        return self.get_object().id
+
+
+class RunConfirm(_RunAction):
+    @extend_schema(
+        request=RunConfirmSerializer,
+        responses={
+            200: RunSerializer,
+            409: OpenApiResponse(description="not apply_pending, or a stale plan (the run is then discarded)"),
+        },
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        params = RunConfirmSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        result = run_confirm(task_id=self._task_id(), actor=request.user, comment=params.validated_data["comment"])
+        if result.refused:
+            # The service has already committed the discard; the 409 tells the caller no apply will run.
+            raise Conflict(result.refused)
+        return _run_response(result.task.id)
+
+
+class RunDiscard(_RunAction):
+    @extend_schema(
+        request=RunConfirmSerializer,
+        responses={200: RunSerializer, 409: OpenApiResponse(description="not apply_pending")},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        params = RunConfirmSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        task = run_discard(task_id=self._task_id(), actor=request.user, comment=params.validated_data["comment"])
+        return _run_response(task.id)
+
+
+class RunCancel(_RunAction):
+    @extend_schema(
+        request=RunCancelSerializer,
+        responses={200: RunSerializer, 409: OpenApiResponse(description="the run is already final")},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        params = RunCancelSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        task = run_cancel(
+            task_id=self._task_id(),
+            actor=request.user,
+            force=params.validated_data["force"],
+            comment=params.validated_data["comment"],
+        )
+        return _run_response(task.id)
+
+
+class RunPrepare(_RunAction):
+    @extend_schema(
+        request=None,
+        responses={200: RunSerializer},
+        description="The Confirm dialog was opened: queue a warmup if the run has no warm dir.",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        task = run_prepare(task_id=self._task_id())
+        return _run_response(task.id)
+
+
+class RunLogs(generics.GenericAPIView):
+    serializer_class = RunLogSerializer
+    queryset = Task.objects.all()
+
+    @extend_schema(parameters=[OpenApiParameter("offset", int, description="byte offset to read from (default 0)")])
+    def get(self, request: Request, pk: int) -> Response:
+        task = self.get_object()
+        query = RunLogQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        # The status is read BEFORE the log: a run that was final then has all of its log
+        # written, so `complete` never hides a chunk appended between the two reads.
+        complete = is_final(task.status)
+        text, next_offset = run_log_read(task_id=task.id, offset=query.validated_data["offset"])
+        return Response(RunLogSerializer({"text": text, "next_offset": next_offset, "complete": complete}).data)
+
+
+# State versions -----------------------------------------------------------------------------
+
+
+class StateVersionList(generics.ListAPIView):
+    serializer_class = StateVersionSerializer
+
+    def get_queryset(self) -> QuerySet[StateVersion]:
+        workspace = get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+        return StateVersion.objects.filter(workspace=workspace).defer("encrypted_data").order_by("-serial", "-id")

@@ -1,0 +1,269 @@
+"""Serializers of the user API: they parse and render, the services do the writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from django.core.validators import RegexValidator
+from django.db import IntegrityError, models, transaction
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from tasks_app.models import (
+    ConfigurationVersion,
+    Plan,
+    StateVersion,
+    Task,
+    TaskEvent,
+    Variable,
+    VariableCategory,
+    Workspace,
+)
+from tasks_app.services.runs import runs_waiting_reason
+from tasks_app.states import Operation
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """Only JSON true/false. DRF's BooleanField also takes "yes", "on", 1..., which hides typos
+    such as `{"force": "flase"}` (a truthy string would be a silent force-cancel)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if isinstance(data, bool):
+            return data
+        raise serializers.ValidationError(self.error_messages["invalid"].format(input=data), code="invalid")
+
+
+class StrictCharField(serializers.CharField):
+    """Only JSON strings: DRF's CharField turns 1 into "1", which would store a file whose
+    content the user never wrote."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError(f"must be a string, not {type(data).__name__}", code="invalid")
+        return super().to_internal_value(data)
+
+
+class StrictModelSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.BooleanField: StrictBooleanField,
+    }
+
+
+@contextmanager
+def unique_or_400(field: str, message: str) -> Iterator[None]:
+    """Uniqueness checked in Python races with a concurrent insert of the same name; the
+    database constraint decides, and the loser gets the same 400 instead of a 500."""
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction stays usable
+            yield
+    except IntegrityError as exc:
+        raise serializers.ValidationError({field: message}) from exc
+
+
+# Workspaces ---------------------------------------------------------------------------------
+
+
+class WorkspaceSerializer(StrictModelSerializer):
+    latest_configuration_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Workspace
+        fields = ["id", "name", "pool", "auto_apply", "locked", "created_at", "latest_configuration_version"]
+        read_only_fields = ["id", "created_at"]
+
+    def create(self, validated_data: dict[str, Any]) -> Workspace:
+        with unique_or_400("name", "a workspace with this name already exists"):
+            return super().create(validated_data)
+
+    def update(self, instance: Workspace, validated_data: dict[str, Any]) -> Workspace:
+        with unique_or_400("name", "a workspace with this name already exists"):
+            return super().update(instance, validated_data)
+
+    def get_latest_configuration_version(self, ws: Workspace) -> int | None:
+        # Annotated by the views' queryset (one query for a list); computed when missing.
+        if hasattr(ws, "latest_cv_id"):
+            return ws.latest_cv_id
+        return ConfigurationVersion.objects.filter(workspace=ws).order_by("-id").values_list("id", flat=True).first()
+
+
+class ConfigurationVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ConfigurationVersion
+        fields = ["id", "sha256", "size", "files", "created_at"]
+        read_only_fields = fields
+
+
+class ConfigurationFilesSerializer(serializers.Serializer):
+    """The JSON form of an upload; paths and sizes are checked by the configs service."""
+
+    files = serializers.DictField(
+        child=StrictCharField(allow_blank=True, trim_whitespace=False),
+        help_text='file name -> file text, e.g. {"main.tf": "..."}',
+    )
+
+
+# Variables ----------------------------------------------------------------------------------
+
+identifier = RegexValidator(
+    r"^[A-Za-z_][A-Za-z0-9_]*\Z",
+    "must be an identifier: letters, digits and underscores, not starting with a digit",
+)
+
+
+@extend_schema_field({"type": "string", "nullable": True, "description": "null when the variable is sensitive"})
+class VariableValueField(serializers.CharField):
+    """Readable for plain variables; a sensitive value reads back as null, never decrypted here."""
+
+    def get_attribute(self, instance: Variable) -> str | None:
+        return None if instance.sensitive else instance.plain_value
+
+
+class VariableSerializer(StrictModelSerializer):
+    value = VariableValueField(allow_blank=True, trim_whitespace=False)
+
+    class Meta:
+        model = Variable
+        fields = ["id", "key", "value", "category", "sensitive"]
+        read_only_fields = ["id"]
+        # The model's unique constraint includes `workspace`, which comes from the URL, so DRF
+        # cannot build its validator: validate() checks it with the workspace from the context.
+        validators: list = []
+        extra_kwargs = {"key": {"validators": [identifier]}}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        instance: Variable | None = self.instance
+        workspace: Workspace = instance.workspace if instance else self.context["workspace"]
+        key = attrs.get("key", instance.key if instance else None)
+        category = attrs.get("category", instance.category if instance else VariableCategory.TERRAFORM)
+        clash = Variable.objects.filter(workspace=workspace, key=key, category=category)
+        if instance is not None:
+            clash = clash.exclude(id=instance.id)
+        if clash.exists():
+            raise serializers.ValidationError(
+                {"key": f"a {category} variable '{key}' already exists in this workspace"}
+            )
+        if instance is not None and instance.sensitive and attrs.get("sensitive") is False:
+            # Turning it off would show the secret to everyone who can read the workspace.
+            raise serializers.ValidationError(
+                {"sensitive": "a sensitive variable cannot be made non-sensitive: delete it and create it again"}
+            )
+        return attrs
+
+    def create(self, validated_data: dict[str, Any]) -> Variable:
+        value = validated_data.pop("value")
+        variable = Variable(workspace=self.context["workspace"], **validated_data)
+        variable.set_value(value)
+        with unique_or_400("key", f"a {variable.category} variable '{variable.key}' already exists in this workspace"):
+            variable.save()
+        return variable
+
+    def update(self, instance: Variable, validated_data: dict[str, Any]) -> Variable:
+        value: str | None = validated_data.pop("value", None)
+        if value is None and validated_data.get("sensitive") and not instance.sensitive:
+            # Becoming sensitive keeps the value but moves it to ciphertext.
+            value = instance.plain_value
+        for name, field_value in validated_data.items():
+            setattr(instance, name, field_value)
+        if value is not None:
+            instance.set_value(value)
+        with unique_or_400("key", f"a {instance.category} variable '{instance.key}' already exists in this workspace"):
+            instance.save()
+        return instance
+
+
+# Runs ---------------------------------------------------------------------------------------
+
+
+class RunCreateSerializer(serializers.Serializer):
+    operation = serializers.ChoiceField(choices=Operation.choices)
+    message = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class RunConfirmSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class RunCancelSerializer(serializers.Serializer):
+    force = StrictBooleanField(
+        required=False, default=False, help_text="stop terraform with SIGKILL at once instead of SIGINT first"
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class TaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskEvent
+        fields = ["from_status", "to_status", "message", "actor", "created_at"]
+        read_only_fields = fields
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    """A run as the run page shows it. The views load it with select_related / defer so a list
+    is a fixed number of queries and the (large, encrypted) plan bytes are never read."""
+
+    plan_summary = serializers.SerializerMethodField()
+    warmup_agent = serializers.SerializerMethodField()
+    confirm_to_apply_start_ms = serializers.SerializerMethodField()
+    confirm_to_first_log_ms = serializers.SerializerMethodField()
+    waiting_reason = serializers.SerializerMethodField()
+    events = TaskEventSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "id", "workspace", "operation", "status", "message", "created_at", "finished_at",
+            "plan_hash", "has_changes", "plan_summary",
+            "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
+            "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
+            "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "events",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_plan_summary(self, task: Task) -> dict | None:
+        plan: Plan | None = getattr(task, "plan", None)  # reverse one-to-one: AttributeError when absent
+        return plan.summary if plan is not None else None
+
+    def get_warmup_agent(self, task: Task) -> str | None:
+        return task.warmup_agent.name if task.warmup_agent is not None else None
+
+    def get_confirm_to_apply_start_ms(self, task: Task) -> int | None:
+        return _ms_between(task.confirmed_at, task.apply_started_at)
+
+    def get_confirm_to_first_log_ms(self, task: Task) -> int | None:
+        return _ms_between(task.confirmed_at, task.first_apply_log_at)
+
+    def get_waiting_reason(self, task: Task) -> str:
+        return runs_waiting_reason(task)
+
+
+class RunLogSerializer(serializers.Serializer):
+    text = serializers.CharField()
+    next_offset = serializers.IntegerField()
+    complete = serializers.BooleanField(help_text="the run is final: no more log will come")
+
+
+class RunLogQuerySerializer(serializers.Serializer):
+    offset = serializers.IntegerField(min_value=0, default=0, help_text="byte offset to read from")
+
+
+# State --------------------------------------------------------------------------------------
+
+
+class StateVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StateVersion
+        # Never the state itself: it holds secrets (resource attributes, outputs).
+        fields = ["id", "serial", "lineage", "sha256", "size", "created_at", "task"]
+        read_only_fields = fields
+
