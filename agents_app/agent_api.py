@@ -17,7 +17,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from agents_app.services.agents import agent_by_token, agent_heartbeat, agent_register, pool_by_token
+from agents_app.services.agents import (
+    agent_by_token,
+    agent_heartbeat,
+    agent_register,
+    pool_by_token,
+)
 from iacplatform import wakeups
 from iacplatform.api_errors import Conflict
 from tasks_app.services import jobs
@@ -165,6 +170,12 @@ def configuration(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse
 def plan_file(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     data = jobs.job_plan_bytes(agent=agent, job_id=job_id, fence=_fence(request))
     return HttpResponse(data, content_type="application/octet-stream")
+
+
+@agent_view
+def ack(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
+    jobs.job_ack(agent=agent, job_id=job_id, fence=_fence(request))
+    return JsonResponse({"ok": True})
 
 
 @agent_view

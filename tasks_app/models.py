@@ -176,6 +176,9 @@ class Job(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # An apply is acknowledged by its agent before terraform starts; an unacknowledged one
+    # provably never ran and may be handed to another agent.
+    acked_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -22,7 +22,13 @@ from agents_app.models import AgentStatus
 from iacplatform.api_errors import Conflict
 from tasks_app.models import Job, JobKind, JobStatus, Plan, Task, Workspace
 from tasks_app.selectors import run_log_read
-from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard, runs_waiting_reason
+from tasks_app.services.runs import (
+    run_cancel,
+    run_confirm,
+    run_create,
+    run_discard,
+    runs_waiting_reason,
+)
 from tasks_app.services.warmups import run_prepare
 from tasks_app.states import FINAL, Operation, RunStatus, WarmupStatus
 

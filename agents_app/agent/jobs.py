@@ -41,6 +41,10 @@ class Cancelled(Exception):
     pass
 
 
+class Lost(Exception):
+    """The server gave the job to someone else (409 on a fenced call): drop it silently."""
+
+
 @dataclass
 class WarmDir:
     task_id: int
@@ -214,6 +218,8 @@ class JobRun:
         keep = False
         try:
             keep = getattr(self, f"do_{self.kind}")()
+        except Lost:
+            self.log.close()
         except Cancelled:
             self.finish(ok=False, cancelled=True, error="cancelled while terraform was running")
         except JobError as exc:
@@ -264,6 +270,14 @@ class JobRun:
         return bool(result.get("keep_dir"))
 
     def do_apply(self) -> bool:
+        # Acknowledge before anything else: once acknowledged, the apply is ours and is never
+        # given to another agent; if the server already gave it away, we must not run it.
+        try:
+            self.call("POST", "ack")
+        except ServerError as exc:
+            if exc.status == 409:
+                raise Lost() from exc
+            raise
         warm = self.agent.take_warm(self.task_id)
         if warm is not None and (warm.path / "plan.out").exists():
             self.dir = warm.path

@@ -97,7 +97,7 @@ def job_claim(*, agent_id: int) -> dict[str, Any] | None:
                 Slot.objects.filter(task=task, state=SlotState.RESERVED).exclude(id=slot.id).update(
                     state=SlotState.IDLE, task=None, job=None
                 )
-            run_transition(task, RunStatus.APPLYING)
+            # The run becomes `applying` when the agent acknowledges the job (job_ack).
         job.save()
         slot.save()
         task.save()
@@ -157,6 +157,21 @@ def redact(text: str, secrets_: list[str]) -> str:
     for secret in sorted(secrets_, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def job_ack(*, agent: Agent, job_id: int, fence: int) -> None:
+    """The agent received the apply and is about to start terraform. Until this call the
+    apply provably has not run, so a claim whose answer was lost can safely go elsewhere;
+    after it, a dead agent means an errored run (see job_abandon)."""
+    with transaction.atomic():
+        job = _running_job(job_id, agent, fence, lock=True)
+        if job.acked_at is not None:
+            return
+        job.acked_at = timezone.now()
+        job.save(update_fields=["acked_at"])
+        if job.kind == JobKind.APPLY:
+            task = Task.objects.select_for_update().get(id=job.task_id)
+            run_transition(task, RunStatus.APPLYING)
 
 
 def job_append_log(*, agent: Agent, job_id: int, fence: int, seq: int, text: str, events: dict[str, Any]) -> None:
@@ -362,11 +377,20 @@ def job_abandon(job: Job, *, why: str) -> None:
     since it may have half-written the state."""
     task = Task.objects.select_for_update().get(id=job.task_id)
     _free_slot(job)
-    if job.kind == JobKind.PLAN:
+    never_ran = job.kind == JobKind.APPLY and job.acked_at is None
+    if job.kind == JobKind.PLAN or never_ran:
         job.status = JobStatus.QUEUED
         job.agent = None
         job.slot = None
         job.credential_hash = ""
+        if never_ran:
+            # Any agent may take it now, on the cold path (the warm dir was on the lost agent).
+            job.target_agent = None
+            job.target_slot = None
+            job.target_deadline = None
+            job.cold_reason = f"{why} before starting the apply"
+            reservation_release(task)
+            task.save()
         job.save()
         return
     job.status = JobStatus.FAILED
@@ -384,13 +408,18 @@ def job_abandon(job: Job, *, why: str) -> None:
 
 
 def jobs_expire_leases() -> list[int]:
-    """Running jobs whose lease ran out although their agent may still be online."""
+    """Running jobs whose lease ran out although their agent may still be online, and applies
+    claimed but not acknowledged within the target deadline (the answer never arrived, or
+    the agent hangs): those never ran and go to another agent."""
     from tasks_app.services.warmups import warmups_ensure
 
+    now = timezone.now()
+    unacked = Q(kind=JobKind.APPLY, acked_at__isnull=True,
+                claimed_at__lt=now - timedelta(seconds=settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS))
     expired = []
     with transaction.atomic():
-        for job in Job.objects.select_for_update(skip_locked=True).filter(
-            status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()
+        for job in Job.objects.select_for_update(skip_locked=True).filter(status=JobStatus.RUNNING).filter(
+            Q(lease_expires_at__lt=now) | unacked
         ):
             job_abandon(job, why=f"the lease of {job.kind} job {job.id} expired (its agent stopped reporting it)")
             expired.append(job.id)

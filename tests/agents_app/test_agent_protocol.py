@@ -177,7 +177,9 @@ def test_it_releases_reservations_requeues_plans_and_errors_applies_of_an_offlin
     applying = run_create(workspace=other_ws, operation="plan_and_apply", actor="test")
     a1.plan(a1.claim())
     run_confirm(task_id=applying.id, actor="test")
-    assert a1.claim()["kind"] == "apply"
+    apply_job = a1.claim()
+    assert apply_job["kind"] == "apply"
+    assert a1.post(f"/agent/v1/jobs/{apply_job['id']}/ack", fence=apply_job["fence"]).status_code == 200
     third_ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
     planning = run_create(workspace=third_ws, operation="plan", actor="test")
     assert a1.claim()["kind"] == "plan"
@@ -269,3 +271,25 @@ def test_it_expires_the_lease_of_a_job_the_agent_never_reports(setup, client):
     assert again["id"] == lost["id"] and again["fence"] == lost["fence"] + 1
     task.refresh_from_db()
     assert task.status == "planning"
+
+
+def test_it_hands_an_unacknowledged_apply_to_another_agent_and_fences_the_first(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    run_confirm(task_id=task.id, actor="test")
+    first = a1.claim()  # claimed on a1's behalf, but a1 hangs and never acknowledges it
+    task.refresh_from_db()
+    assert task.status == "apply_queued", "not applying until the agent acknowledges"
+    a2 = FakeAgent(client, setup[1], "a2")
+    Job.objects.filter(id=first["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
+    from tasks_app.tasks import sweep
+
+    assert sweep()["lost_jobs"] == [first["id"]]
+    second = a2.claim()
+    assert second["id"] == first["id"] and second["kind"] == "apply"
+    assert "before starting the apply" in second["cold_reason"]
+    assert a1.post(f"/agent/v1/jobs/{first['id']}/ack", fence=first["fence"]).status_code == 409
+    assert a2.post(f"/agent/v1/jobs/{second['id']}/ack", fence=second["fence"]).status_code == 200
+    task.refresh_from_db()
+    assert task.status == "applying"
+    assert Job.objects.filter(task=task, kind="apply").count() == 1
