@@ -8,10 +8,10 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from marshmallow.validate import Range
 
 from iacplatform import embedded
 from iacplatform.env import EnvError, env
-from marshmallow.validate import Range
 
 POSITIVE = Range(min=0, min_inclusive=False, error="must be greater than 0")
 

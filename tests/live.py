@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import requests
@@ -100,7 +100,7 @@ def live_url(django_db_setup, django_db_blocker) -> str:
                 return requests.get(base + "/accounts/login/", timeout=1).status_code == 200
             except requests.RequestException:
                 if web.poll() is not None:
-                    raise AssertionError(f"daphne exited; see {LOG_DIR / 'daphne.log'}")
+                    raise AssertionError(f"daphne exited; see {LOG_DIR / 'daphne.log'}") from None
                 return False
 
         wait_for(up, 60, "daphne to serve")

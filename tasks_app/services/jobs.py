@@ -10,8 +10,7 @@ has moved on.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -192,7 +191,7 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, seq: int, text: str
                 task.first_apply_log_at = now
                 fields.append("first_apply_log_at")
         if job.kind == JobKind.APPLY and "apply_started_at" in events:
-            task.apply_started_at = datetime.fromtimestamp(float(events["apply_started_at"]), tz=dt_timezone.utc)
+            task.apply_started_at = datetime.fromtimestamp(float(events["apply_started_at"]), tz=UTC)
             task.apply_path = events.get("apply_path", "")
             task.apply_path_reason = events.get("apply_path_reason", "")
             fields += ["apply_started_at", "apply_path", "apply_path_reason"]
@@ -424,7 +423,7 @@ def jobs_expire_leases() -> list[int]:
             job_abandon(job, why=f"the lease of {job.kind} job {job.id} expired (its agent stopped reporting it)")
             expired.append(job.id)
             pool_id = job.pool_id
-            transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+            transaction.on_commit(lambda p=pool_id: (warmups_ensure(pool_id=p), wakeups.wake_pool(p)))
     return expired
 
 

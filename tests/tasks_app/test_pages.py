@@ -24,7 +24,6 @@ from tasks_app.models import Job, JobKind, JobStatus, Plan, StateVersion, Task, 
 from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
 from tests.factories import make_workspace
 
-
 SECRET = "s3cr3t-never-shown-8d1f"
 
 
