@@ -15,6 +15,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -145,6 +146,9 @@ async def claim(request: HttpRequest) -> HttpResponse:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return HttpResponse(status=204)
+            opens = await sync_to_async(jobs.job_next_foreign_deadline)(agent_id=agent.id, pool_id=agent.pool_id)
+            if opens is not None:
+                remaining = min(remaining, max(0.05, (opens - timezone.now()).total_seconds() + 0.05))
             try:
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
             except asyncio.CancelledError:

@@ -40,6 +40,7 @@ try:
     IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
     IAC_MAX_CONFIG_BYTES = env.int("IAC_MAX_CONFIG_BYTES", 10 * 1024 * 1024, validate=POSITIVE)
     IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
+    DB_POOL = env.bool("IAC_DB_POOL", True)
     IAC_MAX_STATE_BYTES = env.int("IAC_MAX_STATE_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
 except EnvError as exc:  # pragma: no cover - exercised by tests/test_settings_env.py
     raise ImproperlyConfigured(str(exc)) from exc
@@ -68,6 +69,10 @@ if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("
     DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host")
 if not DATABASES["default"].get("NAME"):
     DATABASES["default"]["NAME"] = "postgres"
+# A connection pool per process (psycopg_pool): every agent call would otherwise open a new
+# PostgreSQL connection (~3 ms on the Confirm -> apply path).
+if DB_POOL:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 20, "timeout": 10}
 # Separate test databases let several test runs share one server.
 DATABASES["default"]["TEST"] = {"NAME": env.str("IAC_TEST_DB_NAME", "") or None}
 

@@ -41,8 +41,6 @@ class Cancelled(Exception):
     pass
 
 
-class Lost(Exception):
-    """The server gave the job to someone else (409 on a fenced call): drop it silently."""
 
 
 @dataclass
@@ -99,6 +97,8 @@ class JobRun:
         self.log = LogStream(agent.client, self.id, self.fence)
         self.proc: subprocess.Popen | None = None
         self.cancelled = False
+        self.lost = False  # the server gave this job to another agent
+        self.ack_thread: threading.Thread | None = None
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
@@ -204,7 +204,11 @@ class JobRun:
             )
 
     def finish(self, **result: Any) -> dict:
+        if self.ack_thread is not None:
+            self.ack_thread.join(30)  # the server must know the apply started before it ends
         self.log.close()
+        if self.lost:
+            return {"keep_dir": False}
         try:
             return self.call("POST", "finish", json=result) or {}
         except ServerError as exc:
@@ -218,8 +222,6 @@ class JobRun:
         keep = False
         try:
             keep = getattr(self, f"do_{self.kind}")()
-        except Lost:
-            self.log.close()
         except Cancelled:
             self.finish(ok=False, cancelled=True, error="cancelled while terraform was running")
         except JobError as exc:
@@ -269,15 +271,26 @@ class JobRun:
         result = self.finish(ok=True, kept_dir=True)
         return bool(result.get("keep_dir"))
 
+    def ack_in_background(self) -> None:
+        """Acknowledge the apply without waiting for the answer: the round trip stays off the
+        Confirm -> apply path. Safety does not depend on it: if the server already gave the
+        job to another agent, it also revoked this job's state credential, so `terraform
+        apply` fails at "Acquiring state lock", before it changes anything; and a 409 here
+        kills terraform at once."""
+
+        def ack() -> None:
+            try:
+                self.call("POST", "ack")
+            except ServerError as exc:
+                if exc.status == 409:
+                    self.lost = True
+                    self.cancel(force=True)
+
+        self.ack_thread = threading.Thread(target=ack, name=f"ack-{self.id}", daemon=True)
+        self.ack_thread.start()
+
     def do_apply(self) -> bool:
-        # Acknowledge before anything else: once acknowledged, the apply is ours and is never
-        # given to another agent; if the server already gave it away, we must not run it.
-        try:
-            self.call("POST", "ack")
-        except ServerError as exc:
-            if exc.status == 409:
-                raise Lost() from exc
-            raise
+        self.ack_in_background()
         warm = self.agent.take_warm(self.task_id)
         if warm is not None and (warm.path / "plan.out").exists():
             self.dir = warm.path

@@ -103,6 +103,18 @@ def job_claim(*, agent_id: int) -> dict[str, Any] | None:
         return _payload(job, task, credential)
 
 
+def job_next_foreign_deadline(*, agent_id: int, pool_id: int) -> datetime | None:
+    """When the earliest apply targeted at another agent of the pool falls open to all: a
+    waiting agent's long-poll wakes then, so a missed target is picked up without a timer."""
+    return (
+        Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED, target_deadline__gt=timezone.now())
+        .exclude(target_agent_id=agent_id)
+        .order_by("target_deadline")
+        .values_list("target_deadline", flat=True)
+        .first()
+    )
+
+
 def _payload(job: Job, task: Task, credential: str) -> dict[str, Any]:
     variables: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
     for var in Variable.objects.filter(workspace_id=task.workspace_id):
@@ -275,6 +287,11 @@ def job_finish(
             _free_slot(job)
             task.warmup_agent = None
             task.warmup_slot = None
+            if job.acked_at is None:
+                # The agent acknowledges in the background; its result implies the ack.
+                job.acked_at = now
+                job.save(update_fields=["acked_at"])
+                run_transition(task, RunStatus.APPLYING)
             if ok:
                 run_transition(task, RunStatus.APPLIED)
             elif cancelled:
@@ -425,16 +442,6 @@ def jobs_expire_leases() -> list[int]:
             pool_id = job.pool_id
             transaction.on_commit(lambda p=pool_id: (warmups_ensure(pool_id=p), wakeups.wake_pool(p)))
     return expired
-
-
-def job_release_overdue_target(*, job_id: int) -> bool:
-    """The targeted agent did not claim in time: wake the whole pool so any agent takes the
-    apply on the cold path (the claim query admits targeted jobs past their deadline)."""
-    job = Job.objects.filter(id=job_id, status=JobStatus.QUEUED).first()
-    if job is None:
-        return False
-    wakeups.wake_pool(job.pool_id)
-    return True
 
 
 def job_by_credential(token: str) -> Job | None:

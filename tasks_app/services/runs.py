@@ -193,20 +193,13 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
         )
         audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id})
         pool_id = task.workspace.pool_id
+        # The wake-up is the whole hot path: the reserving agent's long-poll returns with the job.
         if target is not None:
             agent_id = target.id
-            transaction.on_commit(lambda: _after_targeted_confirm(agent_id, job.id))
+            transaction.on_commit(lambda: wakeups.wake_agent(agent_id))
         else:
             transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
     return ConfirmResult(task=task)
-
-
-def _after_targeted_confirm(agent_id: int, job_id: int) -> None:
-    # The wake-up goes first: it is the hot path. The fallback timer is armed after it.
-    wakeups.wake_agent(agent_id)
-    from tasks_app.tasks import release_overdue_target
-
-    release_overdue_target.apply_async(args=[job_id], countdown=settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + 0.1)
 
 
 def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:

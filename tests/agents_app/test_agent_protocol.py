@@ -293,3 +293,29 @@ def test_it_hands_an_unacknowledged_apply_to_another_agent_and_fences_the_first(
     task.refresh_from_db()
     assert task.status == "applying"
     assert Job.objects.filter(task=task, kind="apply").count() == 1
+
+
+def test_it_revokes_the_state_credential_of_an_apply_handed_to_another_agent(setup, client):
+    """The agent acknowledges in the background and starts terraform at once; what keeps a
+    superseded agent from applying is that `terraform apply` must first lock the state, and
+    the re-queue revoked the credential it locks with."""
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    run_confirm(task_id=task.id, actor="test")
+    first = a1.claim()
+    lock_url = f"/api/v1/workspaces/{task.workspace_id}/state/lock"
+    password = first["state_backend"]["password"]
+    auth = "Basic " + base64.b64encode(f"job-{first['id']}:{password}".encode()).decode()
+    lock = {"ID": "lock-1", "Operation": "OperationTypeApply", "Who": "a1"}
+    body = json.dumps(lock)
+    assert client.generic("LOCK", lock_url, body, content_type="application/json", HTTP_AUTHORIZATION=auth).status_code == 200
+    assert client.generic("UNLOCK", lock_url, body, content_type="application/json", HTTP_AUTHORIZATION=auth).status_code == 200
+
+    Job.objects.filter(id=first["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
+    from tasks_app.tasks import sweep
+
+    sweep()
+    resp = client.generic("LOCK", lock_url, json.dumps(lock), content_type="application/json", HTTP_AUTHORIZATION=auth)
+    assert resp.status_code == 401
+    task.refresh_from_db()
+    assert task.status == "apply_queued"
