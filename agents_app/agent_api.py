@@ -178,12 +178,6 @@ def plan_file(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 
 
 @agent_view
-def ack(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
-    jobs.job_ack(agent=agent, job_id=job_id, fence=_fence(request))
-    return JsonResponse({"ok": True})
-
-
-@agent_view
 def logs(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     data = _json(request)
     jobs.job_append_log(

@@ -8,7 +8,6 @@ urlpatterns = [
     path("claim", agent_api.claim, name="agent-claim"),
     path("jobs/<int:job_id>/configuration", agent_api.configuration, name="agent-job-configuration"),
     path("jobs/<int:job_id>/plan-file", agent_api.plan_file, name="agent-job-plan-file"),
-    path("jobs/<int:job_id>/ack", agent_api.ack, name="agent-job-ack"),
     path("jobs/<int:job_id>/logs", agent_api.logs, name="agent-job-logs"),
     path("jobs/<int:job_id>/plan", agent_api.plan_upload, name="agent-job-plan"),
     path("jobs/<int:job_id>/finish", agent_api.finish, name="agent-job-finish"),

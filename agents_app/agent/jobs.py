@@ -94,11 +94,10 @@ class JobRun:
         self.task_id: int = payload["task"]["id"]
         self.plan_hash: str = payload["task"]["plan_hash"]
         self.dir = agent.work_root / str(payload["task"]["workspace"]) / str(self.task_id)
-        self.log = LogStream(agent.client, self.id, self.fence)
+        self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost)
         self.proc: subprocess.Popen | None = None
         self.cancelled = False
         self.lost = False  # the server gave this job to another agent
-        self.ack_thread: threading.Thread | None = None
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
@@ -116,6 +115,10 @@ class JobRun:
             return
         if not force:
             threading.Timer(CANCEL_GRACE_SECONDS, self._kill).start()
+
+    def _lost(self) -> None:
+        self.lost = True
+        self.cancel(force=True)
 
     def _kill(self) -> None:
         proc = self.proc
@@ -204,9 +207,7 @@ class JobRun:
             )
 
     def finish(self, **result: Any) -> dict:
-        if self.ack_thread is not None:
-            self.ack_thread.join(30)  # the server must know the apply started before it ends
-        self.log.close()
+        self.log.close()  # flushes the ack before the result
         if self.lost:
             return {"keep_dir": False}
         try:
@@ -271,26 +272,12 @@ class JobRun:
         result = self.finish(ok=True, kept_dir=True)
         return bool(result.get("keep_dir"))
 
-    def ack_in_background(self) -> None:
-        """Acknowledge the apply without waiting for the answer: the round trip stays off the
-        Confirm -> apply path. Safety does not depend on it: if the server already gave the
-        job to another agent, it also revoked this job's state credential, so `terraform
-        apply` fails at "Acquiring state lock", before it changes anything; and a 409 here
-        kills terraform at once."""
-
-        def ack() -> None:
-            try:
-                self.call("POST", "ack")
-            except ServerError as exc:
-                if exc.status == 409:
-                    self.lost = True
-                    self.cancel(force=True)
-
-        self.ack_thread = threading.Thread(target=ack, name=f"ack-{self.id}", daemon=True)
-        self.ack_thread.start()
-
     def do_apply(self) -> bool:
-        self.ack_in_background()
+        # The acknowledgement travels as a log event, without waiting for its answer, so its
+        # round trip stays off the Confirm -> apply path. Safety does not depend on it: if the
+        # server already gave the job to another agent, it revoked this job's state
+        # credential, so `terraform apply` fails at "Acquiring state lock" before it changes
+        # anything; and the 409 the log stream then gets kills terraform (on_lost).
         warm = self.agent.take_warm(self.task_id)
         if warm is not None and (warm.path / "plan.out").exists():
             self.dir = warm.path
@@ -307,11 +294,12 @@ class JobRun:
         else:
             path = "cold"
             reason = self.payload.get("cold_reason") or "no warm dir on this agent"
+            self.log.event(ack=True)  # before the slow preparation, not after it
             self.prepare()
             self.restore_plan()
 
         def started() -> None:
-            self.log.event(apply_started_at=time.time(), apply_path=path, apply_path_reason=reason)
+            self.log.event(ack=True, apply_started_at=time.time(), apply_path=path, apply_path_reason=reason)
 
         try:
             self.terraform("apply", "-input=false", "-no-color", "plan.out", on_start=started, header=False)

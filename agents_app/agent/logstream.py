@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from agents_app.agent.client import Client, ServerError
@@ -19,8 +20,9 @@ _STOP = object()
 
 
 class LogStream:
-    def __init__(self, client: Client, job_id: int, fence: int) -> None:
+    def __init__(self, client: Client, job_id: int, fence: int, on_lost: Callable[[], None] | None = None) -> None:
         self.client = client
+        self.on_lost = on_lost
         self.job_id = job_id
         self.fence = fence
         self.seq = 0
@@ -52,6 +54,8 @@ class LogStream:
         except ServerError as exc:
             if exc.status == 409:
                 self.lost = True
+                if self.on_lost is not None:
+                    self.on_lost()
         except Exception:  # noqa: BLE001 - logs are best effort; the job result is what matters
             pass
 

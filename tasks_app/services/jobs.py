@@ -170,29 +170,27 @@ def redact(text: str, secrets_: list[str]) -> str:
     return text
 
 
-def job_ack(*, agent: Agent, job_id: int, fence: int) -> None:
-    """The agent received the apply and is about to start terraform. Until this call the
-    apply provably has not run, so a claim whose answer was lost can safely go elsewhere;
-    after it, a dead agent means an errored run (see job_abandon)."""
-    with transaction.atomic():
-        job = _running_job(job_id, agent, fence, lock=True)
-        if job.acked_at is not None:
-            return
-        job.acked_at = timezone.now()
-        job.save(update_fields=["acked_at"])
-        if job.kind == JobKind.APPLY:
-            task = Task.objects.select_for_update().get(id=job.task_id)
-            run_transition(task, RunStatus.APPLYING)
+def _ack(job: Job, task: Task) -> None:
+    """The agent has the apply and is starting terraform (sent as the `ack` log event). Until
+    then the apply provably has not run, so a claim whose answer was lost can safely go
+    elsewhere; after it, a dead agent means an errored run (see job_abandon)."""
+    if job.kind != JobKind.APPLY or job.acked_at is not None:
+        return
+    job.acked_at = timezone.now()
+    job.save(update_fields=["acked_at"])
+    run_transition(task, RunStatus.APPLYING)
 
 
 def job_append_log(*, agent: Agent, job_id: int, fence: int, seq: int, text: str, events: dict[str, Any]) -> None:
     """Append one chunk of a job's output to its run's log. Idempotent per (job, seq), so an
     agent that retries a post after a timeout never duplicates lines."""
     with transaction.atomic():
-        job = _running_job(job_id, agent, fence)
+        job = _running_job(job_id, agent, fence, lock=bool(events.get("ack")))
         if LogChunk.objects.filter(job=job, seq=seq).exists():
             return
         task = Task.objects.select_for_update().get(id=job.task_id)
+        if events.get("ack"):
+            _ack(job, task)
         now = timezone.now()
         fields = ["log_size"]
         if text:
@@ -287,11 +285,7 @@ def job_finish(
             _free_slot(job)
             task.warmup_agent = None
             task.warmup_slot = None
-            if job.acked_at is None:
-                # The agent acknowledges in the background; its result implies the ack.
-                job.acked_at = now
-                job.save(update_fields=["acked_at"])
-                run_transition(task, RunStatus.APPLYING)
+            _ack(job, task)  # normally done already; a result implies it
             if ok:
                 run_transition(task, RunStatus.APPLIED)
             elif cancelled:

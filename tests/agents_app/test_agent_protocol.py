@@ -53,6 +53,10 @@ class FakeAgent:
         assert resp.status_code == 201, resp.content
         return self.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": True, "kept_dir": keep}, fence=job["fence"]).json()
 
+    def ack(self, job: dict):
+        """What the agent sends as it starts terraform apply: an `ack` log event."""
+        return self.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "events": {"ack": True}}, fence=job["fence"])
+
     def finish(self, job: dict, **result):
         return self.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": True, **result}, fence=job["fence"])
 
@@ -179,7 +183,7 @@ def test_it_releases_reservations_requeues_plans_and_errors_applies_of_an_offlin
     run_confirm(task_id=applying.id, actor="test")
     apply_job = a1.claim()
     assert apply_job["kind"] == "apply"
-    assert a1.post(f"/agent/v1/jobs/{apply_job['id']}/ack", fence=apply_job["fence"]).status_code == 200
+    assert a1.ack(apply_job).status_code == 200
     third_ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
     planning = run_create(workspace=third_ws, operation="plan", actor="test")
     assert a1.claim()["kind"] == "plan"
@@ -288,8 +292,8 @@ def test_it_hands_an_unacknowledged_apply_to_another_agent_and_fences_the_first(
     second = a2.claim()
     assert second["id"] == first["id"] and second["kind"] == "apply"
     assert "before starting the apply" in second["cold_reason"]
-    assert a1.post(f"/agent/v1/jobs/{first['id']}/ack", fence=first["fence"]).status_code == 409
-    assert a2.post(f"/agent/v1/jobs/{second['id']}/ack", fence=second["fence"]).status_code == 200
+    assert a1.ack(first).status_code == 409
+    assert a2.ack(second).status_code == 200
     task.refresh_from_db()
     assert task.status == "applying"
     assert Job.objects.filter(task=task, kind="apply").count() == 1
