@@ -137,6 +137,9 @@ async def claim(request: HttpRequest) -> HttpResponse:
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
         deadline = time.monotonic() + wait
         while True:
+            pushed = await wakeups.take_pushed(client, agent.id)
+            if pushed is not None:
+                return JsonResponse(pushed)
             try:
                 job = await sync_to_async(jobs.job_claim)(agent_id=agent.id)
             except jobs.AgentGone as exc:
@@ -146,7 +149,7 @@ async def claim(request: HttpRequest) -> HttpResponse:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return HttpResponse(status=204)
-            opens = await sync_to_async(jobs.job_next_foreign_deadline)(agent_id=agent.id, pool_id=agent.pool_id)
+            opens = await sync_to_async(jobs.job_next_unacked_expiry)(agent_id=agent.id, pool_id=agent.pool_id)
             if opens is not None:
                 remaining = min(remaining, max(0.05, (opens - timezone.now()).total_seconds() + 0.05))
             try:

@@ -159,12 +159,10 @@ class Job(models.Model):
     pool = models.ForeignKey("agents_app.AgentPool", on_delete=models.CASCADE, related_name="jobs")
     kind = models.CharField(max_length=20, choices=JobKind.choices)
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    # Targeted jobs go to one agent first; after target_deadline any agent of the pool may take them.
+    # The agent Confirm pushed the apply to (the one holding the run warm), for the record.
     target_agent = models.ForeignKey(
         "agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="targeted_jobs"
     )
-    target_slot = models.ForeignKey("agents_app.Slot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    target_deadline = models.DateTimeField(null=True, blank=True)
     agent = models.ForeignKey("agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     slot = models.ForeignKey("agents_app.Slot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     fence = models.PositiveIntegerField(default=0)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.db import connection, transaction
-from django.utils import timezone
 
 from agents_app.models import AgentPool
 from agents_app.services.agents import agents_mark_silent_offline
-from iacplatform import wakeups
-from tasks_app.models import Job, JobStatus, Task
+from tasks_app.models import Task
 from tasks_app.services.jobs import jobs_expire_leases
 from tasks_app.services.runs import runs_start_next
 from tasks_app.services.warmups import warmups_ensure, warmups_expire
@@ -33,8 +31,4 @@ def sweep() -> dict:
             warmups_ensure(pool_id=pool_id)
         for ws_id in set(Task.objects.filter(status=RunStatus.PENDING).values_list("workspace_id", flat=True)):
             runs_start_next(workspace_id=ws_id)
-        # Safety net: waiting agents already wake at the deadline (see the claim long-poll).
-        overdue = Job.objects.filter(status=JobStatus.QUEUED, target_deadline__lt=timezone.now())
-        for pool_id in set(overdue.values_list("pool_id", flat=True)):
-            wakeups.wake_pool(pool_id)
     return {"offline": offline, "lost_jobs": lost, "expired": expired}

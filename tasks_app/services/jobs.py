@@ -40,79 +40,99 @@ def _lease() -> datetime:
 
 
 def job_claim(*, agent_id: int) -> dict[str, Any] | None:
-    """Give the agent its next job, or None. Targeted jobs (a Confirm on a run this agent
-    holds warm) come first and use the reserved slot; other jobs need an idle slot."""
+    """Give the agent its next queued job, or None. (A confirmed apply for the agent that
+    holds the run warm is not claimed here: Confirm assigns it and pushes it, see
+    `job_assign_confirmed_apply`.)"""
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(id=agent_id)
         if agent.status != AgentStatus.ONLINE:
             raise AgentGone(f"agent {agent.name} was marked offline")
-        now = timezone.now()
-        queued = Job.objects.select_for_update(skip_locked=True).filter(pool_id=agent.pool_id, status=JobStatus.QUEUED)
-        job = queued.filter(target_agent=agent).order_by("id").first()
-        slot = None
-        if job is not None:
-            slot = Slot.objects.filter(id=job.target_slot_id, agent=agent, task_id=job.task_id).first()
+        # Applies pushed to an agent that did not take them in time go back to the pool now,
+        # not at the next sweep: this is what wakes a waiting agent at that deadline.
+        jobs_expire_leases(pool_id=agent.pool_id)
+        slot = Slot.objects.select_for_update().filter(agent=agent, state=SlotState.IDLE).order_by("index").first()
         if slot is None:
-            slot = Slot.objects.filter(agent=agent, state=SlotState.IDLE).order_by("index").first()
-            if slot is None:
-                return None
-            if job is None:
-                job = (
-                    queued.filter(Q(target_agent__isnull=True) | Q(target_deadline__lt=now))
-                    .order_by("id")
-                    .first()
-                )
+            return None
+        job = (
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(pool_id=agent.pool_id, status=JobStatus.QUEUED)
+            .order_by("id")
+            .first()
+        )
         if job is None:
             return None
-
-        task = Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=job.task_id)
-        credential, credential_hash = new_token("job")
-        job.status = JobStatus.RUNNING
-        job.agent = agent
-        job.slot = slot
-        job.fence += 1
-        job.claimed_at = now
-        job.lease_expires_at = _lease()
-        job.credential_hash = credential_hash
-        slot.state = SlotState.RUNNING
-        slot.job = job
-        slot.task = task
-
-        if job.kind == JobKind.PLAN:
-            task.base_state_serial = current_state_serial(task.workspace_id)
-        elif job.kind == JobKind.WARMUP:
-            task.warmup_status = WarmupStatus.WARMING
-            task.warmup_agent = agent
-            task.warmup_slot = slot
-            task.warmup_at = now
-            task.warmup_message = f"warming up on {agent.name}"
-        elif job.kind == JobKind.APPLY:
-            if job.target_agent_id and job.target_agent_id != agent.id:
-                # The reserving agent missed the deadline: its dir is abandoned, this agent goes cold.
-                job.cold_reason = (
-                    f"the reserving agent did not take the apply within "
-                    f"{settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS:g}s"
-                )
-                Slot.objects.filter(task=task, state=SlotState.RESERVED).exclude(id=slot.id).update(
-                    state=SlotState.IDLE, task=None, job=None
-                )
-            # The run becomes `applying` when the agent acknowledges the job (job_ack).
-        job.save()
-        slot.save()
-        task.save()
-        return _payload(job, task, credential)
+        task = _lock_task_for_payload(job.task_id)
+        return _assign(job, agent, slot, task)
 
 
-def job_next_foreign_deadline(*, agent_id: int, pool_id: int) -> datetime | None:
-    """When the earliest apply targeted at another agent of the pool falls open to all: a
-    waiting agent's long-poll wakes then, so a missed target is picked up without a timer."""
+def job_assign_confirmed_apply(*, job: Job, task: Task) -> dict[str, Any]:
+    """Confirm on a run that is warm on an online agent: assign the apply to that agent and
+    its reserved slot inside the Confirm transaction. The caller pushes the payload to the
+    agent after commit; if the agent does not acknowledge it in time, the sweep (or any
+    claiming agent of the pool) hands it to another agent, cold."""
+    agent = task.warmup_agent
+    slot = Slot.objects.select_for_update().get(id=task.warmup_slot_id)
+    return _assign(job, agent, slot, task)
+
+
+def _lock_task_for_payload(task_id: int) -> Task:
     return (
-        Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED, target_deadline__gt=timezone.now())
-        .exclude(target_agent_id=agent_id)
-        .order_by("target_deadline")
-        .values_list("target_deadline", flat=True)
+        Task.objects.select_for_update(of=("self",))
+        .select_related("workspace__pool", "configuration_version")
+        .defer("configuration_version__archive")
+        .get(id=task_id)
+    )
+
+
+def _assign(job: Job, agent: Agent, slot: Slot, task: Task) -> dict[str, Any]:
+    """Give `job` to `agent` on `slot` (all locked by the caller) and build its payload.
+    A new fence and a new state credential each time: whoever held the job before can no
+    longer report on it or lock the state with it."""
+    now = timezone.now()
+    credential, credential_hash = new_token("job")
+    job.status = JobStatus.RUNNING
+    job.agent = agent
+    job.slot = slot
+    job.fence += 1
+    job.claimed_at = now
+    job.lease_expires_at = _lease()
+    job.credential_hash = credential_hash
+    slot.state = SlotState.RUNNING
+    slot.job = job
+    slot.task = task
+
+    if job.kind == JobKind.PLAN:
+        task.base_state_serial = current_state_serial(task.workspace_id)
+    elif job.kind == JobKind.WARMUP:
+        task.warmup_status = WarmupStatus.WARMING
+        task.warmup_agent = agent
+        task.warmup_slot = slot
+        task.warmup_at = now
+        task.warmup_message = f"warming up on {agent.name}"
+    elif job.kind == JobKind.APPLY:
+        # A warm dir elsewhere is of no use to this agent: free that reservation. (The run
+        # becomes `applying` when the agent acknowledges the job, see _ack.)
+        Slot.objects.filter(task=task, state=SlotState.RESERVED).exclude(id=slot.id).update(
+            state=SlotState.IDLE, task=None, job=None
+        )
+    job.save(update_fields=["status", "agent", "slot", "fence", "claimed_at", "lease_expires_at", "credential_hash"])
+    slot.save(update_fields=["state", "job", "task", "updated_at"])
+    if job.kind != JobKind.APPLY:  # assigning an apply changes nothing on the run
+        task.save()
+    return _payload(job, task, credential)
+
+
+def job_next_unacked_expiry(*, agent_id: int, pool_id: int) -> datetime | None:
+    """When the earliest apply pushed to another agent of the pool and not yet acknowledged
+    falls back to the pool: a waiting agent's long-poll wakes then to take it, cold."""
+    claimed_at = (
+        Job.objects.filter(pool_id=pool_id, status=JobStatus.RUNNING, kind=JobKind.APPLY, acked_at__isnull=True)
+        .exclude(agent_id=agent_id)
+        .order_by("claimed_at")
+        .values_list("claimed_at", flat=True)
         .first()
     )
+    return claimed_at + timedelta(seconds=settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS) if claimed_at else None
 
 
 def _payload(job: Job, task: Task, credential: str) -> dict[str, Any]:
@@ -395,10 +415,7 @@ def job_abandon(job: Job, *, why: str) -> None:
         job.credential_hash = ""
         if never_ran:
             # Any agent may take it now, on the cold path (the warm dir was on the lost agent).
-            job.target_agent = None
-            job.target_slot = None
-            job.target_deadline = None
-            job.cold_reason = f"{why} before starting the apply"
+            job.cold_reason = f"{why}; the apply had not started"
             reservation_release(task)
             task.save()
         job.save()
@@ -417,24 +434,30 @@ def job_abandon(job: Job, *, why: str) -> None:
         )
 
 
-def jobs_expire_leases() -> list[int]:
+def jobs_expire_leases(*, pool_id: int | None = None) -> list[int]:
     """Running jobs whose lease ran out although their agent may still be online, and applies
-    claimed but not acknowledged within the target deadline (the answer never arrived, or
-    the agent hangs): those never ran and go to another agent."""
+    assigned but not acknowledged within IAC_TARGET_CLAIM_TIMEOUT_SECONDS (the push never
+    arrived, or the agent hangs): those never ran and go to another agent."""
     from tasks_app.services.warmups import warmups_ensure
 
     now = timezone.now()
-    unacked = Q(kind=JobKind.APPLY, acked_at__isnull=True,
-                claimed_at__lt=now - timedelta(seconds=settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS))
+    timeout = settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS
+    unacked = Q(kind=JobKind.APPLY, acked_at__isnull=True, claimed_at__lt=now - timedelta(seconds=timeout))
+    running = Job.objects.select_for_update(skip_locked=True, of=("self",)).select_related("agent")
+    running = running.filter(status=JobStatus.RUNNING).filter(Q(lease_expires_at__lt=now) | unacked)
+    if pool_id is not None:
+        running = running.filter(pool_id=pool_id)
     expired = []
     with transaction.atomic():
-        for job in Job.objects.select_for_update(skip_locked=True).filter(status=JobStatus.RUNNING).filter(
-            Q(lease_expires_at__lt=now) | unacked
-        ):
-            job_abandon(job, why=f"the lease of {job.kind} job {job.id} expired (its agent stopped reporting it)")
+        for job in running:
+            agent_name = job.agent.name if job.agent else "its agent"
+            if job.kind == JobKind.APPLY and job.acked_at is None:
+                why = f"{agent_name} did not take the apply within {timeout:g}s"
+            else:
+                why = f"the lease of {job.kind} job {job.id} expired ({agent_name} stopped reporting it)"
+            job_abandon(job, why=why)
             expired.append(job.id)
-            pool_id = job.pool_id
-            transaction.on_commit(lambda p=pool_id: (warmups_ensure(pool_id=p), wakeups.wake_pool(p)))
+            transaction.on_commit(lambda p=job.pool_id: (warmups_ensure(pool_id=p), wakeups.wake_pool(p)))
     return expired
 
 

@@ -8,10 +8,8 @@ agent never sees a job whose transaction has not committed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -174,29 +172,26 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
                 WarmupStatus.FAILED: f"the warmup failed {task.warmup_retry_count} times: {task.warmup_message}",
             }.get(WarmupStatus(task.warmup_status), "no warm dir")
 
-        run_transition(task, RunStatus.APPLY_QUEUED, actor=actor, message="")
         task.confirmed_at = now
         task.confirmed_by = actor if getattr(actor, "is_authenticated", False) else None
-        task.save(update_fields=["confirmed_at", "confirmed_by"])
+        run_transition(task, RunStatus.APPLY_QUEUED, actor=actor)  # saves the task
         # A queued warmup is pointless now; a running one finishes and sees the run moved on.
         Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).update(
             status=JobStatus.CANCELLED, finished_at=now
         )
         job = Job.objects.create(
-            task=task,
-            pool_id=task.workspace.pool_id,
-            kind=JobKind.APPLY,
-            target_agent=target,
-            target_slot_id=task.warmup_slot_id if target else None,
-            target_deadline=now + timedelta(seconds=settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS) if target else None,
-            cold_reason=cold_reason,
+            task=task, pool_id=task.workspace.pool_id, kind=JobKind.APPLY, target_agent=target, cold_reason=cold_reason
         )
         audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id})
         pool_id = task.workspace.pool_id
-        # The wake-up is the whole hot path: the reserving agent's long-poll returns with the job.
         if target is not None:
+            # The hot path: the job is assigned here and pushed to the reserving agent, whose
+            # long-poll returns it without another database round (see agent_api.claim).
+            from tasks_app.services.jobs import job_assign_confirmed_apply
+
+            payload = job_assign_confirmed_apply(job=job, task=task)
             agent_id = target.id
-            transaction.on_commit(lambda: wakeups.wake_agent(agent_id))
+            transaction.on_commit(lambda: wakeups.push_job(agent_id, payload))
         else:
             transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
     return ConfirmResult(task=task)

@@ -100,18 +100,24 @@ def test_it_reserves_the_plans_slot_so_the_run_is_ready_at_once(setup, client):
     assert Slot.objects.get(id=task.warmup_slot_id).state == "reserved"
 
 
-def test_it_gives_the_confirmed_apply_to_the_reserving_agent_only_until_the_deadline(setup, client):
+def test_it_pushes_the_confirmed_apply_to_the_reserving_agent_and_falls_back_to_the_pool(setup, client):
     a1 = FakeAgent(client, setup[1], "a1")
     task = apply_pending(setup, a1)
     a2 = FakeAgent(client, setup[1], "a2")
     run_confirm(task_id=task.id, actor="test")
 
-    assert a2.claim() is None, "another agent must not steal a targeted apply before the deadline"
-    Job.objects.filter(task=task, kind="apply").update(target_deadline=timezone.now() - timedelta(seconds=1))
+    assert a2.claim() is None, "another agent must not steal the pushed apply"
+    pushed = a1.claim()
+    assert pushed["kind"] == "apply" and pushed["cold_reason"] == ""
+    assert a1.claim() is None, "a pushed job is handed out once"
+
+    # a1 never acknowledges it: once the deadline passes, any claiming agent takes it cold.
+    Job.objects.filter(id=pushed["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
     job = a2.claim()
-    assert job["kind"] == "apply"
-    assert "did not take the apply" in job["cold_reason"]
-    assert not Slot.objects.filter(agent_id=a1.id, state="reserved").exists()
+    assert job["id"] == pushed["id"] and job["fence"] == pushed["fence"] + 1
+    assert "a1 did not take the apply within 2s" in job["cold_reason"]
+    assert not Slot.objects.filter(agent_id=a1.id, state__in=["reserved", "running"]).exists()
+    assert a1.ack(pushed).status_code == 409
 
 
 def test_it_hands_a_job_to_one_claimer_and_fences_the_loser(setup, client):
@@ -291,7 +297,7 @@ def test_it_hands_an_unacknowledged_apply_to_another_agent_and_fences_the_first(
     assert sweep()["lost_jobs"] == [first["id"]]
     second = a2.claim()
     assert second["id"] == first["id"] and second["kind"] == "apply"
-    assert "before starting the apply" in second["cold_reason"]
+    assert "the apply had not started" in second["cold_reason"]
     assert a1.ack(first).status_code == 409
     assert a2.ack(second).status_code == 200
     task.refresh_from_db()
