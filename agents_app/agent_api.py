@@ -3,7 +3,6 @@ token afterwards). Plain Django views: `claim` is an async long-poll, which DRF 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -119,8 +118,9 @@ def heartbeat(request: HttpRequest, agent: Any) -> HttpResponse:
 
 @csrf_exempt
 async def claim(request: HttpRequest) -> HttpResponse:
-    """Long-poll for a job. Subscribe to the wake-up channels first, then try to claim, then
-    wait: a job queued between the attempt and the wait still wakes us."""
+    """Long-poll for a job. Subscribe to the wake-up channels first, then take a job pushed by
+    Confirm or claim a queued one, then wait: a job pushed or queued between the attempt and
+    the wait still wakes us."""
     if request.method != "POST":
         return _error(405, "use POST")
     agent = await sync_to_async(agent_by_token)(_bearer(request))
@@ -152,10 +152,7 @@ async def claim(request: HttpRequest) -> HttpResponse:
             opens = await sync_to_async(jobs.job_next_unacked_expiry)(agent_id=agent.id, pool_id=agent.pool_id)
             if opens is not None:
                 remaining = min(remaining, max(0.05, (opens - timezone.now()).total_seconds() + 0.05))
-            try:
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-            except asyncio.CancelledError:
-                raise
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
     finally:
         await pubsub.aclose()
         await client.aclose()

@@ -157,7 +157,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
         now = timezone.now()
         target = None
         cold_reason = ""
-        if task.warmup_status == WarmupStatus.READY and task.warmup_agent is not None:
+        if task.warmup_status == WarmupStatus.READY and task.warmup_agent and task.warmup_slot_id:
             if task.warmup_agent.status != AgentStatus.ONLINE:
                 cold_reason = f"the reserving agent {task.warmup_agent.name} is offline"
             elif task.warmup_expires_at and task.warmup_expires_at <= now:
