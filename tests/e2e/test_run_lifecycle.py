@@ -111,3 +111,28 @@ resource "terraform_data" "slow" {
     assert Job.objects.filter(task_id=run["id"], kind="apply").count() == 1
     assert s.marker.read_text().count("started") == 1
     assert Task.objects.get(id=run["id"]).status == "errored"
+
+
+def test_it_cancels_a_running_apply_by_interrupting_terraform(scenario):
+    slow = """
+variable "marker_file" { type = string }
+resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    command = "echo started >> ${var.marker_file}; sleep 60; echo applied >> ${var.marker_file}"
+  }
+}
+"""
+    s = scenario(files={"main.tf": slow})
+    s.agent("a1")
+    run = s.user.queue(s.workspace["id"])
+    s.user.wait(run["id"], "apply_pending")
+    s.user.confirm(run["id"])
+    from tests.live import wait_for
+
+    wait_for(lambda: s.marker.exists(), 30, "the apply to start its provisioner")
+    s.user.request("POST", f"/api/v1/runs/{run['id']}/cancel/", json={}, expect=200)
+
+    cancelled = s.user.wait(run["id"], "cancelled", timeout=30)
+    assert "cancelled" in cancelled["message"]
+    assert "applied" not in s.marker.read_text()
+    assert s.user.confirm(run["id"]).status_code == 409
