@@ -10,7 +10,7 @@ $(VENV)/.installed: requirements.txt
 	@echo "==> creating $(VENV) and installing requirements (first run takes a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off -q --upgrade pip
-	$(PY) -m pip install --progress-bar off -q -r requirements.txt
+	$(PY) -m pip install --progress-bar off -r requirements.txt
 	@touch $@
 
 run: $(VENV)/.installed
