@@ -66,6 +66,7 @@ def job_claim(*, agent_id: int) -> dict[str, Any] | None:
 
 
 def job_assign_confirmed_apply(*, job: Job, task: Task) -> dict[str, Any]:
+    # `job` is not saved yet; _assign inserts it assigned.
     """Confirm on a run that is warm on an online agent: assign the apply to that agent and
     its reserved slot inside the Confirm transaction. The caller pushes the payload to the
     agent after commit; if the agent does not acknowledge it in time, the sweep (or any
@@ -109,13 +110,16 @@ def _assign(job: Job, agent: Agent, slot: Slot, task: Task) -> dict[str, Any]:
         task.warmup_slot = slot
         task.warmup_at = now
         task.warmup_message = f"warming up on {agent.name}"
-    elif job.kind == JobKind.APPLY:
+    elif job.kind == JobKind.APPLY and task.warmup_slot_id not in (None, slot.id):
         # A warm dir elsewhere is of no use to this agent: free that reservation. (The run
         # becomes `applying` when the agent acknowledges the job, see _ack.)
         Slot.objects.filter(task=task, state=SlotState.RESERVED).exclude(id=slot.id).update(
             state=SlotState.IDLE, task=None, job=None
         )
-    job.save(update_fields=["status", "agent", "slot", "fence", "claimed_at", "lease_expires_at", "credential_hash"])
+    if job.pk is None:  # Confirm creates the apply already assigned: one INSERT, no UPDATE
+        job.save()
+    else:
+        job.save(update_fields=["status", "agent", "slot", "fence", "claimed_at", "lease_expires_at", "credential_hash"])
     slot.save(update_fields=["state", "job", "task", "updated_at"])
     if job.kind != JobKind.APPLY:  # assigning an apply changes nothing on the run
         task.save()

@@ -175,25 +175,27 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
         task.confirmed_at = now
         task.confirmed_by = actor if getattr(actor, "is_authenticated", False) else None
         run_transition(task, RunStatus.APPLY_QUEUED, actor=actor)  # saves the task
-        # A queued warmup is pointless now; a running one finishes and sees the run moved on.
-        Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED, finished_at=now
-        )
-        job = Job.objects.create(
-            task=task, pool_id=task.workspace.pool_id, kind=JobKind.APPLY, target_agent=target, cold_reason=cold_reason
-        )
-        audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id})
+        job = Job(task=task, pool_id=task.workspace.pool_id, kind=JobKind.APPLY, target_agent=target,
+                  cold_reason=cold_reason)
         pool_id = task.workspace.pool_id
         if target is not None:
-            # The hot path: the job is assigned here and pushed to the reserving agent, whose
-            # long-poll returns it without another database round (see agent_api.claim).
+            # The hot path: the job is created assigned to the reserving agent and slot, and
+            # pushed to its long-poll, which returns it without another database round (see
+            # agent_api.claim). (A ready run has no queued warmup: those exist only for runs
+            # whose warmup is none or expired.)
             from tasks_app.services.jobs import job_assign_confirmed_apply
 
             payload = job_assign_confirmed_apply(job=job, task=task)
             agent_id = target.id
             transaction.on_commit(lambda: wakeups.push_job(agent_id, payload))
         else:
+            # A queued warmup is pointless now; a running one finishes and sees the run moved on.
+            Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).update(
+                status=JobStatus.CANCELLED, finished_at=now
+            )
+            job.save()
             transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
+        audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id})
     return ConfirmResult(task=task)
 
 
