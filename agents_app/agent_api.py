@@ -6,25 +6,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from agents_app.claim import NO_TOKEN, claim_longpoll, parse_wait
 from agents_app.services.agents import (
     agent_by_token,
     agent_heartbeat,
     agent_register,
     pool_by_token,
 )
-from iacplatform import wakeups
 from iacplatform.api_errors import Conflict
 from tasks_app.services import jobs
 
@@ -68,7 +66,7 @@ def agent_view(view: Callable) -> Callable:
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         agent = agent_by_token(_bearer(request))
         if agent is None:
-            return _error(401, "unknown or missing agent token (Authorization: Bearer <agent token>)")
+            return _error(401, NO_TOKEN)
         try:
             return view(request, agent, *args, **kwargs)
         except ValueError as exc:
@@ -118,44 +116,22 @@ def heartbeat(request: HttpRequest, agent: Any) -> HttpResponse:
 
 @csrf_exempt
 async def claim(request: HttpRequest) -> HttpResponse:
-    """Long-poll for a job. Subscribe to the wake-up channels first, then take a job pushed by
-    Confirm or claim a queued one, then wait: a job pushed or queued between the attempt and
-    the wait still wakes us."""
+    """Long-poll for a job (see agents_app.claim; in production `claim_asgi` serves this URL
+    without Django's middleware)."""
     if request.method != "POST":
         return _error(405, "use POST")
-    agent = await sync_to_async(agent_by_token)(_bearer(request))
+    agent = await database_sync_to_async(agent_by_token)(_bearer(request))
     if agent is None:
-        return _error(401, "unknown or missing agent token (Authorization: Bearer <agent token>)")
+        return _error(401, NO_TOKEN)
     try:
-        wait = float(request.GET.get("wait", settings.IAC_CLAIM_LONGPOLL_SECONDS))
-    except ValueError:
-        return _error(400, "query parameter 'wait' must be a number of seconds")
-    wait = max(0.0, min(wait, settings.IAC_CLAIM_LONGPOLL_SECONDS))
-    client = wakeups.async_client()
-    pubsub = client.pubsub()
+        wait = parse_wait(request.GET.get("wait"))
+    except ValueError as exc:
+        return _error(400, str(exc))
     try:
-        await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
-        deadline = time.monotonic() + wait
-        while True:
-            pushed = await wakeups.take_pushed(client, agent.id)
-            if pushed is not None:
-                return JsonResponse(pushed)
-            try:
-                job = await sync_to_async(jobs.job_claim)(agent_id=agent.id)
-            except jobs.AgentGone as exc:
-                return _error(410, str(exc), reregister=True)
-            if job is not None:
-                return JsonResponse(job)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return HttpResponse(status=204)
-            opens = await sync_to_async(jobs.job_next_unacked_expiry)(agent_id=agent.id, pool_id=agent.pool_id)
-            if opens is not None:
-                remaining = min(remaining, max(0.05, (opens - timezone.now()).total_seconds() + 0.05))
-            await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-    finally:
-        await pubsub.aclose()
-        await client.aclose()
+        job = await claim_longpoll(agent, wait)
+    except jobs.AgentGone as exc:
+        return _error(410, str(exc), reregister=True)
+    return JsonResponse(job) if job is not None else HttpResponse(status=204)
 
 
 def _fence(request: HttpRequest) -> int:

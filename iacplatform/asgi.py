@@ -15,11 +15,22 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from agents_app.claim import claim_asgi  # noqa: E402
 from iacplatform.routing import websocket_urlpatterns  # noqa: E402
+
+
+async def http_router(scope: dict, receive, send) -> None:
+    # The agent's claim long-poll skips Django's middleware: it is the Confirm -> apply hot
+    # path (see agents_app/claim.py). Everything else goes through Django.
+    if scope["path"] == "/agent/v1/claim":
+        await claim_asgi(scope, receive, send)
+    else:
+        await http_app(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        "http": http_router,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

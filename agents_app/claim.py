@@ -1,0 +1,99 @@
+"""The agent's claim long-poll, shared by the Django view (agent_api.claim) and the bare ASGI
+app that serves it in production (`claim_asgi`).
+
+Why a bare ASGI app: under Django's handler an async view still passes through the sync
+middleware stack (sessions, CSRF, auth, messages...), each layer a thread hop on the way in
+and out: about 10 ms between the moment a pushed job is taken and the moment the agent has
+it. The agent API needs none of that middleware, and this is the Confirm -> apply hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from agents_app.models import Agent
+from agents_app.services.agents import agent_by_token
+from iacplatform import wakeups
+from tasks_app.services import jobs
+
+NO_TOKEN = "unknown or missing agent token (Authorization: Bearer <agent token>)"
+
+
+def parse_wait(raw: str | None) -> float:
+    """Seconds to wait, clamped to IAC_CLAIM_LONGPOLL_SECONDS; ValueError when not a number."""
+    try:
+        wait = float(raw) if raw not in (None, "") else settings.IAC_CLAIM_LONGPOLL_SECONDS
+    except ValueError as exc:
+        raise ValueError("query parameter 'wait' must be a number of seconds") from exc
+    return max(0.0, min(wait, settings.IAC_CLAIM_LONGPOLL_SECONDS))
+
+
+async def claim_longpoll(agent: Agent, wait: float) -> dict[str, Any] | None:
+    """A job for the agent, or None after `wait` seconds. Raises jobs.AgentGone.
+
+    Subscribe to the wake-up channels first, then take a job pushed by Confirm or claim a
+    queued one, then wait: a job pushed or queued between the attempt and the wait still
+    wakes us."""
+    client = wakeups.async_client()
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
+        deadline = time.monotonic() + wait
+        while True:
+            pushed = await wakeups.take_pushed(client, agent.id)
+            if pushed is not None:
+                return pushed
+            job = await database_sync_to_async(jobs.job_claim)(agent_id=agent.id)
+            if job is not None:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            opens = await database_sync_to_async(jobs.job_next_unacked_expiry)(agent_id=agent.id, pool_id=agent.pool_id)
+            if opens is not None:
+                remaining = min(remaining, max(0.05, (opens - timezone.now()).total_seconds() + 0.05))
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def _send_json(send: Any, status: int, body: dict | None) -> None:
+    data = json.dumps(body).encode() if body is not None else b""
+    headers = [(b"content-type", b"application/json")] if body is not None else []
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + [(b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
+    """POST /agent/v1/claim?wait=S as a bare ASGI app (same contract as the Django view)."""
+    while (await receive()).get("more_body"):  # the body is empty; drain it all the same
+        pass
+    if scope["method"] != "POST":
+        await _send_json(send, 405, {"detail": "use POST"})
+        return
+    auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+    token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+    agent = await database_sync_to_async(agent_by_token)(token)
+    if agent is None:
+        await _send_json(send, 401, {"detail": NO_TOKEN})
+        return
+    try:
+        wait = parse_wait(parse_qs(scope.get("query_string", b"").decode()).get("wait", [None])[0])
+    except ValueError as exc:
+        await _send_json(send, 400, {"detail": str(exc)})
+        return
+    try:
+        job = await claim_longpoll(agent, wait)
+    except jobs.AgentGone as exc:
+        await _send_json(send, 410, {"detail": str(exc), "reregister": True})
+        return
+    await _send_json(send, 200 if job is not None else 204, job)
