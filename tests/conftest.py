@@ -71,3 +71,20 @@ def _flush_retrying_deadlocks() -> None:
 
 
 _flush_retrying_deadlocks()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, plus a clean end: connections that outlive the tests
+    (pooled ones, those of test threads, a live server's last requests) would keep the test
+    database from being dropped."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    if hasattr(connection, "close_pool"):
+        connection.close_pool()
