@@ -18,11 +18,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from agents_app.models import AgentStatus
 from iacplatform.api_errors import Conflict
 from tasks_app.models import Job, JobKind, JobStatus, Plan, Task, Workspace
 from tasks_app.selectors import run_log_read
 from tasks_app.services.runs import (
+    confirm_target,
     run_cancel,
     run_confirm,
     run_create,
@@ -30,7 +30,7 @@ from tasks_app.services.runs import (
     runs_waiting_reason,
 )
 from tasks_app.services.warmups import run_prepare
-from tasks_app.states import FINAL, Operation, RunStatus, WarmupStatus
+from tasks_app.states import FINAL, Operation, RunStatus
 
 
 class WorkspaceCreateForm(forms.ModelForm):
@@ -98,41 +98,20 @@ class WarmExplanation:
 def warm_explanation(task: Task, *, now: datetime | None = None) -> WarmExplanation:
     """What Confirm will do right now, in the words run_confirm uses to pick the path."""
     now = now or timezone.now()
-    pool = task.workspace.pool
-    if not pool.warm_apply:
-        return WarmExplanation(False, f"Apply will run cold: warm apply is turned off for pool {pool.name}.")
-    agent = task.warmup_agent
-    status = task.warmup_status
-    if status == WarmupStatus.READY and agent is not None:
-        if agent.status != AgentStatus.ONLINE:
-            return WarmExplanation(False, f"Apply will run cold: the reserving agent {agent.name} is offline.")
-        if task.warmup_expires_at and task.warmup_expires_at <= now:
-            return WarmExplanation(False, "Apply will run cold unless re-warmed first: the warm dir has expired.")
+    agent, cold_reason = confirm_target(task, now=now)
+    if agent is not None:
         expires = (
             f" (expires {timezone.localtime(task.warmup_expires_at):%Y-%m-%d %H:%M:%S %Z})"
             if task.warmup_expires_at
             else ""
         )
         return WarmExplanation(True, f"Apply will start warm on agent {agent.name}{expires}.")
-    if status == WarmupStatus.WARMING:
-        where = f" on agent {agent.name}" if agent else ""
-        return WarmExplanation(False, f"Warming up{where}; confirming now runs cold.")
-    if status == WarmupStatus.FAILED:
+    # run_prepare (called when this page is shown) may just have queued a warmup: say so.
+    if Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).exists():
         return WarmExplanation(
-            False,
-            f"Apply will run cold: the warmup failed {task.warmup_retry_count} times"
-            + (f": {task.warmup_message}" if task.warmup_message else "."),
+            False, "No warm dir yet: a warmup job is queued, waiting for an agent. Confirming now runs cold."
         )
-    # none / expired: say whether a warmup is on its way (run_prepare queues one on page view).
-    queued = Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).exists()
-    detail = f" ({task.warmup_message})" if task.warmup_message else ""
-    if queued:
-        return WarmExplanation(
-            False, f"No warm dir yet: a warmup job is queued, waiting for an agent{detail}. Confirming now runs cold."
-        )
-    if status == WarmupStatus.EXPIRED:
-        return WarmExplanation(False, f"Apply will run cold: the warm dir expired{detail}.")
-    return WarmExplanation(False, f"Apply will run cold: no agent holds a warm dir for this run yet{detail}.")
+    return WarmExplanation(False, f"Apply will run cold: {cold_reason}.")
 
 
 def _ms_between(start: datetime | None, end: datetime | None) -> int | None:

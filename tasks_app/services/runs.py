@@ -8,6 +8,7 @@ agent never sees a job whose transaction has not committed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -134,14 +135,39 @@ class ConfirmResult:
     refused: str = ""  # non-empty: the apply was refused and the run discarded, with this reason
 
 
+def confirm_target(task: Task, *, now: datetime) -> tuple[Any, str]:
+    """Where an apply confirmed now would start: (the agent holding the run warm, "") or
+    (None, why it will run cold). Confirm uses it, and the run page says the same words."""
+    from agents_app.models import AgentStatus
+
+    agent = task.warmup_agent
+    if not task.workspace.pool.warm_apply:
+        return None, f"warm apply is turned off for pool {task.workspace.pool.name}"
+    if task.warmup_status == WarmupStatus.READY and agent and task.warmup_slot_id:
+        if agent.status != AgentStatus.ONLINE:
+            return None, f"the reserving agent {agent.name} is offline"
+        if task.warmup_expires_at and task.warmup_expires_at <= now:
+            return None, "the warm dir expired before Confirm"
+        return agent, ""
+    return None, {
+        WarmupStatus.NONE: "no agent held a warm dir for this run",
+        WarmupStatus.READY: "no agent held a warm dir for this run",
+        WarmupStatus.WARMING: f"the warmup on {agent.name if agent else 'an agent'} was still running at Confirm",
+        WarmupStatus.EXPIRED: "the warm dir expired before Confirm",
+        WarmupStatus.FAILED: f"the warmup failed {task.warmup_retry_count} times: {task.warmup_message}",
+    }[WarmupStatus(task.warmup_status)]
+
+
 def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult:
     """Confirm Apply. At most one apply job per run: the row lock plus the status check make
     a second confirm (double click, two tabs, a retried request) a 409, and a unique
     constraint on (task, kind=apply) backs that up at the database level."""
-    from agents_app.models import AgentStatus
-
     with transaction.atomic():
-        task = Task.objects.select_for_update(of=("self",)).select_related("workspace", "warmup_agent").get(id=task_id)
+        task = (
+            Task.objects.select_for_update(of=("self",))
+            .select_related("workspace__pool", "warmup_agent")
+            .get(id=task_id)
+        )
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
         serial = current_state_serial(task.workspace_id)
@@ -155,23 +181,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
             return ConfirmResult(task=task, refused=reason)
 
         now = timezone.now()
-        target = None
-        cold_reason = ""
-        if task.warmup_status == WarmupStatus.READY and task.warmup_agent and task.warmup_slot_id:
-            if task.warmup_agent.status != AgentStatus.ONLINE:
-                cold_reason = f"the reserving agent {task.warmup_agent.name} is offline"
-            elif task.warmup_expires_at and task.warmup_expires_at <= now:
-                cold_reason = "the warm dir expired before Confirm"
-            else:
-                target = task.warmup_agent
-        else:
-            cold_reason = {
-                WarmupStatus.NONE: "no agent held a warm dir for this run",
-                WarmupStatus.WARMING: "the warmup was still running at Confirm",
-                WarmupStatus.EXPIRED: "the warm dir expired before Confirm",
-                WarmupStatus.FAILED: f"the warmup failed {task.warmup_retry_count} times: {task.warmup_message}",
-            }.get(WarmupStatus(task.warmup_status), "no warm dir")
-
+        target, cold_reason = confirm_target(task, now=now)
         task.confirmed_at = now
         task.confirmed_by = actor if getattr(actor, "is_authenticated", False) else None
         run_transition(task, RunStatus.APPLY_QUEUED, actor=actor)  # saves the task
