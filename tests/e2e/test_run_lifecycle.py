@@ -10,8 +10,19 @@ import zipfile
 import pytest
 
 from tasks_app.models import Job, Plan, StateVersion, Task
+from tests.live import wait_for
 
 CREDENTIAL = re.compile(rb"job-[A-Za-z0-9_-]{40,}")
+
+# An apply that writes "started", then takes a minute: long enough to kill or cancel it.
+SLOW_APPLY_TF = """
+variable "marker_file" { type = string }
+resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    command = "echo started >> ${var.marker_file}; sleep 60; echo applied >> ${var.marker_file}"
+  }
+}
+"""
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -86,22 +97,12 @@ def test_it_runs_plan_only_runs_beside_a_waiting_apply(scenario):
 
 
 def test_it_errors_an_apply_whose_agent_died_and_never_reruns_it(scenario):
-    slow = """
-variable "marker_file" { type = string }
-resource "terraform_data" "slow" {
-  provisioner "local-exec" {
-    command = "echo started >> ${var.marker_file}; sleep 30; echo applied >> ${var.marker_file}"
-  }
-}
-"""
-    s = scenario(files={"main.tf": slow})
+    s = scenario(files={"main.tf": SLOW_APPLY_TF})
     a1 = s.agent("a1")
     run = s.user.queue(s.workspace["id"])
     s.user.wait(run["id"], "apply_pending")
     s.user.confirm(run["id"])
     s.user.wait(run["id"], "applying")
-    from tests.live import wait_for
-
     wait_for(lambda: s.marker.exists(), 30, "the apply to start its provisioner")
     a1.kill()
     s.agent("a2")
@@ -114,21 +115,11 @@ resource "terraform_data" "slow" {
 
 
 def test_it_cancels_a_running_apply_by_interrupting_terraform(scenario):
-    slow = """
-variable "marker_file" { type = string }
-resource "terraform_data" "slow" {
-  provisioner "local-exec" {
-    command = "echo started >> ${var.marker_file}; sleep 60; echo applied >> ${var.marker_file}"
-  }
-}
-"""
-    s = scenario(files={"main.tf": slow})
+    s = scenario(files={"main.tf": SLOW_APPLY_TF})
     s.agent("a1")
     run = s.user.queue(s.workspace["id"])
     s.user.wait(run["id"], "apply_pending")
     s.user.confirm(run["id"])
-    from tests.live import wait_for
-
     wait_for(lambda: s.marker.exists(), 30, "the apply to start its provisioner")
     s.user.request("POST", f"/api/v1/runs/{run['id']}/cancel/", json={}, expect=200)
 
