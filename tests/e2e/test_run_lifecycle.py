@@ -127,3 +127,14 @@ def test_it_cancels_a_running_apply_by_interrupting_terraform(scenario):
     assert "cancelled" in cancelled["message"]
     assert "applied" not in s.marker.read_text()
     assert s.user.confirm(run["id"]).status_code == 409
+
+
+def test_it_applies_without_a_confirm_click_on_an_auto_apply_workspace(scenario):
+    s = scenario()
+    s.user.request("PATCH", f"/api/v1/workspaces/{s.workspace['id']}/", json={"auto_apply": True}, expect=200)
+    s.agent("a1")
+    run = s.user.queue(s.workspace["id"])
+    done = s.user.wait(run["id"], "applied")
+    assert done["apply_path"] == "fast"
+    assert [e["actor"] for e in done["events"] if e["to_status"] == "apply_queued"] == ["auto-apply"]
+    assert s.applies() == 1
