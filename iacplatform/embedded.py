@@ -10,7 +10,6 @@ package. Both keep running after the process that started them exits, so every p
 from __future__ import annotations
 
 import fcntl
-import os
 import socket
 import subprocess
 import time
@@ -95,19 +94,3 @@ def ensure_redis(var_dir: Path) -> Path:
                 raise RuntimeError(f"embedded redis did not start; see {rdir / 'redis.log'}")
             time.sleep(0.05)
         return sock
-
-
-def stop_all(var_dir: Path) -> None:
-    """Stop the embedded servers (used by `manage.py up --stop-embedded` and tests)."""
-    import pgserver
-
-    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
-    if (var_dir / "pg" / "postmaster.pid").exists():
-        subprocess.run([str(pg_ctl), "-D", str(var_dir / "pg"), "-m", "fast", "stop"], check=False,
-                       capture_output=True)
-    pid_file = var_dir / "redis" / "redis.pid"
-    if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text().strip()), 15)
-        except (ValueError, ProcessLookupError):
-            pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks_app.models import LogChunk, StateVersion
+from tasks_app.models import LogChunk
 
 
 def run_log_read(*, task_id: int, offset: int = 0, job_kind: str | None = None) -> tuple[str, int]:
@@ -25,7 +25,3 @@ def run_log_read(*, task_id: int, offset: int = 0, job_kind: str | None = None) 
         out += data[start:]
         next_offset = end
     return out.decode(errors="replace"), max(next_offset, offset)
-
-
-def state_current(*, workspace_id: int) -> StateVersion | None:
-    return StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial", "-id").first()
