@@ -18,6 +18,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) scripts/test_prereqs.py
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

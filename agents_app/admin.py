@@ -14,8 +14,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from agents_app.models import Agent, AgentPool, Slot, new_token
-from agents_app.services.agents import agent_set_offline, pool_rotate_token
+from agents_app.models import Agent, AgentPool, DispatchEvent, Slot, new_token
+from agents_app.services.agents import pool_rotate_token
+from tasks_app.services.control import agent_set_offline
 
 
 @admin.register(AgentPool)
@@ -57,7 +58,8 @@ class SlotInline(admin.TabularInline):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["name", "pool", "status", "version", "slot_count", "last_heartbeat_at", "offline_at"]
+    list_display = ["name", "pool", "status", "version", "terraform_version", "slot_count", "last_heartbeat_at",
+                    "offline_at"]
     list_filter = ["pool", "status"]
     search_fields = ["name"]
     exclude = ["token_hash"]
@@ -82,6 +84,19 @@ class SlotAdmin(admin.ModelAdmin):
     list_display = ["agent", "index", "state", "task", "job", "updated_at"]
     list_filter = ["state", "agent__pool"]
     list_select_related = ["agent", "agent__pool", "task", "job"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(DispatchEvent)
+class DispatchEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "subject", "subject_id", "from_state", "to_state", "task", "agent", "message"]
+    list_filter = ["subject", "to_state"]
+    list_select_related = ["task", "agent"]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

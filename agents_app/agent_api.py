@@ -1,34 +1,41 @@
 """The agent protocol: JSON over HTTP with bearer tokens (pool token to register, agent
-token afterwards). Plain Django views: `claim` is an async long-poll, which DRF does not do."""
+token afterwards). Payloads are the typed messages of agents_app.protocol; the project's
+errors map to status codes here, in one place (`agent_view`). Plain Django views: `claim`
+is an async long-poll served by a bare ASGI app (agents_app.claim)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 
+import pydantic
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from agents_app.claim import NO_TOKEN, claim_longpoll, parse_wait
-from agents_app.services.agents import (
-    agent_by_token,
-    agent_heartbeat,
-    agent_register,
-    pool_by_token,
-)
-from iacplatform.api_errors import Conflict
-from tasks_app.services import jobs
+from agents_app.protocol import Heartbeat, JobResult, LogPost, PlanUpload, Registration
+from agents_app.services.agents import agent_by_token, pool_by_token
+from iacplatform.errors import Gone, Invalid, PlatformError
+from tasks_app.services import control, jobs
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 def _error(status: int, detail: str, **extra: Any) -> JsonResponse:
     return JsonResponse({"detail": detail, **extra}, status=status)
+
+
+def error_response(exc: PlatformError) -> JsonResponse:
+    extra = {"reregister": True} if isinstance(exc, Gone) else {}
+    return _error(exc.status, str(exc), **extra)
 
 
 def _bearer(request: HttpRequest) -> str:
@@ -36,29 +43,30 @@ def _bearer(request: HttpRequest) -> str:
     return header[7:].strip() if header.startswith("Bearer ") else ""
 
 
-def _json(request: HttpRequest) -> dict:
+def parse(model: type[M], raw: bytes) -> M:
+    """The body as a protocol message; Invalid names the fields that are wrong."""
     try:
-        data = json.loads(request.body or b"{}")
+        data = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from exc
+        raise Invalid(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError("body must be a JSON object")
-    return data
+        raise Invalid("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise Invalid(problems) from None
 
 
-def _field(data: dict, name: str, kind: type, default: Any = ...) -> Any:
-    if name not in data:
-        if default is ...:
-            raise ValueError(f"field '{name}' is required")
-        return default
-    value = data[name]
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(f"field '{name}' must be {kind.__name__}")
-    return value
+def _reply(message: pydantic.BaseModel, status: int = 200) -> JsonResponse:
+    return JsonResponse(message.model_dump(mode="json"), status=status)
 
 
 def agent_view(view: Callable) -> Callable:
-    """Authenticate the agent token and map service errors to JSON 4xx responses."""
+    """Authenticate the agent token and map the project's errors to JSON 4xx responses.
+    Anything else is a bug: logged, and a 500 (never a 400 the agent would give up on)."""
 
     @csrf_exempt
     @require_http_methods(["GET", "POST"])
@@ -69,12 +77,8 @@ def agent_view(view: Callable) -> Callable:
             return _error(401, NO_TOKEN)
         try:
             return view(request, agent, *args, **kwargs)
-        except ValueError as exc:
-            return _error(400, str(exc))
-        except Conflict as exc:
-            return _error(409, str(exc.detail))
-        except jobs.AgentGone as exc:
-            return _error(410, str(exc), reregister=True)
+        except PlatformError as exc:
+            return error_response(exc)
 
     return wrapper
 
@@ -86,58 +90,22 @@ def register(request: HttpRequest) -> HttpResponse:
     if pool is None:
         return _error(401, "unknown or missing pool token (Authorization: Bearer <pool token>)")
     try:
-        data = _json(request)
-        name = _field(data, "name", str)
-        slots = _field(data, "slots", int, pool.slots_per_pod)
-        if not 1 <= slots <= 16:
-            raise ValueError("field 'slots' must be between 1 and 16")
-    except ValueError as exc:
-        return _error(400, str(exc))
-    agent, token = agent_register(pool=pool, name=name, slot_count=slots, version=str(data.get("version", "")))
-    return JsonResponse(
-        {
-            "agent_id": agent.id,
-            "token": token,
-            "pool": pool.name,
-            "heartbeat_interval": settings.IAC_AGENT_HEARTBEAT_SECONDS,
-            "claim_wait": settings.IAC_CLAIM_LONGPOLL_SECONDS,
-        },
-        status=201,
-    )
+        registration = parse(Registration, request.body)
+        reply = control.agent_join(pool=pool, registration=registration)
+    except PlatformError as exc:
+        return error_response(exc)
+    return _reply(reply, status=201)
 
 
 @agent_view
 def heartbeat(request: HttpRequest, agent: Any) -> HttpResponse:
-    data = _json(request)
-    warm_dirs = _field(data, "warm_dirs", list, [])
-    running = _field(data, "running_jobs", list, [])
-    return JsonResponse(agent_heartbeat(agent=agent, warm_dirs=warm_dirs, running_jobs=running))
-
-
-@csrf_exempt
-async def claim(request: HttpRequest) -> HttpResponse:
-    """Long-poll for a job (see agents_app.claim; in production `claim_asgi` serves this URL
-    without Django's middleware)."""
-    if request.method != "POST":
-        return _error(405, "use POST")
-    agent = await database_sync_to_async(agent_by_token)(_bearer(request))
-    if agent is None:
-        return _error(401, NO_TOKEN)
-    try:
-        wait = parse_wait(request.GET.get("wait"))
-    except ValueError as exc:
-        return _error(400, str(exc))
-    try:
-        job = await claim_longpoll(agent, wait)
-    except jobs.AgentGone as exc:
-        return _error(410, str(exc), reregister=True)
-    return JsonResponse(job) if job is not None else HttpResponse(status=204)
+    return _reply(control.agent_heartbeat(agent=agent, heartbeat=parse(Heartbeat, request.body)))
 
 
 def _fence(request: HttpRequest) -> int:
     raw = request.headers.get("X-Job-Fence", "")
     if not raw.isdigit():
-        raise ValueError("header X-Job-Fence (the job's fencing token) is required")
+        raise Invalid("header X-Job-Fence (the job's fencing token) is required")
     return int(raw)
 
 
@@ -155,48 +123,41 @@ def plan_file(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 
 @agent_view
 def logs(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
-    data = _json(request)
-    jobs.job_append_log(
-        agent=agent,
-        job_id=job_id,
-        fence=_fence(request),
-        seq=_field(data, "seq", int),
-        text=_field(data, "text", str, ""),
-        events=_field(data, "events", dict, {}),
-    )
+    control.job_log(agent=agent, job_id=job_id, fence=_fence(request), post=parse(LogPost, request.body))
     return JsonResponse({"ok": True})
 
 
 @agent_view
 def plan_upload(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
-    data = _json(request)
+    upload = parse(PlanUpload, request.body)
     try:
-        raw = base64.b64decode(_field(data, "plan_b64", str), validate=True)
+        raw = base64.b64decode(upload.plan_b64, validate=True)
     except binascii.Error as exc:
-        raise ValueError(f"field 'plan_b64' is not valid base64: {exc}") from exc
+        raise Invalid(f"field 'plan_b64' is not valid base64: {exc}") from exc
     jobs.job_upload_plan(
-        agent=agent,
-        job_id=job_id,
-        fence=_fence(request),
-        data=raw,
-        sha256=_field(data, "sha256", str),
-        summary=_field(data, "summary", dict, {}),
-        has_changes=_field(data, "has_changes", bool),
+        agent=agent, job_id=job_id, fence=_fence(request), data=raw, sha256=upload.sha256,
+        summary=upload.summary, has_changes=upload.has_changes,
     )
     return JsonResponse({"ok": True}, status=201)
 
 
 @agent_view
 def finish(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
-    data = _json(request)
-    result = jobs.job_finish(
-        agent=agent,
-        job_id=job_id,
-        fence=_fence(request),
-        ok=_field(data, "ok", bool),
-        error=_field(data, "error", str, ""),
-        kept_dir=_field(data, "kept_dir", bool, False),
-        cancelled=_field(data, "cancelled", bool, False),
-        stale=_field(data, "stale", bool, False),
-    )
-    return JsonResponse(result)
+    result = parse(JobResult, request.body)
+    return _reply(control.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result))
+
+
+@csrf_exempt
+async def claim(request: HttpRequest) -> HttpResponse:
+    """Long-poll for a job (see agents_app.claim; in production `claim_asgi` serves this URL
+    without Django's middleware)."""
+    if request.method != "POST":
+        return _error(405, "use POST")
+    agent = await database_sync_to_async(agent_by_token)(_bearer(request))
+    if agent is None:
+        return _error(401, NO_TOKEN)
+    try:
+        job = await claim_longpoll(agent, parse_wait(request.GET.get("wait")))
+    except PlatformError as exc:
+        return error_response(exc)
+    return JsonResponse(job) if job is not None else HttpResponse(status=204)

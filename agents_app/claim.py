@@ -9,6 +9,7 @@ it. The agent API needs none of that middleware, and this is the Confirm -> appl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -16,27 +17,27 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.services.agents import agent_by_token
 from iacplatform import wakeups
-from tasks_app.services import jobs
+from iacplatform.errors import Gone, Invalid
+from tasks_app.services import control
 
 NO_TOKEN = "unknown or missing agent token (Authorization: Bearer <agent token>)"
 
 
 def parse_wait(raw: str | None) -> float:
-    """Seconds to wait, clamped to IAC_CLAIM_LONGPOLL_SECONDS; ValueError when not a number."""
+    """Seconds to wait, clamped to IAC_CLAIM_LONGPOLL_SECONDS; Invalid when not a number."""
     try:
         wait = float(raw) if raw not in (None, "") else settings.IAC_CLAIM_LONGPOLL_SECONDS
     except ValueError as exc:
-        raise ValueError("query parameter 'wait' must be a number of seconds") from exc
+        raise Invalid("query parameter 'wait' must be a number of seconds") from exc
     return max(0.0, min(wait, settings.IAC_CLAIM_LONGPOLL_SECONDS))
 
 
 async def claim_longpoll(agent: Agent, wait: float) -> dict[str, Any] | None:
-    """A job for the agent, or None after `wait` seconds. Raises jobs.AgentGone.
+    """A job for the agent, or None after `wait` seconds. Raises Gone.
 
     Subscribe to the wake-up channels first, then take a job pushed by Confirm or claim a
     queued one, then wait: a job pushed or queued between the attempt and the wait still
@@ -50,15 +51,12 @@ async def claim_longpoll(agent: Agent, wait: float) -> dict[str, Any] | None:
             pushed = await wakeups.take_pushed(client, agent.id)
             if pushed is not None:
                 return pushed
-            job = await database_sync_to_async(jobs.job_claim)(agent_id=agent.id)
+            job = await database_sync_to_async(control.agent_claim)(agent_id=agent.id)
             if job is not None:
                 return job
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            opens = await database_sync_to_async(jobs.job_next_unacked_expiry)(agent_id=agent.id, pool_id=agent.pool_id)
-            if opens is not None:
-                remaining = min(remaining, max(0.05, (opens - timezone.now()).total_seconds() + 0.05))
             await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
     finally:
         await pubsub.aclose()
@@ -73,10 +71,19 @@ async def _send_json(send: Any, status: int, body: dict | None) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     """POST /agent/v1/claim?wait=S as a bare ASGI app (same contract as the Django view)."""
-    while (await receive()).get("more_body"):  # the body is empty; drain it all the same
-        pass
+    while True:  # the body is empty; drain it all the same
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if not message.get("more_body"):
+            break
     if scope["method"] != "POST":
         await _send_json(send, 405, {"detail": "use POST"})
         return
@@ -88,12 +95,26 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
         return
     try:
         wait = parse_wait(parse_qs(scope.get("query_string", b"").decode()).get("wait", [None])[0])
-    except ValueError as exc:
+    except Invalid as exc:
         await _send_json(send, 400, {"detail": str(exc)})
         return
+    # A poll whose agent went away (killed, restarted) must stop at once: otherwise it would
+    # take the next job pushed to that agent and answer a socket nobody reads, and the job
+    # would sit unacknowledged until the timeout sends it cold. The restarted process polls
+    # with the same identity and must be the one to get it.
+    poll = asyncio.ensure_future(claim_longpoll(agent, wait))
+    gone = asyncio.ensure_future(_disconnected(receive))
     try:
-        job = await claim_longpoll(agent, wait)
-    except jobs.AgentGone as exc:
+        await asyncio.wait({poll, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not poll.done():
+            poll.cancel()
+    if not poll.done() or poll.cancelled():
+        return
+    try:
+        job = poll.result()
+    except Gone as exc:
         await _send_json(send, 410, {"detail": str(exc), "reregister": True})
         return
     await _send_json(send, 200 if job is not None else 204, job)

@@ -1,19 +1,16 @@
-"""Every API error is JSON with a `detail` message that says what is wrong; validation
+"""The REST API's one mapping from errors to responses: the project's own errors
+(iacplatform.errors) by their status, DRF's as DRF says. Every API error is JSON with a `detail` message that says what is wrong; validation
 errors also name the fields (`errors`: {field: [messages]})."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "the request conflicts with the current state"
-    default_code = "conflict"
+from iacplatform.errors import Invalid, PlatformError
 
 
 def _flatten(detail: Any) -> str:
@@ -27,6 +24,11 @@ def _flatten(detail: Any) -> str:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     from django.core.exceptions import ValidationError as DjangoValidationError
 
+    if isinstance(exc, Invalid) and exc.fields:
+        return Response({"detail": str(exc), "errors": exc.fields}, status=exc.status)
+    if isinstance(exc, PlatformError):
+        # The project's own errors (raised by services) carry their status.
+        return Response({"detail": str(exc)}, status=exc.status)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     response = drf_exception_handler(exc, context)

@@ -36,25 +36,48 @@ def wake_pool(pool_id: int) -> None:
     _client().publish(pool_channel(pool_id), b"1")
 
 
-def pushed_key(agent_id: int) -> str:
+def publish(channel: str, message: str | bytes) -> None:
+    _client().publish(channel, message)
+
+
+def pushed_list(agent_id: int) -> str:
     return f"iac:push:agent:{agent_id}"
 
 
-def push_job(agent_id: int, payload: dict) -> None:
-    """Hand an assigned job to the agent's long-poll: the payload waits in a key (so an agent
-    between two polls finds it at the start of the next) and a message wakes the poll.
-    The key lives only as long as the agent has to acknowledge the job; after that the job
-    goes back to the pool with a new fence, and a late copy would be refused anyway."""
+def pushed_key(job_id: int) -> str:
+    return f"iac:push:job:{job_id}"
+
+
+def push_job(agent_id: int, job_id: int, payload: dict) -> None:
+    """Hand an assigned job to the agent's long-poll. Keyed by job: the payload waits in its
+    own key, and the agent's list holds the ids, so two applies confirmed a moment apart
+    for runs warm on the same agent are both delivered (a single key per agent would let
+    the second overwrite the first, which would then go cold). The key lives only as long
+    as the agent has to acknowledge the job; after that the job goes back to the pool with
+    a new fence, and a late copy would be refused anyway."""
     ttl_ms = int(settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS * 1000)
     with _client().pipeline(transaction=True) as pipe:
-        pipe.set(pushed_key(agent_id), json.dumps(payload), px=ttl_ms)
+        pipe.set(pushed_key(job_id), json.dumps(payload), px=ttl_ms)
+        pipe.rpush(pushed_list(agent_id), job_id)
+        pipe.pexpire(pushed_list(agent_id), ttl_ms)
         pipe.publish(agent_channel(agent_id), b"1")
         pipe.execute()
 
 
+# Pop job ids until one whose payload is still there (an expired one was re-queued): one
+# round trip, and GETDEL hands each payload out once whatever races between polls.
+_TAKE = """
+while true do
+  local id = redis.call('LPOP', KEYS[1])
+  if not id then return false end
+  local payload = redis.call('GETDEL', ARGV[1] .. id)
+  if payload then return payload end
+end
+"""
+
+
 async def take_pushed(client: aredis.Redis, agent_id: int) -> dict | None:
-    """GETDEL: each pushed job is handed out once, whatever races between polls."""
-    raw = await client.getdel(pushed_key(agent_id))
+    raw = await client.eval(_TAKE, 1, pushed_list(agent_id), "iac:push:job:")
     return json.loads(raw) if raw else None
 
 

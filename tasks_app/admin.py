@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from iacplatform.api_errors import Conflict
+from iacplatform.errors import PlatformError
 from tasks_app.models import (
     AuditEvent,
     ConfigurationVersion,
@@ -141,13 +141,12 @@ class TaskAdmin(ReadOnlyAdmin):
         "operation",
         "status",
         "warmup_status",
-        "warmup_agent",
         "apply_path",
         "created_at",
     ]
     list_filter = ["status", "warmup_status", "apply_path", "operation", "workspace"]
     search_fields = ["id", "workspace__name", "plan_hash"]
-    list_select_related = ["workspace", "warmup_agent"]
+    list_select_related = ["workspace"]
     inlines = [TaskEventInline]
     actions = ["cancel_runs"]
 
@@ -156,8 +155,8 @@ class TaskAdmin(ReadOnlyAdmin):
         for task in queryset:
             try:
                 run_cancel(task_id=task.id, actor=request.user, comment="cancelled from the admin")
-            except Conflict as exc:
-                self.message_user(request, f"run {task.id}: {exc.detail}", messages.WARNING)
+            except PlatformError as exc:
+                self.message_user(request, f"run {task.id}: {exc}", messages.WARNING)
             else:
                 self.message_user(request, f"run {task.id}: cancel requested", messages.SUCCESS)
 

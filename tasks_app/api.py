@@ -17,7 +17,7 @@ from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from iacplatform.api_errors import Conflict
+from iacplatform.errors import Conflict
 from tasks_app.models import (
     ConfigurationVersion,
     StateVersion,
@@ -49,9 +49,9 @@ from tasks_app.services.runs import (
     run_confirm,
     run_create,
     run_discard,
+    run_prepare,
     runs_start_next,
 )
-from tasks_app.services.warmups import run_prepare
 from tasks_app.states import FINAL, is_final
 
 # JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
@@ -62,7 +62,7 @@ JSON_ONLY = [JSONParser]
 def _run_queryset() -> QuerySet[Task]:
     # `plan` is joined for its summary; its encrypted bytes (up to IAC_MAX_PLAN_BYTES) are not read.
     return (
-        Task.objects.select_related("workspace", "warmup_agent", "plan")
+        Task.objects.select_related("workspace", "plan")
         .defer("plan__encrypted_data")
         .prefetch_related("events")
     )

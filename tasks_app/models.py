@@ -3,8 +3,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from agents_app.protocol import ApplyPath, JobKind, JobStatus, WarmupStatus, choices
 from iacplatform import crypto
-from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
+from tasks_app.states import Operation, RunStatus
 
 
 class Workspace(models.Model):
@@ -12,6 +13,8 @@ class Workspace(models.Model):
     pool = models.ForeignKey("agents_app.AgentPool", on_delete=models.PROTECT, related_name="workspaces")
     auto_apply = models.BooleanField(default=False)
     locked = models.BooleanField(default=False)
+    # Pin: the workspace's jobs go only to agents running this terraform version (blank: any).
+    terraform_version = models.CharField(max_length=50, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -87,13 +90,13 @@ class Task(models.Model):
     has_changes = models.BooleanField(null=True)
     # The state serial the plan was made against; a different current serial = stale plan.
     base_state_serial = models.IntegerField(null=True, blank=True)
+    # The terraform version the plan was made with: terraform refuses a plan file from
+    # another version, so warmups and the apply go only to agents that run it.
+    terraform_version = models.CharField(max_length=50, blank=True)
 
-    # Warm apply.
-    warmup_status = models.CharField(max_length=20, choices=WarmupStatus.choices, default=WarmupStatus.NONE)
-    warmup_agent = models.ForeignKey(
-        "agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="warm_tasks"
-    )
-    warmup_slot = models.ForeignKey("agents_app.Slot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Warm apply. The reservation itself is the Slot reserved for this task (Slot.task);
+    # these fields are the warmup's lifecycle, changed only by services.warmups.
+    warmup_status = models.CharField(max_length=20, choices=choices(WarmupStatus), default=WarmupStatus.NONE)
     warmup_at = models.DateTimeField(null=True, blank=True)
     warmup_expires_at = models.DateTimeField(null=True, blank=True)
     warmup_retry_count = models.PositiveSmallIntegerField(default=0)
@@ -106,13 +109,12 @@ class Task(models.Model):
     )
     apply_started_at = models.DateTimeField(null=True, blank=True)  # `terraform apply` process started
     first_apply_log_at = models.DateTimeField(null=True, blank=True)  # first apply log line reached us
-    apply_path = models.CharField(max_length=20, choices=ApplyPath.choices, blank=True)
+    apply_path = models.CharField(max_length=20, choices=choices(ApplyPath), blank=True)
     apply_path_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-id"]
         indexes = [
-            models.Index(fields=["warmup_agent", "warmup_status"], name="task_warm_agent_status"),
             models.Index(fields=["status", "warmup_status"], name="task_status_warmup"),
             models.Index(fields=["workspace", "status"], name="task_workspace_status"),
         ]
@@ -137,34 +139,27 @@ class TaskEvent(models.Model):
         ordering = ["id"]
 
 
-class JobKind(models.TextChoices):
-    PLAN = "plan"
-    APPLY = "apply"
-    WARMUP = "warmup"
-
-
-class JobStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
 class Job(models.Model):
     """One unit of agent work. Claimed with a conditional update; every agent call about it
     carries the fencing token (`fence`), so an agent that lost the job cannot write to it."""
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="jobs")
     pool = models.ForeignKey("agents_app.AgentPool", on_delete=models.CASCADE, related_name="jobs")
-    kind = models.CharField(max_length=20, choices=JobKind.choices)
-    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    kind = models.CharField(max_length=20, choices=choices(JobKind))
+    status = models.CharField(max_length=20, choices=choices(JobStatus), default=JobStatus.QUEUED)
+    # Only agents running this terraform version may take the job (blank: any).
+    terraform_version = models.CharField(max_length=50, blank=True)
+    # An apply confirmed while its run's warmup was still running waits for that warmup
+    # (it is handed to the warmup's agent the moment the dir is ready) until this moment;
+    # after it any agent may take it, cold.
+    hold_until = models.DateTimeField(null=True, blank=True)
     # The agent Confirm pushed the apply to (the one holding the run warm), for the record.
     target_agent = models.ForeignKey(
         "agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="targeted_jobs"
     )
     agent = models.ForeignKey("agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
-    slot = models.ForeignKey("agents_app.Slot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Which of its agent's slots ran it, for the record (the live link is Slot.job).
+    slot_index = models.PositiveSmallIntegerField(null=True, blank=True)
     fence = models.PositiveIntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     credential_hash = models.CharField(max_length=64, blank=True, db_index=True)

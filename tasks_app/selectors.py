@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tasks_app.models import LogChunk
+from dataclasses import dataclass
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from agents_app.models import Agent, Slot
+from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState
+from tasks_app.models import Job, LogChunk, StateVersion, Task
+from tasks_app.states import RunStatus
 
 
 def run_log_read(*, task_id: int, offset: int = 0, job_kind: str | None = None) -> tuple[str, int]:
@@ -25,3 +33,74 @@ def run_log_read(*, task_id: int, offset: int = 0, job_kind: str | None = None) 
         out += data[start:]
         next_offset = end
     return out.decode(errors="replace"), max(next_offset, offset)
+
+
+@dataclass(frozen=True)
+class SlotCounts:
+    agents: int  # online agents
+    running: int
+    reserved: int
+    idle: int
+
+
+def pool_slot_counts(pool_id: int) -> SlotCounts:
+    """The slots of the pool's online agents, by state (one query)."""
+    rows = dict(
+        Slot.objects.filter(agent__pool_id=pool_id, agent__status=AgentStatus.ONLINE)
+        .values_list("state")
+        .annotate(n=Count("id"))
+    )
+    agents = Agent.objects.filter(pool_id=pool_id, status=AgentStatus.ONLINE).count()
+    return SlotCounts(
+        agents=agents,
+        running=rows.get(SlotState.RUNNING, 0),
+        reserved=rows.get(SlotState.RESERVED, 0),
+        idle=rows.get(SlotState.IDLE, 0),
+    )
+
+
+def run_warm_slot(task_id: int) -> Slot | None:
+    """Where the run's warm dir is, or where its warmup runs (None: nowhere)."""
+    return (
+        Slot.objects.select_related("agent")
+        .filter(task_id=task_id)
+        .filter(Q(state=SlotState.RESERVED) | Q(state=SlotState.RUNNING, job__kind=JobKind.WARMUP))
+        .first()
+    )
+
+
+def dispatch_wait_reason(task: Task) -> str:
+    """Why the run's queued job has not been taken by an agent yet, in words for the run page
+    and the API ("" when nothing waits)."""
+    if task.status not in (RunStatus.PLAN_QUEUED, RunStatus.APPLY_QUEUED):
+        return ""
+    job = (
+        Job.objects.filter(task=task, status=JobStatus.QUEUED).exclude(kind=JobKind.WARMUP)
+        .select_related("pool", "target_agent").order_by("-id").first()
+    )
+    if job is None:
+        return ""
+    pool = job.pool
+    now = timezone.now()
+    if job.hold_until and job.hold_until > now:
+        who = job.target_agent.name if job.target_agent else "its agent"
+        left = (job.hold_until - now).total_seconds()
+        return f"waiting for the warmup on {who} to finish (then the apply starts there; cold in {left:.0f}s at the latest)"
+    online = Agent.objects.filter(pool=pool, status=AgentStatus.ONLINE)
+    if not online.exists():
+        return f"no online agent in pool {pool.name}"
+    if job.terraform_version and not online.filter(terraform_version=job.terraform_version).exists():
+        have = sorted(set(online.values_list("terraform_version", flat=True)))
+        return (f"no online agent in pool {pool.name} has terraform {job.terraform_version} "
+                f"(online agents have {', '.join(v or 'unknown' for v in have)})")
+    counts = pool_slot_counts(pool.id)
+    if counts.idle == 0:
+        return (f"waiting for a free slot in pool {pool.name} ({counts.running} running, "
+                f"{counts.reserved} reserved, 0 free)")
+    return f"waiting for an agent of pool {pool.name} to take it ({counts.idle} free slots)"
+
+
+def state_serial_current(workspace_id: int) -> int | None:
+    return (
+        StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial").values_list("serial", flat=True).first()
+    )

@@ -22,8 +22,9 @@ from tasks_app.models import (
     VariableCategory,
     Workspace,
 )
+from tasks_app.selectors import run_warm_slot
 from tasks_app.services.runs import runs_waiting_reason
-from tasks_app.states import Operation
+from tasks_app.states import Operation, WarmupStatus
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -72,7 +73,8 @@ class WorkspaceSerializer(StrictModelSerializer):
 
     class Meta:
         model = Workspace
-        fields = ["id", "name", "pool", "auto_apply", "locked", "created_at", "latest_configuration_version"]
+        fields = ["id", "name", "pool", "auto_apply", "locked", "terraform_version", "created_at",
+                  "latest_configuration_version"]
         read_only_fields = ["id", "created_at"]
 
     def create(self, validated_data: dict[str, Any]) -> Workspace:
@@ -222,7 +224,7 @@ class RunSerializer(serializers.ModelSerializer):
         model = Task
         fields = [
             "id", "workspace", "operation", "status", "message", "created_at", "finished_at",
-            "plan_hash", "has_changes", "plan_summary",
+            "plan_hash", "has_changes", "plan_summary", "terraform_version",
             "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
             "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "events",
@@ -235,7 +237,11 @@ class RunSerializer(serializers.ModelSerializer):
         return plan.summary if plan is not None else None
 
     def get_warmup_agent(self, task: Task) -> str | None:
-        return task.warmup_agent.name if task.warmup_agent is not None else None
+        """The agent holding the run's warm dir, or running its warmup."""
+        if task.warmup_status not in (WarmupStatus.READY, WarmupStatus.WARMING):
+            return None
+        slot = run_warm_slot(task.id)
+        return slot.agent.name if slot is not None else None
 
     def get_confirm_to_apply_start_ms(self, task: Task) -> int | None:
         return _ms_between(task.confirmed_at, task.apply_started_at)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from django.db import models
 
+from agents_app.protocol import ApplyPath, WarmupStatus  # noqa: F401  (re-exported for the run's readers)
+
 
 class RunStatus(models.TextChoices):
     PENDING = "pending"
+    # A plan job exists but no agent has claimed it yet: the run says why it waits.
+    PLAN_QUEUED = "plan_queued"
     PLANNING = "planning"
     PLANNED = "planned"
     PLANNED_NO_CHANGES = "planned_no_changes"
@@ -24,25 +28,13 @@ class Operation(models.TextChoices):
     PLAN_AND_APPLY = "plan_and_apply"
 
 
-class WarmupStatus(models.TextChoices):
-    NONE = "none"
-    WARMING = "warming"
-    READY = "ready"
-    EXPIRED = "expired"
-    FAILED = "failed"
-
-
-class ApplyPath(models.TextChoices):
-    FAST = "fast"  # the plan's own work dir, kept on the plan's agent
-    REWARMED = "rewarmed"  # a dir rebuilt ahead of time by a warmup job
-    COLD = "cold"  # full preparation after Confirm
-
-
 S = RunStatus
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
-    S.PENDING: frozenset({S.PLANNING, S.CANCELLED, S.DISCARDED, S.ERRORED}),
-    S.PLANNING: frozenset({S.PLANNED, S.PLANNED_NO_CHANGES, S.APPLY_PENDING, S.CANCELLED, S.ERRORED}),
+    S.PENDING: frozenset({S.PLAN_QUEUED, S.CANCELLED, S.DISCARDED, S.ERRORED}),
+    S.PLAN_QUEUED: frozenset({S.PLANNING, S.CANCELLED, S.ERRORED}),
+    # planning -> plan_queued: the plan's agent died; the plan job went back to the queue.
+    S.PLANNING: frozenset({S.PLAN_QUEUED, S.PLANNED, S.PLANNED_NO_CHANGES, S.APPLY_PENDING, S.CANCELLED, S.ERRORED}),
     S.APPLY_PENDING: frozenset({S.APPLY_QUEUED, S.DISCARDED, S.CANCELLED, S.ERRORED}),
     # apply_queued -> discarded: the plan turned out stale when the apply was about to start.
     S.APPLY_QUEUED: frozenset({S.APPLYING, S.DISCARDED, S.CANCELLED, S.ERRORED}),
@@ -54,7 +46,7 @@ FINAL: frozenset[RunStatus] = frozenset(
 )
 
 # While an applyable run is in one of these, later applyable runs of the workspace wait.
-BLOCKING: frozenset[RunStatus] = frozenset({S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING})
+BLOCKING: frozenset[RunStatus] = frozenset({S.PLAN_QUEUED, S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING})
 
 
 class IllegalTransition(Exception):

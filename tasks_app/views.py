@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import OuterRef, Subquery
@@ -18,18 +19,18 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from iacplatform.api_errors import Conflict
+from iacplatform.errors import PlatformError
 from tasks_app.models import Job, JobKind, JobStatus, Plan, Task, Workspace
 from tasks_app.selectors import run_log_read
 from tasks_app.services.runs import (
-    confirm_target,
     run_cancel,
     run_confirm,
     run_create,
     run_discard,
+    run_prepare,
     runs_waiting_reason,
 )
-from tasks_app.services.warmups import run_prepare
+from tasks_app.services.warmups import confirm_target
 from tasks_app.states import FINAL, Operation, RunStatus
 
 
@@ -82,7 +83,7 @@ def workspace_run_create(request: HttpRequest, workspace_id: int) -> HttpRespons
     operation = request.POST.get("operation", "")
     try:
         task = run_create(workspace=ws, operation=operation, actor=request.user)
-    except (Conflict, ValueError) as exc:
+    except PlatformError as exc:
         messages.error(request, _error_text(exc))
         return redirect("workspace-detail", workspace_id=ws.id)
     messages.success(request, f"Run {task.id} queued.")
@@ -98,14 +99,21 @@ class WarmExplanation:
 def warm_explanation(task: Task, *, now: datetime | None = None) -> WarmExplanation:
     """What Confirm will do right now, in the words run_confirm uses to pick the path."""
     now = now or timezone.now()
-    agent, cold_reason = confirm_target(task, now=now)
-    if agent is not None:
+    target = confirm_target(task, now=now)
+    if target.slot is not None:
         expires = (
             f" (expires {timezone.localtime(task.warmup_expires_at):%Y-%m-%d %H:%M:%S %Z})"
             if task.warmup_expires_at
             else ""
         )
-        return WarmExplanation(True, f"Apply will start warm on agent {agent.name}{expires}.")
+        return WarmExplanation(True, f"Apply will start warm on agent {target.slot.agent.name}{expires}.")
+    if target.wait_for is not None:
+        wait = settings.IAC_WARMUP_WAIT_SECONDS
+        return WarmExplanation(
+            True, f"A warmup is running on agent {target.wait_for.name}: a confirmed apply starts there the moment "
+            f"it is ready (it runs cold if that takes more than {wait:g}s or the warmup fails).",
+        )
+    cold_reason = target.cold_reason
     # run_prepare (called when this page is shown) may just have queued a warmup: say so.
     if Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).exists():
         return WarmExplanation(
@@ -127,7 +135,7 @@ def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
         # Opening the page of a run awaiting Confirm is the "Confirm dialog opened" trigger:
         # a warmup gets queued now, so the dir is likely warm by the time the user clicks.
         task = run_prepare(task_id=task.id)
-    task = Task.objects.select_related("workspace__pool", "warmup_agent", "warmup_slot").get(id=task.id)
+    task = Task.objects.select_related("workspace__pool").get(id=task.id)
     plan = Plan.objects.filter(task=task).only("sha256", "size", "summary", "created_at").first()
     log_text, log_offset = run_log_read(task_id=task.id, offset=0)
     context = {
@@ -149,9 +157,8 @@ def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     return render(request, "tasks_app/run_detail.html", context)
 
 
-def _error_text(exc: Exception) -> str:
-    # Conflict.detail is a DRF ErrorDetail (a str subclass); ValueError carries its message.
-    return str(getattr(exc, "detail", exc))
+def _error_text(exc: PlatformError) -> str:
+    return str(exc)
 
 
 @login_required
@@ -160,7 +167,7 @@ def run_confirm_view(request: HttpRequest, task_id: int) -> HttpResponse:
     task = get_object_or_404(Task, id=task_id)
     try:
         result = run_confirm(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
-    except Conflict as exc:
+    except PlatformError as exc:
         messages.error(request, _error_text(exc))
     else:
         if result.refused:
@@ -176,7 +183,7 @@ def run_discard_view(request: HttpRequest, task_id: int) -> HttpResponse:
     task = get_object_or_404(Task, id=task_id)
     try:
         run_discard(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
-    except Conflict as exc:
+    except PlatformError as exc:
         messages.error(request, _error_text(exc))
     else:
         messages.success(request, "Run discarded.")
@@ -190,7 +197,7 @@ def run_cancel_view(request: HttpRequest, task_id: int) -> HttpResponse:
     force = request.POST.get("force") == "1"
     try:
         task = run_cancel(task_id=task.id, actor=request.user, force=force, comment=request.POST.get("comment", ""))
-    except Conflict as exc:
+    except PlatformError as exc:
         messages.error(request, _error_text(exc))
     else:
         if task.status == RunStatus.CANCELLED:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import itertools
 
-from agents_app.models import AgentPool
-from agents_app.services.agents import pool_create
+from agents_app.models import Agent, AgentPool
+from agents_app.protocol import PROTOCOL_VERSION, Registration
+from agents_app.services.agents import agent_register, pool_create
 from tasks_app.models import Workspace
 from tasks_app.services.configs import configuration_create_from_files
 
@@ -49,3 +50,13 @@ def make_workspace(*, pool: AgentPool, files: dict[str, str] | None = None, **fi
     if files is not None:
         configuration_create_from_files(workspace=ws, files=files, actor=None)
     return ws
+
+
+def make_agent(*, pool: AgentPool, name: str | None = None, slots: int = 3, version: str = "",
+               terraform_version: str = "") -> tuple[Agent, str]:
+    """An agent registered the way an agent process registers (without a process)."""
+    registered = agent_register(pool=pool, registration=Registration(
+        name=name or f"agent-{next(_seq)}", slots=slots, version=version, protocol_version=PROTOCOL_VERSION,
+        terraform_version=terraform_version,
+    ))
+    return registered.agent, registered.token

@@ -16,16 +16,25 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from agents_app.agent.client import ServerError
+from agents_app.agent.client import Client, ServerError
 from agents_app.agent.logstream import LogStream
-
-if TYPE_CHECKING:
-    from agents_app.agent.process import AgentProcess
+from agents_app.protocol import (
+    ApplyPath,
+    FinishReply,
+    JobKind,
+    JobOutcome,
+    JobPayload,
+    JobResult,
+    LogEvents,
+    PlanUpload,
+    WarmOrigin,
+)
 
 # Overrides any backend block in the user's files; its settings come only from TF_HTTP_*
 # environment variables, so no credential lands in a file, in .terraform/ or in plan.out.
+# (The file name starts with "zzz" so terraform reads it last and it overrides.)
 BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
 BACKEND_OVERRIDE_NAME = "zzz_iac_backend_override.tf"
 CANCEL_GRACE_SECONDS = 10
@@ -41,6 +50,8 @@ class Cancelled(Exception):
     pass
 
 
+# Written into a kept dir: a restarted agent process finds its warm dirs again by it.
+WARM_MARKER = ".iac-warm.json"
 
 
 @dataclass
@@ -48,8 +59,26 @@ class WarmDir:
     task_id: int
     path: Path
     plan_hash: str
-    origin: str  # "plan": the plan's own dir; "warmup": rebuilt by a warmup job
+    origin: WarmOrigin
     created_at: float = field(default_factory=time.time)
+
+    def save_marker(self) -> None:
+        marker = {"task": self.task_id, "plan_hash": self.plan_hash, "origin": self.origin,
+                  "created_at": self.created_at}
+        tmp = self.path / (WARM_MARKER + ".tmp")
+        tmp.write_text(json.dumps(marker))
+        tmp.replace(self.path / WARM_MARKER)
+
+    @classmethod
+    def load(cls, path: Path) -> WarmDir | None:
+        """The warm dir recorded in `path`, if its marker and plan.out are intact."""
+        try:
+            marker = json.loads((path / WARM_MARKER).read_text())
+            warm = cls(int(marker["task"]), path, str(marker["plan_hash"]), WarmOrigin(marker["origin"]),
+                       float(marker["created_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return warm if (path / "plan.out").exists() else None
 
 
 def sha256_file(path: Path) -> str:
@@ -84,16 +113,31 @@ def plan_summary(show_json: dict) -> dict[str, Any]:
     return {**counts, "resources": resources, "output_changes": outputs}
 
 
+class JobHost(Protocol):
+    """What a job needs of the agent process that runs it (agents_app.agent.process)."""
+
+    client: Client
+    work_root: Path
+    terraform: str
+    terraform_version: str
+
+    def add_warm(self, warm: WarmDir) -> None: ...
+
+    def take_warm(self, task_id: int) -> WarmDir | None: ...
+
+    def job_done(self, job: JobRun, keep: bool) -> None: ...
+
+
 class JobRun:
-    def __init__(self, agent: AgentProcess, payload: dict[str, Any]) -> None:
+    def __init__(self, agent: JobHost, payload: JobPayload) -> None:
         self.agent = agent
         self.payload = payload
-        self.id: int = payload["id"]
-        self.kind: str = payload["kind"]
-        self.fence: int = payload["fence"]
-        self.task_id: int = payload["task"]["id"]
-        self.plan_hash: str = payload["task"]["plan_hash"]
-        self.dir = agent.work_root / str(payload["task"]["workspace"]) / str(self.task_id)
+        self.id: int = payload.id
+        self.kind: JobKind = payload.kind
+        self.fence: int = payload.fence
+        self.task_id: int = payload.task.id
+        self.plan_hash: str = payload.task.plan_hash
+        self.dir = agent.work_root / str(payload.task.workspace) / str(self.task_id)
         self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost)
         self.proc: subprocess.Popen | None = None
         self.cancelled = False
@@ -134,21 +178,21 @@ class JobRun:
         return self.agent.client.call(method, f"/agent/v1/jobs/{self.id}/{path}", fence=self.fence, **kw)
 
     def env(self) -> dict[str, str]:
-        sb = self.payload["state_backend"]
+        sb = self.payload.state_backend
         env = dict(os.environ)
         env.update(
             TF_IN_AUTOMATION="1",
             TF_INPUT="0",
             CHECKPOINT_DISABLE="1",
-            TF_HTTP_ADDRESS=sb["address"],
-            TF_HTTP_LOCK_ADDRESS=sb["lock_address"],
-            TF_HTTP_UNLOCK_ADDRESS=sb["unlock_address"],
-            TF_HTTP_USERNAME=sb["username"],
-            TF_HTTP_PASSWORD=sb["password"],
+            TF_HTTP_ADDRESS=sb.address,
+            TF_HTTP_LOCK_ADDRESS=sb.lock_address,
+            TF_HTTP_UNLOCK_ADDRESS=sb.unlock_address,
+            TF_HTTP_USERNAME=sb.username,
+            TF_HTTP_PASSWORD=sb.password,
         )
-        for key, value in self.payload["variables"]["terraform"].items():
+        for key, value in self.payload.variables.terraform.items():
             env[f"TF_VAR_{key}"] = value
-        env.update(self.payload["variables"]["env"])
+        env.update(self.payload.variables.env)
         return env
 
     def terraform(self, *args: str, ok: tuple[int, ...] = (0,), on_start: Any = None, header: bool = True) -> int:
@@ -188,7 +232,7 @@ class JobRun:
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         archive = self.call("GET", "configuration", raw=True)
-        if hashlib.sha256(archive).hexdigest() != self.payload["configuration_sha256"]:
+        if hashlib.sha256(archive).hexdigest() != self.payload.configuration_sha256:
             raise JobError("configuration archive does not match its sha256")
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             # The server validated the archive; the data filter refuses anything unsafe again.
@@ -206,16 +250,19 @@ class JobRun:
                 f"{self.plan_hash}; nothing was applied"
             )
 
-    def finish(self, **result: Any) -> dict:
+    def finish(self, outcome: JobOutcome, *, error: str = "", kept_dir: bool = False) -> bool:
+        """Report the result; returns whether the server wants the dir kept (reserved)."""
         self.log.close()  # flushes the ack before the result
         if self.lost:
-            return {"keep_dir": False}
+            return False
+        result = JobResult(outcome=outcome, error=error, kept_dir=kept_dir)
         try:
-            return self.call("POST", "finish", json=result) or {}
+            reply = self.call("POST", "finish", json=result.model_dump(mode="json"))
         except ServerError as exc:
             if exc.status == 409:  # the job moved on while we worked: our result does not count
-                return {"keep_dir": False}
+                return False
             raise
+        return FinishReply.model_validate(reply).keep_dir
 
     # --- the job ---------------------------------------------------------------------------
 
@@ -224,14 +271,14 @@ class JobRun:
         try:
             keep = getattr(self, f"do_{self.kind}")()
         except Cancelled:
-            self.finish(ok=False, cancelled=True, error="cancelled while terraform was running")
+            self.finish(JobOutcome.CANCELLED, error="cancelled while terraform was running")
         except JobError as exc:
             self.log.write(f"\nError: {exc}\n")
-            self.finish(ok=False, error=str(exc), stale=exc.stale)
+            self.finish(JobOutcome.STALE if exc.stale else JobOutcome.FAILED, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - report, never leave the job hanging
             self.log.write("\nagent error:\n" + traceback.format_exc())
             try:
-                self.finish(ok=False, error=f"agent error: {exc}")
+                self.finish(JobOutcome.FAILED, error=f"agent error: {exc}")
             except Exception:  # noqa: BLE001
                 pass
         finally:
@@ -240,7 +287,7 @@ class JobRun:
     def do_plan(self) -> bool:
         self.prepare()
         args = ["plan", "-input=false", "-no-color", "-out=plan.out", "-detailed-exitcode"]
-        if self.payload["speculative"]:
+        if self.payload.speculative:
             args.append("-lock=false")  # plan-only runs must not block an apply's lock
         rc = self.terraform(*args, ok=(0, 2))
         has_changes = rc == 2
@@ -253,24 +300,20 @@ class JobRun:
         summary = plan_summary(json.loads(show.stdout))
         data = (self.dir / "plan.out").read_bytes()
         self.plan_hash = hashlib.sha256(data).hexdigest()
-        self.call(
-            "POST", "plan",
-            json={"plan_b64": base64.b64encode(data).decode(), "sha256": self.plan_hash, "summary": summary,
-                  "has_changes": has_changes},
-        )
-        keep = bool(self.payload["keep_dir"] and has_changes)
+        upload = PlanUpload(plan_b64=base64.b64encode(data).decode(), sha256=self.plan_hash, summary=summary,
+                            has_changes=has_changes, terraform_version=self.agent.terraform_version)
+        self.call("POST", "plan", json=upload.model_dump(mode="json"))
+        keep = bool(self.payload.keep_dir and has_changes)
         if keep:
             # Registered before `finish` so a heartbeat sent meanwhile already reports it.
-            self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, "plan"))
-        result = self.finish(ok=True, kept_dir=keep)
-        return keep and bool(result.get("keep_dir"))
+            self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, WarmOrigin.PLAN))
+        return self.finish(JobOutcome.SUCCEEDED, kept_dir=keep) and keep
 
     def do_warmup(self) -> bool:
         self.prepare()
         self.restore_plan()
-        self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, "warmup"))
-        result = self.finish(ok=True, kept_dir=True)
-        return bool(result.get("keep_dir"))
+        self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, WarmOrigin.WARMUP))
+        return self.finish(JobOutcome.SUCCEEDED, kept_dir=True)
 
     def do_apply(self) -> bool:
         # The acknowledgement travels as a log event, without waiting for its answer, so its
@@ -281,9 +324,9 @@ class JobRun:
         warm = self.agent.take_warm(self.task_id)
         if warm is not None and (warm.path / "plan.out").exists():
             self.dir = warm.path
-            path = "fast" if warm.origin == "plan" else "rewarmed"
+            path = ApplyPath.FAST if warm.origin == WarmOrigin.PLAN else ApplyPath.REWARMED
             reason = (
-                "the plan's own work dir, kept on this agent" if path == "fast"
+                "the plan's own work dir, kept on this agent" if path == ApplyPath.FAST
                 else "work dir warmed up ahead of Confirm on this agent"
             )
             # Re-hash before applying: the dir sat on disk while a person reviewed the plan.
@@ -292,14 +335,14 @@ class JobRun:
                 self.restore_plan()
                 reason += "; local plan.out was corrupt and was restored from the database"
         else:
-            path = "cold"
-            reason = self.payload.get("cold_reason") or "no warm dir on this agent"
-            self.log.event(ack=True)  # before the slow preparation, not after it
+            path = ApplyPath.COLD
+            reason = self.payload.cold_reason or "no warm dir on this agent"
+            self.log.event(LogEvents(ack=True))  # before the slow preparation, not after it
             self.prepare()
             self.restore_plan()
 
         def started() -> None:
-            self.log.event(ack=True, apply_started_at=time.time(), apply_path=path, apply_path_reason=reason)
+            self.log.event(LogEvents(ack=True, apply_started_at=time.time(), apply_path=path, apply_path_reason=reason))
 
         try:
             self.terraform("apply", "-input=false", "-no-color", "plan.out", on_start=started, header=False)
@@ -309,5 +352,5 @@ class JobRun:
                                stale=True) from exc
             raise
         self.log.write(f"\n[apply path: {path}: {reason}]\n")
-        self.finish(ok=True)
+        self.finish(JobOutcome.SUCCEEDED)
         return False

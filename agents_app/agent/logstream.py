@@ -12,9 +12,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from agents_app.agent.client import Client, ServerError
+from agents_app.protocol import LogEvents, LogPost
 
 _STOP = object()
 
@@ -35,20 +35,21 @@ class LogStream:
         if text:
             self._q.put(("text", text))
 
-    def event(self, **events: Any) -> None:
+    def event(self, events: LogEvents) -> None:
         self._q.put(("event", events))
 
     def close(self, timeout: float = 30) -> None:
         self._q.put(_STOP)
         self._thread.join(timeout)
 
-    def _post(self, text: str, events: dict) -> None:
+    def _post(self, text: str, events: LogEvents) -> None:
         if self.lost:
             return
         self.seq += 1
+        post = LogPost(seq=self.seq, text=text, events=events)
         try:
             self.client.call(
-                "POST", f"/agent/v1/jobs/{self.job_id}/logs", json={"seq": self.seq, "text": text, "events": events},
+                "POST", f"/agent/v1/jobs/{self.job_id}/logs", json=post.model_dump(mode="json", exclude_defaults=True),
                 fence=self.fence,
             )
         except ServerError as exc:
@@ -79,10 +80,10 @@ class LogStream:
                     text.append(value)
                 else:
                     if text:
-                        self._post("".join(text), {})
+                        self._post("".join(text), LogEvents())
                         text = []
                     self._post("", value)
             if text:
-                self._post("".join(text), {})
+                self._post("".join(text), LogEvents())
             if stop:
                 return

@@ -1,21 +1,58 @@
 """The agent process: register, heartbeat, claim jobs (long-poll), run up to N at once,
-keep warm dirs, clean up old ones."""
+keep warm dirs, clean up old ones.
+
+Identity across restarts: the agent credential (its token) is kept in the work root, and
+the work root is held by a file lock for the life of the process. A restarted process
+presents the credential and reports the warm dirs it finds on disk (each has a marker
+file), so the server keeps its reservations and Confirm right after a restart still takes
+the fast path. A second process cannot take the same work root while the first holds it.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import fasteners
+
 from agents_app.agent.client import Client, ServerError
-from agents_app.agent.jobs import JobRun, WarmDir
+from agents_app.agent.jobs import WARM_MARKER, JobRun, WarmDir
+from agents_app.protocol import (
+    PROTOCOL_VERSION,
+    Heartbeat,
+    HeartbeatReply,
+    JobPayload,
+    Registration,
+    RegistrationReply,
+    WarmDirReport,
+)
 
 log = logging.getLogger("iac.agent")
-VERSION = "0.1"
+VERSION = "0.2"
+CREDENTIAL_FILE = ".agent-credential.json"
+LOCK_FILE = ".agent.lock"
+
+
+def terraform_version(terraform: str) -> str:
+    """The version the terraform executable reports ("" when it cannot say)."""
+    try:
+        out = subprocess.run([terraform, "version", "-json"], capture_output=True, timeout=60, check=True).stdout
+        return str(json.loads(out)["terraform_version"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+        log.warning("could not read the terraform version of %s: %s", terraform, exc)
+        return ""
+
+
+class WorkRootBusy(SystemExit):
+    pass
 
 
 class AgentProcess:
@@ -32,11 +69,13 @@ class AgentProcess:
         finished_ttl: float = 3600,
     ) -> None:
         self.client = Client(server)
+        self.server = server.rstrip("/")
         self.pool_token = pool_token
         self.name = name
         self.work_root = work_root
         self.slots = slots
         self.terraform = terraform
+        self.terraform_version = ""
         self.apply_pending_ttl = apply_pending_ttl
         self.finished_ttl = finished_ttl
         self.heartbeat_interval = 10.0
@@ -49,6 +88,57 @@ class AgentProcess:
         self.finished: dict[Path, float] = {}  # dirs of finished tasks -> when they finished
         self.generation = 0  # bumps on re-registration
         self.register_lock = threading.Lock()
+        self.root_lock: fasteners.InterProcessLock | None = None
+
+    # --- the work root and the credential ----------------------------------------------------
+
+    def lock_work_root(self) -> None:
+        """Hold the work root for the life of the process (the OS drops the lock when the
+        process dies, even by SIGKILL)."""
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        self.root_lock = fasteners.InterProcessLock(str(self.work_root / LOCK_FILE))
+        if not self.root_lock.acquire(blocking=False):
+            raise WorkRootBusy(f"another agent process is using the work root {self.work_root}")
+
+    def _credential_path(self) -> Path:
+        return self.work_root / CREDENTIAL_FILE
+
+    def load_credential(self) -> str:
+        try:
+            data = json.loads(self._credential_path().read_text())
+        except (OSError, ValueError):
+            return ""
+        if data.get("server") != self.server or data.get("name") != self.name:
+            return ""  # another server or another identity: start fresh
+        return str(data.get("token", ""))
+
+    def save_credential(self, token: str) -> None:
+        path = self._credential_path()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"server": self.server, "name": self.name, "token": token}, fh)
+        tmp.replace(path)
+
+    def scan_warm_dirs(self) -> dict[int, WarmDir]:
+        """Warm dirs a previous process of this agent left, by their marker files; every
+        other dir under the work root is a finished or interrupted job's and goes."""
+        found: dict[int, WarmDir] = {}
+        for ws_dir in self.work_root.iterdir():
+            if not ws_dir.is_dir():
+                continue
+            for task_dir in ws_dir.iterdir():
+                warm = WarmDir.load(task_dir) if (task_dir / WARM_MARKER).exists() else None
+                if warm is not None and warm.task_id not in found:
+                    found[warm.task_id] = warm
+                else:
+                    shutil.rmtree(task_dir, ignore_errors=True)
+        return found
+
+    def wipe_work_root(self) -> None:
+        for child in self.work_root.iterdir():
+            if child.name not in (LOCK_FILE, CREDENTIAL_FILE):
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     # --- registration ----------------------------------------------------------------------
 
@@ -57,11 +147,12 @@ class AgentProcess:
         that at once: only the first one registers again."""
         with self.register_lock:
             if self.generation == seen_generation:
-                self.register()
+                self.register(after_offline=True)
 
-    def register(self) -> None:
-        """Register (again). Warm dirs do not outlive a registration: the server treats a
-        returning process as a new agent, so whatever we held is wiped."""
+    def register(self, *, after_offline: bool = False) -> None:
+        """Register, or register again. After being declared offline the server released
+        everything this agent held, so the dirs go; after a restart (credential on disk) the
+        warm dirs found on disk are reported and those the server still reserves stay."""
         with self.lock:
             for job in self.running.values():
                 job.cancel(force=True)
@@ -69,19 +160,27 @@ class AgentProcess:
             self.warm.clear()
             self.finished.clear()
             self.generation += 1
-        if self.work_root.exists():
-            shutil.rmtree(self.work_root, ignore_errors=True)
-        self.work_root.mkdir(parents=True, exist_ok=True)
+        if after_offline:
+            self.wipe_work_root()
+        warm = self.scan_warm_dirs()
+        credential = self.load_credential()
+        registration = Registration(
+            name=self.name, slots=self.slots, version=VERSION, protocol_version=PROTOCOL_VERSION,
+            terraform_version=self.terraform_version, credential=credential,
+            warm_dirs=[WarmDirReport(task=w.task_id, plan_hash=w.plan_hash) for w in warm.values()],
+        )
         delay = 0.5
         while not self.stopping.is_set():
             try:
                 data = self.client.call(
                     "POST", "/agent/v1/register", token=self.pool_token, retries=0, timeout=10,
-                    json={"name": self.name, "slots": self.slots, "version": VERSION},
+                    json=registration.model_dump(mode="json"),
                 )
                 break
             except ServerError as exc:
-                if exc.status in (400, 401):
+                # 400 bad request or protocol, 401 bad pool token, 409 the name is taken by a
+                # live agent: retrying cannot help, and never merging is the point.
+                if exc.status in (400, 401, 409):
                     raise SystemExit(f"registration refused: {exc.detail}") from exc
                 log.warning("registration failed (%s); retrying in %.1fs", exc, delay)
             except Exception as exc:  # noqa: BLE001 - server not up yet
@@ -90,21 +189,35 @@ class AgentProcess:
             delay = min(delay * 2, 10)
         else:
             return
-        self.client.token = data["token"]
-        self.agent_id = data["agent_id"]
-        self.heartbeat_interval = float(data["heartbeat_interval"])
-        self.claim_wait = float(data["claim_wait"])
-        log.info("registered as agent %s in pool %s (%d slots)", self.agent_id, data["pool"], self.slots)
+        reply = RegistrationReply.model_validate(data)
+        self.save_credential(reply.token)
+        kept = {t: w for t, w in warm.items() if reply.resumed and t not in reply.release}
+        for task_id, w in warm.items():
+            if task_id not in kept:
+                shutil.rmtree(w.path, ignore_errors=True)
+        with self.lock:
+            self.warm = kept
+        self.client.token = reply.token
+        self.agent_id = reply.agent_id
+        self.heartbeat_interval = reply.heartbeat_interval
+        self.claim_wait = reply.claim_wait
+        log.info("registered as agent %s in pool %s (%d slots, terraform %s)%s", self.agent_id, reply.pool,
+                 self.slots, self.terraform_version or "unknown",
+                 f"; resumed with {len(kept)} warm dir(s)" if reply.resumed else "")
 
     # --- warm dirs (called from job threads) -----------------------------------------------
 
     def add_warm(self, warm: WarmDir) -> None:
+        warm.save_marker()
         with self.lock:
             self.warm[warm.task_id] = warm
 
     def take_warm(self, task_id: int) -> WarmDir | None:
         with self.lock:
-            return self.warm.pop(task_id, None)
+            warm = self.warm.pop(task_id, None)
+        if warm is not None:
+            (warm.path / WARM_MARKER).unlink(missing_ok=True)  # in use now; no longer warm
+        return warm
 
     def job_done(self, job: JobRun, keep: bool) -> None:
         with self.lock:
@@ -114,6 +227,8 @@ class AgentProcess:
                 if warm is not None and warm.path == job.dir:
                     del self.warm[job.task_id]
                 self.finished[job.dir] = time.time()
+        if not keep:
+            (job.dir / WARM_MARKER).unlink(missing_ok=True)
 
     # --- heartbeat + housekeeping ----------------------------------------------------------
 
@@ -135,12 +250,13 @@ class AgentProcess:
         while not self.stopping.wait(self.heartbeat_interval):
             generation = self.generation
             with self.lock:
-                warm = [{"task": w.task_id, "plan_hash": w.plan_hash} for w in self.warm.values()]
-                running = list(self.running)
+                beat = Heartbeat(
+                    warm_dirs=[WarmDirReport(task=w.task_id, plan_hash=w.plan_hash) for w in self.warm.values()],
+                    running_jobs=list(self.running),
+                )
             try:
-                resp = self.client.call(
-                    "POST", "/agent/v1/heartbeat", json={"warm_dirs": warm, "running_jobs": running},
-                    retries=1, timeout=10,
+                data = self.client.call(
+                    "POST", "/agent/v1/heartbeat", json=beat.model_dump(mode="json"), retries=1, timeout=10,
                 )
             except ServerError as exc:
                 if exc.status == 410:
@@ -152,12 +268,13 @@ class AgentProcess:
             except Exception as exc:  # noqa: BLE001
                 log.warning("heartbeat failed: %s", exc)
                 continue
-            for item in resp.get("cancel", []):
+            reply = HeartbeatReply.model_validate(data)
+            for order in reply.cancel:
                 with self.lock:
-                    job = self.running.get(item["id"])
+                    job = self.running.get(order.id)
                 if job is not None:
-                    job.cancel(force=bool(item.get("force")))
-            self.housekeeping([int(t) for t in resp.get("release", [])])
+                    job.cancel(force=order.force)
+            self.housekeeping(reply.release)
 
     # --- claiming --------------------------------------------------------------------------
 
@@ -165,7 +282,7 @@ class AgentProcess:
         while not self.stopping.is_set():
             generation = self.generation
             try:
-                payload: Any = self.client.call(
+                data: Any = self.client.call(
                     "POST", f"/agent/v1/claim?wait={self.claim_wait:g}", timeout=self.claim_wait + 15, retries=0,
                 )
             except ServerError as exc:
@@ -179,9 +296,9 @@ class AgentProcess:
                 log.warning("claim failed: %s", exc)
                 self.stopping.wait(1)
                 continue
-            if payload is None:
+            if data is None:
                 continue
-            job = JobRun(self, payload)
+            job = JobRun(self, JobPayload.model_validate(data))
             with self.lock:
                 self.running[job.id] = job
             log.info("claimed %s job %s for run %s", job.kind, job.id, job.task_id)
@@ -193,6 +310,8 @@ class AgentProcess:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        self.lock_work_root()
+        self.terraform_version = terraform_version(self.terraform)
         self.register()
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
         claimer = threading.Thread(target=self.claim_loop, name="claim", daemon=True)

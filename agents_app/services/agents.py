@@ -1,7 +1,10 @@
-"""Agent registration, heartbeats and liveness."""
+"""Pools and agents: tokens, registration and liveness of the agent row. The one owner of
+`Agent.status`. What an agent's arrival or death means for jobs and runs is decided above
+this layer (tasks_app.services.control), which calls these functions."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -9,20 +12,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app.models import (
-    Agent,
-    AgentPool,
-    AgentStatus,
-    Slot,
-    SlotState,
-    hash_token,
-    new_token,
-)
-from iacplatform import wakeups
-from tasks_app.models import Job, JobStatus, Task
-from tasks_app.services.jobs import AgentGone, job_abandon
-from tasks_app.services.runs import reservation_release
-from tasks_app.states import RunStatus, WarmupStatus
+from agents_app import events
+from agents_app.models import Agent, AgentPool, DispatchEvent, Slot, hash_token, new_token
+from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, Registration
+from iacplatform.errors import Conflict, Gone, Invalid
 
 
 def pool_create(*, name: str, **fields: Any) -> tuple[AgentPool, str]:
@@ -38,112 +31,105 @@ def pool_rotate_token(*, pool: AgentPool) -> str:
 
 
 def pool_by_token(token: str) -> AgentPool | None:
-    return AgentPool.objects.filter(token_hash=hash_token(token)).first()
+    return AgentPool.objects.filter(token_hash=hash_token(token)).first() if token else None
 
 
 def agent_by_token(token: str) -> Agent | None:
-    return Agent.objects.select_related("pool").filter(token_hash=hash_token(token)).first()
+    return Agent.objects.select_related("pool").filter(token_hash=hash_token(token)).first() if token else None
 
 
-def agent_register(*, pool: AgentPool, name: str, slot_count: int, version: str = "") -> tuple[Agent, str]:
-    """A new agent process joins its pool. Warm dirs do not survive a restart, so a returning
-    process is a new agent; the pool's apply_pending runs get warmed up on it."""
-    from tasks_app.services.warmups import warmups_ensure
+def agent_set_status(agent: Agent, to: AgentStatus, *, reason: str) -> None:
+    """Move a locked agent between online and offline, with an event row."""
+    if agent.status == to:
+        return
+    before = agent.status
+    agent.status = to
+    agent.offline_at = timezone.now() if to == AgentStatus.OFFLINE else None
+    agent.save(update_fields=["status", "offline_at", "last_heartbeat_at", "version", "terraform_version", "slot_count"])
+    DispatchEvent.objects.create(
+        subject="agent", subject_id=agent.id, agent=agent, from_state=before, to_state=to, message=reason
+    )
+    events.dispatch_changed(pool_id=agent.pool_id, subject="agent", subject_id=agent.id, state=to, task_id=None)
 
-    token, token_hash = new_token("agent")
+
+@dataclass(frozen=True)
+class Registered:
+    agent: Agent
+    token: str
+    resumed: bool  # the same agent as before a restart: its reservations may stand
+
+
+def agent_register(*, pool: AgentPool, registration: Registration) -> Registered:
+    """An agent process joins its pool.
+
+    A process that presents the credential a previous process of the same agent kept in its
+    work root is that agent again, even while the old record still looks online (a restart
+    is faster than the offline timeout): it keeps its id and its reservations. A process
+    with the same name but without the credential, while that record is online, is refused,
+    never merged: two processes must not both answer for one agent's warm dirs."""
+    reg = registration
+    if reg.protocol_version != PROTOCOL_VERSION:
+        raise Invalid(
+            f"this agent speaks protocol version {reg.protocol_version or 'unknown'}; the server needs version "
+            f"{PROTOCOL_VERSION}: run the agent of the same release as the server"
+        )
+    slot_count = reg.slots or pool.slots_per_pod
+    now = timezone.now()
     with transaction.atomic():
+        if reg.credential:
+            agent = (
+                Agent.objects.select_for_update()
+                .filter(pool=pool, name=reg.name, token_hash=hash_token(reg.credential))
+                .first()
+            )
+            if agent is not None:
+                agent.last_heartbeat_at = now
+                agent.version = reg.version
+                agent.terraform_version = reg.terraform_version
+                agent.slot_count = max(agent.slot_count, slot_count)
+                if agent.status == AgentStatus.ONLINE:
+                    agent.save(update_fields=["last_heartbeat_at", "version", "terraform_version", "slot_count"])
+                else:
+                    agent_set_status(agent, AgentStatus.ONLINE, reason="registered again with its credential")
+                have = set(agent.slots.values_list("index", flat=True))
+                Slot.objects.bulk_create([Slot(agent=agent, index=i) for i in range(agent.slot_count) if i not in have])
+                return Registered(agent=agent, token=reg.credential, resumed=True)
+        online = Agent.objects.filter(pool=pool, name=reg.name, status=AgentStatus.ONLINE).first()
+        if online is not None:
+            silent = (now - online.last_heartbeat_at).total_seconds()
+            raise Conflict(
+                f"an agent named '{reg.name}' is already online in pool '{pool.name}' (last heartbeat {silent:.0f}s "
+                f"ago). A restarted agent presents the credential kept in its work root; another process needs "
+                f"another name, or must wait until the old one is offline "
+                f"({settings.IAC_AGENT_OFFLINE_AFTER_SECONDS:g}s of silence)"
+            )
+        token, token_hash = new_token("agent")
         agent = Agent.objects.create(
-            pool=pool, name=name, token_hash=token_hash, slot_count=slot_count, version=version,
-            last_heartbeat_at=timezone.now(),
+            pool=pool, name=reg.name, token_hash=token_hash, slot_count=slot_count, version=reg.version,
+            terraform_version=reg.terraform_version, last_heartbeat_at=now,
         )
         Slot.objects.bulk_create([Slot(agent=agent, index=i) for i in range(slot_count)])
-        pool_id = pool.id
-        transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
-    return agent, token
-
-
-def agent_heartbeat(*, agent: Agent, warm_dirs: list[dict], running_jobs: list[int]) -> dict[str, Any]:
-    """Renew the agent's leases and reconcile the server's reservations with its disk.
-
-    Returns what the agent must do: `release` (task ids whose dirs it should delete) and
-    `cancel` (jobs to stop)."""
-    now = timezone.now()
-    reported = {int(d["task"]) for d in warm_dirs if "task" in d}
-    with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(id=agent.id)
-        if agent.status != AgentStatus.ONLINE:
-            raise AgentGone(f"agent {agent.name} was marked offline at {agent.offline_at}; register again")
-        agent.last_heartbeat_at = now
-        agent.warm_dirs = warm_dirs
-        agent.save(update_fields=["last_heartbeat_at", "warm_dirs"])
-        # Only the jobs the agent says it runs keep their lease: a job whose claim answer
-        # was lost on the way never shows up here, and its lease runs out (see the sweep).
-        Job.objects.filter(agent=agent, status=JobStatus.RUNNING, id__in=[int(j) for j in running_jobs]).update(
-            lease_expires_at=now + timedelta(seconds=settings.IAC_AGENT_OFFLINE_AFTER_SECONDS)
+        DispatchEvent.objects.create(
+            subject="agent", subject_id=agent.id, agent=agent, to_state=AgentStatus.ONLINE, message="registered"
         )
-        held = set(
-            Slot.objects.filter(agent=agent, task__isnull=False).values_list("task_id", flat=True)
-        )
-        release = sorted(reported - held)
-        # A reservation whose dir the agent no longer has is released and warmed elsewhere.
-        # The grace period covers a heartbeat built just before a plan/warmup reserved the slot.
-        grace = now - timedelta(seconds=2 * settings.IAC_AGENT_HEARTBEAT_SECONDS + 1)
-        lost = Slot.objects.filter(agent=agent, state=SlotState.RESERVED, updated_at__lt=grace).exclude(
-            task_id__in=reported
-        )
-        lost_tasks = list(Task.objects.select_for_update().filter(id__in=lost.values("task_id")))
-        for task in lost_tasks:
-            reservation_release(task)
-            task.warmup_message = f"{agent.name} no longer holds the warm dir"
-            task.save()
-        cancel = [
-            {"id": j.id, "force": j.force_cancel}
-            for j in Job.objects.filter(agent=agent, status=JobStatus.RUNNING, cancel_requested=True)
-        ]
-        if lost_tasks:
-            from tasks_app.services.warmups import warmups_ensure
-
-            pool_id = agent.pool_id
-            transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
-    return {"release": release, "cancel": cancel, "heartbeat_interval": settings.IAC_AGENT_HEARTBEAT_SECONDS}
+    return Registered(agent=agent, token=token, resumed=False)
 
 
-def agent_set_offline(*, agent_id: int, reason: str) -> bool:
-    """Declare an agent dead. Its reservations are released (and re-warmed elsewhere while
-    retries remain), its running plans are re-queued, its running applies become errored:
-    an interrupted apply may have half-written state, so it is never re-run automatically."""
-    from tasks_app.services.warmups import warmups_ensure
-
-    with transaction.atomic():
-        agent = Agent.objects.select_for_update().filter(id=agent_id, status=AgentStatus.ONLINE).first()
-        if agent is None:
-            return False
-        now = timezone.now()
-        agent.status = AgentStatus.OFFLINE
-        agent.offline_at = now
-        agent.save(update_fields=["status", "offline_at"])
-        # Jobs first: a warmup in flight counts as a failed attempt before its run's
-        # reservation is looked at.
-        for job in Job.objects.select_for_update().filter(agent=agent, status=JobStatus.RUNNING):
-            job_abandon(job, why=f"{agent.name} went offline ({reason})")
-        for task in Task.objects.select_for_update().filter(
-            warmup_agent=agent, status=RunStatus.APPLY_PENDING, warmup_status=WarmupStatus.READY
-        ):
-            reservation_release(task)
-            task.warmup_message = f"{agent.name} went offline ({reason}); warming up elsewhere"
-            task.save()
-        Slot.objects.filter(agent=agent).update(state=SlotState.IDLE, job=None, task=None)
-        pool_id = agent.pool_id
-        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
-    return True
+def agent_locked_online(agent_id: int) -> Agent:
+    """The agent row, locked; Gone when it was declared offline (it must register again)."""
+    agent = Agent.objects.select_for_update(of=("self",)).select_related("pool").get(id=agent_id)
+    if agent.status != AgentStatus.ONLINE:
+        raise Gone(f"agent {agent.name} was marked offline at {agent.offline_at}; register again")
+    return agent
 
 
-def agents_mark_silent_offline() -> list[int]:
+def agent_record_heartbeat(agent: Agent, *, warm_dirs: list[dict]) -> None:
+    agent.last_heartbeat_at = timezone.now()
+    agent.warm_dirs = warm_dirs
+    agent.save(update_fields=["last_heartbeat_at", "warm_dirs"])
+
+
+def agents_silent() -> list[int]:
+    """Online agents that have not been heard from for IAC_AGENT_OFFLINE_AFTER_SECONDS."""
     cutoff = timezone.now() - timedelta(seconds=settings.IAC_AGENT_OFFLINE_AFTER_SECONDS)
-    silent = list(
-        Agent.objects.filter(status=AgentStatus.ONLINE, last_heartbeat_at__lt=cutoff).values_list("id", flat=True)
-    )
-    return [
-        a for a in silent
-        if agent_set_offline(agent_id=a, reason=f"no heartbeat for {settings.IAC_AGENT_OFFLINE_AFTER_SECONDS:g}s")
-    ]
+    return list(Agent.objects.filter(status=AgentStatus.ONLINE, last_heartbeat_at__lt=cutoff).values_list("id", flat=True))

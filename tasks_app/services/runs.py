@@ -1,41 +1,39 @@
-"""The run lifecycle: one function per state change.
+"""The run lifecycle: one function per state change, the only writers of Task.status.
 
 Each locks the task row (select_for_update), checks the transition table in states.py,
 writes a TaskEvent, and defers side effects (wake-ups, follow-up work) to on_commit so an
-agent never sees a job whose transaction has not committed.
+agent never sees a job whose transaction has not committed. Runs sit above the dispatch
+layer (warmups, jobs, slots): they call it, it never calls them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agents_app.models import Agent
+from agents_app.protocol import JobKind, JobOutcome, SlotState, WarmupStatus
+from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
-from iacplatform.api_errors import Conflict
-from tasks_app.models import (
-    ConfigurationVersion,
-    Job,
-    JobKind,
-    JobStatus,
-    StateVersion,
-    Task,
-    TaskEvent,
-    Workspace,
-)
+from iacplatform.errors import Conflict, Invalid
+from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
+from tasks_app.selectors import dispatch_wait_reason, state_serial_current
 from tasks_app.services.audit import audit_record
-from tasks_app.states import (
-    BLOCKING,
-    FINAL,
-    Operation,
-    RunStatus,
-    WarmupStatus,
-    check_transition,
+from tasks_app.services.jobs import Finished, job_assign, job_create, jobs_cancel_queued, jobs_request_cancel
+from tasks_app.services.warmups import (
+    confirm_target,
+    pool_make_room,
+    warmup_release,
+    warmup_reserve,
+    warmups_ensure,
 )
+from tasks_app.states import BLOCKING, FINAL, Operation, RunStatus, check_transition
 
 
 def _actor_label(actor: Any) -> str:
@@ -53,36 +51,16 @@ def run_transition(task: Task, to: RunStatus, *, message: str = "", actor: Any =
         task.message = message
     if to in FINAL:
         task.finished_at = timezone.now()
-        reservation_release(task)
+        warmup_release(task, message=f"run {task.id} is {to}")
         # Final runs free the workspace queue.
         workspace_id = task.workspace_id
         transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
     task.save()
 
 
-def reservation_release(task: Task, *, warmup_status: WarmupStatus | None = None) -> None:
-    """Drop the task's warm slot. The agent deletes the dir when its heartbeat learns of it."""
-    from agents_app.models import Slot, SlotState
-
-    Slot.objects.filter(task=task, state=SlotState.RESERVED).update(state=SlotState.IDLE, task=None, job=None)
-    task.warmup_agent = None
-    task.warmup_slot = None
-    task.warmup_expires_at = None
-    if warmup_status is not None:
-        task.warmup_status = warmup_status
-    elif task.warmup_status in (WarmupStatus.READY, WarmupStatus.WARMING, WarmupStatus.EXPIRED):
-        task.warmup_status = WarmupStatus.NONE
-
-
-def current_state_serial(workspace_id: int) -> int | None:
-    return (
-        StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial").values_list("serial", flat=True).first()
-    )
-
-
 def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "") -> Task:
     if operation not in Operation.values:
-        raise ValueError(f"operation must be one of {', '.join(Operation.values)}")
+        raise Invalid(f"operation must be one of {', '.join(Operation.values)}")
     cv = ConfigurationVersion.objects.filter(workspace=workspace).order_by("-id").first()
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
@@ -103,7 +81,8 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
     """Start what the per-workspace queue rule allows; returns the started task ids.
 
     Plan-only runs neither wait nor block. Runs that can apply are FIFO and exclusive: while
-    one is planning / apply_pending / apply_queued / applying, later ones stay pending.
+    one is plan_queued / planning / apply_pending / apply_queued / applying, later ones stay
+    pending. A started run is `plan_queued` until an agent claims its plan job.
     """
     started: list[int] = []
     with transaction.atomic():
@@ -120,13 +99,121 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
                 if blocked:
                     continue
                 blocked = True
-            run_transition(task, RunStatus.PLANNING)
-            Job.objects.create(task=task, pool_id=ws.pool_id, kind=JobKind.PLAN)
+            run_transition(task, RunStatus.PLAN_QUEUED)
+            job_create(task=task, kind=JobKind.PLAN, pool_id=ws.pool_id, terraform_version=ws.terraform_version)
             started.append(task.id)
         if started:
             pool_id = ws.pool_id
-            transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
+            transaction.on_commit(lambda: _dispatch_queued(pool_id))
     return started
+
+
+def _dispatch_queued(pool_id: int) -> None:
+    """After new work was queued: make room in a full pool, then wake its agents."""
+    pool_make_room(pool_id=pool_id)
+    wakeups.wake_pool(pool_id)
+
+
+def run_plan_started(task: Task, agent: Agent) -> None:
+    """An agent claimed the run's plan job (task locked)."""
+    # The state serial the plan is made against: a different serial at Confirm = stale plan.
+    task.base_state_serial = state_serial_current(task.workspace_id)
+    task.terraform_version = agent.terraform_version
+    run_transition(task, RunStatus.PLANNING, message=f"planning on {agent.name}")
+
+
+def run_plan_requeued(task: Task, *, why: str) -> None:
+    """The plan's agent died before the plan finished: the job is queued again."""
+    if task.status == RunStatus.PLANNING:
+        run_transition(task, RunStatus.PLAN_QUEUED, message=f"{why}; the plan is queued again")
+
+
+@dataclass(frozen=True)
+class PlanEnded:
+    keep_dir: bool
+    follow_ups: tuple  # run after commit
+
+
+def _free(finished: Finished, message: str) -> None:
+    if finished.slot is not None:
+        slot_transition(finished.slot, SlotState.IDLE, message=message)
+
+
+def run_plan_finished(finished: Finished) -> PlanEnded:
+    """A plan job ended (caller's transaction; job, task and slot locked)."""
+    task, result = finished.task, finished.result
+    outcome = result.outcome
+    if outcome == JobOutcome.CANCELLED:
+        _free(finished, "plan cancelled")
+        run_transition(task, RunStatus.CANCELLED, message=result.error or "plan cancelled")
+        return PlanEnded(keep_dir=False, follow_ups=())
+    if outcome != JobOutcome.SUCCEEDED:
+        _free(finished, "plan failed")
+        run_transition(task, RunStatus.ERRORED, message=result.error or "plan failed")
+        return PlanEnded(keep_dir=False, follow_ups=())
+    if not task.plan_hash:
+        _free(finished, "plan failed")
+        run_transition(task, RunStatus.ERRORED, message="the agent finished the plan without uploading plan.out")
+        return PlanEnded(keep_dir=False, follow_ups=())
+    if not task.has_changes:
+        _free(finished, "no changes")
+        run_transition(task, RunStatus.PLANNED_NO_CHANGES, message="no changes: nothing to apply")
+        return PlanEnded(keep_dir=False, follow_ups=())
+    if task.operation == Operation.PLAN:
+        _free(finished, "plan-only run planned")
+        run_transition(task, RunStatus.PLANNED)
+        return PlanEnded(keep_dir=False, follow_ups=())
+
+    run_transition(task, RunStatus.APPLY_PENDING)
+    pool = task.workspace.pool
+    follow_ups: list = []
+    keep = result.kept_dir and pool.warm_apply and finished.slot is not None
+    if keep:
+        # The plan's own dir is the warm dir: ready at once, on this agent and slot.
+        warmup_reserve(task, finished.slot, message=f"plan dir kept on {finished.slot.agent.name}")
+    else:
+        _free(finished, "plan done; dir not kept")
+        pool_id = pool.id
+        follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
+    if task.workspace.auto_apply:
+        task_id = task.id
+        follow_ups.append(lambda: run_confirm(task_id=task_id, actor="auto-apply"))
+    return PlanEnded(keep_dir=keep, follow_ups=tuple(follow_ups))
+
+
+def run_apply_acked(task: Task) -> None:
+    """The agent has the apply and is starting terraform."""
+    if task.status == RunStatus.APPLY_QUEUED:
+        run_transition(task, RunStatus.APPLYING)
+
+
+def run_apply_finished(finished: Finished) -> None:
+    """An apply job ended (caller's transaction; job, task and slot locked)."""
+    task, result = finished.task, finished.result
+    _free(finished, f"apply {result.outcome}")
+    run_apply_acked(task)  # normally done already; a result implies it
+    if result.outcome == JobOutcome.SUCCEEDED:
+        run_transition(task, RunStatus.APPLIED)
+    elif result.outcome == JobOutcome.CANCELLED:
+        run_transition(task, RunStatus.CANCELLED, message=result.error or "apply cancelled")
+    elif result.outcome == JobOutcome.STALE:
+        run_transition(task, RunStatus.DISCARDED, message=f"stale plan: {result.error}")
+    else:
+        run_transition(task, RunStatus.ERRORED, message=result.error or "apply failed")
+
+
+def run_job_lost(task: Task, job: Job, *, requeued: bool, why: str) -> None:
+    """A job of the run was abandoned (its agent died or stopped reporting it)."""
+    if job.kind == JobKind.PLAN:
+        run_plan_requeued(task, why=why)
+    elif job.kind == JobKind.APPLY and requeued:
+        # The apply never started: it goes cold to any agent; a warm dir elsewhere is no use.
+        warmup_release(task, message=f"{why}; the apply goes cold")
+    elif job.kind == JobKind.APPLY and task.status not in FINAL:
+        run_transition(
+            task, RunStatus.ERRORED,
+            message=job.error + "; the state may be partially written, so the apply is not re-run automatically",
+        )
 
 
 @dataclass
@@ -135,42 +222,15 @@ class ConfirmResult:
     refused: str = ""  # non-empty: the apply was refused and the run discarded, with this reason
 
 
-def confirm_target(task: Task, *, now: datetime) -> tuple[Any, str]:
-    """Where an apply confirmed now would start: (the agent holding the run warm, "") or
-    (None, why it will run cold). Confirm uses it, and the run page says the same words."""
-    from agents_app.models import AgentStatus
-
-    agent = task.warmup_agent
-    if not task.workspace.pool.warm_apply:
-        return None, f"warm apply is turned off for pool {task.workspace.pool.name}"
-    if task.warmup_status == WarmupStatus.READY and agent and task.warmup_slot_id:
-        if agent.status != AgentStatus.ONLINE:
-            return None, f"the reserving agent {agent.name} is offline"
-        if task.warmup_expires_at and task.warmup_expires_at <= now:
-            return None, "the warm dir expired before Confirm"
-        return agent, ""
-    return None, {
-        WarmupStatus.NONE: "no agent held a warm dir for this run",
-        WarmupStatus.READY: "no agent held a warm dir for this run",
-        WarmupStatus.WARMING: f"the warmup on {agent.name if agent else 'an agent'} was still running at Confirm",
-        WarmupStatus.EXPIRED: "the warm dir expired before Confirm",
-        WarmupStatus.FAILED: f"the warmup failed {task.warmup_retry_count} times: {task.warmup_message}",
-    }[WarmupStatus(task.warmup_status)]
-
-
 def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult:
     """Confirm Apply. At most one apply job per run: the row lock plus the status check make
     a second confirm (double click, two tabs, a retried request) a 409, and a unique
     constraint on (task, kind=apply) backs that up at the database level."""
     with transaction.atomic():
-        task = (
-            Task.objects.select_for_update(of=("self",))
-            .select_related("workspace__pool", "warmup_agent")
-            .get(id=task_id)
-        )
+        task = Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
-        serial = current_state_serial(task.workspace_id)
+        serial = state_serial_current(task.workspace_id)
         if serial != task.base_state_serial:
             reason = (
                 f"stale plan: the workspace state changed after the plan (serial {task.base_state_serial} "
@@ -181,41 +241,48 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
             return ConfirmResult(task=task, refused=reason)
 
         now = timezone.now()
-        target, cold_reason = confirm_target(task, now=now)
+        target = confirm_target(task, now=now, lock=True)
         task.confirmed_at = now
         task.confirmed_by = actor if getattr(actor, "is_authenticated", False) else None
         run_transition(task, RunStatus.APPLY_QUEUED, actor=actor)  # saves the task
-        job = Job(task=task, pool_id=task.workspace.pool_id, kind=JobKind.APPLY, target_agent=target,
-                  cold_reason=cold_reason)
         pool_id = task.workspace.pool_id
-        if target is not None:
+        if target.slot is not None:
             # The hot path: the job is created assigned to the reserving agent and slot, and
             # pushed to its long-poll, which returns it without another database round (see
-            # agent_api.claim). (A ready run has no queued warmup: those exist only for runs
+            # agents_app.claim). (A ready run has no queued warmup: those exist only for runs
             # whose warmup is none or expired.)
-            from tasks_app.services.jobs import job_assign_confirmed_apply
-
-            payload = job_assign_confirmed_apply(job=job, task=task)
-            agent_id = target.id
-            transaction.on_commit(lambda: wakeups.push_job(agent_id, payload))
+            job = Job(task=task, pool_id=pool_id, kind=JobKind.APPLY, target_agent=target.slot.agent,
+                      terraform_version=task.terraform_version)
+            assigned = job_assign(job, target.slot.agent, target.slot, task, message="confirmed: warm dir reserved here")
+            payload, agent_id, job_id = assigned.payload(), target.slot.agent_id, job.id
+            transaction.on_commit(lambda: wakeups.push_job(agent_id, job_id, payload))
+        elif target.wait_for is not None:
+            # A warmup is running: the apply waits for it (bounded) and starts on its dir the
+            # moment it is ready (see warmups.warmup_job_finished).
+            wait = settings.IAC_WARMUP_WAIT_SECONDS
+            job = job_create(
+                task=task, kind=JobKind.APPLY, pool_id=pool_id, target_agent=target.wait_for,
+                terraform_version=task.terraform_version, hold_until=now + timedelta(seconds=wait),
+                cold_reason=f"the warmup on {target.wait_for.name} did not finish within {wait:g}s of Confirm",
+                message=f"waiting for the warmup on {target.wait_for.name}",
+            )
         else:
             # A queued warmup is pointless now; a running one finishes and sees the run moved on.
-            Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).update(
-                status=JobStatus.CANCELLED, finished_at=now
-            )
-            job.save()
-            transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
+            jobs_cancel_queued(task=task, kind=JobKind.WARMUP, message="the run was confirmed: it applies cold")
+            job = job_create(task=task, kind=JobKind.APPLY, pool_id=pool_id, cold_reason=target.cold_reason,
+                             terraform_version=task.terraform_version, message=target.cold_reason)
+            transaction.on_commit(lambda: _dispatch_queued(pool_id))
         audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id})
     return ConfirmResult(task=task)
 
 
 def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(id=task_id)
+        task = Task.objects.select_for_update(of=("self",)).select_related("workspace").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be discarded")
         run_transition(task, RunStatus.DISCARDED, actor=actor, message=comment or "discarded by " + _actor_label(actor))
-        Job.objects.filter(task=task, status=JobStatus.QUEUED).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
+        jobs_cancel_queued(task=task, message="the run was discarded")
         audit_record(actor=actor, action="run.discard", obj=task, data={"comment": comment})
     return task
 
@@ -224,22 +291,29 @@ def run_cancel(*, task_id: int, actor: Any, force: bool = False, comment: str = 
     """Cancel a run. Queued work is dropped at once; running terraform gets SIGINT through the
     agent's heartbeat (SIGKILL with force) and the run becomes `cancelled` when it stops."""
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(id=task_id)
+        task = Task.objects.select_for_update(of=("self",)).select_related("workspace").get(id=task_id)
         if task.status in FINAL:
             raise Conflict(f"run {task.id} is already '{task.status}'")
-        now = timezone.now()
-        Job.objects.filter(task=task, status=JobStatus.QUEUED).update(status=JobStatus.CANCELLED, finished_at=now)
-        running = Job.objects.filter(task=task, status=JobStatus.RUNNING).exclude(kind=JobKind.WARMUP)
-        if running.exists():
-            running.update(cancel_requested=True, force_cancel=force)
-        else:
+        jobs_cancel_queued(task=task, message="the run was cancelled")
+        if not jobs_request_cancel(task=task, force=force):
             run_transition(task, RunStatus.CANCELLED, actor=actor, message=comment or "cancelled by " + _actor_label(actor))
         audit_record(actor=actor, action="run.cancel", obj=task, data={"force": force, "comment": comment})
     return task
 
 
+def run_prepare(*, task_id: int) -> Task:
+    """The Confirm dialog was opened: make sure a warmup is on its way if the run is not ready."""
+    task = Task.objects.select_related("workspace").get(id=task_id)
+    if task.status == RunStatus.APPLY_PENDING and task.warmup_status in (WarmupStatus.NONE, WarmupStatus.EXPIRED):
+        warmups_ensure(pool_id=task.workspace.pool_id)
+        task.refresh_from_db()
+    return task
+
+
 def runs_waiting_reason(task: Task) -> str:
-    """Why a pending run has not started, in words for the run page."""
+    """Why a run waits, in words for the run page and the API ("" when it does not)."""
+    if task.status in (RunStatus.PLAN_QUEUED, RunStatus.APPLY_QUEUED):
+        return dispatch_wait_reason(task)
     if task.status != RunStatus.PENDING:
         return ""
     if task.workspace.locked:

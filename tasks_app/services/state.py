@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from iacplatform import crypto
+from iacplatform.errors import Conflict, Invalid
 from tasks_app.models import StateLock, StateVersion, Task, Workspace
 from tasks_app.services.audit import audit_record
 
@@ -32,24 +33,28 @@ MAX_LOCK_ID_LENGTH = 200
 MAX_LINEAGE_LENGTH = 100
 
 
-class StateInvalidError(ValueError):
+class StateInvalidError(Invalid):
     """The request body is not what the protocol expects (HTTP 400)."""
 
 
 class StateTooLargeError(StateInvalidError):
     """The state is bigger than settings.IAC_MAX_STATE_BYTES (HTTP 413)."""
 
+    status = 413
 
-class StateLockedError(Exception):
+
+class StateLockedError(Conflict):
     """The state is locked by someone else (HTTP 423). `info` is the holder's lock info, as
     Terraform sent it when it took the lock, so the refused client can say who holds it."""
+
+    status = 423
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(f"the state is locked (lock ID {info.get('ID', '?')})")
         self.info = info
 
 
-class StateConflictError(Exception):
+class StateConflictError(Conflict):
     """The request contradicts the stored state or lock (HTTP 409)."""
 
     def __init__(self, message: str, *, lock_info: dict[str, Any] | None = None) -> None:

@@ -1,74 +1,294 @@
-"""Warmup orchestration: keep a ready work dir for every apply_pending run of a warm pool.
+"""Warmups: the one owner of a run's warmup lifecycle (agents_app.states.WARMUP) and of its
+reservation, which is the Slot reserved for the run (agents_app.services.slots).
 
 One mechanism serves every trigger named in the design (plan finished without a
 reservation, reserving agent offline, agent registered, warmup expired, reservation
-released, Confirm dialog opened): the trigger resets the run's warmup to `none`/`expired`
-and calls `warmups_ensure`, which queues a warmup job for each such run that has none.
+released, Confirm dialog opened): the trigger releases the reservation and resets the
+warmup to `none`/`expired`, then `warmups_ensure` queues a warmup job for each such run.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from agents_app import events as dispatch_events
+from agents_app.models import Agent, AgentPool, DispatchEvent, Slot
+from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, SlotState, WarmupStatus
+from agents_app.services.slots import slot_reserved_for, slot_transition
+from agents_app.states import WARMUP
 from iacplatform import wakeups
-from tasks_app.models import Job, JobKind, JobStatus, Task
-from tasks_app.services.runs import reservation_release
-from tasks_app.states import RunStatus, WarmupStatus
+from tasks_app.models import Job, Task
+from tasks_app.selectors import pool_slot_counts
+from tasks_app.services.jobs import Finished, job_assign, job_create
+from tasks_app.states import RunStatus
+
+log = logging.getLogger(__name__)
+W = WarmupStatus
+
+
+def warmup_transition(
+    task: Task, to: WarmupStatus, *, message: str, agent: Agent | None = None, retry_count: int | None = None
+) -> None:
+    """Move a locked run's warmup to `to`; checks the table, writes a DispatchEvent, saves
+    the warmup fields. The only writer of Task.warmup_*."""
+    WARMUP.check(task.warmup_status, to)
+    before = task.warmup_status
+    now = timezone.now()
+    task.warmup_status = to
+    task.warmup_message = message
+    fields = ["warmup_status", "warmup_message", "warmup_at", "warmup_expires_at", "warmup_retry_count"]
+    if to == W.READY:
+        task.warmup_at = now
+        task.warmup_expires_at = now + timedelta(seconds=settings.IAC_WARMUP_EXPIRE_SECONDS)
+        task.warmup_retry_count = 0
+    elif to == W.WARMING:
+        task.warmup_at = now
+    else:
+        task.warmup_expires_at = None
+    if retry_count is not None:
+        task.warmup_retry_count = retry_count
+    task.save(update_fields=fields)
+    DispatchEvent.objects.create(
+        subject="warmup", subject_id=task.id, task=task, agent=agent, from_state=before, to_state=to, message=message
+    )
+    dispatch_events.dispatch_changed(
+        pool_id=task.workspace.pool_id, subject="warmup", subject_id=task.id, state=to, task_id=task.id
+    )
+
+
+def warmup_reserve(task: Task, slot: Slot, *, message: str) -> None:
+    """The job that just finished in `slot` kept its dir for `task`: reserve the slot and the
+    run is ready, on that agent, at once."""
+    slot_transition(slot, SlotState.RESERVED, task=task, message=message)
+    warmup_transition(task, W.READY, message=message, agent=slot.agent)
+
+
+def warmup_release(task: Task, *, message: str, to: WarmupStatus = W.NONE) -> bool:
+    """Drop the run's reservation (the agent deletes the dir when its heartbeat learns of
+    it). A ready warmup becomes `to` (none, or expired). Returns whether a slot was held."""
+    slot = slot_reserved_for(task.id, lock=True)
+    if slot is not None:
+        slot_transition(slot, SlotState.IDLE, message=message)
+    if task.warmup_status == W.READY or (task.warmup_status == W.EXPIRED and to == W.NONE and slot is not None):
+        warmup_transition(task, to, message=message, agent=slot.agent if slot else None)
+    return slot is not None
+
+
+def warmup_started(task: Task, agent: Agent) -> None:
+    warmup_transition(task, W.WARMING, message=f"warming up on {agent.name}", agent=agent)
+
+
+def warmup_failed(task: Task, message: str) -> bool:
+    """Count a failed warmup attempt; returns whether another attempt is allowed. At the
+    limit the warmup is `failed` for good: no loop of agents warming a broken run."""
+    count = task.warmup_retry_count + 1
+    failed = count >= settings.IAC_WARMUP_MAX_RETRIES
+    if task.warmup_status == W.READY:
+        warmup_release(task, message=message)
+    warmup_transition(
+        task, W.FAILED if failed else W.NONE, retry_count=count,
+        message=message + (" (giving up: Confirm will take the cold path)" if failed else ""),
+    )
+    return not failed
+
+
+def held_apply(task: Task) -> Job | None:
+    """The confirmed apply waiting for this run's warmup (Confirm during a warmup)."""
+    return (
+        Job.objects.select_for_update(of=("self",))
+        .filter(task=task, kind=JobKind.APPLY, status=JobStatus.QUEUED, hold_until__isnull=False)
+        .first()
+    )
+
+
+def _release_hold(held: Job, cold_reason: str) -> None:
+    """The warmup a confirmed apply waited for is not coming: any agent takes it now, cold."""
+    held.hold_until = None
+    held.cold_reason = cold_reason
+    held.save(update_fields=["hold_until", "cold_reason"])
+    pool_id = held.pool_id
+    transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
+
+
+def warmup_job_lost(task: Task, job: Job) -> None:
+    """A running warmup's agent died or stopped reporting it (job already abandoned)."""
+    if task.warmup_status == W.WARMING:
+        warmup_failed(task, job.error or "warmup lost")
+    held = held_apply(task) if task.status == RunStatus.APPLY_QUEUED else None
+    if held is not None:
+        _release_hold(held, f"the warmup it waited for was lost: {job.error}")
+
+
+@dataclass(frozen=True)
+class WarmupEnded:
+    keep_dir: bool
+    # The held apply handed to this agent the moment the dir became ready: push it.
+    handed_over: tuple[int, int, dict] | None = None  # (agent id, job id, payload)
+
+
+def warmup_job_finished(finished: Finished) -> WarmupEnded:
+    """A warmup job ended (caller's transaction, job/task/slot locked)."""
+    job, task, slot, result = finished.job, finished.task, finished.slot, finished.result
+    ok = result.outcome == JobOutcome.SUCCEEDED and result.kept_dir
+    agent = slot.agent if slot is not None else job.agent
+    held = held_apply(task) if task.status == RunStatus.APPLY_QUEUED else None
+    if held is not None and slot is not None:
+        if ok:
+            # Confirm came while this warmup ran: the apply starts here now, on the warm dir.
+            warmup_reserve(task, slot, message=f"warmed up on {agent.name}")
+            assigned = job_assign(held, agent, slot, task, message=f"the warmup it waited for finished on {agent.name}")
+            return WarmupEnded(keep_dir=True, handed_over=(agent.id, held.id, assigned.payload()))
+        slot_transition(slot, SlotState.IDLE, message="warmup failed")
+        warmup_failed(task, result.error or "warmup failed")
+        _release_hold(held, f"the warmup it waited for failed on {agent.name}: {result.error or 'no reason given'}")
+        return WarmupEnded(keep_dir=False)
+    if slot is None:
+        return WarmupEnded(keep_dir=False)
+    if task.status != RunStatus.APPLY_PENDING or task.warmup_status != W.WARMING:
+        # Confirmed, discarded or re-assigned meanwhile: this dir is not needed.
+        slot_transition(slot, SlotState.IDLE, message="the run moved on during its warmup")
+        if task.warmup_status == W.WARMING:
+            warmup_transition(task, W.NONE, message="the run moved on during its warmup", agent=agent)
+        return WarmupEnded(keep_dir=False)
+    if ok:
+        warmup_reserve(task, slot, message=f"warmed up on {agent.name}")
+        return WarmupEnded(keep_dir=True)
+    slot_transition(slot, SlotState.IDLE, message="warmup failed")
+    if warmup_failed(task, result.error or "warmup failed"):
+        pool_id = job.pool_id
+        transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
+    return WarmupEnded(keep_dir=False)
 
 
 def warmups_ensure(*, pool_id: int) -> list[int]:
     """Queue a warmup job for each apply_pending run of the pool that needs one."""
-    from agents_app.models import AgentPool
-
     pool = AgentPool.objects.get(id=pool_id)
     if not pool.warm_apply:
         return []
     created: list[int] = []
     with transaction.atomic():
         candidates = (
-            Task.objects.select_for_update(skip_locked=True)
+            Task.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("workspace")
             .filter(
                 workspace__pool_id=pool_id,
                 status=RunStatus.APPLY_PENDING,
-                warmup_status__in=[WarmupStatus.NONE, WarmupStatus.EXPIRED],
+                warmup_status__in=[W.NONE, W.EXPIRED],
                 warmup_retry_count__lt=settings.IAC_WARMUP_MAX_RETRIES,
             )
             .exclude(jobs__kind=JobKind.WARMUP, jobs__status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
             .order_by("id")
         )
         for task in candidates:
-            Job.objects.create(task=task, pool_id=pool_id, kind=JobKind.WARMUP)
+            job_create(task=task, kind=JobKind.WARMUP, pool_id=pool_id, terraform_version=task.terraform_version,
+                       message=task.warmup_message)
             created.append(task.id)
         if created:
             transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
     return created
 
 
-def warmups_expire() -> int:
-    """Ready warm dirs past their expiry are released and warmed up again (not discarded)."""
+def warmups_expired() -> list[int]:
+    return list(
+        Task.objects.filter(
+            status=RunStatus.APPLY_PENDING, warmup_status=W.READY, warmup_expires_at__lte=timezone.now()
+        ).values_list("id", flat=True)
+    )
+
+
+def warmup_expire(*, task_id: int) -> int | None:
+    """A ready warm dir past its expiry is released and warmed up again (not discarded).
+    Returns the pool to re-warm in, or None when it was no longer due."""
     now = timezone.now()
-    pools: set[int] = set()
-    count = 0
     with transaction.atomic():
-        for task in Task.objects.select_for_update(skip_locked=True, of=("self",)).select_related("workspace").filter(
-            status=RunStatus.APPLY_PENDING, warmup_status=WarmupStatus.READY, warmup_expires_at__lte=now
-        ):
-            reservation_release(task, warmup_status=WarmupStatus.EXPIRED)
-            task.warmup_message = f"warm dir expired at {now:%H:%M:%S}; warming up again"
-            task.save()
-            pools.add(task.workspace.pool_id)
-            count += 1
-    for pool_id in pools:
-        warmups_ensure(pool_id=pool_id)
-    return count
+        task = (
+            Task.objects.select_for_update(skip_locked=True, of=("self",)).select_related("workspace")
+            .filter(id=task_id, status=RunStatus.APPLY_PENDING, warmup_status=W.READY, warmup_expires_at__lte=now)
+            .first()
+        )
+        if task is None:
+            return None
+        warmup_release(task, to=W.EXPIRED, message=f"warm dir expired at {now:%H:%M:%S}; warming up again")
+        return task.workspace.pool_id
 
 
-def run_prepare(*, task_id: int) -> Task:
-    """The Confirm dialog was opened: make sure a warmup is on its way if the run is not ready."""
-    task = Task.objects.select_related("workspace").get(id=task_id)
-    if task.status == RunStatus.APPLY_PENDING and task.warmup_status in (WarmupStatus.NONE, WarmupStatus.EXPIRED):
-        warmups_ensure(pool_id=task.workspace.pool_id)
-        task.refresh_from_db()
-    return task
+@dataclass(frozen=True)
+class ConfirmTarget:
+    """Where an apply confirmed now starts: on a reserved slot (fast or rewarmed), after the
+    warmup that is running (`wait_for`), or cold anywhere, with the reason."""
+
+    slot: Slot | None = None
+    wait_for: Agent | None = None
+    cold_reason: str = ""
+
+
+def confirm_target(task: Task, *, now: datetime, lock: bool = False) -> ConfirmTarget:
+    """Confirm uses it, and the run page says the same words."""
+    pool = task.workspace.pool
+    if not pool.warm_apply:
+        return ConfirmTarget(cold_reason=f"warm apply is turned off for pool {pool.name}")
+    status = WarmupStatus(task.warmup_status)
+    if status == W.READY:
+        slot = slot_reserved_for(task.id, lock=lock)
+        if slot is None:
+            return ConfirmTarget(cold_reason="no agent held a warm dir for this run")
+        if slot.agent.status != AgentStatus.ONLINE:
+            return ConfirmTarget(cold_reason=f"the reserving agent {slot.agent.name} is offline")
+        if task.warmup_expires_at and task.warmup_expires_at <= now:
+            return ConfirmTarget(cold_reason="the warm dir expired before Confirm")
+        return ConfirmTarget(slot=slot)
+    if status == W.WARMING:
+        job = (
+            Job.objects.select_related("agent")
+            .filter(task=task, kind=JobKind.WARMUP, status=JobStatus.RUNNING).order_by("-id").first()
+        )
+        if job is not None and job.agent is not None and job.agent.status == AgentStatus.ONLINE:
+            return ConfirmTarget(wait_for=job.agent)
+        return ConfirmTarget(cold_reason="the warmup's agent went away at Confirm")
+    return ConfirmTarget(cold_reason={
+        W.NONE: task.warmup_message or "no agent held a warm dir for this run",
+        W.EXPIRED: "the warm dir expired before Confirm",
+        W.FAILED: f"the warmup failed {task.warmup_retry_count} times: {task.warmup_message}",
+    }[status])
+
+
+def pool_make_room(*, pool_id: int) -> list[int]:
+    """A full pool never stalls: while plans or applies wait and no online agent of the pool
+    has an idle slot, release the oldest reservations, one per waiting job. Those runs are
+    warmed up again later (warmups are claimed only when nobody else waits for a slot) or
+    go cold at Confirm. Returns the released run ids. (The pools issue scales up first.)"""
+    released: list[int] = []
+    with transaction.atomic():
+        pool = AgentPool.objects.get(id=pool_id)
+        waiting = (
+            Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED)
+            .exclude(kind=JobKind.WARMUP)
+            .exclude(hold_until__gt=timezone.now())
+            .count()
+        )
+        counts = pool_slot_counts(pool_id)
+        need = waiting - counts.idle
+        if need <= 0 or counts.reserved == 0:
+            return released
+        slots = list(
+            Slot.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(agent__pool_id=pool_id, agent__status=AgentStatus.ONLINE, state=SlotState.RESERVED)
+            .order_by("task__warmup_at", "id")[:need]
+        )
+        for slot in slots:
+            task = Task.objects.select_for_update(of=("self",)).select_related("workspace").get(id=slot.task_id)
+            warmup_release(
+                task,
+                message=(f"reservation released to make room: pool {pool.name} was full "
+                         f"({counts.running} running, {counts.reserved} reserved, 0 free)"),
+            )
+            released.append(task.id)
+        if released:
+            transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+    return released

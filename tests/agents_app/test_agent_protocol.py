@@ -4,80 +4,20 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from datetime import timedelta
 
 import pytest
-from django.test import Client
 from django.utils import timezone
 
 from agents_app.models import Agent, Slot
-from agents_app.services.agents import agent_set_offline
-from tasks_app.models import Job, Task
+from tasks_app.models import Job
+from tasks_app.services.control import agent_set_offline
 from tasks_app.services.runs import run_confirm, run_create
-from tests.factories import DEMO_MAIN_TF, make_pool, make_workspace
+from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
+from tests.factories import DEMO_MAIN_TF, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-PLAN = b"PK-fake-plan-bytes"
-
-
-class FakeAgent:
-    """Speaks the agent protocol the way agents_app.agent does."""
-
-    def __init__(self, client: Client, pool_token: str, name: str) -> None:
-        self.c = client
-        resp = self.post("/agent/v1/register", {"name": name, "slots": 3}, token=pool_token)
-        assert resp.status_code == 201, resp.content
-        self.token = resp.json()["token"]
-        self.id = resp.json()["agent_id"]
-
-    def post(self, path: str, body: dict | None = None, token: str | None = None, fence: int | None = None):
-        headers = {"HTTP_AUTHORIZATION": f"Bearer {token or self.token}"}
-        if fence is not None:
-            headers["HTTP_X_JOB_FENCE"] = str(fence)
-        return self.c.post(path, json.dumps(body or {}), content_type="application/json", **headers)
-
-    def claim(self) -> dict | None:
-        resp = self.post("/agent/v1/claim?wait=0")
-        assert resp.status_code in (200, 204), resp.content
-        return resp.json() if resp.status_code == 200 else None
-
-    def plan(self, job: dict, *, changes: bool = True, keep: bool = True) -> dict:
-        digest = hashlib.sha256(PLAN).hexdigest()
-        resp = self.post(f"/agent/v1/jobs/{job['id']}/plan", {
-            "plan_b64": base64.b64encode(PLAN).decode(), "sha256": digest,
-            "summary": {"add": 1, "change": 0, "destroy": 0, "resources": []}, "has_changes": changes,
-        }, fence=job["fence"])
-        assert resp.status_code == 201, resp.content
-        return self.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": True, "kept_dir": keep}, fence=job["fence"]).json()
-
-    def ack(self, job: dict):
-        """What the agent sends as it starts terraform apply: an `ack` log event."""
-        return self.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "events": {"ack": True}}, fence=job["fence"])
-
-    def finish(self, job: dict, **result):
-        return self.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": True, **result}, fence=job["fence"])
-
-
-@pytest.fixture
-def setup(db):
-    pool, token = make_pool()
-    ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
-    return pool, token, ws
-
-
-def apply_pending(setup, agent: FakeAgent) -> Task:
-    _, _, ws = setup
-    task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    job = agent.claim()
-    assert job["kind"] == "plan" and job["keep_dir"] is True
-    assert agent.plan(job) == {"keep_dir": True}
-    task.refresh_from_db()
-    assert task.status == "apply_pending"
-    return task
-
 
 def test_it_refuses_unknown_tokens_and_bad_registrations(setup, client):
     _, token, _ = setup
@@ -95,9 +35,8 @@ def test_it_reserves_the_plans_slot_so_the_run_is_ready_at_once(setup, client):
     agent = FakeAgent(client, setup[1], "a1")
     task = apply_pending(setup, agent)
     assert task.warmup_status == "ready"
-    assert task.warmup_agent_id == agent.id
+    assert reservation(task).agent_id == agent.id
     assert task.warmup_expires_at > timezone.now() + timedelta(minutes=29)
-    assert Slot.objects.get(id=task.warmup_slot_id).state == "reserved"
 
 
 def test_it_pushes_the_confirmed_apply_to_the_reserving_agent_and_falls_back_to_the_pool(setup, client):
@@ -111,8 +50,11 @@ def test_it_pushes_the_confirmed_apply_to_the_reserving_agent_and_falls_back_to_
     assert pushed["kind"] == "apply" and pushed["cold_reason"] == ""
     assert a1.claim() is None, "a pushed job is handed out once"
 
-    # a1 never acknowledges it: once the deadline passes, any claiming agent takes it cold.
+    # a1 never acknowledges it: once the deadline passes, the sweep gives it to the pool, cold.
     Job.objects.filter(id=pushed["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
+    from tasks_app.tasks import sweep
+
+    assert sweep()["leases"] == [pushed["id"]]
     job = a2.claim()
     assert job["id"] == pushed["id"] and job["fence"] == pushed["fence"] + 1
     assert "a1 did not take the apply within 2s" in job["cold_reason"]
@@ -200,7 +142,7 @@ def test_it_releases_reservations_requeues_plans_and_errors_applies_of_an_offlin
     assert sweep()["offline"] == [a1.id]
 
     warm.refresh_from_db()
-    assert warm.warmup_status in ("none",) and warm.warmup_agent_id is None
+    assert warm.warmup_status in ("none",) and reservation(warm) is None
     assert Job.objects.filter(task=warm, kind="warmup", status="queued").count() == 1  # re-warm elsewhere
     applying.refresh_from_db()
     assert applying.status == "errored" and "not re-run automatically" in applying.message
@@ -217,7 +159,7 @@ def test_it_stops_warming_after_three_failures(setup, client):
     for attempt in range(1, 4):
         job = a2.claim()
         assert job is not None and job["kind"] == "warmup", attempt
-        a2.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": False, "error": "init failed"}, fence=job["fence"])
+        a2.finish(job, "failed", error="init failed")
         task.refresh_from_db()
         assert task.warmup_retry_count == attempt
     assert task.warmup_status == "failed"
@@ -237,11 +179,11 @@ def test_it_resets_the_retry_count_after_a_successful_warmup(setup, client):
     agent_set_offline(agent_id=a1.id, reason="test")
     a2 = FakeAgent(client, token, "a2")
     job = a2.claim()
-    a2.post(f"/agent/v1/jobs/{job['id']}/finish", {"ok": False, "error": "flaky"}, fence=job["fence"])
+    a2.finish(job, "failed", error="flaky")
     job = a2.claim()
     assert a2.finish(job, kept_dir=True).json() == {"keep_dir": True}
     task.refresh_from_db()
-    assert (task.warmup_status, task.warmup_retry_count, task.warmup_agent_id) == ("ready", 0, a2.id)
+    assert (task.warmup_status, task.warmup_retry_count, reservation(task).agent_id) == ("ready", 0, a2.id)
 
 
 def test_it_tells_the_agent_to_drop_dirs_the_server_no_longer_reserves(setup, client):
@@ -276,7 +218,9 @@ def test_it_expires_the_lease_of_a_job_the_agent_never_reports(setup, client):
     Job.objects.filter(id=lost["id"]).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     from tasks_app.tasks import sweep
 
-    assert sweep()["lost_jobs"] == [lost["id"]]
+    assert sweep()["leases"] == [lost["id"]]
+    task.refresh_from_db()
+    assert task.status == "plan_queued", "back in the queue, waiting for an agent"
     again = a1.claim()
     assert again["id"] == lost["id"] and again["fence"] == lost["fence"] + 1
     task.refresh_from_db()
@@ -294,7 +238,7 @@ def test_it_hands_an_unacknowledged_apply_to_another_agent_and_fences_the_first(
     Job.objects.filter(id=first["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
     from tasks_app.tasks import sweep
 
-    assert sweep()["lost_jobs"] == [first["id"]]
+    assert sweep()["leases"] == [first["id"]]
     second = a2.claim()
     assert second["id"] == first["id"] and second["kind"] == "apply"
     assert "the apply had not started" in second["cold_reason"]

@@ -8,10 +8,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from agents_app.models import AgentPool, AgentStatus, SlotState
-from agents_app.services.agents import agent_register, pool_by_token
+from agents_app.services.agents import pool_by_token
 from tasks_app.models import AuditEvent, Task
 from tasks_app.states import Operation, RunStatus
-from tests.factories import make_workspace
+from tests.factories import make_agent, make_workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -133,10 +133,10 @@ def test_it_lists_agents_with_their_slots_and_warm_dirs(api, pool):
         workspace=ws, configuration_version=ws.configuration_versions.first(),
         operation=Operation.PLAN_AND_APPLY, status=RunStatus.APPLY_PENDING,
     )
-    gone, _ = agent_register(pool=pool, name="old-agent", slot_count=1, version="0.9")
+    gone, _ = make_agent(pool=pool, name="old-agent", slots=1, version="0.9")
     gone.status = AgentStatus.OFFLINE
     gone.save()
-    agent, _ = agent_register(pool=pool, name="agent-1", slot_count=3, version="1.2.0")
+    agent, _ = make_agent(pool=pool, name="agent-1", slots=3, version="1.2.0")
     agent.slots.filter(index=1).update(state=SlotState.RESERVED, task=task)
     agent.warm_dirs = [{"task": task.id, "plan_hash": "abc"}]
     agent.last_heartbeat_at = timezone.now()

@@ -3,15 +3,14 @@
 import pytest
 import requests
 
-from agents_app.services.agents import agent_register
-from tests.factories import make_pool
+from tests.factories import make_agent, make_pool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_it_answers_bad_claims_with_json_errors(live_url):
     pool, _ = make_pool()
-    _, token = agent_register(pool=pool, name="claimer", slot_count=1)
+    _, token = make_agent(pool=pool, name="claimer", slots=1)
     url = f"{live_url}/agent/v1/claim"
     auth = {"Authorization": f"Bearer {token}"}
 

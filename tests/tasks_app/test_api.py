@@ -12,7 +12,6 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from agents_app.models import Agent
 from iacplatform import crypto
 from tasks_app.models import (
     AuditEvent,
@@ -28,7 +27,7 @@ from tasks_app.models import (
     Workspace,
 )
 from tasks_app.states import Operation, RunStatus, WarmupStatus
-from tests.factories import DEMO_MAIN_TF, make_workspace
+from tests.factories import DEMO_MAIN_TF, make_agent, make_workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -185,7 +184,7 @@ def test_it_audits_lock_and_unlock_and_starts_pending_runs_on_unlock(
     with django_capture_on_commit_callbacks(execute=True):
         response = api.patch(f"/api/v1/workspaces/{workspace.id}/", {"locked": False}, format="json")
     assert response.status_code == 200 and response.json()["locked"] is False
-    assert Task.objects.get(id=run["id"]).status == RunStatus.PLANNING
+    assert Task.objects.get(id=run["id"]).status == RunStatus.PLAN_QUEUED
 
     actions = list(AuditEvent.objects.filter(object_type="workspace").order_by("id").values_list("action", "actor"))
     assert actions == [("workspace.lock", alice.id), ("workspace.unlock", alice.id)]
@@ -424,19 +423,20 @@ def test_it_deletes_a_variable(api, workspace):
 
 def test_it_queues_a_run_that_waits_for_an_agent_with_a_plan_job(api, workspace, django_capture_on_commit_callbacks):
     run = queue(api, workspace, "plan", django_capture_on_commit_callbacks)
-    assert run["status"] == RunStatus.PLANNING and run["operation"] == "plan" and run["message"] == "ci"
+    assert run["status"] == RunStatus.PLAN_QUEUED and run["operation"] == "plan" and run["message"] == "ci"
     jobs = list(Job.objects.filter(task_id=run["id"]).values_list("kind", "status"))
     assert jobs == [(JobKind.PLAN, JobStatus.QUEUED)]
-    assert [(e["from_status"], e["to_status"]) for e in run["events"]] == [("", "pending"), ("pending", "planning")]
+    assert [(e["from_status"], e["to_status"]) for e in run["events"]] == [("", "pending"), ("pending", "plan_queued")]
+    assert run["waiting_reason"] == f"no online agent in pool {workspace.pool.name}"
     assert run["events"][0]["actor"] == "alice"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_answers_the_queue_post_with_the_run_already_planning(api, workspace):
+def test_it_answers_the_queue_post_with_the_run_already_queued_for_an_agent(api, workspace):
     # Real commits here: the 201 itself shows the started run, not a stale `pending`.
     response = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan_and_apply"}, format="json")
     assert response.status_code == 201
-    assert response.json()["status"] == RunStatus.PLANNING
+    assert response.json()["status"] == RunStatus.PLAN_QUEUED
     assert Job.objects.filter(task_id=response.json()["id"], kind=JobKind.PLAN, status=JobStatus.QUEUED).count() == 1
 
 
@@ -467,10 +467,10 @@ def test_it_lets_plan_only_runs_pass_while_a_second_applyable_run_waits(
     second = queue(api, workspace, "plan_and_apply", django_capture_on_commit_callbacks)
     speculative = queue(api, workspace, "plan", django_capture_on_commit_callbacks)
 
-    assert first["status"] == RunStatus.PLANNING
+    assert first["status"] == RunStatus.PLAN_QUEUED
     assert second["status"] == RunStatus.PENDING
-    assert second["waiting_reason"] == f"waiting for run {first['id']} (planning) to finish"
-    assert speculative["status"] == RunStatus.PLANNING
+    assert second["waiting_reason"] == f"waiting for run {first['id']} (plan_queued) to finish"
+    assert speculative["status"] == RunStatus.PLAN_QUEUED
     assert not Job.objects.filter(task_id=second["id"]).exists()
 
     listed = api.get(f"/api/v1/workspaces/{workspace.id}/runs/").json()
@@ -478,15 +478,15 @@ def test_it_lets_plan_only_runs_pass_while_a_second_applyable_run_waits(
 
 
 def test_it_shows_plan_warmup_and_apply_latency_on_a_run(api, workspace, pool):
-    agent = Agent.objects.create(pool=pool, name="agent-7", token_hash="h" * 64, last_heartbeat_at=timezone.now())
+    agent, _ = make_agent(pool=pool, name="agent-7")
     confirmed = timezone.now()
     task = apply_pending_run(
         workspace,
         warmup_status=WarmupStatus.READY,
-        warmup_agent=agent,
         confirmed_at=confirmed,
         apply_started_at=confirmed + timedelta(milliseconds=250),
     )
+    agent.slots.filter(index=0).update(state="reserved", task=task)
     run = api.get(f"/api/v1/runs/{task.id}/").json()
     assert run["plan_summary"] == {"add": 1, "change": 0}
     assert run["plan_hash"] == "a" * 64 and run["has_changes"] is True
@@ -538,7 +538,7 @@ def test_it_answers_409_when_confirming_a_run_not_waiting_for_confirmation(
     run = queue(api, workspace, "plan_and_apply", django_capture_on_commit_callbacks)
     response = api.post(f"/api/v1/runs/{run['id']}/confirm/", {}, format="json")
     assert response.status_code == 409
-    assert "planning" in response.json()["detail"]
+    assert "plan_queued" in response.json()["detail"]
     assert not Job.objects.filter(task_id=run["id"], kind=JobKind.APPLY).exists()
 
 

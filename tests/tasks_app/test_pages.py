@@ -18,11 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agents_app.models import Agent, AgentPool, Slot, SlotState
-from agents_app.services.agents import agent_register
 from iacplatform import crypto
 from tasks_app.models import Job, JobKind, JobStatus, Plan, StateVersion, Task, TaskEvent, Variable, Workspace
 from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
-from tests.factories import make_workspace
+from tests.factories import make_agent, make_workspace
 
 SECRET = "s3cr3t-never-shown-8d1f"
 
@@ -76,8 +75,6 @@ def make_apply_pending(workspace: Workspace, *, agent: Agent | None = None) -> T
         Slot.objects.filter(id=slot.id).update(state=SlotState.RESERVED, task=task)
         now = timezone.now()
         task.warmup_status = WarmupStatus.READY
-        task.warmup_agent = agent
-        task.warmup_slot = slot
         task.warmup_at = now
         task.warmup_expires_at = now + timedelta(minutes=30)
         task.warmup_message = f"plan dir kept on {agent.name}"
@@ -87,7 +84,7 @@ def make_apply_pending(workspace: Workspace, *, agent: Agent | None = None) -> T
 
 @pytest.fixture
 def agent(pool: AgentPool) -> Agent:
-    agent, _token = agent_register(pool=pool, name="agent-blue", slot_count=3)
+    agent, _token = make_agent(pool=pool, name="agent-blue")
     return agent
 
 
@@ -154,13 +151,14 @@ def test_it_queues_a_plan_and_apply_from_the_workspace_page(
         )
     task = Task.objects.get(workspace=workspace)
     assert response["Location"] == reverse("run-detail", args=[task.id])
-    assert task.status == RunStatus.PLANNING
+    assert task.status == RunStatus.PLAN_QUEUED
     assert task.operation == Operation.PLAN_AND_APPLY
     assert Job.objects.filter(task=task, kind=JobKind.PLAN, status=JobStatus.QUEUED).count() == 1
 
     text = page(client_alice.get(response["Location"]))
     assert f"Run {task.id} queued" in text
-    assert "planning" in text
+    assert "plan queued" in text or "plan_queued" in text
+    assert f"no online agent in pool {workspace.pool.name}" in text
 
     text = page(client_alice.get(reverse("workspace-detail", args=[workspace.id])))
     assert f"run {task.id}" in text

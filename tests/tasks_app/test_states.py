@@ -19,11 +19,13 @@ S = RunStatus
 @pytest.mark.parametrize(
     "path",
     [
-        [S.PENDING, S.PLANNING, S.PLANNED],
-        [S.PENDING, S.PLANNING, S.PLANNED_NO_CHANGES],
-        [S.PENDING, S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING, S.APPLIED],
-        [S.PENDING, S.PLANNING, S.APPLY_PENDING, S.DISCARDED],
-        [S.PENDING, S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.DISCARDED],
+        [S.PENDING, S.PLAN_QUEUED, S.PLANNING, S.PLANNED],
+        [S.PENDING, S.PLAN_QUEUED, S.PLANNING, S.PLANNED_NO_CHANGES],
+        [S.PENDING, S.PLAN_QUEUED, S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING, S.APPLIED],
+        [S.PENDING, S.PLAN_QUEUED, S.PLANNING, S.APPLY_PENDING, S.DISCARDED],
+        [S.PENDING, S.PLAN_QUEUED, S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.DISCARDED],
+        # The plan's agent died: the plan goes back to the queue and another agent takes it.
+        [S.PENDING, S.PLAN_QUEUED, S.PLANNING, S.PLAN_QUEUED, S.PLANNING, S.PLANNED],
         [S.PENDING, S.CANCELLED],
     ],
 )
@@ -38,6 +40,8 @@ def test_it_allows_the_lifecycle_paths(path):
     [
         (S.APPLY_PENDING, S.APPLYING),  # an apply needs a Confirm first
         (S.PLANNING, S.APPLYING),
+        (S.PENDING, S.PLANNING),  # a plan is queued for an agent before it runs
+        (S.PLAN_QUEUED, S.APPLY_PENDING),
         (S.PENDING, S.APPLIED),
         (S.APPLIED, S.APPLYING),  # an applied run is never applied again
         (S.ERRORED, S.APPLY_QUEUED),
@@ -63,5 +67,5 @@ def test_it_can_error_or_cancel_every_live_status():
 
 
 def test_it_blocks_the_workspace_queue_only_while_an_apply_can_still_happen():
-    assert BLOCKING == {S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING}
+    assert BLOCKING == {S.PLAN_QUEUED, S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING}
     assert not BLOCKING & FINAL

@@ -1,0 +1,207 @@
+"""The agent protocol: the enums and typed payloads shared by the server and the agent.
+
+No Django here (an import-linter contract checks it): the agent imports this module and
+runs in a pod that has no database and no server code. The models' `choices` derive from
+these enums, so a status has one spelling everywhere.
+
+Payloads are pydantic models: the server validates what an agent sends with them (a bad
+field is a 400 naming it), the agent parses what the server answers with the same classes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Bumped when a message changes incompatibly. The server refuses an agent that speaks
+# another version at registration, with a message that says which one it needs.
+PROTOCOL_VERSION = 2
+
+
+class JobKind(enum.StrEnum):
+    PLAN = "plan"
+    APPLY = "apply"
+    WARMUP = "warmup"
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobOutcome(enum.StrEnum):
+    """How a job ended, as the agent reports it: one value, not a set of flags."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    # The apply was refused by terraform because the state changed after the plan.
+    STALE = "stale"
+
+
+class SlotState(enum.StrEnum):
+    IDLE = "idle"
+    RUNNING = "running"
+    RESERVED = "reserved"  # holds a warm dir for a run awaiting Confirm
+
+
+class WarmupStatus(enum.StrEnum):
+    NONE = "none"
+    WARMING = "warming"
+    READY = "ready"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class ApplyPath(enum.StrEnum):
+    FAST = "fast"  # the plan's own work dir, kept on the plan's agent
+    REWARMED = "rewarmed"  # a dir rebuilt ahead of time by a warmup job
+    COLD = "cold"  # full preparation after Confirm
+
+
+class AgentStatus(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class WarmOrigin(enum.StrEnum):
+    PLAN = "plan"  # the plan's own dir
+    WARMUP = "warmup"  # rebuilt by a warmup job
+
+
+def choices(values: type[enum.StrEnum]) -> list[tuple[str, str]]:
+    """Django `choices` for a model field, derived from a protocol enum."""
+    return [(m.value, m.value.replace("_", " ")) for m in values]
+
+
+class _Message(BaseModel):
+    # Unknown fields are ignored so a newer peer can add fields without breaking this one.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- registration ----------------------------------------------------------------------
+
+
+class Registration(_Message):
+    name: str = Field(min_length=1, max_length=200)
+    slots: int | None = Field(default=None, ge=1, le=16)
+    version: str = ""
+    protocol_version: int = 0
+    terraform_version: str = Field(default="", max_length=50)
+    # The agent credential a previous process of this agent kept in its work root: with it,
+    # a restarted process is the same agent and keeps its reservations.
+    credential: str = ""
+    warm_dirs: list[WarmDirReport] = []
+
+
+class RegistrationReply(_Message):
+    agent_id: int
+    token: str
+    pool: str
+    heartbeat_interval: float
+    claim_wait: float
+    resumed: bool = False  # True: the same agent as before the restart; warm dirs kept
+    release: list[int] = []  # warm dirs to delete: the server no longer reserves them
+
+
+# --- heartbeat ---------------------------------------------------------------------------
+
+
+class WarmDirReport(_Message):
+    task: int
+    plan_hash: str = ""
+
+
+class Heartbeat(_Message):
+    warm_dirs: list[WarmDirReport] = []
+    running_jobs: list[int] = []
+
+
+class CancelOrder(_Message):
+    id: int
+    force: bool = False
+
+
+class HeartbeatReply(_Message):
+    release: list[int] = []  # task ids whose warm dirs the agent should delete
+    cancel: list[CancelOrder] = []
+    heartbeat_interval: float
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+class TaskRef(_Message):
+    id: int
+    workspace: int
+    workspace_name: str
+    operation: str
+    plan_hash: str = ""
+
+
+class StateBackend(_Message):
+    address: str
+    lock_address: str
+    unlock_address: str
+    username: str
+    password: str
+
+
+class Variables(_Message):
+    terraform: dict[str, str] = {}
+    env: dict[str, str] = {}
+
+
+class JobPayload(_Message):
+    """What a claim (or a push) hands the agent."""
+
+    id: int
+    kind: JobKind
+    fence: int
+    task: TaskRef
+    configuration_sha256: str
+    keep_dir: bool  # keep the dir after a plan: it becomes the run's warm reservation
+    speculative: bool  # plan-only run: plan without locking the state
+    cold_reason: str = ""
+    variables: Variables
+    state_backend: StateBackend
+
+
+class LogPost(_Message):
+    seq: int = Field(ge=1)
+    text: str = ""
+    events: LogEvents = Field(default_factory=lambda: LogEvents())
+
+
+class LogEvents(_Message):
+    # The agent has the apply and is starting it: the run becomes `applying`.
+    ack: bool = False
+    apply_started_at: float | None = None  # unix time `terraform apply` started
+    apply_path: ApplyPath | None = None
+    apply_path_reason: str = ""
+
+
+class PlanUpload(_Message):
+    plan_b64: str
+    sha256: str = Field(min_length=64, max_length=64)
+    summary: dict = {}
+    has_changes: bool
+    terraform_version: str = ""
+
+
+class JobResult(_Message):
+    outcome: JobOutcome
+    error: str = ""
+    kept_dir: bool = False  # the agent kept the work dir (plan of an applyable run, warmup)
+
+
+class FinishReply(_Message):
+    keep_dir: bool  # keep the dir as the run's warm reservation (else delete it)
+
+
+Registration.model_rebuild()
+LogPost.model_rebuild()

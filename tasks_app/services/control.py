@@ -1,0 +1,354 @@
+"""What agents tell the platform, and the control loop: the top service layer.
+
+Everything an agent reports (registration, heartbeat, claim, log, result) and everything
+the sweep notices (silent agents, expired leases and warm dirs, full pools) arrives here.
+This module asks the dispatch layer (jobs, warmups, slots, agents) what happened and moves
+the run on (runs). Nothing below imports it.
+
+Each sweep step runs on its own, and each item inside a step in its own transaction: one
+failing step is logged and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from agents_app.models import Agent, AgentPool, Slot
+from agents_app.protocol import (
+    AgentStatus,
+    CancelOrder,
+    FinishReply,
+    Heartbeat,
+    HeartbeatReply,
+    JobKind,
+    JobResult,
+    JobStatus,
+    LogPost,
+    Registration,
+    RegistrationReply,
+    SlotState,
+    WarmupStatus,
+)
+from agents_app.services.agents import (
+    agent_locked_online,
+    agent_record_heartbeat,
+    agent_register,
+    agent_set_status,
+    agents_silent,
+)
+from agents_app.services.slots import slot_idle_of_agent, slot_transition
+from iacplatform import wakeups
+from tasks_app.models import Task
+from tasks_app.services.jobs import (
+    Assigned,
+    job_abandon,
+    job_append_log,
+    job_claim,
+    job_finish,
+    job_locked,
+    job_transition,
+    jobs_lease_expired,
+    jobs_renew_leases,
+    jobs_running_of_agent,
+    jobs_to_cancel,
+)
+from tasks_app.services.runs import (
+    run_apply_acked,
+    run_apply_finished,
+    run_job_lost,
+    run_plan_finished,
+    run_plan_started,
+    runs_start_next,
+)
+from tasks_app.services.warmups import (
+    pool_make_room,
+    warmup_expire,
+    warmup_job_finished,
+    warmup_job_lost,
+    warmup_release,
+    warmup_started,
+    warmups_ensure,
+    warmups_expired,
+)
+from tasks_app.states import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+def _task_locked(task_id: int) -> Task:
+    return Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=task_id)
+
+
+# --- registration and heartbeat ---------------------------------------------------------
+
+
+def agent_join(*, pool: AgentPool, registration: Registration) -> RegistrationReply:
+    """An agent process registers (or registers again after a restart, with its credential)."""
+    registered = agent_register(pool=pool, registration=registration)
+    agent = registered.agent
+    reported = {d.task for d in registration.warm_dirs}
+    release: list[int] = sorted(reported)
+    if registered.resumed:
+        # The previous process is gone, and its running jobs with it (terraform was its
+        # child). Its warm dirs are on disk: those the server still reserves stay.
+        for job_id in jobs_running_of_agent(agent_id=agent.id):
+            job_lost(job_id=job_id, why=f"{agent.name} restarted")
+        with transaction.atomic():
+            agent = agent_locked_online(agent.id)
+            release = warm_dirs_reconcile(agent, reported, grace=False)
+    pool_id = pool.id
+    transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
+    return RegistrationReply(
+        agent_id=agent.id, token=registered.token, pool=pool.name, resumed=registered.resumed, release=release,
+        heartbeat_interval=settings.IAC_AGENT_HEARTBEAT_SECONDS, claim_wait=settings.IAC_CLAIM_LONGPOLL_SECONDS,
+    )
+
+
+def warm_dirs_reconcile(agent: Agent, reported: set[int], *, grace: bool) -> list[int]:
+    """Hold the server's reservations for a (locked) agent to the dirs it reports. Returns
+    the task ids whose dirs it should delete (it holds them, the server does not reserve
+    them). A reservation whose dir the agent no longer has is released and warmed up
+    elsewhere. With `grace`, a reservation made in the last two heartbeat intervals is
+    kept: the heartbeat may have been built just before the plan/warmup reserved it."""
+    held = set(Slot.objects.filter(agent=agent, task__isnull=False).values_list("task_id", flat=True))
+    lost = Slot.objects.filter(agent=agent, state=SlotState.RESERVED).exclude(task_id__in=reported)
+    if grace:
+        cutoff = timezone.now() - timedelta(seconds=2 * settings.IAC_AGENT_HEARTBEAT_SECONDS + 1)
+        lost = lost.filter(updated_at__lt=cutoff)
+    lost_tasks = list(lost.values_list("task_id", flat=True))
+    for task_id in lost_tasks:
+        warmup_release(_task_locked(task_id), message=f"{agent.name} no longer holds the warm dir")
+    if lost_tasks:
+        pool_id = agent.pool_id
+        transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
+    return sorted(reported - held)
+
+
+def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
+    """Renew the agent's leases and reconcile the server's reservations with its disk; the
+    answer lists the dirs to delete and the jobs to stop."""
+    with transaction.atomic():
+        agent = agent_locked_online(agent.id)
+        agent_record_heartbeat(agent, warm_dirs=[d.model_dump() for d in heartbeat.warm_dirs])
+        jobs_renew_leases(agent=agent, job_ids=heartbeat.running_jobs)
+        release = warm_dirs_reconcile(agent, {d.task for d in heartbeat.warm_dirs}, grace=True)
+        cancel = [CancelOrder(id=job_id, force=force) for job_id, force in jobs_to_cancel(agent=agent)]
+    return HeartbeatReply(release=release, cancel=cancel, heartbeat_interval=settings.IAC_AGENT_HEARTBEAT_SECONDS)
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+def agent_claim(*, agent_id: int) -> dict[str, Any] | None:
+    """Give the agent its next queued job (on an idle slot), or None. Work that turned out
+    to be pointless when taken (a warmup for a run that moved on) is cancelled and the next
+    job is tried."""
+    for _ in range(10):
+        with transaction.atomic():
+            agent = agent_locked_online(agent_id)
+            slot = slot_idle_of_agent(agent.id)
+            if slot is None:
+                return None
+            assigned = job_claim(agent=agent, slot=slot)
+            if assigned is None:
+                return None
+            if _on_assigned(assigned):
+                return assigned.payload()
+    return None
+
+
+def _on_assigned(assigned: Assigned) -> bool:
+    """Move the run on for a job an agent just took; False: the job was not needed."""
+    job, task, agent = assigned.job, assigned.task, assigned.slot.agent
+    if job.kind == JobKind.PLAN:
+        run_plan_started(task, agent)
+    elif job.kind == JobKind.WARMUP:
+        if task.status != RunStatus.APPLY_PENDING or task.warmup_status not in (WarmupStatus.NONE, WarmupStatus.EXPIRED):
+            job_transition(job, JobStatus.CANCELLED, message="the run no longer needs a warmup")
+            slot_transition(assigned.slot, SlotState.IDLE, message="warmup not needed")
+            return False
+        warmup_started(task, agent)
+    else:
+        # A cold apply: a warm dir elsewhere is of no use to this agent. (The run becomes
+        # `applying` when the agent acknowledges the job, see job_log.)
+        warmup_release(task, message=f"the apply went cold on {agent.name}")
+    return True
+
+
+def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
+    with transaction.atomic():
+        appended = job_append_log(agent=agent, job_id=job_id, fence=fence, post=post)
+        if appended is not None and appended.acked_now:
+            run_apply_acked(appended.task)
+
+
+def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> FinishReply:
+    """Record a job's result and move its run on; the answer says whether to keep the dir."""
+    follow_ups: list[Callable[[], Any]] = []
+    with transaction.atomic():
+        finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result)
+        kind = finished.job.kind
+        if kind == JobKind.PLAN:
+            ended = run_plan_finished(finished)
+            keep = ended.keep_dir
+            follow_ups += ended.follow_ups
+        elif kind == JobKind.WARMUP:
+            warm = warmup_job_finished(finished)
+            keep = warm.keep_dir
+            if warm.handed_over is not None:
+                agent_id, apply_id, payload = warm.handed_over
+                follow_ups.append(lambda: wakeups.push_job(agent_id, apply_id, payload))
+        else:
+            run_apply_finished(finished)
+            keep = False
+        if follow_ups:
+            transaction.on_commit(lambda: [f() for f in follow_ups])
+    return FinishReply(keep_dir=keep)
+
+
+def job_lost(*, job_id: int, why: str) -> bool:
+    """A running job's agent died or stopped reporting it: abandon the job and move its run
+    on. Returns False when the job had already moved on."""
+    with transaction.atomic():
+        job = job_locked(job_id)
+        if job.status != JobStatus.RUNNING:
+            return False
+        task = _task_locked(job.task_id)
+        abandoned = job_abandon(job, why=why)
+        if job.kind == JobKind.WARMUP:
+            warmup_job_lost(task, job)
+        else:
+            run_job_lost(task, job, requeued=abandoned.requeued, why=why)
+        pool_id = job.pool_id
+        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+    return True
+
+
+def agent_set_offline(*, agent_id: int, reason: str) -> bool:
+    """Declare an agent dead. Its running plans are re-queued, its running warmups count as
+    failed attempts, its running applies become errored (an interrupted apply may have
+    half-written state, so it is never re-run automatically), and its reservations are
+    released and warmed up elsewhere."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update(of=("self",)).filter(id=agent_id, status=AgentStatus.ONLINE).first()
+        if agent is None:
+            return False
+        agent_set_status(agent, AgentStatus.OFFLINE, reason=reason)
+        pool_id = agent.pool_id
+        for job_id in jobs_running_of_agent(agent_id=agent.id):
+            job_lost(job_id=job_id, why=f"{agent.name} went offline ({reason})")
+        for slot in Slot.objects.select_for_update(of=("self",)).select_related("agent").filter(agent=agent):
+            if slot.state == SlotState.RESERVED:
+                warmup_release(_task_locked(slot.task_id),
+                               message=f"{agent.name} went offline ({reason}); warming up elsewhere")
+            elif slot.state == SlotState.RUNNING:  # a job that was not `running` any more
+                slot_transition(slot, SlotState.IDLE, message=f"{agent.name} went offline")
+        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+    return True
+
+
+# --- the control loop --------------------------------------------------------------------
+
+
+def step_offline() -> list[int]:
+    timeout = settings.IAC_AGENT_OFFLINE_AFTER_SECONDS
+    return [a for a in agents_silent() if agent_set_offline(agent_id=a, reason=f"no heartbeat for {timeout:g}s")]
+
+
+def step_leases() -> list[int]:
+    """Jobs whose lease ran out, and applies pushed to an agent that did not take them in
+    time: they go back to the pool (or fail), each in its own transaction."""
+    timeout = settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS
+    lost = []
+    for job_id in jobs_lease_expired():
+        with transaction.atomic():
+            job = job_locked(job_id)
+            name = job.agent.name if job.agent else "its agent"
+            if job.kind == JobKind.APPLY and job.acked_at is None:
+                why = f"{name} did not take the apply within {timeout:g}s"
+            else:
+                why = f"the lease of {job.kind} job {job.id} expired ({name} stopped reporting it)"
+            if job_lost(job_id=job_id, why=why):
+                lost.append(job_id)
+    return lost
+
+
+def step_warmup_expiry() -> list[int]:
+    pools = {p for p in (warmup_expire(task_id=t) for t in warmups_expired()) if p is not None}
+    for pool_id in pools:
+        warmups_ensure(pool_id=pool_id)
+    return sorted(pools)
+
+
+def step_warmups() -> list[int]:
+    created: list[int] = []
+    for pool_id in AgentPool.objects.filter(warm_apply=True).values_list("id", flat=True):
+        created += warmups_ensure(pool_id=pool_id)
+    return created
+
+
+def step_make_room() -> list[int]:
+    released: list[int] = []
+    for pool_id in AgentPool.objects.values_list("id", flat=True):
+        released += pool_make_room(pool_id=pool_id)
+    return released
+
+
+def step_queues() -> list[int]:
+    started: list[int] = []
+    for ws_id in set(Task.objects.filter(status=RunStatus.PENDING).values_list("workspace_id", flat=True)):
+        started += runs_start_next(workspace_id=ws_id)
+    return started
+
+
+def step_wake_queued() -> int:
+    """Pools with claimable work get a wake-up: a held apply whose wait ran out, or a job
+    whose wake-up was lost (Redis restarted), is taken without waiting for a long-poll."""
+    pools = set(
+        Task.objects.filter(status__in=[RunStatus.PLAN_QUEUED, RunStatus.APPLY_QUEUED])
+        .values_list("workspace__pool_id", flat=True)
+    )
+    for pool_id in pools:
+        wakeups.wake_pool(pool_id)
+    return len(pools)
+
+
+SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [
+    ("offline", step_offline),
+    ("leases", step_leases),
+    ("warmup_expiry", step_warmup_expiry),
+    ("warmups", step_warmups),
+    ("make_room", step_make_room),
+    ("queues", step_queues),
+    ("wake", step_wake_queued),
+]
+
+SWEEP_LOCK = 0x1AC5EE9  # Postgres advisory lock id: one sweep at a time across workers
+
+
+def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None) -> dict[str, Any]:
+    """The control loop tick. Each step is independent: a failing one is logged and
+    reported, and the others still run."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", [SWEEP_LOCK])
+        if not cur.fetchone()[0]:
+            return {"skipped": True}
+    results: dict[str, Any] = {}
+    try:
+        for name, step in steps or SWEEP_STEPS:
+            try:
+                results[name] = step()
+            except Exception as exc:  # noqa: BLE001 - one broken step must not stop the loop
+                log.exception("sweep step %s failed", name)
+                results[name] = f"error: {exc}"
+    finally:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", [SWEEP_LOCK])
+    return results
