@@ -167,6 +167,9 @@ class JobPayload(_Message):
     keep_dir: bool  # keep the dir after a plan: it becomes the run's warm reservation
     speculative: bool  # plan-only run: plan without locking the state
     cold_reason: str = ""
+    # How the job came to this agent, when it is worth telling the user (e.g. an apply that
+    # waited for the warmup running here): appended to the apply path's reason.
+    note: str = ""
     variables: Variables
     state_backend: StateBackend
 

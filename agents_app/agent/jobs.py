@@ -329,6 +329,8 @@ class JobRun:
                 "the plan's own work dir, kept on this agent" if path == ApplyPath.FAST
                 else "work dir warmed up ahead of Confirm on this agent"
             )
+            if self.payload.note:
+                reason += f"; {self.payload.note}"
             # Re-hash before applying: the dir sat on disk while a person reviewed the plan.
             if sha256_file(self.dir / "plan.out") != self.plan_hash:
                 self.log.write("local plan.out does not match plan_hash: restoring it from the server\n")

@@ -80,9 +80,10 @@ class Assigned:
     task: Task
     slot: Slot
     credential: str
+    note: str = ""
 
     def payload(self) -> dict[str, Any]:
-        return job_payload(self.job, self.task, self.credential)
+        return job_payload(self.job, self.task, self.credential, note=self.note)
 
 
 def claimable_jobs(*, pool_id: int, terraform_version: str | None = None) -> Any:
@@ -120,7 +121,7 @@ def task_locked_for_payload(task_id: int) -> Task:
     )
 
 
-def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str = "") -> Assigned:
+def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str = "", note: str = "") -> Assigned:
     """Give `job` to `agent` on `slot` (job, slot and task locked by the caller; the slot is
     idle, or reserved for this task when a confirmed apply takes its warm dir). A new fence
     and a new state credential each time: whoever held the job before can no longer report
@@ -134,7 +135,8 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     job.lease_expires_at = _lease()
     job.credential_hash = credential_hash
     job.hold_until = None
-    fields = ("agent", "slot_index", "fence", "claimed_at", "lease_expires_at", "credential_hash", "hold_until")
+    fields = ("agent", "slot_index", "fence", "claimed_at", "lease_expires_at", "credential_hash", "hold_until",
+              "cold_reason")
     if job.pk is None:
         job.status = JobStatus.RUNNING
         job.save()
@@ -147,10 +149,10 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     else:
         job_transition(job, JobStatus.RUNNING, message=message or f"assigned to {agent.name}#{slot.index}", fields=fields)
     slot_transition(slot, SlotState.RUNNING, job=job, task=task)
-    return Assigned(job=job, task=task, slot=slot, credential=credential)
+    return Assigned(job=job, task=task, slot=slot, credential=credential, note=note)
 
 
-def job_payload(job: Job, task: Task, credential: str) -> dict[str, Any]:
+def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
     variables = Variables(
         terraform={v.key: v.value for v in Variable.objects.filter(workspace_id=task.workspace_id, category="terraform")},
         env={v.key: v.value for v in Variable.objects.filter(workspace_id=task.workspace_id, category="env")},
@@ -168,6 +170,7 @@ def job_payload(job: Job, task: Task, credential: str) -> dict[str, Any]:
         keep_dir=job.kind == JobKind.PLAN and task.can_apply and pool.warm_apply,
         speculative=task.operation == Operation.PLAN,
         cold_reason=job.cold_reason,
+        note=note,
         variables=variables,
         # Credentials reach terraform only through TF_HTTP_* environment variables.
         state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",

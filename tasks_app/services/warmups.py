@@ -142,7 +142,10 @@ def warmup_job_finished(finished: Finished) -> WarmupEnded:
         if ok:
             # Confirm came while this warmup ran: the apply starts here now, on the warm dir.
             warmup_reserve(task, slot, message=f"warmed up on {agent.name}")
-            assigned = job_assign(held, agent, slot, task, message=f"the warmup it waited for finished on {agent.name}")
+            waited = (timezone.now() - task.confirmed_at).total_seconds() if task.confirmed_at else 0.0
+            note = f"Confirm came during the warmup on {agent.name}; the apply waited {waited:.1f}s for it"
+            held.cold_reason = ""
+            assigned = job_assign(held, agent, slot, task, message=note, note=note)
             return WarmupEnded(keep_dir=True, handed_over=(agent.id, held.id, assigned.payload()))
         slot_transition(slot, SlotState.IDLE, message="warmup failed")
         warmup_failed(task, result.error or "warmup failed")
