@@ -42,3 +42,44 @@ def test_it_keeps_the_import_contracts():
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+STATUS_FIELDS = {"status", "state", "warmup_status"}
+# The one writer of each status (see docs/architecture.md, "Layers, owners and errors").
+OWNERS = {
+    ("tasks_app/services/runs.py", "run_transition"),
+    ("tasks_app/services/jobs.py", "job_transition"),
+    ("tasks_app/services/jobs.py", "job_assign"),  # inserts Confirm's apply already running
+    ("tasks_app/services/warmups.py", "warmup_transition"),
+    ("agents_app/services/slots.py", "slot_transition"),
+    ("agents_app/services/agents.py", "agent_set_status"),
+    ("agents_app/agent/client.py", "__init__"),  # ServerError.status: an HTTP status, not a state
+}
+
+
+def _status_writes() -> list[tuple[str, str, int]]:
+    """(file, enclosing function, line) of every `x.status = ...` and `.update(status=...)`."""
+    import ast
+
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            rel = str(path.relative_to(ROOT))
+            tree = ast.parse(path.read_text())
+            for func in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]:
+                for node in ast.walk(func):
+                    targets = []
+                    if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+                        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    hits = [t for t in targets if isinstance(t, ast.Attribute) and t.attr in STATUS_FIELDS]
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+                        hits += [k for k in node.keywords if k.arg in STATUS_FIELDS]
+                    found += [(rel, func.name, node.lineno) for _ in hits]
+    return sorted(set(found))
+
+
+def test_it_writes_each_status_only_in_its_owner():
+    strays = [w for w in _status_writes() if (w[0], w[1]) not in OWNERS]
+    assert not strays, "status written outside its owner: " + ", ".join(f"{f}:{line} ({fn})" for f, fn, line in strays)
