@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from agents_app.claim import NO_TOKEN, claim_longpoll, parse_wait
+from agents_app.claim import NO_TOKEN, claim_longpoll, parse_max, parse_wait
 from agents_app.protocol import Heartbeat, JobResult, LogPost, PlanUpload, Registration
 from agents_app.services.agents import agent_by_token, pool_by_token
 from iacplatform.errors import Gone, Invalid, PlatformError
@@ -157,7 +157,7 @@ async def claim(request: HttpRequest) -> HttpResponse:
     if agent is None:
         return _error(401, NO_TOKEN)
     try:
-        job = await claim_longpoll(agent, parse_wait(request.GET.get("wait")))
+        jobs = await claim_longpoll(agent, parse_wait(request.GET.get("wait")), parse_max(request.GET.get("max")))
     except PlatformError as exc:
         return error_response(exc)
-    return JsonResponse(job) if job is not None else HttpResponse(status=204)
+    return JsonResponse({"jobs": jobs}) if jobs else HttpResponse(status=204)

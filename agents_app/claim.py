@@ -15,6 +15,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
+from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from django.conf import settings
 
@@ -36,11 +37,20 @@ def parse_wait(raw: str | None) -> float:
     return max(0.0, min(wait, settings.IAC_CLAIM_LONGPOLL_SECONDS))
 
 
-async def claim_longpoll(agent: Agent, wait: float) -> dict[str, Any] | None:
-    """A job for the agent, or None after `wait` seconds. Raises Gone.
+def parse_max(raw: str | None) -> int:
+    """How many jobs the agent can take at once (its free slots): 1 to 16."""
+    if raw in (None, ""):
+        return 1
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise Invalid("query parameter 'max' must be a whole number from 1 to 16")
+    return int(raw)
 
-    Subscribe to the wake-up channels first, then take a job pushed by Confirm or claim a
-    queued one, then wait: a job pushed or queued between the attempt and the wait still
+
+async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> list[dict[str, Any]]:
+    """Up to `limit` jobs for the agent, or [] after `wait` seconds. Raises Gone.
+
+    Subscribe to the wake-up channels first, then take the jobs pushed by Confirm and claim
+    queued ones, then wait: a job pushed or queued between the attempt and the wait still
     wakes us."""
     client = wakeups.async_client()
     pubsub = client.pubsub()
@@ -48,15 +58,17 @@ async def claim_longpoll(agent: Agent, wait: float) -> dict[str, Any] | None:
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
         deadline = time.monotonic() + wait
         while True:
-            pushed = await wakeups.take_pushed(client, agent.id)
-            if pushed is not None:
-                return pushed
-            job = await database_sync_to_async(control.agent_claim)(agent_id=agent.id)
-            if job is not None:
-                return job
+            jobs: list[dict[str, Any]] = []
+            while len(jobs) < limit and (pushed := await wakeups.take_pushed(client, agent.id)) is not None:
+                jobs.append(pushed)
+            if jobs:  # the hot path: answer at once, no database round
+                return jobs
+            jobs = await database_sync_to_async(control.agent_claim)(agent_id=agent.id, limit=limit)
+            if jobs:
+                return jobs
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return []
             await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
     finally:
         await pubsub.aclose()
@@ -77,7 +89,17 @@ async def _disconnected(receive: Any) -> None:
 
 
 async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
-    """POST /agent/v1/claim?wait=S as a bare ASGI app (same contract as the Django view)."""
+    """POST /agent/v1/claim?wait=S as a bare ASGI app (same contract as the Django view).
+
+    Each poll gets its own thread for its database calls (a ThreadSensitiveContext, as
+    Django gives each request): without it every `database_sync_to_async` call of every
+    agent's poll would queue on the one shared sync thread, behind each other and behind
+    any slow request, and a claim would wait for unrelated work."""
+    async with ThreadSensitiveContext():
+        await _claim_asgi(scope, receive, send)
+
+
+async def _claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     while True:  # the body is empty; drain it all the same
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -93,8 +115,10 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     if agent is None:
         await _send_json(send, 401, {"detail": NO_TOKEN})
         return
+    query = parse_qs(scope.get("query_string", b"").decode())
     try:
-        wait = parse_wait(parse_qs(scope.get("query_string", b"").decode()).get("wait", [None])[0])
+        wait = parse_wait(query.get("wait", [None])[0])
+        limit = parse_max(query.get("max", [None])[0])
     except Invalid as exc:
         await _send_json(send, 400, {"detail": str(exc)})
         return
@@ -102,7 +126,7 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     # take the next job pushed to that agent and answer a socket nobody reads, and the job
     # would sit unacknowledged until the timeout sends it cold. The restarted process polls
     # with the same identity and must be the one to get it.
-    poll = asyncio.ensure_future(claim_longpoll(agent, wait))
+    poll = asyncio.ensure_future(claim_longpoll(agent, wait, limit))
     gone = asyncio.ensure_future(_disconnected(receive))
     try:
         await asyncio.wait({poll, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -113,8 +137,8 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     if not poll.done() or poll.cancelled():
         return
     try:
-        job = poll.result()
+        jobs = poll.result()
     except Gone as exc:
         await _send_json(send, 410, {"detail": str(exc), "reregister": True})
         return
-    await _send_json(send, 200 if job is not None else 204, job)
+    await _send_json(send, 200 if jobs else 204, {"jobs": jobs} if jobs else None)

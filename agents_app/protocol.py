@@ -174,6 +174,12 @@ class JobPayload(_Message):
     state_backend: StateBackend
 
 
+class ClaimReply(_Message):
+    """What a claim answers: up to `max` jobs (the agent's free slots), one per slot."""
+
+    jobs: list[JobPayload]
+
+
 class LogPost(_Message):
     seq: int = Field(ge=1)
     text: str = ""

@@ -101,7 +101,7 @@ class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
         with transaction.atomic():
             # The row lock makes "was it locked?" and the change one step under concurrent PATCHes,
             # so each lock / unlock is audited exactly once.
-            was_locked = Workspace.objects.select_for_update().values_list("locked", flat=True).get(
+            was_locked = Workspace.objects.select_for_update(no_key=True).values_list("locked", flat=True).get(
                 id=serializer.instance.id
             )
             ws: Workspace = serializer.save()
@@ -115,7 +115,7 @@ class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
 
     def perform_destroy(self, instance: Workspace) -> None:
         with transaction.atomic():
-            ws = Workspace.objects.select_for_update().get(id=instance.id)
+            ws = Workspace.objects.select_for_update(no_key=True).get(id=instance.id)
             # Deleting under a running apply would orphan the agent's work and the state it writes.
             active = Task.objects.filter(workspace=ws).exclude(status__in=list(FINAL)).values_list("id", flat=True)
             if active:

@@ -27,9 +27,9 @@ from agents_app.agent.client import Client, ServerError
 from agents_app.agent.jobs import WARM_MARKER, JobRun, WarmDir
 from agents_app.protocol import (
     PROTOCOL_VERSION,
+    ClaimReply,
     Heartbeat,
     HeartbeatReply,
-    JobPayload,
     Registration,
     RegistrationReply,
     WarmDirReport,
@@ -281,9 +281,12 @@ class AgentProcess:
     def claim_loop(self) -> None:
         while not self.stopping.is_set():
             generation = self.generation
+            with self.lock:
+                free = max(1, self.slots - len(self.running))
             try:
                 data: Any = self.client.call(
-                    "POST", f"/agent/v1/claim?wait={self.claim_wait:g}", timeout=self.claim_wait + 15, retries=0,
+                    "POST", f"/agent/v1/claim?wait={self.claim_wait:g}&max={free}", timeout=self.claim_wait + 15,
+                    retries=0,
                 )
             except ServerError as exc:
                 if exc.status == 410:
@@ -298,11 +301,12 @@ class AgentProcess:
                 continue
             if data is None:
                 continue
-            job = JobRun(self, JobPayload.model_validate(data))
-            with self.lock:
-                self.running[job.id] = job
-            log.info("claimed %s job %s for run %s", job.kind, job.id, job.task_id)
-            job.thread.start()
+            for payload in ClaimReply.model_validate(data).jobs:
+                job = JobRun(self, payload)
+                with self.lock:
+                    self.running[job.id] = job
+                log.info("claimed %s job %s for run %s", job.kind, job.id, job.task_id)
+                job.thread.start()
 
     def run(self) -> None:
         def stop(signum: int, frame: Any) -> None:

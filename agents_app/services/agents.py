@@ -78,7 +78,7 @@ def agent_register(*, pool: AgentPool, registration: Registration) -> Registered
     with transaction.atomic():
         if reg.credential:
             agent = (
-                Agent.objects.select_for_update()
+                Agent.objects.select_for_update(no_key=True)
                 .filter(pool=pool, name=reg.name, token_hash=hash_token(reg.credential))
                 .first()
             )
@@ -117,7 +117,7 @@ def agent_register(*, pool: AgentPool, registration: Registration) -> Registered
 
 def agent_locked_online(agent_id: int) -> Agent:
     """The agent row, locked; Gone when it was declared offline (it must register again)."""
-    agent = Agent.objects.select_for_update(of=("self",)).select_related("pool").get(id=agent_id)
+    agent = Agent.objects.select_for_update(no_key=True, of=("self",)).select_related("pool").get(id=agent_id)
     if agent.status != AgentStatus.ONLINE:
         raise Gone(f"agent {agent.name} was marked offline at {agent.offline_at}; register again")
     return agent

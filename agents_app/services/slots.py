@@ -42,24 +42,24 @@ def slot_transition(slot: Slot, to: SlotState, *, job: Any = None, task: Any = N
 
 
 def slot_locked(slot_id: int) -> Slot:
-    return Slot.objects.select_for_update(of=("self",)).select_related("agent").get(id=slot_id)
+    return Slot.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").get(id=slot_id)
 
 
 def slot_of_job(job_id: int) -> Slot | None:
     """The slot running `job_id`, locked."""
-    return Slot.objects.select_for_update(of=("self",)).select_related("agent").filter(job_id=job_id).first()
+    return Slot.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").filter(job_id=job_id).first()
 
 
 def slot_reserved_for(task_id: int, *, lock: bool = False) -> Slot | None:
     """The slot holding `task_id`'s warm dir (there is at most one: a unique constraint)."""
-    qs = Slot.objects.select_for_update(of=("self",)) if lock else Slot.objects
+    qs = Slot.objects.select_for_update(no_key=True, of=("self",)) if lock else Slot.objects
     return qs.select_related("agent").filter(task_id=task_id, state=SlotState.RESERVED).first()
 
 
 def slot_idle_of_agent(agent_id: int) -> Slot | None:
     """The agent's first idle slot, locked (SKIP LOCKED: a concurrent claim takes another)."""
     return (
-        Slot.objects.select_for_update(skip_locked=True, of=("self",))
+        Slot.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
         .select_related("agent")
         .filter(agent_id=agent_id, state=SlotState.IDLE)
         .order_by("index")

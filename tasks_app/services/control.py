@@ -45,6 +45,7 @@ from agents_app.services.agents import (
 )
 from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
+from iacplatform.errors import PlatformError
 from tasks_app.models import Task
 from tasks_app.services.jobs import (
     Assigned,
@@ -62,9 +63,11 @@ from tasks_app.services.jobs import (
 from tasks_app.services.runs import (
     run_apply_acked,
     run_apply_finished,
+    run_confirm,
     run_job_lost,
     run_plan_finished,
     run_plan_started,
+    runs_auto_apply_due,
     runs_start_next,
 )
 from tasks_app.services.warmups import (
@@ -83,7 +86,7 @@ log = logging.getLogger(__name__)
 
 
 def _task_locked(task_id: int) -> Task:
-    return Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=task_id)
+    return Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
 
 
 # --- registration and heartbeat ---------------------------------------------------------
@@ -146,22 +149,26 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
 # --- jobs --------------------------------------------------------------------------------
 
 
-def agent_claim(*, agent_id: int) -> dict[str, Any] | None:
-    """Give the agent its next queued job (on an idle slot), or None. Work that turned out
-    to be pointless when taken (a warmup for a run that moved on) is cancelled and the next
-    job is tried."""
-    for _ in range(10):
+def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
+    """Give the agent up to `limit` queued jobs, one per idle slot, each in its own
+    transaction. One call fills an agent's free slots: an agent that frees or brings three
+    slots does not need three round trips. Work that turned out to be pointless when taken
+    (a warmup for a run that moved on) is cancelled and the next job is tried."""
+    payloads: list[dict[str, Any]] = []
+    attempts = 0
+    while len(payloads) < limit and attempts < limit + 10:
+        attempts += 1
         with transaction.atomic():
             agent = agent_locked_online(agent_id)
             slot = slot_idle_of_agent(agent.id)
             if slot is None:
-                return None
+                break
             assigned = job_claim(agent=agent, slot=slot)
             if assigned is None:
-                return None
+                break
             if _on_assigned(assigned):
-                return assigned.payload()
-    return None
+                payloads.append(assigned.payload())
+    return payloads
 
 
 def _on_assigned(assigned: Assigned) -> bool:
@@ -208,9 +215,22 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> F
         else:
             run_apply_finished(finished)
             keep = False
-        if follow_ups:
-            transaction.on_commit(lambda: [f() for f in follow_ups])
+        # The agent's slot may be free now: wake its long-poll to take queued work at once.
+        agent_id_ = agent.id
+        follow_ups.append(lambda: wakeups.wake_agent(agent_id_))
+        transaction.on_commit(lambda: _run_follow_ups(follow_ups))
     return FinishReply(keep_dir=keep)
+
+
+def _run_follow_ups(follow_ups: list[Callable[[], Any]]) -> None:
+    """After-commit work of a result (wake-ups, warmups). The result is committed: a failure
+    here is logged, never turned into an error for the agent, and the sweep re-derives what
+    matters (warmups, queues, wake-ups)."""
+    for follow_up in follow_ups:
+        try:
+            follow_up()
+        except Exception:  # noqa: BLE001
+            log.exception("follow-up after a job result failed")
 
 
 def job_lost(*, job_id: int, why: str) -> bool:
@@ -237,19 +257,21 @@ def agent_set_offline(*, agent_id: int, reason: str) -> bool:
     half-written state, so it is never re-run automatically), and its reservations are
     released and warmed up elsewhere."""
     with transaction.atomic():
-        agent = Agent.objects.select_for_update(of=("self",)).filter(id=agent_id, status=AgentStatus.ONLINE).first()
+        agent = Agent.objects.select_for_update(no_key=True, of=("self",)).filter(id=agent_id, status=AgentStatus.ONLINE).first()
         if agent is None:
             return False
         agent_set_status(agent, AgentStatus.OFFLINE, reason=reason)
         pool_id = agent.pool_id
         for job_id in jobs_running_of_agent(agent_id=agent.id):
             job_lost(job_id=job_id, why=f"{agent.name} went offline ({reason})")
-        for slot in Slot.objects.select_for_update(of=("self",)).select_related("agent").filter(agent=agent):
-            if slot.state == SlotState.RESERVED:
-                warmup_release(_task_locked(slot.task_id),
-                               message=f"{agent.name} went offline ({reason}); warming up elsewhere")
-            elif slot.state == SlotState.RUNNING:  # a job that was not `running` any more
-                slot_transition(slot, SlotState.IDLE, message=f"{agent.name} went offline")
+        # Each run's row before its slot, the order Confirm takes them in.
+        reserved = Slot.objects.filter(agent=agent, state=SlotState.RESERVED).values_list("task_id", flat=True)
+        for task_id in list(reserved):
+            warmup_release(_task_locked(task_id), message=f"{agent.name} went offline ({reason}); warming up elsewhere")
+        for slot in Slot.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").filter(
+            agent=agent, state=SlotState.RUNNING
+        ):  # a job that was not `running` any more
+            slot_transition(slot, SlotState.IDLE, message=f"{agent.name} went offline")
         transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
     return True
 
@@ -320,11 +342,25 @@ def step_wake_queued() -> int:
     return len(pools)
 
 
+def step_auto_apply() -> list[int]:
+    """Auto-apply runs are confirmed in the plan's result; a run that still waits (the
+    confirm failed) is confirmed here."""
+    confirmed = []
+    for task_id in runs_auto_apply_due():
+        try:
+            if not run_confirm(task_id=task_id, actor="auto-apply").refused:
+                confirmed.append(task_id)
+        except PlatformError:
+            log.info("auto-apply of run %s: not confirmable now", task_id, exc_info=True)
+    return confirmed
+
+
 SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [
     ("offline", step_offline),
     ("leases", step_leases),
     ("warmup_expiry", step_warmup_expiry),
     ("warmups", step_warmups),
+    ("auto_apply", step_auto_apply),
     ("make_room", step_make_room),
     ("queues", step_queues),
     ("wake", step_wake_queued),

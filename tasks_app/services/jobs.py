@@ -102,7 +102,7 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     """Give the (locked, online) agent its next queued job on its (locked, idle) slot."""
     job = (
         claimable_jobs(pool_id=agent.pool_id, terraform_version=agent.terraform_version)
-        .select_for_update(skip_locked=True)
+        .select_for_update(no_key=True, skip_locked=True)
         .order_by(Case(When(kind=JobKind.WARMUP, then=Value(1)), default=Value(0), output_field=IntegerField()), "id")
         .first()
     )
@@ -114,7 +114,7 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
 
 def task_locked_for_payload(task_id: int) -> Task:
     return (
-        Task.objects.select_for_update(of=("self",))
+        Task.objects.select_for_update(no_key=True, of=("self",))
         .select_related("workspace__pool", "configuration_version")
         .defer("configuration_version__archive")
         .get(id=task_id)
@@ -153,10 +153,10 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
 
 
 def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
-    variables = Variables(
-        terraform={v.key: v.value for v in Variable.objects.filter(workspace_id=task.workspace_id, category="terraform")},
-        env={v.key: v.value for v in Variable.objects.filter(workspace_id=task.workspace_id, category="env")},
-    )
+    by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
+    for var in Variable.objects.filter(workspace_id=task.workspace_id):
+        by_category[var.category][var.key] = var.value
+    variables = Variables(**by_category)
     state_url = f"{settings.IAC_PUBLIC_URL}/api/v1/workspaces/{task.workspace_id}/state"
     pool = task.workspace.pool
     payload = JobPayload(
@@ -181,7 +181,7 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
 
 def job_running(job_id: int, agent: Agent, fence: int, *, lock: bool = False) -> Job:
     """The job, if it is still this agent's to work on at this fence; else Conflict."""
-    qs = Job.objects.select_for_update(of=("self",)) if lock else Job.objects
+    qs = Job.objects.select_for_update(no_key=True, of=("self",)) if lock else Job.objects
     job = qs.filter(id=job_id, agent=agent).first()
     if job is None:
         raise Conflict(f"job {job_id} is not assigned to this agent")
@@ -222,7 +222,7 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> L
     job = job_running(job_id, agent, fence, lock=ev.ack)
     if LogChunk.objects.filter(job=job, seq=post.seq).exists():
         return None
-    task = Task.objects.select_for_update(of=("self",)).get(id=job.task_id)
+    task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
     acked_now = False
     if ev.ack and job.kind == JobKind.APPLY and job.acked_at is None:
         # Until now the apply provably has not run, so a claim whose answer was lost can go
@@ -267,7 +267,7 @@ def job_upload_plan(
         job = job_running(job_id, agent, fence)
         if job.kind != JobKind.PLAN:
             raise Conflict(f"job {job_id} is a {job.kind} job; only plan jobs upload plans")
-        task = Task.objects.select_for_update(of=("self",)).get(id=job.task_id)
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
         plan, _ = Plan.objects.update_or_create(
             task=task,
             defaults={"job": job, "encrypted_data": crypto.encrypt(data), "sha256": sha256, "size": len(data), "summary": summary},
@@ -311,7 +311,7 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> F
     """Record a job's result (caller's transaction). The slot is left running for the
     caller, which frees it or keeps it as the run's reservation."""
     job = job_running(job_id, agent, fence, lock=True)
-    task = Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=job.task_id)
+    task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=job.task_id)
     slot = slot_of_job(job.id)
     job.error = result.error
     job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome, fields=("error",))
@@ -361,12 +361,12 @@ def jobs_lease_expired(*, pool_id: int | None = None) -> list[int]:
 
 
 def job_locked(job_id: int) -> Job:
-    return Job.objects.select_for_update(of=("self",)).select_related("agent").get(id=job_id)
+    return Job.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").get(id=job_id)
 
 
 def jobs_cancel_queued(*, task: Task, message: str, kind: JobKind | None = None) -> int:
     """Queued jobs of a run that nobody needs any more (run cancelled, discarded, confirmed)."""
-    qs = Job.objects.select_for_update(of=("self",)).filter(task=task, status=JobStatus.QUEUED)
+    qs = Job.objects.select_for_update(no_key=True, of=("self",)).filter(task=task, status=JobStatus.QUEUED)
     if kind is not None:
         qs = qs.filter(kind=kind)
     count = 0

@@ -8,6 +8,7 @@ layer (warmups, jobs, slots): they call it, it never calls them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from agents_app.models import Agent
 from agents_app.protocol import JobKind, JobOutcome, SlotState, WarmupStatus
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
-from iacplatform.errors import Conflict, Invalid
+from iacplatform.errors import Conflict, Invalid, PlatformError
 from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
 from tasks_app.selectors import dispatch_wait_reason, state_serial_current
 from tasks_app.services.audit import audit_record
@@ -35,19 +36,24 @@ from tasks_app.services.warmups import (
 )
 from tasks_app.states import BLOCKING, FINAL, Operation, RunStatus, check_transition
 
+log = logging.getLogger(__name__)
+
 
 def _actor_label(actor: Any) -> str:
     return getattr(actor, "username", None) or (actor if isinstance(actor, str) else "system")
 
 
-def run_transition(task: Task, to: RunStatus, *, message: str = "", actor: Any = "system") -> None:
-    """Move a locked task to `to`. Callers hold the row lock and save other fields themselves."""
+def run_transition(
+    task: Task, to: RunStatus, *, message: str = "", actor: Any = "system", event_only: bool = False
+) -> None:
+    """Move a locked task to `to`. Callers hold the row lock and save other fields themselves.
+    `message` goes on the TaskEvent and (unless `event_only`) becomes the run's message."""
     check_transition(task.status, to)
     TaskEvent.objects.create(
         task=task, from_status=task.status, to_status=to, message=message, actor=_actor_label(actor)
     )
     task.status = to
-    if message:
+    if message and not event_only:
         task.message = message
     if to in FINAL:
         task.finished_at = timezone.now()
@@ -87,10 +93,10 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
     started: list[int] = []
     with transaction.atomic():
         # The workspace row lock serialises concurrent callers for one workspace.
-        ws = Workspace.objects.select_for_update().get(id=workspace_id)
+        ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace_id)
         if ws.locked:
             return started
-        pending = Task.objects.select_for_update().filter(workspace=ws, status=RunStatus.PENDING).order_by("id")
+        pending = Task.objects.select_for_update(no_key=True).filter(workspace=ws, status=RunStatus.PENDING).order_by("id")
         blocked = Task.objects.filter(
             workspace=ws, operation=Operation.PLAN_AND_APPLY, status__in=list(BLOCKING)
         ).exists()
@@ -109,9 +115,10 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
 
 
 def _dispatch_queued(pool_id: int) -> None:
-    """After new work was queued: make room in a full pool, then wake its agents."""
-    pool_make_room(pool_id=pool_id)
+    """After new work was queued: wake the pool's agents (an idle slot takes it now), then
+    make room if the pool is full (and wake them again for the freed slot)."""
     wakeups.wake_pool(pool_id)
+    pool_make_room(pool_id=pool_id)
 
 
 def run_plan_started(task: Task, agent: Agent) -> None:
@@ -119,7 +126,7 @@ def run_plan_started(task: Task, agent: Agent) -> None:
     # The state serial the plan is made against: a different serial at Confirm = stale plan.
     task.base_state_serial = state_serial_current(task.workspace_id)
     task.terraform_version = agent.terraform_version
-    run_transition(task, RunStatus.PLANNING, message=f"planning on {agent.name}")
+    run_transition(task, RunStatus.PLANNING, message=f"planning on {agent.name}", event_only=True)
 
 
 def run_plan_requeued(task: Task, *, why: str) -> None:
@@ -176,9 +183,22 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
         pool_id = pool.id
         follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
     if task.workspace.auto_apply:
-        task_id = task.id
-        follow_ups.append(lambda: run_confirm(task_id=task_id, actor="auto-apply"))
+        # Confirmed in the same transaction as the plan's result: no moment where the run
+        # is ready but unconfirmed (a full pool could release the reservation then), and
+        # no after-commit step to lose. The apply takes the slot the plan just reserved.
+        try:
+            run_confirm(task_id=task.id, actor="auto-apply")
+        except PlatformError:  # the sweep's auto_apply step tries again
+            log.warning("auto-apply of run %s failed; the sweep retries", task.id, exc_info=True)
     return PlanEnded(keep_dir=keep, follow_ups=tuple(follow_ups))
+
+
+def runs_auto_apply_due() -> list[int]:
+    """Runs of auto-apply workspaces waiting for a Confirm nobody will click."""
+    return list(
+        Task.objects.filter(status=RunStatus.APPLY_PENDING, workspace__auto_apply=True)
+        .order_by("id").values_list("id", flat=True)
+    )
 
 
 def run_apply_acked(task: Task) -> None:
@@ -227,7 +247,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
     a second confirm (double click, two tabs, a retried request) a 409, and a unique
     constraint on (task, kind=apply) backs that up at the database level."""
     with transaction.atomic():
-        task = Task.objects.select_for_update(of=("self",)).select_related("workspace__pool").get(id=task_id)
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
         serial = state_serial_current(task.workspace_id)
@@ -278,7 +298,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
 
 def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:
     with transaction.atomic():
-        task = Task.objects.select_for_update(of=("self",)).select_related("workspace").get(id=task_id)
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be discarded")
         run_transition(task, RunStatus.DISCARDED, actor=actor, message=comment or "discarded by " + _actor_label(actor))
@@ -291,7 +311,7 @@ def run_cancel(*, task_id: int, actor: Any, force: bool = False, comment: str = 
     """Cancel a run. Queued work is dropped at once; running terraform gets SIGINT through the
     agent's heartbeat (SIGKILL with force) and the run becomes `cancelled` when it stops."""
     with transaction.atomic():
-        task = Task.objects.select_for_update(of=("self",)).select_related("workspace").get(id=task_id)
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
         if task.status in FINAL:
             raise Conflict(f"run {task.id} is already '{task.status}'")
         jobs_cancel_queued(task=task, message="the run was cancelled")

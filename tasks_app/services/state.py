@@ -65,7 +65,7 @@ class StateConflictError(Conflict):
 def _lock_workspace(workspace: Workspace) -> Workspace:
     """Row-lock the workspace for the rest of the transaction: the serialisation point for
     everything that reads and then changes the workspace's state or lock."""
-    return Workspace.objects.select_for_update().get(pk=workspace.pk)
+    return Workspace.objects.select_for_update(no_key=True).get(pk=workspace.pk)
 
 
 def _lock_summary(info: dict[str, Any]) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def warmup_failed(task: Task, message: str) -> bool:
 def held_apply(task: Task) -> Job | None:
     """The confirmed apply waiting for this run's warmup (Confirm during a warmup)."""
     return (
-        Job.objects.select_for_update(of=("self",))
+        Job.objects.select_for_update(no_key=True, of=("self",))
         .filter(task=task, kind=JobKind.APPLY, status=JobStatus.QUEUED, hold_until__isnull=False)
         .first()
     )
@@ -177,7 +177,7 @@ def warmups_ensure(*, pool_id: int) -> list[int]:
     created: list[int] = []
     with transaction.atomic():
         candidates = (
-            Task.objects.select_for_update(skip_locked=True, of=("self",))
+            Task.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
             .select_related("workspace")
             .filter(
                 workspace__pool_id=pool_id,
@@ -211,7 +211,7 @@ def warmup_expire(*, task_id: int) -> int | None:
     now = timezone.now()
     with transaction.atomic():
         task = (
-            Task.objects.select_for_update(skip_locked=True, of=("self",)).select_related("workspace")
+            Task.objects.select_for_update(no_key=True, skip_locked=True, of=("self",)).select_related("workspace")
             .filter(id=task_id, status=RunStatus.APPLY_PENDING, warmup_status=W.READY, warmup_expires_at__lte=now)
             .first()
         )
@@ -279,19 +279,31 @@ def pool_make_room(*, pool_id: int) -> list[int]:
         need = waiting - counts.idle
         if need <= 0 or counts.reserved == 0:
             return released
-        slots = list(
-            Slot.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(agent__pool_id=pool_id, agent__status=AgentStatus.ONLINE, state=SlotState.RESERVED)
-            .order_by("task__warmup_at", "id")[:need]
+        # Candidates first, without locks; then each run's row before its slot: the same
+        # order as Confirm (task, then slot), so the two never deadlock. A run being
+        # confirmed right now is skipped (SKIP LOCKED): its reservation is about to be used.
+        candidates = (
+            Slot.objects.filter(agent__pool_id=pool_id, agent__status=AgentStatus.ONLINE, state=SlotState.RESERVED)
+            .order_by("task__warmup_at", "id")
+            .values_list("task_id", flat=True)
         )
-        for slot in slots:
-            task = Task.objects.select_for_update(of=("self",)).select_related("workspace").get(id=slot.task_id)
-            warmup_release(
+        for task_id in candidates:
+            if len(released) >= need:
+                break
+            task = (
+                Task.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+                .select_related("workspace")
+                .filter(id=task_id, status=RunStatus.APPLY_PENDING)
+                .first()
+            )
+            if task is None:
+                continue
+            if warmup_release(
                 task,
                 message=(f"reservation released to make room: pool {pool.name} was full "
                          f"({counts.running} running, {counts.reserved} reserved, 0 free)"),
-            )
-            released.append(task.id)
+            ):
+                released.append(task.id)
         if released:
             transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
     return released

@@ -44,9 +44,13 @@ class FakeAgent:
         return self.c.post(path, json.dumps(body or {}), content_type="application/json", **headers)
 
     def claim(self) -> dict | None:
-        resp = self.post("/agent/v1/claim?wait=0")
+        jobs = self.claim_many(1)
+        return jobs[0] if jobs else None
+
+    def claim_many(self, limit: int) -> list[dict]:
+        resp = self.post(f"/agent/v1/claim?wait=0&max={limit}")
         assert resp.status_code in (200, 204), resp.content
-        return resp.json() if resp.status_code == 200 else None
+        return resp.json()["jobs"] if resp.status_code == 200 else []
 
     def plan(self, job: dict, *, changes: bool = True, keep: bool = True) -> dict:
         digest = hashlib.sha256(PLAN).hexdigest()

@@ -61,6 +61,17 @@ def test_it_answers_a_bug_with_a_500_not_a_client_error(setup, client, monkeypat
     assert resp.status_code == 500
 
 
+def test_it_fills_an_agents_free_slots_in_one_claim(setup, client):
+    pool, token, _ = setup
+    runs = [run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}), operation="plan",
+                       actor="test") for _ in range(4)]
+    a1 = FakeAgent(client, token, "a1", slots=3)
+    jobs = a1.claim_many(3)
+    assert sorted(j["task"]["id"] for j in jobs) == [r.id for r in runs[:3]], "oldest first, one per slot"
+    assert a1.claim_many(3) == [], "no free slot left"
+    assert Slot.objects.filter(agent_id=a1.id, state="running").count() == 3
+
+
 # --- one owner, one event row per change --------------------------------------------------------
 
 

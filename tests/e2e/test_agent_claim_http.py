@@ -20,5 +20,7 @@ def test_it_answers_bad_claims_with_json_errors(live_url):
     assert resp.status_code == 405 and resp.json()["detail"] == "use POST"
     resp = requests.post(url + "?wait=soon", headers=auth, timeout=10)
     assert resp.status_code == 400 and "'wait'" in resp.json()["detail"]
+    resp = requests.post(url + "?wait=0&max=0", headers=auth, timeout=10)
+    assert resp.status_code == 400 and "'max'" in resp.json()["detail"]
     resp = requests.post(url + "?wait=0", headers=auth, timeout=10)
     assert resp.status_code == 204 and resp.content == b""
