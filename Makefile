@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench lint
+.PHONY: run test bench bench-dispatch lint
 
 $(VENV)/.installed: requirements.txt
 	@echo "==> creating $(VENV) and installing requirements (first run takes a minute)"
@@ -23,3 +23,6 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.confirm_latency
+
+bench-dispatch: $(VENV)/.installed
+	$(PY) -m bench.dispatch

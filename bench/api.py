@@ -29,8 +29,13 @@ def ms_between(start: str | None, end: str | None) -> float | None:
 class Api:
     def __init__(self, base_url: str, token: str) -> None:
         self.base = base_url.rstrip("/")
+        self.token = token
         self.s = requests.Session()
         self.s.headers["Authorization"] = f"Token {token}"
+
+    def clone(self) -> Api:
+        """Same server and user, its own HTTP session (a Session is not for sharing between threads)."""
+        return Api(self.base, self.token)
 
     def request(self, method: str, path: str, expect: int | None = None, **kw: Any) -> requests.Response:
         resp = self.s.request(method, self.base + path, timeout=30, **kw)
@@ -38,8 +43,12 @@ class Api:
             raise RunFailed(f"{method} {path}: HTTP {resp.status_code} (wanted {expect}): {resp.text[:800]}")
         return resp
 
-    def create_workspace(self, name: str, pool_id: int, files: dict[str, str], variables: dict[str, str]) -> dict:
-        ws = self.request("POST", "/api/v1/workspaces/", json={"name": name, "pool": pool_id}, expect=201).json()
+    def create_workspace(
+        self, name: str, pool_id: int, files: dict[str, str], variables: dict[str, str], *, auto_apply: bool = False
+    ) -> dict:
+        ws = self.request(
+            "POST", "/api/v1/workspaces/", json={"name": name, "pool": pool_id, "auto_apply": auto_apply}, expect=201
+        ).json()
         self.request(
             "POST", f"/api/v1/workspaces/{ws['id']}/configuration-versions/", json={"files": files}, expect=201
         )

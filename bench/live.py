@@ -108,14 +108,19 @@ class BenchPlatform:
         say: Callable[[str], None] = print,
         db_name: str = BENCH_DB,
         subdir: str = "bench",
+        server_timings: dict[str, str] | None = None,
     ) -> None:
         self.var_dir = var_dir
+        # None: SERVER_TIMINGS (short control loops, for benchmarks that kill agents);
+        # {}: the platform's own defaults.
+        self.server_timings = dict(SERVER_TIMINGS if server_timings is None else server_timings)
         self.db_name = db_name
         self.dir = var_dir / subdir
         self.log_dir = self.dir / "logs"
         self.shared_redis = shared_redis
         self.say = say
         self.base_url = ""
+        self.server_url = ""
         self.database_url = ""
         self.redis_url = ""
         self.redis_pidfile: Path | None = None
@@ -138,6 +143,7 @@ class BenchPlatform:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.server_url = server_url  # the server's maintenance database (for ALTER DATABASE etc.)
         self.database_url = _with_dbname(server_url, self.db_name)
 
         if self.shared_redis:
@@ -153,7 +159,7 @@ class BenchPlatform:
         os.environ["DATABASE_URL"] = self.database_url
         os.environ["REDIS_URL"] = self.redis_url
         os.environ["IAC_VAR_DIR"] = str(self.var_dir)
-        os.environ.update(SERVER_TIMINGS)
+        os.environ.update(self.server_timings)
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
 
     # --- servers -----------------------------------------------------------------------------
@@ -169,7 +175,7 @@ class BenchPlatform:
             IAC_VAR_DIR=str(self.var_dir),
             IAC_PUBLIC_URL=self.base_url,
             PYTHONUNBUFFERED="1",
-            **SERVER_TIMINGS,
+            **self.server_timings,
         )
         return env
 
