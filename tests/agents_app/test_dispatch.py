@@ -308,3 +308,10 @@ def test_it_runs_every_sweep_step_even_when_one_fails(db, caplog):
     assert result == {"first": "error: boom", "second": "ok"}
     assert ran == [1]
     assert "sweep step first failed" in caplog.text
+
+
+def test_it_tells_the_confirm_dialog_that_the_apply_will_wait_for_the_running_warmup(setup, client, alice):
+    task, a2, warmup = warming(setup, client)
+    client.force_login(alice)
+    page = client.get(f"/runs/{task.id}/").content.decode()
+    assert "A warmup is running on agent a2: a confirmed apply starts there the moment it is ready" in page
