@@ -35,7 +35,7 @@ from typing import Any
 
 from bench import report
 from bench.api import Api, RunFailed, ms_between
-from bench.live import ROOT, BenchPlatform
+from bench.live import ROOT, BenchPlatform, failure_exit_code
 from bench.terraform_fixture import MAIN_TF, ensure_mirror, write_cli_config
 
 RESULTS = ROOT / "bench" / "results"
@@ -408,12 +408,7 @@ def main() -> int:
         live.stop()
 
     if failure is not None:
-        if not isinstance(failure, KeyboardInterrupt):
-            import traceback
-
-            traceback.print_exception(failure)
-            say(f"FAILED: {failure.__class__.__name__}; server and agent logs: {live.log_dir}")
-        return 130 if isinstance(failure, KeyboardInterrupt) else 1
+        return failure_exit_code(failure, live.log_dir)
 
     assert bench is not None
     summary = report.summarize(bench.runs)

@@ -58,7 +58,7 @@ from typing import Any
 
 from bench import dispatch_stats as ds
 from bench.api import FINAL, Api
-from bench.live import ROOT, BenchPlatform, wait_for
+from bench.live import ROOT, BenchPlatform, failure_exit_code, wait_for
 from bench.querylog import StatementCount, StatementLog, silence_this_process
 from bench.report import markdown_table, text_table
 
@@ -992,12 +992,7 @@ def main() -> int:
         live.stop()
 
     if failure is not None:
-        if not isinstance(failure, KeyboardInterrupt):
-            import traceback
-
-            traceback.print_exception(failure)
-            say(f"FAILED: {failure.__class__.__name__}; server and agent logs: {live.log_dir}")
-        return 130 if isinstance(failure, KeyboardInterrupt) else 1
+        return failure_exit_code(failure, live.log_dir)
 
     assert bench is not None
     stmts = qlog.count() if qlog is not None else None

@@ -301,3 +301,15 @@ class BenchPlatform:
                 os.kill(int(self.redis_pidfile.read_text().strip()), signal.SIGTERM)
             except (ValueError, ProcessLookupError):
                 pass
+
+
+def failure_exit_code(failure: BaseException, log_dir: Path) -> int:
+    """Report why a benchmark stopped (the platform is already stopped) and its exit code:
+    130 for Ctrl-C or SIGTERM, 1 for an error, with the traceback and where the logs are."""
+    if isinstance(failure, KeyboardInterrupt):
+        return 130
+    import traceback
+
+    traceback.print_exception(failure)
+    print(f"FAILED: {failure.__class__.__name__}; server and agent logs: {log_dir}", flush=True)
+    return 1
