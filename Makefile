@@ -14,6 +14,7 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 run: $(VENV)/.installed
+	-$(PY) scripts/test_prereqs.py bubblewrap  # the terraform sandbox; without it agents run unsandboxed, loudly
 	$(PY) manage.py up
 
 test: $(VENV)/.installed

@@ -15,8 +15,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents_app.models import Agent, AgentPool, DispatchEvent, Slot, new_token
-from agents_app.services.agents import pool_rotate_token
-from tasks_app.services.control import agent_set_offline
+from tasks_app.services.control import agent_set_offline, pool_token_rotate
 
 
 @admin.register(AgentPool)
@@ -38,10 +37,10 @@ class AgentPoolAdmin(admin.ModelAdmin):
             return
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Rotate the pool token (agents must register with the new one)")
+    @admin.action(description="Rotate the pool token (its agents' tokens are revoked; they must register again)")
     def rotate_token(self, request: HttpRequest, queryset: QuerySet[AgentPool]) -> None:
         for pool in queryset:
-            token = pool_rotate_token(pool=pool)
+            token = pool_token_rotate(pool=pool, actor=request.user)
             self.message_user(request, f"New token for {pool.name} (shown once): {token}", messages.WARNING)
 
 
@@ -72,6 +71,10 @@ class AgentAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Its jobs, slots and events refer to it; an agent that is gone is marked offline.
+        return False
+
     @admin.action(description="Mark offline (release reservations, error running applies)")
     def mark_offline(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         for agent in queryset:
@@ -91,6 +94,9 @@ class SlotAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # slots live and die with their agent's registration
+
 
 @admin.register(DispatchEvent)
 class DispatchEventAdmin(admin.ModelAdmin):
@@ -103,3 +109,6 @@ class DispatchEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # history

@@ -21,26 +21,44 @@ from agents_app.serializers import (
     PoolSerializer,
 )
 from agents_app.services.agents import pool_create
+from iacplatform.permissions import is_site_admin
 from tasks_app.services.audit import audit_record
 
 
-class IsStaffOrReadOnly(permissions.BasePermission):
-    message = "only an admin may create or change pools"
+class IsSiteAdminOrReadOnly(permissions.BasePermission):
+    message = "only a site admin may create or change pools"
 
     def has_permission(self, request: Request, view: Any) -> bool:
         if request.method in permissions.SAFE_METHODS:
             return True
-        return bool(request.user and request.user.is_staff)
+        return is_site_admin(request.user)
 
 
-PERMISSIONS = [permissions.IsAuthenticated, IsStaffOrReadOnly]
+class IsSiteAdmin(permissions.BasePermission):
+    message = "only a site admin may see a pool's agents"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_site_admin(request.user)
+
+
+PERMISSIONS = [permissions.IsAuthenticated, IsSiteAdminOrReadOnly]
+
+
+def _usable_pools(request: Request) -> QuerySet[AgentPool]:
+    """Site admins see every pool; others see the pools their teams may put workspaces on."""
+    pools = AgentPool.objects.order_by("name")
+    if is_site_admin(request.user):
+        return pools
+    return pools.filter(teams__user=request.user).distinct()
 
 
 class PoolListCreate(generics.ListCreateAPIView):
     serializer_class = PoolSerializer
     permission_classes = PERMISSIONS
     parser_classes = [JSONParser]
-    queryset = AgentPool.objects.order_by("name")
+
+    def get_queryset(self) -> QuerySet[AgentPool]:
+        return _usable_pools(self.request)
 
     @extend_schema(request=PoolSerializer, responses={201: PoolCreatedSerializer})
     def post(self, request: Request) -> Response:
@@ -60,7 +78,9 @@ class PoolDetail(generics.RetrieveUpdateAPIView):
     permission_classes = PERMISSIONS
     parser_classes = [JSONParser]
     http_method_names = ["get", "patch", "head", "options"]
-    queryset = AgentPool.objects.all()
+
+    def get_queryset(self) -> QuerySet[AgentPool]:
+        return _usable_pools(self.request)
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
         with transaction.atomic():
@@ -71,6 +91,7 @@ class PoolDetail(generics.RetrieveUpdateAPIView):
 
 class PoolAgentList(generics.ListAPIView):
     serializer_class = AgentSerializer
+    permission_classes = [permissions.IsAuthenticated, IsSiteAdmin]
 
     def get_queryset(self) -> QuerySet[Agent]:
         pool = get_object_or_404(AgentPool, id=self.kwargs["pk"])

@@ -34,6 +34,8 @@ class AgentPool(models.Model):
     slots_per_pod = models.PositiveIntegerField(default=3)
     # Off = every apply takes the cold path (no kept dirs, no warmups). Used as the baseline.
     warm_apply = models.BooleanField(default=True)
+    # The teams whose workspaces may run on this pool (a site admin's setting).
+    teams = models.ManyToManyField("auth.Group", blank=True, related_name="pools")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

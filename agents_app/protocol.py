@@ -73,6 +73,14 @@ class WarmOrigin(enum.StrEnum):
     WARMUP = "warmup"  # rebuilt by a warmup job
 
 
+class SandboxMode(enum.StrEnum):
+    """How the agent runs terraform (IAC_AGENT_SANDBOX); a job reports BWRAP or OFF."""
+
+    AUTO = "auto"  # the setting only: bwrap when it works, else off with a warning
+    BWRAP = "bwrap"  # inside a bubblewrap sandbox that sees only the job's own dir
+    OFF = "off"  # directly, with the agent's view of the filesystem
+
+
 def choices(values: type[enum.StrEnum]) -> list[tuple[str, str]]:
     """Django `choices` for a model field, derived from a protocol enum."""
     return [(m.value, m.value.replace("_", " ")) for m in values]
@@ -172,6 +180,9 @@ class JobPayload(_Message):
     note: str = ""
     variables: Variables
     state_backend: StateBackend
+    # Values the agent must redact from everything it sends (the sensitive variables';
+    # the state credential is redacted anyway). Optional: an older server sends none.
+    sensitive_values: list[str] = []
 
 
 class ClaimReply(_Message):
@@ -206,6 +217,8 @@ class JobResult(_Message):
     outcome: JobOutcome
     error: str = ""
     kept_dir: bool = False  # the agent kept the work dir (plan of an applyable run, warmup)
+    # How terraform ran (bwrap or off); None from an agent that does not say.
+    sandbox: SandboxMode | None = None
 
 
 class FinishReply(_Message):

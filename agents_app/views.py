@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from agents_app.models import Agent, AgentPool, AgentStatus, Slot, SlotState
+from iacplatform.permissions import is_site_admin
+
+
+def _site_admin_only(request: HttpRequest) -> None:
+    # Pools, agents and slots are the site admins' to manage (and show other teams' runs).
+    if not is_site_admin(request.user):
+        raise PermissionDenied("only site admins see pools")
 
 
 @login_required
 def pool_list(request: HttpRequest) -> HttpResponse:
+    _site_admin_only(request)
     pools = AgentPool.objects.annotate(
         online_agents=Count("agents", filter=Q(agents__status=AgentStatus.ONLINE), distinct=True),
         busy_slots=Count(
@@ -30,6 +39,7 @@ def pool_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
+    _site_admin_only(request)
     pool = get_object_or_404(AgentPool, id=pool_id)
     # Online agents first; offline ones stay listed so a vanished agent is explainable.
     agents = (

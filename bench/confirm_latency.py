@@ -354,7 +354,8 @@ def main() -> int:
 
         django.setup()
         from django.contrib.auth.models import User
-        from rest_framework.authtoken.models import Token
+
+        from tasks_app.services.tokens import token_create
 
         mirror = ensure_mirror(live.dir / "provider-mirror")
         cli_config = write_cli_config(live.dir / "terraform.tfrc", mirror)
@@ -368,8 +369,8 @@ def main() -> int:
         live.migrate()
         base = live.start_servers()
         user = User.objects.create_superuser("bench", password="bench-password-1")
-        token = Token.objects.create(user=user)
-        api = Api(base, token.key)
+        token = token_create(user=user, name="bench")[1]
+        api = Api(base, token)
         bench = Bench(args, live, api, agent_env)
         for path in args.paths:
             bench.setup(path)

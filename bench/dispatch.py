@@ -936,7 +936,8 @@ def main() -> int:
         django.setup()
         silence_this_process()
         from django.contrib.auth.models import User
-        from rest_framework.authtoken.models import Token
+
+        from tasks_app.services.tokens import token_create
 
         agent_env, tf_real, tf_times = write_terraform_tools(live.dir, var_dir)
         tf_version = terraform_version(tf_real, agent_env["TF_CLI_CONFIG_FILE"])
@@ -950,7 +951,7 @@ def main() -> int:
                 qlog.enable()
         base = live.start_servers()
         user = User.objects.create_superuser("bench", password="bench-password-1")
-        api = Api(base, Token.objects.create(user=user).key)
+        api = Api(base, token_create(user=user, name="bench")[1])
         bench = Dispatch(args, live, api, agent_env)
         bench.idle_before = idle_before
         bench.setup()

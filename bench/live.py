@@ -263,8 +263,6 @@ class BenchPlatform:
             "agents_app.agent",
             "--server",
             self.base_url,
-            "--pool-token",
-            pool_token,
             "--name",
             name,
             "--work-root",
@@ -272,7 +270,23 @@ class BenchPlatform:
             "--slots",
             str(slots),
         ]
-        agent_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
+        from agents_app.agent.sandbox import agent_environment, executable_paths
+        from agents_app.agent.terraform import resolve_terraform
+
+        # As the platform starts agents: an allowlist of this environment (not the database's
+        # and Redis' URLs), the pool token in the environment (not on the command line, which
+        # ps shows). The sandbox lets terraform write the benchmarks' marker files and the
+        # dispatch benchmark's terraform wrapper log, and run the real terraform that wrapper
+        # calls; nothing else of var/.
+        markers, tools = self.dir / "markers", self.dir / "terraform"
+        markers.mkdir(parents=True, exist_ok=True)
+        agent_env = agent_environment(
+            PYTHONUNBUFFERED="1",
+            IAC_POOL_TOKEN=pool_token,
+            IAC_AGENT_SANDBOX_BIND_RW=os.pathsep.join(str(p) for p in (markers, tools)),
+            IAC_AGENT_SANDBOX_BIND=os.pathsep.join(str(p) for p in executable_paths(resolve_terraform(self.var_dir))),
+        )
+        agent_env.update(env)
         proc = Proc(f"agent-{name}", cmd, agent_env, self.log_dir / f"agent-{name}.log")
         self.agents[name] = proc
         if wait:

@@ -4,7 +4,9 @@ SECRET_KEY). Defaults run locally with embedded PostgreSQL and Redis under ./var
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -15,21 +17,43 @@ from iacplatform.env import EnvError, env
 
 POSITIVE = Range(min=0, min_inclusive=False, error="must be greater than 0")
 
+
+def _url_text(value: object) -> str:
+    return (value if isinstance(value, str) else value.geturl()).rstrip("/")  # type: ignore[attr-defined]
+
+
+def _allowed_host(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    return f"[{host}]" if ":" in host else host  # an IPv6 literal, as Django matches it
+
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 try:
     VAR_DIR = env.path("IAC_VAR_DIR", BASE_DIR / "var").resolve()
     DEBUG = env.bool("IAC_DEBUG", False)
-    ALLOWED_HOSTS = env.list("IAC_ALLOWED_HOSTS", ["*"])
+    # Empty: the hosts of IAC_PUBLIC_URL and IAC_AGENT_URL plus localhost (set below).
+    ALLOWED_HOSTS = env.list("IAC_ALLOWED_HOSTS", [])
     CSRF_TRUSTED_ORIGINS = env.list("IAC_CSRF_TRUSTED_ORIGINS", [])
     _secret_key = env.str("SECRET_KEY", "")
     _database_url = env.str("DATABASE_URL", "")
     _redis_url = env.str("REDIS_URL", "")
     IAC_ENCRYPTION_KEY = env.str("IAC_ENCRYPTION_KEY", "")
     IAC_TERRAFORM_BIN = env.str("IAC_TERRAFORM_BIN", "")
-    # Public URL of the web process, as agents and Terraform's http backend reach it.
-    IAC_PUBLIC_URL = env.url("IAC_PUBLIC_URL", "http://127.0.0.1:8000")
-    IAC_PUBLIC_URL = (IAC_PUBLIC_URL if isinstance(IAC_PUBLIC_URL, str) else IAC_PUBLIC_URL.geturl()).rstrip("/")
+    # What browsers use: links, cookies (Secure when https), HSTS.
+    IAC_PUBLIC_URL = _url_text(env.url("IAC_PUBLIC_URL", "http://127.0.0.1:8000"))
+    # How agents and terraform reach web: the jobs' state backend address and the --server of
+    # the agents `manage.py up` starts. On Kubernetes, a Service name. Defaults to the public URL.
+    IAC_AGENT_URL = _url_text(env.url("IAC_AGENT_URL", IAC_PUBLIC_URL))
+    # "Header: value" a TLS-terminating proxy sets on https requests (Django's
+    # SECURE_PROXY_SSL_HEADER). Default with an https public URL: "X-Forwarded-Proto: https";
+    # set it to "off" when web is not behind such a proxy (the header could then be forged).
+    _proxy_ssl_header = env.str("IAC_SECURE_PROXY_SSL_HEADER", None)
+    # HSTS max-age with an https public URL (0 turns HSTS off); one year by default.
+    IAC_HSTS_SECONDS = env.int("IAC_HSTS_SECONDS", 365 * 24 * 3600, validate=Range(min=0))
+    # Failed logins (per username and address) before the login is locked for the cool-off.
+    IAC_LOGIN_FAILURE_LIMIT = env.int("IAC_LOGIN_FAILURE_LIMIT", 5, validate=POSITIVE)
+    IAC_LOGIN_COOLOFF_MINUTES = env.float("IAC_LOGIN_COOLOFF_MINUTES", 15.0, validate=POSITIVE)
     IAC_AGENT_HEARTBEAT_SECONDS = env.float("IAC_AGENT_HEARTBEAT_SECONDS", 10.0, validate=POSITIVE)
     IAC_AGENT_OFFLINE_AFTER_SECONDS = env.float("IAC_AGENT_OFFLINE_AFTER_SECONDS", 120.0, validate=POSITIVE)
     IAC_WARMUP_EXPIRE_SECONDS = env.float("IAC_WARMUP_EXPIRE_SECONDS", 1800.0, validate=POSITIVE)
@@ -41,13 +65,62 @@ try:
     IAC_CLAIM_LONGPOLL_SECONDS = env.float("IAC_CLAIM_LONGPOLL_SECONDS", 25.0, validate=POSITIVE)
     IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
     IAC_MAX_CONFIG_BYTES = env.int("IAC_MAX_CONFIG_BYTES", 10 * 1024 * 1024, validate=POSITIVE)
+    # Entries in an uploaded configuration (files and directories), checked while unpacking.
+    IAC_MAX_CONFIG_FILES = env.int("IAC_MAX_CONFIG_FILES", 1000, validate=POSITIVE)
     IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
     DB_POOL = env.bool("IAC_DB_POOL", True)
     IAC_MAX_STATE_BYTES = env.int("IAC_MAX_STATE_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
+    # Behind a reverse proxy of ours: take the client's address (for the audit log) from
+    # X-Forwarded-For. Off by default: a client could forge the header.
+    IAC_TRUST_X_FORWARDED_FOR = env.bool("IAC_TRUST_X_FORWARDED_FOR", False)
+    # A run's stored log; output beyond it is dropped (one marker line says so).
+    IAC_MAX_LOG_BYTES = env.int("IAC_MAX_LOG_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
 except EnvError as exc:  # pragma: no cover - exercised by tests/test_settings_env.py
     raise ImproperlyConfigured(str(exc)) from exc
 
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# Web defaults -------------------------------------------------------------------------------
+if not ALLOWED_HOSTS:
+    # Not "*": a Host header naming another site is refused (it would otherwise reach
+    # absolute URLs built from the request, e.g. password-reset links). Health endpoints
+    # that probes call by pod IP must skip this check (see docs/architecture.md, Security).
+    ALLOWED_HOSTS = list(
+        dict.fromkeys([_allowed_host(IAC_PUBLIC_URL), _allowed_host(IAC_AGENT_URL), "localhost", "127.0.0.1", "[::1]"])
+    )
+if not CSRF_TRUSTED_ORIGINS:
+    # The public origin: a form posted through a proxy that rewrites the Host still passes.
+    _public = urlsplit(IAC_PUBLIC_URL)
+    CSRF_TRUSTED_ORIGINS = [f"{_public.scheme}://{_public.netloc}"]
+PUBLIC_HTTPS = IAC_PUBLIC_URL.startswith("https://")
+if _proxy_ssl_header is None:
+    _proxy_ssl_header = "X-Forwarded-Proto: https" if PUBLIC_HTTPS else ""
+if _proxy_ssl_header and _proxy_ssl_header.lower() != "off":
+    _name, _, _value = _proxy_ssl_header.partition(":")
+    if not _name.strip() or not _value.strip():
+        raise ImproperlyConfigured(
+            f'Environment variable "IAC_SECURE_PROXY_SSL_HEADER" invalid: {_proxy_ssl_header!r} is not "Header: value"'
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
+SESSION_COOKIE_SECURE = PUBLIC_HTTPS
+CSRF_COOKIE_SECURE = PUBLIC_HTTPS
+SECURE_HSTS_SECONDS = IAC_HSTS_SECONDS if PUBLIC_HTTPS else 0
+# The platform's own host and its subdomains only (HSTS never reaches the parent domain).
+SECURE_HSTS_INCLUDE_SUBDOMAINS = PUBLIC_HTTPS
+# Browsers reach web over https only, with one exception: when IAC_AGENT_URL is plain http
+# (an in-cluster Service), agents and terraform's state backend calls must not be redirected.
+# Only with a proxy header to tell https requests apart: without one every proxied request
+# would look like http and be redirected forever.
+SECURE_SSL_REDIRECT = PUBLIC_HTTPS and "SECURE_PROXY_SSL_HEADER" in globals()
+SECURE_REDIRECT_EXEMPT = (
+    [r"^agent/", r"^api/v1/workspaces/\d+/state(/lock)?/?$"] if IAC_AGENT_URL.startswith("http://") else []
+)
+SILENCED_SYSTEM_CHECKS = [
+    # HSTS preload is a promise about a whole registrable domain (example.com and every
+    # subdomain), made by submitting that domain to the browsers' list: not this app's
+    # decision for its own host. Everything else `check --deploy` asks for is set above.
+    "security.W021",
+]
 
 if not _secret_key:
     # Local default: a random key kept under ./var so sessions survive restarts.
@@ -87,9 +160,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "django_htmx",
+    "axes",
     "channels",
     "tasks_app",
     "agents_app",
@@ -101,10 +175,29 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "iacplatform.middleware.RequestAddressMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login attempts are rate-limited (django-axes): after IAC_LOGIN_FAILURE_LIMIT failures for
+# one username from one address, that login is refused, right password or not, until the
+# cool-off has passed. Only password logins go through Django's authenticate(): API tokens,
+# agent and job credentials do not, so automation is never locked out by someone's typos.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = IAC_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=IAC_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+# The same client address the audit log records (REMOTE_ADDR unless a trusted proxy's).
+AXES_CLIENT_IP_CALLABLE = "iacplatform.middleware.client_address"
 
 ROOT_URLCONF = "iacplatform.urls"
 TEMPLATES = [
@@ -141,7 +234,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(IAC_MAX_PLAN_BYTES, IAC_MAX_STATE_BYTES, IAC_M
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "iacplatform.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -149,6 +242,13 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "iacplatform.api_errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+# Users' API tokens (`Authorization: Token <key>`): knox stores a digest only. No expiry by
+# default (automation), no refresh; a user may set an expiry per token.
+KNOX_TOKEN_MODEL = "tasks_app.ApiToken"
+# knox's own migrations would create its default token table although our model replaces it
+# (an unused table holding a foreign key to users, which blocks flushes): skip them.
+MIGRATION_MODULES = {"knox": None}
+REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False, "AUTH_HEADER_PREFIX": "Token"}
 SPECTACULAR_SETTINGS = {"TITLE": "IaC platform API", "VERSION": "1", "SERVE_INCLUDE_SCHEMA": False}
 
 CHANNEL_LAYERS = {

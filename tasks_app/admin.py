@@ -18,7 +18,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from iacplatform.errors import PlatformError
+from iacplatform.permissions import Action, can
 from tasks_app.models import (
+    ApiToken,
     AuditEvent,
     ConfigurationVersion,
     Job,
@@ -30,13 +32,15 @@ from tasks_app.models import (
     TaskEvent,
     Variable,
     Workspace,
+    WorkspaceAccess,
 )
 from tasks_app.services.audit import audit_record
 from tasks_app.services.runs import run_cancel, runs_start_next
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Viewable, never added or changed by hand."""
+    """Viewable, never added, changed or deleted by hand (a deleted state version or event
+    is history lost; a deleted run or job orphans what its agent is doing)."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -44,12 +48,32 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class WorkspaceAccessInline(admin.TabularInline):
+    model = WorkspaceAccess
+    extra = 0
+
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "pool", "auto_apply", "locked", "created_at"]
+    """The admin asks the same `can` as every other door (site admins have `admin` on every
+    workspace; a staff member without it sees nothing to change)."""
+
+    list_display = ["name", "pool", "auto_apply", "locked", "terraform_version", "created_at"]
     list_filter = ["pool", "auto_apply", "locked"]
     search_fields = ["name"]
+    inlines = [WorkspaceAccessInline]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (obj is None or can(request.user, Action.SETTINGS, obj))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or can(request.user, Action.DELETE, obj))
 
     def save_model(self, request: HttpRequest, obj: Workspace, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -210,6 +234,10 @@ class StateLockAdmin(ReadOnlyAdmin):
 
     list_display = ["workspace", "lock_id", "created_at"]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The one read-only row that may be deleted: that is how the admin force-unlocks.
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
     def delete_model(self, request: HttpRequest, obj: StateLock) -> None:
         audit_record(actor=request.user, action="state.force_unlock", obj=obj.workspace, data={"lock_id": obj.lock_id})
         super().delete_model(request, obj)
@@ -227,3 +255,41 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(WorkspaceAccess)
+class WorkspaceAccessAdmin(admin.ModelAdmin):
+    list_display = ["workspace", "team", "level"]
+    list_filter = ["level", "team"]
+    list_select_related = ["workspace", "team"]
+
+    def save_model(self, request: HttpRequest, obj: WorkspaceAccess, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        audit_record(actor=request.user, action="access.set", obj=obj.workspace,
+                     data={"team": obj.team.name, "level": obj.level})
+
+    def delete_model(self, request: HttpRequest, obj: WorkspaceAccess) -> None:
+        audit_record(actor=request.user, action="access.remove", obj=obj.workspace, data={"team": obj.team.name})
+        super().delete_model(request, obj)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created by their users (shown once); a site admin can see and revoke
+    (delete) anyone's, never read one."""
+
+    list_display = ["name", "user", "token_key", "created", "last_used_at", "expiry"]
+    list_select_related = ["user"]
+    search_fields = ["name", "user__username"]
+    exclude = ["digest"]
+    readonly_fields = ["name", "user", "token_key", "created", "last_used_at", "expiry"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
+        audit_record(actor=request.user, action="token.revoke", obj=obj.user, data={"name": obj.name, "key": obj.token_key})
+        super().delete_model(request, obj)

@@ -8,24 +8,37 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from iacplatform.errors import Conflict
+from iacplatform.errors import Conflict, Forbidden, NotFound
+from iacplatform.permissions import (
+    Action,
+    can,
+    can_create_workspace,
+    can_use_pool,
+    creating_team,
+    is_site_admin,
+    readable_workspaces,
+    require,
+    workspace_for,
+)
 from tasks_app.models import (
+    AccessLevel,
     ConfigurationVersion,
     StateVersion,
     Task,
     Variable,
     Workspace,
+    WorkspaceAccess,
 )
-from tasks_app.selectors import run_log_read
+from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read, state_tracks_resources
 from tasks_app.serializers import (
     ConfigurationFilesSerializer,
     ConfigurationVersionSerializer,
@@ -52,11 +65,25 @@ from tasks_app.services.runs import (
     run_prepare,
     runs_start_next,
 )
-from tasks_app.states import FINAL, is_final
+from tasks_app.states import FINAL, Operation, is_final
 
 # JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
 # and nothing in the API is meant to be posted from an HTML form.
 JSON_ONLY = [JSONParser]
+
+
+def _workspace(request: Request, workspace_id: int, action: Action) -> Workspace:
+    """The workspace if the user may do `action` on it: 404 when they cannot read it."""
+    return workspace_for(request.user, action, workspace_id)
+
+
+def _task(request: Request, task_id: int, action: Action) -> Task:
+    """The run if the user may do `action` on its workspace: 404 when they cannot read it."""
+    task = Task.objects.select_related("workspace").filter(id=task_id).first()
+    if task is None or not can(request.user, Action.READ, task.workspace):
+        raise NotFound("no such run")
+    require(request.user, action, task.workspace)
+    return task
 
 
 def _run_queryset() -> QuerySet[Task]:
@@ -86,7 +113,22 @@ class WorkspaceListCreate(generics.ListCreateAPIView):
     parser_classes = JSON_ONLY
 
     def get_queryset(self) -> QuerySet[Workspace]:
-        return _workspace_queryset()
+        return _workspace_queryset().filter(id__in=readable_workspaces(self.request.user).values("id"))
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        user = self.request.user
+        if not can_create_workspace(user):
+            raise Forbidden("only site admins and teams allowed to create workspaces can create one")
+        pool = serializer.validated_data.get("pool")
+        if pool is not None and not can_use_pool(user, pool):
+            raise Forbidden(f"none of your teams may use pool '{pool.name}'")
+        team = None if is_site_admin(user) else creating_team(user)
+        with transaction.atomic():
+            ws: Workspace = serializer.save()
+            if team is not None:
+                # The team that created it administers it (as in HCP Terraform).
+                WorkspaceAccess.objects.create(workspace=ws, team=team, level=AccessLevel.ADMIN)
+            audit_record(actor=user, action="workspace.create", obj=ws, data={"name": ws.name})
 
 
 class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
@@ -95,9 +137,16 @@ class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
     def get_queryset(self) -> QuerySet[Workspace]:
-        return _workspace_queryset()
+        return _workspace_queryset().filter(id__in=readable_workspaces(self.request.user).values("id"))
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        user, ws = self.request.user, serializer.instance
+        changed = {k for k, v in serializer.validated_data.items() if getattr(ws, k) != v}
+        # Locking and unlocking is `write`; every other setting is `admin`.
+        require(user, Action.LOCK if changed <= {"locked"} else Action.SETTINGS, ws)
+        pool = serializer.validated_data.get("pool")
+        if "pool" in changed and not can_use_pool(user, pool):
+            raise Forbidden(f"none of your teams may use pool '{pool.name}'")
         with transaction.atomic():
             # The row lock makes "was it locked?" and the change one step under concurrent PATCHes,
             # so each lock / unlock is audited exactly once.
@@ -105,6 +154,9 @@ class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
                 id=serializer.instance.id
             )
             ws: Workspace = serializer.save()
+            settings_changed = {k: str(getattr(ws, k)) for k in changed - {"locked"}}
+            if settings_changed:
+                audit_record(actor=user, action="workspace.update", obj=ws, data=settings_changed)
             if ws.locked != was_locked:
                 action = "workspace.lock" if ws.locked else "workspace.unlock"
                 audit_record(actor=self.request.user, action=action, obj=ws)
@@ -114,6 +166,13 @@ class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
                     transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
 
     def perform_destroy(self, instance: Workspace) -> None:
+        require(self.request.user, Action.DELETE, instance)
+        force = self.request.query_params.get("force") in ("1", "true")
+        if state_tracks_resources(instance.id) and not (force and is_site_admin(self.request.user)):
+            raise Conflict(
+                f"workspace '{instance.name}' still tracks resources in its latest state: destroy them first "
+                "(or a site admin deletes it anyway with ?force=true)"
+            )
         with transaction.atomic():
             ws = Workspace.objects.select_for_update(no_key=True).get(id=instance.id)
             # Deleting under a running apply would orphan the agent's work and the state it writes.
@@ -162,7 +221,7 @@ class ConfigurationVersionListCreate(generics.ListCreateAPIView):
     parser_classes = [JSONParser, *ARCHIVE_PARSERS]
 
     def get_queryset(self) -> QuerySet[ConfigurationVersion]:
-        workspace = get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+        workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
         # The archive bytes stay in the database: the list shows what was uploaded, not the files.
         return ConfigurationVersion.objects.filter(workspace=workspace).defer("archive").order_by("-id")
 
@@ -175,7 +234,7 @@ class ConfigurationVersionListCreate(generics.ListCreateAPIView):
         description="Upload Terraform files: a .tar.gz body, or JSON {\"files\": {\"main.tf\": \"...\"}}.",
     )
     def post(self, request: Request, workspace_id: int) -> Response:
-        workspace = get_object_or_404(Workspace, id=workspace_id)
+        workspace = _workspace(request, workspace_id, Action.UPLOAD_CONFIGURATION)
         data = request.data
         if isinstance(data, bytes):
             cv = configuration_create_from_archive(workspace=workspace, data=data, actor=request.user)
@@ -188,6 +247,8 @@ class ConfigurationVersionListCreate(generics.ListCreateAPIView):
             cv = configuration_create_from_files(
                 workspace=workspace, files=files.validated_data["files"], actor=request.user
             )
+        audit_record(actor=request.user, action="configuration.upload", obj=workspace,
+                     data={"configuration_version": cv.id, "sha256": cv.sha256})
         return Response(ConfigurationVersionSerializer(cv).data, status=status.HTTP_201_CREATED)
 
 
@@ -199,7 +260,8 @@ class VariableListCreate(generics.ListCreateAPIView):
     parser_classes = JSON_ONLY
 
     def _workspace(self) -> Workspace:
-        return get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+        action = Action.READ_VARIABLES if self.request.method in SAFE_METHODS else Action.EDIT_VARIABLES
+        return _workspace(self.request, self.kwargs["workspace_id"], action)
 
     def get_queryset(self) -> QuerySet[Variable]:
         return Variable.objects.filter(workspace=self._workspace())
@@ -210,12 +272,37 @@ class VariableListCreate(generics.ListCreateAPIView):
             context["workspace"] = self._workspace()
         return context
 
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        var: Variable = serializer.save()
+        # Who changed which variable, never its value (it may be sensitive).
+        audit_record(actor=self.request.user, action="variable.create", obj=var.workspace,
+                     data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+
 
 class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
     serializer_class = VariableSerializer
     parser_classes = JSON_ONLY
     http_method_names = ["get", "patch", "delete", "head", "options"]
-    queryset = Variable.objects.select_related("workspace")
+
+    def get_queryset(self) -> QuerySet[Variable]:
+        readable = readable_workspaces(self.request.user).values("id")
+        return Variable.objects.select_related("workspace").filter(workspace_id__in=readable)
+
+    def get_object(self) -> Variable:
+        var: Variable = super().get_object()
+        if self.request.method not in SAFE_METHODS:
+            require(self.request.user, Action.EDIT_VARIABLES, var.workspace)
+        return var
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        var: Variable = serializer.save()
+        audit_record(actor=self.request.user, action="variable.update", obj=var.workspace,
+                     data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+
+    def perform_destroy(self, instance: Variable) -> None:
+        audit_record(actor=self.request.user, action="variable.delete", obj=instance.workspace,
+                     data={"key": instance.key, "category": instance.category})
+        instance.delete()
 
 
 # Runs ---------------------------------------------------------------------------------------
@@ -226,7 +313,7 @@ class RunListCreate(generics.ListAPIView):
     parser_classes = JSON_ONLY
 
     def get_queryset(self) -> QuerySet[Task]:
-        workspace = get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+        workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
         return _run_queryset().filter(workspace=workspace).order_by("-id")
 
     @extend_schema(
@@ -234,13 +321,14 @@ class RunListCreate(generics.ListAPIView):
         responses={201: RunSerializer, 409: OpenApiResponse(description="the workspace has no configuration")},
     )
     def post(self, request: Request, workspace_id: int) -> Response:
-        workspace = get_object_or_404(Workspace, id=workspace_id)
+        workspace = _workspace(request, workspace_id, Action.READ)
         params = RunCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
+        operation = params.validated_data["operation"]
+        require(request.user, Action.QUEUE_PLAN if operation == Operation.PLAN else Action.QUEUE_APPLY, workspace)
         task = run_create(
             workspace=workspace,
             operation=params.validated_data["operation"],
-            message=params.validated_data["message"],
             actor=request.user,
         )
         return _run_response(task.id, status.HTTP_201_CREATED)
@@ -250,7 +338,7 @@ class RunDetail(generics.RetrieveAPIView):
     serializer_class = RunSerializer
 
     def get_queryset(self) -> QuerySet[Task]:
-        return _run_queryset()
+        return _run_queryset().filter(workspace_id__in=readable_workspaces(self.request.user).values("id"))
 
 
 class _RunAction(generics.GenericAPIView):
@@ -259,12 +347,14 @@ class _RunAction(generics.GenericAPIView):
     serializer_class = RunSerializer
     parser_classes = JSON_ONLY
     queryset = Task.objects.all()
+    action_required = Action.READ
 
-    def _task_id(self) -> int:
-        return self.get_object().id
+    def _task_id(self, action: Action | None = None) -> int:
+        return _task(self.request, self.kwargs["pk"], action or self.action_required).id
 
 
 class RunConfirm(_RunAction):
+    action_required = Action.CONFIRM
     @extend_schema(
         request=RunConfirmSerializer,
         responses={
@@ -283,6 +373,7 @@ class RunConfirm(_RunAction):
 
 
 class RunDiscard(_RunAction):
+    action_required = Action.DISCARD
     @extend_schema(
         request=RunConfirmSerializer,
         responses={200: RunSerializer, 409: OpenApiResponse(description="not apply_pending")},
@@ -295,6 +386,7 @@ class RunDiscard(_RunAction):
 
 
 class RunCancel(_RunAction):
+    action_required = Action.CANCEL
     @extend_schema(
         request=RunCancelSerializer,
         responses={200: RunSerializer, 409: OpenApiResponse(description="the run is already final")},
@@ -303,7 +395,7 @@ class RunCancel(_RunAction):
         params = RunCancelSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         task = run_cancel(
-            task_id=self._task_id(),
+            task_id=self._task_id(Action.FORCE_CANCEL if params.validated_data["force"] else Action.CANCEL),
             actor=request.user,
             force=params.validated_data["force"],
             comment=params.validated_data["comment"],
@@ -312,6 +404,7 @@ class RunCancel(_RunAction):
 
 
 class RunPrepare(_RunAction):
+    action_required = Action.CONFIRM  # opening the Confirm dialog
     @extend_schema(
         request=None,
         responses={200: RunSerializer},
@@ -326,15 +419,21 @@ class RunLogs(generics.GenericAPIView):
     serializer_class = RunLogSerializer
     queryset = Task.objects.all()
 
-    @extend_schema(parameters=[OpenApiParameter("offset", int, description="byte offset to read from (default 0)")])
+    @extend_schema(
+        parameters=[OpenApiParameter("offset", int, description="byte offset to read from (default 0)")],
+        description="At most 1 MiB of the log per call: read on from `next_offset` until `complete`.",
+    )
     def get(self, request: Request, pk: int) -> Response:
-        task = self.get_object()
+        task = _task(request, pk, Action.READ)
         query = RunLogQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         # The status is read BEFORE the log: a run that was final then has all of its log
-        # written, so `complete` never hides a chunk appended between the two reads.
-        complete = is_final(task.status)
-        text, next_offset = run_log_read(task_id=task.id, offset=query.validated_data["offset"])
+        # written, so `complete` never hides a chunk appended between the two reads. One call
+        # returns at most LOG_PAGE_BYTES: `complete` also needs the page to reach the end.
+        text, next_offset = run_log_read(
+            task_id=task.id, offset=query.validated_data["offset"], limit=LOG_PAGE_BYTES
+        )
+        complete = is_final(task.status) and next_offset >= task.log_size
         return Response(RunLogSerializer({"text": text, "next_offset": next_offset, "complete": complete}).data)
 
 
@@ -345,5 +444,5 @@ class StateVersionList(generics.ListAPIView):
     serializer_class = StateVersionSerializer
 
     def get_queryset(self) -> QuerySet[StateVersion]:
-        workspace = get_object_or_404(Workspace, id=self.kwargs["workspace_id"])
+        workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
         return StateVersion.objects.filter(workspace=workspace).defer("encrypted_data").order_by("-serial", "-id")

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app import api
+from tasks_app import api, api_access
 
 urlpatterns = [
+    path("audit-events/", api_access.AuditEventList.as_view(), name="api-audit-list"),
+    path("tokens/", api_access.TokenListCreate.as_view(), name="api-token-list"),
+    path("tokens/<str:key>/", api_access.TokenRevoke.as_view(), name="api-token-detail"),
+    path("workspaces/<int:workspace_id>/access/", api_access.WorkspaceAccessListSet.as_view(), name="api-access-list"),
+    path(
+        "workspaces/<int:workspace_id>/access/<str:team>/",
+        api_access.WorkspaceAccessRemove.as_view(),
+        name="api-access-detail",
+    ),
     path("workspaces/", api.WorkspaceListCreate.as_view(), name="api-workspace-list"),
     path("workspaces/<int:pk>/", api.WorkspaceDetail.as_view(), name="api-workspace-detail"),
     path(

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import models
+from knox.models import AbstractAuthToken
 
-from agents_app.protocol import ApplyPath, JobKind, JobStatus, WarmupStatus, choices
+from agents_app.protocol import ApplyPath, JobKind, JobStatus, SandboxMode, WarmupStatus, choices
 from iacplatform import crypto
 from tasks_app.states import Operation, RunStatus
 
@@ -19,6 +21,45 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AccessLevel(models.TextChoices):
+    """A team's level on a workspace, as users of HCP Terraform know them. Each includes the
+    ones before it (iacplatform/permissions.py says what each allows)."""
+
+    READ = "read"
+    PLAN = "plan"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+class WorkspaceAccess(models.Model):
+    """A team (a Django group) has one level on a workspace."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="access")
+    team = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="workspace_access")
+    level = models.CharField(max_length=10, choices=AccessLevel.choices)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "team"], name="one_level_per_team_and_workspace")]
+        ordering = ["workspace_id", "team__name"]
+
+    def __str__(self) -> str:
+        return f"{self.team.name}: {self.level} on {self.workspace.name}"
+
+
+class ApiToken(AbstractAuthToken):
+    """A user's named API token (django-rest-knox: only a digest is stored; the token is
+    shown once). No expiry unless the user sets one: automation must not stop after 10 h."""
+
+    name = models.CharField(max_length=100)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.user})"
 
 
 class ConfigurationVersion(models.Model):
@@ -89,7 +130,7 @@ class Task(models.Model):
     plan_hash = models.CharField(max_length=64, blank=True)
     has_changes = models.BooleanField(null=True)
     # The state serial the plan was made against; a different current serial = stale plan.
-    base_state_serial = models.IntegerField(null=True, blank=True)
+    base_state_serial = models.BigIntegerField(null=True, blank=True)
     # The terraform version the plan was made with: terraform refuses a plan file from
     # another version, so warmups and the apply go only to agents that run it.
     terraform_version = models.CharField(max_length=50, blank=True)
@@ -167,6 +208,9 @@ class Job(models.Model):
     cancel_requested = models.BooleanField(default=False)
     force_cancel = models.BooleanField(default=False)
     error = models.TextField(blank=True)
+    # How the agent ran terraform (bwrap: sandboxed; off: directly), as it reported with the
+    # result; blank until then.
+    sandbox = models.CharField(max_length=10, choices=choices(SandboxMode), blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     # An apply is acknowledged by its agent before terraform starts; an unacknowledged one
@@ -216,7 +260,7 @@ class Plan(models.Model):
 
 class StateVersion(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="state_versions")
-    serial = models.IntegerField()
+    serial = models.BigIntegerField()  # 64-bit: terraform's serial is a uint64
     lineage = models.CharField(max_length=100)
     sha256 = models.CharField(max_length=64)
     size = models.PositiveIntegerField()
@@ -238,12 +282,16 @@ class StateLock(models.Model):
     workspace = models.OneToOneField(Workspace, on_delete=models.CASCADE, related_name="state_lock")
     lock_id = models.CharField(max_length=200)
     info = models.JSONField(default=dict)
+    # The job whose terraform took the lock (None: a person's own terraform). Released when
+    # the job ends, however it ends: a killed terraform never unlocks.
+    job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
 
 class AuditEvent(models.Model):
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     actor_label = models.CharField(max_length=200, blank=True)
+    address = models.GenericIPAddressField(null=True, blank=True)  # where the request came from
     action = models.CharField(max_length=100)
     object_type = models.CharField(max_length=100)
     object_id = models.CharField(max_length=100)

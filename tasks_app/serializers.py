@@ -181,8 +181,9 @@ class VariableSerializer(StrictModelSerializer):
 
 
 class RunCreateSerializer(serializers.Serializer):
+    # No `message`: a run's message is the platform's word on it ("discarded by …", a stale
+    # plan); a client that could set it could forge one. Unknown fields are ignored.
     operation = serializers.ChoiceField(choices=Operation.choices)
-    message = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class RunConfirmSerializer(serializers.Serializer):
@@ -218,6 +219,7 @@ class RunSerializer(serializers.ModelSerializer):
     confirm_to_apply_start_ms = serializers.SerializerMethodField()
     confirm_to_first_log_ms = serializers.SerializerMethodField()
     waiting_reason = serializers.SerializerMethodField()
+    sandbox = serializers.SerializerMethodField()
     events = TaskEventSerializer(many=True, read_only=True)
 
     class Meta:
@@ -227,7 +229,7 @@ class RunSerializer(serializers.ModelSerializer):
             "plan_hash", "has_changes", "plan_summary", "terraform_version",
             "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
-            "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "events",
+            "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "sandbox", "events",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -252,6 +254,13 @@ class RunSerializer(serializers.ModelSerializer):
     def get_waiting_reason(self, task: Task) -> str:
         return runs_waiting_reason(task)
 
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+    def get_sandbox(self, task: Task) -> dict[str, str]:
+        """How terraform ran for each kind of job of the run ({"plan": "bwrap", "apply":
+        "off"}; the latest job of a kind wins), as the agents reported it."""
+        reported = task.jobs.exclude(sandbox="").order_by("id").values_list("kind", "sandbox")
+        return dict(reported)
+
 
 class RunLogSerializer(serializers.Serializer):
     text = serializers.CharField()
@@ -260,7 +269,7 @@ class RunLogSerializer(serializers.Serializer):
 
 
 class RunLogQuerySerializer(serializers.Serializer):
-    offset = serializers.IntegerField(min_value=0, default=0, help_text="byte offset to read from")
+    offset = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0, help_text="byte offset to read from")
 
 
 # State --------------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework.authtoken.models import Token
 
+from iacplatform.auth import user_by_token
+from iacplatform.permissions import REQUIRED, Action, Level, can, level
 from tasks_app.models import Job, JobKind, Workspace
 from tasks_app.services.jobs import job_by_credential
 from tasks_app.services.state import (
@@ -90,9 +91,9 @@ def _basic_password(request: HttpRequest) -> str | None:
 
 
 def _authenticate(password: str) -> StateClient | None:
-    token = Token.objects.select_related("user").filter(key=password).first()
-    if token is not None:
-        return StateClient(user=token.user, job=None) if token.user.is_active else None
+    user = user_by_token(password)
+    if user is not None:
+        return StateClient(user=user, job=None)
     # job_by_credential only finds running jobs: a credential dies with its job.
     job = job_by_credential(password)
     if job is not None:
@@ -150,7 +151,7 @@ def _post(request: HttpRequest, workspace: Workspace, client: StateClient) -> Ht
 
 def _lock(request: HttpRequest, workspace: Workspace, client: StateClient) -> HttpResponse:
     info = _json_body(request)
-    lock = state_lock(workspace=workspace, info=info, actor=client.actor)
+    lock = state_lock(workspace=workspace, info=info, actor=client.actor, job=client.job)
     return JsonResponse(lock.info)
 
 
@@ -183,10 +184,23 @@ def _dispatch(request: HttpRequest, workspace_id: int, allowed: tuple[str, ...])
         return _unauthorized("unknown or expired credentials")
     # Authenticate before looking the workspace up: strangers cannot probe which IDs exist.
     workspace = Workspace.objects.filter(pk=workspace_id).first()
-    if workspace is None:
-        return _error(404, f"workspace {workspace_id} does not exist")
-    if client.job is not None and client.job.task.workspace_id != workspace.id:
-        return _error(403, f"this job credential is for workspace {client.job.task.workspace_id}, not {workspace.id}")
+    if client.job is not None:
+        # A job credential is good for its own workspace only; to it, others do not exist.
+        if workspace is None or client.job.task.workspace_id != workspace.id:
+            return _error(404, f"workspace {workspace_id} does not exist")
+    else:
+        have = level(client.user, workspace) if workspace is not None else Level.NONE
+        if have < Level.READ:  # unreadable = nonexistent: the ID is not confirmed
+            return _error(404, f"workspace {workspace_id} does not exist")
+        # The raw state holds every secret of the infrastructure in clear: reading it needs
+        # `write`, like changing it; a force-unlock (no lock info) needs `admin`.
+        action = Action.READ_STATE if request.method == "GET" else Action.WRITE_STATE
+        if request.method == "UNLOCK" and not request.body.strip():
+            action = Action.FORCE_UNLOCK
+        if not can(client.user, action, workspace):
+            need = REQUIRED[action].name.lower()
+            return _error(403, f"you need '{need}' on workspace '{workspace.name}' for {request.method} on its state; "
+                               f"you have '{have.name.lower()}'")
 
     try:
         if request.method == "GET":

@@ -6,6 +6,7 @@ from a service (Conflict, a stale plan) becomes a message on the page, never a 5
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,14 +15,25 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import OuterRef, Subquery
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from iacplatform.errors import PlatformError
-from tasks_app.models import Job, JobKind, JobStatus, Plan, Task, Workspace
-from tasks_app.selectors import run_log_read
+from iacplatform.permissions import (
+    Action,
+    allowed_actions,
+    can,
+    can_create_workspace,
+    can_use_pool,
+    creating_team,
+    is_site_admin,
+    readable_workspaces,
+    require,
+)
+from tasks_app.models import AccessLevel, ApiToken, Job, JobKind, JobStatus, Plan, Task, Workspace, WorkspaceAccess
+from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail
 from tasks_app.services.runs import (
     run_cancel,
     run_confirm,
@@ -30,6 +42,7 @@ from tasks_app.services.runs import (
     run_prepare,
     runs_waiting_reason,
 )
+from tasks_app.services.tokens import token_create, token_revoke
 from tasks_app.services.warmups import confirm_target
 from tasks_app.states import FINAL, Operation, RunStatus
 
@@ -40,32 +53,59 @@ class WorkspaceCreateForm(forms.ModelForm):
         fields = ["name", "pool", "auto_apply"]
 
 
+def _workspace(request: HttpRequest, workspace_id: int) -> Workspace:
+    """The workspace if the user may read it; a 404 page otherwise (its existence is not
+    revealed)."""
+    ws = Workspace.objects.select_related("pool").filter(id=workspace_id).first()
+    if ws is None or not can(request.user, Action.READ, ws):
+        raise Http404("no such workspace")
+    return ws
+
+
+def _task(request: HttpRequest, task_id: int) -> Task:
+    task = Task.objects.select_related("workspace__pool").filter(id=task_id).first()
+    if task is None or not can(request.user, Action.READ, task.workspace):
+        raise Http404("no such run")
+    return task
+
+
 @login_required
 def workspace_list(request: HttpRequest) -> HttpResponse:
+    may_create = can_create_workspace(request.user)
     if request.method == "POST":
         form = WorkspaceCreateForm(request.POST)
+        if not may_create:
+            messages.error(request, "Only site admins and teams allowed to create workspaces can create one.")
+            return redirect("workspace-list")
+        if form.is_valid() and not can_use_pool(request.user, form.cleaned_data["pool"]):
+            form.add_error("pool", "none of your teams may use this pool")
         if form.is_valid():
             ws = form.save()
+            team = None if is_site_admin(request.user) else creating_team(request.user)
+            if team is not None:
+                WorkspaceAccess.objects.create(workspace=ws, team=team, level=AccessLevel.ADMIN)
             messages.success(request, f"Workspace {ws.name} created. Upload a configuration through the API to run it.")
             return redirect("workspace-detail", workspace_id=ws.id)
     else:
         form = WorkspaceCreateForm()
     latest = Task.objects.filter(workspace=OuterRef("pk")).order_by("-id")
     workspaces = (
-        Workspace.objects.select_related("pool")
+        readable_workspaces(request.user).select_related("pool")
         .annotate(
             latest_run_id=Subquery(latest.values("id")[:1]), latest_run_status=Subquery(latest.values("status")[:1])
         )
         .order_by("name")
     )
-    return render(request, "tasks_app/workspace_list.html", {"workspaces": workspaces, "form": form})
+    return render(request, "tasks_app/workspace_list.html",
+                  {"workspaces": workspaces, "form": form if may_create else None})
 
 
 @login_required
 def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
-    ws = get_object_or_404(Workspace.objects.select_related("pool"), id=workspace_id)
+    ws = _workspace(request, workspace_id)
     context = {
         "workspace": ws,
+        "allowed": {str(a) for a in allowed_actions(request.user, ws)},
         # Newest first; a page of history is enough here, the API lists everything.
         "runs": ws.tasks.order_by("-id")[:50],
         "variables": ws.variables.order_by("category", "key"),
@@ -79,9 +119,10 @@ def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def workspace_run_create(request: HttpRequest, workspace_id: int) -> HttpResponse:
-    ws = get_object_or_404(Workspace, id=workspace_id)
+    ws = _workspace(request, workspace_id)
     operation = request.POST.get("operation", "")
     try:
+        require(request.user, Action.QUEUE_PLAN if operation == Operation.PLAN else Action.QUEUE_APPLY, ws)
         task = run_create(workspace=ws, operation=operation, actor=request.user)
     except PlatformError as exc:
         messages.error(request, _error_text(exc))
@@ -130,22 +171,26 @@ def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
 
 @login_required
 def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = get_object_or_404(Task.objects.select_related("workspace__pool"), id=task_id)
-    if task.status == RunStatus.APPLY_PENDING:
+    task = _task(request, task_id)
+    allowed = {str(a) for a in allowed_actions(request.user, task.workspace)}
+    if task.status == RunStatus.APPLY_PENDING and str(Action.CONFIRM) in allowed:
         # Opening the page of a run awaiting Confirm is the "Confirm dialog opened" trigger:
         # a warmup gets queued now, so the dir is likely warm by the time the user clicks.
         task = run_prepare(task_id=task.id)
     task = Task.objects.select_related("workspace__pool").get(id=task.id)
     plan = Plan.objects.filter(task=task).only("sha256", "size", "summary", "created_at").first()
-    log_text, log_offset = run_log_read(task_id=task.id, offset=0)
+    # Only the end of the log: a log may hold IAC_MAX_LOG_BYTES; the page links to the whole.
+    log_text, log_start, log_offset = run_log_tail(task_id=task.id, size=LOG_TAIL_BYTES, log_size=task.log_size)
     context = {
         "task": task,
+        "allowed": allowed,
         "workspace": task.workspace,
         "events": task.events.order_by("id"),
         "plan": plan,
         "summary": plan.summary if plan else {},
         "log_text": log_text,
         "log_offset": log_offset,
+        "log_start": log_start,  # bytes of the log not shown (the download has them)
         "waiting_reason": runs_waiting_reason(task),
         "is_pending_apply": task.status == RunStatus.APPLY_PENDING,
         "is_final": task.status in FINAL,
@@ -157,6 +202,25 @@ def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     return render(request, "tasks_app/run_detail.html", context)
 
 
+@login_required
+def run_log_download(request: HttpRequest, task_id: int) -> StreamingHttpResponse:
+    """The whole log of a run as text/plain, streamed a page at a time (never all in memory)."""
+    task = _task(request, task_id)
+
+    def pages() -> Iterator[bytes]:
+        offset = 0
+        while True:
+            text, offset = run_log_read(task_id=task.id, offset=offset, limit=LOG_PAGE_BYTES)
+            if not text:
+                return
+            yield text.encode()
+
+    response = StreamingHttpResponse(pages(), content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="run-{task.id}.log"'
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _error_text(exc: PlatformError) -> str:
     return str(exc)
 
@@ -164,8 +228,9 @@ def _error_text(exc: PlatformError) -> str:
 @login_required
 @require_POST
 def run_confirm_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = get_object_or_404(Task, id=task_id)
+    task = _task(request, task_id)
     try:
+        require(request.user, Action.CONFIRM, task.workspace)
         result = run_confirm(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
     except PlatformError as exc:
         messages.error(request, _error_text(exc))
@@ -180,8 +245,9 @@ def run_confirm_view(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def run_discard_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = get_object_or_404(Task, id=task_id)
+    task = _task(request, task_id)
     try:
+        require(request.user, Action.DISCARD, task.workspace)
         run_discard(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
     except PlatformError as exc:
         messages.error(request, _error_text(exc))
@@ -193,9 +259,10 @@ def run_discard_view(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def run_cancel_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = get_object_or_404(Task, id=task_id)
+    task = _task(request, task_id)
     force = request.POST.get("force") == "1"
     try:
+        require(request.user, Action.FORCE_CANCEL if force else Action.CANCEL, task.workspace)
         task = run_cancel(task_id=task.id, actor=request.user, force=force, comment=request.POST.get("comment", ""))
     except PlatformError as exc:
         messages.error(request, _error_text(exc))
@@ -206,3 +273,35 @@ def run_cancel_view(request: HttpRequest, task_id: int) -> HttpResponse:
             # Running terraform is interrupted through the agent's next heartbeat.
             messages.success(request, "Cancel requested: the agent stops terraform at its next heartbeat.")
     return redirect("run-detail", task_id=task.id)
+
+
+# API tokens ---------------------------------------------------------------------------------
+
+
+@login_required
+def tokens_page(request: HttpRequest) -> HttpResponse:
+    """The user's API tokens: create (shown once, on the page that answers the POST) and
+    revoke."""
+    new_token = None
+    if request.method == "POST":
+        try:
+            token, plain = token_create(user=request.user, name=request.POST.get("name", ""))
+        except PlatformError as exc:
+            messages.error(request, _error_text(exc))
+        else:
+            new_token = {"name": token.name, "token": plain}
+    tokens = ApiToken.objects.filter(user=request.user)
+    return render(request, "tasks_app/tokens.html", {"tokens": tokens, "new_token": new_token})
+
+
+@login_required
+@require_POST
+def token_revoke_view(request: HttpRequest, key: str) -> HttpResponse:
+    try:
+        token_revoke(user=request.user, key=key, actor=request.user)
+    except PlatformError as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, "Token revoked.")
+    return redirect("tokens")
+

@@ -4,10 +4,18 @@ import time
 
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.factories import make_pool, make_workspace
+from tests.factories import DEMO_MAIN_TF, make_pool, make_token, make_workspace
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(request, settings):
+    """Tests create many users; the production hasher is slow on purpose. Not for tests that
+    start the real servers: those verify passwords with the production hashers."""
+    if request.node.get_closest_marker("e2e") or request.node.get_closest_marker("browser"):
+        return
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -25,8 +33,8 @@ def charlie(db) -> User:
 @pytest.fixture
 def api(alice) -> APIClient:
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=alice)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    token = make_token(alice)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     return client
 
 
@@ -34,6 +42,14 @@ def api(alice) -> APIClient:
 def pool(db):
     pool, _token = make_pool()
     return pool
+
+
+@pytest.fixture
+def setup(db):
+    """A pool (with its token) and a workspace with the demo configuration."""
+    pool, token = make_pool()
+    ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    return pool, token, ws
 
 
 @pytest.fixture

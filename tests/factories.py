@@ -60,3 +60,22 @@ def make_agent(*, pool: AgentPool, name: str | None = None, slots: int = 3, vers
         terraform_version=terraform_version,
     ))
     return registered.agent, registered.token
+
+
+def make_token(user, name: str = "tests") -> str:
+    """A user's API token (plain text; only its digest is stored)."""
+    from tasks_app.services.tokens import token_create
+
+    return token_create(user=user, name=name)[1]
+
+
+def grant(user, workspace: Workspace, level: str, team_name: str | None = None):
+    """Put `user` in a team with `level` on `workspace`; returns the team."""
+    from django.contrib.auth.models import Group
+
+    from tasks_app.models import WorkspaceAccess
+
+    team, _ = Group.objects.get_or_create(name=team_name or f"team-{user.username}-{next(_seq)}")
+    team.user_set.add(user)
+    WorkspaceAccess.objects.update_or_create(workspace=workspace, team=team, defaults={"level": level})
+    return team

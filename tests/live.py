@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import requests
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 
+from agents_app.agent.sandbox import agent_environment, executable_paths
+from agents_app.agent.terraform import resolve_terraform
 from tests.e2e.apiclient import PlatformUser
-from tests.factories import DEMO_MAIN_TF, make_pool
+from tests.factories import DEMO_MAIN_TF, make_pool, make_token
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = settings.VAR_DIR / "test-logs"
@@ -132,9 +133,19 @@ def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
               wait: bool = True) -> AgentProcess:
         from agents_app.models import Agent
 
-        work_root = tmp_path / "agents" / name
-        agent_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        cmd = [sys.executable, "-m", "agents_app.agent", "--server", live_url, "--pool-token", pool_token,
+        # Agents get what the platform gives them (an allowlist of this environment, the pool
+        # token in IAC_POOL_TOKEN, not on the command line) and a work root outside tmp_path:
+        # the sandbox lets terraform write to tmp_path (the tests' marker files, terraform
+        # wrappers), which must not show the agents' dirs and credentials.
+        work_root = tmp_path.parent / f"{tmp_path.name}-agents" / name
+        agent_env = agent_environment(
+            PYTHONUNBUFFERED="1", IAC_POOL_TOKEN=pool_token,
+            IAC_AGENT_SANDBOX_BIND_RW=str(tmp_path),
+            # Wrappers in tmp_path run the real terraform, which the sandbox then needs too.
+            IAC_AGENT_SANDBOX_BIND=os.pathsep.join(str(p) for p in executable_paths(resolve_terraform(settings.VAR_DIR))),
+        )
+        agent_env.update(env or {})
+        cmd = [sys.executable, "-m", "agents_app.agent", "--server", live_url,
                "--name", name, "--work-root", str(work_root), "--slots", str(slots)]
         proc = _spawn(f"agent-{name}", cmd, agent_env)
         agent = AgentProcess(proc, name, work_root)
@@ -158,8 +169,8 @@ _names = itertools.count(1)
 
 @pytest.fixture
 def user(live_url, alice) -> PlatformUser:
-    token, _ = Token.objects.get_or_create(user=alice)
-    return PlatformUser(live_url, token.key)
+    token = make_token(alice)
+    return PlatformUser(live_url, token)
 
 
 class Scenario:

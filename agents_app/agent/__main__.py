@@ -1,4 +1,7 @@
-"""python -m agents_app.agent --server URL --pool-token TOKEN [--name N] [--work-root DIR] [--slots 3]"""
+"""python -m agents_app.agent --server URL [--pool-token TOKEN] [--name N] [--work-root DIR] [--slots 3]
+
+Prefer IAC_POOL_TOKEN to --pool-token: a command line is visible to every user of the
+machine (ps, /proc/<pid>/cmdline), the environment is not."""
 
 from __future__ import annotations
 
@@ -9,34 +12,57 @@ import socket
 from pathlib import Path
 
 from agents_app.agent.process import AgentProcess
+from agents_app.agent.sandbox import SandboxUnavailable, make_sandbox
 from agents_app.agent.terraform import resolve_terraform
+
+
+def default_work_roots() -> Path:
+    """Where agents keep their work dirs unless told: IAC_AGENT_WORK_ROOT, else the user's
+    state dir (`$XDG_STATE_HOME/iac-agents`, `~/.local/state/iac-agents`). Never under the
+    server's data dir (var/: its secret key, the database socket), and not under /tmp (it
+    may be cleaned, and the sandbox mounts a private /tmp)."""
+    configured = os.environ.get("IAC_AGENT_WORK_ROOT")
+    if configured:
+        return Path(configured)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "iac-agents"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="agent", description="IaC platform agent: runs terraform jobs")
     parser.add_argument("--server", default=os.environ.get("IAC_SERVER_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--pool-token", default=os.environ.get("IAC_POOL_TOKEN", ""))
+    parser.add_argument("--pool-token", default=os.environ.get("IAC_POOL_TOKEN", ""),
+                        help="prefer the IAC_POOL_TOKEN environment variable: a command line is visible in ps")
     parser.add_argument("--name", default=os.environ.get("IAC_AGENT_NAME") or f"{socket.gethostname()}-{os.getpid()}")
-    parser.add_argument("--work-root", type=Path, default=None)
+    parser.add_argument("--work-root", type=Path, default=None,
+                        help="this agent's work root (default: $IAC_AGENT_WORK_ROOT/<name>)")
     parser.add_argument("--slots", type=int, default=int(os.environ.get("IAC_AGENT_SLOTS", "3")))
     parser.add_argument("--terraform", default=os.environ.get("IAC_TERRAFORM_BIN", ""))
+    parser.add_argument("--sandbox", default=os.environ.get("IAC_AGENT_SANDBOX", "auto"),
+                        help="auto (bubblewrap when it works), bwrap (required) or off")
     parser.add_argument("--apply-pending-ttl", type=float,
                         default=float(os.environ.get("IAC_AGENT_APPLY_PENDING_TTL_SECONDS", 24 * 3600)))
     parser.add_argument("--finished-ttl", type=float,
                         default=float(os.environ.get("IAC_AGENT_FINISHED_TTL_SECONDS", 3600)))
     args = parser.parse_args()
     if not args.pool_token:
-        parser.error("a pool token is required (--pool-token or IAC_POOL_TOKEN)")
+        parser.error("a pool token is required (IAC_POOL_TOKEN or --pool-token)")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s agent {args.name} %(levelname)s %(message)s")
     var_dir = Path(os.environ.get("IAC_VAR_DIR", Path.cwd() / "var"))
-    work_root = args.work_root or var_dir / "agents" / args.name
+    work_root = args.work_root or default_work_roots() / args.name
+    terraform = resolve_terraform(var_dir, args.terraform)
+    try:
+        sandbox = make_sandbox(args.sandbox, terraform, work_root)
+    except SandboxUnavailable as exc:
+        raise SystemExit(f"agent {args.name}: {exc}") from exc
     AgentProcess(
         server=args.server,
         pool_token=args.pool_token,
         name=args.name,
         work_root=work_root,
         slots=args.slots,
-        terraform=resolve_terraform(var_dir, args.terraform),
+        terraform=terraform,
+        sandbox=sandbox,
         apply_pending_ttl=args.apply_pending_ttl,
         finished_ttl=args.finished_ttl,
     ).run()

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.logstream import LogStream
+from agents_app.agent.redact import Redactor
+from agents_app.agent.sandbox import Sandbox, job_environment
 from agents_app.protocol import (
     ApplyPath,
     FinishReply,
@@ -120,6 +122,7 @@ class JobHost(Protocol):
     work_root: Path
     terraform: str
     terraform_version: str
+    sandbox: Sandbox
 
     def add_warm(self, warm: WarmDir) -> None: ...
 
@@ -138,7 +141,10 @@ class JobRun:
         self.task_id: int = payload.task.id
         self.plan_hash: str = payload.task.plan_hash
         self.dir = agent.work_root / str(payload.task.workspace) / str(self.task_id)
-        self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost)
+        # Everything this job sends is redacted: the sensitive variables and the job's own
+        # state credential (user code can print its environment).
+        self.redactor = Redactor([*payload.sensitive_values, payload.state_backend.password])
+        self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost, redactor=self.redactor)
         self.proc: subprocess.Popen | None = None
         self.cancelled = False
         self.lost = False  # the server gave this job to another agent
@@ -178,9 +184,13 @@ class JobRun:
         return self.agent.client.call(method, f"/agent/v1/jobs/{self.id}/{path}", fence=self.fence, **kw)
 
     def env(self) -> dict[str, str]:
+        """Terraform's environment: an allowlist of the agent's (never its IAC_* settings, the
+        pool token among them), the state backend and the job's variables. HOME is the job
+        dir: nothing of the host's home (credentials) is meant for user code."""
         sb = self.payload.state_backend
-        env = dict(os.environ)
+        env = job_environment()
         env.update(
+            HOME=str(self.dir.absolute()),
             TF_IN_AUTOMATION="1",
             TF_INPUT="0",
             CHECKPOINT_DISABLE="1",
@@ -201,7 +211,9 @@ class JobRun:
         if header:
             self.log.write(f"\n$ terraform {' '.join(args)}\n")
         self.proc = subprocess.Popen(
-            [self.agent.terraform, *args],
+            # The secrets (TF_HTTP_PASSWORD, sensitive TF_VAR_*) travel in the environment,
+            # never on this command line: /proc/<pid>/cmdline is readable by anyone.
+            self.agent.sandbox.command([self.agent.terraform, *args], self.dir),
             cwd=self.dir,
             env=self.env(),
             stdout=subprocess.PIPE,
@@ -255,7 +267,10 @@ class JobRun:
         self.log.close()  # flushes the ack before the result
         if self.lost:
             return False
-        result = JobResult(outcome=outcome, error=error, kept_dir=kept_dir)
+        # The error holds terraform's last lines, which may show a secret (user code printing
+        # it, a failed validation quoting a value): redacted like the log.
+        result = JobResult(outcome=outcome, error=self.redactor.redact(error), kept_dir=kept_dir,
+                           sandbox=self.agent.sandbox.mode)
         try:
             reply = self.call("POST", "finish", json=result.model_dump(mode="json"))
         except ServerError as exc:
@@ -292,7 +307,7 @@ class JobRun:
         rc = self.terraform(*args, ok=(0, 2))
         has_changes = rc == 2
         show = subprocess.run(
-            [self.agent.terraform, "show", "-json", "-no-color", "plan.out"],
+            self.agent.sandbox.command([self.agent.terraform, "show", "-json", "-no-color", "plan.out"], self.dir),
             cwd=self.dir, env=self.env(), capture_output=True, check=False,
         )
         if show.returncode != 0:

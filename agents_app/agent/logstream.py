@@ -5,6 +5,10 @@ at once (the latency users feel after Confirm), later lines batch naturally whil
 in flight. Each post has a sequence number; the server ignores a seq it already has, so a
 retried post never duplicates lines. Events (e.g. "apply started") are posted on their own,
 after the text before them, so the server can tell preparation output from apply output.
+
+Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
+two writes is still masked, because the end of a write that could be the start of a secret
+waits for the next write (or an event, or close).
 """
 
 from __future__ import annotations
@@ -14,14 +18,18 @@ import threading
 from collections.abc import Callable
 
 from agents_app.agent.client import Client, ServerError
+from agents_app.agent.redact import Redactor
 from agents_app.protocol import LogEvents, LogPost
 
 _STOP = object()
 
 
 class LogStream:
-    def __init__(self, client: Client, job_id: int, fence: int, on_lost: Callable[[], None] | None = None) -> None:
+    def __init__(self, client: Client, job_id: int, fence: int, on_lost: Callable[[], None] | None = None,
+                 redactor: Redactor | None = None) -> None:
         self.client = client
+        self.redactor = redactor or Redactor(())
+        self._redact_lock = threading.Lock()  # the redactor's held-back tail is shared state
         self.on_lost = on_lost
         self.job_id = job_id
         self.fence = fence
@@ -33,12 +41,23 @@ class LogStream:
 
     def write(self, text: str) -> None:
         if text:
-            self._q.put(("text", text))
+            with self._redact_lock:
+                safe = self.redactor.feed(text)
+                if safe:
+                    self._q.put(("text", safe))
+
+    def _flush_redactor(self) -> None:
+        with self._redact_lock:
+            rest = self.redactor.flush()
+            if rest:
+                self._q.put(("text", rest))
 
     def event(self, events: LogEvents) -> None:
+        self._flush_redactor()  # the text before the event stays before it
         self._q.put(("event", events))
 
     def close(self, timeout: float = 30) -> None:
+        self._flush_redactor()
         self._q.put(_STOP)
         self._thread.join(timeout)
 

@@ -25,6 +25,7 @@ import fasteners
 
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.jobs import WARM_MARKER, JobRun, WarmDir
+from agents_app.agent.sandbox import Sandbox
 from agents_app.protocol import (
     PROTOCOL_VERSION,
     ClaimReply,
@@ -65,6 +66,7 @@ class AgentProcess:
         work_root: Path,
         slots: int,
         terraform: str,
+        sandbox: Sandbox,
         apply_pending_ttl: float = 24 * 3600,
         finished_ttl: float = 3600,
     ) -> None:
@@ -75,6 +77,7 @@ class AgentProcess:
         self.work_root = work_root
         self.slots = slots
         self.terraform = terraform
+        self.sandbox = sandbox
         self.terraform_version = ""
         self.apply_pending_ttl = apply_pending_ttl
         self.finished_ttl = finished_ttl
@@ -96,6 +99,8 @@ class AgentProcess:
         """Hold the work root for the life of the process (the OS drops the lock when the
         process dies, even by SIGKILL)."""
         self.work_root.mkdir(parents=True, exist_ok=True)
+        # Job dirs hold plan files and state fragments: the agent's user only.
+        self.work_root.chmod(0o700)
         self.root_lock = fasteners.InterProcessLock(str(self.work_root / LOCK_FILE))
         if not self.root_lock.acquire(blocking=False):
             raise WorkRootBusy(f"another agent process is using the work root {self.work_root}")

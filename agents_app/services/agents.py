@@ -30,6 +30,13 @@ def pool_rotate_token(*, pool: AgentPool) -> str:
     return token
 
 
+def agent_revoke_token(agent: Agent) -> None:
+    """The agent's token stops working at once (its next call is a 401): it must register
+    again with its pool's token."""
+    _, agent.token_hash = new_token("revoked")
+    agent.save(update_fields=["token_hash"])
+
+
 def pool_by_token(token: str) -> AgentPool | None:
     return AgentPool.objects.filter(token_hash=hash_token(token)).first() if token else None
 

@@ -40,13 +40,16 @@ from agents_app.services.agents import (
     agent_locked_online,
     agent_record_heartbeat,
     agent_register,
+    agent_revoke_token,
     agent_set_status,
     agents_silent,
+    pool_rotate_token,
 )
 from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import PlatformError
 from tasks_app.models import Task
+from tasks_app.services.audit import audit_record
 from tasks_app.services.jobs import (
     Assigned,
     job_abandon,
@@ -274,6 +277,20 @@ def agent_set_offline(*, agent_id: int, reason: str) -> bool:
             slot_transition(slot, SlotState.IDLE, message=f"{agent.name} went offline")
         transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
     return True
+
+
+def pool_token_rotate(*, pool: AgentPool, actor: Any) -> str:
+    """A new pool token; the old one stops working, and so do the tokens of the agents that
+    registered with it: they are taken offline (their work is handled as for any offline
+    agent) and must register again with the new token. Returns the new token (shown once)."""
+    token = pool_rotate_token(pool=pool)
+    for agent_id in Agent.objects.filter(pool=pool).values_list("id", flat=True):
+        with transaction.atomic():
+            agent = Agent.objects.select_for_update(no_key=True, of=("self",)).get(id=agent_id)
+            agent_revoke_token(agent)
+        agent_set_offline(agent_id=agent_id, reason="its pool's token was rotated")
+    audit_record(actor=actor, action="pool.rotate_token", obj=pool, data={"agents_revoked": True})
+    return token
 
 
 # --- the control loop --------------------------------------------------------------------

@@ -13,6 +13,8 @@ This layer never changes a run: it returns what happened (`Assigned`, `Finished`
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +44,7 @@ from iacplatform import crypto
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
 from tasks_app.models import Job, LogChunk, Plan, Task, Variable
+from tasks_app.services.state import state_locks_release_for_job
 from tasks_app.states import Operation
 
 
@@ -58,6 +61,12 @@ def job_transition(job: Job, to: JobStatus, *, message: str = "", fields: tuple[
     if JOB.is_final(to):
         job.finished_at = timezone.now()
         fields = (*fields, "finished_at")
+    if before == JobStatus.RUNNING and (JOB.is_final(to) or job.kind == JobKind.PLAN):
+        # However it ended (done, failed, cancelled, abandoned), its terraform holds no lock
+        # any more. Not for an apply sent back to the queue unacknowledged: its first agent
+        # may still be starting terraform, and the lock that terraform holds is what stops
+        # it from applying beside the next agent's (its credential is revoked, too).
+        state_locks_release_for_job(job=job)
     job.save(update_fields=["status", *fields])
     DispatchEvent.objects.create(
         subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
@@ -154,10 +163,14 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
 
 def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
     by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
+    sensitive: list[str] = []
     for var in Variable.objects.filter(workspace_id=task.workspace_id):
         by_category[var.category][var.key] = var.value
+        if var.sensitive and var.value:
+            sensitive.append(var.value)
     variables = Variables(**by_category)
-    state_url = f"{settings.IAC_PUBLIC_URL}/api/v1/workspaces/{task.workspace_id}/state"
+    # Terraform runs beside the agent: it reaches web the way agents do (IAC_AGENT_URL).
+    state_url = f"{settings.IAC_AGENT_URL}/api/v1/workspaces/{task.workspace_id}/state"
     pool = task.workspace.pool
     payload = JobPayload(
         id=job.id,
@@ -172,6 +185,7 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
         cold_reason=job.cold_reason,
         note=note,
         variables=variables,
+        sensitive_values=sensitive,  # the agent redacts them before sending anything
         # Credentials reach terraform only through TF_HTTP_* environment variables.
         state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",
                                    unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),
@@ -201,10 +215,31 @@ def _sensitive_values(workspace_id: int) -> list[str]:
     return [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
 
 
+# Platform tokens (job credentials, agent and pool tokens: agents_app.models.new_token) are
+# masked wherever they appear, whichever job's they are: the server keeps only their hashes.
+_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:job|agent|pool)-[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+
+
+def _secret_forms(secrets_: list[str]) -> list[str]:
+    """Each value as it is and JSON-escaped (Python's and Go's escaping: terraform's JSON
+    output and user code printing JSON), longest first."""
+    forms: set[str] = set()
+    for value in secrets_:
+        if not value:
+            continue
+        go = json.dumps(value, ensure_ascii=False)[1:-1]
+        forms.update((value, json.dumps(value)[1:-1], go,
+                      go.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")))
+    return sorted(forms, key=len, reverse=True)
+
+
 def redact(text: str, secrets_: list[str]) -> str:
-    for secret in sorted(secrets_, key=len, reverse=True):
+    """`text` with the secrets (sensitive variable values) and platform tokens masked."""
+    if not text:
+        return text
+    for secret in _secret_forms(secrets_):
         text = text.replace(secret, "***")
-    return text
+    return _TOKEN.sub("***", text)
 
 
 @dataclass(frozen=True)
@@ -212,6 +247,27 @@ class LogAppended:
     job: Job
     task: Task
     acked_now: bool  # this post acknowledged an apply: the run becomes `applying`
+
+
+def _size_label(size: int) -> str:
+    mib = size / (1024 * 1024)
+    return f"{mib:g} MiB" if mib >= 1 and mib == int(mib) else f"{size} bytes"
+
+
+def _log_capped(text: str, log_size: int) -> str:
+    """What of `text` a log already `log_size` bytes long may store under IAC_MAX_LOG_BYTES:
+    all of it, the part that fits plus one marker line (the first time the cap is reached),
+    or nothing. The marker is the only thing ever stored past the cap, so `log_size` over the
+    cap means the marker is already there."""
+    cap: int = settings.IAC_MAX_LOG_BYTES
+    data = text.encode()
+    if log_size + len(data) <= cap:
+        return text
+    if log_size > cap:
+        return ""
+    kept = data[: cap - log_size].decode(errors="ignore")  # a character cut in two is dropped
+    newline = "" if not kept or kept.endswith("\n") else "\n"
+    return f"{kept}{newline}[log truncated at {_size_label(cap)}: the rest of this run's output was not stored]\n"
 
 
 def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> LogAppended | None:
@@ -234,7 +290,8 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> L
     fields = ["log_size"]
     text = post.text
     if text:
-        text = redact(text, _sensitive_values(task.workspace_id))
+        text = _log_capped(redact(text, _sensitive_values(task.workspace_id)), task.log_size)
+    if text:
         LogChunk.objects.create(task=task, job=job, seq=post.seq, offset=task.log_size, text=text)
         task.log_size += len(text.encode())
         if job.kind == JobKind.APPLY and task.first_apply_log_at is None and task.apply_started_at:
@@ -258,6 +315,7 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> L
 def job_upload_plan(
     *, agent: Agent, job_id: int, fence: int, data: bytes, sha256: str, summary: dict, has_changes: bool
 ) -> Plan:
+    job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
     if len(data) > settings.IAC_MAX_PLAN_BYTES:
         raise Invalid(f"plan file is {len(data)} bytes; the limit is {settings.IAC_MAX_PLAN_BYTES}")
     actual = hashlib.sha256(data).hexdigest()
@@ -313,8 +371,13 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> F
     job = job_running(job_id, agent, fence, lock=True)
     task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=job.task_id)
     slot = slot_of_job(job.id)
+    # The agent redacts too; this is the server's own pass (an older or broken agent), before
+    # the error becomes the job's error, the run's message and event rows (run_*_finished and
+    # the warmup services read it from the returned result).
+    result = result.model_copy(update={"error": redact(result.error, _sensitive_values(task.workspace_id))})
     job.error = result.error
-    job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome, fields=("error",))
+    job.sandbox = result.sandbox or ""
+    job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome, fields=("error", "sandbox"))
     return Finished(job=job, task=task, slot=slot, result=result)
 
 

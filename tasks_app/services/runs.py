@@ -79,6 +79,8 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
             message=message,
         )
         TaskEvent.objects.create(task=task, to_status=RunStatus.PENDING, actor=_actor_label(actor), message=message)
+        if getattr(actor, "is_authenticated", False):  # a person queued it (not auto-apply, not a test)
+            audit_record(actor=actor, action="run.create", obj=task, data={"operation": operation})
         transaction.on_commit(lambda: runs_start_next(workspace_id=workspace.id))
     return task
 

@@ -73,7 +73,7 @@ def _lock_summary(info: dict[str, Any]) -> dict[str, Any]:
     return {key.lower(): info.get(key, "") for key in ("ID", "Operation", "Who", "Version", "Created", "Path")}
 
 
-def state_lock(*, workspace: Workspace, info: dict[str, Any], actor: Any) -> StateLock:
+def state_lock(*, workspace: Workspace, info: dict[str, Any], actor: Any, job: Any = None) -> StateLock:
     """Take the workspace's state lock for the lock ID in `info["ID"]`.
 
     Locking again with the ID that already holds the lock succeeds (Terraform's HTTP client
@@ -93,7 +93,7 @@ def state_lock(*, workspace: Workspace, info: dict[str, Any], actor: Any) -> Sta
             if existing.lock_id == lock_id:
                 return existing
             raise StateLockedError(existing.info)
-        lock = StateLock.objects.create(workspace=workspace, lock_id=lock_id, info=info)
+        lock = StateLock.objects.create(workspace=workspace, lock_id=lock_id, info=info, job=job)
         audit_record(actor=actor, action="state.lock", obj=workspace, data=_lock_summary(info))
     return lock
 
@@ -121,11 +121,17 @@ def state_unlock(*, workspace: Workspace, lock_id: str | None, actor: Any, force
     return True
 
 
+# Serials are stored in a signed 64-bit column (PostgreSQL bigint).
+MAX_SERIAL = 2**63 - 1
+
+
 def _parse_state(data: bytes) -> tuple[int, str]:
     """The (serial, lineage) of a Terraform state file, or StateInvalidError saying what is wrong."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
+        # ValueError, not only JSONDecodeError: Python refuses an integer of more than 4300
+        # digits with a plain ValueError.
         raise StateInvalidError(f"the state is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise StateInvalidError("the state must be a JSON object")
@@ -133,6 +139,8 @@ def _parse_state(data: bytes) -> tuple[int, str]:
     # bool is an int subclass in Python: `"serial": true` is not a serial.
     if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
         raise StateInvalidError('the state needs a non-negative integer "serial"')
+    if serial > MAX_SERIAL:
+        raise StateInvalidError(f'the state "serial" {serial} does not fit in 64 bits (at most {MAX_SERIAL})')
     lineage = doc.get("lineage")
     if not isinstance(lineage, str) or not lineage:
         raise StateInvalidError('the state needs a non-empty string "lineage"')
@@ -205,3 +213,16 @@ def state_pull(*, workspace: Workspace) -> bytes | None:
     """The newest state of the workspace, decrypted, or None when it has none yet."""
     current = StateVersion.objects.filter(workspace=workspace).order_by("-serial", "-id").first()
     return current.data if current is not None else None
+
+
+def state_locks_release_for_job(*, job: Any) -> int:
+    """Release the state lock a job's terraform took, when the job ends in any way (done,
+    errored, cancelled, killed, abandoned): a SIGKILLed terraform never unlocks, and the
+    next run would find the state locked."""
+    locks = list(StateLock.objects.filter(job=job).select_related("workspace"))
+    for lock in locks:
+        audit_record(actor=f"{job.kind} job {job.id} (run {job.task_id})", action="state.unlock_on_job_end",
+                     obj=lock.workspace, data=_lock_summary(lock.info))
+        lock.delete()
+    return len(locks)
+

@@ -5,12 +5,14 @@ import time
 
 from agents_app.agent.jobs import WarmDir
 from agents_app.agent.process import AgentProcess
+from agents_app.agent.sandbox import Sandbox
+from agents_app.protocol import SandboxMode
 
 
 def make_agent(tmp_path) -> AgentProcess:
     return AgentProcess(
         server="http://127.0.0.1:9", pool_token="unused", name="hk", work_root=tmp_path, slots=3,
-        terraform="terraform", apply_pending_ttl=24 * 3600, finished_ttl=3600,
+        terraform="terraform", sandbox=Sandbox(SandboxMode.OFF), apply_pending_ttl=24 * 3600, finished_ttl=3600,
     )
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Group
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from agents_app.models import AgentPool, AgentStatus, SlotState
 from agents_app.services.agents import pool_by_token
 from tasks_app.models import AuditEvent, Task
 from tasks_app.states import Operation, RunStatus
-from tests.factories import make_agent, make_workspace
+from tests.factories import make_agent, make_token, make_workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def charlie_api(charlie) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=charlie).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(charlie)}")
     return client
 
 
@@ -110,10 +110,17 @@ def test_it_forbids_a_non_admin_to_create_or_change_a_pool(charlie_api, pool):
     assert pool.max_replicas == 10
 
 
-def test_it_lets_a_non_admin_read_pools_and_agents(charlie_api, pool):
+def test_it_shows_a_non_admin_only_the_pools_their_teams_may_use(charlie_api, charlie, pool):
+    assert charlie_api.get("/api/v1/pools/").json() == []
+    assert charlie_api.get(f"/api/v1/pools/{pool.id}/").status_code == 404
+
+    team = Group.objects.create(name="builders")
+    team.user_set.add(charlie)
+    pool.teams.add(team)
     assert [p["name"] for p in charlie_api.get("/api/v1/pools/").json()] == [pool.name]
     assert charlie_api.get(f"/api/v1/pools/{pool.id}/").status_code == 200
-    assert charlie_api.get(f"/api/v1/pools/{pool.id}/agents/").json() == []
+    # Agents are the site admins' business.
+    assert charlie_api.get(f"/api/v1/pools/{pool.id}/agents/").status_code == 403
 
 
 @pytest.mark.parametrize("header", [None, "Token bogus"])

@@ -14,10 +14,10 @@ import pytest
 import requests
 from django.conf import settings
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from agents_app.agent.terraform import resolve_terraform
 from tasks_app.models import AuditEvent, StateLock, StateVersion, Workspace
+from tests.factories import make_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -82,8 +82,8 @@ class TerraformDir:
 
 @pytest.fixture
 def tf(tmp_path: Path, live_url: str, workspace: Workspace, alice: User) -> TerraformDir:
-    token, _ = Token.objects.get_or_create(user=alice)
-    return TerraformDir(tmp_path / "config", live_url, workspace, token.key)
+    token = make_token(alice)
+    return TerraformDir(tmp_path / "config", live_url, workspace, token)
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:

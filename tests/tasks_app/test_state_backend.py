@@ -15,13 +15,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
 from agents_app.models import hash_token
 from tasks_app.models import AuditEvent, Job, JobKind, JobStatus, StateLock, StateVersion, Task, Workspace
 from tasks_app.services.state import StateLockedError, state_lock
 from tasks_app.states import Operation, RunStatus
-from tests.factories import make_workspace
+from tests.factories import make_token, make_workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -100,7 +99,7 @@ class StateBackend:
 
 @pytest.fixture
 def alice_token(alice: User) -> str:
-    return Token.objects.create(user=alice).key
+    return make_token(alice)
 
 
 @pytest.fixture
@@ -381,8 +380,9 @@ def test_it_forbids_a_job_credential_on_another_workspace(client: Client, worksp
 
     response = client.get(state_url(other), HTTP_AUTHORIZATION=basic(credential))
 
-    assert response.status_code == 403
-    assert str(workspace.id) in response.json()["detail"]
+    # To a job credential, other workspaces do not exist.
+    assert response.status_code == 404
+    assert f"workspace {other.id} does not exist" in response.json()["detail"]
 
 
 def test_it_forbids_a_plan_job_to_write_state(client: Client, workspace: Workspace) -> None:

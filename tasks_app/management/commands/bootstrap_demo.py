@@ -11,13 +11,16 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
 from agents_app.models import AgentPool
-from agents_app.services.agents import pool_create, pool_rotate_token
+from agents_app.services.agents import pool_by_token, pool_create
 from iacplatform.env import env
-from tasks_app.models import Variable, Workspace
+from tasks_app.models import ApiToken, Variable, Workspace
 from tasks_app.services.configs import configuration_create_from_files
+from tasks_app.services.control import pool_token_rotate
+from tasks_app.services.tokens import token_create
+
+RUN_TOKEN_NAME = "make run"
 
 DEMO_MAIN_TF = """# The demo workspace: built-in resources only, so `terraform init` works offline.
 # Each apply appends a line to var/demo/applied.log on the agent's host.
@@ -65,13 +68,23 @@ class Command(BaseCommand):
                 user.save()
             else:
                 password = password_file.read_text().strip() if password_file.exists() else "(unchanged)"
-            token, _ = Token.objects.get_or_create(user=user)
+            # Tokens are shown once (only a digest is stored): each `make run` gets a new one
+            # and revokes the one the previous `make run` printed.
+            ApiToken.objects.filter(user=user, name=RUN_TOKEN_NAME).delete()
+            _, api_token = token_create(user=user, name=RUN_TOKEN_NAME)
 
+            # The local pool's token is kept in a 0600 file under var/ (like the admin password)
+            # so a restart reuses it: rotating it would revoke the agent's credential and with
+            # it the warm dirs the agent keeps across restarts.
+            pool_token_file = settings.VAR_DIR / "local-pool-token"
             pool = AgentPool.objects.filter(name="local").first()
+            pool_token = pool_token_file.read_text().strip() if pool_token_file.exists() else ""
             if pool is None:
                 pool, pool_token = pool_create(name="local", backend="local", min_replicas=1)
-            else:
-                pool_token = pool_rotate_token(pool=pool)
+            elif not pool_token or pool_by_token(pool_token) != pool:
+                pool_token = pool_token_rotate(pool=pool, actor=user)
+            pool_token_file.write_text(pool_token)
+            pool_token_file.chmod(0o600)
 
             ws = Workspace.objects.filter(name="demo").first()
             if ws is None:
@@ -82,7 +95,7 @@ class Command(BaseCommand):
                 marker.save()
             (settings.VAR_DIR / "demo").mkdir(parents=True, exist_ok=True)
         self.stdout.write(json.dumps({
-            "username": username, "password": password, "api_token": token.key,
+            "username": username, "password": password, "api_token": api_token,
             "pool": pool.name, "pool_token": pool_token, "agents": max(pool.min_replicas, 1),
             "slots": pool.slots_per_pod, "workspace": ws.id,
         }))

@@ -18,6 +18,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from agents_app.agent.sandbox import agent_environment
+
 
 class Command(BaseCommand):
     help = "Run web, worker, beat and the local pool's agents (Ctrl-C stops all)."
@@ -38,14 +40,17 @@ class Command(BaseCommand):
         call_command("bootstrap_demo", stdout=out)
         boot = json.loads(out.getvalue().strip().splitlines()[-1])
 
-        env = dict(os.environ, IAC_PUBLIC_URL=os.environ.get("IAC_PUBLIC_URL", url), PYTHONUNBUFFERED="1")
+        # Agents here run beside web: they (and terraform's state backend calls) use the local
+        # URL unless IAC_AGENT_URL says otherwise; browsers use IAC_PUBLIC_URL.
+        env = dict(os.environ, IAC_PUBLIC_URL=os.environ.get("IAC_PUBLIC_URL", url),
+                   IAC_AGENT_URL=os.environ.get("IAC_AGENT_URL", url), PYTHONUNBUFFERED="1")
         logs = settings.VAR_DIR / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         procs: list[tuple[str, subprocess.Popen]] = []
 
-        def spawn(name: str, cmd: list[str]) -> None:
+        def spawn(name: str, cmd: list[str], proc_env: dict[str, str] = env) -> None:
             log = open(logs / f"{name}.log", "ab")
-            procs.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            procs.append((name, subprocess.Popen(cmd, env=proc_env, stdout=log, stderr=subprocess.STDOUT,
                                                  start_new_session=True)))
             self.stdout.write(f"    started {name} (log: {logs / f'{name}.log'})")
 
@@ -69,9 +74,21 @@ class Command(BaseCommand):
                 sys.exit(1)
             time.sleep(0.3)
         self.step(f"starting {boot['agents']} agent(s) of pool '{boot['pool']}'")
+        # Agents get an allowlist of this environment, never the server's secrets (SECRET_KEY,
+        # DATABASE_URL, ...): the terraform they run executes user code. The pool token goes
+        # through the environment, not the command line (visible to anyone in ps). Their work
+        # roots are outside var/ (agents_app.agent: IAC_AGENT_WORK_ROOT, by default
+        # ~/.local/state/iac-agents/<name>).
+        # The demo's apply appends to var/demo/applied.log: the sandbox lets it write there,
+        # and nowhere else of var/.
+        demo_dir = settings.VAR_DIR / "demo"
+        demo_dir.mkdir(parents=True, exist_ok=True)
+        writable = os.pathsep.join(p for p in (env.get("IAC_AGENT_SANDBOX_BIND_RW", ""), str(demo_dir)) if p)
+        agent_env = agent_environment(env, IAC_POOL_TOKEN=boot["pool_token"], PYTHONUNBUFFERED="1",
+                                      IAC_AGENT_SANDBOX_BIND_RW=writable)
         for i in range(boot["agents"]):
-            spawn(f"agent-{i + 1}", [py, "-m", "agents_app.agent", "--server", url, "--pool-token", boot["pool_token"],
-                                     "--name", f"local-{i + 1}", "--slots", str(boot["slots"])])
+            spawn(f"agent-{i + 1}", [py, "-m", "agents_app.agent", "--server", env["IAC_AGENT_URL"],
+                                     "--name", f"local-{i + 1}", "--slots", str(boot["slots"])], agent_env)
 
         self.stdout.write(self.style.SUCCESS(
             f"\nThe platform is up at {url}/\n"

@@ -1,0 +1,388 @@
+"""Who may do what, at every door: the REST API, the pages, the state backend, the agent API,
+the admin and the websockets.
+
+Four named users: `alice` is a site admin; `bob` has `write` on workspace A through his team;
+`carol` has `read` on A; `dave` has an account and nothing else. Workspace B belongs to nobody
+but alice. Every URL pattern of the URLconf and every websocket route must have a rule here:
+a new endpoint without one fails `test_it_has_a_rule_for_every_endpoint`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from agents_app.protocol import PROTOCOL_VERSION
+from iacplatform.routing import websocket_urlpatterns
+from tasks_app.models import AccessLevel, StateLock, Task, Variable
+from tasks_app.services.runs import run_create
+from tests.factories import DEMO_MAIN_TF, grant, make_pool, make_token, make_workspace
+
+pytestmark = pytest.mark.django_db
+
+USERS = ("alice", "bob", "carol", "dave")
+
+# URL names that are public on purpose (logging in, resetting a forgotten password).
+PUBLIC = {
+    "login", "logout", "password_change", "password_change_done", "password_reset", "password_reset_done",
+    "password_reset_confirm", "password_reset_complete",
+}
+
+
+@dataclass
+class World:
+    users: dict[str, User]
+    tokens: dict[str, str]
+    pool: Any
+    pool_token: str
+    a: Any
+    b: Any
+    run_a: Task
+    variable_a: Variable
+    clients: dict[str, Client] = field(default_factory=dict)
+    api: dict[str, Client] = field(default_factory=dict)
+
+
+@pytest.fixture
+def world(db) -> World:
+    users = {
+        "alice": User.objects.create_user("alice", password="pw-alice-1", is_staff=True, is_superuser=True),
+        "bob": User.objects.create_user("bob", password="pw-bob-1"),
+        "carol": User.objects.create_user("carol", password="pw-carol-1"),
+        "dave": User.objects.create_user("dave", password="pw-dave-1"),
+    }
+    pool, pool_token = make_pool()
+    a = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    b = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    builders = grant(users["bob"], a, AccessLevel.WRITE, team_name="builders")
+    grant(users["carol"], a, AccessLevel.READ, team_name="viewers")
+    pool.teams.add(builders)
+    run_a = run_create(workspace=a, operation="plan", actor="alice")
+    variable_a = Variable(workspace=a, key="region")
+    variable_a.set_value("eu")
+    variable_a.save()
+    w = World(users=users, tokens={u: make_token(users[u]) for u in USERS}, pool=pool, pool_token=pool_token,
+              a=a, b=b, run_a=run_a, variable_a=variable_a)
+    for name, user in users.items():
+        page_client = Client()
+        page_client.force_login(user)
+        w.clients[name] = page_client
+        w.api[name] = Client(HTTP_AUTHORIZATION=f"Token {w.tokens[name]}")
+    return w
+
+
+def _expect(alice: int, bob: int, carol: int, dave: int) -> dict[str, int]:
+    return {"alice": alice, "bob": bob, "carol": carol, "dave": dave}
+
+
+@dataclass
+class Case:
+    method: str
+    path: Callable[[World, str], str]
+    expect: dict[str, int]
+    body: Callable[[World, str], Any] | None = None
+    api: bool = True  # token auth (else a logged-in browser session)
+
+
+def _json_body(w: World, user: str, data: Any) -> Any:
+    return data
+
+
+# One list of cases per URL name. Paths get the user's name so that cases that create
+# something use distinct names.
+RULES: dict[str, list[Case]] = {
+    # --- REST API ----------------------------------------------------------------------------
+    "api-workspace-list": [
+        Case("GET", lambda w, u: "/api/v1/workspaces/", _expect(200, 200, 200, 200)),
+        Case("POST", lambda w, u: "/api/v1/workspaces/", _expect(201, 403, 403, 403),
+             body=lambda w, u: {"name": f"new-{u}", "pool": w.pool.id}),
+    ],
+    "api-workspace-detail": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/", _expect(200, 200, 200, 404)),
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.b.id}/", _expect(200, 404, 404, 404)),
+        Case("PATCH", lambda w, u: f"/api/v1/workspaces/{w.a.id}/", _expect(200, 200, 403, 404),
+             body=lambda w, u: {"locked": False}),
+        Case("PATCH", lambda w, u: f"/api/v1/workspaces/{w.a.id}/", _expect(200, 403, 403, 404),
+             body=lambda w, u: {"auto_apply": True}),
+        Case("DELETE", lambda w, u: f"/api/v1/workspaces/{w.b.id}/", _expect(204, 404, 404, 404)),
+    ],
+    "api-configuration-version-list": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/configuration-versions/", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/configuration-versions/", _expect(201, 201, 403, 404),
+             body=lambda w, u: {"files": {"main.tf": DEMO_MAIN_TF}}),
+    ],
+    "api-variable-list": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/variables/", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/variables/", _expect(201, 201, 403, 404),
+             body=lambda w, u: {"key": f"k_{u}", "value": "v"}),
+    ],
+    "api-variable-detail": [
+        Case("GET", lambda w, u: f"/api/v1/variables/{w.variable_a.id}/", _expect(200, 200, 200, 404)),
+        Case("PATCH", lambda w, u: f"/api/v1/variables/{w.variable_a.id}/", _expect(200, 200, 403, 404),
+             body=lambda w, u: {"value": f"set-by-{u}"}),
+    ],
+    "api-run-list": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/runs/", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/runs/", _expect(201, 201, 403, 404),
+             body=lambda w, u: {"operation": "plan"}),
+    ],
+    "api-run-detail": [Case("GET", lambda w, u: f"/api/v1/runs/{w.run_a.id}/", _expect(200, 200, 200, 404))],
+    # The run is not awaiting Confirm: who may act gets the service's 409, who may not never
+    # reaches it.
+    "api-run-confirm": [Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/confirm/", _expect(409, 409, 403, 404),
+                             body=lambda w, u: {})],
+    "api-run-discard": [Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/discard/", _expect(409, 409, 403, 404),
+                             body=lambda w, u: {})],
+    "api-run-cancel": [
+        # Force-cancel (SIGKILL) is `admin`; bob has `write`.
+        Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/cancel/", _expect(200, 403, 403, 404),
+             body=lambda w, u: {"force": True}),
+    ],
+    "api-run-prepare": [Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/prepare/", _expect(200, 200, 403, 404),
+                             body=lambda w, u: {})],
+    "api-run-logs": [Case("GET", lambda w, u: f"/api/v1/runs/{w.run_a.id}/logs/", _expect(200, 200, 200, 404))],
+    "api-state-version-list": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/state-versions/", _expect(200, 200, 200, 404)),
+    ],
+    "api-access-list": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 403, 403, 404),
+             body=lambda w, u: {"team": "viewers", "level": "read"}),
+    ],
+    "api-access-detail": [
+        Case("DELETE", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/nobody/", _expect(404, 403, 403, 404)),
+    ],
+    "api-token-list": [
+        Case("GET", lambda w, u: "/api/v1/tokens/", _expect(200, 200, 200, 200)),
+        Case("GET", lambda w, u: "/api/v1/tokens/?user=alice", _expect(200, 403, 403, 403)),
+        Case("POST", lambda w, u: "/api/v1/tokens/", _expect(201, 201, 201, 201), body=lambda w, u: {"name": "ci"}),
+    ],
+    "api-token-detail": [
+        Case("DELETE", lambda w, u: f"/api/v1/tokens/{w.tokens['alice'][:15]}/?user=alice",
+             _expect(204, 403, 403, 403)),
+    ],
+    "api-audit-list": [Case("GET", lambda w, u: "/api/v1/audit-events/", _expect(200, 403, 403, 403))],
+    "api-pool-list": [
+        Case("GET", lambda w, u: "/api/v1/pools/", _expect(200, 200, 200, 200)),
+        Case("POST", lambda w, u: "/api/v1/pools/", _expect(201, 403, 403, 403), body=lambda w, u: {"name": f"p-{u}"}),
+    ],
+    "api-pool-detail": [
+        # Bob's team may use the pool; carol's may not: to her it does not exist.
+        Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/", _expect(200, 200, 404, 404)),
+        Case("PATCH", lambda w, u: f"/api/v1/pools/{w.pool.id}/", _expect(200, 403, 403, 403),
+             body=lambda w, u: {"max_replicas": 5}),
+    ],
+    "api-pool-agents": [Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/agents/", _expect(200, 403, 403, 403))],
+    "schema": [Case("GET", lambda w, u: "/api/schema/", _expect(200, 200, 200, 200))],
+    "api-docs": [Case("GET", lambda w, u: "/api/docs/", _expect(200, 200, 200, 200))],
+    # --- pages (a browser session) -------------------------------------------------------------
+    "workspace-list": [Case("GET", lambda w, u: "/", _expect(200, 200, 200, 200), api=False)],
+    "workspace-detail": [Case("GET", lambda w, u: f"/workspaces/{w.a.id}/", _expect(200, 200, 200, 404), api=False)],
+    "workspace-run-create": [
+        # A refused POST redirects with a message, like any refusal on a page; the run counts
+        # are checked in test_it_refuses_forged_page_posts.
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/runs/", _expect(302, 302, 302, 404), api=False,
+             body=lambda w, u: {"operation": "plan"}),
+    ],
+    "run-detail": [Case("GET", lambda w, u: f"/runs/{w.run_a.id}/", _expect(200, 200, 200, 404), api=False)],
+    "run-log-download": [Case("GET", lambda w, u: f"/runs/{w.run_a.id}/log.txt", _expect(200, 200, 200, 404), api=False)],
+    "run-confirm": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/confirm/", _expect(302, 302, 302, 404), api=False)],
+    "run-discard": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/discard/", _expect(302, 302, 302, 404), api=False)],
+    "run-cancel": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/cancel/", _expect(302, 302, 302, 404), api=False,
+                        body=lambda w, u: {"force": "1"})],
+    "pool-list": [Case("GET", lambda w, u: "/pools/", _expect(200, 403, 403, 403), api=False)],
+    "pool-detail": [Case("GET", lambda w, u: f"/pools/{w.pool.id}/", _expect(200, 403, 403, 403), api=False)],
+    "tokens": [Case("GET", lambda w, u: "/tokens/", _expect(200, 200, 200, 200), api=False)],
+    "token-revoke": [
+        Case("POST", lambda w, u: f"/tokens/{w.tokens[u][:15]}/revoke/", _expect(302, 302, 302, 302), api=False),
+    ],
+}
+
+# Checked by their own tests below (Basic auth, agent tokens, the admin site).
+SPECIAL = {
+    "state-backend": "test_it_guards_the_state_backend_by_level",
+    "state-backend-lock": "test_it_guards_the_state_backend_by_level",
+    "agent-register": "test_it_answers_agent_endpoints_only_to_agent_tokens",
+    "agent-heartbeat": "test_it_answers_agent_endpoints_only_to_agent_tokens",
+    "agent-claim": "test_it_answers_agent_endpoints_only_to_agent_tokens",
+    "agent-job-configuration": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
+    "agent-job-plan-file": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
+    "agent-job-logs": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
+    "agent-job-plan": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
+    "agent-job-finish": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
+}
+WEBSOCKET_RULES = {"ws/runs/<int:task_id>/log/": "test_it_streams_a_run_log_only_to_who_may_read_it"}
+
+
+def _url_names(resolver: URLResolver | None = None) -> set[str]:
+    names: set[str] = set()
+    for pattern in (resolver or get_resolver()).url_patterns:
+        if isinstance(pattern, URLResolver):
+            if pattern.namespace == "admin":
+                names.add("admin")
+                continue
+            names |= _url_names(pattern)
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            names.add(pattern.name)
+    return names
+
+
+def test_it_has_a_rule_for_every_endpoint():
+    missing = _url_names() - set(RULES) - set(SPECIAL) - PUBLIC - {"admin"}
+    assert not missing, f"endpoints without an authorization rule: {sorted(missing)}"
+    routes = {str(p.pattern) for p in websocket_urlpatterns}
+    assert routes == set(WEBSOCKET_RULES), f"websocket routes without a rule: {sorted(routes - set(WEBSOCKET_RULES))}"
+
+
+CASES = [(name, i) for name, cases in RULES.items() for i in range(len(cases))]
+
+
+@pytest.mark.parametrize("name,index", CASES, ids=[f"{n}[{i}]" for n, i in CASES])
+@pytest.mark.parametrize("user", USERS)
+def test_it_answers_each_user_as_their_level_allows(world, name, index, user):
+    case = RULES[name][index]
+    client = world.api[user] if case.api else world.clients[user]
+    path = case.path(world, user)
+    body = case.body(world, user) if case.body else None
+    if case.api:
+        response = client.generic(case.method, path, json.dumps(body) if body is not None else "",
+                                  content_type="application/json")
+    elif case.method == "POST":
+        response = client.post(path, body or {})
+    else:
+        response = client.get(path)
+    assert response.status_code == case.expect[user], (
+        f"{user} {case.method} {path}: {response.status_code}, expected {case.expect[user]}: "
+        f"{response.content[:300]!r}"
+    )
+
+
+def test_it_lists_only_the_workspaces_a_user_may_read(world):
+    names = {u: sorted(ws["name"] for ws in json.loads(world.api[u].get("/api/v1/workspaces/").content)) for u in USERS}
+    assert names == {"alice": sorted([world.a.name, world.b.name]), "bob": [world.a.name], "carol": [world.a.name],
+                     "dave": []}
+    page = world.clients["dave"].get("/").content.decode()
+    assert world.a.name not in page and world.b.name not in page
+
+
+def test_it_refuses_forged_page_posts(world):
+    runs = Task.objects.filter(workspace=world.a).count()
+    response = world.clients["carol"].post(f"/workspaces/{world.a.id}/runs/", {"operation": "plan"}, follow=True)
+    assert Task.objects.filter(workspace=world.a).count() == runs
+    assert "you need &#x27;plan&#x27; on workspace" in response.content.decode()
+    # The page itself offers her nothing to click.
+    page = world.clients["carol"].get(f"/workspaces/{world.a.id}/").content.decode()
+    assert "Queue plan" not in page
+    assert "Queue plan" in world.clients["bob"].get(f"/workspaces/{world.a.id}/").content.decode()
+
+
+def test_it_keeps_the_admin_to_site_admins(world):
+    assert world.clients["alice"].get("/admin/").status_code == 200
+    for user in ("bob", "carol", "dave"):
+        response = world.clients[user].get("/admin/")
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def _basic(token: str) -> str:
+    return "Basic " + base64.b64encode(f"user:{token}".encode()).decode()
+
+
+def test_it_guards_the_state_backend_by_level(world):
+    url = f"/api/v1/workspaces/{world.a.id}/state"
+    client = Client()
+    lock = json.dumps({"ID": "lock-1", "Operation": "OperationTypeApply", "Who": "x"})
+
+    def call(user: str, method: str, path: str = url, body: str = "") -> int:
+        return client.generic(method, path, body, content_type="application/json",
+                              HTTP_AUTHORIZATION=_basic(world.tokens[user])).status_code
+
+    # The raw state holds secrets in clear: reading it needs `write`.
+    assert [call(u, "GET") for u in USERS] == [204, 204, 403, 404]
+    assert call("dave", "GET", f"/api/v1/workspaces/{world.b.id}/state") == 404
+    assert call("bob", "GET", f"/api/v1/workspaces/{world.b.id}/state") == 404
+    assert call("carol", "LOCK", url + "/lock", lock) == 403
+    assert call("bob", "LOCK", url + "/lock", lock) == 200
+    # A force-unlock (no lock info) needs `admin`.
+    assert call("bob", "UNLOCK", url + "/lock") == 403
+    assert StateLock.objects.filter(workspace=world.a).exists()
+    assert call("alice", "UNLOCK", url + "/lock") == 200
+    assert not StateLock.objects.filter(workspace=world.a).exists()
+
+
+def _agent(pool_token: str, name: str) -> tuple[int, str]:
+    resp = Client().post("/agent/v1/register", {"name": name, "protocol_version": PROTOCOL_VERSION},
+                         content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {pool_token}")
+    assert resp.status_code == 201, resp.content
+    return resp.json()["agent_id"], resp.json()["token"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_agent_endpoints_only_to_agent_tokens(world):
+    client = Client()
+    user_token = world.tokens["alice"]  # a site admin's API token is not an agent credential
+    for path in ("/agent/v1/register", "/agent/v1/heartbeat", "/agent/v1/claim?wait=0"):
+        resp = client.post(path, "{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {user_token}")
+        assert resp.status_code == 401, path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_a_pool_a_agent_from_pool_b_jobs(world):
+    _, a_token = _agent(world.pool_token, "agent-a")
+    other_pool, other_token = make_pool()
+    _, b_token = _agent(other_token, "agent-b")
+    client = Client()
+    job = client.post("/agent/v1/claim?wait=0", HTTP_AUTHORIZATION=f"Bearer {a_token}").json()["jobs"][0]
+    assert client.post("/agent/v1/claim?wait=0", HTTP_AUTHORIZATION=f"Bearer {b_token}").status_code == 204
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {b_token}", "HTTP_X_JOB_FENCE": str(job["fence"])}
+    for method, suffix, body in [("GET", "configuration", ""), ("GET", "plan-file", ""),
+                                 ("POST", "logs", json.dumps({"seq": 1, "text": "x"})),
+                                 ("POST", "plan", json.dumps({"plan_b64": "", "sha256": "0" * 64, "has_changes": True})),
+                                 ("POST", "finish", json.dumps({"outcome": "succeeded"}))]:
+        resp = client.generic(method, f"/agent/v1/jobs/{job['id']}/{suffix}", body, content_type="application/json",
+                              **headers)
+        assert resp.status_code == 409, (suffix, resp.status_code)
+        assert "not assigned to this agent" in resp.json()["detail"]
+    # And a job credential of pool A's job does not open another workspace's state.
+    password = job["state_backend"]["password"]
+    resp = client.get(f"/api/v1/workspaces/{world.b.id}/state", HTTP_AUTHORIZATION=_basic(password))
+    assert resp.status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_it_streams_a_run_log_only_to_who_may_read_it(world):
+    async def connected(user: str) -> bool:
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/runs/{world.run_a.id}/log/")
+        communicator.scope["user"] = world.users[user]
+        ok, _ = await communicator.connect()
+        await communicator.disconnect()
+        return ok
+
+    assert [await connected(u) for u in USERS] == [True, True, True, False]
+
+
+def test_it_lets_a_team_allowed_to_create_workspaces_administer_its_own(world):
+    from django.contrib.auth.models import Permission
+
+    creators = Group.objects.get(name="builders")
+    creators.permissions.add(Permission.objects.get(codename="add_workspace", content_type__app_label="tasks_app"))
+    bob = world.api["bob"]
+    resp = bob.post("/api/v1/workspaces/", {"name": "bobs", "pool": world.pool.id}, content_type="application/json")
+    assert resp.status_code == 201, resp.content
+    ws_id = resp.json()["id"]
+    # The creating team administers it: settings and access are bob's to change.
+    assert bob.patch(f"/api/v1/workspaces/{ws_id}/", {"auto_apply": True}, content_type="application/json").status_code == 200
+    # But only on a pool his team may use.
+    other_pool, _ = make_pool()
+    resp = bob.post("/api/v1/workspaces/", {"name": "bobs2", "pool": other_pool.id}, content_type="application/json")
+    assert resp.status_code == 403 and "may use pool" in resp.json()["detail"]
