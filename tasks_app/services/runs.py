@@ -275,9 +275,12 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
             # whose warmup is none or expired.)
             job = Job(task=task, pool_id=pool_id, kind=JobKind.APPLY, target_agent=target.slot.agent,
                       terraform_version=task.terraform_version)
+            # The push is registered before the assignment so that it is the first thing done
+            # after commit: the live-view publishes the assignment registers come after it.
+            push: dict[str, Any] = {}
+            transaction.on_commit(lambda: wakeups.push_job(push["agent"], push["job"], push["payload"]))
             assigned = job_assign(job, target.slot.agent, target.slot, task, message="confirmed: warm dir reserved here")
-            payload, agent_id, job_id = assigned.payload(), target.slot.agent_id, job.id
-            transaction.on_commit(lambda: wakeups.push_job(agent_id, job_id, payload))
+            push.update(agent=target.slot.agent_id, job=job.id, payload=assigned.payload())
         elif target.wait_for is not None:
             # A warmup is running: the apply waits for it (bounded) and starts on its dir the
             # moment it is ready (see warmups.warmup_job_finished).
