@@ -6,24 +6,34 @@ PY     := $(VENV)/bin/python
 
 .PHONY: run test bench bench-dispatch lint
 
-$(VENV)/.installed: requirements.txt
-	@echo "==> creating $(VENV) and installing requirements (first run takes a minute)"
+# Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
+# driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
+$(VENV)/bin/python:
+	@echo "==> creating $(VENV) (first run takes a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off -q --upgrade pip
+
+$(VENV)/.installed-runtime: requirements.txt | $(VENV)/bin/python
+	@echo "==> installing requirements.txt"
 	$(PY) -m pip install --progress-bar off -r requirements.txt
 	@touch $@
 
-run: $(VENV)/.installed
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	@echo "==> installing requirements-dev.txt (the runtime + tests, benchmarks, lint)"
+	$(PY) -m pip install --progress-bar off -r requirements-dev.txt
+	@touch $@ $(VENV)/.installed-runtime
+
+run: $(VENV)/.installed-runtime
 	-$(PY) scripts/test_prereqs.py bubblewrap  # the terraform sandbox; without it agents run unsandboxed, loudly
 	$(PY) manage.py up
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(PY) scripts/test_prereqs.py
 	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-dev
 	$(PY) -m bench.confirm_latency
 
-bench-dispatch: $(VENV)/.installed
+bench-dispatch: $(VENV)/.installed-dev
 	$(PY) -m bench.dispatch

@@ -393,7 +393,8 @@ def main() -> int:
             "loadavg_end": os.getloadavg(),
             "python": pyplatform.python_version(),
             "server_env": {
-                k: v for k, v in live.server_env().items() if k.startswith("IAC_") and k not in ("IAC_ENCRYPTION_KEY",)
+                k: v for k, v in live.server_env().items()
+                if k.startswith("IAC_") and not any(w in k for w in ("KEY", "TOKEN", "SECRET", "PASSWORD"))
             },
             "redis": "shared" if args.shared_redis else "own",
             "applies_counted": applies,

@@ -16,6 +16,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from agents_app.claim import claim_asgi  # noqa: E402
+from iacplatform.health import PATHS as HEALTH_PATHS  # noqa: E402
+from iacplatform.health import health_asgi  # noqa: E402
 from iacplatform.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -24,6 +26,9 @@ async def http_router(scope: dict, receive, send) -> None:
     # path (see agents_app/claim.py). Everything else goes through Django.
     if scope["path"] == "/agent/v1/claim":
         await claim_asgi(scope, receive, send)
+    elif scope["path"].rstrip("/") in HEALTH_PATHS:
+        # Before Django's host check: probes call the pod's IP (iacplatform/health.py).
+        await health_asgi(scope, receive, send)
     else:
         await http_app(scope, receive, send)
 

@@ -9,10 +9,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dj_database_url
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
-from marshmallow.validate import Range
+from marshmallow import ValidationError
+from marshmallow.validate import OneOf, Range
 
-from iacplatform import embedded
+from iacplatform import embedded, logs
 from iacplatform.env import EnvError, env
 
 POSITIVE = Range(min=0, min_inclusive=False, error="must be greater than 0")
@@ -27,6 +29,15 @@ def _allowed_host(url: str) -> str:
     return f"[{host}]" if ":" in host else host  # an IPv6 literal, as Django matches it
 
 
+def _fernet_keys(keys: list[str]) -> None:
+    """Refuse a malformed encryption key at start, not at the first secret written."""
+    for number, key in enumerate(keys, 1):
+        try:
+            Fernet(key.strip().encode())
+        except ValueError as exc:
+            raise ValidationError(f"key {number} is not a Fernet key (32 url-safe base64-encoded bytes)") from exc
+
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 try:
@@ -39,6 +50,12 @@ try:
     _database_url = env.str("DATABASE_URL", "")
     _redis_url = env.str("REDIS_URL", "")
     IAC_ENCRYPTION_KEY = env.str("IAC_ENCRYPTION_KEY", "")
+    # Key rotation: Fernet keys, the first encrypts, all decrypt (iacplatform/crypto.py).
+    IAC_ENCRYPTION_KEYS = env.list("IAC_ENCRYPTION_KEYS", [], validate=_fernet_keys)
+    # Retention (tasks_app/services/retention.py): days after a run ended before its plan
+    # file / its log are deleted. State versions and audit events are never deleted.
+    IAC_RETENTION_PLAN_DAYS = env.float("IAC_RETENTION_PLAN_DAYS", 90.0, validate=POSITIVE)
+    IAC_RETENTION_LOG_DAYS = env.float("IAC_RETENTION_LOG_DAYS", 365.0, validate=POSITIVE)
     IAC_TERRAFORM_BIN = env.str("IAC_TERRAFORM_BIN", "")
     # What browsers use: links, cookies (Secure when https), HSTS.
     IAC_PUBLIC_URL = _url_text(env.url("IAC_PUBLIC_URL", "http://127.0.0.1:8000"))
@@ -75,6 +92,9 @@ try:
     IAC_TRUST_X_FORWARDED_FOR = env.bool("IAC_TRUST_X_FORWARDED_FOR", False)
     # A run's stored log; output beyond it is dropped (one marker line says so).
     IAC_MAX_LOG_BYTES = env.int("IAC_MAX_LOG_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
+    # /metrics: when set, scrapers send `Authorization: Bearer <token>`; when empty, only
+    # loopback clients not behind a proxy are answered (iacplatform/views_metrics.py).
+    IAC_METRICS_TOKEN = env.str("IAC_METRICS_TOKEN", "")
 except EnvError as exc:  # pragma: no cover - exercised by tests/test_settings_env.py
     raise ImproperlyConfigured(str(exc)) from exc
 
@@ -84,7 +104,7 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 if not ALLOWED_HOSTS:
     # Not "*": a Host header naming another site is refused (it would otherwise reach
     # absolute URLs built from the request, e.g. password-reset links). Health endpoints
-    # that probes call by pod IP must skip this check (see docs/architecture.md, Security).
+    # that probes call by pod IP skip this check (routed in iacplatform/asgi.py, before Django).
     ALLOWED_HOSTS = list(
         dict.fromkeys([_allowed_host(IAC_PUBLIC_URL), _allowed_host(IAC_AGENT_URL), "localhost", "127.0.0.1", "[::1]"])
     )
@@ -266,9 +286,14 @@ CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "tasks_app.tasks.sweep", "schedule": IAC_SWEEP_INTERVAL_SECONDS},
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.log_level("IAC_LOG_LEVEL", "INFO")},
-}
+# IAC_LOG_FORMAT: `text` (the message alone, as always) or `json` (one object per line with
+# level, logger, timestamp and the run/job/agent ids bound where the work is done).
+try:
+    IAC_LOG_FORMAT = env.str("IAC_LOG_FORMAT", "text", validate=OneOf(logs.FORMATS, error="must be one of: {choices}"))
+except EnvError as exc:
+    raise ImproperlyConfigured(str(exc)) from exc
+LOGGING = logs.logging_config(IAC_LOG_FORMAT, env.log_level("IAC_LOG_LEVEL", "INFO"))
+if IAC_LOG_FORMAT == "json":
+    # Celery replaces the root logger's handlers with its own text format unless told not
+    # to; with JSON its records go through Django's LOGGING like everyone else's.
+    CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -28,6 +28,7 @@ from tasks_app.models import (
     Plan,
     StateLock,
     StateVersion,
+    SweepHeartbeat,
     Task,
     TaskEvent,
     Variable,
@@ -255,6 +256,12 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(SweepHeartbeat)
+class SweepHeartbeatAdmin(ReadOnlyAdmin):
+    # When the control loop last completed a sweep (read by /healthz/ready).
+    list_display = ["id", "finished_at"]
 
 
 @admin.register(WorkspaceAccess)

@@ -57,6 +57,7 @@ from tasks_app.services.configs import (
     configuration_create_from_archive,
     configuration_create_from_files,
 )
+from tasks_app.services.retention import log_pruned_note
 from tasks_app.services.runs import (
     run_cancel,
     run_confirm,
@@ -434,6 +435,8 @@ class RunLogs(generics.GenericAPIView):
             task_id=task.id, offset=query.validated_data["offset"], limit=LOG_PAGE_BYTES
         )
         complete = is_final(task.status) and next_offset >= task.log_size
+        if task.log_pruned_at is not None:  # retention deleted it: say so, not an empty log
+            text, next_offset, complete = log_pruned_note(task) or "", 0, True
         return Response(RunLogSerializer({"text": text, "next_offset": next_offset, "complete": complete}).data)
 
 

@@ -125,6 +125,10 @@ class Task(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     log_size = models.PositiveBigIntegerField(default=0)
+    # Retention (services/retention.py): when the log / the plan file was deleted, so pages
+    # and the API say "pruned" instead of showing an empty log or a missing plan.
+    log_pruned_at = models.DateTimeField(null=True, blank=True)
+    plan_pruned_at = models.DateTimeField(null=True, blank=True)
 
     # Plan.
     plan_hash = models.CharField(max_length=64, blank=True)
@@ -300,3 +304,12 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
+
+
+class SweepHeartbeat(models.Model):
+    """One row: when the control loop's sweep last completed. /healthz/ready reads it to tell
+    whether the Celery worker and beat are alive (beat ticks, the worker runs the sweep). In
+    the database, not Redis: Redis may be down while the sweep still needs watching."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    finished_at = models.DateTimeField()

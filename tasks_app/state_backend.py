@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from iacplatform import metrics
 from iacplatform.auth import user_by_token
 from iacplatform.permissions import REQUIRED, Action, Level, can, level
 from tasks_app.models import Job, JobKind, Workspace
@@ -222,11 +224,19 @@ def _dispatch(request: HttpRequest, workspace_id: int, allowed: tuple[str, ...])
         return _error(400, str(exc))
 
 
+def _timed_dispatch(request: HttpRequest, workspace_id: int, allowed: tuple[str, ...]) -> HttpResponse:
+    """_dispatch, observed: latency by method and status; a 423 is a lock conflict."""
+    started = time.perf_counter()
+    response = _dispatch(request, workspace_id, allowed)
+    metrics.observe_state_request(request.method or "", response.status_code, time.perf_counter() - started)
+    return response
+
+
 @csrf_exempt  # Terraform sends no CSRF token; auth is per request (Basic), not a session cookie.
 def state_endpoint(request: HttpRequest, workspace_id: int) -> HttpResponse:
-    return _dispatch(request, workspace_id, STATE_METHODS)
+    return _timed_dispatch(request, workspace_id, STATE_METHODS)
 
 
 @csrf_exempt
 def state_lock_endpoint(request: HttpRequest, workspace_id: int) -> HttpResponse:
-    return _dispatch(request, workspace_id, LOCK_METHODS)
+    return _timed_dispatch(request, workspace_id, LOCK_METHODS)

@@ -34,6 +34,7 @@ from iacplatform.permissions import (
 )
 from tasks_app.models import AccessLevel, ApiToken, Job, JobKind, JobStatus, Plan, Task, Workspace, WorkspaceAccess
 from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail
+from tasks_app.services.retention import log_pruned_note, plan_pruned_note
 from tasks_app.services.runs import (
     run_cancel,
     run_confirm,
@@ -191,6 +192,8 @@ def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
         "log_text": log_text,
         "log_offset": log_offset,
         "log_start": log_start,  # bytes of the log not shown (the download has them)
+        "log_pruned": log_pruned_note(task),
+        "plan_pruned": plan_pruned_note(task),
         "waiting_reason": runs_waiting_reason(task),
         "is_pending_apply": task.status == RunStatus.APPLY_PENDING,
         "is_final": task.status in FINAL,

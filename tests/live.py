@@ -40,6 +40,10 @@ def _database_url() -> str:
     return f"postgresql://{db['USER']}:{db.get('PASSWORD') or ''}@{host}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+# The live server's /metrics answers this bearer token (tests/e2e/test_metrics.py).
+METRICS_TOKEN = "e2e-metrics-token"
+
+
 def server_env(base_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -48,6 +52,7 @@ def server_env(base_url: str) -> dict[str, str]:
         SECRET_KEY=settings.SECRET_KEY,
         IAC_VAR_DIR=str(settings.VAR_DIR),
         IAC_PUBLIC_URL=base_url,
+        IAC_METRICS_TOKEN=METRICS_TOKEN,
         PYTHONUNBUFFERED="1",
     )
     return env

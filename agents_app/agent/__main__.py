@@ -9,8 +9,11 @@ import argparse
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
+from typing import Any
 
+from agents_app.agent.health import start_health_server
 from agents_app.agent.process import AgentProcess
 from agents_app.agent.sandbox import SandboxUnavailable, make_sandbox
 from agents_app.agent.terraform import resolve_terraform
@@ -26,6 +29,40 @@ def default_work_roots() -> Path:
         return Path(configured)
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "iac-agents"
+
+
+def configure_logging(name: str, fmt: str) -> None:
+    """`text`: the agent's readable lines. `json` (IAC_LOG_FORMAT, as on the server): one
+    object per line with the agent's name and, in a job's thread (named `job-<id>`), the job
+    id. The agent knows its server-side id only after registering, so the name identifies it."""
+    if fmt != "json":
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s agent {name} %(levelname)s %(message)s")
+        return
+    import structlog  # only for JSON; no Django (the agent-standalone import contract)
+
+    def agent_ids(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        event["agent"] = name
+        thread = threading.current_thread().name
+        if thread.startswith("job-") and thread[4:].isdigit():
+            event["job_id"] = int(thread[4:])
+        return event
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            agent_ids,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    ))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def main() -> None:
@@ -47,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.pool_token:
         parser.error("a pool token is required (IAC_POOL_TOKEN or --pool-token)")
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s agent {args.name} %(levelname)s %(message)s")
+    configure_logging(args.name, os.environ.get("IAC_LOG_FORMAT", "text"))
     var_dir = Path(os.environ.get("IAC_VAR_DIR", Path.cwd() / "var"))
     work_root = args.work_root or default_work_roots() / args.name
     terraform = resolve_terraform(var_dir, args.terraform)
@@ -55,7 +92,7 @@ def main() -> None:
         sandbox = make_sandbox(args.sandbox, terraform, work_root)
     except SandboxUnavailable as exc:
         raise SystemExit(f"agent {args.name}: {exc}") from exc
-    AgentProcess(
+    agent = AgentProcess(
         server=args.server,
         pool_token=args.pool_token,
         name=args.name,
@@ -65,7 +102,12 @@ def main() -> None:
         sandbox=sandbox,
         apply_pending_ttl=args.apply_pending_ttl,
         finished_ttl=args.finished_ttl,
-    ).run()
+    )
+    # A pod's probes: /healthz/live and /healthz/ready on a local port (0, the default: off).
+    health_port = int(os.environ.get("IAC_AGENT_HEALTH_PORT") or 0)
+    if health_port:
+        start_health_server(agent, os.environ.get("IAC_AGENT_HEALTH_HOST") or "127.0.0.1", health_port)
+    agent.run()
 
 
 if __name__ == "__main__":

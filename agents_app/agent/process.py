@@ -92,6 +92,9 @@ class AgentProcess:
         self.generation = 0  # bumps on re-registration
         self.register_lock = threading.Lock()
         self.root_lock: fasteners.InterProcessLock | None = None
+        # Read by the health endpoints (agents_app/agent/health.py).
+        self.last_answered = 0.0  # monotonic time of the last registration or heartbeat answered
+        self.last_server_error = ""  # why the last registration or heartbeat failed; "" if it answered
 
     # --- the work root and the credential ----------------------------------------------------
 
@@ -188,13 +191,16 @@ class AgentProcess:
                 if exc.status in (400, 401, 409):
                     raise SystemExit(f"registration refused: {exc.detail}") from exc
                 log.warning("registration failed (%s); retrying in %.1fs", exc, delay)
+                self.last_server_error = f"registration failed: {exc}"
             except Exception as exc:  # noqa: BLE001 - server not up yet
                 log.warning("server not reachable (%s); retrying in %.1fs", exc, delay)
+                self.last_server_error = f"server not reachable: {exc}"
             self.stopping.wait(delay)
             delay = min(delay * 2, 10)
         else:
             return
         reply = RegistrationReply.model_validate(data)
+        self.last_answered, self.last_server_error = time.monotonic(), ""
         self.save_credential(reply.token)
         kept = {t: w for t, w in warm.items() if reply.resumed and t not in reply.release}
         for task_id, w in warm.items():
@@ -269,10 +275,13 @@ class AgentProcess:
                     self.reregister(generation)
                 else:
                     log.warning("heartbeat failed: %s", exc)
+                    self.last_server_error = f"heartbeat failed: {exc}"
                 continue
             except Exception as exc:  # noqa: BLE001
                 log.warning("heartbeat failed: %s", exc)
+                self.last_server_error = f"heartbeat failed: {exc}"
                 continue
+            self.last_answered, self.last_server_error = time.monotonic(), ""
             reply = HeartbeatReply.model_validate(data)
             for order in reply.cancel:
                 with self.lock:

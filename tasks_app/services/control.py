@@ -48,7 +48,8 @@ from agents_app.services.agents import (
 from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import PlatformError
-from tasks_app.models import Task
+from iacplatform.logs import bound
+from tasks_app.models import SweepHeartbeat, Task
 from tasks_app.services.audit import audit_record
 from tasks_app.services.jobs import (
     Assigned,
@@ -63,6 +64,7 @@ from tasks_app.services.jobs import (
     jobs_running_of_agent,
     jobs_to_cancel,
 )
+from tasks_app.services.retention import step_retention
 from tasks_app.services.runs import (
     run_apply_acked,
     run_apply_finished,
@@ -140,7 +142,7 @@ def warm_dirs_reconcile(agent: Agent, reported: set[int], *, grace: bool) -> lis
 def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
     """Renew the agent's leases and reconcile the server's reservations with its disk; the
     answer lists the dirs to delete and the jobs to stop."""
-    with transaction.atomic():
+    with bound(agent_id=agent.id), transaction.atomic():
         agent = agent_locked_online(agent.id)
         agent_record_heartbeat(agent, warm_dirs=[d.model_dump() for d in heartbeat.warm_dirs])
         jobs_renew_leases(agent=agent, job_ids=heartbeat.running_jobs)
@@ -161,7 +163,7 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
     attempts = 0
     while len(payloads) < limit and attempts < limit + 10:
         attempts += 1
-        with transaction.atomic():
+        with bound(agent_id=agent_id), transaction.atomic():
             agent = agent_locked_online(agent_id)
             slot = slot_idle_of_agent(agent.id)
             if slot is None:
@@ -169,7 +171,9 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
             assigned = job_claim(agent=agent, slot=slot)
             if assigned is None:
                 break
-            if _on_assigned(assigned):
+            with bound(job_id=assigned.job.id, run_id=assigned.task.id):
+                taken = _on_assigned(assigned)
+            if taken:
                 payloads.append(assigned.payload())
     return payloads
 
@@ -193,7 +197,7 @@ def _on_assigned(assigned: Assigned) -> bool:
 
 
 def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
-    with transaction.atomic():
+    with bound(agent_id=agent.id, job_id=job_id), transaction.atomic():
         appended = job_append_log(agent=agent, job_id=job_id, fence=fence, post=post)
         if appended is not None and appended.acked_now:
             run_apply_acked(appended.task)
@@ -202,8 +206,9 @@ def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
 def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> FinishReply:
     """Record a job's result and move its run on; the answer says whether to keep the dir."""
     follow_ups: list[Callable[[], Any]] = []
-    with transaction.atomic():
+    with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic():
         finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result)
+        bind(run_id=finished.job.task_id)
         kind = finished.job.kind
         if kind == JobKind.PLAN:
             ended = run_plan_finished(finished)
@@ -239,10 +244,12 @@ def _run_follow_ups(follow_ups: list[Callable[[], Any]]) -> None:
 def job_lost(*, job_id: int, why: str) -> bool:
     """A running job's agent died or stopped reporting it: abandon the job and move its run
     on. Returns False when the job had already moved on."""
-    with transaction.atomic():
+    with bound(job_id=job_id) as bind, transaction.atomic():
         job = job_locked(job_id)
+        bind(run_id=job.task_id)
         if job.status != JobStatus.RUNNING:
             return False
+        log.info("%s job %s of run %s lost: %s", job.kind, job.id, job.task_id, why)
         task = _task_locked(job.task_id)
         abandoned = job_abandon(job, why=why)
         if job.kind == JobKind.WARMUP:
@@ -259,10 +266,11 @@ def agent_set_offline(*, agent_id: int, reason: str) -> bool:
     failed attempts, its running applies become errored (an interrupted apply may have
     half-written state, so it is never re-run automatically), and its reservations are
     released and warmed up elsewhere."""
-    with transaction.atomic():
+    with bound(agent_id=agent_id), transaction.atomic():
         agent = Agent.objects.select_for_update(no_key=True, of=("self",)).filter(id=agent_id, status=AgentStatus.ONLINE).first()
         if agent is None:
             return False
+        log.info("agent %s offline: %s", agent.name, reason)
         agent_set_status(agent, AgentStatus.OFFLINE, reason=reason)
         pool_id = agent.pool_id
         for job_id in jobs_running_of_agent(agent_id=agent.id):
@@ -381,6 +389,7 @@ SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [
     ("make_room", step_make_room),
     ("queues", step_queues),
     ("wake", step_wake_queued),
+    ("retention", step_retention),  # plan files and logs past IAC_RETENTION_*_DAYS
 ]
 
 SWEEP_LOCK = 0x1AC5EE9  # Postgres advisory lock id: one sweep at a time across workers
@@ -401,6 +410,11 @@ def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None) -> dict[str,
             except Exception as exc:  # noqa: BLE001 - one broken step must not stop the loop
                 log.exception("sweep step %s failed", name)
                 results[name] = f"error: {exc}"
+        # /healthz/ready reads this to know the worker and beat are alive (one upsert).
+        SweepHeartbeat.objects.bulk_create(
+            [SweepHeartbeat(id=1, finished_at=timezone.now())],
+            update_conflicts=True, unique_fields=["id"], update_fields=["finished_at"],
+        )
     finally:
         with connection.cursor() as cur:
             cur.execute("SELECT pg_advisory_unlock(%s)", [SWEEP_LOCK])

@@ -40,7 +40,7 @@ from agents_app.protocol import (
 )
 from agents_app.services.slots import slot_of_job, slot_transition
 from agents_app.states import JOB
-from iacplatform import crypto
+from iacplatform import crypto, metrics
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
 from tasks_app.models import Job, LogChunk, Plan, Task, Variable
@@ -137,10 +137,17 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     on it or lock the state with it. An unsaved job (Confirm's hot path) is inserted
     already assigned: one INSERT, no UPDATE."""
     credential, credential_hash = new_token("job")
+    # Queue wait is observed for a job's first assignment out of the queue only: Confirm's
+    # warm apply (unsaved here) never queued, and a re-queued job's created_at is not when
+    # it was queued again.
+    was_queued = job.pk is not None and job.fence == 0
     job.agent = agent
     job.slot_index = slot.index
     job.fence += 1
     job.claimed_at = timezone.now()
+    if was_queued:
+        pool, kind, waited = task.workspace.pool.name, job.kind, (job.claimed_at - job.created_at).total_seconds()
+        transaction.on_commit(lambda: metrics.observe_queue_wait(pool, kind, waited))
     job.lease_expires_at = _lease()
     job.credential_hash = credential_hash
     job.hold_until = None
@@ -288,6 +295,7 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> L
         acked_now = True
     now = timezone.now()
     fields = ["log_size"]
+    had_start, had_first_log = task.apply_started_at is not None, task.first_apply_log_at is not None
     text = post.text
     if text:
         text = _log_capped(redact(text, _sensitive_values(task.workspace_id)), task.log_size)
@@ -309,7 +317,27 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> L
     if text:
         task_id = task.id
         transaction.on_commit(lambda: events.run_log_appended(task_id))
+    if task.confirmed_at is not None and (not had_start or not had_first_log):
+        _observe_confirm_latencies(task, start=not had_start, first_log=not had_first_log)
     return LogAppended(job=job, task=task, acked_now=acked_now)
+
+
+def _observe_confirm_latencies(task: Task, *, start: bool, first_log: bool) -> None:
+    """Confirm → apply start and → first log line, once each per run, after commit: the
+    moments the server learns them (the same numbers the run page shows)."""
+    path, confirmed = task.apply_path, task.confirmed_at
+    started = task.apply_started_at if start else None
+    first = task.first_apply_log_at if first_log else None
+    if started is None and first is None:
+        return
+
+    def observe() -> None:
+        if started is not None:
+            metrics.observe_confirm_latency(path, (started - confirmed).total_seconds())
+        if first is not None:
+            metrics.observe_confirm_first_log(path, (first - confirmed).total_seconds())
+
+    transaction.on_commit(observe)
 
 
 def job_upload_plan(

@@ -22,7 +22,7 @@ from agents_app.models import Agent, AgentPool, DispatchEvent, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, SlotState, WarmupStatus
 from agents_app.services.slots import slot_reserved_for, slot_transition
 from agents_app.states import WARMUP
-from iacplatform import wakeups
+from iacplatform import metrics, wakeups
 from tasks_app.models import Job, Task
 from tasks_app.selectors import pool_slot_counts
 from tasks_app.services.jobs import Finished, job_assign, job_create
@@ -116,8 +116,19 @@ def _release_hold(held: Job, cold_reason: str) -> None:
     transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
 
 
+def _observe_warmup_end(task: Task, outcome: str) -> None:
+    """Count the warmup's end after commit, with its duration when the run was warming
+    (warmup_at is then when it started)."""
+    started = task.warmup_at if task.warmup_status == W.WARMING else None
+    seconds = (timezone.now() - started).total_seconds() if started is not None else None
+    transaction.on_commit(lambda: metrics.observe_warmup_end(outcome, seconds))
+
+
 def warmup_job_lost(task: Task, job: Job) -> None:
     """A running warmup's agent died or stopped reporting it (job already abandoned)."""
+    # Usually the sweep, in the Celery worker: this count stays in the worker's registry
+    # (see iacplatform.metrics); /metrics shows lost warmups among iac_jobs' failed ones.
+    _observe_warmup_end(task, "lost")
     if task.warmup_status == W.WARMING:
         warmup_failed(task, job.error or "warmup lost")
     held = held_apply(task) if task.status == RunStatus.APPLY_QUEUED else None
@@ -136,6 +147,7 @@ def warmup_job_finished(finished: Finished) -> WarmupEnded:
     """A warmup job ended (caller's transaction, job/task/slot locked)."""
     job, task, slot, result = finished.job, finished.task, finished.slot, finished.result
     ok = result.outcome == JobOutcome.SUCCEEDED and result.kept_dir
+    _observe_warmup_end(task, "succeeded" if ok else "failed")
     agent = slot.agent if slot is not None else job.agent
     held = held_apply(task) if task.status == RunStatus.APPLY_QUEUED else None
     if held is not None and slot is not None:

@@ -1,0 +1,159 @@
+"""Health endpoints for probes, load balancers and monitors: `/healthz/live` and `/healthz/ready`.
+
+A bare ASGI app, routed by iacplatform/asgi.py before Django (like the claim long-poll):
+probes call the pod's IP, and Django's CommonMiddleware would refuse that Host (ALLOWED_HOSTS
+names the platform's own hosts only). These answers build no URL from the Host, so they can
+skip the check safely.
+
+- live: the process answers. No dependency is checked: a database outage must not get every
+  web pod restarted.
+- ready: PostgreSQL, Redis, migrations and the control loop's last sweep. 503 only when
+  PostgreSQL is unreachable or migrations are missing: then nothing works. Redis down or a
+  late sweep is "degraded" with 200: pages, the API and the state backend still work (wake-ups
+  fall back to the sweep, see the reliability notes), and taking every web pod out of the
+  load balancer would turn a partial outage into a full one.
+
+The PostgreSQL and Redis probes are django-health-check's (`Database`, `Redis`); its view is
+not used because it knows only healthy / unhealthy (500), not "degraded with 200". Its check
+results carry the error and the time taken, which is what we report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+from health_check.base import HealthCheck, HealthCheckResult
+from health_check.checks import Database
+from health_check.contrib.redis import Redis
+from health_check.exceptions import ServiceUnavailable, ServiceWarning
+from redis.asyncio import Redis as RedisClient
+
+OK, DEGRADED, DOWN = "ok", "degraded", "down"
+# A probe's whole budget is a few seconds (Kubernetes' default timeout is 1 s, people raise it
+# to a few): a check that hangs longer is reported as failed rather than hanging the probe.
+CHECK_TIMEOUT = datetime.timedelta(seconds=3)
+
+
+def sweep_late_after() -> float:
+    """Seconds without a completed sweep before the worker or beat count as not alive: a few
+    missed ticks, never less than a minute (a long sweep or a worker restart is normal)."""
+    return max(60.0, 6 * settings.IAC_SWEEP_INTERVAL_SECONDS)
+
+
+@dataclasses.dataclass
+class DatabaseCheck(Database):
+    timeout = CHECK_TIMEOUT
+
+
+@dataclasses.dataclass
+class Migrations(HealthCheck):
+    """Every migration on disk is applied: code newer than its schema fails in odd places."""
+
+    timeout = CHECK_TIMEOUT
+
+    def run(self) -> None:
+        connection = connections["default"]
+        with connection.temporary_connection():
+            executor = MigrationExecutor(connection)
+            plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        if plan:
+            names = ", ".join(f"{m.app_label}.{m.name}" for m, _ in plan[:5])
+            raise ServiceUnavailable(f"{len(plan)} migration(s) not applied: {names}{', ...' if len(plan) > 5 else ''}")
+
+
+@dataclasses.dataclass
+class Sweep(HealthCheck):
+    """The control loop ran recently: Celery beat ticks it and a worker runs it, so a recent
+    completed sweep means both are alive. A late sweep is a warning (degraded)."""
+
+    timeout = CHECK_TIMEOUT
+    last: datetime.datetime | None = dataclasses.field(default=None, repr=False)
+
+    def run(self) -> None:
+        from tasks_app.models import SweepHeartbeat  # an app model: importable only after setup
+
+        connection = connections["default"]
+        try:
+            with connection.temporary_connection():
+                row = SweepHeartbeat.objects.filter(id=1).first()
+        except DatabaseError as exc:  # its table not migrated yet: the migrations check says so
+            raise ServiceWarning("the sweep's record cannot be read") from exc
+        if row is None:
+            raise ServiceWarning("no sweep has completed yet: are the Celery worker and beat running?")
+        self.last = row.finished_at
+        age = (timezone.now() - row.finished_at).total_seconds()
+        if age > sweep_late_after():
+            raise ServiceWarning(f"last sweep {age:.0f}s ago: are the Celery worker and beat running?")
+
+
+def _redis_client() -> RedisClient:
+    return RedisClient.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+
+
+def _entry(result: HealthCheckResult, failed: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"status": OK if result.error is None else failed,
+                             "ms": round(result.time_taken * 1000, 1)}
+    if result.error is not None:
+        entry["error"] = str(result.error)
+    return entry
+
+
+async def readiness() -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of /healthz/ready."""
+    start = time.perf_counter()
+    db, redis = await asyncio.gather(DatabaseCheck().get_result(), Redis(client_factory=_redis_client).get_result())
+    checks = {"database": _entry(db, DOWN), "redis": _entry(redis, DEGRADED)}
+    if db.error is None:
+        sweep_check = Sweep()
+        migrations, sweep = await asyncio.gather(Migrations().get_result(), sweep_check.get_result())
+        checks["migrations"] = _entry(migrations, DOWN)
+        checks["sweep"] = _entry(sweep, DEGRADED)
+        if sweep_check.last is not None:
+            checks["sweep"]["last_sweep_at"] = sweep_check.last.isoformat()
+    else:  # both read the database: nothing to learn, and each would wait for it again
+        checks["migrations"] = {"status": "unknown", "ms": 0.0, "error": "database unreachable"}
+        checks["sweep"] = {"status": "unknown", "ms": 0.0, "error": "database unreachable"}
+    statuses = {c["status"] for c in checks.values()}
+    overall = DOWN if DOWN in statuses or "unknown" in statuses else DEGRADED if DEGRADED in statuses else OK
+    body = {"status": overall, "checks": checks, "ms": round((time.perf_counter() - start) * 1000, 1)}
+    return (503 if overall == DOWN else 200), body
+
+
+def liveness() -> tuple[int, dict[str, Any]]:
+    return 200, {"status": OK, "checks": {"process": {"status": OK, "ms": 0.0}}}
+
+
+async def _send(send: Any, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"),
+        (b"cache-control", b"no-store"),
+        (b"content-length", str(len(data)).encode()),
+    ]})
+    await send({"type": "http.response.body", "body": data})
+
+
+PATHS = ("/healthz/live", "/healthz/ready")
+
+
+async def health_asgi(scope: dict, receive: Any, send: Any) -> None:
+    """Serves PATHS (any method but the body is ignored; HEAD answers headers only)."""
+    if scope["path"].rstrip("/") == "/healthz/ready":
+        status, body = await readiness()
+    else:
+        status, body = liveness()
+    if scope.get("method") == "HEAD":
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await _send(send, status, body)

@@ -1,0 +1,122 @@
+"""/metrics: Prometheus text format.
+
+What it serves: the in-process histograms and counters of iacplatform.metrics, plus gauges
+computed from the database at scrape time (`DatabaseCollector`: runs by status, jobs by pool,
+kind and status, agents by pool and status, slots of online agents by pool and state). The
+gauges are GROUP BY queries, not counters kept in memory, so they are right whichever process
+(web, the Celery worker's sweep, the admin) changed the rows, and right after a restart.
+
+Who may scrape: with IAC_METRICS_TOKEN set, a request with `Authorization: Bearer <token>`
+(else 401). Without it, only a loopback client (127.0.0.1, ::1) that did not come through a
+proxy (no X-Forwarded-For / Forwarded / X-Real-IP header: behind a reverse proxy on the same
+host every client would look local) gets an answer; anyone else gets 403.
+
+Not here yet: the autoscaler's desired and actual pods (the pools issue builds the
+autoscaler; its gauges belong in `DatabaseCollector` or next to the autoscaler's loop).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from agents_app.models import Agent, AgentPool, Slot
+from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState
+from iacplatform.metrics import REGISTRY
+from tasks_app.models import Job, Task
+from tasks_app.states import RunStatus
+
+PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+class DatabaseCollector:
+    """Gauges read from PostgreSQL on each scrape: one GROUP BY query per family. Every known
+    label combination is exported, zeros included, so a panel's series never vanish."""
+
+    def collect(self) -> Iterator[Metric]:
+        pools = list(AgentPool.objects.order_by("name").values_list("name", flat=True))
+
+        runs = GaugeMetricFamily("iac_runs", "Runs by status", labels=["status"])
+        counts = dict(Task.objects.values_list("status").annotate(n=Count("id")).order_by())
+        for status in RunStatus.values:
+            runs.add_metric([status], counts.get(status, 0))
+        yield runs
+
+        jobs = GaugeMetricFamily("iac_jobs", "Jobs by pool, kind and status", labels=["pool", "kind", "status"])
+        by_job = {
+            (pool, kind, status): n
+            for pool, kind, status, n in Job.objects.values_list("pool__name", "kind", "status")
+            .annotate(n=Count("id")).order_by()
+        }
+        for pool in pools:
+            for kind in JobKind:
+                for status in JobStatus:
+                    jobs.add_metric([pool, kind, status], by_job.get((pool, kind, status), 0))
+        yield jobs
+
+        agents = GaugeMetricFamily("iac_agents", "Agents by pool and status", labels=["pool", "status"])
+        by_agent = {
+            (pool, status): n
+            for pool, status, n in Agent.objects.values_list("pool__name", "status").annotate(n=Count("id")).order_by()
+        }
+        for pool in pools:
+            for status in AgentStatus:
+                agents.add_metric([pool, status], by_agent.get((pool, status), 0))
+        yield agents
+
+        # The slots of online agents only: an offline agent's slots are capacity nobody has.
+        slots = GaugeMetricFamily("iac_slots", "Slots of online agents by pool and state", labels=["pool", "state"])
+        by_slot = {
+            (pool, state): n
+            for pool, state, n in Slot.objects.filter(agent__status=AgentStatus.ONLINE)
+            .values_list("agent__pool__name", "state").annotate(n=Count("id")).order_by()
+        }
+        for pool in pools:
+            for state in SlotState:
+                slots.add_metric([pool, state], by_slot.get((pool, state), 0))
+        yield slots
+
+
+class _Scrape:
+    """What one scrape exports: the in-process registry, then the database gauges."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+        yield from DatabaseCollector().collect()
+
+
+def scrape() -> bytes:
+    return generate_latest(_Scrape())  # type: ignore[arg-type]  # any object with collect()
+
+
+def _is_local(request: HttpRequest) -> bool:
+    if any(request.META.get(header) for header in PROXY_HEADERS):
+        return False
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = settings.IAC_METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            response = JsonResponse({"detail": "metrics need Authorization: Bearer <IAC_METRICS_TOKEN>"}, status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    elif not _is_local(request):
+        return JsonResponse(
+            {"detail": "metrics answer only local clients unless IAC_METRICS_TOKEN is set"}, status=403
+        )
+    return HttpResponse(scrape(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,286 @@
+"""Health endpoints: /healthz/live and /healthz/ready on the server, and the agent's own.
+
+The outage tests run a Daphne of their own on a PostgreSQL (pgserver, in a temp dir) and a
+redis-server of their own, and stop them: the suite's shared servers are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pgserver
+import pytest
+import requests
+from asgiref.testing import ApplicationCommunicator
+
+from agents_app.agent.health import start_health_server
+from iacplatform import embedded
+from tests.live import LOG_DIR, ROOT, free_port, wait_for
+
+FOREIGN_HOST = "10.244.1.17:8000"  # a pod IP, as a kubelet's probe sends it
+
+
+# --- live, in process ---------------------------------------------------------------------
+
+
+async def _asgi_get(path: str, host: str) -> tuple[int, bytes]:
+    from iacplatform.asgi import application
+
+    comm = ApplicationCommunicator(application, {
+        "type": "http", "method": "GET", "path": path, "query_string": b"",
+        "headers": [(b"host", host.encode())], "scheme": "http", "server": ("10.244.1.17", 8000),
+    })
+    await comm.send_input({"type": "http.request", "body": b""})
+    start = await comm.receive_output(10)
+    body = await comm.receive_output(10)
+    return start["status"], body.get("body", b"")
+
+
+def test_it_answers_live_whatever_the_host_header():
+    status, raw = asyncio.run(_asgi_get("/healthz/live", FOREIGN_HOST))
+    body = json.loads(raw)
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["checks"]["process"]["status"] == "ok"
+
+
+def test_it_still_refuses_a_foreign_host_on_other_pages():
+    status, _ = asyncio.run(_asgi_get("/accounts/login/", FOREIGN_HOST))
+    assert status == 400
+
+
+def test_it_is_ready_once_a_sweep_has_completed(transactional_db):
+    # Threads of their own run the checks: they see committed rows only (hence transactional_db).
+    from iacplatform.health import readiness
+    from tasks_app.services.control import sweep
+
+    status, body = asyncio.run(readiness())
+    assert (status, body["checks"]["sweep"]["status"]) == (200, "degraded")
+    sweep(steps=[])
+    status, body = asyncio.run(readiness())
+    assert (status, body["status"]) == (200, "ok"), body
+    assert body["checks"]["sweep"]["last_sweep_at"]
+
+
+# --- ready, against a platform of the test's own ------------------------------------------
+
+
+@dataclass
+class OwnServers:
+    root: Path
+    pg: pgserver.PostgresServer
+    redis_dir: Path
+    redis_socket: Path
+
+    def database_url(self, name: str) -> str:
+        self.pg.psql(f"CREATE DATABASE {name};")
+        return self.pg.get_uri(name)
+
+    def stop_redis(self) -> None:
+        pid = int((self.redis_dir / "redis.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not embedded._redis_alive(self.redis_socket), 10, "redis to stop")
+
+    def stop_postgres(self) -> None:
+        self.pg.cleanup()  # pg_ctl -w stop (cleanup_mode="stop"); the data dir stays until the rmtree
+
+
+@pytest.fixture
+def own_servers() -> Iterator[OwnServers]:
+    # Not pytest's tmp_path: pgserver runs PostgreSQL as its own user when we are root, and
+    # that user must be able to enter the directory.
+    root = Path(tempfile.mkdtemp(prefix="iac-health-"))
+    root.chmod(0o755)
+    pg = pgserver.get_server(root / "pg", cleanup_mode="stop")
+    redis_socket = embedded.ensure_redis(root)
+    servers = OwnServers(root=root, pg=pg, redis_dir=root / "redis", redis_socket=redis_socket)
+    try:
+        yield servers
+    finally:
+        if embedded._redis_alive(redis_socket):
+            servers.stop_redis()
+        servers.stop_postgres()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _env(servers: OwnServers, database_url: str, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=f"unix://{servers.redis_socket}",
+        SECRET_KEY="health-test-secret-key-" + "x" * 40,
+        IAC_VAR_DIR=str(servers.root / "var"),
+        IAC_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+@contextmanager
+def _daphne(env: dict[str, str], port: int) -> Iterator[str]:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_DIR / "daphne-health.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "iacplatform.asgi:application"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"daphne exited; see {LOG_DIR / 'daphne-health.log'}")
+            try:
+                return requests.get(base + "/healthz/live", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(up, 60, "daphne to serve")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ready(base: str) -> tuple[int, dict]:
+    # The pod IP as Host: the probe's view, not a browser's.
+    response = requests.get(base + "/healthz/ready", headers={"Host": FOREIGN_HOST}, timeout=30)
+    assert response.headers["Content-Type"] == "application/json"
+    return response.status_code, response.json()
+
+
+@pytest.mark.e2e
+def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
+    port = free_port()
+    env = _env(own_servers, own_servers.database_url("fresh"), port)
+    with _daphne(env, port) as base:
+        status, body = _ready(base)
+    assert status == 503
+    assert body["status"] == "down"
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["migrations"]["status"] == "down"
+    assert "not applied" in body["checks"]["migrations"]["error"]
+    assert all(isinstance(check["ms"], float) for check in body["checks"].values())
+
+
+@pytest.mark.e2e
+def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_servers):
+    port = free_port()
+    env = _env(own_servers, own_servers.database_url("platform"), port)
+    _manage(env, "migrate", "--no-input")
+    # One control-loop tick, as the Celery worker runs it: the sweep's time is recorded.
+    _manage(env, "shell", "-c", "from tasks_app.services.control import sweep; sweep()")
+    with _daphne(env, port) as base:
+        status, body = _ready(base)
+        assert (status, body["status"]) == (200, "ok"), body
+        assert {name: c["status"] for name, c in body["checks"].items()} == {
+            "database": "ok", "redis": "ok", "migrations": "ok", "sweep": "ok"}
+        assert body["checks"]["sweep"]["last_sweep_at"]
+
+        own_servers.stop_redis()
+        status, body = _ready(base)
+        assert (status, body["status"]) == (200, "degraded"), body
+        assert body["checks"]["redis"]["status"] == "degraded"
+        assert body["checks"]["database"]["status"] == "ok"
+
+        own_servers.stop_postgres()
+        status, body = _ready(base)
+        assert (status, body["status"]) == (503, "down"), body
+        assert body["checks"]["database"]["status"] == "down"
+        assert body["checks"]["database"]["error"]
+
+
+@pytest.mark.e2e
+def test_it_reports_a_late_sweep_as_degraded(own_servers):
+    port = free_port()
+    env = _env(own_servers, own_servers.database_url("nosweep"), port)
+    _manage(env, "migrate", "--no-input")  # no sweep ever ran: no worker, no beat
+    with _daphne(env, port) as base:
+        status, body = _ready(base)
+    assert (status, body["status"]) == (200, "degraded"), body
+    assert body["checks"]["sweep"]["status"] == "degraded"
+    assert "Celery" in body["checks"]["sweep"]["error"]
+
+
+# --- the agent's own endpoints ------------------------------------------------------------
+
+
+@dataclass
+class FakeAgent:
+    agent_id: int = 0
+    heartbeat_interval: float = 10.0
+    last_answered: float = 0.0
+    last_server_error: str = ""
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_it_serves_the_agent_health_on_a_local_port():
+    agent = FakeAgent(last_server_error="server not reachable: connection refused")
+    server = start_health_server(agent, "127.0.0.1", 0)
+    base = "http://127.0.0.1:%d" % server.server_address[1]
+    try:
+        assert _get(base + "/healthz/live") == (200, {"status": "ok", "checks": {"process": {"status": "ok", "ms": 0.0}}})
+
+        status, body = _get(base + "/healthz/ready")
+        assert (status, body["status"]) == (503, "down")
+        assert body["checks"]["registered"]["status"] == "down"
+        assert "connection refused" in body["checks"]["server"]["error"]
+
+        # Registered and the last heartbeat just answered.
+        agent.agent_id, agent.last_answered, agent.last_server_error = 7, time.monotonic(), ""
+        status, body = _get(base + "/healthz/ready")
+        assert (status, body["status"]) == (200, "ok")
+        assert body["checks"]["registered"]["agent_id"] == 7
+
+        # Heartbeats stopped being answered long ago.
+        agent.last_answered = time.monotonic() - 3600
+        status, body = _get(base + "/healthz/ready")
+        assert (status, body["checks"]["heartbeat"]["status"]) == (503, "down")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_it_serves_a_running_agents_health_once_registered(live_url, start_agent):
+    from tests.factories import make_pool
+
+    _pool, token = make_pool()
+    port = free_port()
+    start_agent(token, "health-probed", env={"IAC_AGENT_HEALTH_PORT": str(port)})  # returns once registered
+    status, body = _get(f"http://127.0.0.1:{port}/healthz/ready")
+    assert (status, body["status"]) == (200, "ok"), body
+    assert body["checks"]["registered"]["agent_id"]
+    # And the platform it registered with is ready too (its Celery worker sweeps).
+    status, body = _ready(live_url)
+    assert status == 200
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["migrations"]["status"] == "ok"
