@@ -87,12 +87,20 @@ class Sweep(HealthCheck):
                 row = SweepHeartbeat.objects.filter(id=1).first()
         except DatabaseError as exc:  # its table not migrated yet: the migrations check says so
             raise ServiceWarning("the sweep's record cannot be read") from exc
-        if row is None:
-            raise ServiceWarning("no sweep has completed yet: are the Celery worker and beat running?")
-        self.last = row.finished_at
-        age = (timezone.now() - row.finished_at).total_seconds()
-        if age > sweep_late_after():
-            raise ServiceWarning(f"last sweep {age:.0f}s ago: are the Celery worker and beat running?")
+        self.last = row.finished_at if row is not None else None
+        problem = sweep_problem(self.last, timezone.now())
+        if problem:
+            raise ServiceWarning(problem)
+
+
+def sweep_problem(finished_at: datetime.datetime | None, now: datetime.datetime) -> str:
+    """Why the last sweep's time means the control loop may be stopped ("" when it is fine)."""
+    if finished_at is None:
+        return "no sweep has completed yet: are the Celery worker and beat running?"
+    age = (now - finished_at).total_seconds()
+    if age > sweep_late_after():
+        return f"last sweep {age:.0f}s ago: are the Celery worker and beat running?"
+    return ""
 
 
 def _redis_client() -> RedisClient:
