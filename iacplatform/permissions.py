@@ -16,7 +16,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from iacplatform.errors import Forbidden, NotFound
-from tasks_app.models import AccessLevel, Workspace, WorkspaceAccess
+from tasks_app.models import AccessLevel, Task, Workspace, WorkspaceAccess
 
 
 class Level(enum.IntEnum):
@@ -117,6 +117,16 @@ def workspace_for(user: Any, action: Action, workspace_id: int) -> Workspace:
         raise NotFound("no such workspace")
     require(user, action, workspace)
     return workspace
+
+
+def run_for(user: Any, action: Action, task_id: int) -> Task:
+    """The run, if the user may do `action` on its workspace: NotFound when they cannot read
+    it (the same answer as for a run that does not exist), Forbidden below the level."""
+    task = Task.objects.select_related("workspace__pool").filter(id=task_id).first()
+    if task is None or level(user, task.workspace) < Level.READ:
+        raise NotFound("no such run")
+    require(user, action, task.workspace)
+    return task
 
 
 def readable_workspaces(user: Any) -> QuerySet[Workspace]:

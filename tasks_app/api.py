@@ -17,16 +17,16 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from iacplatform.errors import Conflict, Forbidden, NotFound
+from iacplatform.errors import Conflict, Forbidden
 from iacplatform.permissions import (
     Action,
-    can,
     can_create_workspace,
     can_use_pool,
     creating_team,
     is_site_admin,
     readable_workspaces,
     require,
+    run_for,
     workspace_for,
 )
 from tasks_app.models import (
@@ -80,11 +80,7 @@ def _workspace(request: Request, workspace_id: int, action: Action) -> Workspace
 
 def _task(request: Request, task_id: int, action: Action) -> Task:
     """The run if the user may do `action` on its workspace: 404 when they cannot read it."""
-    task = Task.objects.select_related("workspace").filter(id=task_id).first()
-    if task is None or not can(request.user, Action.READ, task.workspace):
-        raise NotFound("no such run")
-    require(request.user, action, task.workspace)
-    return task
+    return run_for(request.user, action, task_id)
 
 
 def _run_queryset() -> QuerySet[Task]:

@@ -10,15 +10,18 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from iacplatform.permissions import Action, can
+from iacplatform.errors import NotFound
+from iacplatform.permissions import Action, run_for
 from tasks_app.events import run_group
-from tasks_app.models import Task
 from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read
 
 
 def _may_read_run(user: Any, task_id: int) -> bool:
-    task = Task.objects.select_related("workspace").filter(id=task_id).first()
-    return task is not None and can(user, Action.READ, task.workspace)
+    try:
+        run_for(user, Action.READ, task_id)
+    except NotFound:
+        return False
+    return True
 
 
 def _offset_param(query_string: bytes) -> int | None:

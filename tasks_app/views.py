@@ -20,17 +20,18 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from iacplatform.errors import PlatformError
+from iacplatform.errors import NotFound, PlatformError
 from iacplatform.permissions import (
     Action,
     allowed_actions,
-    can,
     can_create_workspace,
     can_use_pool,
     creating_team,
     is_site_admin,
     readable_workspaces,
     require,
+    run_for,
+    workspace_for,
 )
 from tasks_app.models import AccessLevel, ApiToken, Job, JobKind, JobStatus, Plan, Task, Workspace, WorkspaceAccess
 from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail
@@ -57,17 +58,17 @@ class WorkspaceCreateForm(forms.ModelForm):
 def _workspace(request: HttpRequest, workspace_id: int) -> Workspace:
     """The workspace if the user may read it; a 404 page otherwise (its existence is not
     revealed)."""
-    ws = Workspace.objects.select_related("pool").filter(id=workspace_id).first()
-    if ws is None or not can(request.user, Action.READ, ws):
-        raise Http404("no such workspace")
-    return ws
+    try:
+        return workspace_for(request.user, Action.READ, workspace_id)
+    except NotFound as exc:
+        raise Http404(str(exc)) from exc
 
 
 def _task(request: HttpRequest, task_id: int) -> Task:
-    task = Task.objects.select_related("workspace__pool").filter(id=task_id).first()
-    if task is None or not can(request.user, Action.READ, task.workspace):
-        raise Http404("no such run")
-    return task
+    try:
+        return run_for(request.user, Action.READ, task_id)
+    except NotFound as exc:
+        raise Http404(str(exc)) from exc
 
 
 @login_required

@@ -94,10 +94,6 @@ class Case:
     api: bool = True  # token auth (else a logged-in browser session)
 
 
-def _json_body(w: World, user: str, data: Any) -> Any:
-    return data
-
-
 # One list of cases per URL name. Paths get the user's name so that cases that create
 # something use distinct names.
 RULES: dict[str, list[Case]] = {

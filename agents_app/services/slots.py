@@ -41,10 +41,6 @@ def slot_transition(slot: Slot, to: SlotState, *, job: Any = None, task: Any = N
     )
 
 
-def slot_locked(slot_id: int) -> Slot:
-    return Slot.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").get(id=slot_id)
-
-
 def slot_of_job(job_id: int) -> Slot | None:
     """The slot running `job_id`, locked."""
     return Slot.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").filter(job_id=job_id).first()
@@ -65,9 +61,3 @@ def slot_idle_of_agent(agent_id: int) -> Slot | None:
         .order_by("index")
         .first()
     )
-
-
-def slots_free(slot: Slot, *, message: str = "") -> None:
-    """Back to idle from whatever it was (the agent went offline or came back fresh)."""
-    if slot.state != SlotState.IDLE:
-        slot_transition(slot, SlotState.IDLE, message=message)

@@ -95,22 +95,14 @@ class Assigned:
         return job_payload(self.job, self.task, self.credential, note=self.note)
 
 
-def claimable_jobs(*, pool_id: int, terraform_version: str | None = None) -> Any:
-    """Queued jobs of the pool an agent may take now. Plans and applies go before warmups: a
-    warmup is worth a slot only when nobody is waiting for one."""
-    now = timezone.now()
-    qs = Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED).filter(
-        Q(hold_until__isnull=True) | Q(hold_until__lte=now)
-    )
-    if terraform_version is not None:
-        qs = qs.filter(Q(terraform_version="") | Q(terraform_version=terraform_version))
-    return qs
-
-
 def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
-    """Give the (locked, online) agent its next queued job on its (locked, idle) slot."""
+    """Give the (locked, online) agent its next queued job on its (locked, idle) slot: one not
+    held for a running warmup, for any terraform version or the agent's. Plans and applies go
+    before warmups: a warmup is worth a slot only when nobody is waiting for one."""
     job = (
-        claimable_jobs(pool_id=agent.pool_id, terraform_version=agent.terraform_version)
+        Job.objects.filter(pool_id=agent.pool_id, status=JobStatus.QUEUED)
+        .filter(Q(hold_until__isnull=True) | Q(hold_until__lte=timezone.now()))
+        .filter(Q(terraform_version="") | Q(terraform_version=agent.terraform_version))
         .select_for_update(no_key=True, skip_locked=True)
         .order_by(Case(When(kind=JobKind.WARMUP, then=Value(1)), default=Value(0), output_field=IntegerField()), "id")
         .first()
