@@ -48,14 +48,17 @@ def pushed_key(job_id: int) -> str:
     return f"iac:push:job:{job_id}"
 
 
+PUSH_KEEP_SECONDS = 120
+
+
 def push_job(agent_id: int, job_id: int, payload: dict) -> None:
     """Hand an assigned job to the agent's long-poll. Keyed by job: the payload waits in its
     own key, and the agent's list holds the ids, so two applies confirmed a moment apart
     for runs warm on the same agent are both delivered (a single key per agent would let
-    the second overwrite the first, which would then go cold). The key lives only as long
-    as the agent has to acknowledge the job; after that the job goes back to the pool with
-    a new fence, and a late copy would be refused anyway."""
-    ttl_ms = int(settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS * 1000)
+    the second overwrite the first, which would then go cold)."""
+    # The key outlives the ack timeout: the sweep takes an untaken push back (take_back) to
+    # know for sure that the agent never got it; the TTL only collects what nobody took.
+    ttl_ms = int((settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + PUSH_KEEP_SECONDS) * 1000)
     with _client().pipeline(transaction=True) as pipe:
         pipe.set(pushed_key(job_id), json.dumps(payload), px=ttl_ms)
         pipe.rpush(pushed_list(agent_id), job_id)
@@ -74,6 +77,19 @@ while true do
   if payload then return payload end
 end
 """
+
+
+def take_back(agent_id: int, job_id: int) -> bool:
+    """Withdraw a push the agent has not taken; True when it was still there, so the agent
+    never got the job and never will (GETDEL against the agent's own GETDEL: one wins)."""
+    try:
+        with _client().pipeline(transaction=True) as pipe:
+            pipe.getdel(pushed_key(job_id))
+            pipe.lrem(pushed_list(agent_id), 0, job_id)
+            payload, _ = pipe.execute()
+    except redis.RedisError:
+        return False  # cannot tell: the heartbeats will
+    return payload is not None
 
 
 async def take_pushed(client: aredis.Redis, agent_id: int) -> dict | None:

@@ -220,6 +220,9 @@ class Job(models.Model):
     # An apply is acknowledged by its agent before terraform starts; an unacknowledged one
     # provably never ran and may be handed to another agent.
     acked_at = models.DateTimeField(null=True, blank=True)
+    # Heartbeats of its agent in a row that did not report this running job (see
+    # jobs.jobs_missed_by_heartbeat): two mean the agent does not have it.
+    missed_heartbeats = models.PositiveSmallIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -135,7 +135,7 @@ def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
     started: list[AgentProcess] = []
 
     def start(pool_token: str, name: str, *, slots: int = 3, env: dict[str, str] | None = None,
-              wait: bool = True) -> AgentProcess:
+              wait: bool = True, server: str | None = None) -> AgentProcess:
         from agents_app.models import Agent
 
         # Agents get what the platform gives them (an allowlist of this environment, the pool
@@ -150,7 +150,7 @@ def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
             IAC_AGENT_SANDBOX_BIND=os.pathsep.join(str(p) for p in executable_paths(resolve_terraform(settings.VAR_DIR))),
         )
         agent_env.update(env or {})
-        cmd = [sys.executable, "-m", "agents_app.agent", "--server", live_url,
+        cmd = [sys.executable, "-m", "agents_app.agent", "--server", server or live_url,
                "--name", name, "--work-root", str(work_root), "--slots", str(slots)]
         proc = _spawn(f"agent-{name}", cmd, agent_env)
         agent = AgentProcess(proc, name, work_root)

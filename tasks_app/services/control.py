@@ -59,10 +59,13 @@ from tasks_app.services.jobs import (
     job_finish,
     job_locked,
     job_transition,
+    jobs_ack_reported,
     jobs_lease_expired,
+    jobs_missed_by_heartbeat,
     jobs_renew_leases,
     jobs_running_of_agent,
     jobs_to_cancel,
+    jobs_unacked_overdue,
 )
 from tasks_app.services.retention import step_retention
 from tasks_app.services.runs import (
@@ -146,6 +149,13 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
         agent = agent_locked_online(agent.id)
         agent_record_heartbeat(agent, warm_dirs=[d.model_dump() for d in heartbeat.warm_dirs])
         jobs_renew_leases(agent=agent, job_ids=heartbeat.running_jobs)
+        for job in jobs_ack_reported(agent=agent, job_ids=heartbeat.running_jobs):
+            with bound(job_id=job.id, run_id=job.task_id):
+                log.info("apply job %s acknowledged by %s's heartbeat", job.id, agent.name)
+                run_apply_acked(_task_locked(job.task_id))
+        for job_id in jobs_missed_by_heartbeat(agent=agent, job_ids=heartbeat.running_jobs):
+            job_lost(job_id=job_id, why=f"{agent.name} does not report it in its heartbeats (it never got the job, "
+                                        "or no longer has it)")
         release = warm_dirs_reconcile(agent, {d.task for d in heartbeat.warm_dirs}, grace=True)
         cancel = [CancelOrder(id=job_id, force=force) for job_id, force in jobs_to_cancel(agent=agent)]
     return HeartbeatReply(release=release, cancel=cancel, heartbeat_interval=settings.IAC_AGENT_HEARTBEAT_SECONDS)
@@ -311,18 +321,27 @@ def step_offline() -> list[int]:
 
 def step_leases() -> list[int]:
     """Jobs whose lease ran out, and applies pushed to an agent that did not take them in
-    time: they go back to the pool (or fail), each in its own transaction."""
+    time: they go back to the pool (or fail), each in its own transaction.
+
+    An unacknowledged apply goes elsewhere only when the server can tell it never reached
+    its agent: its push is still waiting in Redis, and taking it back (atomically, against
+    the agent's own take) guarantees the agent never gets it. A push already taken may be
+    running with its ack lost on the way: the agent's heartbeats decide (agent_heartbeat)."""
     timeout = settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS
     lost = []
     for job_id in jobs_lease_expired():
         with transaction.atomic():
             job = job_locked(job_id)
             name = job.agent.name if job.agent else "its agent"
-            if job.kind == JobKind.APPLY and job.acked_at is None:
-                why = f"{name} did not take the apply within {timeout:g}s"
-            else:
-                why = f"the lease of {job.kind} job {job.id} expired ({name} stopped reporting it)"
-            if job_lost(job_id=job_id, why=why):
+            if job_lost(job_id=job_id, why=f"the lease of {job.kind} job {job.id} expired ({name} stopped reporting it)"):
+                lost.append(job_id)
+    for job_id, agent_id in jobs_unacked_overdue():
+        if agent_id is None or not wakeups.take_back(agent_id, job_id):
+            continue
+        with transaction.atomic():
+            job = job_locked(job_id)
+            name = job.agent.name if job.agent else "its agent"
+            if job_lost(job_id=job_id, why=f"{name} did not take the apply within {timeout:g}s"):
                 lost.append(job_id)
     return lost
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, IntegerField, Q, Value, When
+from django.db.models import Case, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
@@ -143,8 +143,9 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     job.lease_expires_at = _lease()
     job.credential_hash = credential_hash
     job.hold_until = None
+    job.missed_heartbeats = 0
     fields = ("agent", "slot_index", "fence", "claimed_at", "lease_expires_at", "credential_hash", "hold_until",
-              "cold_reason")
+              "cold_reason", "missed_heartbeats")
     if job.pk is None:
         job.status = JobStatus.RUNNING
         job.save()
@@ -207,7 +208,45 @@ def jobs_renew_leases(*, agent: Agent, job_ids: list[int]) -> None:
     """Only the jobs the agent says it runs keep their lease: a job whose claim answer was
     lost on the way never shows up in a heartbeat, and its lease runs out (see the sweep).
     (A lease is not a status: a bulk update is fine.)"""
-    Job.objects.filter(agent=agent, status=JobStatus.RUNNING, id__in=job_ids).update(lease_expires_at=_lease())
+    Job.objects.filter(agent=agent, status=JobStatus.RUNNING, id__in=job_ids).update(
+        lease_expires_at=_lease(), missed_heartbeats=0
+    )
+
+
+def jobs_ack_reported(*, agent: Agent, job_ids: list[int]) -> list[Job]:
+    """Applies the (locked) agent reports running that it has not acknowledged yet: the
+    heartbeat is their acknowledgement. The agent has the job, so it may already run
+    terraform, and it must never be handed to another agent (an ack event lost on the way
+    would otherwise send a running apply elsewhere). Returns them locked, acked now."""
+    jobs = list(
+        Job.objects.select_for_update(no_key=True, of=("self",))
+        .filter(agent=agent, status=JobStatus.RUNNING, kind=JobKind.APPLY, acked_at__isnull=True, id__in=job_ids)
+        .order_by("id")
+    )
+    for job in jobs:
+        job.acked_at = timezone.now()
+        job.save(update_fields=["acked_at"])
+    return jobs
+
+
+# A heartbeat is built after the previous one was answered: the second heartbeat the server
+# receives after a job's assignment was built after that assignment was committed, when the
+# claim answer had long been sent. A job missing from two such heartbeats never reached the
+# agent (its claim answer was lost), or the agent no longer has it.
+MISSED_HEARTBEATS_LOST = 2
+
+
+def jobs_missed_by_heartbeat(*, agent: Agent, job_ids: list[int]) -> list[int]:
+    """Count a heartbeat that does not report a running job assigned to the agent before it;
+    returns the jobs missing from MISSED_HEARTBEATS_LOST heartbeats (for control.job_lost).
+    (A counter, not a status: a bulk update is fine.)"""
+    missing = Job.objects.filter(agent=agent, status=JobStatus.RUNNING, claimed_at__lt=timezone.now()).exclude(
+        id__in=job_ids
+    )
+    missing.update(missed_heartbeats=F("missed_heartbeats") + 1)
+    return list(
+        missing.filter(missed_heartbeats__gte=MISSED_HEARTBEATS_LOST).order_by("id").values_list("id", flat=True)
+    )
 
 
 def _sensitive_values(workspace_id: int) -> list[str]:
@@ -431,16 +470,23 @@ def job_abandon(job: Job, *, why: str) -> Abandoned:
 
 
 def jobs_lease_expired(*, pool_id: int | None = None) -> list[int]:
-    """Running jobs whose lease ran out although their agent may still be online, and applies
-    assigned but not acknowledged within IAC_TARGET_CLAIM_TIMEOUT_SECONDS (the push never
-    arrived, or the agent hangs): those never ran and may go to another agent."""
-    now = timezone.now()
-    timeout = settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS
-    unacked = Q(kind=JobKind.APPLY, acked_at__isnull=True, claimed_at__lt=now - timedelta(seconds=timeout))
-    qs = Job.objects.filter(status=JobStatus.RUNNING).filter(Q(lease_expires_at__lt=now) | unacked)
+    """Running jobs whose lease ran out although their agent may still be online."""
+    qs = Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now())
     if pool_id is not None:
         qs = qs.filter(pool_id=pool_id)
     return list(qs.order_by("id").values_list("id", flat=True))
+
+
+def jobs_unacked_overdue() -> list[tuple[int, int]]:
+    """(job, agent) of applies assigned but not acknowledged within
+    IAC_TARGET_CLAIM_TIMEOUT_SECONDS. Late is not lost: the sweep sends one elsewhere only
+    when it can take its push back (so the agent never got it); otherwise the agent's
+    heartbeats decide (jobs_ack_reported, jobs_missed_by_heartbeat)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS)
+    return list(
+        Job.objects.filter(status=JobStatus.RUNNING, kind=JobKind.APPLY, acked_at__isnull=True, claimed_at__lt=cutoff)
+        .order_by("id").values_list("id", "agent_id")
+    )
 
 
 def job_locked(job_id: int) -> Job:

@@ -14,6 +14,7 @@ from agents_app.models import Agent, Slot
 from tasks_app.models import Job
 from tasks_app.services.control import agent_set_offline
 from tasks_app.services.runs import run_confirm, run_create
+from tasks_app.tasks import sweep
 from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
 from tests.factories import DEMO_MAIN_TF, make_workspace
 
@@ -39,27 +40,63 @@ def test_it_reserves_the_plans_slot_so_the_run_is_ready_at_once(setup, client):
     assert task.warmup_expires_at > timezone.now() + timedelta(minutes=29)
 
 
-def test_it_pushes_the_confirmed_apply_to_the_reserving_agent_and_falls_back_to_the_pool(setup, client):
+def test_it_pushes_the_confirmed_apply_to_the_reserving_agent_and_takes_back_an_untaken_push(setup, client):
     a1 = FakeAgent(client, setup[1], "a1")
     task = apply_pending(setup, a1)
     a2 = FakeAgent(client, setup[1], "a2")
     run_confirm(task_id=task.id, actor="test")
 
     assert a2.claim() is None, "another agent must not steal the pushed apply"
-    pushed = a1.claim()
-    assert pushed["kind"] == "apply" and pushed["cold_reason"] == ""
-    assert a1.claim() is None, "a pushed job is handed out once"
-
-    # a1 never acknowledges it: once the deadline passes, the sweep gives it to the pool, cold.
-    Job.objects.filter(id=pushed["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
-    from tasks_app.tasks import sweep
-
-    assert sweep()["leases"] == [pushed["id"]]
+    job_id = Job.objects.get(task=task, kind="apply").id
+    # a1 does not take the push (its claim loop hangs): once the deadline passes, the sweep
+    # takes the push back, so a1 can never get it, and gives the apply to the pool, cold.
+    Job.objects.filter(id=job_id).update(claimed_at=timezone.now() - timedelta(seconds=10))
+    assert sweep()["leases"] == [job_id]
     job = a2.claim()
-    assert job["id"] == pushed["id"] and job["fence"] == pushed["fence"] + 1
+    assert job["id"] == job_id and job["fence"] == 2
+    assert a1.claim() is None, "a push taken back is never handed out"
     assert "a1 did not take the apply within 2s" in job["cold_reason"]
     assert not Slot.objects.filter(agent_id=a1.id, state__in=["reserved", "running"]).exists()
-    assert a1.ack(pushed).status_code == 409
+
+
+def test_a_taken_push_is_never_sent_elsewhere_on_the_ack_timeout_alone(setup, client):
+    """The agent took the apply; its ack is lost on the way. It may be running terraform
+    already: waiting longer than the ack timeout must not hand it to another agent."""
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    run_confirm(task_id=task.id, actor="test")
+    pushed = a1.claim()
+    assert pushed["kind"] == "apply"
+    Job.objects.filter(id=pushed["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
+    assert sweep()["leases"] == []
+    # Its heartbeat reports the job: that is its acknowledgement, and the run is applying.
+    assert a1.post("/agent/v1/heartbeat", {"running_jobs": [pushed["id"]]}).status_code == 200
+    job = Job.objects.get(id=pushed["id"])
+    assert job.status == "running" and job.acked_at is not None and job.fence == pushed["fence"]
+    task.refresh_from_db()
+    assert task.status == "applying"
+    assert sweep()["leases"] == []
+    assert a1.finish(pushed).status_code == 200
+    task.refresh_from_db()
+    assert task.status == "applied"
+
+
+def test_an_apply_missing_from_two_heartbeats_never_reached_its_agent_and_goes_elsewhere(setup, client):
+    """The push was taken but the claim's answer was lost on the way: the agent's heartbeats
+    never report the job. The second heartbeat after the assignment was built after it was
+    committed, so the agent does not have it: the apply goes to the pool, cold."""
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    run_confirm(task_id=task.id, actor="test")
+    lost = a1.claim()  # the answer the agent never read
+    assert a1.post("/agent/v1/heartbeat", {"running_jobs": []}).status_code == 200
+    assert Job.objects.get(id=lost["id"]).status == "running", "one heartbeat may predate the claim's answer"
+    assert a1.post("/agent/v1/heartbeat", {"running_jobs": []}).status_code == 200
+    a2 = FakeAgent(client, setup[1], "a2")
+    job = a2.claim()
+    assert job["id"] == lost["id"] and job["fence"] == lost["fence"] + 1
+    assert "a1 does not report it in its heartbeats" in job["cold_reason"]
+    assert a1.ack(lost).status_code == 409, "a late copy of the job is fenced off"
 
 
 def test_it_hands_a_job_to_one_claimer_and_fences_the_loser(setup, client):
@@ -231,14 +268,12 @@ def test_it_hands_an_unacknowledged_apply_to_another_agent_and_fences_the_first(
     a1 = FakeAgent(client, setup[1], "a1")
     task = apply_pending(setup, a1)
     run_confirm(task_id=task.id, actor="test")
-    first = a1.claim()  # claimed on a1's behalf, but a1 hangs and never acknowledges it
+    first = a1.claim()  # taken on a1's behalf, but the answer never reaches a1
     task.refresh_from_db()
     assert task.status == "apply_queued", "not applying until the agent acknowledges"
     a2 = FakeAgent(client, setup[1], "a2")
-    Job.objects.filter(id=first["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
-    from tasks_app.tasks import sweep
-
-    assert sweep()["leases"] == [first["id"]]
+    for _ in range(2):  # a1's heartbeats do not report it: a1 does not have it
+        assert a1.post("/agent/v1/heartbeat", {"running_jobs": []}).status_code == 200
     second = a2.claim()
     assert second["id"] == first["id"] and second["kind"] == "apply"
     assert "the apply had not started" in second["cold_reason"]
@@ -265,10 +300,8 @@ def test_it_revokes_the_state_credential_of_an_apply_handed_to_another_agent(set
     assert client.generic("LOCK", lock_url, body, content_type="application/json", HTTP_AUTHORIZATION=auth).status_code == 200
     assert client.generic("UNLOCK", lock_url, body, content_type="application/json", HTTP_AUTHORIZATION=auth).status_code == 200
 
-    Job.objects.filter(id=first["id"]).update(claimed_at=timezone.now() - timedelta(seconds=10))
-    from tasks_app.tasks import sweep
-
-    sweep()
+    for _ in range(2):  # a1's heartbeats do not report it: the apply goes back to the queue
+        assert a1.post("/agent/v1/heartbeat", {"running_jobs": []}).status_code == 200
     resp = client.generic("LOCK", lock_url, json.dumps(lock), content_type="application/json", HTTP_AUTHORIZATION=auth)
     assert resp.status_code == 401
     task.refresh_from_db()
