@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-dispatch lint
+.PHONY: run test bench bench-dispatch faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -37,3 +37,9 @@ bench: $(VENV)/.installed-dev
 
 bench-dispatch: $(VENV)/.installed-dev
 	$(PY) -m bench.dispatch
+
+# The fault suite (bench/faults.py): the supervised platform with agents, web, the worker,
+# Redis and PostgreSQL killed mid-run; every count of lost, doubled or stuck work must be 0.
+FAULTS_N ?= 5
+faults: $(VENV)/.installed-dev
+	$(PY) -m bench.faults --n $(FAULTS_N)
