@@ -147,31 +147,41 @@ class JobRun:
         self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost, redactor=self.redactor)
         self.proc: subprocess.Popen | None = None
         self.cancelled = False
+        self.interrupted: subprocess.Popen | None = None  # the process that got our SIGINT
         self.lost = False  # the server gave this job to another agent
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
 
-    def cancel(self, force: bool) -> None:
-        """SIGINT lets terraform stop cleanly (and release the state lock); SIGKILL after a
-        grace period, or at once with force."""
+    def cancel(self, force: bool, grace: float | None = None) -> None:
+        """SIGINT lets terraform stop cleanly (save state, release the state lock); SIGKILL
+        after `grace` seconds (default CANCEL_GRACE_SECONDS), or at once with force. The
+        server repeats a cancel order in every heartbeat: each terraform process gets one
+        SIGINT only, because a second one makes terraform exit at once without saving state."""
         self.cancelled = True
         proc = self.proc
         if proc is None or proc.poll() is not None:
+            return  # between commands: `terraform()` refuses to start the next one
+        if force:
+            self._kill(proc)
             return
+        if self.interrupted is proc:
+            return
+        self.interrupted = proc
         try:
-            os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
         except ProcessLookupError:
             return
-        if not force:
-            threading.Timer(CANCEL_GRACE_SECONDS, self._kill).start()
+        timer = threading.Timer(CANCEL_GRACE_SECONDS if grace is None else grace, self._kill, args=(proc,))
+        timer.daemon = True
+        timer.start()
 
     def _lost(self) -> None:
         self.lost = True
         self.cancel(force=True)
 
-    def _kill(self) -> None:
-        proc = self.proc
+    def _kill(self, proc: subprocess.Popen | None = None) -> None:
+        proc = proc or self.proc
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
