@@ -15,13 +15,13 @@ import pytest
 from django.utils import timezone
 
 from agents_app.models import Agent, DispatchEvent, Slot
-from agents_app.protocol import Heartbeat, JobResult, LogEvents, LogPost
+from agents_app.protocol import PROTOCOL_VERSION, Heartbeat, JobResult, LogEvents, LogPost, Registration
 from tasks_app.models import Job, StateLock, Task, TaskEvent
 from tasks_app.selectors import duration_text
 from tasks_app.serializers import RunSerializer
 from tasks_app.services import control
 from tasks_app.services.jobs import job_upload_plan
-from tasks_app.services.runs import run_create, run_discard, run_transition
+from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard, run_transition
 from tasks_app.services.state import state_lock
 from tasks_app.states import RunStatus
 from tests.factories import DEMO_MAIN_TF, make_agent, make_workspace
@@ -95,7 +95,7 @@ def applying(ws, agent) -> tuple[Task, dict]:
     control.sweep()  # run_create's start was an after-commit callback
     job = claim(agent)
     assert plan(agent, job)
-    control.run_confirm(task_id=task.id, actor="test")
+    run_confirm(task_id=task.id, actor="test")
     apply = Job.objects.get(task=task, kind="apply")
     payload = {"id": apply.id, "fence": apply.fence}
     ack(agent, payload)
@@ -309,7 +309,7 @@ def test_a_confirmed_apply_with_no_agent_online_errors_after_the_no_agent_bound(
     control.sweep()
     assert plan(agent, claim(agent), keep=False) is False
     control.agent_set_offline(agent_id=agent.id, reason="test")
-    control.run_confirm(task_id=task.id, actor="test")
+    run_confirm(task_id=task.id, actor="test")
     assert reason(task).startswith(f"queued: no agent of pool '{pool.name}' is online (gives up at ")
     Agent.objects.filter(id=agent.id).update(offline_at=ago(1801))
     back(Job.objects.get(task=task, kind="apply").id, created_at=ago(1801))
@@ -370,7 +370,7 @@ def test_every_waiting_run_says_why_it_waits(ws, pool, agent):
     assert claim(a2)["kind"] == "warmup"
     assert reason(first) == "apply_pending: waiting for confirmation (warming up on a2)"
 
-    control.run_confirm(task_id=first.id, actor="test")
+    run_confirm(task_id=first.id, actor="test")
     assert reason(first).startswith("queued: waiting for the warmup on a2 to finish")
     assert RunSerializer(Task.objects.get(id=second.id)).data["status"] == "pending"
 
@@ -379,3 +379,61 @@ def test_the_api_documents_the_waiting_reason_as_a_nullable_string(api):
     schema = api.get("/api/schema/?format=json").json()
     field = schema["components"]["schemas"]["Run"]["properties"]["waiting_reason"]
     assert field["type"] == "string" and field["nullable"] is True and "why the run waits" in field["description"]
+
+
+# --- state locks are never orphaned ------------------------------------------------------------
+
+
+def _end(how: str, agent: Agent, token: str, task: Task, job: dict, settings) -> None:
+    """End the running job `how`, the way it happens for real."""
+    if how in ("succeeded", "failed"):
+        if how == "succeeded" and Job.objects.get(id=job["id"]).kind == "plan":
+            plan(agent, job)
+        else:
+            finish(agent, job, how, error="" if how == "succeeded" else "terraform exited with 1")
+    elif how in ("cancelled", "force_cancelled"):
+        run_cancel(task_id=task.id, actor="test", force=how == "force_cancelled")
+        assert [o.force for o in heartbeat(agent, job).cancel] == [how == "force_cancelled"]
+        finish(agent, job, "cancelled", error="cancelled while terraform was running")
+    elif how == "agent_offline":
+        control.agent_set_offline(agent_id=agent.id, reason="test")
+    elif how == "lease_expired":
+        back(job, lease_expires_at=ago(1))
+        control.sweep()
+    elif how == "agent_restarted":
+        control.agent_join(pool=agent.pool, registration=Registration(
+            name=agent.name, credential=token, protocol_version=PROTOCOL_VERSION))
+    elif how == "timed_out":
+        back(job, claimed_at=ago(30 * 24 * 3600), acked_at=ago(30 * 24 * 3600))
+        control.sweep()
+        back(job, timed_out_at=ago(3600 + settings.IAC_AGENT_OFFLINE_AFTER_SECONDS))
+        control.sweep()
+    else:
+        raise AssertionError(how)
+
+
+ENDS = ["succeeded", "failed", "cancelled", "force_cancelled", "agent_offline", "lease_expired", "agent_restarted",
+        "timed_out"]
+
+
+@pytest.mark.parametrize("how", ENDS)
+def test_a_plans_state_lock_is_released_however_the_plan_ends(ws, pool, how, settings):
+    agent, token = make_agent(pool=pool, name="a1")
+    task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
+    control.sweep()
+    job = claim(agent)
+    state_lock(workspace=ws, info={"ID": "plan-lock"}, actor="test", job=Job.objects.get(id=job["id"]))
+    _end(how, agent, token, task, job, settings)
+    assert Job.objects.get(id=job["id"]).status != "running"  # a plan re-queued after its agent died: queued
+    assert not StateLock.objects.filter(workspace=ws).exists(), f"a plan that ended by '{how}' left its lock"
+
+
+@pytest.mark.parametrize("how", ENDS)
+def test_an_applys_state_lock_is_released_however_the_apply_ends(ws, pool, how, settings):
+    agent, token = make_agent(pool=pool, name="a1")
+    task, apply = applying(ws, agent)
+    state_lock(workspace=ws, info={"ID": "apply-lock"}, actor="test", job=Job.objects.get(id=apply["id"]))
+    _end(how, agent, token, task, apply, settings)
+    assert Job.objects.get(id=apply["id"]).status in ("succeeded", "failed", "cancelled")
+    assert not StateLock.objects.filter(workspace=ws).exists(), f"an apply that ended by '{how}' left its lock"
+    assert status(task) in (RunStatus.APPLIED, RunStatus.ERRORED, RunStatus.CANCELLED)
