@@ -42,6 +42,46 @@ BACKEND_OVERRIDE_NAME = "zzz_iac_backend_override.tf"
 CANCEL_GRACE_SECONDS = 10
 
 
+def _process_group(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes in the process group `pgid`, from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # gone meanwhile
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if int(rest[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            members.append((int(entry.name), name))
+    return members
+
+
+def interrupt(pgid: int) -> bool:
+    """SIGINT to terraform and its children (the process group `pgid`), as Ctrl-C would, but
+    not to bubblewrap: bwrap does not handle SIGINT, so it would die at once and its
+    --die-with-parent would SIGKILL terraform before it could stop at a safe point, save the
+    state and release its lock. Returns False when the group is gone."""
+    try:
+        members = [pid for pid, name in _process_group(pgid) if name != "bwrap"]
+    except OSError:  # no /proc: the whole group, as before
+        members = []
+    if not members:
+        try:
+            os.killpg(pgid, signal.SIGINT)
+        except ProcessLookupError:
+            return False
+        return True
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    return True
+
+
 class JobError(Exception):
     def __init__(self, message: str, *, stale: bool = False) -> None:
         super().__init__(message)
@@ -168,9 +208,7 @@ class JobRun:
         if self.interrupted is proc:
             return
         self.interrupted = proc
-        try:
-            os.killpg(proc.pid, signal.SIGINT)
-        except ProcessLookupError:
+        if not interrupt(proc.pid):
             return
         timer = threading.Timer(CANCEL_GRACE_SECONDS if grace is None else grace, self._kill, args=(proc,))
         timer.daemon = True

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from agents_app.agent.jobs import CANCEL_GRACE_SECONDS, JobRun
+from agents_app.agent.sandbox import job_environment, make_sandbox
 from agents_app.protocol import CancelOrder, HeartbeatReply, JobPayload
 from tests.agents_app.test_agent_housekeeping import make_agent
 
@@ -39,11 +40,17 @@ def payload(job_id: int = 7) -> JobPayload:
     })
 
 
-@pytest.fixture
-def job(tmp_path):
+@pytest.fixture(params=["off", "bwrap"])
+def job(request, tmp_path):
+    """A terraform-like process as the agent starts it: directly, or inside its bubblewrap
+    sandbox (which must not turn SIGINT into an immediate kill)."""
     run = JobRun(make_agent(tmp_path), payload())
-    signals = tmp_path / "signals.txt"
-    run.proc = subprocess.Popen([sys.executable, "-c", TERRAFORM_LIKE, str(signals)], start_new_session=True)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    signals = job_dir / "signals.txt"
+    sandbox = make_sandbox(request.param, sys.executable, tmp_path / "root", env={})
+    run.proc = subprocess.Popen(sandbox.command([sys.executable, "-c", TERRAFORM_LIKE, str(signals)], job_dir),
+                                start_new_session=True, env=job_environment())
     deadline = time.monotonic() + 10
     while not signals.exists():  # its handler is installed
         assert time.monotonic() < deadline
@@ -65,6 +72,41 @@ def test_it_interrupts_terraform_once_however_often_the_order_repeats_then_kills
     assert run.proc.poll() is None, "still within the grace"
     rc = run.proc.wait(timeout=10)
     assert rc == -9 and time.monotonic() - started >= 1.0  # SIGKILL, after the grace
+
+
+# Like terraform once it reached a safe point: on SIGINT it finishes its work (saves the
+# state, releases its lock) and exits by itself.
+GRACEFUL = """
+import signal, sys, time
+out = sys.argv[1]
+def interrupted(signum, frame):
+    time.sleep(1)  # writing the state, unlocking
+    with open(out, "a") as fh:
+        fh.write("stopped cleanly\\n")
+    sys.exit(1)
+signal.signal(signal.SIGINT, interrupted)
+open(out, "a").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("mode", ["off", "bwrap"])
+def test_it_lets_terraform_finish_its_graceful_stop_inside_the_sandbox(tmp_path, mode):
+    run = JobRun(make_agent(tmp_path), payload())
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    out = job_dir / "out.txt"
+    sandbox = make_sandbox(mode, sys.executable, tmp_path / "root", env={})
+    run.proc = subprocess.Popen(sandbox.command([sys.executable, "-c", GRACEFUL, str(out)], job_dir),
+                                start_new_session=True, env=job_environment())
+    deadline = time.monotonic() + 10
+    while not out.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    run.cancel(force=False, grace=30)
+    assert run.proc.wait(timeout=10) == 1, "terraform's own exit, not a kill of the sandbox"
+    assert out.read_text() == "stopped cleanly\n"
 
 
 def test_it_waits_the_orders_grace_before_killing_and_kills_at_once_when_forced(job):
