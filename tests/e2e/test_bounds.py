@@ -89,3 +89,38 @@ def test_a_plan_past_its_bound_is_interrupted_then_killed_and_the_run_errors_say
     hang.unlink()
     nxt = s.user.queue(s.workspace["id"], "plan")
     s.user.wait(nxt["id"], "planned", timeout=60)
+
+
+def test_an_apply_past_its_bound_gets_sigint_only_stops_at_a_safe_point_and_unlocks(scenario, tmp_path):
+    s = scenario(files={"main.tf": SLOW_WHILE_FLAGGED_TF})
+    flag = tmp_path / "slow"
+    flag.touch()
+    ws = s.workspace["id"]
+    s.user.request("POST", f"/api/v1/workspaces/{ws}/variables/",
+                   json={"key": "slow_flag", "value": str(flag), "category": "terraform"}, expect=201)
+    s.agent("a1")
+    run = s.user.queue(ws)
+    s.user.wait(run["id"], "apply_pending")
+    assert s.user.confirm(run["id"]).status_code == 200
+    wait_for(lambda: s.marker.exists(), 60, "the apply to start its provisioner")
+    wait_for(lambda: StateLock.objects.filter(workspace_id=ws).exists(), 10, "terraform's state lock")
+    s.user.request("PATCH", f"/api/v1/pools/{s.pool.id}/",
+                   json={"apply_timeout_seconds": 1, "apply_kill_grace_seconds": 600}, expect=200)
+
+    errored = s.user.wait(run["id"], "errored", timeout=60)
+    assert errored["message"].startswith(
+        f"the apply ran past its 1s bound (pool {s.pool.name}); terraform was interrupted (SIGINT) so that it "
+        f"stops at a safe point, saves the state and releases its lock; SIGKILL follows only after 10 min; "
+        f"it stopped at a safe point"), errored["message"]
+    log = s.user.log(run["id"])
+    assert "Interrupt received" in log, "terraform itself got the SIGINT (not a kill of its sandbox)"
+    assert not StateLock.objects.filter(workspace_id=ws).exists(), "terraform released its lock"
+    assert "applied" not in s.marker.read_text()
+
+    flag.unlink()
+    s.user.request("PATCH", f"/api/v1/pools/{s.pool.id}/", json={"apply_timeout_seconds": 7200}, expect=200)
+    again = s.user.queue(ws)
+    s.user.wait(again["id"], "apply_pending", timeout=60)
+    assert s.user.confirm(again["id"]).status_code == 200
+    s.user.wait(again["id"], "applied", timeout=60)
+    assert s.marker.read_text().count("applied") == 1
