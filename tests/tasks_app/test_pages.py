@@ -226,6 +226,8 @@ def test_it_shows_confirm_and_a_warm_apply_on_the_run_page(client_alice, workspa
     assert "terraform_data.demo" in text
     assert task.plan_hash in text
     assert "apply_pending" in text
+    until = timezone.localtime(task.warmup_expires_at).strftime("%H:%M:%S")
+    assert f"apply_pending: waiting for confirmation (warm on agent-blue slot 0 until {until})" in text
 
 
 def test_it_queues_a_warmup_when_the_confirm_page_opens_on_a_cold_run(client_alice, workspace):
