@@ -78,6 +78,7 @@ from tasks_app.services.runs import (
     run_expire_pending,
     run_job_lost,
     run_no_agent,
+    run_note,
     run_plan_finished,
     run_plan_started,
     runs_apply_pending_past_bound,
@@ -424,6 +425,7 @@ def step_bounds() -> dict[str, list[int]]:
             message = _bound_message(job)
             log.info("%s job %s of run %s: %s", job.kind, job.id, job.task_id, message)
             job_time_out(job, grace=grace, message=message)
+            run_note(_task_locked(job.task_id), message=message)  # the run ends when the job does
             stopped.append(job_id)
     for job_id in jobs_timed_out_to_kill(now=now):
         with transaction.atomic():

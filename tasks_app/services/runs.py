@@ -395,6 +395,15 @@ def run_apply_job_restore(*, task_id: int) -> bool:
     return True
 
 
+def run_note(task: Task, *, message: str) -> None:
+    """Say something about a (locked) run that is not a change of its status, e.g. that its
+    plan or apply ran past its bound and is being stopped: a TaskEvent in its timeline (from
+    and to its current status) and its message, at once, not only when the job ends."""
+    TaskEvent.objects.create(task=task, from_status=task.status, to_status=task.status, message=message)
+    task.message = message
+    task.save(update_fields=["message"])
+
+
 def run_no_agent(task: Task, job: Job, *, message: str) -> None:
     """No agent came online for the run's queued job within the pool's bound (task and job
     locked, the job queued): the queued work is dropped and the run errors."""

@@ -202,6 +202,9 @@ def test_a_plan_past_its_bound_is_interrupted_and_the_run_errors_with_the_bound(
     assert [(o.id, o.force, o.grace) for o in order] == [(job["id"], False, 30)]  # SIGINT, SIGKILL after 30s
     message = f"the plan ran past its 1h bound (pool {pool.name}); terraform was interrupted"
     assert DispatchEvent.objects.filter(subject="job", subject_id=job["id"], message=message).exists()
+    task.refresh_from_db()
+    assert (task.status, task.message) == (RunStatus.PLANNING, message), "the run says so at once"
+    assert TaskEvent.objects.filter(task=task, from_status="planning", to_status="planning", message=message).exists()
     control.sweep()
     assert heartbeat(agent, job).cancel == order, "fired once, repeated to the agent until the job ends"
 
