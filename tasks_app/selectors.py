@@ -175,6 +175,7 @@ def run_apply_pending_since(task: Task) -> datetime | None:
     """When the run entered apply_pending (its latest TaskEvent to that status)."""
     return (
         TaskEvent.objects.filter(task=task, to_status=RunStatus.APPLY_PENDING)
+        .exclude(from_status=RunStatus.APPLY_PENDING)  # a note (runs.run_note), not the entry
         .order_by("-id").values_list("created_at", flat=True).first()
     )
 

@@ -134,6 +134,7 @@ def test_one_sweep_requests_the_warmup_a_plan_without_a_kept_dir_lost_after_its_
     assert plan(agent, claim(agent), keep=False) is False
     assert status(task) == RunStatus.APPLY_PENDING
     assert not Job.objects.filter(task=task, kind="warmup").exists(), "warmups_ensure was an after-commit callback"
+    assert reason(task) == "apply_pending: waiting for confirmation (not warm yet)"
     control.sweep()
     assert Job.objects.filter(task=task, kind="warmup", status="queued").count() == 1
     control.sweep()
@@ -150,6 +151,7 @@ def test_an_auto_apply_run_is_confirmed_in_the_plans_own_commit_and_its_lost_pus
     assert status(task) == RunStatus.APPLY_QUEUED
     apply = Job.objects.get(task=task, kind="apply")
     assert apply.status == "running" and apply.agent_id == agent.id  # pushed after commit: lost here
+    assert reason(task) == "queued: handed to a1, waiting for it to start"
     back(apply.id, claimed_at=ago(settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + 1))
     control.sweep()
     apply.refresh_from_db()
@@ -440,3 +442,15 @@ def test_an_applys_state_lock_is_released_however_the_apply_ends(ws, pool, how, 
     assert Job.objects.get(id=apply["id"]).status in ("succeeded", "failed", "cancelled")
     assert not StateLock.objects.filter(workspace=ws).exists(), f"an apply that ended by '{how}' left its lock"
     assert status(task) in (RunStatus.APPLIED, RunStatus.ERRORED, RunStatus.CANCELLED)
+
+
+def test_a_run_whose_warmups_failed_says_confirm_runs_cold(ws, agent, settings):
+    task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
+    control.sweep()
+    assert plan(agent, claim(agent), keep=False) is False
+    for _ in range(settings.IAC_WARMUP_MAX_RETRIES):
+        control.sweep()  # requests the next warmup
+        warmup = claim(agent)
+        assert warmup["kind"] == "warmup"
+        finish(agent, warmup, "failed", error="init failed")
+    assert reason(task) == "apply_pending: waiting for confirmation (not warm: the warmup failed, Confirm runs cold)"
