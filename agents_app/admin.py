@@ -25,6 +25,13 @@ class AgentPoolAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     exclude = ["token_hash"]
     actions = ["rotate_token"]
+    fieldsets = [
+        (None, {"fields": ["name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply", "teams"]}),
+        ("Bounds on every wait (seconds)", {"fields": [
+            "plan_timeout_seconds", "plan_kill_grace_seconds", "apply_timeout_seconds", "apply_kill_grace_seconds",
+            "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
+        ]}),
+    ]
 
     def save_model(self, request: HttpRequest, obj: AgentPool, form: forms.ModelForm, change: bool) -> None:
         if not change:

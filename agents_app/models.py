@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -17,6 +19,36 @@ def hash_token(token: str) -> str:
 def new_token(prefix: str) -> tuple[str, str]:
     token = f"{prefix}-{secrets.token_urlsafe(32)}"
     return token, hash_token(token)
+
+
+# The defaults of a new pool's bounds come from the IAC_*_SECONDS settings (callables: read
+# when a pool is created, not when this module is imported).
+def default_plan_timeout() -> int:
+    return settings.IAC_PLAN_TIMEOUT_SECONDS
+
+
+def default_apply_timeout() -> int:
+    return settings.IAC_APPLY_TIMEOUT_SECONDS
+
+
+def default_no_agent_timeout() -> int:
+    return settings.IAC_NO_AGENT_TIMEOUT_SECONDS
+
+
+def default_apply_pending_timeout() -> int:
+    return settings.IAC_APPLY_PENDING_TIMEOUT_SECONDS
+
+
+def default_plan_kill_grace() -> int:
+    return settings.IAC_PLAN_KILL_GRACE_SECONDS
+
+
+def default_apply_kill_grace() -> int:
+    return settings.IAC_APPLY_KILL_GRACE_SECONDS
+
+
+_AT_LEAST_ONE = [MinValueValidator(1, "must be a positive number of seconds (at least 1)")]
+_ZERO_OR_MORE = [MinValueValidator(0, "must be 0 (off) or a positive number of seconds")]
 
 
 class PoolBackend(models.TextChoices):
@@ -36,6 +68,32 @@ class AgentPool(models.Model):
     warm_apply = models.BooleanField(default=True)
     # The teams whose workspaces may run on this pool (a site admin's setting).
     teams = models.ManyToManyField("auth.Group", blank=True, related_name="pools")
+    # A bound on every wait (the sweep's `bounds` step fires them, each with a message on the run).
+    plan_timeout_seconds = models.PositiveIntegerField(
+        default=default_plan_timeout, validators=_AT_LEAST_ONE,
+        help_text="a plan running longer is interrupted (SIGINT, then SIGKILL after the plan kill grace); the run errors",
+    )
+    apply_timeout_seconds = models.PositiveIntegerField(
+        default=default_apply_timeout, validators=_AT_LEAST_ONE,
+        help_text="an apply running longer gets SIGINT only (terraform stops at a safe point, saves state, "
+                  "unlocks); SIGKILL only after the apply kill grace",
+    )
+    no_agent_timeout_seconds = models.PositiveIntegerField(
+        default=default_no_agent_timeout, validators=_AT_LEAST_ONE,
+        help_text="a queued plan or apply errors when no agent of the pool that could take it is online for this long",
+    )
+    apply_pending_timeout_seconds = models.PositiveIntegerField(
+        default=default_apply_pending_timeout, validators=_ZERO_OR_MORE,
+        help_text="a run waiting for Confirm longer is discarded (0: never)",
+    )
+    plan_kill_grace_seconds = models.PositiveIntegerField(
+        default=default_plan_kill_grace, validators=_AT_LEAST_ONE,
+        help_text="after a plan's bound: SIGINT, then SIGKILL after this long",
+    )
+    apply_kill_grace_seconds = models.PositiveIntegerField(
+        default=default_apply_kill_grace, validators=_AT_LEAST_ONE,
+        help_text="after an apply's bound: SIGINT, then SIGKILL only after this long",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -130,8 +130,16 @@ class Heartbeat(_Message):
 
 
 class CancelOrder(_Message):
+    """Stop a job: SIGINT to terraform, then SIGKILL after `grace` seconds (None: the agent's
+    own default, CANCEL_GRACE_SECONDS), or SIGKILL at once with `force`. The server repeats
+    the order in every heartbeat until the job ends; the agent interrupts once per process
+    (terraform exits at once, without saving state, on a second interrupt)."""
+
     id: int
     force: bool = False
+    # A bound that fired sets it (the pool's plan or apply kill grace). Optional: an older
+    # server sends none, an older agent ignores it.
+    grace: float | None = Field(default=None, ge=0)
 
 
 class HeartbeatReply(_Message):

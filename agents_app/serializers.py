@@ -9,14 +9,29 @@ from rest_framework import serializers
 from agents_app.models import Agent, AgentPool, Slot
 from tasks_app.serializers import StrictModelSerializer
 
+# The pool's bounds on every wait, in seconds (defaults: the IAC_*_SECONDS settings).
+BOUND_FIELDS = [
+    "plan_timeout_seconds", "apply_timeout_seconds", "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
+    "plan_kill_grace_seconds", "apply_kill_grace_seconds",
+]
+
 
 class PoolSerializer(StrictModelSerializer):
     class Meta:
         model = AgentPool
-        fields = ["id", "name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply", "created_at"]
+        fields = ["id", "name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply",
+                  *BOUND_FIELDS, "created_at"]
         read_only_fields = ["id", "created_at"]
         # A pod with no slot could never run anything, yet it would count towards max_replicas.
-        extra_kwargs = {"slots_per_pod": {"min_value": 1}}
+        extra_kwargs = {
+            "slots_per_pod": {"min_value": 1},
+            # DRF turns the model's MinValueValidator into min_value; its words are ours.
+            **{name: {"error_messages": {"min_value": "must be a positive number of seconds (at least 1)"}}
+               for name in BOUND_FIELDS},
+            "apply_pending_timeout_seconds": {
+                "error_messages": {"min_value": "must be 0 (off) or a positive number of seconds"},
+            },
+        }
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         instance: AgentPool | None = self.instance

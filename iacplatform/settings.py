@@ -79,6 +79,16 @@ try:
     IAC_WARMUP_WAIT_SECONDS = env.float("IAC_WARMUP_WAIT_SECONDS", 120.0, validate=POSITIVE)
     # How long a Confirm waits for the reserving agent before any agent takes the cold path.
     IAC_TARGET_CLAIM_TIMEOUT_SECONDS = env.float("IAC_TARGET_CLAIM_TIMEOUT_SECONDS", 3.0, validate=POSITIVE)
+    # A bound on every wait (issue 8): the defaults of a new pool's timeouts, each editable
+    # per pool afterwards (AgentPool.*_seconds). A plan or apply running past its bound gets
+    # SIGINT, then SIGKILL after its kill grace; a queued job with no online agent in its
+    # pool errors after the no-agent bound; apply_pending is discarded after its bound (0: never).
+    IAC_PLAN_TIMEOUT_SECONDS = env.int("IAC_PLAN_TIMEOUT_SECONDS", 3600, validate=POSITIVE)
+    IAC_APPLY_TIMEOUT_SECONDS = env.int("IAC_APPLY_TIMEOUT_SECONDS", 7200, validate=POSITIVE)
+    IAC_NO_AGENT_TIMEOUT_SECONDS = env.int("IAC_NO_AGENT_TIMEOUT_SECONDS", 1800, validate=POSITIVE)
+    IAC_APPLY_PENDING_TIMEOUT_SECONDS = env.int("IAC_APPLY_PENDING_TIMEOUT_SECONDS", 0, validate=Range(min=0))
+    IAC_PLAN_KILL_GRACE_SECONDS = env.int("IAC_PLAN_KILL_GRACE_SECONDS", 30, validate=POSITIVE)
+    IAC_APPLY_KILL_GRACE_SECONDS = env.int("IAC_APPLY_KILL_GRACE_SECONDS", 900, validate=POSITIVE)
     IAC_CLAIM_LONGPOLL_SECONDS = env.float("IAC_CLAIM_LONGPOLL_SECONDS", 25.0, validate=POSITIVE)
     IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
     IAC_MAX_CONFIG_BYTES = env.int("IAC_MAX_CONFIG_BYTES", 10 * 1024 * 1024, validate=POSITIVE)

@@ -211,6 +211,12 @@ class Job(models.Model):
     cold_reason = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     force_cancel = models.BooleanField(default=False)
+    # SIGINT, then SIGKILL after this many seconds (null: the agent's default); set when a
+    # bound fires, sent with the cancel order.
+    cancel_grace_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # When the job ran past its pool's bound, and the words the run ends with because of it.
+    timed_out_at = models.DateTimeField(null=True, blank=True)
+    timeout_message = models.TextField(blank=True)
     error = models.TextField(blank=True)
     # How the agent ran terraform (bwrap: sandboxed; off: directly), as it reported with the
     # result; blank until then.

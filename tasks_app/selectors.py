@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from agents_app.models import Agent, Slot
-from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState
-from tasks_app.models import Job, LogChunk, StateVersion, Task
-from tasks_app.states import RunStatus
+from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState, WarmupStatus
+from tasks_app.models import Job, LogChunk, StateVersion, Task, TaskEvent
+from tasks_app.states import BLOCKING, Operation, RunStatus
 
 # The most of a run's log one API call or websocket message carries; clients page on with
 # `next_offset`. (A log may hold IAC_MAX_LOG_BYTES, 50 MiB by default.)
@@ -114,35 +115,147 @@ def run_warm_slot(task_id: int) -> Slot | None:
     )
 
 
-def dispatch_wait_reason(task: Task) -> str:
-    """Why the run's queued job has not been taken by an agent yet, in words for the run page
-    and the API ("" when nothing waits)."""
-    if task.status not in (RunStatus.PLAN_QUEUED, RunStatus.APPLY_QUEUED):
-        return ""
+def duration_text(seconds: float) -> str:
+    """A bound in words: 3600 -> "1h", 5400 -> "1h 30 min", 1800 -> "30 min", 45 -> "45s"."""
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours and not rest:
+        return f"{hours}h"
+    if hours:
+        return f"{hours}h {minutes} min" + (f" {secs}s" if secs else "")
+    if minutes and not secs:
+        return f"{minutes} min"
+    return f"{total}s"
+
+
+def _clock(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%H:%M:%S")
+
+
+@dataclass(frozen=True)
+class NoAgent:
+    """No online agent of a pool (with a terraform version, when one is needed)."""
+
+    last_gone: datetime | None  # when the last such agent went offline (None: there never was one)
+
+
+def pool_no_agent(pool_id: int, terraform_version: str = "") -> NoAgent | None:
+    """None while an agent of the pool that runs `terraform_version` (any, when empty) is
+    online; else when the last one went away."""
+    agents = Agent.objects.filter(pool_id=pool_id)
+    if terraform_version:
+        agents = agents.filter(terraform_version=terraform_version)
+    if agents.filter(status=AgentStatus.ONLINE).exists():
+        return None
+    return NoAgent(last_gone=agents.aggregate(at=Max("offline_at"))["at"])
+
+
+def job_no_agent_since(job: Job, no_agent: NoAgent | None = None) -> datetime | None:
+    """Since when no online agent of the job's pool could take the queued job (one with its
+    terraform version, when it has one): None while one is online. The later of the job's
+    queueing and the moment the last such agent went offline. The no-agent bound counts from
+    it. (`no_agent`: pool_no_agent's answer, when the caller has it already.) When freeze
+    windows exist, a frozen pool's no-agent bound is to be suspended here."""
+    gone = no_agent or pool_no_agent(job.pool_id, job.terraform_version)
+    if gone is None:
+        return None
+    return max(job.created_at, gone.last_gone) if gone.last_gone else job.created_at
+
+
+def jobs_waiting_for_an_agent() -> list[Job]:
+    """Queued plans and applies (not warmups: they wait for nobody), with their pool."""
+    return list(
+        Job.objects.filter(status=JobStatus.QUEUED).exclude(kind=JobKind.WARMUP)
+        .select_related("pool").order_by("id")
+    )
+
+
+def run_apply_pending_since(task: Task) -> datetime | None:
+    """When the run entered apply_pending (its latest TaskEvent to that status)."""
+    return (
+        TaskEvent.objects.filter(task=task, to_status=RunStatus.APPLY_PENDING)
+        .exclude(from_status=RunStatus.APPLY_PENDING)  # a note (runs.run_note), not the entry
+        .order_by("-id").values_list("created_at", flat=True).first()
+    )
+
+
+def _queued_reason(task: Task) -> str | None:
+    """Why the run's queued plan or confirmed apply has not started yet."""
     job = (
-        Job.objects.filter(task=task, status=JobStatus.QUEUED).exclude(kind=JobKind.WARMUP)
-        .select_related("pool", "target_agent").order_by("-id").first()
+        Job.objects.filter(task=task, kind__in=[JobKind.PLAN, JobKind.APPLY],
+                           status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+        .select_related("pool", "target_agent", "agent").order_by("-id").first()
     )
     if job is None:
-        return ""
+        return "queued: no job yet (the sweep creates it)" if task.status == RunStatus.APPLY_QUEUED else None
+    if job.status == JobStatus.RUNNING:
+        # A confirmed apply handed to an agent that has not acknowledged it yet.
+        return f"queued: handed to {job.agent.name if job.agent else 'an agent'}, waiting for it to start"
     pool = job.pool
     now = timezone.now()
     if job.hold_until and job.hold_until > now:
         who = job.target_agent.name if job.target_agent else "its agent"
         left = (job.hold_until - now).total_seconds()
-        return f"waiting for the warmup on {who} to finish (then the apply starts there; cold in {left:.0f}s at the latest)"
-    online = Agent.objects.filter(pool=pool, status=AgentStatus.ONLINE)
-    if not online.exists():
-        return f"no online agent in pool {pool.name}"
-    if job.terraform_version and not online.filter(terraform_version=job.terraform_version).exists():
-        have = sorted(set(online.values_list("terraform_version", flat=True)))
-        return (f"no online agent in pool {pool.name} has terraform {job.terraform_version} "
-                f"(online agents have {', '.join(v or 'unknown' for v in have)})")
+        return (f"queued: waiting for the warmup on {who} to finish (then the apply starts there; "
+                f"cold in {left:.0f}s at the latest)")
+    since = job_no_agent_since(job)
+    if since is not None:
+        gives_up = _clock(since + timedelta(seconds=pool.no_agent_timeout_seconds))
+        online = Agent.objects.filter(pool=pool, status=AgentStatus.ONLINE)
+        if job.terraform_version and online.exists():
+            have = sorted(set(online.values_list("terraform_version", flat=True)))
+            return (f"queued: no online agent of pool '{pool.name}' has terraform {job.terraform_version} "
+                    f"(online agents have {', '.join(v or 'unknown' for v in have)}; gives up at {gives_up})")
+        return f"queued: no agent of pool '{pool.name}' is online (gives up at {gives_up})"
     counts = pool_slot_counts(pool.id)
     if counts.idle == 0:
-        return (f"waiting for a free slot in pool {pool.name} ({counts.running} running, "
-                f"{counts.reserved} reserved, 0 free)")
-    return f"waiting for an agent of pool {pool.name} to take it ({counts.idle} free slots)"
+        total = counts.running + counts.reserved
+        held = f", {counts.reserved} holding warm dirs" if counts.reserved else ""
+        slots = "the one slot" if total == 1 else f"all {total} slots"
+        return f"queued: {slots} of pool '{pool.name}' {'is' if total == 1 else 'are'} busy ({counts.running} running{held})"
+    return f"queued: waiting for an agent of pool '{pool.name}' to take it ({counts.idle} free slots)"
+
+
+def _apply_pending_reason(task: Task) -> str:
+    where = run_warm_slot(task.id)
+    if where is not None and where.state == SlotState.RESERVED:
+        until = f" until {_clock(task.warmup_expires_at)}" if task.warmup_expires_at else ""
+        warm = f"warm on {where.agent.name} slot {where.index}{until}"
+    elif where is not None:
+        warm = f"warming up on {where.agent.name}"
+    elif task.warmup_status == WarmupStatus.FAILED:
+        warm = "not warm: the warmup failed, Confirm runs cold"
+    else:
+        warm = "not warm yet" + ("" if task.workspace.pool.warm_apply else ": warm apply is off for the pool")
+    reason = f"apply_pending: waiting for confirmation ({warm})"
+    bound = task.workspace.pool.apply_pending_timeout_seconds
+    since = run_apply_pending_since(task) if bound else None
+    if since is not None:
+        reason += f"; discarded at {_clock(since + timedelta(seconds=bound))} if not confirmed"
+    return reason
+
+
+def run_waiting_reason(task: Task) -> str | None:
+    """Why a run waits, in words for the run page and the API; None when it does not wait
+    (it runs, or it is final). The one place these words are made."""
+    status = task.status
+    if status in (RunStatus.PLAN_QUEUED, RunStatus.APPLY_QUEUED):
+        return _queued_reason(task)
+    if status == RunStatus.APPLY_PENDING:
+        return _apply_pending_reason(task)
+    if status != RunStatus.PENDING:
+        return None
+    if task.workspace.locked:
+        return "pending: the workspace is locked"
+    ahead = (
+        Task.objects.filter(workspace_id=task.workspace_id, operation=Operation.PLAN_AND_APPLY,
+                            status__in=list(BLOCKING))
+        .exclude(id=task.id).order_by("id").first()
+    )
+    if ahead is not None:
+        return f"pending: run #{ahead.id} ({ahead.status}) holds the workspace"
+    return "pending: waiting to be started"
 
 
 def state_serial_current(workspace_id: int) -> int | None:

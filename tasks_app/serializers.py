@@ -22,8 +22,7 @@ from tasks_app.models import (
     VariableCategory,
     Workspace,
 )
-from tasks_app.selectors import run_warm_slot
-from tasks_app.services.runs import runs_waiting_reason
+from tasks_app.selectors import run_waiting_reason, run_warm_slot
 from tasks_app.states import Operation, WarmupStatus
 
 
@@ -251,8 +250,15 @@ class RunSerializer(serializers.ModelSerializer):
     def get_confirm_to_first_log_ms(self, task: Task) -> int | None:
         return _ms_between(task.confirmed_at, task.first_apply_log_at)
 
-    def get_waiting_reason(self, task: Task) -> str:
-        return runs_waiting_reason(task)
+    @extend_schema_field({
+        "type": "string", "nullable": True,
+        "description": "why the run waits, in words (e.g. \"queued: no agent of pool 'default' is online (gives up "
+                       "at 12:33:00)\", \"pending: run #41 (apply_pending) holds the workspace\", \"apply_pending: "
+                       "waiting for confirmation (warm on local-1 slot 2 until 13:05:00)\"); null when it does not "
+                       "wait (it runs, or it is final)",
+    })
+    def get_waiting_reason(self, task: Task) -> str | None:
+        return run_waiting_reason(task)
 
     @extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
     def get_sandbox(self, task: Task) -> dict[str, str]:

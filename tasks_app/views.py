@@ -34,7 +34,7 @@ from iacplatform.permissions import (
     workspace_for,
 )
 from tasks_app.models import AccessLevel, ApiToken, Job, JobKind, JobStatus, Plan, Task, Workspace, WorkspaceAccess
-from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail
+from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail, run_waiting_reason
 from tasks_app.services.retention import log_pruned_note, plan_pruned_note
 from tasks_app.services.runs import (
     run_cancel,
@@ -42,7 +42,6 @@ from tasks_app.services.runs import (
     run_create,
     run_discard,
     run_prepare,
-    runs_waiting_reason,
 )
 from tasks_app.services.tokens import token_create, token_revoke
 from tasks_app.services.warmups import confirm_target
@@ -195,7 +194,7 @@ def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
         "log_start": log_start,  # bytes of the log not shown (the download has them)
         "log_pruned": log_pruned_note(task),
         "plan_pruned": plan_pruned_note(task),
-        "waiting_reason": runs_waiting_reason(task),
+        "waiting_reason": run_waiting_reason(task),
         "is_pending_apply": task.status == RunStatus.APPLY_PENDING,
         "is_final": task.status in FINAL,
         "warm": warm_explanation(task) if task.status == RunStatus.APPLY_PENDING else None,

@@ -42,6 +42,46 @@ BACKEND_OVERRIDE_NAME = "zzz_iac_backend_override.tf"
 CANCEL_GRACE_SECONDS = 10
 
 
+def _process_group(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes in the process group `pgid`, from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # gone meanwhile
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if int(rest[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            members.append((int(entry.name), name))
+    return members
+
+
+def interrupt(pgid: int) -> bool:
+    """SIGINT to terraform and its children (the process group `pgid`), as Ctrl-C would, but
+    not to bubblewrap: bwrap does not handle SIGINT, so it would die at once and its
+    --die-with-parent would SIGKILL terraform before it could stop at a safe point, save the
+    state and release its lock. Returns False when the group is gone."""
+    try:
+        members = [pid for pid, name in _process_group(pgid) if name != "bwrap"]
+    except OSError:  # no /proc: the whole group, as before
+        members = []
+    if not members:
+        try:
+            os.killpg(pgid, signal.SIGINT)
+        except ProcessLookupError:
+            return False
+        return True
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    return True
+
+
 class JobError(Exception):
     def __init__(self, message: str, *, stale: bool = False) -> None:
         super().__init__(message)
@@ -147,31 +187,39 @@ class JobRun:
         self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost, redactor=self.redactor)
         self.proc: subprocess.Popen | None = None
         self.cancelled = False
+        self.interrupted: subprocess.Popen | None = None  # the process that got our SIGINT
         self.lost = False  # the server gave this job to another agent
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
 
-    def cancel(self, force: bool) -> None:
-        """SIGINT lets terraform stop cleanly (and release the state lock); SIGKILL after a
-        grace period, or at once with force."""
+    def cancel(self, force: bool, grace: float | None = None) -> None:
+        """SIGINT lets terraform stop cleanly (save state, release the state lock); SIGKILL
+        after `grace` seconds (default CANCEL_GRACE_SECONDS), or at once with force. The
+        server repeats a cancel order in every heartbeat: each terraform process gets one
+        SIGINT only, because a second one makes terraform exit at once without saving state."""
         self.cancelled = True
         proc = self.proc
         if proc is None or proc.poll() is not None:
+            return  # between commands: `terraform()` refuses to start the next one
+        if force:
+            self._kill(proc)
             return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL if force else signal.SIGINT)
-        except ProcessLookupError:
+        if self.interrupted is proc:
             return
-        if not force:
-            threading.Timer(CANCEL_GRACE_SECONDS, self._kill).start()
+        self.interrupted = proc
+        if not interrupt(proc.pid):
+            return
+        timer = threading.Timer(CANCEL_GRACE_SECONDS if grace is None else grace, self._kill, args=(proc,))
+        timer.daemon = True
+        timer.start()
 
     def _lost(self) -> None:
         self.lost = True
         self.cancel(force=True)
 
-    def _kill(self) -> None:
-        proc = self.proc
+    def _kill(self, proc: subprocess.Popen | None = None) -> None:
+        proc = proc or self.proc
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -287,7 +287,7 @@ class AgentProcess:
                 with self.lock:
                     job = self.running.get(order.id)
                 if job is not None:
-                    job.cancel(force=order.force)
+                    job.cancel(force=order.force, grace=order.grace)
             self.housekeeping(reply.release)
 
     # --- claiming --------------------------------------------------------------------------

@@ -181,7 +181,7 @@ class Sandbox:
             # New user, PID, IPC, UTS, mount and cgroup namespaces; the network stays the
             # host's (the state backend and registries). No --new-session: the job has no
             # terminal, and cancelling signals terraform's process group, which setsid would
-            # leave.
+            # leave (SIGINT to every member but bwrap: see jobs.interrupt).
             "--unshare-all", "--share-net",
             "--die-with-parent",
             "--proc", "/proc", "--dev", "/dev",

@@ -23,7 +23,6 @@ from django.utils import timezone
 from agents_app.models import Agent, AgentPool, Slot
 from agents_app.protocol import (
     AgentStatus,
-    CancelOrder,
     FinishReply,
     Heartbeat,
     HeartbeatReply,
@@ -49,7 +48,8 @@ from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import PlatformError
 from iacplatform.logs import bound
-from tasks_app.models import SweepHeartbeat, Task
+from tasks_app.models import Job, SweepHeartbeat, Task
+from tasks_app.selectors import NoAgent, duration_text, job_no_agent_since, jobs_waiting_for_an_agent, pool_no_agent
 from tasks_app.services.audit import audit_record
 from tasks_app.services.jobs import (
     Assigned,
@@ -57,13 +57,18 @@ from tasks_app.services.jobs import (
     job_append_log,
     job_claim,
     job_finish,
+    job_kill,
     job_locked,
+    job_time_out,
     job_transition,
     jobs_ack_reported,
     jobs_lease_expired,
     jobs_missed_by_heartbeat,
     jobs_renew_leases,
     jobs_running_of_agent,
+    jobs_running_past_bound,
+    jobs_timed_out_to_kill,
+    jobs_timed_out_unstopped,
     jobs_to_cancel,
     jobs_unacked_overdue,
 )
@@ -71,11 +76,17 @@ from tasks_app.services.retention import step_retention
 from tasks_app.services.runs import (
     run_apply_acked,
     run_apply_finished,
+    run_apply_job_restore,
     run_confirm,
+    run_expire_pending,
     run_job_lost,
+    run_no_agent,
+    run_note,
     run_plan_finished,
     run_plan_started,
+    runs_apply_pending_past_bound,
     runs_auto_apply_due,
+    runs_confirmed_without_apply,
     runs_start_next,
 )
 from tasks_app.services.warmups import (
@@ -157,7 +168,7 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
             job_lost(job_id=job_id, why=f"{agent.name} does not report it in its heartbeats (it never got the job, "
                                         "or no longer has it)")
         release = warm_dirs_reconcile(agent, {d.task for d in heartbeat.warm_dirs}, grace=True)
-        cancel = [CancelOrder(id=job_id, force=force) for job_id, force in jobs_to_cancel(agent=agent)]
+        cancel = jobs_to_cancel(agent=agent)
     return HeartbeatReply(release=release, cancel=cancel, heartbeat_interval=settings.IAC_AGENT_HEARTBEAT_SECONDS)
 
 
@@ -399,12 +410,106 @@ def step_auto_apply() -> list[int]:
     return confirmed
 
 
+def step_apply_jobs() -> list[int]:
+    """A confirmed run always has its apply job: one that has none gets it (cold), whatever
+    happened between Confirm's commit and what was meant to follow it."""
+    return [t for t in runs_confirmed_without_apply() if run_apply_job_restore(task_id=t)]
+
+
+def _bound_message(job: Any) -> str:
+    pool = job.pool
+    if job.kind == JobKind.PLAN:
+        return (f"the plan ran past its {duration_text(pool.plan_timeout_seconds)} bound (pool {pool.name}); "
+                f"terraform was interrupted")
+    return (f"the apply ran past its {duration_text(pool.apply_timeout_seconds)} bound (pool {pool.name}); "
+            f"terraform was interrupted (SIGINT) so that it stops at a safe point, saves the state and releases "
+            f"its lock; SIGKILL follows only after {duration_text(pool.apply_kill_grace_seconds)}")
+
+
+def step_bounds() -> dict[str, list[int]]:
+    """Running plans and applies past their pool's bound: the agent is told to stop them
+    (SIGINT, then SIGKILL after the kill grace: the plan's short, the apply's long) and the
+    run ends `errored` with the bound's message when the job ends. A job its agent does not
+    stop within its grace plus the offline timeout is given up on (`job_lost`: the slot,
+    the state lock and the run are freed)."""
+    now = timezone.now()
+    stopped, killed, given_up = [], [], []
+    for job_id in jobs_running_past_bound(now=now):
+        with bound(job_id=job_id), transaction.atomic():
+            job = job_locked(job_id)
+            if job.status != JobStatus.RUNNING or job.timed_out_at is not None:
+                continue
+            pool = job.pool
+            grace = pool.plan_kill_grace_seconds if job.kind == JobKind.PLAN else pool.apply_kill_grace_seconds
+            message = _bound_message(job)
+            log.info("%s job %s of run %s: %s", job.kind, job.id, job.task_id, message)
+            job_time_out(job, grace=grace, message=message)
+            run_note(_task_locked(job.task_id), message=message)  # the run ends when the job does
+            stopped.append(job_id)
+    for job_id in jobs_timed_out_to_kill(now=now):
+        with transaction.atomic():
+            job = job_locked(job_id)
+            if job.status == JobStatus.RUNNING and not job.force_cancel:
+                job_kill(job)
+                killed.append(job_id)
+    offline = settings.IAC_AGENT_OFFLINE_AFTER_SECONDS
+    for job_id in jobs_timed_out_unstopped(now=now):
+        job = Job.objects.select_related("agent").get(id=job_id)
+        name = job.agent.name if job.agent else "its agent"
+        why = (f"{name} did not stop it within {duration_text(job.cancel_grace_seconds or 0)} + "
+               f"{duration_text(offline)}: the server gave up on it")
+        if job_lost(job_id=job_id, why=why):
+            given_up.append(job_id)
+    return {"stopped": stopped, "killed": killed, "given_up": given_up}
+
+
+def step_no_agent() -> list[int]:
+    """A queued plan or apply whose pool has had no online agent that could take it for
+    longer than the pool's no-agent bound: the run errors, saying so."""
+    now = timezone.now()
+    errored = []
+    pools: dict[tuple[int, str], NoAgent | None] = {}  # one look per pool and terraform version
+    for waiting in jobs_waiting_for_an_agent():
+        key = (waiting.pool_id, waiting.terraform_version)
+        if key not in pools:
+            pools[key] = pool_no_agent(*key)
+        if pools[key] is None:
+            continue
+        # Freeze windows (a later issue): a frozen pool's no-agent bound is suspended, here.
+        since = job_no_agent_since(waiting, pools[key])
+        limit = waiting.pool.no_agent_timeout_seconds
+        if since is None or since + timedelta(seconds=limit) > now:
+            continue
+        with bound(job_id=waiting.id, run_id=waiting.task_id), transaction.atomic():
+            job = job_locked(waiting.id)
+            task = _task_locked(job.task_id)
+            if job.status != JobStatus.QUEUED or job_no_agent_since(job) is None:
+                continue
+            pool = task.workspace.pool
+            version = f" with terraform {job.terraform_version}" if job.terraform_version else ""
+            message = f"no agent of pool {pool.name}{version} came online within {duration_text(limit)}"
+            log.info("run %s: %s", task.id, message)
+            run_no_agent(task, job, message=message)
+            errored.append(task.id)
+    return errored
+
+
+def step_apply_pending_bound() -> list[int]:
+    """Runs waiting for Confirm past their pool's (optional) apply_pending bound are discarded."""
+    now = timezone.now()
+    return [t for t in runs_apply_pending_past_bound(now=now) if run_expire_pending(task_id=t, now=now)]
+
+
 SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [
     ("offline", step_offline),
     ("leases", step_leases),
+    ("bounds", step_bounds),  # plans and applies past their bound; jobs their agent will not stop
+    ("no_agent", step_no_agent),  # queued work no agent came online for
+    ("apply_pending_bound", step_apply_pending_bound),
     ("warmup_expiry", step_warmup_expiry),
     ("warmups", step_warmups),
     ("auto_apply", step_auto_apply),
+    ("apply_jobs", step_apply_jobs),  # a confirmed run without its apply job gets one
     ("make_room", step_make_room),
     ("queues", step_queues),
     ("wake", step_wake_queued),

@@ -27,6 +27,7 @@ from django.utils import timezone
 from agents_app import events as dispatch_events
 from agents_app.models import Agent, DispatchEvent, Slot, hash_token, new_token
 from agents_app.protocol import (
+    CancelOrder,
     JobKind,
     JobOutcome,
     JobPayload,
@@ -454,7 +455,8 @@ def job_abandon(job: Job, *, why: str) -> Abandoned:
     if slot is not None:
         slot_transition(slot, SlotState.IDLE, message=why)
     never_ran = job.kind == JobKind.APPLY and job.acked_at is None
-    if job.kind == JobKind.PLAN or never_ran:
+    # A job that ran past its bound is never run again: the bound would only fire again.
+    if job.timed_out_at is None and (job.kind == JobKind.PLAN or never_ran):
         job.agent = None
         job.credential_hash = ""  # revoked: a superseded terraform cannot lock the state
         fields: tuple[str, ...] = ("agent", "credential_hash")
@@ -464,7 +466,7 @@ def job_abandon(job: Job, *, why: str) -> Abandoned:
             fields += ("cold_reason",)
         job_transition(job, JobStatus.QUEUED, message=why, fields=fields)
         return Abandoned(job=job, requeued=True)
-    job.error = f"{why} during the {job.kind}"
+    job.error = f"{job.timeout_message}; {why}" if job.timed_out_at is not None else f"{why} during the {job.kind}"
     job_transition(job, JobStatus.FAILED, message=why, fields=("error",))
     return Abandoned(job=job, requeued=False)
 
@@ -512,10 +514,79 @@ def jobs_request_cancel(*, task: Task, force: bool) -> bool:
     return bool(running.update(cancel_requested=True, force_cancel=force))
 
 
-def jobs_to_cancel(*, agent: Agent) -> list[tuple[int, bool]]:
-    return list(
-        Job.objects.filter(agent=agent, status=JobStatus.RUNNING, cancel_requested=True).values_list("id", "force_cancel")
+def jobs_to_cancel(*, agent: Agent) -> list[CancelOrder]:
+    """The agent's jobs it must stop, as the heartbeat's answer orders them (repeated until
+    they end), with the kill grace of a bound that fired."""
+    rows = Job.objects.filter(agent=agent, status=JobStatus.RUNNING, cancel_requested=True).order_by("id")
+    return [CancelOrder(id=job_id, force=force, grace=grace)
+            for job_id, force, grace in rows.values_list("id", "force_cancel", "cancel_grace_seconds")]
+
+
+# --- bounds (the sweep's `bounds` step, tasks_app.services.control) -----------------------
+
+
+def jobs_running_past_bound(*, now: datetime) -> list[int]:
+    """Running plans and acknowledged applies that ran past their pool's bound and have not
+    been told to stop for it yet (a plan's clock starts at its claim, an apply's at its
+    acknowledgement: an unacknowledged apply has its own, much shorter bound)."""
+    running = (
+        Job.objects.filter(status=JobStatus.RUNNING, timed_out_at__isnull=True)
+        .exclude(kind=JobKind.WARMUP).select_related("pool")
     )
+    due = []
+    for job in running.only("id", "kind", "claimed_at", "acked_at", "pool__plan_timeout_seconds",
+                            "pool__apply_timeout_seconds"):
+        if job.kind == JobKind.PLAN and job.claimed_at is not None:
+            if job.claimed_at + timedelta(seconds=job.pool.plan_timeout_seconds) <= now:
+                due.append(job.id)
+        elif job.kind == JobKind.APPLY and job.acked_at is not None:
+            if job.acked_at + timedelta(seconds=job.pool.apply_timeout_seconds) <= now:
+                due.append(job.id)
+    return due
+
+
+def job_time_out(job: Job, *, grace: int, message: str) -> None:
+    """The (locked, running) job ran past its bound: its agent is told to stop it, through
+    the heartbeat's cancel orders: SIGINT, then SIGKILL after `grace` seconds. Not a status
+    change (the job ends when the agent reports it, or when the sweep gives up on it); the
+    DispatchEvent records it. `message` is what the run will end with."""
+    job.cancel_requested = True
+    job.cancel_grace_seconds = grace
+    job.timed_out_at = timezone.now()
+    job.timeout_message = message
+    job.save(update_fields=["cancel_requested", "cancel_grace_seconds", "timed_out_at", "timeout_message"])
+    DispatchEvent.objects.create(
+        subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
+        from_state=job.status, to_state=job.status, message=message,
+    )
+
+
+def jobs_timed_out_unstopped(*, now: datetime) -> list[int]:
+    """Timed-out jobs still running after their kill grace plus the offline timeout: their
+    agent heartbeats but does not stop them (or cannot), and the server gives up on them."""
+    offline = settings.IAC_AGENT_OFFLINE_AFTER_SECONDS
+    rows = Job.objects.filter(status=JobStatus.RUNNING, timed_out_at__isnull=False)
+    return [
+        job_id for job_id, at, grace in rows.order_by("id").values_list("id", "timed_out_at", "cancel_grace_seconds")
+        if at + timedelta(seconds=(grace or 0) + offline) <= now
+    ]
+
+
+def jobs_timed_out_to_kill(*, now: datetime) -> list[int]:
+    """Timed-out jobs past their kill grace not yet ordered killed: the heartbeat's order
+    becomes SIGKILL (the agent's own timer does the same; this covers an agent that missed
+    the first order)."""
+    rows = Job.objects.filter(status=JobStatus.RUNNING, timed_out_at__isnull=False, force_cancel=False)
+    return [
+        job_id for job_id, at, grace in rows.order_by("id").values_list("id", "timed_out_at", "cancel_grace_seconds")
+        if at + timedelta(seconds=grace or 0) <= now
+    ]
+
+
+def job_kill(job: Job) -> None:
+    """Order the (locked) job's agent to SIGKILL it (a cancel request, not a status change)."""
+    job.force_cancel = True
+    job.save(update_fields=["force_cancel"])
 
 
 def jobs_running_of_agent(*, agent_id: int) -> list[int]:

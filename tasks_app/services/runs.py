@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from agents_app.models import Agent
-from agents_app.protocol import JobKind, JobOutcome, SlotState, WarmupStatus
+from agents_app.protocol import JobKind, JobOutcome, JobStatus, SlotState, WarmupStatus
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Invalid, PlatformError
 from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
-from tasks_app.selectors import dispatch_wait_reason, state_serial_current
+from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
 from tasks_app.services.audit import audit_record
 from tasks_app.services.jobs import Finished, job_assign, job_create, jobs_cancel_queued, jobs_request_cancel
 from tasks_app.services.warmups import (
@@ -152,6 +151,10 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
     """A plan job ended (caller's transaction; job, task and slot locked)."""
     task, result = finished.task, finished.result
     outcome = result.outcome
+    if finished.job.timed_out_at is not None and outcome != JobOutcome.SUCCEEDED:
+        _free(finished, "plan stopped at its bound")
+        run_transition(task, RunStatus.ERRORED, message=_stopped_at_bound(finished))
+        return PlanEnded(keep_dir=False, follow_ups=())
     if outcome == JobOutcome.CANCELLED:
         _free(finished, "plan cancelled")
         run_transition(task, RunStatus.CANCELLED, message=result.error or "plan cancelled")
@@ -214,7 +217,9 @@ def run_apply_finished(finished: Finished) -> None:
     task, result = finished.task, finished.result
     _free(finished, f"apply {result.outcome}")
     run_apply_acked(task)  # normally done already; a result implies it
-    if result.outcome == JobOutcome.SUCCEEDED:
+    if finished.job.timed_out_at is not None and result.outcome not in (JobOutcome.SUCCEEDED, JobOutcome.STALE):
+        run_transition(task, RunStatus.ERRORED, message=_stopped_at_bound(finished))
+    elif result.outcome == JobOutcome.SUCCEEDED:
         run_transition(task, RunStatus.APPLIED)
     elif result.outcome == JobOutcome.CANCELLED:
         run_transition(task, RunStatus.CANCELLED, message=result.error or "apply cancelled")
@@ -226,8 +231,11 @@ def run_apply_finished(finished: Finished) -> None:
 
 def run_job_lost(task: Task, job: Job, *, requeued: bool, why: str) -> None:
     """A job of the run was abandoned (its agent died or stopped reporting it)."""
-    if job.kind == JobKind.PLAN:
+    if job.kind == JobKind.PLAN and requeued:
         run_plan_requeued(task, why=why)
+    elif job.kind == JobKind.PLAN and task.status not in FINAL:
+        # A plan that ran past its bound is not run again.
+        run_transition(task, RunStatus.ERRORED, message=job.error)
     elif job.kind == JobKind.APPLY and requeued:
         # The apply never started: it goes cold to any agent; a warm dir elsewhere is no use.
         warmup_release(task, message=f"{why}; the apply goes cold")
@@ -236,6 +244,20 @@ def run_job_lost(task: Task, job: Job, *, requeued: bool, why: str) -> None:
             task, RunStatus.ERRORED,
             message=job.error + "; the state may be partially written, so the apply is not re-run automatically",
         )
+
+
+def _stopped_at_bound(finished: Finished) -> str:
+    """The run's message for a job that ended after its bound fired: how terraform stopped."""
+    job = finished.job
+    grace = job.cancel_grace_seconds or 0
+    killed = job.finished_at is not None and (job.finished_at - job.timed_out_at).total_seconds() >= grace
+    if job.kind == JobKind.PLAN:
+        return job.timeout_message + ("; it did not stop within its grace and was killed" if killed else "")
+    if killed:
+        return (f"{job.timeout_message}; it did not stop within {duration_text(grace)} and was killed (SIGKILL): "
+                f"the state may be partially written, so the apply is not re-run automatically")
+    return (f"{job.timeout_message}; it stopped at a safe point (the state it reached is saved, its lock "
+            f"released); the apply is not re-run automatically")
 
 
 @dataclass
@@ -335,20 +357,86 @@ def run_prepare(*, task_id: int) -> Task:
     return task
 
 
-def runs_waiting_reason(task: Task) -> str:
-    """Why a run waits, in words for the run page and the API ("" when it does not)."""
-    if task.status in (RunStatus.PLAN_QUEUED, RunStatus.APPLY_QUEUED):
-        return dispatch_wait_reason(task)
-    if task.status != RunStatus.PENDING:
-        return ""
-    if task.workspace.locked:
-        return "the workspace is locked"
-    ahead = (
-        Task.objects.filter(workspace_id=task.workspace_id, operation=Operation.PLAN_AND_APPLY, status__in=list(BLOCKING))
-        .filter(~Q(id=task.id))
-        .order_by("id")
-        .first()
+# --- durable follow-ups and bounds (the sweep: tasks_app.services.control) ---------------
+
+
+def runs_confirmed_without_apply() -> list[int]:
+    """Confirmed runs (apply_queued) with no queued or running apply job: Confirm committed
+    and the job that should follow it is missing (or ended without moving the run on)."""
+    busy = Job.objects.filter(kind=JobKind.APPLY, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+    return list(
+        Task.objects.filter(status=RunStatus.APPLY_QUEUED).exclude(id__in=busy.values("task_id"))
+        .order_by("id").values_list("id", flat=True)
     )
-    if ahead:
-        return f"waiting for run {ahead.id} ({ahead.status}) to finish"
-    return "waiting to be started"
+
+
+def run_apply_job_restore(*, task_id: int) -> bool:
+    """Give a confirmed run without an apply job one (queued, cold, for any agent of its pool).
+    An apply job that ended without moving the run on may have run: the run errors instead
+    (one apply per run, never a second). Idempotent: False when nothing was missing."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
+        if task.status != RunStatus.APPLY_QUEUED:
+            return False
+        apply = Job.objects.filter(task=task, kind=JobKind.APPLY).first()
+        if apply is not None and apply.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            return False
+        if apply is not None:
+            run_transition(task, RunStatus.ERRORED, message=(
+                f"apply job {apply.id} ended ({apply.status}: {apply.error or 'no reason given'}) without moving "
+                f"the run on; the apply is not re-run automatically"))
+            return True
+        reason = "the confirmed run had no apply job (the process died after Confirm): the sweep queued it, cold"
+        warmup_release(task, message=reason)
+        pool_id = task.workspace.pool_id
+        job_create(task=task, kind=JobKind.APPLY, pool_id=pool_id, cold_reason=reason,
+                   terraform_version=task.terraform_version, message=reason)
+        transaction.on_commit(lambda: _dispatch_queued(pool_id))
+    return True
+
+
+def run_note(task: Task, *, message: str) -> None:
+    """Say something about a (locked) run that is not a change of its status, e.g. that its
+    plan or apply ran past its bound and is being stopped: a TaskEvent in its timeline (from
+    and to its current status) and its message, at once, not only when the job ends."""
+    TaskEvent.objects.create(task=task, from_status=task.status, to_status=task.status, message=message)
+    task.message = message
+    task.save(update_fields=["message"])
+
+
+def run_no_agent(task: Task, job: Job, *, message: str) -> None:
+    """No agent came online for the run's queued job within the pool's bound (task and job
+    locked, the job queued): the queued work is dropped and the run errors."""
+    jobs_cancel_queued(task=task, message=message)
+    run_transition(task, RunStatus.ERRORED, message=message)
+
+
+def runs_apply_pending_past_bound(*, now: datetime) -> list[int]:
+    """apply_pending runs of pools with an apply_pending bound that passed."""
+    due = []
+    for task in (
+        Task.objects.filter(status=RunStatus.APPLY_PENDING, workspace__pool__apply_pending_timeout_seconds__gt=0)
+        .select_related("workspace__pool").order_by("id")
+    ):
+        since = run_apply_pending_since(task)
+        if since is not None and since + timedelta(seconds=task.workspace.pool.apply_pending_timeout_seconds) <= now:
+            due.append(task.id)
+    return due
+
+
+def run_expire_pending(*, task_id: int, now: datetime) -> bool:
+    """Discard a run that waited for Confirm past its pool's apply_pending bound."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
+        if task.status != RunStatus.APPLY_PENDING:
+            return False
+        pool = task.workspace.pool
+        bound = pool.apply_pending_timeout_seconds
+        since = run_apply_pending_since(task)
+        if not bound or since is None or since + timedelta(seconds=bound) > now:
+            return False
+        message = (f"not confirmed within its {duration_text(bound)} bound (pool {pool.name}): discarded; "
+                   f"queue a new run to apply")
+        run_transition(task, RunStatus.DISCARDED, message=message)
+        jobs_cancel_queued(task=task, message=message)
+    return True

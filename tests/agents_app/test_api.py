@@ -54,6 +54,38 @@ def test_it_applies_the_model_defaults_to_a_new_pool(api):
     assert created["warm_apply"] is True
 
 
+def test_it_gives_a_new_pool_the_bounds_of_the_settings(api, settings):
+    settings.IAC_PLAN_TIMEOUT_SECONDS = 900
+    settings.IAC_APPLY_PENDING_TIMEOUT_SECONDS = 86400
+    created = api.post("/api/v1/pools/", {"name": "bounded"}, format="json").json()
+    assert {k: v for k, v in created.items() if k.endswith("_seconds")} == {
+        "plan_timeout_seconds": 900, "apply_timeout_seconds": 7200, "no_agent_timeout_seconds": 1800,
+        "apply_pending_timeout_seconds": 86400, "plan_kill_grace_seconds": 30, "apply_kill_grace_seconds": 900,
+    }
+    chosen = api.post("/api/v1/pools/", {"name": "chosen", "plan_timeout_seconds": 60}, format="json").json()
+    assert chosen["plan_timeout_seconds"] == 60
+
+
+def test_it_edits_a_pools_bounds_and_refuses_what_is_not_a_positive_number_of_seconds(api, pool):
+    url = f"/api/v1/pools/{pool.id}/"
+    response = api.patch(url, {"apply_timeout_seconds": 600, "apply_pending_timeout_seconds": 0}, format="json")
+    assert response.status_code == 200, response.json()
+    pool.refresh_from_db()
+    assert (pool.apply_timeout_seconds, pool.apply_pending_timeout_seconds) == (600, 0)
+
+    for field, value, words in [
+        ("plan_timeout_seconds", 0, "must be a positive number of seconds (at least 1)"),
+        ("apply_kill_grace_seconds", -5, "must be a positive number of seconds (at least 1)"),
+        ("apply_pending_timeout_seconds", -1, "must be 0 (off) or a positive number of seconds"),
+        ("no_agent_timeout_seconds", "soon", "A valid integer is required."),
+    ]:
+        response = api.patch(url, {field: value}, format="json")
+        assert response.status_code == 400, (field, value)
+        assert response.json()["errors"][field] == [words]
+    pool.refresh_from_db()
+    assert pool.plan_timeout_seconds == 3600 and pool.apply_kill_grace_seconds == 900
+
+
 def test_it_names_the_missing_or_invalid_pool_fields(api, pool):
     response = api.post("/api/v1/pools/", {"backend": "mainframe"}, format="json")
     assert response.status_code == 400

@@ -183,7 +183,7 @@ def test_it_releases_the_oldest_reservation_when_a_plan_finds_every_slot_reserve
 def test_it_says_why_a_queued_plan_waits(setup, client):
     pool, token, ws = setup
     task = run_create(workspace=ws, operation="plan", actor="test")
-    assert waiting_reason(task) == f"no online agent in pool {pool.name}"
+    assert waiting_reason(task).startswith(f"queued: no agent of pool '{pool.name}' is online (gives up at ")
 
     a1 = FakeAgent(client, token, "a1", slots=1)
     running = a1.claim()
@@ -191,7 +191,7 @@ def test_it_says_why_a_queued_plan_waits(setup, client):
     other = run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}),
                        operation="plan", actor="test")
     assert Task.objects.get(id=other.id).status == "plan_queued"
-    assert waiting_reason(other) == f"waiting for a free slot in pool {pool.name} (1 running, 0 reserved, 0 free)"
+    assert waiting_reason(other) == f"queued: the one slot of pool '{pool.name}' is busy (1 running)"
 
 
 # --- terraform versions ------------------------------------------------------------------------
@@ -209,8 +209,8 @@ def test_it_sends_a_plans_warmup_and_apply_only_to_agents_with_its_terraform_ver
     assert other.claim() is None, "a warmup on another version is never attempted"
     run_confirm(task_id=task.id, actor="test")
     assert other.claim() is None, "nor a cold apply"
-    assert waiting_reason(task) == (f"no online agent in pool {pool.name} has terraform 1.11.4 "
-                                    "(online agents have 1.9.0)")
+    assert waiting_reason(task).startswith(f"queued: no online agent of pool '{pool.name}' has terraform 1.11.4 "
+                                           "(online agents have 1.9.0; gives up at ")
     same = FakeAgent(client, token, "same", terraform_version="1.11.4")
     job = same.claim()
     assert job["kind"] == "apply" and job["task"]["id"] == task.id
@@ -222,8 +222,8 @@ def test_it_holds_a_pinned_workspaces_plan_for_an_agent_with_the_pinned_version(
     a1 = FakeAgent(client, token, "a1", terraform_version="1.11.4")
     task = run_create(workspace=ws, operation="plan", actor="test")
     assert a1.claim() is None
-    assert waiting_reason(task) == (f"no online agent in pool {pool.name} has terraform 1.5.7 "
-                                    "(online agents have 1.11.4)")
+    assert waiting_reason(task).startswith(f"queued: no online agent of pool '{pool.name}' has terraform 1.5.7 "
+                                           "(online agents have 1.11.4; gives up at ")
     pinned = FakeAgent(client, token, "pinned", terraform_version="1.5.7")
     assert pinned.claim()["task"]["id"] == task.id
 
@@ -250,7 +250,7 @@ def test_it_hands_an_apply_confirmed_during_a_warmup_to_that_warmup(setup, clien
     a3 = FakeAgent(client, setup[1], "a3")
     run_confirm(task_id=task.id, actor="test")
     assert a3.claim() is None, "the apply waits for the warmup, not for any agent"
-    assert waiting_reason(task).startswith("waiting for the warmup on a2 to finish")
+    assert waiting_reason(task).startswith("queued: waiting for the warmup on a2 to finish")
 
     assert a2.finish(warmup, kept_dir=True).json() == {"keep_dir": True}
     apply = a2.claim()  # pushed the moment the dir was ready

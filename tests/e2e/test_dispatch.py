@@ -80,7 +80,7 @@ def test_it_applies_on_the_warmup_in_progress(scenario, tmp_path):
     assert s.user.confirm(run["id"]).status_code == 200
     waiting = s.user.run(run["id"])
     assert waiting["status"] == "apply_queued"
-    assert waiting["waiting_reason"].startswith(f"waiting for the warmup on {s.agents['a2'].name} to finish")
+    assert waiting["waiting_reason"].startswith(f"queued: waiting for the warmup on {s.agents['a2'].name} to finish")
     done = s.user.wait(run["id"], "applied", timeout=60)
 
     assert done["apply_path"] == "rewarmed", done["apply_path_reason"]
@@ -167,4 +167,4 @@ def test_it_holds_a_pinned_workspaces_plan_and_says_why(scenario, user):
     time.sleep(2)  # an agent with a free slot had every chance to take it
     waiting = user.run(run["id"])
     assert waiting["status"] == "plan_queued"
-    assert waiting["waiting_reason"].startswith(f"no online agent in pool {s.pool.name} has terraform 0.12.31")
+    assert waiting["waiting_reason"].startswith(f"queued: no online agent of pool '{s.pool.name}' has terraform 0.12.31")

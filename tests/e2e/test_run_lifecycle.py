@@ -89,7 +89,7 @@ def test_it_runs_plan_only_runs_beside_a_waiting_apply(scenario):
 
     s.user.wait(speculative["id"], "planned")
     assert s.user.run(blocked["id"])["status"] == "pending"
-    assert "waiting for run" in s.user.run(blocked["id"])["waiting_reason"]
+    assert s.user.run(blocked["id"])["waiting_reason"] == f"pending: run #{applying['id']} (apply_pending) holds the workspace"
 
     s.user.request("POST", f"/api/v1/runs/{applying['id']}/discard/", json={}, expect=200)
     s.user.wait(blocked["id"], "apply_pending")

@@ -178,7 +178,7 @@ def test_it_audits_lock_and_unlock_and_starts_pending_runs_on_unlock(
     run = queue(api, workspace, "plan", django_capture_on_commit_callbacks)
     # A locked workspace starts nothing and says why.
     assert run["status"] == RunStatus.PENDING
-    assert run["waiting_reason"] == "the workspace is locked"
+    assert run["waiting_reason"] == "pending: the workspace is locked"
 
     with django_capture_on_commit_callbacks(execute=True):
         response = api.patch(f"/api/v1/workspaces/{workspace.id}/", {"locked": False}, format="json")
@@ -428,7 +428,7 @@ def test_it_queues_a_run_that_waits_for_an_agent_with_a_plan_job(api, workspace,
     jobs = list(Job.objects.filter(task_id=run["id"]).values_list("kind", "status"))
     assert jobs == [(JobKind.PLAN, JobStatus.QUEUED)]
     assert [(e["from_status"], e["to_status"]) for e in run["events"]] == [("", "pending"), ("pending", "plan_queued")]
-    assert run["waiting_reason"] == f"no online agent in pool {workspace.pool.name}"
+    assert run["waiting_reason"].startswith(f"queued: no agent of pool '{workspace.pool.name}' is online (gives up at ")
     assert run["events"][0]["actor"] == "alice"
 
 
@@ -470,7 +470,7 @@ def test_it_lets_plan_only_runs_pass_while_a_second_applyable_run_waits(
 
     assert first["status"] == RunStatus.PLAN_QUEUED
     assert second["status"] == RunStatus.PENDING
-    assert second["waiting_reason"] == f"waiting for run {first['id']} (plan_queued) to finish"
+    assert second["waiting_reason"] == f"pending: run #{first['id']} (plan_queued) holds the workspace"
     assert speculative["status"] == RunStatus.PLAN_QUEUED
     assert not Job.objects.filter(task_id=second["id"]).exists()
 
@@ -494,7 +494,7 @@ def test_it_shows_plan_warmup_and_apply_latency_on_a_run(api, workspace, pool):
     assert run["warmup_status"] == "ready" and run["warmup_agent"] == "agent-7"
     assert run["confirm_to_apply_start_ms"] == 250
     assert run["confirm_to_first_log_ms"] is None  # no apply log yet
-    assert run["waiting_reason"] == ""
+    assert run["waiting_reason"] == "apply_pending: waiting for confirmation (warm on agent-7 slot 0)"
     assert "encrypted_data" not in str(run)
 
 

@@ -158,7 +158,7 @@ def test_it_queues_a_plan_and_apply_from_the_workspace_page(
     text = page(client_alice.get(response["Location"]))
     assert f"Run {task.id} queued" in text
     assert "plan queued" in text or "plan_queued" in text
-    assert f"no online agent in pool {workspace.pool.name}" in text
+    assert f"queued: no agent of pool '{workspace.pool.name}' is online (gives up at " in text
 
     text = page(client_alice.get(reverse("workspace-detail", args=[workspace.id])))
     assert f"run {task.id}" in text
@@ -226,6 +226,8 @@ def test_it_shows_confirm_and_a_warm_apply_on_the_run_page(client_alice, workspa
     assert "terraform_data.demo" in text
     assert task.plan_hash in text
     assert "apply_pending" in text
+    until = timezone.localtime(task.warmup_expires_at).strftime("%H:%M:%S")
+    assert f"apply_pending: waiting for confirmation (warm on agent-blue slot 0 until {until})" in text
 
 
 def test_it_queues_a_warmup_when_the_confirm_page_opens_on_a_cold_run(client_alice, workspace):
@@ -393,9 +395,33 @@ def test_it_shows_a_new_pool_token_once_in_the_admin(client_alice):
             "max_replicas": 2,
             "slots_per_pod": 3,
             "warm_apply": "on",
+            **ADMIN_BOUNDS,
         },
         follow=True,
     )
     pool = AgentPool.objects.get(name="admin-pool")
     assert pool.token_hash
     assert "Pool token for admin-pool (shown once" in page(response)
+
+
+# What the admin's add form shows for a new pool's bounds (the IAC_*_SECONDS defaults).
+ADMIN_BOUNDS = {
+    "plan_timeout_seconds": 3600, "plan_kill_grace_seconds": 30, "apply_timeout_seconds": 7200,
+    "apply_kill_grace_seconds": 900, "no_agent_timeout_seconds": 1800, "apply_pending_timeout_seconds": 0,
+}
+
+
+def test_it_offers_a_new_pools_bounds_from_the_settings_and_refuses_a_bad_one_in_the_admin(client_alice, settings):
+    settings.IAC_PLAN_TIMEOUT_SECONDS = 600
+    form = page(client_alice.get(reverse("admin:agents_app_agentpool_add")))
+    assert 'name="plan_timeout_seconds" value="600"' in form
+    assert 'name="apply_kill_grace_seconds" value="900"' in form
+
+    response = client_alice.post(
+        reverse("admin:agents_app_agentpool_add"),
+        {"name": "bad-bounds", "backend": "local", "min_replicas": 1, "max_replicas": 2, "slots_per_pod": 3,
+         **ADMIN_BOUNDS, "apply_timeout_seconds": 0},
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert "must be a positive number of seconds (at least 1)" in page(response)
+    assert not AgentPool.objects.filter(name="bad-bounds").exists()
