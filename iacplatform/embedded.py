@@ -175,8 +175,11 @@ def ensure_postgres(var_dir: Path) -> str:
 
 def stop_postgres(var_dir: Path, timeout: float = 30) -> bool:
     """Stop the data dir's server (fast shutdown: clients are disconnected). True if one ran."""
+    import logging
+
     from pgserver import _commands
 
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # every command line at INFO otherwise
     if not postgres_running(var_dir):
         return False
     with _file_lock(var_dir / ".pg.lock"):

@@ -35,6 +35,7 @@ class Up:
     var: Path
     base: str
     output: Path
+    env: dict[str, str]
 
     @property
     def conf(self) -> Path:
@@ -88,7 +89,7 @@ def up() -> Iterator[Up]:
     with open(output, "wb") as out:
         proc = subprocess.Popen([sys.executable, "manage.py", "up", "--port", str(port)], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    handle = Up(proc, root, var, f"http://127.0.0.1:{port}", output)
+    handle = Up(proc, root, var, f"http://127.0.0.1:{port}", output, env)
     try:
         yield handle
     finally:
@@ -132,6 +133,12 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
     assert agent_env["IAC_AGENT_WORK_ROOT"] == str(up.root / "agents")
     assert agent_env["IAC_POOL_TOKEN"]
     assert "IAC_AGENT_OFFLINE_AFTER_SECONDS" not in agent_env and embedded.SUPERVISED_ENV not in agent_env
+
+    # A second `manage.py up` on the same var dir would fight over its servers: refused.
+    second = subprocess.run([sys.executable, "manage.py", "up", "--port", str(free_port())], cwd=ROOT,
+                            env=dict(up.env), capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert "is in use by another `manage.py up` or a test session" in second.stderr
 
     # SIGKILL web: supervisord starts it again, and it serves.
     old = up.pid("web")

@@ -140,7 +140,8 @@ class Command(BaseCommand):
         self.sup_dir = var / "supervisor"
         self.conf = self.sup_dir / "supervisord.conf"
         self.sock = self.sup_dir / "supervisor.sock"
-        self.ctl = f"{Path(sys.executable).name} -m supervisor.supervisorctl -c {self.conf}"
+        python = os.path.relpath(sys.executable)  # .venv/bin/python from the checkout
+        self.ctl = f"{python if not python.startswith('..') else sys.executable} -m supervisor.supervisorctl -c {self.conf}"
         self.rpc_user, self.rpc_password = "up", secrets.token_hex(16)
 
     def _write_config(self, programs: list[Program]) -> None:
@@ -364,8 +365,15 @@ class Command(BaseCommand):
         self._add([a.name for a in agents])
         for a in agents:
             self.stdout.write(f"    {a.name} (log: {logs / f'{a.name}.log'})")
-        names = [p.name for p in servers + [web, worker, beat] + agents]
-        self._wait("every program", lambda: all(self._states()[n]["statename"] == "RUNNING" for n in names), 60, names)
+        names = [p.name for p in servers + [web, worker, beat]]
+        self._wait("the servers", lambda: all(self._states()[n]["statename"] == "RUNNING" for n in names), 60, names)
+        # An agent that cannot start yet (e.g. refused while its previous record is still
+        # online) does not stop the platform: supervisord and _watch keep trying, and say so.
+        try:
+            self._wait("the agents", lambda: all(self._states()[a.name]["statename"] == "RUNNING" for a in agents),
+                       30, [a.name for a in agents])
+        except CommandError as exc:
+            self.stderr.write(f"    {exc}; it is tried again until it starts")
 
         self.stdout.write(self.style.SUCCESS(
             f"\n  login:      {boot['username']} / {boot['password']}\n"
