@@ -245,7 +245,10 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        users = self._hold_var_dir()
+        try:
+            users = self._hold_var_dir()
+        except Interrupted:
+            return  # nothing started yet
         try:
             self._run(host, port)
         except Interrupted:
