@@ -126,9 +126,12 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
         assert up.running(name), up.ctl("status")
     # The environment reaches the servers (the sweep's short interval) and the agents (their
     # work root), but the server-only settings do not reach the agents.
-    web_env = psutil.Process(up.pid("web")).environ()
-    assert web_env["IAC_AGENT_OFFLINE_AFTER_SECONDS"] == "4"
-    assert web_env[embedded.SUPERVISED_ENV] == "1"
+    # (postgres and redis-server get it too, but write their process titles over their
+    # environment block: /proc cannot show it.)
+    for name in ("web", "worker", "beat"):
+        server_env = psutil.Process(up.pid(name)).environ()
+        assert server_env["IAC_AGENT_OFFLINE_AFTER_SECONDS"] == "4", name
+        assert server_env[embedded.SUPERVISED_ENV] == "1", name
     agent_env = psutil.Process(up.pid("agent-1")).environ()
     assert agent_env["IAC_AGENT_WORK_ROOT"] == str(up.root / "agents")
     assert agent_env["IAC_POOL_TOKEN"]

@@ -304,12 +304,12 @@ class Command(BaseCommand):
             # SIGINT: PostgreSQL's fast shutdown (clients disconnected, nothing lost). Its
             # backends are its children: the postmaster stops them, the group is SIGKILLed
             # only if it does not stop in time.
-            servers.append(Program("postgres", command, 10, user=user, startsecs=2, stopsignal="INT",
-                                   stopwaitsecs=30, stopasgroup=False, killasgroup=True))
+            servers.append(Program("postgres", command, 10, environment=server_env, user=user, startsecs=2,
+                                   stopsignal="INT", stopwaitsecs=30, stopasgroup=False, killasgroup=True))
         if not os.environ.get("REDIS_URL"):
             (var / "redis").mkdir(parents=True, exist_ok=True)
-            servers.append(Program("redis", embedded.redis_command(var, daemonize=False), 10, startsecs=1,
-                                   stopwaitsecs=10))
+            servers.append(Program("redis", embedded.redis_command(var, daemonize=False), 10,
+                                   environment=server_env, startsecs=1, stopwaitsecs=10))
         self.step(f"starting supervisord ({self.conf}; its log: {logs / 'supervisord.log'})")
         self._start_supervisord(servers, base_env)
         if servers:
