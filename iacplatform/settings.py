@@ -178,6 +178,11 @@ if not DATABASES["default"].get("NAME"):
 # PostgreSQL connection (~3 ms on the Confirm -> apply path).
 if DB_POOL:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 20, "timeout": 10}
+# PostgreSQL may restart under running processes: the pool checks a connection before handing
+# it out (Django passes psycopg_pool's ConnectionPool.check_connection to the pool; without a
+# pool, Django's own check before reusing a connection), so no request or sweep gets one that
+# died with the old server. A request that still meets an outage answers 503 (db_outage.py).
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Separate test databases let several test runs share one server.
 DATABASES["default"]["TEST"] = {"NAME": env.str("IAC_TEST_DB_NAME", "") or None}
 
@@ -201,6 +206,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A view that meets a database outage answers 503 + Retry-After (iacplatform/db_outage.py).
+    "iacplatform.db_outage.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -1,9 +1,15 @@
 """Test-wide environment, set before Django reads its settings (loaded with -p).
 
 The control-loop timings are shortened so liveness and expiry can be observed in seconds;
-the server processes started by the e2e fixtures inherit the same values."""
+the server processes started by the e2e fixtures inherit the same values.
+
+The session also holds the var dir's users lock (iacplatform.embedded) from before Django
+starts the embedded PostgreSQL and Redis until its very end: the last session to end (two may
+run at once in one checkout, with different IAC_TEST_DB_NAME) stops them, so `make test`
+leaves no server running. A `manage.py up` on the same var dir holds the lock too."""
 
 import os
+from pathlib import Path
 
 TEST_ENV = {
     "IAC_AGENT_HEARTBEAT_SECONDS": "1",
@@ -14,3 +20,17 @@ TEST_ENV = {
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)
+
+from iacplatform import embedded  # noqa: E402
+
+# As iacplatform/settings.py computes it.
+VAR_DIR = Path(os.environ.get("IAC_VAR_DIR") or Path(__file__).resolve().parent.parent / "var").resolve()
+_users = embedded.hold_users_lock(VAR_DIR)
+
+
+def pytest_unconfigure(config) -> None:
+    global _users
+    if _users is not None:
+        embedded.leave(VAR_DIR, _users, postgres=not os.environ.get("DATABASE_URL"),
+                       redis=not os.environ.get("REDIS_URL"))
+        _users = None

@@ -1,14 +1,36 @@
 """HTTP client for the agent protocol. One requests.Session per thread (Session is not
-documented as thread-safe); every call retries transport errors with backoff because the
-server may restart under a running agent."""
+documented as thread-safe) and retry policy.
+
+The server may restart under a running agent (web restarted by its supervisor, PostgreSQL
+restarting: web then answers 503 with Retry-After), so calls are retried by urllib3's
+`Retry`: transport errors and 5xx answers, with exponential backoff (0.2 s doubling, at
+most 5 s, a little jitter), and as long as a 503's Retry-After says. Every agent call may
+be repeated: job calls carry the job's fence, log posts their sequence number, and the
+server answers a repeated finish or plan upload by the job's state."""
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+RETRY_STATUSES = (500, 502, 503, 504)
+
+
+def retry_policy(retries: int) -> Retry:
+    return Retry(
+        total=retries,
+        allowed_methods=None,  # every method: see the module's docstring
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=0.2,
+        backoff_max=5,
+        backoff_jitter=0.1,
+        respect_retry_after_header=True,
+        raise_on_status=False,  # the last answer is returned, and becomes a ServerError below
+    )
 
 
 class ServerError(Exception):
@@ -25,11 +47,17 @@ class Client:
         self.token = ""
         self._local = threading.local()
 
-    @property
-    def session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
+    def session(self, retries: int = 5) -> requests.Session:
+        """This thread's session for calls retried `retries` times."""
+        sessions = getattr(self._local, "sessions", None)
+        if sessions is None:
+            sessions = self._local.sessions = {}
+        s = sessions.get(retries)
         if s is None:
-            s = self._local.session = requests.Session()
+            s = sessions[retries] = requests.Session()
+            adapter = HTTPAdapter(max_retries=retry_policy(retries))
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
         return s
 
     def call(
@@ -47,27 +75,13 @@ class Client:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         if fence is not None:
             headers["X-Job-Fence"] = str(fence)
-        delay = 0.2
-        for attempt in range(retries + 1):
+        resp = self.session(retries).request(method, self.server + path, json=json, headers=headers, timeout=timeout)
+        if resp.status_code == 204:
+            return None
+        if resp.status_code >= 400:
             try:
-                resp = self.session.request(method, self.server + path, json=json, headers=headers, timeout=timeout)
-            except requests.RequestException:
-                if attempt == retries:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5)
-                continue
-            if resp.status_code >= 500 and attempt < retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 5)
-                continue
-            if resp.status_code == 204:
-                return None
-            if resp.status_code >= 400:
-                try:
-                    body = resp.json()
-                except ValueError:
-                    body = {"detail": resp.text[:500]}
-                raise ServerError(resp.status_code, str(body.get("detail", "")), body)
-            return resp.content if raw else resp.json()
-        raise AssertionError("unreachable")
+                body = resp.json()
+            except ValueError:
+                body = {"detail": resp.text[:500]}
+            raise ServerError(resp.status_code, str(body.get("detail", "")), body)
+        return resp.content if raw else resp.json()
