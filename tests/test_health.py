@@ -290,8 +290,12 @@ def test_it_serves_a_running_agents_health_once_registered(live_url, start_agent
 
     _pool, token = make_pool()
     port = free_port()
-    start_agent(token, "health-probed", env={"IAC_AGENT_HEALTH_PORT": str(port)})  # returns once registered
-    status, body = _get(f"http://127.0.0.1:{port}/healthz/ready")
+    start_agent(token, "health-probed", env={"IAC_AGENT_HEALTH_PORT": str(port)})  # returns once the server has it
+    # The server records the agent a moment before the agent process reads the answer.
+    deadline = time.monotonic() + 10
+    while (probe := _get(f"http://127.0.0.1:{port}/healthz/ready"))[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status, body = probe
     assert (status, body["status"]) == (200, "ok"), body
     assert body["checks"]["registered"]["agent_id"]
     # And the platform it registered with is ready too (its Celery worker sweeps).
