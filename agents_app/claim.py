@@ -46,21 +46,53 @@ def parse_max(raw: str | None) -> int:
     return int(raw)
 
 
+# Without Redis (unreachable at subscribe, during the wait or at take) the poll reads the
+# database this often until its deadline: Redis costs speed, never progress.
+DB_POLL_SECONDS = 1.0
+
+
 async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> list[dict[str, Any]]:
     """Up to `limit` jobs for the agent, or [] after `wait` seconds. Raises Gone.
 
-    Subscribe to the wake-up channels first, then take the jobs pushed by Confirm and claim
-    queued ones, then wait: a job pushed or queued between the attempt and the wait still
-    wakes us."""
+    With Redis: subscribe to the wake-up channels first, then take the jobs pushed by Confirm
+    and claim queued ones, then wait: a job pushed or queued between the attempt and the wait
+    still wakes us. Without it: claim from the database about once a second, and try Redis
+    again whenever the breaker allows (iacplatform.wakeups), going back to wake-ups once it
+    answers. Never an error because of Redis."""
+    deadline = time.monotonic() + wait
+    claim = database_sync_to_async(control.agent_claim)
+    while True:
+        if wakeups.redis_available():
+            try:
+                return await _claim_with_wakeups(agent, deadline, limit)
+            except wakeups.REDIS_ERRORS as exc:
+                wakeups.redis_failed(exc, "the claim long-poll")
+        jobs = await claim(agent_id=agent.id, limit=limit)
+        if jobs:
+            return jobs
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return []
+        await asyncio.sleep(min(DB_POLL_SECONDS, remaining))
+
+
+async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> list[dict[str, Any]]:
+    """The poll on Redis wake-ups until `deadline`; raises wakeups.REDIS_ERRORS when Redis
+    fails (nothing is claimed at that moment: the caller falls back to the database)."""
     client = wakeups.async_client()
     pubsub = client.pubsub()
     try:
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
-        deadline = time.monotonic() + wait
+        wakeups.redis_ok()
         while True:
             jobs: list[dict[str, Any]] = []
-            while len(jobs) < limit and (pushed := await wakeups.take_pushed(client, agent.id)) is not None:
-                jobs.append(pushed)
+            try:
+                while len(jobs) < limit and (pushed := await wakeups.take_pushed(client, agent.id)) is not None:
+                    jobs.append(pushed)
+            except wakeups.REDIS_ERRORS as exc:
+                if not jobs:
+                    raise
+                wakeups.redis_failed(exc, "taking a pushed job")  # deliver what was taken
             if jobs:  # the hot path: answer at once, no database round
                 return jobs
             jobs = await database_sync_to_async(control.agent_claim)(agent_id=agent.id, limit=limit)
@@ -71,8 +103,11 @@ async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> list[dict
                 return []
             await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
     finally:
-        await pubsub.aclose()
-        await client.aclose()
+        try:
+            await pubsub.aclose()
+            await client.aclose()
+        except wakeups.REDIS_ERRORS:  # closing a connection to a dead server
+            pass
 
 
 async def _send_json(send: Any, status: int, body: dict | None) -> None:

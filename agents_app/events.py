@@ -5,13 +5,10 @@ live view an update, never the change itself (PostgreSQL holds the truth)."""
 from __future__ import annotations
 
 import json
-import logging
 
 from django.db import transaction
 
 from iacplatform import wakeups
-
-log = logging.getLogger(__name__)
 
 
 def pool_events_channel(pool_id: int) -> str:
@@ -24,10 +21,5 @@ def dispatch_changed(*, pool_id: int | None, subject: str, subject_id: int, stat
         return
     message = json.dumps({"subject": subject, "id": subject_id, "state": state, "task": task_id})
 
-    def publish() -> None:
-        try:
-            wakeups.publish(pool_events_channel(pool_id), message)
-        except Exception:  # noqa: BLE001 - the live view is an accelerator, not the record
-            log.warning("could not publish %s %s -> %s", subject, subject_id, state, exc_info=True)
-
-    transaction.on_commit(publish)
+    # wakeups.publish never raises (and logs one line per Redis outage).
+    transaction.on_commit(lambda: wakeups.publish(pool_events_channel(pool_id), message))

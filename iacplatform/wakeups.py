@@ -3,16 +3,93 @@
 The claim long-poll subscribes to its agent's and its pool's channels, then tries to claim,
 then waits for a message: subscribing first means a wake-up published between the claim
 attempt and the wait is never lost. No polling interval sits on the Confirm -> apply path.
+
+Redis is an accelerator, never the record (PostgreSQL is): every call here is best effort.
+None raises because of Redis; each has short connect and read timeouts (`REDIS_TIMEOUT`), and
+a small circuit breaker skips Redis for `BREAKER_SECONDS` after a failure, so that with Redis
+down a request pays a few milliseconds, not a timeout per call. One warning is logged when
+an outage starts and one when Redis answers again, not one per call. Callers that must know
+(Confirm's push) get a boolean and take the slow path through the database themselves.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import threading
+import time
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+# Well under a second: a local Redis answers in well under a millisecond, and a dead one
+# (refused connection, missing socket) fails at once; only a black-holed host waits this long.
+REDIS_TIMEOUT = 0.25
+# After a failure, Redis is not asked again for this long (then one call tries it again).
+BREAKER_SECONDS = 1.5
+# What "Redis is unreachable" looks like (OSError: a socket error redis-py did not wrap).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+
+def _retry() -> Retry:
+    # One quick retry: a pooled connection left over from before a Redis restart fails once,
+    # and a fresh one then works. More retries would only make a real outage slower.
+    return Retry(ExponentialBackoff(cap=0.05, base=0.01), 1)
+
+
+class _Breaker:
+    """Open (skip Redis) for BREAKER_SECONDS after a failure; one log line per outage."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed_at = 0.0  # monotonic time from which Redis may be asked again
+        self._outage = False
+
+    def allows(self) -> bool:
+        return time.monotonic() >= self._closed_at
+
+    def failed(self, exc: BaseException, what: str) -> None:
+        with self._lock:
+            self._closed_at = time.monotonic() + BREAKER_SECONDS
+            first, self._outage = not self._outage, True
+        if first:
+            log.warning("Redis unreachable (%s failed: %s): wake-ups and pushes are skipped and agents "
+                        "claim from the database until it is back", what, exc)
+
+    def succeeded(self) -> None:
+        if self._outage:
+            with self._lock:
+                back, self._outage = self._outage, False
+            if back:
+                log.warning("Redis answers again: wake-ups and pushes resume")
+
+    def reset(self) -> None:
+        with self._lock:
+            self._closed_at, self._outage = 0.0, False
+
+
+breaker = _Breaker()
+
+
+def redis_available() -> bool:
+    """False while the breaker is open (Redis failed less than BREAKER_SECONDS ago)."""
+    return breaker.allows()
+
+
+def redis_failed(exc: BaseException, what: str) -> None:
+    breaker.failed(exc, what)
+
+
+def redis_ok() -> None:
+    breaker.succeeded()
 
 
 def agent_channel(agent_id: int) -> str:
@@ -24,20 +101,38 @@ def pool_channel(pool_id: int) -> str:
 
 
 @functools.cache
+def _client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT,
+                                retry=_retry())
+
+
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return _client_for(settings.REDIS_URL)
+
+
+def _best_effort(what: str, call) -> bool:
+    """Run `call(client)`; False (and the breaker opens) when Redis is unreachable."""
+    if not breaker.allows():
+        return False
+    try:
+        call(_client())
+    except REDIS_ERRORS as exc:
+        breaker.failed(exc, what)
+        return False
+    breaker.succeeded()
+    return True
 
 
 def wake_agent(agent_id: int) -> None:
-    _client().publish(agent_channel(agent_id), b"1")
+    _best_effort("a wake-up", lambda c: c.publish(agent_channel(agent_id), b"1"))
 
 
 def wake_pool(pool_id: int) -> None:
-    _client().publish(pool_channel(pool_id), b"1")
+    _best_effort("a wake-up", lambda c: c.publish(pool_channel(pool_id), b"1"))
 
 
-def publish(channel: str, message: str | bytes) -> None:
-    _client().publish(channel, message)
+def publish(channel: str, message: str | bytes) -> bool:
+    return _best_effort("a publish", lambda c: c.publish(channel, message))
 
 
 def pushed_list(agent_id: int) -> str:
@@ -51,20 +146,49 @@ def pushed_key(job_id: int) -> str:
 PUSH_KEEP_SECONDS = 120
 
 
-def push_job(agent_id: int, job_id: int, payload: dict) -> None:
-    """Hand an assigned job to the agent's long-poll. Keyed by job: the payload waits in its
-    own key, and the agent's list holds the ids, so two applies confirmed a moment apart
-    for runs warm on the same agent are both delivered (a single key per agent would let
-    the second overwrite the first, which would then go cold)."""
+def push_job(agent_id: int, job_id: int, payload: dict) -> bool:
+    """Hand an assigned job to the agent's long-poll. Returns False only when the push
+    certainly did not reach Redis (the breaker is open, or no connection could be made:
+    nothing was sent), so the agent cannot get the job this way and the caller sends it
+    back to the queue at once (runs.apply_push). A push sent but not answered (a read
+    timeout, the server dying mid-reply) may be in Redis and be taken: True, and late is not
+    lost: the sweep takes an untaken push back, or the agent's heartbeats tell.
+
+    Keyed by job: the payload waits in its own key, and the agent's list holds the ids, so
+    two applies confirmed a moment apart for runs warm on the same agent are both delivered
+    (a single key per agent would let the second overwrite the first, which would then go
+    cold)."""
     # The key outlives the ack timeout: the sweep takes an untaken push back (take_back) to
     # know for sure that the agent never got it; the TTL only collects what nobody took.
     ttl_ms = int((settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + PUSH_KEEP_SECONDS) * 1000)
-    with _client().pipeline(transaction=True) as pipe:
-        pipe.set(pushed_key(job_id), json.dumps(payload), px=ttl_ms)
+    data = json.dumps(payload)
+    if not breaker.allows():
+        return False
+    client = _client()
+    try:
+        # Connected (a stale pooled connection replaced) before anything is sent: a failure
+        # here means Redis has nothing of this push.
+        conn = client.connection_pool.get_connection()
+    except REDIS_ERRORS as exc:
+        breaker.failed(exc, "a push")
+        return False
+    pipe = client.pipeline(transaction=True)
+    pipe.connection = conn  # released by reset()
+    try:
+        pipe.set(pushed_key(job_id), data, px=ttl_ms)
         pipe.rpush(pushed_list(agent_id), job_id)
         pipe.pexpire(pushed_list(agent_id), ttl_ms)
         pipe.publish(agent_channel(agent_id), b"1")
         pipe.execute()
+    except REDIS_ERRORS as exc:
+        breaker.failed(exc, "a push")
+        log.warning("push of job %s to agent %s: sent, but Redis did not answer (%s); the sweep or the "
+                    "agent's heartbeats will tell whether it arrived", job_id, agent_id, exc)
+        return True
+    finally:
+        pipe.reset()
+    breaker.succeeded()
+    return True
 
 
 # Pop job ids until one whose payload is still there (an expired one was re-queued): one
@@ -82,20 +206,27 @@ end
 def take_back(agent_id: int, job_id: int) -> bool:
     """Withdraw a push the agent has not taken; True when it was still there, so the agent
     never got the job and never will (GETDEL against the agent's own GETDEL: one wins)."""
-    try:
-        with _client().pipeline(transaction=True) as pipe:
+    taken: list[Any] = []
+
+    def take(client: redis.Redis) -> None:
+        with client.pipeline(transaction=True) as pipe:
             pipe.getdel(pushed_key(job_id))
             pipe.lrem(pushed_list(agent_id), 0, job_id)
-            payload, _ = pipe.execute()
-    except redis.RedisError:
+            taken.extend(pipe.execute())
+
+    if not _best_effort("taking a push back", take):
         return False  # cannot tell: the heartbeats will
-    return payload is not None
+    return taken[0] is not None
 
 
 async def take_pushed(client: aredis.Redis, agent_id: int) -> dict | None:
+    """Raises REDIS_ERRORS: the long-poll falls back to the database (agents_app.claim)."""
     raw = await client.eval(_TAKE, 1, pushed_list(agent_id), "iac:push:job:")
     return json.loads(raw) if raw else None
 
 
 def async_client() -> aredis.Redis:
-    return aredis.Redis.from_url(settings.REDIS_URL)
+    """A client for one long-poll (its calls raise REDIS_ERRORS; the caller falls back)."""
+    return aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=REDIS_TIMEOUT,
+                                 socket_timeout=REDIS_TIMEOUT,
+                                 retry=AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1))

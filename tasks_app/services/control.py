@@ -74,6 +74,7 @@ from tasks_app.services.jobs import (
 )
 from tasks_app.services.retention import step_retention
 from tasks_app.services.runs import (
+    apply_push,
     run_apply_acked,
     run_apply_finished,
     run_apply_job_restore,
@@ -240,7 +241,9 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> F
             keep = warm.keep_dir
             if warm.handed_over is not None:
                 agent_id, apply_id, payload = warm.handed_over
-                follow_ups.append(lambda: wakeups.push_job(agent_id, apply_id, payload))
+                # A push that does not reach Redis sends the apply to the queue at once.
+                follow_ups.append(lambda: apply_push(agent_id=agent_id, agent_name=agent.name, job_id=apply_id,
+                                                     payload=payload))
         else:
             run_apply_finished(finished)
             keep = False

@@ -25,7 +25,15 @@ from iacplatform.errors import Conflict, Invalid, PlatformError
 from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
 from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
 from tasks_app.services.audit import audit_record
-from tasks_app.services.jobs import Finished, job_assign, job_create, jobs_cancel_queued, jobs_request_cancel
+from tasks_app.services.jobs import (
+    Finished,
+    job_abandon,
+    job_assign,
+    job_create,
+    job_locked,
+    jobs_cancel_queued,
+    jobs_request_cancel,
+)
 from tasks_app.services.warmups import (
     confirm_target,
     pool_make_room,
@@ -260,6 +268,36 @@ def _stopped_at_bound(finished: Finished) -> str:
             f"released); the apply is not re-run automatically")
 
 
+def apply_push(*, agent_id: int, agent_name: str, job_id: int, payload: dict[str, Any]) -> bool:
+    """After commit: push an apply assigned to a warm agent to its long-poll. When the push
+    did not reach Redis the agent cannot have the job, so it goes back to the queue at once
+    (not after the acknowledgement timeout), cold, for any agent's claim, which falls back to
+    the database while Redis is away. Returns whether the push reached Redis."""
+    if wakeups.push_job(agent_id, job_id, payload):
+        return True
+    run_apply_unpushed(job_id=job_id, fence=payload["fence"],
+                       why=f"the push to {agent_name} failed (Redis unreachable): the apply goes to the queue")
+    return False
+
+
+def run_apply_unpushed(*, job_id: int, fence: int, why: str) -> bool:
+    """An apply assigned to an agent whose push never reached Redis (own transaction): back
+    to the queue the way the sweep sends back an unacknowledged apply (job_abandon, then the
+    run as in control.job_lost), with a new fence when it is taken again. Nothing happens if
+    the job moved on meanwhile (acknowledged, re-assigned, finished): False."""
+    with transaction.atomic():
+        job = job_locked(job_id)
+        if job.status != JobStatus.RUNNING or job.fence != fence or job.acked_at is not None:
+            return False
+        log.warning("apply job %s of run %s: %s", job.id, job.task_id, why)
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+        abandoned = job_abandon(job, why=why)
+        run_job_lost(task, job, requeued=abandoned.requeued, why=why)
+        pool_id = job.pool_id
+        transaction.on_commit(lambda: _dispatch_queued(pool_id))
+    return True
+
+
 @dataclass
 class ConfirmResult:
     task: Task
@@ -300,9 +338,10 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
             # The push is registered before the assignment so that it is the first thing done
             # after commit: the live-view publishes the assignment registers come after it.
             push: dict[str, Any] = {}
-            transaction.on_commit(lambda: wakeups.push_job(push["agent"], push["job"], push["payload"]))
+            transaction.on_commit(lambda: apply_push(**push))
             assigned = job_assign(job, target.slot.agent, target.slot, task, message="confirmed: warm dir reserved here")
-            push.update(agent=target.slot.agent_id, job=job.id, payload=assigned.payload())
+            push.update(agent_id=target.slot.agent_id, agent_name=target.slot.agent.name, job_id=job.id,
+                        payload=assigned.payload())
         elif target.wait_for is not None:
             # A warmup is running: the apply waits for it (bounded) and starts on its dir the
             # moment it is ready (see warmups.warmup_job_finished).
