@@ -19,6 +19,12 @@ from agents_app.claim import claim_asgi  # noqa: E402
 from iacplatform.health import PATHS as HEALTH_PATHS  # noqa: E402
 from iacplatform.health import health_asgi  # noqa: E402
 from iacplatform.routing import websocket_urlpatterns  # noqa: E402
+from tasks_app import sweep_fallback  # noqa: E402
+
+# The control loop keeps running while Celery's broker (Redis), worker or beat is down: every
+# web process sweeps when the last Celery sweep is stale (tasks_app/sweep_fallback.py). Off
+# with IAC_SWEEP_FALLBACK_AFTER_SECONDS=0 (the test process, which imports this module).
+sweep_fallback.start()
 
 
 async def http_router(scope: dict, receive, send) -> None:

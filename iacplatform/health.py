@@ -7,10 +7,11 @@ skip the check safely.
 
 - live: the process answers. No dependency is checked: a database outage must not get every
   web pod restarted.
-- ready: PostgreSQL, Redis, migrations and the control loop's last sweep. 503 only when
+- ready: PostgreSQL, Redis, migrations and the control loop's last sweep (Celery's; while it is
+  stale the web processes sweep, and the check says so). 503 only when
   PostgreSQL is unreachable or migrations are missing: then nothing works. Redis down or a
-  late sweep is "degraded" with 200: pages, the API and the state backend still work (wake-ups
-  fall back to the sweep, see the reliability notes), and taking every web pod out of the
+  late sweep is "degraded" with 200: pages, the API and the state backend still work (agents
+  claim from the database, web sweeps: docs/architecture.md, "Without Redis"), and taking every web pod out of the
   load balancer would turn a partial outage into a full one.
 
 The PostgreSQL and Redis probes are django-health-check's (`Database`, `Redis`); its view is
@@ -73,10 +74,13 @@ class Migrations(HealthCheck):
 @dataclasses.dataclass
 class Sweep(HealthCheck):
     """The control loop ran recently: Celery beat ticks it and a worker runs it, so a recent
-    completed sweep means both are alive. A late sweep is a warning (degraded)."""
+    completed Celery sweep means both are alive. While it is stale the web processes sweep
+    instead (tasks_app/sweep_fallback.py): the loop runs, but that is a warning (degraded)
+    too, and it says which."""
 
     timeout = CHECK_TIMEOUT
     last: datetime.datetime | None = dataclasses.field(default=None, repr=False)
+    web_last: datetime.datetime | None = dataclasses.field(default=None, repr=False)
 
     def run(self) -> None:
         from tasks_app.models import SweepHeartbeat  # an app model: importable only after setup
@@ -84,23 +88,32 @@ class Sweep(HealthCheck):
         connection = connections["default"]
         try:
             with connection.temporary_connection():
-                row = SweepHeartbeat.objects.filter(id=1).first()
+                rows = dict(SweepHeartbeat.objects.values_list("id", "finished_at"))
         except DatabaseError as exc:  # its table not migrated yet: the migrations check says so
             raise ServiceWarning("the sweep's record cannot be read") from exc
-        self.last = row.finished_at if row is not None else None
-        problem = sweep_problem(self.last, timezone.now())
+        self.last, self.web_last = rows.get(SweepHeartbeat.CELERY), rows.get(SweepHeartbeat.WEB)
+        problem = sweep_problem(self.last, timezone.now(), self.web_last)
         if problem:
             raise ServiceWarning(problem)
 
 
-def sweep_problem(finished_at: datetime.datetime | None, now: datetime.datetime) -> str:
-    """Why the last sweep's time means the control loop may be stopped ("" when it is fine)."""
-    if finished_at is None:
+def sweep_problem(finished_at: datetime.datetime | None, now: datetime.datetime,
+                  web_finished_at: datetime.datetime | None = None) -> str:
+    """Why the last Celery sweep's time (`finished_at`) means the control loop may be stopped,
+    or runs only in the web processes' fallback (`web_finished_at`); "" when it is fine."""
+    celery_age = None if finished_at is None else (now - finished_at).total_seconds()
+    web_age = None if web_finished_at is None else (now - web_finished_at).total_seconds()
+    web_runs = web_age is not None and web_age <= sweep_late_after()
+    fallback_after = settings.IAC_SWEEP_FALLBACK_AFTER_SECONDS or sweep_late_after()
+    if celery_age is not None and (celery_age <= fallback_after or (celery_age <= sweep_late_after() and not web_runs)):
+        return ""
+    if web_runs:
+        last = "no Celery sweep has completed yet" if celery_age is None else f"the last Celery sweep was {celery_age:.0f}s ago"
+        return (f"{last}: the control loop runs in the web processes instead (last web sweep {web_age:.0f}s ago); "
+                "are Redis, the Celery worker and beat running?")
+    if celery_age is None:
         return "no sweep has completed yet: are the Celery worker and beat running?"
-    age = (now - finished_at).total_seconds()
-    if age > sweep_late_after():
-        return f"last sweep {age:.0f}s ago: are the Celery worker and beat running?"
-    return ""
+    return f"last sweep {celery_age:.0f}s ago: are the Celery worker and beat running?"
 
 
 def _redis_client() -> RedisClient:
@@ -127,6 +140,8 @@ async def readiness() -> tuple[int, dict[str, Any]]:
         checks["sweep"] = _entry(sweep, DEGRADED)
         if sweep_check.last is not None:
             checks["sweep"]["last_sweep_at"] = sweep_check.last.isoformat()
+        if sweep_check.web_last is not None:
+            checks["sweep"]["last_web_sweep_at"] = sweep_check.web_last.isoformat()
     else:  # both read the database: nothing to learn, and each would wait for it again
         checks["migrations"] = {"status": "unknown", "ms": 0.0, "error": "database unreachable"}
         checks["sweep"] = {"status": "unknown", "ms": 0.0, "error": "database unreachable"}

@@ -91,6 +91,12 @@ try:
     IAC_APPLY_KILL_GRACE_SECONDS = env.int("IAC_APPLY_KILL_GRACE_SECONDS", 900, validate=POSITIVE)
     IAC_CLAIM_LONGPOLL_SECONDS = env.float("IAC_CLAIM_LONGPOLL_SECONDS", 25.0, validate=POSITIVE)
     IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
+    # When the last Celery sweep is older than this (the broker, Redis, is down, or the
+    # worker or beat), every web process runs the sweep itself at the normal interval
+    # (tasks_app/sweep_fallback.py). 0 turns that fallback off.
+    IAC_SWEEP_FALLBACK_AFTER_SECONDS = env.float(
+        "IAC_SWEEP_FALLBACK_AFTER_SECONDS", 3 * IAC_SWEEP_INTERVAL_SECONDS, validate=Range(min=0)
+    )
     IAC_MAX_CONFIG_BYTES = env.int("IAC_MAX_CONFIG_BYTES", 10 * 1024 * 1024, validate=POSITIVE)
     # Entries in an uploaded configuration (files and directories), checked while unpacking.
     IAC_MAX_CONFIG_FILES = env.int("IAC_MAX_CONFIG_FILES", 1000, validate=POSITIVE)

@@ -316,9 +316,15 @@ class AuditEvent(models.Model):
 
 
 class SweepHeartbeat(models.Model):
-    """One row: when the control loop's sweep last completed. /healthz/ready reads it to tell
-    whether the Celery worker and beat are alive (beat ticks, the worker runs the sweep). In
-    the database, not Redis: Redis may be down while the sweep still needs watching."""
+    """When the control loop's sweep last completed, one row per runner: `CELERY` (id 1, the
+    normal path: beat ticks, the worker sweeps) and `WEB` (id 2, the fallback tick of the web
+    processes, tasks_app/sweep_fallback.py, which runs while the Celery row is stale).
+    /healthz/ready reads both to tell whether the worker and beat are alive and who keeps
+    the loop going. In the database, not Redis: Redis may be down while the sweep still
+    needs watching."""
+
+    CELERY = 1
+    WEB = 2
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     finished_at = models.DateTimeField()

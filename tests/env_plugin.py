@@ -21,6 +21,11 @@ TEST_ENV = {
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)
 
+# The web processes' fallback sweep (tasks_app/sweep_fallback.py) never runs in the test
+# process itself, which imports iacplatform.asgi; the servers it starts turn it back on
+# (tests/live.py server_env).
+os.environ["IAC_SWEEP_FALLBACK_AFTER_SECONDS"] = "0"
+
 from iacplatform import embedded  # noqa: E402
 
 # As iacplatform/settings.py computes it.

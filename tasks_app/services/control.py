@@ -522,9 +522,11 @@ SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [
 SWEEP_LOCK = 0x1AC5EE9  # Postgres advisory lock id: one sweep at a time across workers
 
 
-def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None) -> dict[str, Any]:
+def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None, *,
+          runner: int = SweepHeartbeat.CELERY) -> dict[str, Any]:
     """The control loop tick. Each step is independent: a failing one is logged and
-    reported, and the others still run."""
+    reported, and the others still run. `runner` names whose heartbeat row it completes
+    (Celery's, or a web process's fallback tick: tasks_app/sweep_fallback.py)."""
     with connection.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s)", [SWEEP_LOCK])
         if not cur.fetchone()[0]:
@@ -539,7 +541,7 @@ def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None) -> dict[str,
                 results[name] = f"error: {exc}"
         # /healthz/ready reads this to know the worker and beat are alive (one upsert).
         SweepHeartbeat.objects.bulk_create(
-            [SweepHeartbeat(id=1, finished_at=timezone.now())],
+            [SweepHeartbeat(id=runner, finished_at=timezone.now())],
             update_conflicts=True, unique_fields=["id"], update_fields=["finished_at"],
         )
     finally:

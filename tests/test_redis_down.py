@@ -1,0 +1,210 @@
+"""Redis is an accelerator: with it unreachable, wake-ups and pushes fail fast and quietly,
+Confirm answers 200 and its apply goes to the queue, the claim long-poll reads the database,
+and the web processes' fallback sweep decides to run while Celery's sweep is stale.
+
+"Unreachable" is a unix socket path where no server listens (the shared test Redis,
+settings.REDIS_URL, is never touched). The end-to-end version, with a redis-server of the
+test's own SIGKILLed under a running platform, is tests/e2e/test_redis_down.py."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from agents_app.claim import claim_longpoll
+from agents_app.models import Agent
+from iacplatform import embedded, wakeups
+from tasks_app.models import Job, SweepHeartbeat
+from tasks_app.services.runs import run_create
+from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
+from tests.live import wait_for
+
+
+@pytest.fixture
+def redis_gone(settings, tmp_path):
+    """settings.REDIS_URL names a socket nobody listens on; the breaker starts closed.
+    Yields the shared test Redis's URL."""
+    shared = settings.REDIS_URL
+    settings.REDIS_URL = f"unix://{tmp_path}/no-redis-here.sock"
+    wakeups.breaker.reset()
+    yield shared
+    wakeups.breaker.reset()
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "iacplatform.wakeups" and r.levelno == logging.WARNING]
+
+
+def test_wakeups_never_raise_and_cost_milliseconds_without_redis(redis_gone, caplog):
+    caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
+    start = time.monotonic()
+    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+    first = time.monotonic() - start
+    for _ in range(50):  # the breaker is open: no connection attempt at all
+        wakeups.wake_agent(1)
+        wakeups.wake_pool(1)
+        assert wakeups.publish("iac:events:pool:1", "{}") is False
+        assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+    total = time.monotonic() - start
+    assert first < 0.5, f"a failed push took {first:.3f}s"
+    assert total < 0.6, f"201 calls without Redis took {total:.3f}s"
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, warnings  # one line per outage, not per call
+    assert "Redis unreachable" in warnings[0]
+
+
+def test_wakeups_try_redis_again_after_the_breaker_pause(redis_gone, settings, caplog):
+    caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
+    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+    # Redis is back (the shared test Redis), but the breaker skips it for a moment.
+    settings.REDIS_URL = redis_gone
+    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+    time.sleep(wakeups.BREAKER_SECONDS + 0.1)
+    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is True
+    assert any("Redis answers again" in w for w in _warnings(caplog))
+
+
+@pytest.mark.django_db(transaction=True)  # after-commit work runs, as in production
+def test_confirm_answers_200_and_queues_the_apply_when_the_push_cannot_reach_redis(setup, client, api, redis_gone):
+    pool, _token, _ws = setup
+    agent = FakeAgent(client, _token, "warm-a")
+    task = apply_pending(setup, agent)
+    assert reservation(task) is not None  # the warm path: Confirm assigns the apply to warm-a and pushes it
+
+    resp = api.post(f"/api/v1/runs/{task.id}/confirm/", {"comment": "go"}, format="json")
+    assert resp.status_code == 200, resp.content
+
+    task.refresh_from_db()
+    job = Job.objects.get(task=task, kind="apply")
+    assert task.status == "apply_queued"
+    assert job.status == "queued" and job.agent is None, "the apply must not wait for the ack timeout"
+    assert "the push to warm-a failed (Redis unreachable): the apply goes to the queue" in job.cold_reason
+    assert reservation(task) is None
+
+    # Any agent's claim takes it, cold, from the database (no Redis).
+    taken = agent.claim()
+    assert taken is not None and taken["id"] == job.id and taken["kind"] == "apply"
+    assert "Redis unreachable" in taken["cold_reason"]
+    assert taken["fence"] == 2  # a new fence: the push's copy (fence 1) would be refused
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_longpoll_reads_the_database_when_redis_is_unreachable(setup, client, redis_gone):
+    _pool, token, ws = setup
+    agent = FakeAgent(client, token, "poller")
+    agent_row = Agent.objects.get(id=agent.id)
+
+    def queue_a_run() -> None:
+        try:
+            run_create(workspace=ws, operation="plan", actor="test")
+        finally:
+            connection.close()
+
+    timer = threading.Timer(0.5, queue_a_run)
+    start = time.monotonic()
+    timer.start()
+    jobs = asyncio.run(claim_longpoll(agent_row, 8.0))
+    took = time.monotonic() - start
+    timer.join()
+    assert [j["kind"] for j in jobs] == ["plan"]
+    assert took < 3.0, f"the database fallback took {took:.2f}s to find a queued job"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_longpoll_goes_back_to_wakeups_when_redis_returns(setup, client, settings, caplog):
+    caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
+    _pool, token, ws = setup
+    agent = FakeAgent(client, token, "returning")
+    agent_row = Agent.objects.get(id=agent.id)
+    root = Path(tempfile.mkdtemp(prefix="iac-rd-"))  # short: a unix socket path has ~100 chars
+    settings.REDIS_URL = f"unix://{root}/redis/redis.sock"
+    wakeups.breaker.reset()
+    started: list[Path] = []
+
+    def redis_comes_back_then_a_run_is_queued() -> None:
+        try:
+            time.sleep(0.5)
+            started.append(embedded.ensure_redis(root))
+            wait_for(lambda: any("Redis answers again" in w for w in _warnings(caplog)), 6, "the poll to use Redis again")
+            run_create(workspace=ws, operation="plan", actor="test")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=redis_comes_back_then_a_run_is_queued)
+    try:
+        thread.start()
+        jobs = asyncio.run(claim_longpoll(agent_row, 9.0))
+        thread.join()
+        assert [j["kind"] for j in jobs] == ["plan"]
+        warnings = _warnings(caplog)
+        assert "Redis unreachable" in warnings[0] and "Redis answers again" in warnings[1], warnings
+    finally:
+        thread.join()
+        if started:
+            os.kill(int((root / "redis" / "redis.pid").read_text()), signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+        wakeups.breaker.reset()
+
+
+# --- the web processes' fallback sweep -------------------------------------------------
+
+
+def test_the_web_sweeps_only_while_celerys_sweep_is_stale():
+    from tasks_app.sweep_fallback import fallback_due
+
+    now = timezone.now()
+    ago = lambda s: now - datetime.timedelta(seconds=s)  # noqa: E731
+    due = lambda celery, web: fallback_due(now=now, celery_at=celery, web_at=web, interval=5, after=15)  # noqa: E731
+    assert not due(ago(2), None)  # Celery sweeps: web does nothing
+    assert not due(ago(14), ago(100))
+    assert due(ago(16), None)  # stale: web takes over
+    assert due(None, None)  # Celery never swept
+    assert due(ago(60), ago(5))  # and keeps the normal rate
+    assert not due(ago(60), ago(1))  # another web process swept a moment ago
+
+
+def test_a_web_process_sweeps_when_the_celery_sweep_is_stale_and_stops_when_it_is_back(db, settings, caplog):
+    from tasks_app.sweep_fallback import FallbackSweeper
+
+    caplog.set_level(logging.WARNING, logger="tasks_app.sweep_fallback")
+    settings.IAC_SWEEP_FALLBACK_AFTER_SECONDS = 3
+    sweeper = FallbackSweeper()
+    stale = timezone.now() - datetime.timedelta(seconds=30)
+    SweepHeartbeat.objects.update_or_create(id=SweepHeartbeat.CELERY, defaults={"finished_at": stale})
+    SweepHeartbeat.objects.filter(id=SweepHeartbeat.WEB).delete()
+
+    result = sweeper.tick()
+    assert result is not None and sweeper.active
+    # (A session-wide e2e worker may hold the sweep's advisory lock at this moment: then the
+    # sweep is skipped, which is the lock doing its job; otherwise the web's row is written.)
+    if not result.get("skipped"):
+        assert SweepHeartbeat.objects.get(id=SweepHeartbeat.WEB).finished_at > stale
+        assert SweepHeartbeat.objects.get(id=SweepHeartbeat.CELERY).finished_at == stale
+
+    SweepHeartbeat.objects.filter(id=SweepHeartbeat.CELERY).update(finished_at=timezone.now())
+    assert sweeper.tick() is None and not sweeper.active
+    messages = [r.getMessage() for r in caplog.records if r.name == "tasks_app.sweep_fallback"]
+    assert len(messages) == 2 and "runs the control loop" in messages[0] and "runs again" in messages[1], messages
+
+
+def test_health_says_the_control_loop_runs_in_web_while_celerys_sweep_is_stale(settings):
+    from iacplatform.health import sweep_problem
+
+    settings.IAC_SWEEP_FALLBACK_AFTER_SECONDS = 3
+    now = timezone.now()
+    problem = sweep_problem(now - datetime.timedelta(seconds=20), now, now - datetime.timedelta(seconds=1))
+    assert "the control loop runs in the web processes" in problem and "Celery" in problem
+    assert sweep_problem(now - datetime.timedelta(seconds=1), now, now - datetime.timedelta(seconds=1)) == ""
+    assert "no Celery sweep has completed yet" in sweep_problem(None, now, now)
