@@ -42,6 +42,9 @@ class FallbackSweeper:
 
     def __init__(self) -> None:
         self.active = False  # this process is sweeping in Celery's place
+        # No Celery sweep ever recorded counts as stale from this process's start: at a fresh
+        # install's start, the worker gets the usual grace before web takes over.
+        self.started_at = timezone.now()
         self._stop = threading.Event()
 
     def tick(self) -> dict | None:
@@ -50,7 +53,7 @@ class FallbackSweeper:
         interval = settings.IAC_SWEEP_INTERVAL_SECONDS
         after = settings.IAC_SWEEP_FALLBACK_AFTER_SECONDS
         celery_at = rows.get(SweepHeartbeat.CELERY)
-        if not fallback_due(now=timezone.now(), celery_at=celery_at, web_at=rows.get(SweepHeartbeat.WEB),
+        if not fallback_due(now=timezone.now(), celery_at=celery_at or self.started_at, web_at=rows.get(SweepHeartbeat.WEB),
                             interval=interval, after=after):
             if self.active and celery_at is not None and (timezone.now() - celery_at).total_seconds() <= after:
                 self.active = False

@@ -182,6 +182,8 @@ def test_a_web_process_sweeps_when_the_celery_sweep_is_stale_and_stops_when_it_i
     settings.IAC_SWEEP_FALLBACK_AFTER_SECONDS = 3
     sweeper = FallbackSweeper()
     stale = timezone.now() - datetime.timedelta(seconds=30)
+    SweepHeartbeat.objects.filter(id=SweepHeartbeat.CELERY).delete()
+    assert sweeper.tick() is None  # no Celery sweep yet: the worker gets its grace from this process's start
     SweepHeartbeat.objects.update_or_create(id=SweepHeartbeat.CELERY, defaults={"finished_at": stale})
     SweepHeartbeat.objects.filter(id=SweepHeartbeat.WEB).delete()
 
