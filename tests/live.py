@@ -44,15 +44,18 @@ def _database_url() -> str:
 METRICS_TOKEN = "e2e-metrics-token"
 
 
-def server_env(base_url: str) -> dict[str, str]:
+def server_env(base_url: str, *, redis_url: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=_database_url(),
-        REDIS_URL=settings.REDIS_URL,
+        REDIS_URL=redis_url or settings.REDIS_URL,
         SECRET_KEY=settings.SECRET_KEY,
         IAC_VAR_DIR=str(settings.VAR_DIR),
         IAC_PUBLIC_URL=base_url,
         IAC_METRICS_TOKEN=METRICS_TOKEN,
+        # The web processes' fallback sweep is on in real servers (the test process turns it
+        # off, tests/env_plugin.py): 3 of the tests' 1 s sweep intervals, the default ratio.
+        IAC_SWEEP_FALLBACK_AFTER_SECONDS="3",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -89,31 +92,56 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
-def live_url(django_db_setup, django_db_blocker) -> str:
-    """Base URL of a real Daphne serving the platform, with a Celery worker and beat."""
+class Platform:
+    """Daphne and a Celery worker (with beat) on the test database: `live_url`'s, or a test's
+    own (another Redis, for instance), started with `start_platform`."""
+
+    def __init__(self, base: str, web: subprocess.Popen, worker: subprocess.Popen) -> None:
+        self.base = base
+        self.web = web
+        self.worker = worker
+
+    def stop(self) -> None:
+        _stop(self.worker)
+        _stop(self.web)
+
+
+def start_platform(*, redis_url: str | None = None, tag: str = "") -> Platform:
+    """Start Daphne and a worker (`-B`); returns once Daphne serves. Logs go to
+    LOG_DIR/daphne<tag>.log and celery<tag>.log."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = server_env(base)
-    web = _spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                            "iacplatform.asgi:application"], env)
-    worker = _spawn("celery", [sys.executable, "-m", "celery", "-A", "iacplatform", "worker", "-B",
-                               "--pool", "threads", "-c", "4", "-l", "info",
-                               "-s", str(settings.VAR_DIR / "test-beat-schedule")], env)
+    env = server_env(base, redis_url=redis_url)
+    web = _spawn(f"daphne{tag}", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                  "iacplatform.asgi:application"], env)
+    worker = _spawn(f"celery{tag}", [sys.executable, "-m", "celery", "-A", "iacplatform", "worker", "-B",
+                                     "--pool", "threads", "-c", "4", "-l", "info",
+                                     "-s", str(settings.VAR_DIR / f"test-beat-schedule{tag}")], env)
+    platform = Platform(base, web, worker)
     try:
         def up() -> bool:
             try:
                 return requests.get(base + "/accounts/login/", timeout=1).status_code == 200
             except requests.RequestException:
                 if web.poll() is not None:
-                    raise AssertionError(f"daphne exited; see {LOG_DIR / 'daphne.log'}") from None
+                    raise AssertionError(f"daphne exited; see {LOG_DIR / f'daphne{tag}.log'}") from None
                 return False
 
         wait_for(up, 60, "daphne to serve")
-        yield base
+    except BaseException:
+        platform.stop()
+        raise
+    return platform
+
+
+@pytest.fixture(scope="session")
+def live_url(django_db_setup, django_db_blocker) -> str:
+    """Base URL of a real Daphne serving the platform, with a Celery worker and beat."""
+    platform = start_platform()
+    try:
+        yield platform.base
     finally:
-        _stop(worker)
-        _stop(web)
+        platform.stop()
 
 
 class AgentProcess:
@@ -130,14 +158,19 @@ class AgentProcess:
         _stop(self.proc)
 
 
-@pytest.fixture
-def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
-    started: list[AgentProcess] = []
+class AgentStarter:
+    """Starts agent processes against one server URL; `stop_all` ends them."""
 
-    def start(pool_token: str, name: str, *, slots: int = 3, env: dict[str, str] | None = None,
-              wait: bool = True, server: str | None = None) -> AgentProcess:
+    def __init__(self, server_url: str, tmp_path: Path) -> None:
+        self.server_url = server_url
+        self.tmp_path = tmp_path
+        self.started: list[AgentProcess] = []
+
+    def __call__(self, pool_token: str, name: str, *, slots: int = 3, env: dict[str, str] | None = None,
+                 wait: bool = True, server: str | None = None) -> AgentProcess:
         from agents_app.models import Agent
 
+        tmp_path = self.tmp_path
         # Agents get what the platform gives them (an allowlist of this environment, the pool
         # token in IAC_POOL_TOKEN, not on the command line) and a work root outside tmp_path:
         # the sandbox lets terraform write to tmp_path (the tests' marker files, terraform
@@ -150,11 +183,11 @@ def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
             IAC_AGENT_SANDBOX_BIND=os.pathsep.join(str(p) for p in executable_paths(resolve_terraform(settings.VAR_DIR))),
         )
         agent_env.update(env or {})
-        cmd = [sys.executable, "-m", "agents_app.agent", "--server", server or live_url,
+        cmd = [sys.executable, "-m", "agents_app.agent", "--server", server or self.server_url,
                "--name", name, "--work-root", str(work_root), "--slots", str(slots)]
         proc = _spawn(f"agent-{name}", cmd, agent_env)
         agent = AgentProcess(proc, name, work_root)
-        started.append(agent)
+        self.started.append(agent)
         if wait:
             def registered() -> bool:
                 if proc.poll() is not None:
@@ -164,9 +197,16 @@ def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
             wait_for(registered, 30, f"agent {name} to register")
         return agent
 
-    yield start
-    for agent in started:
-        agent.stop()
+    def stop_all(self) -> None:
+        for agent in self.started:
+            agent.stop()
+
+
+@pytest.fixture
+def start_agent(live_url, tmp_path) -> Callable[..., AgentProcess]:
+    starter = AgentStarter(live_url, tmp_path)
+    yield starter
+    starter.stop_all()
 
 
 _names = itertools.count(1)
