@@ -101,6 +101,33 @@ def test_confirm_answers_200_and_queues_the_apply_when_the_push_cannot_reach_red
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_held_apply_whose_handover_push_cannot_reach_redis_goes_to_the_queue(setup, client, settings, tmp_path):
+    from tasks_app.services import control
+    from tasks_app.services.runs import run_confirm
+
+    _pool, token, _ws = setup
+    a1 = FakeAgent(client, token, "a1")
+    task = apply_pending(setup, a1)
+    control.agent_set_offline(agent_id=a1.id, reason="test")
+    a2 = FakeAgent(client, token, "a2")
+    warmup = a2.claim()
+    assert warmup["kind"] == "warmup"
+    run_confirm(task_id=task.id, actor="test")  # the apply waits for a2's warmup
+
+    settings.REDIS_URL = f"unix://{tmp_path}/no-redis-here.sock"
+    wakeups.breaker.reset()
+    try:
+        assert a2.finish(warmup, kept_dir=True).status_code == 200  # the handover's push fails
+        job = Job.objects.get(task=task, kind="apply")
+        assert job.status == "queued" and job.agent is None
+        assert "the push to a2 failed (Redis unreachable): the apply goes to the queue" in job.cold_reason
+        taken = a2.claim()  # from the database
+        assert taken["id"] == job.id and taken["kind"] == "apply"
+    finally:
+        wakeups.breaker.reset()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_claim_longpoll_reads_the_database_when_redis_is_unreachable(setup, client, redis_gone):
     _pool, token, ws = setup
     agent = FakeAgent(client, token, "poller")
