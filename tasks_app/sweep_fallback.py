@@ -68,11 +68,19 @@ class FallbackSweeper:
         return control.sweep(runner=SweepHeartbeat.WEB)
 
     def run_forever(self) -> None:
+        failing = False
         while not self._stop.wait(settings.IAC_SWEEP_INTERVAL_SECONDS):
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the thread must outlive a database outage
-                log.exception("the web fallback sweep failed")
+                if not failing:  # once per streak: a database outage would log every tick
+                    log.exception("the web fallback sweep failed (retrying every %gs)",
+                                  settings.IAC_SWEEP_INTERVAL_SECONDS)
+                failing = True
+            else:
+                if failing:
+                    log.info("the web fallback sweep works again")
+                failing = False
             finally:
                 close_old_connections()
 
