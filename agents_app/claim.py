@@ -98,16 +98,27 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> list
             jobs = await database_sync_to_async(control.agent_claim)(agent_id=agent.id, limit=limit)
             if jobs:
                 return jobs
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not await _wait_for_wakeup(pubsub, deadline):
                 return []
-            await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
     finally:
         try:
             await pubsub.aclose()
             await client.aclose()
         except wakeups.REDIS_ERRORS:  # closing a connection to a dead server
             pass
+
+
+async def _wait_for_wakeup(pubsub: Any, deadline: float) -> bool:
+    """Wait for a message on the subscribed channels: True when one came, False at the
+    deadline. Checked every DB_POLL_SECONDS: when another call in this process found Redis
+    unreachable meanwhile (a hung server sends no error to a reader), raise so the poll
+    falls back to the database instead of waiting for wake-ups that cannot come."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        if await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, DB_POLL_SECONDS)):
+            return True
+        if not wakeups.redis_available():
+            raise wakeups.RedisUnavailable("Redis failed elsewhere in this process while the poll waited")
+    return False
 
 
 async def _send_json(send: Any, status: int, body: dict | None) -> None:

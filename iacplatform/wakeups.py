@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 REDIS_TIMEOUT = 0.25
 # After a failure, Redis is not asked again for this long (then one call tries it again).
 BREAKER_SECONDS = 1.5
+
+
+class RedisUnavailable(redis.ConnectionError):
+    """Raised by our own code when the breaker says Redis is away (agents_app.claim)."""
+
+
 # What "Redis is unreachable" looks like (OSError: a socket error redis-py did not wrap).
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 

@@ -185,6 +185,43 @@ def test_the_claim_longpoll_goes_back_to_wakeups_when_redis_returns(setup, clien
         wakeups.breaker.reset()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_waiting_on_a_hung_redis_falls_back_once_the_process_sees_redis_fail(setup, client, settings):
+    # A stopped (hung) server sends no error to a subscriber that waits: the poll learns of the
+    # outage from the breaker, which the run's own wake-up opens when it times out.
+    _pool, token, ws = setup
+    agent = FakeAgent(client, token, "hung")
+    agent_row = Agent.objects.get(id=agent.id)
+    root = Path(tempfile.mkdtemp(prefix="iac-rh-"))
+    sock = embedded.ensure_redis(root)
+    pid = int((root / "redis" / "redis.pid").read_text())
+    settings.REDIS_URL = f"unix://{sock}"
+    wakeups.breaker.reset()
+
+    def hang_redis_then_queue_a_run() -> None:
+        try:
+            time.sleep(0.5)  # the poll is subscribed and waiting
+            os.kill(pid, signal.SIGSTOP)
+            run_create(workspace=ws, operation="plan", actor="test")  # its wake-up times out
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hang_redis_then_queue_a_run)
+    try:
+        start = time.monotonic()
+        thread.start()
+        jobs = asyncio.run(claim_longpoll(agent_row, 9.0))
+        took = time.monotonic() - start
+        assert [j["kind"] for j in jobs] == ["plan"]
+        assert took < 4.0, f"the poll waited {took:.2f}s on a hung Redis"
+    finally:
+        thread.join()
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)  # a stopped process dies once it runs again
+        shutil.rmtree(root, ignore_errors=True)
+        wakeups.breaker.reset()
+
+
 # --- the web processes' fallback sweep -------------------------------------------------
 
 
