@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from agents_app.models import Agent
 from iacplatform import embedded
 from tasks_app.models import Job, SweepHeartbeat
 from tests.e2e.apiclient import PlatformUser
@@ -94,11 +95,12 @@ def test_confirm_with_redis_killed_answers_200_and_runs_apply_while_redis_is_dow
         assert s.applies() == 1  # the first run's create (an in-place update runs no provisioner)
         assert 'greeting = "again"' in s.user.log(second["id"])
 
-        # The control loop kept running: this platform's web process sweeps in place of its
-        # killed worker, unless another Celery worker sweeps this same test database (the
-        # session-wide one of `live_url`, when an earlier test started it).
-        wait_for(lambda: SweepHeartbeat.objects.filter(finished_at__gt=killed_at).exists(), 30,
-                 "a sweep after the worker was killed")
+        # The control loop kept running: a1, SIGKILLed now, is declared offline, which only
+        # the sweep does. This platform's web process sweeps in place of its killed worker,
+        # unless another Celery worker sweeps this same test database (the session-wide one
+        # of `live_url`, when an earlier test started it).
+        a1.kill()
+        wait_for(lambda: Agent.objects.get(name=a1.name).status == "offline", 30, "the sweep to see a1 is gone")
         celery_at = SweepHeartbeat.objects.filter(id=SweepHeartbeat.CELERY).values_list("finished_at", flat=True).first()
         if celery_at is None or celery_at <= killed_at:
             web_at = SweepHeartbeat.objects.get(id=SweepHeartbeat.WEB).finished_at
