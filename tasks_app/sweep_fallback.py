@@ -59,13 +59,16 @@ class FallbackSweeper:
                 self.active = False
                 log.warning("the Celery sweep runs again: this web process stops its fallback sweep")
             return None
-        if not self.active:
+        result = control.sweep(runner=SweepHeartbeat.WEB)
+        # Skipped: someone holds the sweep's lock (a long Celery sweep, whose heartbeat comes
+        # at its end, or another web process): nothing taken over, nothing to say.
+        if not result.get("skipped") and not self.active:
             self.active = True
             age = "never" if celery_at is None else f"{(timezone.now() - celery_at).total_seconds():.0f}s ago"
             log.warning("the last Celery sweep finished %s (more than %gs): this web process runs the control "
                         "loop every %gs until Celery sweeps again (is Redis, the worker or beat down?)",
                         age, after, interval)
-        return control.sweep(runner=SweepHeartbeat.WEB)
+        return result
 
     def run_forever(self) -> None:
         failing = False
