@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from django.db import connection
 from django.utils import timezone
 
@@ -74,6 +75,33 @@ def test_wakeups_try_redis_again_after_the_breaker_pause(redis_gone, settings, c
     time.sleep(wakeups.BREAKER_SECONDS + 0.1)
     assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is True
     assert any("Redis answers again" in w for w in _warnings(caplog))
+
+
+def test_a_push_sent_to_a_hung_redis_is_not_reported_as_failed(settings):
+    # Sent but unanswered, a push may still be executed (here: when the server resumes) and
+    # taken by the agent: only a push that certainly did not reach Redis sends the apply to
+    # the queue at once; late is not lost (the sweep's take-back or the heartbeats decide).
+    root = Path(tempfile.mkdtemp(prefix="iac-rp-"))
+    sock = embedded.ensure_redis(root)
+    pid = int((root / "redis" / "redis.pid").read_text())
+    settings.REDIS_URL = f"unix://{sock}"
+    wakeups.breaker.reset()
+    try:
+        assert wakeups.push_job(1, 101, {"id": 101, "fence": 1}) is True  # a pooled connection now
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        assert wakeups.push_job(1, 102, {"id": 102, "fence": 1}) is True  # sent: may arrive
+        assert time.monotonic() - start < 1.5
+        assert wakeups.push_job(1, 103, {"id": 103, "fence": 1}) is False  # the breaker: never sent
+        os.kill(pid, signal.SIGCONT)
+        direct = redis.Redis.from_url(settings.REDIS_URL)
+        assert direct.get(wakeups.pushed_key(102)) is not None, "the unanswered push did arrive"
+        assert direct.get(wakeups.pushed_key(103)) is None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+        wakeups.breaker.reset()
 
 
 @pytest.mark.django_db(transaction=True)  # after-commit work runs, as in production
