@@ -27,7 +27,7 @@ from django.utils import timezone
 from agents_app.claim import claim_longpoll
 from agents_app.models import Agent
 from iacplatform import embedded, wakeups
-from tasks_app.models import Job, SweepHeartbeat
+from tasks_app.models import Job, SweepHeartbeat, Task
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
 from tests.live import wait_for
@@ -35,10 +35,13 @@ from tests.live import wait_for
 
 @pytest.fixture
 def redis_gone(settings, tmp_path):
-    """settings.REDIS_URL names a socket nobody listens on; the breaker starts closed.
+    """settings.REDIS_URL (and the Channels layer) name a socket nobody listens on; the
+    breaker starts closed.
     Yields the shared test Redis's URL."""
     shared = settings.REDIS_URL
     settings.REDIS_URL = f"unix://{tmp_path}/no-redis-here.sock"
+    settings.CHANNEL_LAYERS = {"default": {**settings.CHANNEL_LAYERS["default"],
+                                           "CONFIG": {"hosts": [{"address": settings.REDIS_URL}]}}}
     wakeups.breaker.reset()
     yield shared
     wakeups.breaker.reset()
@@ -64,6 +67,17 @@ def test_wakeups_never_raise_and_cost_milliseconds_without_redis(redis_gone, cap
     warnings = _warnings(caplog)
     assert len(warnings) == 1, warnings  # one line per outage, not per call
     assert "Redis unreachable" in warnings[0]
+
+
+def test_a_live_log_update_without_redis_neither_raises_nor_waits(redis_gone, caplog):
+    from tasks_app import events
+
+    caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
+    start = time.monotonic()
+    events.run_log_appended(1)  # the Channels layer's group_send fails: logged, not raised
+    assert time.monotonic() - start < 1.0
+    assert not wakeups.redis_available()  # and the next calls skip Redis
+    assert "a live log update" in _warnings(caplog)[0]
 
 
 def test_wakeups_try_redis_again_after_the_breaker_pause(redis_gone, settings, caplog):
@@ -153,6 +167,26 @@ def test_a_held_apply_whose_handover_push_cannot_reach_redis_goes_to_the_queue(s
         assert taken["id"] == job.id and taken["kind"] == "apply"
     finally:
         wakeups.breaker.reset()
+
+
+@pytest.mark.django_db(transaction=True)  # after-commit work (live-log and dispatch events) runs
+def test_registration_heartbeats_logs_results_and_the_state_backend_need_no_redis(setup, client, redis_gone):
+    import base64
+
+    _pool, token, ws = setup
+    agent = FakeAgent(client, token, "no-redis")  # registers
+    run_create(workspace=ws, operation="plan", actor="test")
+    job = agent.claim()  # from the database
+    assert job is not None and job["kind"] == "plan"
+    assert agent.post("/agent/v1/heartbeat", {"running_jobs": [job["id"]]}).status_code == 200
+    resp = agent.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "Initializing...\n"}, fence=job["fence"])
+    assert resp.status_code in (200, 201), resp.content
+    # Terraform's state read, with the job's credential (a plan reads; no state yet: 204).
+    state = job["state_backend"]
+    auth = "Basic " + base64.b64encode(f"{state['username']}:{state['password']}".encode()).decode()
+    assert client.get(f"/api/v1/workspaces/{ws.id}/state", HTTP_AUTHORIZATION=auth).status_code == 204
+    assert agent.plan(job, changes=False, keep=False) == {"keep_dir": False}
+    assert Task.objects.get(id=job["task"]["id"]).log_size > 0
 
 
 @pytest.mark.django_db(transaction=True)
