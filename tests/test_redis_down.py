@@ -47,6 +47,11 @@ def redis_gone(settings, tmp_path):
     wakeups.breaker.reset()
 
 
+# Pushes in these tests go to an agent no test database has: the shared test Redis is read
+# by the live agents of e2e tests, which would take a stray push for a job.
+NO_AGENT = 2_000_000_000
+
+
 def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "iacplatform.wakeups" and r.levelno == logging.WARNING]
 
@@ -54,13 +59,13 @@ def _warnings(caplog) -> list[str]:
 def test_wakeups_never_raise_and_cost_milliseconds_without_redis(redis_gone, caplog):
     caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
     start = time.monotonic()
-    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     first = time.monotonic() - start
     for _ in range(50):  # the breaker is open: no connection attempt at all
         wakeups.wake_agent(1)
         wakeups.wake_pool(1)
         assert wakeups.publish("iac:events:pool:1", "{}") is False
-        assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+        assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     total = time.monotonic() - start
     assert first < 0.5, f"a failed push took {first:.3f}s"
     assert total < 0.6, f"201 calls without Redis took {total:.3f}s"
@@ -82,12 +87,15 @@ def test_a_live_log_update_without_redis_neither_raises_nor_waits(redis_gone, ca
 
 def test_wakeups_try_redis_again_after_the_breaker_pause(redis_gone, settings, caplog):
     caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
-    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+    # The push below reaches the shared test Redis: for an agent id no test database has, and
+    # removed at the end (a live agent would take a stray push as a job).
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     # Redis is back (the shared test Redis), but the breaker skips it for a moment.
     settings.REDIS_URL = redis_gone
-    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is False
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     time.sleep(wakeups.BREAKER_SECONDS + 0.1)
-    assert wakeups.push_job(1, 2, {"id": 2, "fence": 1}) is True
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is True
+    assert wakeups.take_back(NO_AGENT, 2) is True
     assert any("Redis answers again" in w for w in _warnings(caplog))
 
 
@@ -101,12 +109,12 @@ def test_a_push_sent_to_a_hung_redis_is_not_reported_as_failed(settings):
     settings.REDIS_URL = f"unix://{sock}"
     wakeups.breaker.reset()
     try:
-        assert wakeups.push_job(1, 101, {"id": 101, "fence": 1}) is True  # a pooled connection now
+        assert wakeups.push_job(NO_AGENT, 101, {"id": 101, "fence": 1}) is True  # a pooled connection now
         os.kill(pid, signal.SIGSTOP)
         start = time.monotonic()
-        assert wakeups.push_job(1, 102, {"id": 102, "fence": 1}) is True  # sent: may arrive
+        assert wakeups.push_job(NO_AGENT, 102, {"id": 102, "fence": 1}) is True  # sent: may arrive
         assert time.monotonic() - start < 1.5
-        assert wakeups.push_job(1, 103, {"id": 103, "fence": 1}) is False  # the breaker: never sent
+        assert wakeups.push_job(NO_AGENT, 103, {"id": 103, "fence": 1}) is False  # the breaker: never sent
         os.kill(pid, signal.SIGCONT)
         direct = redis.Redis.from_url(settings.REDIS_URL)
         assert direct.get(wakeups.pushed_key(102)) is not None, "the unanswered push did arrive"
