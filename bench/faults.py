@@ -298,7 +298,7 @@ class Case:
         return run["id"]
 
     def run(self, run_id: int) -> dict:
-        for attempt in range(60):  # the web may be restarting: that is the fault, not a failure
+        for _ in range(60):  # the web may be restarting: that is the fault, not a failure
             try:
                 resp = self.api.s.get(f"{self.api.base}/api/v1/runs/{run_id}/", timeout=10)
                 if resp.status_code == 200:

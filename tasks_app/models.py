@@ -321,10 +321,18 @@ class SweepHeartbeat(models.Model):
     processes, tasks_app/sweep_fallback.py, which runs while the Celery row is stale).
     /healthz/ready reads both to tell whether the worker and beat are alive and who keeps
     the loop going. In the database, not Redis: Redis may be down while the sweep still
-    needs watching."""
+    needs watching.
+
+    Two more rows serve liveness (control.step_offline): `WEB_SEEN` (id 3), when a web
+    process last ticked, and `HEARD_SINCE` (id 4), since when the platform has been able to
+    hear agents without a break (a web process (re)started or came back, or the sweep itself
+    resumed after a gap: a database outage). An agent's silence counts only from then: a
+    heartbeat nobody could receive is not the agent's fault."""
 
     CELERY = 1
     WEB = 2
+    WEB_SEEN = 3
+    HEARD_SINCE = 4
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     finished_at = models.DateTimeField()

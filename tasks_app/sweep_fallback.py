@@ -46,9 +46,13 @@ class FallbackSweeper:
         # install's start, the worker gets the usual grace before web takes over.
         self.started_at = timezone.now()
         self._stop = threading.Event()
+        self.ticks = 0
 
     def tick(self) -> dict | None:
-        """Sweep if Celery's sweep is stale; the sweep's result, or None when not due."""
+        """Say this web process is up (agents can reach the platform: control.web_alive);
+        sweep if Celery's sweep is stale; the sweep's result, or None when not due."""
+        control.web_alive(starting=self.ticks == 0)
+        self.ticks += 1
         rows = dict(SweepHeartbeat.objects.values_list("id", "finished_at"))
         interval = settings.IAC_SWEEP_INTERVAL_SECONDS
         after = settings.IAC_SWEEP_FALLBACK_AFTER_SECONDS
@@ -72,7 +76,9 @@ class FallbackSweeper:
 
     def run_forever(self) -> None:
         failing = False
-        while not self._stop.wait(settings.IAC_SWEEP_INTERVAL_SECONDS):
+        wait = 0.0  # the first tick at once: a restarted web tells the sweep it is back
+        while not self._stop.wait(wait):
+            wait = settings.IAC_SWEEP_INTERVAL_SECONDS
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the thread must outlive a database outage

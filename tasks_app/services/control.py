@@ -328,8 +328,52 @@ def pool_token_rotate(*, pool: AgentPool, actor: Any) -> str:
 # --- the control loop --------------------------------------------------------------------
 
 
+def _control_plane_gap() -> float:
+    """Seconds after which a missing web tick or sweep means the platform could not hear."""
+    return 3 * settings.IAC_SWEEP_INTERVAL_SECONDS
+
+
+def _mark(row: int, at: Any) -> None:
+    SweepHeartbeat.objects.bulk_create(
+        [SweepHeartbeat(id=row, finished_at=at)], update_conflicts=True, unique_fields=["id"], update_fields=["finished_at"],
+    )
+
+
+def web_alive(*, starting: bool = False) -> None:
+    """A web process ticks (tasks_app/sweep_fallback.py). When it starts, or when no web
+    process ticked for a while (all were down), agents could not reach the platform until
+    now: their silence starts counting again (see step_offline)."""
+    now = timezone.now()
+    seen = SweepHeartbeat.objects.filter(id=SweepHeartbeat.WEB_SEEN).values_list("finished_at", flat=True).first()
+    if starting or seen is None or (now - seen).total_seconds() > _control_plane_gap():
+        _mark(SweepHeartbeat.HEARD_SINCE, now)
+    _mark(SweepHeartbeat.WEB_SEEN, now)
+
+
+def sweep_resumed() -> None:
+    """A sweep after a gap (the database was down, or nothing swept): agents' heartbeats
+    could not be recorded meanwhile either."""
+    rows = dict(SweepHeartbeat.objects.filter(id__in=[SweepHeartbeat.CELERY, SweepHeartbeat.WEB])
+                .values_list("id", "finished_at"))
+    if rows and (timezone.now() - max(rows.values())).total_seconds() > _control_plane_gap():
+        _mark(SweepHeartbeat.HEARD_SINCE, timezone.now())
+
+
 def step_offline() -> list[int]:
+    """Agents silent for IAC_AGENT_OFFLINE_AFTER_SECONDS go offline, counting only time in
+    which the platform could hear them: nobody, while no web process ticks (web is down,
+    restarting or being deployed), and nobody silent for less than the timeout since web came
+    back or the sweep resumed (a database outage). Without web ticks recorded at all (the web
+    fallback thread off) every silence counts."""
     timeout = settings.IAC_AGENT_OFFLINE_AFTER_SECONDS
+    now = timezone.now()
+    rows = dict(SweepHeartbeat.objects.filter(id__in=[SweepHeartbeat.WEB_SEEN, SweepHeartbeat.HEARD_SINCE])
+                .values_list("id", "finished_at"))
+    seen, heard_since = rows.get(SweepHeartbeat.WEB_SEEN), rows.get(SweepHeartbeat.HEARD_SINCE)
+    if seen is not None and (now - seen).total_seconds() > _control_plane_gap():
+        return []  # no web process is up: agents cannot reach us, silence proves nothing
+    if heard_since is not None and (now - heard_since).total_seconds() < timeout:
+        return []
     return [a for a in agents_silent() if agent_set_offline(agent_id=a, reason=f"no heartbeat for {timeout:g}s")]
 
 
@@ -533,6 +577,7 @@ def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None, *,
             return {"skipped": True}
     results: dict[str, Any] = {}
     try:
+        sweep_resumed()
         for name, step in steps or SWEEP_STEPS:
             try:
                 results[name] = step()
