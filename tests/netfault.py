@@ -1,7 +1,7 @@
 """A network between an agent and the server that loses what a test tells it to: a small
 forwarding HTTP proxy (the agent is given its URL as --server). Every request is forwarded
-as it is, except those a rule drops; a dropped request is answered 502, as a load balancer
-answers when the upstream connection breaks."""
+as it is, except those a rule drops (answered 502, as a load balancer answers when the
+upstream connection breaks) and those a rule answers itself (a corrupted answer)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,19 @@ import requests
 
 # (method, path, body) -> drop it?
 Rule = Callable[[str, str, bytes], bool]
+# (method, path, body) -> the body of a 200 answer to give instead of the server's, or None
+Forge = Callable[[str, str, bytes], bytes | None]
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
 class LossyProxy:
-    def __init__(self, upstream: str, drop: Rule) -> None:
+    def __init__(self, upstream: str, drop: Rule | None = None, forge: Forge | None = None) -> None:
         self.upstream = upstream.rstrip("/")
-        self.drop = drop
+        self.drop = drop or (lambda method, path, body: False)
+        self.forge = forge or (lambda method, path, body: None)
         self.dropped: list[str] = []
+        self.forged: list[str] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +39,11 @@ class LossyProxy:
                 if proxy.drop(self.command, self.path, body):
                     proxy.dropped.append(f"{self.command} {self.path}")
                     self._answer(502, {}, b'{"detail": "dropped by the test network"}')
+                    return
+                forged = proxy.forge(self.command, self.path, body)
+                if forged is not None:
+                    proxy.forged.append(f"{self.command} {self.path}")
+                    self._answer(200, {"Content-Type": "application/json"}, forged)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}}
                 try:

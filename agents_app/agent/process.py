@@ -315,8 +315,20 @@ class AgentProcess:
                 continue
             if data is None:
                 continue
-            for payload in ClaimReply.model_validate(data).jobs:
-                job = JobRun(self, payload)
+            try:
+                payloads = ClaimReply.model_validate(data).jobs
+            except Exception:  # noqa: BLE001 - one bad answer must not end the claim loop
+                # Jobs we cannot read are never reported in our heartbeats, so the server
+                # takes them back after two heartbeats (control.agent_heartbeat).
+                log.exception("unreadable claim answer; ignoring it")
+                self.stopping.wait(1)
+                continue
+            for payload in payloads:
+                try:
+                    job = JobRun(self, payload)
+                except Exception:  # noqa: BLE001
+                    log.exception("cannot start job %s; ignoring it", getattr(payload, "id", "?"))
+                    continue
                 with self.lock:
                     self.running[job.id] = job
                 log.info("claimed %s job %s for run %s", job.kind, job.id, job.task_id)

@@ -71,3 +71,22 @@ def test_acks_dropped_for_5s_lead_to_one_apply_and_no_orphaned_lock(scenario, li
     assert s.user.confirm(second["id"]).status_code == 200
     s.user.wait(second["id"], "applied", timeout=120)
     assert s.applies() == 2
+
+
+def test_an_unreadable_claim_answer_does_not_stop_the_agent_from_claiming(scenario, live_url):
+    """A claim answer the agent cannot read (a proxy mangling it, a server bug) is logged
+    and ignored: the agent goes on claiming and runs the next job."""
+    first: list[bool] = []
+
+    def mangle_first_claim(method: str, path: str, body: bytes) -> bytes | None:
+        if path.startswith("/agent/v1/claim") and not first:
+            first.append(True)
+            return b'{"jobs": [{"id": "not a job"}]}'
+        return None
+
+    s = scenario()
+    with LossyProxy(live_url, forge=mangle_first_claim) as net:
+        s.agent("a1", server=net.url)
+        run = s.user.queue(s.workspace["id"])
+        s.user.wait(run["id"], "apply_pending", timeout=120)
+    assert net.forged and net.forged[0].startswith("POST /agent/v1/claim")
