@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,8 +23,12 @@ from django.conf import settings
 from agents_app.models import Agent
 from agents_app.services.agents import agent_by_token
 from iacplatform import wakeups
+from iacplatform.db_outage import MESSAGE as DB_MESSAGE
+from iacplatform.db_outage import RETRY_AFTER_SECONDS, database_unavailable
 from iacplatform.errors import Gone, Invalid
 from tasks_app.services import control
+
+log = logging.getLogger(__name__)
 
 NO_TOKEN = "unknown or missing agent token (Authorization: Bearer <agent token>)"
 
@@ -121,9 +126,10 @@ async def _wait_for_wakeup(pubsub: Any, deadline: float) -> bool:
     return False
 
 
-async def _send_json(send: Any, status: int, body: dict | None) -> None:
+async def _send_json(send: Any, status: int, body: dict | None,
+                     extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     data = json.dumps(body).encode() if body is not None else b""
-    headers = [(b"content-type", b"application/json")] if body is not None else []
+    headers = ([(b"content-type", b"application/json")] if body is not None else []) + (extra_headers or [])
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + [(b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
@@ -142,7 +148,16 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     agent's poll would queue on the one shared sync thread, behind each other and behind
     any slow request, and a claim would wait for unrelated work."""
     async with ThreadSensitiveContext():
-        await _claim_asgi(scope, receive, send)
+        try:
+            await _claim_asgi(scope, receive, send)
+        except Exception as exc:
+            # PostgreSQL restarting: 503 + Retry-After, as the Django views answer
+            # (iacplatform.db_outage); the agent's client retries. Anything else is a bug.
+            if not database_unavailable(exc):
+                raise
+            log.warning("claim: database unavailable (%s); answered 503", exc)
+            await _send_json(send, 503, {"detail": DB_MESSAGE},
+                             extra_headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
 
 
 async def _claim_asgi(scope: dict, receive: Any, send: Any) -> None:
