@@ -210,12 +210,12 @@ class FreezeWindowAdmin(admin.ModelAdmin):
             except PlatformError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
         pool_id = window.pool_id
-        transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id))
+        transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id), robust=True)
 
     def delete_model(self, request: HttpRequest, obj: FreezeWindow) -> None:
         pool_id = obj.pool_id
         freeze_window_delete(window=obj, actor=request.user)
-        transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id))
+        transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id), robust=True)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FreezeWindow]) -> None:
         for window in queryset:

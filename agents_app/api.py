@@ -121,7 +121,7 @@ WINDOW_PERMISSIONS = [permissions.IsAuthenticated, IsSiteAdminOrReadOnlyWindows]
 
 def _after_commit(pool_id: int) -> None:
     # Enter or leave the freeze at once rather than at the next sweep.
-    transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id))
+    transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id), robust=True)
 
 
 def _window_fields(request: Request, *, partial: bool, instance: FreezeWindow | None = None) -> dict[str, Any]:

@@ -243,7 +243,9 @@ def freeze_window_errors(window: FreezeWindow) -> dict[str, list[str]]:
         add("name", "a window needs a name (it is shown in waiting reasons)")
     if window.kind == FreezeKind.WEEKLY:
         days = window.weekdays
-        if not isinstance(days, list) or not days:
+        if not isinstance(days, list):
+            add("weekdays", f'weekdays must be a list such as ["sat", "sun"] (of {", ".join(WEEKDAYS)})')
+        elif not days:
             add("weekdays", f"a weekly window needs at least one weekday ({', '.join(WEEKDAYS)})")
         else:
             unknown = [d for d in days if d not in WEEKDAYS]

@@ -207,3 +207,32 @@ def test_lifting_needs_a_reason_and_an_active_window(pool):
                                         ends_at=timezone.now() + timedelta(hours=2))
     with pytest.raises(Conflict, match="'later' is not active now"):
         freeze_window_lift(window_id=later.id, actor="test", reason="why not")
+
+
+def test_an_apply_confirmed_during_a_warmup_is_not_handed_over_while_frozen_and_goes_after_the_window(ws, pool, agent):
+    task = apply_pending(ws, agent, keep=False)
+    control.sweep()
+    warmup = claim(agent)
+    run_confirm(task_id=task.id, actor="test")  # waits for the warmup (held)
+    window = freeze(pool)
+    control.sweep()
+    assert [o.id for o in heartbeat(agent, warmup).cancel] == [warmup["id"]]
+    assert finish(agent, warmup, kept_dir=True).keep_dir is False, "it finished before the order: nothing kept"
+    apply = Job.objects.get(task=task, kind="apply")
+    assert (apply.status, apply.hold_until) == ("queued", None), "not handed over, not pushed"
+    assert reason(task) == f"queued: frozen until {until(window)} (maintenance)"
+    assert claim(agent) is None
+
+    freeze_window_lift(window_id=window.id, actor="test", reason="go")
+    taken = claim(agent)
+    assert (taken["id"], taken["kind"]) == (apply.id, "apply")
+
+
+def test_pool_frozen_until_takes_the_pool_or_its_id_and_an_injected_clock(pool):
+    from datetime import UTC, datetime, time
+
+    FreezeWindow.objects.create(pool=pool, name="nights", kind=FreezeKind.WEEKLY, weekdays=["sat"],
+                                start_time=time(22), end_time=time(6), time_zone="Europe/Berlin")
+    # The spring-forward night in Berlin: 22:00 CET (21:00 UTC) to 06:00 CEST (04:00 UTC).
+    assert pool_frozen_until(pool, datetime(2026, 3, 28, 21, 0, tzinfo=UTC)) == datetime(2026, 3, 29, 4, 0, tzinfo=UTC)
+    assert pool_frozen_until(pool.id, now=datetime(2026, 3, 28, 20, 59, tzinfo=UTC)) is None

@@ -60,6 +60,10 @@ def test_a_site_admin_creates_changes_and_deletes_windows_and_each_change_is_aud
 
 @pytest.mark.parametrize("body,field,message", [
     ({"weekdays": []}, "weekdays", "a weekly window needs at least one weekday (mon, tue, wed, thu, fri, sat, sun)"),
+    ({"weekdays": "sat"}, "weekdays", 'weekdays must be a list such as ["sat", "sun"] (of mon, tue, wed, thu, fri, '
+                                      'sat, sun)'),
+    ({"weekdays": ["sat", "sat"]}, "weekdays", "a weekday is listed twice"),
+    ({"end_time": "25:00"}, "end_time", "Time has wrong format. Use one of these formats instead: hh:mm[:ss[.uuuuuu]]."),
     ({"weekdays": ["monday"]}, "weekdays", "unknown weekday 'monday': use mon, tue, wed, thu, fri, sat, sun"),
     ({"time_zone": "Europe/Atlantis"}, "time_zone",
      "unknown time zone 'Europe/Atlantis': use an IANA name such as Europe/Berlin or UTC"),
