@@ -11,11 +11,23 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
-from agents_app.models import Agent, AgentPool, DispatchEvent, Slot, new_token
-from tasks_app.services.control import agent_set_offline, pool_token_rotate
+from agents_app.models import Agent, AgentPool, DispatchEvent, FreezeWindow, Slot, new_token
+from agents_app.services.freeze import moment_text, pool_freeze
+from agents_app.services.freeze_windows import (
+    EDITABLE,
+    freeze_window_create,
+    freeze_window_delete,
+    freeze_window_lift,
+    freeze_window_update,
+)
+from iacplatform.errors import PlatformError
+from tasks_app.services.control import agent_set_offline, pool_freeze_changed, pool_token_rotate
 
 
 @admin.register(AgentPool)
@@ -31,7 +43,15 @@ class AgentPoolAdmin(admin.ModelAdmin):
             "plan_timeout_seconds", "plan_kill_grace_seconds", "apply_timeout_seconds", "apply_kill_grace_seconds",
             "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
         ]}),
+        ("Freeze windows", {"fields": ["freeze_state"]}),
     ]
+    readonly_fields = ["freeze_state"]
+
+    @admin.display(description="Frozen now")
+    def freeze_state(self, obj: AgentPool) -> str:
+        if obj.pk is None:
+            return "-"
+        return freeze_summary(obj)
 
     def save_model(self, request: HttpRequest, obj: AgentPool, form: forms.ModelForm, change: bool) -> None:
         if not change:
@@ -119,3 +139,84 @@ class DispatchEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # history
+
+
+def freeze_summary(pool: AgentPool) -> str:
+    """Whether the pool is frozen now, until when, and its windows (links to edit them)."""
+    state = pool_freeze(pool)
+    if state.frozen:
+        now = format_html("<strong>frozen until {} ({})</strong>", moment_text(state.until), state.window.name)
+    elif state.next_start is not None:
+        now = format_html("not frozen; next freeze {} ({})", moment_text(state.next_start), state.next_window.name)
+    else:
+        now = format_html("not frozen; no freeze ahead")
+    windows = format_html_join(
+        ", ", '<a href="{}">{}</a>',
+        ((reverse("admin:agents_app_freezewindow_change", args=[w.id]), w.name)
+         for w in FreezeWindow.objects.filter(pool=pool).order_by("id")),
+    )
+    add = reverse("admin:agents_app_freezewindow_add") + f"?pool={pool.id}"
+    return format_html('{}<br>windows: {} (<a href="{}">add one</a>)', now, windows or "none", add)
+
+
+class FreezeWindowForm(forms.ModelForm):
+    lift_now = forms.CharField(
+        required=False, label="Lift now, because",
+        help_text="a reason here lifts the window's active occurrence now (audited); the next one freezes again",
+    )
+
+    class Meta:
+        model = FreezeWindow
+        fields = ["pool", *EDITABLE]
+
+
+@admin.register(FreezeWindow)
+class FreezeWindowAdmin(admin.ModelAdmin):
+    """Changes go through the services (checked, audited), and the pool acts on them at once."""
+
+    form = FreezeWindowForm
+    list_display = ["name", "pool", "kind", "enabled", "schedule", "lifted_at", "lifted_by"]
+    list_filter = ["pool", "kind", "enabled"]
+    readonly_fields = ["lifted_at", "lifted_until", "lifted_by", "lift_reason"]
+    fieldsets = [
+        (None, {"fields": ["pool", "name", "reason", "kind", "enabled"]}),
+        ("weekly", {"fields": ["weekdays", "start_time", "end_time", "time_zone"]}),
+        ("one_off", {"fields": ["starts_at", "ends_at"]}),
+        ("Early lift", {"fields": ["lift_now", "lifted_at", "lifted_until", "lifted_by", "lift_reason"]}),
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # A window belongs to its pool for good: another pool gets a window of its own.
+        return [*self.readonly_fields, "pool"] if obj is not None else list(self.readonly_fields)
+
+    @admin.display(description="schedule")
+    def schedule(self, obj: FreezeWindow) -> str:
+        if obj.kind == "one_off":
+            return f"{obj.starts_at:%Y-%m-%d %H:%M} - {obj.ends_at:%Y-%m-%d %H:%M} UTC"
+        return f"{','.join(obj.weekdays)} {obj.start_time:%H:%M}-{obj.end_time:%H:%M} {obj.time_zone}"
+
+    def save_model(self, request: HttpRequest, obj: FreezeWindow, form: forms.ModelForm, change: bool) -> None:
+        fields = {name: form.cleaned_data[name] for name in EDITABLE if name in form.cleaned_data}
+        if change:
+            fields = {name: value for name, value in fields.items() if name in form.changed_data}
+            window = freeze_window_update(window=obj, actor=request.user, fields=fields)
+        else:
+            window = freeze_window_create(pool=form.cleaned_data["pool"], actor=request.user, fields=fields)
+        obj.pk = window.pk
+        reason = form.cleaned_data.get("lift_now", "").strip()
+        if reason:
+            try:
+                freeze_window_lift(window_id=window.id, actor=request.user, reason=reason)
+            except PlatformError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+        pool_id = window.pool_id
+        transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id), robust=True)
+
+    def delete_model(self, request: HttpRequest, obj: FreezeWindow) -> None:
+        pool_id = obj.pool_id
+        freeze_window_delete(window=obj, actor=request.user)
+        transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id), robust=True)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FreezeWindow]) -> None:
+        for window in queryset:
+            self.delete_model(request, window)

@@ -14,15 +14,24 @@ from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agents_app.models import Agent, AgentPool
+from agents_app.models import Agent, AgentPool, FreezeWindow
 from agents_app.serializers import (
     AgentSerializer,
+    FreezeLiftSerializer,
+    FreezeWindowSerializer,
     PoolCreatedSerializer,
     PoolSerializer,
 )
 from agents_app.services.agents import pool_create
+from agents_app.services.freeze_windows import (
+    freeze_window_create,
+    freeze_window_delete,
+    freeze_window_lift,
+    freeze_window_update,
+)
 from iacplatform.permissions import is_site_admin
 from tasks_app.services.audit import audit_record
+from tasks_app.services.control import pool_freeze_changed
 
 
 class IsSiteAdminOrReadOnly(permissions.BasePermission):
@@ -101,3 +110,85 @@ class PoolAgentList(generics.ListAPIView):
             .prefetch_related("slots")
             .order_by("-status", "-last_heartbeat_at", "id")
         )
+
+
+class IsSiteAdminOrReadOnlyWindows(IsSiteAdminOrReadOnly):
+    message = "only a site admin may create, change, delete or lift freeze windows"
+
+
+WINDOW_PERMISSIONS = [permissions.IsAuthenticated, IsSiteAdminOrReadOnlyWindows]
+
+
+def _after_commit(pool_id: int) -> None:
+    # Enter or leave the freeze at once rather than at the next sweep.
+    transaction.on_commit(lambda: pool_freeze_changed(pool_id=pool_id), robust=True)
+
+
+def _window_fields(request: Request, *, partial: bool, instance: FreezeWindow | None = None) -> dict[str, Any]:
+    """The request's fields, parsed (types) by the serializer; the service checks meaning."""
+    params = FreezeWindowSerializer(instance, data=request.data, partial=partial)
+    params.is_valid(raise_exception=True)
+    return dict(params.validated_data)
+
+
+class PoolFreezeWindowList(generics.ListCreateAPIView):
+    """The pool's freeze windows: whoever may see the pool may read them (they explain why
+    runs wait); site admins create them."""
+
+    serializer_class = FreezeWindowSerializer
+    permission_classes = WINDOW_PERMISSIONS
+    parser_classes = [JSONParser]
+
+    def pool(self) -> AgentPool:
+        return get_object_or_404(_usable_pools(self.request), id=self.kwargs["pk"])
+
+    def get_queryset(self) -> QuerySet[FreezeWindow]:
+        return FreezeWindow.objects.filter(pool=self.pool()).select_related("lifted_by").order_by("id")
+
+    def post(self, request: Request, pk: int) -> Response:
+        pool = self.pool()
+        window = freeze_window_create(pool=pool, actor=request.user, fields=_window_fields(request, partial=False))
+        _after_commit(pool.id)
+        return Response(FreezeWindowSerializer(window).data, status=status.HTTP_201_CREATED)
+
+
+class PoolFreezeWindowDetail(generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = FreezeWindowSerializer
+    permission_classes = WINDOW_PERMISSIONS
+    parser_classes = [JSONParser]
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[FreezeWindow]:
+        pool = get_object_or_404(_usable_pools(self.request), id=self.kwargs["pk"])
+        return FreezeWindow.objects.filter(pool=pool).select_related("lifted_by", "pool")
+
+    def get_object(self) -> FreezeWindow:
+        return get_object_or_404(self.get_queryset(), id=self.kwargs["window_id"])
+
+    def patch(self, request: Request, pk: int, window_id: int) -> Response:
+        window = self.get_object()
+        fields = _window_fields(request, partial=True, instance=window)
+        window = freeze_window_update(window=window, actor=request.user, fields=fields)
+        _after_commit(window.pool_id)
+        return Response(FreezeWindowSerializer(window).data)
+
+    def perform_destroy(self, instance: FreezeWindow) -> None:
+        freeze_window_delete(window=instance, actor=self.request.user)
+        _after_commit(instance.pool_id)
+
+
+class PoolFreezeWindowLift(generics.GenericAPIView):
+    """Lift the window's active occurrence now, with a reason (site admins)."""
+
+    serializer_class = FreezeLiftSerializer
+    permission_classes = [permissions.IsAuthenticated, IsSiteAdminOrReadOnlyWindows]
+    parser_classes = [JSONParser]
+
+    @extend_schema(request=FreezeLiftSerializer, responses={200: FreezeWindowSerializer})
+    def post(self, request: Request, pk: int, window_id: int) -> Response:
+        window = get_object_or_404(FreezeWindow, pool_id=pk, id=window_id)
+        params = FreezeLiftSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        window = freeze_window_lift(window_id=window.id, actor=request.user, reason=params.validated_data["reason"])
+        _after_commit(window.pool_id)
+        return Response(FreezeWindowSerializer(window).data)

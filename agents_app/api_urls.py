@@ -10,4 +10,9 @@ urlpatterns = [
     path("pools/", api.PoolListCreate.as_view(), name="api-pool-list"),
     path("pools/<int:pk>/", api.PoolDetail.as_view(), name="api-pool-detail"),
     path("pools/<int:pk>/agents/", api.PoolAgentList.as_view(), name="api-pool-agents"),
+    path("pools/<int:pk>/freeze-windows/", api.PoolFreezeWindowList.as_view(), name="api-pool-freeze-windows"),
+    path("pools/<int:pk>/freeze-windows/<int:window_id>/", api.PoolFreezeWindowDetail.as_view(),
+         name="api-pool-freeze-window-detail"),
+    path("pools/<int:pk>/freeze-windows/<int:window_id>/lift/", api.PoolFreezeWindowLift.as_view(),
+         name="api-pool-freeze-window-lift"),
 ]

@@ -176,3 +176,111 @@ class DispatchEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} {self.subject_id}: {self.from_state} -> {self.to_state}"
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
+
+
+class FreezeKind(models.TextChoices):
+    WEEKLY = "weekly"
+    ONE_OFF = "one_off"
+
+
+class FreezeWindow(models.Model):
+    """A time in which the pool runs nothing new (agents_app.services.freeze evaluates it).
+
+    weekly: on each of `weekdays`, from `start_time` to `end_time`, wall-clock time in
+    `time_zone` (IANA). An end not after the start ends the next day (22:00-06:00 crosses
+    midnight); an end equal to the start lasts 24 hours. one_off: from `starts_at` to
+    `ends_at`. A site admin may lift the occurrence that is active now (`lifted_at`): it
+    ends then, and the next occurrence freezes again."""
+
+    pool = models.ForeignKey(AgentPool, on_delete=models.CASCADE, related_name="freeze_windows")
+    name = models.CharField(max_length=100, help_text="shown in waiting reasons: frozen until … (name)")
+    reason = models.TextField(blank=True)
+    kind = models.CharField(max_length=10, choices=FreezeKind.choices, default=FreezeKind.WEEKLY)
+    enabled = models.BooleanField(default=True)
+    weekdays = models.JSONField(default=list, blank=True, help_text=f"weekly: a list of {', '.join(WEEKDAYS)}")
+    start_time = models.TimeField(null=True, blank=True, help_text="weekly: local time in the time zone")
+    end_time = models.TimeField(null=True, blank=True,
+                                help_text="weekly: not after the start time = the next day; equal = 24 hours")
+    time_zone = models.CharField(max_length=64, default="UTC", help_text="weekly: an IANA time zone, e.g. Europe/Berlin")
+    starts_at = models.DateTimeField(null=True, blank=True, help_text="one_off")
+    ends_at = models.DateTimeField(null=True, blank=True, help_text="one_off")
+    # The early lift of one occurrence: it ends at `lifted_at` instead of `lifted_until`.
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_until = models.DateTimeField(null=True, blank=True,
+                                        help_text="the end the lifted occurrence would have had")
+    lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    lift_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["pool_id", "id"]
+        indexes = [models.Index(fields=["pool", "enabled"], name="freeze_window_pool")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.pool})"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        errors = freeze_window_errors(self)
+        if errors:
+            raise ValidationError(errors)
+
+
+def freeze_window_errors(window: FreezeWindow) -> dict[str, list[str]]:
+    """What is wrong with a window, by field (empty: nothing). The admin and the API say it."""
+    errors: dict[str, list[str]] = {}
+
+    def add(field: str, message: str) -> None:
+        errors.setdefault(field, []).append(message)
+
+    if not (window.name or "").strip():
+        add("name", "a window needs a name (it is shown in waiting reasons)")
+    if window.kind == FreezeKind.WEEKLY:
+        days = window.weekdays
+        if not isinstance(days, list):
+            add("weekdays", f'weekdays must be a list such as ["sat", "sun"] (of {", ".join(WEEKDAYS)})')
+        elif not days:
+            add("weekdays", f"a weekly window needs at least one weekday ({', '.join(WEEKDAYS)})")
+        else:
+            unknown = [d for d in days if d not in WEEKDAYS]
+            if unknown:
+                add("weekdays", f"unknown weekday {unknown[0]!r}: use {', '.join(WEEKDAYS)}")
+            elif len(set(days)) != len(days):
+                add("weekdays", "a weekday is listed twice")
+        if window.start_time is None:
+            add("start_time", "a weekly window needs a start time (HH:MM)")
+        if window.end_time is None:
+            add("end_time", "a weekly window needs an end time (HH:MM; not after the start: the next day)")
+        if window.time_zone not in _time_zones():
+            add("time_zone", f"unknown time zone {window.time_zone!r}: use an IANA name such as Europe/Berlin or UTC")
+        if window.starts_at is not None or window.ends_at is not None:
+            add("starts_at", "a weekly window has no starts_at/ends_at (those are for one_off windows)")
+    elif window.kind == FreezeKind.ONE_OFF:
+        if window.starts_at is None:
+            add("starts_at", "a one_off window needs starts_at (a date and time with its offset)")
+        if window.ends_at is None:
+            add("ends_at", "a one_off window needs ends_at (a date and time with its offset)")
+        if window.starts_at is not None and window.ends_at is not None and window.ends_at <= window.starts_at:
+            add("ends_at", "ends_at must be after starts_at")
+        if window.weekdays or window.start_time is not None or window.end_time is not None:
+            add("weekdays", "a one_off window has no weekdays/start_time/end_time (those are for weekly windows)")
+    else:
+        add("kind", f"kind must be one of {', '.join(FreezeKind.values)}")
+    return errors
+
+
+_TZ_CACHE: set[str] = set()
+
+
+def _time_zones() -> set[str]:
+    if not _TZ_CACHE:
+        import zoneinfo
+
+        _TZ_CACHE.update(zoneinfo.available_timezones())
+    return _TZ_CACHE

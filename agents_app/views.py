@@ -7,8 +7,10 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
 
-from agents_app.models import Agent, AgentPool, AgentStatus, Slot, SlotState
+from agents_app.models import Agent, AgentPool, AgentStatus, FreezeWindow, Slot, SlotState
+from agents_app.services.freeze import pool_freeze, window_active_occurrence
 from iacplatform.permissions import is_site_admin
 
 
@@ -49,4 +51,12 @@ def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
         .order_by("-status", "name")
     )
     workspaces = pool.workspaces.order_by("name")
-    return render(request, "agents_app/pool_detail.html", {"pool": pool, "agents": agents, "workspaces": workspaces})
+    now = timezone.now()
+    windows = list(FreezeWindow.objects.filter(pool=pool).select_related("lifted_by").order_by("id"))
+    for window in windows:
+        active = window_active_occurrence(window, now) if window.enabled else None
+        window.active_until = active.end if active else None  # type: ignore[attr-defined]
+    return render(request, "agents_app/pool_detail.html", {
+        "pool": pool, "agents": agents, "workspaces": workspaces,
+        "freeze": pool_freeze(pool, now), "windows": windows,
+    })

@@ -217,6 +217,9 @@ class Job(models.Model):
     # When the job ran past its pool's bound, and the words the run ends with because of it.
     timed_out_at = models.DateTimeField(null=True, blank=True)
     timeout_message = models.TextField(blank=True)
+    # Why the platform told the agent to stop the job although nobody cancelled the run (its
+    # pool entered a freeze window): the run (or the warmup) ends with these words.
+    cancel_message = models.TextField(blank=True)
     error = models.TextField(blank=True)
     # How the agent ran terraform (bwrap: sandboxed; off: directly), as it reported with the
     # result; blank until then.

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState, WarmupStatus
+from agents_app.services.freeze import freeze_text, pool_freeze
 from tasks_app.models import Job, LogChunk, StateVersion, Task, TaskEvent
 from tasks_app.states import BLOCKING, Operation, RunStatus
 
@@ -155,12 +156,18 @@ def job_no_agent_since(job: Job, no_agent: NoAgent | None = None) -> datetime | 
     """Since when no online agent of the job's pool could take the queued job (one with its
     terraform version, when it has one): None while one is online. The later of the job's
     queueing and the moment the last such agent went offline. The no-agent bound counts from
-    it. (`no_agent`: pool_no_agent's answer, when the caller has it already.) When freeze
-    windows exist, a frozen pool's no-agent bound is to be suspended here."""
+    it. (`no_agent`: pool_no_agent's answer, when the caller has it already.)
+
+    A frozen pool's bound is suspended (None: its pods are meant to be gone), and after a
+    freeze it counts from the freeze's end at the earliest: pods need time to come back."""
     gone = no_agent or pool_no_agent(job.pool_id, job.terraform_version)
     if gone is None:
         return None
-    return max(job.created_at, gone.last_gone) if gone.last_gone else job.created_at
+    freeze = pool_freeze(job.pool_id)
+    if freeze.frozen:
+        return None
+    moments = [job.created_at, gone.last_gone, freeze.thawed_at]
+    return max(m for m in moments if m is not None)
 
 
 def jobs_waiting_for_an_agent() -> list[Job]:
@@ -194,6 +201,9 @@ def _queued_reason(task: Task) -> str | None:
         return f"queued: handed to {job.agent.name if job.agent else 'an agent'}, waiting for it to start"
     pool = job.pool
     now = timezone.now()
+    freeze = pool_freeze(pool.id, now)
+    if freeze.frozen:
+        return f"queued: {freeze_text(freeze)}"
     if job.hold_until and job.hold_until > now:
         who = job.target_agent.name if job.target_agent else "its agent"
         left = (job.hold_until - now).total_seconds()
@@ -229,6 +239,9 @@ def _apply_pending_reason(task: Task) -> str:
     else:
         warm = "not warm yet" + ("" if task.workspace.pool.warm_apply else ": warm apply is off for the pool")
     reason = f"apply_pending: waiting for confirmation ({warm})"
+    freeze = pool_freeze(task.workspace.pool_id)
+    if freeze.frozen:
+        reason += f"; Confirm is refused while the pool is {freeze_text(freeze)}"
     bound = task.workspace.pool.apply_pending_timeout_seconds
     since = run_apply_pending_since(task) if bound else None
     if since is not None:

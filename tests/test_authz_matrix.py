@@ -81,6 +81,17 @@ def world(db) -> World:
     return w
 
 
+def _window(w: World):
+    """A freeze window of the pool, far in the future (it freezes nothing the tests do)."""
+    from agents_app.models import FreezeWindow
+
+    window = FreezeWindow.objects.filter(pool=w.pool, name="later").first()
+    if window is None:
+        window = FreezeWindow.objects.create(pool=w.pool, name="later", kind="one_off",
+                                             starts_at="2099-01-01T00:00:00Z", ends_at="2099-01-02T00:00:00Z")
+    return window
+
+
 def _expect(alice: int, bob: int, carol: int, dave: int) -> dict[str, int]:
     return {"alice": alice, "bob": bob, "carol": carol, "dave": dave}
 
@@ -179,6 +190,27 @@ RULES: dict[str, list[Case]] = {
              body=lambda w, u: {"max_replicas": 5}),
     ],
     "api-pool-agents": [Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/agents/", _expect(200, 403, 403, 403))],
+    # Freeze windows explain why runs wait: who may see the pool may read them; site admins
+    # alone change them.
+    "api-pool-freeze-windows": [
+        Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/freeze-windows/", _expect(200, 200, 404, 404)),
+        Case("POST", lambda w, u: f"/api/v1/pools/{w.pool.id}/freeze-windows/", _expect(201, 403, 403, 403),
+             body=lambda w, u: {"name": f"w-{u}", "kind": "weekly", "weekdays": ["sat"], "start_time": "01:00",
+                                "end_time": "02:00", "time_zone": "Europe/Berlin"}),
+    ],
+    "api-pool-freeze-window-detail": [
+        Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/freeze-windows/{_window(w).id}/",
+             _expect(200, 200, 404, 404)),
+        Case("PATCH", lambda w, u: f"/api/v1/pools/{w.pool.id}/freeze-windows/{_window(w).id}/",
+             _expect(200, 403, 403, 403), body=lambda w, u: {"enabled": False}),
+        Case("DELETE", lambda w, u: f"/api/v1/pools/{w.pool.id}/freeze-windows/{_window(w).id}/",
+             _expect(204, 403, 403, 403)),
+    ],
+    # The window is not active: the site admin gets the service's 409.
+    "api-pool-freeze-window-lift": [
+        Case("POST", lambda w, u: f"/api/v1/pools/{w.pool.id}/freeze-windows/{_window(w).id}/lift/",
+             _expect(409, 403, 403, 403), body=lambda w, u: {"reason": "test"}),
+    ],
     "schema": [Case("GET", lambda w, u: "/api/schema/", _expect(200, 200, 200, 200))],
     "api-docs": [Case("GET", lambda w, u: "/api/docs/", _expect(200, 200, 200, 200))],
     # --- pages (a browser session) -------------------------------------------------------------

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from agents_app.models import Agent, AgentPool, Slot
+from agents_app.models import Agent, AgentPool, FreezeWindow, Slot
 from agents_app.protocol import (
     AgentStatus,
     FinishReply,
@@ -44,6 +44,7 @@ from agents_app.services.agents import (
     agents_silent,
     pool_rotate_token,
 )
+from agents_app.services.freeze import Freeze, moment_text, pool_freeze
 from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import PlatformError
@@ -59,9 +60,11 @@ from tasks_app.services.jobs import (
     job_finish,
     job_kill,
     job_locked,
+    job_stop,
     job_time_out,
     job_transition,
     jobs_ack_reported,
+    jobs_cancel_queued_of_pool,
     jobs_lease_expired,
     jobs_missed_by_heartbeat,
     jobs_renew_leases,
@@ -70,6 +73,7 @@ from tasks_app.services.jobs import (
     jobs_timed_out_to_kill,
     jobs_timed_out_unstopped,
     jobs_to_cancel,
+    jobs_to_stop_for_freeze,
     jobs_unacked_overdue,
 )
 from tasks_app.services.retention import step_retention
@@ -99,6 +103,7 @@ from tasks_app.services.warmups import (
     warmup_started,
     warmups_ensure,
     warmups_expired,
+    warmups_release_for_freeze,
 )
 from tasks_app.states import RunStatus
 
@@ -439,6 +444,7 @@ def step_wake_queued() -> int:
         Task.objects.filter(status__in=[RunStatus.PLAN_QUEUED, RunStatus.APPLY_QUEUED])
         .values_list("workspace__pool_id", flat=True)
     )
+    pools = {p for p in pools if not pool_freeze(p).frozen}  # a frozen pool's agents take nothing
     for pool_id in pools:
         wakeups.wake_pool(pool_id)
     return len(pools)
@@ -449,6 +455,8 @@ def step_auto_apply() -> list[int]:
     confirm failed) is confirmed here."""
     confirmed = []
     for task_id in runs_auto_apply_due():
+        if pool_freeze(Task.objects.filter(id=task_id).values_list("workspace__pool_id", flat=True).get()).frozen:
+            continue  # confirmed once the window ends (Confirm is refused while frozen)
         try:
             if not run_confirm(task_id=task_id, actor="auto-apply").refused:
                 confirmed.append(task_id)
@@ -522,7 +530,7 @@ def step_no_agent() -> list[int]:
             pools[key] = pool_no_agent(*key)
         if pools[key] is None:
             continue
-        # Freeze windows (a later issue): a frozen pool's no-agent bound is suspended, here.
+        # A frozen pool's no-agent bound is suspended (None), and counts from the freeze's end.
         since = job_no_agent_since(waiting, pools[key])
         limit = waiting.pool.no_agent_timeout_seconds
         if since is None or since + timedelta(seconds=limit) > now:
@@ -547,10 +555,70 @@ def step_apply_pending_bound() -> list[int]:
     return [t for t in runs_apply_pending_past_bound(now=now) if run_expire_pending(task_id=t, now=now)]
 
 
+# --- freeze windows ----------------------------------------------------------------------
+
+
+def pool_freeze_enter(pool_id: int, freeze: Freeze) -> dict[str, list[int]]:
+    """Undo what a frozen pool must not have, each item in its own transaction. Idempotent:
+    a sweep repeats it while the pool is frozen and finds nothing left to do. Reservations
+    are released and queued warmups cancelled (the runs are warmed up again after the
+    window: the `warmups` step, once dispatch is allowed again); running plans and warmups
+    are told to stop through their agent's heartbeat (SIGINT, SIGKILL after the pool's plan
+    kill grace) and end with the reason; running applies finish: killing terraform mid-apply
+    leaves half-changed infrastructure and a held state lock (docs/architecture.md). Idle
+    pods go because the autoscaler wants none while frozen."""
+    assert freeze.until is not None and freeze.window is not None
+    pool = AgentPool.objects.get(id=pool_id)
+    entered = f"the pool entered freeze window '{freeze.window.name}' until {moment_text(freeze.until)}"
+    released = warmups_release_for_freeze(pool_id=pool_id, message=f"released: {entered}; warmed up after it")
+    with transaction.atomic():
+        dropped = jobs_cancel_queued_of_pool(pool_id=pool_id, kind=JobKind.WARMUP, message=f"cancelled: {entered}")
+    stopped = []
+    for job_id in jobs_to_stop_for_freeze(pool_id=pool_id):
+        with bound(job_id=job_id), transaction.atomic():
+            job = job_locked(job_id)
+            if job.status != JobStatus.RUNNING or job.cancel_requested or job.kind == JobKind.APPLY:
+                continue
+            message = f"cancelled: {entered}"
+            log.info("%s job %s of run %s: %s", job.kind, job.id, job.task_id, message)
+            job_stop(job, message=message, grace=pool.plan_kill_grace_seconds)
+            if job.kind == JobKind.PLAN:
+                run_note(_task_locked(job.task_id), message=message)  # the run ends when the job does
+            stopped.append(job_id)
+    return {"released": released, "warmups_cancelled": dropped, "stopped": stopped}
+
+
+def step_freeze() -> dict[int, dict[str, list[int]]]:
+    """Pools in a freeze window: what entering it undoes (pool_freeze_enter). Leaving one
+    needs no step of its own: claims, Confirm and warmups are allowed again, the `warmups`
+    step re-warms the apply_pending runs and `wake` wakes the pool for its queued runs."""
+    now = timezone.now()
+    done: dict[int, dict[str, list[int]]] = {}
+    for pool_id in sorted(set(FreezeWindow.objects.filter(enabled=True).values_list("pool_id", flat=True))):
+        freeze = pool_freeze(pool_id, now)
+        if freeze.frozen:
+            acted = pool_freeze_enter(pool_id, freeze)
+            if any(acted.values()):
+                done[pool_id] = acted
+    return done
+
+
+def pool_freeze_changed(*, pool_id: int) -> None:
+    """A window of the pool was created, changed, deleted or lifted (after commit): act now
+    rather than at the next sweep: enter the freeze, or re-warm and wake the pool."""
+    freeze = pool_freeze(pool_id)
+    if freeze.frozen:
+        pool_freeze_enter(pool_id, freeze)
+        return
+    warmups_ensure(pool_id=pool_id)
+    wakeups.wake_pool(pool_id)
+
+
 SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [
     ("offline", step_offline),
     ("leases", step_leases),
     ("bounds", step_bounds),  # plans and applies past their bound; jobs their agent will not stop
+    ("freeze", step_freeze),  # pools in a freeze window: reservations released, plans and warmups stopped
     ("no_agent", step_no_agent),  # queued work no agent came online for
     ("apply_pending_bound", step_apply_pending_bound),
     ("warmup_expiry", step_warmup_expiry),

@@ -39,6 +39,7 @@ from agents_app.protocol import (
     TaskRef,
     Variables,
 )
+from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.slots import slot_of_job, slot_transition
 from agents_app.states import JOB
 from iacplatform import crypto, metrics
@@ -99,7 +100,10 @@ class Assigned:
 def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     """Give the (locked, online) agent its next queued job on its (locked, idle) slot: one not
     held for a running warmup, for any terraform version or the agent's. Plans and applies go
-    before warmups: a warmup is worth a slot only when nobody is waiting for one."""
+    before warmups: a warmup is worth a slot only when nobody is waiting for one. Nothing
+    while the pool is frozen (a freeze window)."""
+    if pool_frozen_until(agent.pool_id) is not None:
+        return None
     job = (
         Job.objects.filter(pool_id=agent.pool_id, status=JobStatus.QUEUED)
         .filter(Q(hold_until__isnull=True) | Q(hold_until__lte=timezone.now()))
@@ -512,6 +516,40 @@ def jobs_request_cancel(*, task: Task, force: bool) -> bool:
     Returns whether any such job runs. (A cancel request is not a status change.)"""
     running = Job.objects.filter(task=task, status=JobStatus.RUNNING).exclude(kind=JobKind.WARMUP)
     return bool(running.update(cancel_requested=True, force_cancel=force))
+
+
+def jobs_to_stop_for_freeze(*, pool_id: int) -> list[int]:
+    """Running plans and warmups of the pool not yet told to stop (applies always finish)."""
+    return list(
+        Job.objects.filter(pool_id=pool_id, status=JobStatus.RUNNING, cancel_requested=False,
+                           kind__in=[JobKind.PLAN, JobKind.WARMUP])
+        .order_by("id").values_list("id", flat=True)
+    )
+
+
+def job_stop(job: Job, *, message: str, grace: int) -> None:
+    """Tell the (locked, running) job's agent to stop it, through the heartbeat's cancel
+    orders (SIGINT, SIGKILL after `grace` seconds), because of the platform, not a user: the
+    run or warmup ends with `message`. Not a status change; the DispatchEvent records it."""
+    job.cancel_requested = True
+    job.cancel_grace_seconds = grace
+    job.cancel_message = message
+    job.save(update_fields=["cancel_requested", "cancel_grace_seconds", "cancel_message"])
+    DispatchEvent.objects.create(
+        subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
+        from_state=job.status, to_state=job.status, message=message,
+    )
+
+
+def jobs_cancel_queued_of_pool(*, pool_id: int, kind: JobKind, message: str) -> list[int]:
+    """Cancel the pool's queued jobs of one kind (queued warmups when it enters a freeze)."""
+    cancelled = []
+    for job in Job.objects.select_for_update(no_key=True, skip_locked=True, of=("self",)).filter(
+        pool_id=pool_id, kind=kind, status=JobStatus.QUEUED
+    ).order_by("id"):
+        job_transition(job, JobStatus.CANCELLED, message=message)
+        cancelled.append(job.task_id)
+    return cancelled
 
 
 def jobs_to_cancel(*, agent: Agent) -> list[CancelOrder]:

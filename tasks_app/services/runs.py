@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.protocol import JobKind, JobOutcome, JobStatus, SlotState, WarmupStatus
+from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Invalid, PlatformError
@@ -165,7 +166,9 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
         return PlanEnded(keep_dir=False, follow_ups=())
     if outcome == JobOutcome.CANCELLED:
         _free(finished, "plan cancelled")
-        run_transition(task, RunStatus.CANCELLED, message=result.error or "plan cancelled")
+        # A plan the platform stopped (its pool entered a freeze window) ends with that reason.
+        message = finished.job.cancel_message or result.error or "plan cancelled"
+        run_transition(task, RunStatus.CANCELLED, message=message)
         return PlanEnded(keep_dir=False, follow_ups=())
     if outcome != JobOutcome.SUCCEEDED:
         _free(finished, "plan failed")
@@ -187,7 +190,10 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
     run_transition(task, RunStatus.APPLY_PENDING)
     pool = task.workspace.pool
     follow_ups: list = []
-    keep = result.kept_dir and pool.warm_apply and finished.slot is not None
+    # A plan that finished as its pool froze keeps no warm dir: nothing is reserved while
+    # frozen, and the run is warmed up again after the window.
+    frozen = pool_freeze(pool.id).frozen
+    keep = result.kept_dir and pool.warm_apply and finished.slot is not None and not frozen
     if keep:
         # The plan's own dir is the warm dir: ready at once, on this agent and slot.
         warmup_reserve(task, finished.slot, message=f"plan dir kept on {finished.slot.agent.name}")
@@ -195,7 +201,7 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
         _free(finished, "plan done; dir not kept")
         pool_id = pool.id
         follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
-    if task.workspace.auto_apply:
+    if task.workspace.auto_apply and not frozen:
         # Confirmed in the same transaction as the plan's result: no moment where the run
         # is ready but unconfirmed (a full pool could release the reservation then), and
         # no after-commit step to lose. The apply takes the slot the plan just reserved.
@@ -312,6 +318,13 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
+        pool = task.workspace.pool
+        freeze = pool_freeze(pool.id)
+        if freeze.frozen:
+            # Nothing is dispatched while frozen; an apply confirmed now would start the moment
+            # the window ends, when nobody may be watching. The run stays apply_pending.
+            raise Conflict(f"pool '{pool.name}' is {freeze_text(freeze)}: Confirm Apply is refused until the "
+                           f"window ends (or a site admin lifts it)")
         serial = state_serial_current(task.workspace_id)
         if serial != task.base_state_serial:
             reason = (

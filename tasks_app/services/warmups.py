@@ -20,6 +20,7 @@ from django.utils import timezone
 from agents_app import events as dispatch_events
 from agents_app.models import Agent, AgentPool, DispatchEvent, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, SlotState, WarmupStatus
+from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_reserved_for, slot_transition
 from agents_app.states import WARMUP
 from iacplatform import metrics, wakeups
@@ -150,6 +151,18 @@ def warmup_job_finished(finished: Finished) -> WarmupEnded:
     _observe_warmup_end(task, "succeeded" if ok else "failed")
     agent = slot.agent if slot is not None else job.agent
     held = held_apply(task) if task.status == RunStatus.APPLY_QUEUED else None
+    freeze = pool_freeze(job.pool_id)
+    if job.cancel_message or freeze.frozen:
+        # The pool entered a freeze window: no reservation while it lasts, no retry counted
+        # (the warmup did nothing wrong), and a held apply waits for the window's end, cold.
+        why = job.cancel_message or f"the pool is {freeze_text(freeze)}: no warm dir is kept"
+        if slot is not None:
+            slot_transition(slot, SlotState.IDLE, message=why)
+        if task.warmup_status == W.WARMING:
+            warmup_transition(task, W.NONE, message=why, agent=agent)
+        if held is not None:
+            _release_hold(held, why)
+        return WarmupEnded(keep_dir=False)
     if held is not None and slot is not None:
         if ok:
             # Confirm came while this warmup ran: the apply starts here now, on the warm dir.
@@ -184,8 +197,8 @@ def warmup_job_finished(finished: Finished) -> WarmupEnded:
 def warmups_ensure(*, pool_id: int) -> list[int]:
     """Queue a warmup job for each apply_pending run of the pool that needs one."""
     pool = AgentPool.objects.get(id=pool_id)
-    if not pool.warm_apply:
-        return []
+    if not pool.warm_apply or pool_freeze(pool_id).frozen:
+        return []  # frozen: the sweep's `warmups` step asks again once the window ends
     created: list[int] = []
     with transaction.atomic():
         candidates = (
@@ -279,6 +292,8 @@ def pool_make_room(*, pool_id: int) -> list[int]:
     warmed up again later (warmups are claimed only when nobody else waits for a slot) or
     go cold at Confirm. Returns the released run ids. (The pools issue scales up first.)"""
     released: list[int] = []
+    if pool_freeze(pool_id).frozen:
+        return released  # nothing waiting can start; the freeze released the reservations
     with transaction.atomic():
         pool = AgentPool.objects.get(id=pool_id)
         waiting = (
@@ -318,4 +333,20 @@ def pool_make_room(*, pool_id: int) -> list[int]:
                 released.append(task.id)
         if released:
             transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+    return released
+
+
+def warmups_release_for_freeze(*, pool_id: int, message: str) -> list[int]:
+    """The pool entered a freeze window: every reservation is released (its run is warmed up
+    again after the window), each run's row before its slot, in its own transaction."""
+    released: list[int] = []
+    reserved = Slot.objects.filter(agent__pool_id=pool_id, state=SlotState.RESERVED).values_list("task_id", flat=True)
+    for task_id in list(reserved):
+        with transaction.atomic():
+            task = (
+                Task.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+                .select_related("workspace").filter(id=task_id).first()
+            )
+            if task is not None and warmup_release(task, message=message):
+                released.append(task_id)
     return released
