@@ -10,4 +10,6 @@ urlpatterns = [
     path("pools/", api.PoolListCreate.as_view(), name="api-pool-list"),
     path("pools/<int:pk>/", api.PoolDetail.as_view(), name="api-pool-detail"),
     path("pools/<int:pk>/agents/", api.PoolAgentList.as_view(), name="api-pool-agents"),
+    path("pools/<int:pk>/pods/", api.PoolPodList.as_view(), name="api-pool-pods"),
+    path("pools/<int:pk>/scaling-decisions/", api.PoolScalingDecisionList.as_view(), name="api-pool-scaling-decisions"),
 ]

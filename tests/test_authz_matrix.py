@@ -179,6 +179,10 @@ RULES: dict[str, list[Case]] = {
              body=lambda w, u: {"max_replicas": 5}),
     ],
     "api-pool-agents": [Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/agents/", _expect(200, 403, 403, 403))],
+    "api-pool-pods": [Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/pods/", _expect(200, 403, 403, 403))],
+    "api-pool-scaling-decisions": [
+        Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/scaling-decisions/", _expect(200, 403, 403, 403)),
+    ],
     "schema": [Case("GET", lambda w, u: "/api/schema/", _expect(200, 200, 200, 200))],
     "api-docs": [Case("GET", lambda w, u: "/api/docs/", _expect(200, 200, 200, 200))],
     # --- pages (a browser session) -------------------------------------------------------------
