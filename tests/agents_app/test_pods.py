@@ -7,7 +7,6 @@ The local backend itself is tested with real processes at the end."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from datetime import timedelta
 
@@ -62,19 +61,19 @@ def register(pool, name):
 
 
 def test_pod_names_never_clash():
-    pool, _ = make_pool(name="builders")
+    pool, _ = make_pool(name="builders", backend="local")
     names = {pod_new_name(pool) for _ in range(2000)}
     assert len(names) == 2000 and all(n.startswith("builders-") and len(n) <= 63 for n in names)
 
 
 def test_the_pool_token_is_kept_encrypted_for_the_pods():
-    pool, token = make_pool()
+    pool, token = make_pool(backend="local")
     pool.refresh_from_db()
     assert pool.plain_token() == token and token.encode() not in bytes(pool.token_encrypted)
 
 
 def test_the_reconciler_adopts_known_pods_and_marks_vanished_ones_gone():
-    pool, token = make_pool()
+    pool, token = make_pool(backend="local")
     backend = MemoryBackend()
     name = autoscaler.pod_start(pool, backend, token=token, message="test")
     assert backend.tokens == [token]
@@ -100,8 +99,8 @@ def test_the_reconciler_adopts_known_pods_and_marks_vanished_ones_gone():
 
 
 def test_the_reconciler_deletes_strays_with_our_labels_and_never_foreign_pods():
-    pool, _ = make_pool()
-    other, _ = make_pool()
+    pool, _ = make_pool(backend="local")
+    other, _ = make_pool(backend="local")
     backend = MemoryBackend()
     backend.pods["stray"] = BackendPod("stray", "1", "running", pod_labels(pool, "stray"))
     backend.pods["foreign"] = BackendPod("foreign", "2", "running", {"app": "someone-else"})
@@ -112,7 +111,7 @@ def test_the_reconciler_deletes_strays_with_our_labels_and_never_foreign_pods():
 
 
 def test_a_pod_that_never_registers_is_replaced():
-    pool, token = make_pool(pod_register_deadline_seconds=5, min_replicas=1)
+    pool, token = make_pool(backend="local", pod_register_deadline_seconds=5, min_replicas=1)
     backend = MemoryBackend()
     name = autoscaler.pod_start(pool, backend, token=token, message="test")
     now = timezone.now() + timedelta(seconds=6)
@@ -123,7 +122,7 @@ def test_a_pod_that_never_registers_is_replaced():
 
 
 def test_a_tick_scales_up_records_the_decision_and_never_removes_a_reserved_pod(monkeypatch):
-    pool, _ = make_pool(min_replicas=1, max_replicas=3, scale_down_delay_seconds=1, cooldown_seconds=0,
+    pool, _ = make_pool(backend="local", min_replicas=1, max_replicas=3, scale_down_delay_seconds=1, cooldown_seconds=0,
                         warmup_expire_seconds=60)
     backend = MemoryBackend()
     monkeypatch.setattr(autoscaler, "backend_for", lambda p: backend)
@@ -204,7 +203,7 @@ def test_the_admin_form_checks_the_same_bounds(alice):
 
 
 def test_registration_refuses_a_pool_slot_count_out_of_bounds():
-    pool, _ = make_pool()
+    pool, _ = make_pool(backend="local")
     AgentPool.objects.filter(id=pool.id).update(slots_per_pod=214813330)  # a row edited by hand
     pool.refresh_from_db()
     with pytest.raises(Invalid, match="slots must be between 1 and 16"):
@@ -212,7 +211,7 @@ def test_registration_refuses_a_pool_slot_count_out_of_bounds():
 
 
 def test_pods_and_decisions_in_the_api(api):
-    pool, token = make_pool()
+    pool, token = make_pool(backend="local")
     backend = MemoryBackend()
     name = autoscaler.pod_start(pool, backend, token=token, message="for the api")
     ScalingDecision.objects.create(pool=pool, action="up", pods_before=0, desired=1, demand=0, reason="why")
@@ -225,32 +224,28 @@ def test_pods_and_decisions_in_the_api(api):
 # --- the local backend, with real processes -------------------------------------------------
 
 
-def test_the_local_backend_starts_lists_and_stops_agent_processes(settings, tmp_path):
+def test_the_local_backend_starts_lists_and_stops_agent_processes(settings, tmp_path, monkeypatch):
     settings.VAR_DIR = tmp_path
     settings.IAC_AGENT_URL = "http://127.0.0.1:9"  # nobody listens: the agent keeps retrying
     settings.IAC_POD_STOP_GRACE_SECONDS = 5
-    os.environ["IAC_AGENT_WORK_ROOT"] = str(tmp_path / "work")
-    try:
-        pool, token = make_pool()
-        backend = LocalBackend()
-        created = backend.create(pool, "lb-1", pool_token=token)
-        pid = int(created.backend_id)
-        # The token is in the environment, never on the command line.
-        time.sleep(0.5)
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-        assert token.encode() not in cmdline and b"lb-1" in cmdline
-        assert token.encode() in open(f"/proc/{pid}/environ", "rb").read()
-        assert os.getsid(pid) == pid  # its own session: a worker restart does not take it down
-        assert [(p.name, p.phase) for p in backend.list(pool)] == [("lb-1", "running")]
-        other, _ = make_pool()
-        assert backend.list(other) == []
-        backend.delete(pool, "lb-1")
-        assert backend.list(pool) == []
-        time.sleep(0.2)
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
-        backend.delete(pool, "lb-1")  # idempotent
-        backend.create(pool, "lb-2", pool_token=token)
-        assert stop_all(tmp_path, grace=5) == ["lb-2"]
-    finally:
-        os.environ.pop("IAC_AGENT_WORK_ROOT", None)
-    assert sys.executable
+    monkeypatch.setenv("IAC_AGENT_WORK_ROOT", str(tmp_path / "work"))
+    pool, token = make_pool(backend="local")
+    backend = LocalBackend()
+    created = backend.create(pool, "lb-1", pool_token=token)
+    pid = int(created.backend_id)
+    # The token is in the environment, never on the command line.
+    time.sleep(0.5)
+    cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+    assert token.encode() not in cmdline and b"lb-1" in cmdline
+    assert token.encode() in open(f"/proc/{pid}/environ", "rb").read()
+    assert os.getsid(pid) == pid  # its own session: a worker restart does not take it down
+    assert [(p.name, p.phase) for p in backend.list(pool)] == [("lb-1", "running")]
+    other, _ = make_pool(backend="local")
+    assert backend.list(other) == []
+    backend.delete(pool, "lb-1")
+    assert backend.list(pool) == []
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+    backend.delete(pool, "lb-1")  # idempotent
+    backend.create(pool, "lb-2", pool_token=token)
+    assert stop_all(tmp_path, grace=5) == ["lb-2"]
