@@ -217,11 +217,9 @@ class Platform:
         out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
         left = [line.strip() for line in out.splitlines() if str(self.var) in line and "ps -eo" not in line]
         # The local backend's agents (detached, their args do not name the var dir): by marker.
-        from agents_app.pods.local import _alive, _read_marker, pods_dir
+        from agents_app.pods.local import running_agents
 
-        for marker in (_read_marker(m) for m in pods_dir(self.var).glob("*.json")):
-            if marker and _alive(int(marker["pid"]), marker["name"]):
-                left.append(f"{marker['pid']} agent {marker['name']}")
+        left += [f"{pid} agent {name}" for name, pid in running_agents(self.var)]
         return left
 
     # supervisor

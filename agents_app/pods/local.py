@@ -9,8 +9,8 @@ Each pod is `python -m agents_app.agent --server <IAC_AGENT_URL> --name <pod> --
   `~/.local/state/iac-agents/<pod>`, outside var/;
 - it runs detached in a session of its own, so that a restart of the worker that spawned it
   (supervisord stops a program's whole process group) does not kill it;
-- a marker `var/pods/<pod>.json` (pid, labels) is how `list` finds it again from any process;
-  its output goes to `var/pods/<pod>.log`.
+- a marker `var/pods/<database>/<pod>.json` (pid, labels) is how `list` finds it again from any process;
+  its output goes to `var/pods/<database>/<pod>.log` (pool ids are per database).
 
 `delete` sends SIGTERM to the pod's process group (the agent and its terraform children),
 then SIGKILL after IAC_POD_STOP_GRACE_SECONDS. `manage.py up`'s shutdown calls `stop_all` so
@@ -41,7 +41,14 @@ log = logging.getLogger(__name__)
 
 
 def pods_dir(var_dir: Path | None = None) -> Path:
-    return Path(var_dir or settings.VAR_DIR) / "pods"
+    """Where the markers of this database's pods are: `var/pods/<database>/`. Pool ids are
+    per database, and one var dir may serve several (`make run`'s, the tests', a benchmark's):
+    each reconciler sees only its own pods, never another database's pool with the same id."""
+    return Path(var_dir or settings.VAR_DIR) / "pods" / settings.DATABASES["default"]["NAME"]
+
+
+def _all_markers(var_dir: Path) -> list[Path]:
+    return sorted((Path(var_dir) / "pods").glob("*/*.json"))
 
 
 def _alive(pid: int, name: str) -> bool:
@@ -139,23 +146,22 @@ class LocalBackend:
 
 
 def stop_all(var_dir: Path, grace: float = 10.0) -> list[str]:
-    """Stop every local agent process whose marker is under `var_dir` (manage.py up's
-    shutdown: Ctrl-C leaves nothing running). Returns the names stopped."""
-    stopped = []
-    directory = pods_dir(var_dir)
-    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        marker = _read_marker(path)
-        if marker is None:
-            continue
-        if _alive(int(marker["pid"]), marker["name"]):
-            _signal_group(int(marker["pid"]), signal.SIGTERM)
-            stopped.append(marker["name"])
+    """Stop every local agent process whose marker is under `var_dir`, whatever its database
+    (manage.py up's shutdown: Ctrl-C leaves nothing running). Returns the names stopped."""
+    markers = [m for m in (_read_marker(p) for p in _all_markers(var_dir)) if m is not None]
+    alive = [m for m in markers if _alive(int(m["pid"]), m["name"])]
+    for marker in alive:
+        _signal_group(int(marker["pid"]), signal.SIGTERM)
     deadline = time.monotonic() + grace
-    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        marker = _read_marker(path)
-        if marker is None:
-            continue
+    for marker in alive:
         while _alive(int(marker["pid"]), marker["name"]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        _signal_group(int(marker["pid"]), signal.SIGKILL)
-    return stopped
+        if _alive(int(marker["pid"]), marker["name"]):
+            _signal_group(int(marker["pid"]), signal.SIGKILL)
+    return [m["name"] for m in alive]
+
+
+def running_agents(var_dir: Path) -> list[tuple[str, int]]:
+    """(name, pid) of every local agent process alive under `var_dir` (any database)."""
+    markers = [m for m in (_read_marker(p) for p in _all_markers(var_dir)) if m is not None]
+    return [(m["name"], int(m["pid"])) for m in markers if _alive(int(m["pid"]), m["name"])]

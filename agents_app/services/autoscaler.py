@@ -61,7 +61,7 @@ def reconcile(pool: AgentPool, backend: PodBackend, *, now: datetime | None = No
     pods carrying our labels for this pool, and each is checked again here."""
     now = now or timezone.now()
     listed = {p.name: p for p in backend.list(pool)}
-    rows = {p.name: p for p in Pod.objects.filter(pool=pool).filter(Q(phase__in=LIVE + [PodPhase.DRAINING]) | Q(name__in=listed))}
+    rows = {p.name: p for p in Pod.objects.filter(pool=pool).filter(Q(phase__in=LIVE + [PodPhase.DRAINING]) | Q(name__in=list(listed)))}
     done: dict[str, list[str]] = {"adopted": [], "gone": [], "strays_deleted": []}
     for name, found in listed.items():
         row = rows.get(name)
@@ -73,9 +73,12 @@ def reconcile(pool: AgentPool, backend: PodBackend, *, now: datetime | None = No
             backend.delete(pool, name)
             done["strays_deleted"].append(name)
             continue
-        if found.phase == PodPhase.GONE:
-            backend.delete(pool, name)  # forget what is left of it (a marker, a finished k8s pod)
-            _pod_gone(row.id, message=f"pod {name} vanished from its backend ({pool.backend})")
+        if found.phase == PodPhase.GONE or row.phase == PodPhase.DRAINING:
+            # Forget what is left of it (a marker, a finished k8s pod), or finish a removal
+            # whose delete failed last time.
+            backend.delete(pool, name)
+            why = "removed (its delete is done now)" if row.phase == PodPhase.DRAINING else "vanished from its backend"
+            _pod_gone(row.id, message=f"pod {name} {why} ({pool.backend})")
             done["gone"].append(name)
             continue
         fields = {"last_seen_at": now}

@@ -229,23 +229,26 @@ def test_the_local_backend_starts_lists_and_stops_agent_processes(settings, tmp_
     settings.IAC_AGENT_URL = "http://127.0.0.1:9"  # nobody listens: the agent keeps retrying
     settings.IAC_POD_STOP_GRACE_SECONDS = 5
     monkeypatch.setenv("IAC_AGENT_WORK_ROOT", str(tmp_path / "work"))
-    pool, token = make_pool(backend="local")
-    backend = LocalBackend()
-    created = backend.create(pool, "lb-1", pool_token=token)
-    pid = int(created.backend_id)
-    # The token is in the environment, never on the command line.
-    time.sleep(0.5)
-    cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-    assert token.encode() not in cmdline and b"lb-1" in cmdline
-    assert token.encode() in open(f"/proc/{pid}/environ", "rb").read()
-    assert os.getsid(pid) == pid  # its own session: a worker restart does not take it down
-    assert [(p.name, p.phase) for p in backend.list(pool)] == [("lb-1", "running")]
-    other, _ = make_pool(backend="local")
-    assert backend.list(other) == []
-    backend.delete(pool, "lb-1")
-    assert backend.list(pool) == []
-    time.sleep(0.2)
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
-    backend.delete(pool, "lb-1")  # idempotent
-    backend.create(pool, "lb-2", pool_token=token)
-    assert stop_all(tmp_path, grace=5) == ["lb-2"]
+    try:
+        pool, token = make_pool(backend="local")
+        backend = LocalBackend()
+        created = backend.create(pool, "lb-1", pool_token=token)
+        pid = int(created.backend_id)
+        # The token is in the environment, never on the command line.
+        time.sleep(0.5)
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        assert token.encode() not in cmdline and b"lb-1" in cmdline
+        assert token.encode() in open(f"/proc/{pid}/environ", "rb").read()
+        assert os.getsid(pid) == pid  # its own session: a worker restart does not take it down
+        assert [(p.name, p.phase) for p in backend.list(pool)] == [("lb-1", "running")]
+        other, _ = make_pool(backend="local")
+        assert backend.list(other) == []
+        backend.delete(pool, "lb-1")
+        assert backend.list(pool) == []
+        time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+        backend.delete(pool, "lb-1")  # idempotent
+        backend.create(pool, "lb-2", pool_token=token)
+        assert stop_all(tmp_path, grace=5) == ["lb-2"]
+    finally:
+        stop_all(tmp_path, grace=5)  # nothing left running when an assertion failed

@@ -62,7 +62,7 @@ class Up:
         """The local pool's agents: pods of the local backend, each a marker with its pid
         (the interface bench/faults.py relies on), alive."""
         pids = []
-        for marker in sorted((self.var / "pods").glob("*.json")):
+        for marker in sorted((self.var / "pods").glob("*/*.json")):
             try:
                 pid = json.loads(marker.read_text())["pid"]
             except (OSError, ValueError):

@@ -8,7 +8,7 @@ pods of the `local` backend (agents_app/pods/local.py). supervisord restarts wha
 dies (with back-off) and logs it, on this console and in `<var>/logs/supervisord.log`.
 Ctrl-C (or SIGTERM) stops everything, the local pool's agents, the database and Redis included.
 
-Programs: postgres, redis, web, worker, beat (the agents are pods: `var/pods/<pod>.json` holds
+Programs: postgres, redis, web, worker, beat (the agents are pods: `var/pods/<database>/<pod>.json` holds
 each one's pid, `/api/v1/pools/<id>/pods/` lists them). Control the programs with
 `python -m supervisor.supervisorctl -c <var>/supervisor/supervisord.conf status|stop|start|pid <name>`.
 """
