@@ -209,14 +209,18 @@ def main() -> int:
     finally:
         if sampler is not None:
             sampler.stop_at = sampler.stop_at or time.monotonic()
-        if pool is not None:
-            from agents_app.models import AgentPool
+        try:
+            if pool is not None:
+                from agents_app.models import AgentPool
 
-            AgentPool.objects.filter(id=pool.id).update(backend="static")  # the autoscaler lets go of it
-            backend = LocalBackend()
-            for found in backend.list(pool):
-                backend.delete(pool, found.name)
-        live.stop()
+                AgentPool.objects.filter(id=pool.id).update(backend="static")  # the autoscaler lets go of it
+        finally:
+            # Whatever failed above (the database gone, say): no agent and no server left running.
+            if pool is not None:
+                backend = LocalBackend()
+                for found in backend.list(pool):
+                    backend.delete(pool, found.name)
+            live.stop()
 
 
 if __name__ == "__main__":
