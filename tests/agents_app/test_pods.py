@@ -252,3 +252,17 @@ def test_the_local_backend_starts_lists_and_stops_agent_processes(settings, tmp_
         assert stop_all(tmp_path, grace=5) == ["lb-2"]
     finally:
         stop_all(tmp_path, grace=5)  # nothing left running when an assertion failed
+
+
+def test_make_runs_demo_pool_from_before_pods_gets_its_token_kept_encrypted(settings, tmp_path):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    pool, token = make_pool(name="local", backend="local")
+    AgentPool.objects.filter(id=pool.id).update(token_encrypted=None)  # as stored before this issue
+    (tmp_path / "local-pool-token").write_text(token)
+    call_command("bootstrap_demo", stdout=StringIO())
+    pool.refresh_from_db()
+    assert pool.plain_token() == token  # the same token: its agents' credentials stay valid
