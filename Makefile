@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-dispatch bench-overhead faults lint
+.PHONY: run test bench bench-dispatch bench-overhead bench-autoscale faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -40,6 +40,10 @@ bench-dispatch: $(VENV)/.installed-dev
 
 bench-overhead: $(VENV)/.installed-dev
 	$(PY) -m bench.overhead
+
+# The autoscaler with the local backend: a burst against a pool of min 1 / max 4 (bench/autoscale.py).
+bench-autoscale: $(VENV)/.installed-dev
+	$(PY) -m bench.autoscale
 
 # The fault suite (bench/faults.py): the supervised platform with agents, web, the worker,
 # Redis and PostgreSQL killed mid-run; every count of lost, doubled or stuck work must be 0.

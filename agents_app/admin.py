@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from agents_app.models import Agent, AgentPool, DispatchEvent, FreezeWindow, Slot, new_token
+from agents_app.models import Agent, AgentPool, DispatchEvent, FreezeWindow, Pod, ScalingDecision, Slot, new_token
 from agents_app.services.freeze import moment_text, pool_freeze
 from agents_app.services.freeze_windows import (
     EDITABLE,
@@ -39,6 +39,10 @@ class AgentPoolAdmin(admin.ModelAdmin):
     actions = ["rotate_token"]
     fieldsets = [
         (None, {"fields": ["name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply", "teams"]}),
+        ("Autoscaling (seconds; each within its bounds)", {"fields": [
+            "scale_up_delay_seconds", "scale_down_delay_seconds", "cooldown_seconds", "warmup_expire_seconds",
+            "warmup_max_retries", "pod_start_wait_seconds", "pod_register_deadline_seconds",
+        ]}),
         ("Bounds on every wait (seconds)", {"fields": [
             "plan_timeout_seconds", "plan_kill_grace_seconds", "apply_timeout_seconds", "apply_kill_grace_seconds",
             "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
@@ -56,7 +60,8 @@ class AgentPoolAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: AgentPool, form: forms.ModelForm, change: bool) -> None:
         if not change:
             # Only the hash is stored, so the plain token can be shown this once and never again.
-            token, obj.token_hash = new_token("pool")
+            token, _ = new_token("pool")
+            obj.set_token(token)  # the hash checks agents; the encrypted copy starts pods
             super().save_model(request, obj, form, change)
             self.message_user(
                 request, f"Pool token for {obj.name} (shown once, store it now): {token}", messages.WARNING
@@ -220,3 +225,29 @@ class FreezeWindowAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FreezeWindow]) -> None:
         for window in queryset:
             self.delete_model(request, window)
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # history; pods are removed by the autoscaler
+
+
+@admin.register(Pod)
+class PodAdmin(_ReadOnly):
+    list_display = ["name", "pool", "backend", "phase", "backend_id", "agent", "created_at", "registered_at",
+                    "last_seen_at", "gone_at", "message"]
+    list_filter = ["phase", "pool", "backend"]
+    list_select_related = ["pool", "agent"]
+    search_fields = ["name"]
+
+
+@admin.register(ScalingDecision)
+class ScalingDecisionAdmin(_ReadOnly):
+    list_display = ["created_at", "pool", "action", "pods_before", "desired", "demand", "pods_created",
+                    "pods_deleted", "reason"]
+    list_filter = ["action", "pool"]
+    list_select_related = ["pool"]

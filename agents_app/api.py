@@ -14,13 +14,15 @@ from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agents_app.models import Agent, AgentPool, FreezeWindow
+from agents_app.models import Agent, AgentPool, FreezeWindow, Pod, ScalingDecision
 from agents_app.serializers import (
     AgentSerializer,
     FreezeLiftSerializer,
     FreezeWindowSerializer,
+    PodSerializer,
     PoolCreatedSerializer,
     PoolSerializer,
+    ScalingDecisionSerializer,
 )
 from agents_app.services.agents import pool_create
 from agents_app.services.freeze_windows import (
@@ -192,3 +194,26 @@ class PoolFreezeWindowLift(generics.GenericAPIView):
         window = freeze_window_lift(window_id=window.id, actor=request.user, reason=params.validated_data["reason"])
         _after_commit(window.pool_id)
         return Response(FreezeWindowSerializer(window).data)
+class PoolPodList(generics.ListAPIView):
+    """The pool's pods, live ones first (`?all=1` includes those gone)."""
+
+    serializer_class = PodSerializer
+    permission_classes = [permissions.IsAuthenticated, IsSiteAdmin]
+
+    def get_queryset(self) -> QuerySet[Pod]:
+        pool = get_object_or_404(AgentPool, id=self.kwargs["pk"])
+        pods = Pod.objects.filter(pool=pool).select_related("agent").order_by("-id")
+        if self.request.query_params.get("all") not in ("1", "true"):
+            pods = pods.exclude(phase="gone")
+        return pods
+
+
+class PoolScalingDecisionList(generics.ListAPIView):
+    """The autoscaler's decisions for the pool, newest first, each with its inputs and reason."""
+
+    serializer_class = ScalingDecisionSerializer
+    permission_classes = [permissions.IsAuthenticated, IsSiteAdmin]
+
+    def get_queryset(self) -> QuerySet[ScalingDecision]:
+        pool = get_object_or_404(AgentPool, id=self.kwargs["pk"])
+        return ScalingDecision.objects.filter(pool=pool).order_by("-id")

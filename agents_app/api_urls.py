@@ -15,4 +15,6 @@ urlpatterns = [
          name="api-pool-freeze-window-detail"),
     path("pools/<int:pk>/freeze-windows/<int:window_id>/lift/", api.PoolFreezeWindowLift.as_view(),
          name="api-pool-freeze-window-lift"),
+    path("pools/<int:pk>/pods/", api.PoolPodList.as_view(), name="api-pool-pods"),
+    path("pools/<int:pk>/scaling-decisions/", api.PoolScalingDecisionList.as_view(), name="api-pool-scaling-decisions"),
 ]

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from agents_app.protocol import AgentStatus, SlotState, choices
+from agents_app.protocol import AgentStatus, PodPhase, SlotState, choices
+from iacplatform import crypto
 
 
 def hash_token(token: str) -> str:
@@ -47,6 +50,79 @@ def default_apply_kill_grace() -> int:
     return settings.IAC_APPLY_KILL_GRACE_SECONDS
 
 
+def default_scale_up_delay() -> int:
+    return settings.IAC_SCALE_UP_DELAY_SECONDS
+
+
+def default_scale_down_delay() -> int:
+    return settings.IAC_SCALE_DOWN_DELAY_SECONDS
+
+
+def default_cooldown() -> int:
+    return settings.IAC_SCALE_COOLDOWN_SECONDS
+
+
+def default_warmup_expire() -> int:
+    return int(settings.IAC_WARMUP_EXPIRE_SECONDS)
+
+
+def default_warmup_max_retries() -> int:
+    return settings.IAC_WARMUP_MAX_RETRIES
+
+
+def default_pod_start_wait() -> int:
+    return settings.IAC_POD_START_WAIT_SECONDS
+
+
+def default_pod_register_deadline() -> int:
+    return settings.IAC_POD_REGISTER_DEADLINE_SECONDS
+
+
+# Every pool setting has bounds: (lowest, highest). The same numbers are the fields'
+# validators (so the admin's form and the API's serializer check them), the agent's
+# registration (`slots`, see agents.agent_register) and the IAC_* defaults in settings.py.
+# Without them the API accepted slots_per_pod 214813330, after which the pool's agent was
+# refused at registration and `manage.py up` could not start.
+DAY = 24 * 3600
+POOL_LIMITS: dict[str, tuple[int, int]] = {
+    "min_replicas": (0, 100),
+    "max_replicas": (1, 100),
+    "slots_per_pod": (1, 16),
+    "scale_up_delay_seconds": (0, DAY),
+    "scale_down_delay_seconds": (1, 7 * DAY),
+    "cooldown_seconds": (0, 7 * DAY),
+    "warmup_expire_seconds": (1, 7 * DAY),
+    "warmup_max_retries": (1, 10),
+    "pod_start_wait_seconds": (1, DAY),
+    "pod_register_deadline_seconds": (1, DAY),
+}
+
+
+def _limits(field: str, unit: str = "") -> list:
+    low, high = POOL_LIMITS[field]
+    words = f"must be between {low} and {high}{unit}"
+    return [MinValueValidator(low, words), MaxValueValidator(high, words)]
+
+
+def pool_settings_problems(values: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with a pool's settings taken together, {field: message} (empty: fine).
+    The one check the API, the admin and the model share; each field's own range is its
+    validators'."""
+    problems: dict[str, str] = {}
+    low, high = values.get("min_replicas"), values.get("max_replicas")
+    if low is not None and high is not None and low > high:
+        problems["max_replicas"] = f"min_replicas ({low}) must not exceed max_replicas ({high})"
+    expire, down = values.get("warmup_expire_seconds"), values.get("scale_down_delay_seconds")
+    if expire is not None and down is not None and expire <= down:
+        # The design note's constraint: a warm dir must outlive the scale-down delay, or the
+        # autoscaler would be free to remove the pod of a reservation that is still valid.
+        problems["warmup_expire_seconds"] = (
+            f"the warmup expiry ({expire}s) must be longer than the scale-down delay ({down}s): otherwise pods "
+            f"holding warm dirs that are still valid could be scaled away"
+        )
+    return problems
+
+
 _AT_LEAST_ONE = [MinValueValidator(1, "must be a positive number of seconds (at least 1)")]
 _ZERO_OR_MORE = [MinValueValidator(0, "must be 0 (off) or a positive number of seconds")]
 
@@ -61,9 +137,48 @@ class AgentPool(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     token_hash = models.CharField(max_length=64, db_index=True)
     backend = models.CharField(max_length=20, choices=PoolBackend.choices, default=PoolBackend.LOCAL)
-    min_replicas = models.PositiveIntegerField(default=1)
-    max_replicas = models.PositiveIntegerField(default=10)
-    slots_per_pod = models.PositiveIntegerField(default=3)
+    min_replicas = models.PositiveIntegerField(default=1, validators=_limits("min_replicas"))
+    max_replicas = models.PositiveIntegerField(default=10, validators=_limits("max_replicas"))
+    slots_per_pod = models.PositiveIntegerField(default=3, validators=_limits("slots_per_pod"))
+    # The autoscaler (agents_app/services/autoscaler.py); defaults from the IAC_* settings.
+    scale_up_delay_seconds = models.PositiveIntegerField(
+        default=default_scale_up_delay, validators=_limits("scale_up_delay_seconds", "s"),
+        help_text="demand from warm reservations alone adds pods only after this long (queued plans and "
+                  "applies add pods at once)",
+    )
+    scale_down_delay_seconds = models.PositiveIntegerField(
+        default=default_scale_down_delay, validators=_limits("scale_down_delay_seconds", "s"),
+        help_text="pods are removed only after demand stayed lower this long, and no job of the pool ran within it",
+    )
+    cooldown_seconds = models.PositiveIntegerField(
+        default=default_cooldown, validators=_limits("cooldown_seconds", "s"),
+        help_text="no scale-down within this long of the last scaling action",
+    )
+    warmup_expire_seconds = models.PositiveIntegerField(
+        default=default_warmup_expire, validators=_limits("warmup_expire_seconds", "s"),
+        help_text="a warm dir not confirmed within this long expires (must be longer than the scale-down delay)",
+    )
+    warmup_max_retries = models.PositiveIntegerField(
+        default=default_warmup_max_retries, validators=_limits("warmup_max_retries"),
+        help_text="failed warmups of a run before it is no longer warmed up (nor counted as demand)",
+    )
+    pod_start_wait_seconds = models.PositiveIntegerField(
+        default=default_pod_start_wait, validators=_limits("pod_start_wait_seconds", "s"),
+        help_text="a queued plan waits this long for a new pod before the oldest reservation is released",
+    )
+    pod_register_deadline_seconds = models.PositiveIntegerField(
+        default=default_pod_register_deadline, validators=_limits("pod_register_deadline_seconds", "s"),
+        help_text="a pod whose agent has not registered within this long is replaced",
+    )
+    # The plain pool token, encrypted (iacplatform.crypto, like sensitive variables): the
+    # autoscaler needs it to start pods (an agent's environment, a Kubernetes Secret). Set
+    # by pool_create / pool_rotate_token; a pool from before has none until its token is
+    # rotated (its scaling decisions say so).
+    token_encrypted = models.BinaryField(null=True, blank=True, editable=False)
+    # The autoscaler's memory between ticks (not a status: what it waits for, since when).
+    scale_down_wanted_since = models.DateTimeField(null=True, blank=True, editable=False)
+    warm_up_wanted_since = models.DateTimeField(null=True, blank=True, editable=False)
+    last_scaled_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Off = every apply takes the cold path (no kept dirs, no warmups). Used as the baseline.
     warm_apply = models.BooleanField(default=True)
     # The teams whose workspaces may run on this pool (a site admin's setting).
@@ -98,6 +213,19 @@ class AgentPool(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        problems = pool_settings_problems({f: getattr(self, f) for f in POOL_LIMITS})
+        if problems:
+            raise ValidationError(problems)
+
+    def set_token(self, token: str) -> None:
+        self.token_hash = hash_token(token)
+        self.token_encrypted = crypto.encrypt(token.encode())
+
+    def plain_token(self) -> str:
+        """The pool token, or "" when only its hash is known (a pool from before)."""
+        return crypto.decrypt(bytes(self.token_encrypted)).decode() if self.token_encrypted else ""
 
 
 class Agent(models.Model):
@@ -284,3 +412,49 @@ def _time_zones() -> set[str]:
 
         _TZ_CACHE.update(zoneinfo.available_timezones())
     return _TZ_CACHE
+class Pod(models.Model):
+    """One agent process (local) or Kubernetes pod (kubernetes) the platform manages for a
+    pool; each runs one agent, named like the pod, with the pool's slots_per_pod slots.
+    `phase` is changed only by agents_app.services.pods.pod_transition."""
+
+    pool = models.ForeignKey(AgentPool, on_delete=models.CASCADE, related_name="pods")
+    # <pool>-<random suffix>: unique, and two pods created in the same second never clash.
+    name = models.CharField(max_length=63, unique=True)
+    backend = models.CharField(max_length=20, choices=PoolBackend.choices)
+    backend_id = models.CharField(max_length=100, blank=True)  # pid (local), pod uid (kubernetes)
+    phase = models.CharField(max_length=20, choices=choices(PodPhase), default=PodPhase.PENDING)
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="pods")
+    created_at = models.DateTimeField(auto_now_add=True)
+    registered_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)  # last listed by its backend
+    gone_at = models.DateTimeField(null=True, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["pool", "phase"], name="pod_pool_phase")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.phase})"
+
+
+class ScalingDecision(models.Model):
+    """One autoscaler decision for a pool: what it saw, what it chose, and why."""
+
+    pool = models.ForeignKey(AgentPool, on_delete=models.CASCADE, related_name="scaling_decisions")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    action = models.CharField(max_length=20)  # up | down | none | replace | error
+    pods_before = models.PositiveIntegerField()
+    desired = models.PositiveIntegerField()
+    demand = models.PositiveIntegerField()
+    # {running, queued, reserved, frozen, idle_pods, last_activity_at, ...}: the inputs as seen.
+    inputs = models.JSONField(default=dict)
+    pods_created = models.JSONField(default=list)
+    pods_deleted = models.JSONField(default=list)
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.pool}: {self.action} ({self.reason})"

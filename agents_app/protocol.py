@@ -49,6 +49,13 @@ class SlotState(enum.StrEnum):
     RESERVED = "reserved"  # holds a warm dir for a run awaiting Confirm
 
 
+class PodPhase(enum.StrEnum):
+    PENDING = "pending"  # created by its backend; its agent has not registered yet
+    RUNNING = "running"  # its agent registered
+    DRAINING = "draining"  # chosen for removal (all slots idle, agent taken offline); being deleted
+    GONE = "gone"  # deleted, or vanished from its backend
+
+
 class WarmupStatus(enum.StrEnum):
     NONE = "none"
     WARMING = "warming"

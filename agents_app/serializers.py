@@ -6,7 +6,16 @@ from typing import Any
 
 from rest_framework import serializers
 
-from agents_app.models import Agent, AgentPool, FreezeWindow, Slot
+from agents_app.models import (
+    POOL_LIMITS,
+    Agent,
+    AgentPool,
+    FreezeWindow,
+    Pod,
+    ScalingDecision,
+    Slot,
+    pool_settings_problems,
+)
 from tasks_app.serializers import StrictModelSerializer
 
 # The pool's bounds on every wait, in seconds (defaults: the IAC_*_SECONDS settings).
@@ -16,6 +25,20 @@ BOUND_FIELDS = [
 ]
 
 
+# The autoscaler's settings: each within POOL_LIMITS (the model's validators, the admin's form
+# and agent registration use the same numbers).
+SCALING_FIELDS = [
+    "scale_up_delay_seconds", "scale_down_delay_seconds", "cooldown_seconds", "warmup_expire_seconds",
+    "warmup_max_retries", "pod_start_wait_seconds", "pod_register_deadline_seconds",
+]
+
+
+def _limit_messages(field: str) -> dict[str, Any]:
+    low, high = POOL_LIMITS[field]
+    words = f"must be between {low} and {high}"
+    return {"error_messages": {"min_value": words, "max_value": words}}
+
+
 class PoolSerializer(StrictModelSerializer):
     frozen_until = serializers.SerializerMethodField(
         help_text="the end of the pool's current freeze (its freeze windows, merged); null: not frozen")
@@ -23,11 +46,11 @@ class PoolSerializer(StrictModelSerializer):
     class Meta:
         model = AgentPool
         fields = ["id", "name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply",
-                  *BOUND_FIELDS, "frozen_until", "created_at"]
+                  *SCALING_FIELDS, *BOUND_FIELDS, "frozen_until", "created_at"]
         read_only_fields = ["id", "created_at"]
         # A pod with no slot could never run anything, yet it would count towards max_replicas.
         extra_kwargs = {
-            "slots_per_pod": {"min_value": 1},
+            **{name: _limit_messages(name) for name in POOL_LIMITS},
             # DRF turns the model's MinValueValidator into min_value; its words are ours.
             **{name: {"error_messages": {"min_value": "must be a positive number of seconds (at least 1)"}}
                for name in BOUND_FIELDS},
@@ -43,12 +66,16 @@ class PoolSerializer(StrictModelSerializer):
         return serializers.DateTimeField().to_representation(until) if until else None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        instance: AgentPool | None = self.instance
-        low = attrs.get("min_replicas", instance.min_replicas if instance else 1)
-        high = attrs.get("max_replicas", instance.max_replicas if instance else 10)
-        if low > high:
-            field = "max_replicas" if "max_replicas" in attrs else "min_replicas"
-            raise serializers.ValidationError({field: f"min_replicas ({low}) must not exceed max_replicas ({high})"})
+        instance: AgentPool = self.instance or AgentPool()  # a new pool: the defaults
+        values = {name: attrs.get(name, getattr(instance, name)) for name in POOL_LIMITS}
+        problems = pool_settings_problems(values)
+        # Name the field the request changed (a PATCH of min_replicas alone is about min_replicas).
+        partners = {"max_replicas": "min_replicas", "warmup_expire_seconds": "scale_down_delay_seconds"}
+        problems = {
+            (partners[k] if k not in attrs and partners.get(k) in attrs else k): v for k, v in problems.items()
+        }
+        if problems:
+            raise serializers.ValidationError(problems)
         return attrs
 
 
@@ -103,3 +130,19 @@ class FreezeWindowSerializer(StrictModelSerializer):
 
 class FreezeLiftSerializer(serializers.Serializer):
     reason = serializers.CharField(help_text="why the window is lifted early (audited)")
+class PodSerializer(serializers.ModelSerializer):
+    agent = serializers.CharField(source="agent.name", default=None, read_only=True)
+
+    class Meta:
+        model = Pod
+        fields = ["id", "name", "backend", "backend_id", "phase", "agent", "created_at", "registered_at",
+                  "last_seen_at", "gone_at", "message"]
+        read_only_fields = fields
+
+
+class ScalingDecisionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ScalingDecision
+        fields = ["id", "created_at", "action", "pods_before", "desired", "demand", "inputs", "pods_created",
+                  "pods_deleted", "reason"]
+        read_only_fields = fields

@@ -1,4 +1,4 @@
-"""Transition tables of the dispatch core: jobs, slots and warmups. Pure: tested without a
+"""Transition tables of the dispatch core: jobs, slots, warmups and pods. Pure: tested without a
 database, like the run's table in tasks_app/states.py. Each table has exactly one service
 function that applies it (see tasks_app/services/jobs.py, agents_app/services/slots.py and
 tasks_app/services/warmups.py)."""
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from agents_app.protocol import JobStatus, SlotState, WarmupStatus
+from agents_app.protocol import JobStatus, PodPhase, SlotState, WarmupStatus
 
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -82,5 +82,20 @@ WARMUP = Machine(
         W.EXPIRED: frozenset({W.WARMING, W.NONE}),
         # failed is final: no loop of agents warming a broken run; Confirm goes cold.
         W.FAILED: frozenset(),
+    },
+)
+
+P = PodPhase
+POD = Machine(
+    "pod",
+    PodPhase,
+    {
+        # pending -> gone: never registered within the pool's deadline (replaced), or vanished.
+        P.PENDING: frozenset({P.RUNNING, P.DRAINING, P.GONE}),
+        # running -> pending never: a restarted agent re-registers and the pod stays running.
+        P.RUNNING: frozenset({P.DRAINING, P.GONE}),
+        P.DRAINING: frozenset({P.GONE}),
+        # gone is final: a pod name is never reused (names carry a random suffix).
+        P.GONE: frozenset(),
     },
 )

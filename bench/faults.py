@@ -60,6 +60,7 @@ TIMINGS = {
     "IAC_AGENT_HEARTBEAT_SECONDS": "1",
     "IAC_AGENT_OFFLINE_AFTER_SECONDS": "5",
     "IAC_SWEEP_INTERVAL_SECONDS": "1",
+    "IAC_AUTOSCALE_INTERVAL_SECONDS": "1",  # a killed agent's pod is replaced within seconds
     "IAC_TARGET_CLAIM_TIMEOUT_SECONDS": "2",
     "IAC_CLAIM_LONGPOLL_SECONDS": "10",
     "IAC_PLAN_TIMEOUT_SECONDS": "90",
@@ -126,7 +127,8 @@ _PHASE = re.compile(r"^(\S+) (start|end) (\S+) \S+ (\S+)$")
 
 
 class Platform:
-    """`manage.py up` on a var dir of its own, driven through its API and supervisorctl."""
+    """`manage.py up` on a var dir of its own, driven through its API and supervisorctl; its
+    agents are pods of the local backend, found through their Pod rows."""
 
     def __init__(self, var: Path) -> None:
         self.var = var
@@ -213,7 +215,12 @@ class Platform:
         except subprocess.TimeoutExpired:
             os.killpg(self.up.pid, signal.SIGKILL)
         out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        return [line.strip() for line in out.splitlines() if str(self.var) in line and "ps -eo" not in line]
+        left = [line.strip() for line in out.splitlines() if str(self.var) in line and "ps -eo" not in line]
+        # The local backend's agents (detached, their args do not name the var dir): by marker.
+        from agents_app.pods.local import running_agents
+
+        left += [f"{pid} agent {name}" for name, pid in running_agents(self.var)]
+        return left
 
     # supervisor
     def ctl(self, *args: str, check: bool = True) -> str:
@@ -233,9 +240,17 @@ class Platform:
         os.kill(pid, signal.SIGKILL)
         return pid
 
-    @staticmethod
-    def program_of(agent_name: str) -> str:
-        return "agent-" + agent_name.rsplit("-", 1)[-1]  # local-1 -> agent-1
+    # agents: pods of the local backend, started by the autoscaler (not supervisord programs)
+    def sigkill_agent(self, agent_name: str) -> str:
+        """SIGKILL the agent process named `agent_name` (a machine dying), found through its
+        Pod: the local backend's backend id is the agent's pid. The reconciler then marks the
+        pod gone and the autoscaler starts another. Returns what was killed, for the notes."""
+        from agents_app.models import Pod
+
+        pod = wait_for(lambda: Pod.objects.filter(name=agent_name).exclude(backend_id="").first(), 30,
+                       f"the pod of agent {agent_name}")
+        os.kill(int(pod.backend_id), signal.SIGKILL)
+        return f"agent {agent_name} (pid {pod.backend_id})"
 
     # what terraform did
     def phases_of(self, task_id: int) -> list[Phase]:
@@ -388,7 +403,7 @@ class Case:
 
 
 def agent_of_phase(p: Platform, case: Case, run_id: int, edge: str, phase: str) -> str:
-    return p.program_of(p.wait_phase(run_id, edge, phase).agent)
+    return p.wait_phase(run_id, edge, phase).agent
 
 
 def kill_agent_at(edge: str, phase: str, delay: float = 0.3) -> Callable[[Platform, Case], None]:
@@ -397,10 +412,10 @@ def kill_agent_at(edge: str, phase: str, delay: float = 0.3) -> Callable[[Platfo
 
     def scenario(p: Platform, case: Case) -> None:
         run_id = case.queue({"applied"})
-        program = agent_of_phase(p, case, run_id, edge, phase)
+        agent = agent_of_phase(p, case, run_id, edge, phase)
         time.sleep(delay)
-        p.sigkill(program)
-        case.outcome.notes.append(f"killed {program} at {phase} {edge}")
+        killed = p.sigkill_agent(agent)
+        case.outcome.notes.append(f"killed {killed} at {phase} {edge}")
 
     return scenario
 
@@ -411,9 +426,8 @@ def kill_agent_apply_pending(p: Platform, case: Case) -> None:
     run = case.wait(run_id, {"apply_pending"}, warmup_status="ready")
     if run is None or run["status"] != "apply_pending":
         return
-    program = p.program_of(run["warmup_agent"])
-    p.sigkill(program)
-    case.outcome.notes.append(f"killed {program}, which held the warm dir")
+    killed = p.sigkill_agent(run["warmup_agent"])
+    case.outcome.notes.append(f"killed {killed}, which held the warm dir")
     time.sleep(1)
     case.confirm(run_id)
 
@@ -424,10 +438,10 @@ def kill_agent_apply(p: Platform, case: Case) -> None:
     run_id = case.queue({"errored"})
     case.wait(run_id, {"apply_pending"})
     case.confirm(run_id)
-    program = agent_of_phase(p, case, run_id, "start", "apply")
+    agent = agent_of_phase(p, case, run_id, "start", "apply")
     time.sleep(1)
-    p.sigkill(program)
-    case.outcome.notes.append(f"killed {program} during apply")
+    killed = p.sigkill_agent(agent)
+    case.outcome.notes.append(f"killed {killed} during apply")
 
 
 def kill_web_apply(p: Platform, case: Case) -> None:

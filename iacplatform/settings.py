@@ -75,6 +75,18 @@ try:
     IAC_AGENT_OFFLINE_AFTER_SECONDS = env.float("IAC_AGENT_OFFLINE_AFTER_SECONDS", 120.0, validate=POSITIVE)
     IAC_WARMUP_EXPIRE_SECONDS = env.float("IAC_WARMUP_EXPIRE_SECONDS", 1800.0, validate=POSITIVE)
     IAC_WARMUP_MAX_RETRIES = env.int("IAC_WARMUP_MAX_RETRIES", 3, validate=Range(min=1))
+    # The autoscaler (agents_app/services/autoscaler.py): defaults of a new pool's settings,
+    # each editable per pool afterwards, within the bounds of agents_app.models.POOL_LIMITS.
+    IAC_SCALE_UP_DELAY_SECONDS = env.int("IAC_SCALE_UP_DELAY_SECONDS", 30, validate=Range(min=0, max=86400))
+    IAC_SCALE_DOWN_DELAY_SECONDS = env.int("IAC_SCALE_DOWN_DELAY_SECONDS", 900, validate=Range(min=1, max=7 * 86400))
+    IAC_SCALE_COOLDOWN_SECONDS = env.int("IAC_SCALE_COOLDOWN_SECONDS", 900, validate=Range(min=0, max=7 * 86400))
+    IAC_POD_START_WAIT_SECONDS = env.int("IAC_POD_START_WAIT_SECONDS", 60, validate=Range(min=1, max=86400))
+    IAC_POD_REGISTER_DEADLINE_SECONDS = env.int("IAC_POD_REGISTER_DEADLINE_SECONDS", 180,
+                                                validate=Range(min=1, max=86400))
+    # How often the autoscaler looks at every pool (a Celery beat task).
+    IAC_AUTOSCALE_INTERVAL_SECONDS = env.float("IAC_AUTOSCALE_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
+    # The local backend: SIGTERM to an agent's process group, SIGKILL after this long.
+    IAC_POD_STOP_GRACE_SECONDS = env.float("IAC_POD_STOP_GRACE_SECONDS", 10.0, validate=POSITIVE)
     # Confirm while a warmup runs: the apply waits this long for it, then goes cold.
     IAC_WARMUP_WAIT_SECONDS = env.float("IAC_WARMUP_WAIT_SECONDS", 120.0, validate=POSITIVE)
     # How long a Confirm waits for the reserving agent before any agent takes the cold path.
@@ -307,6 +319,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "tasks_app.tasks.sweep", "schedule": IAC_SWEEP_INTERVAL_SECONDS},
+    "autoscale": {"task": "tasks_app.tasks.autoscale", "schedule": IAC_AUTOSCALE_INTERVAL_SECONDS},
 }
 
 # IAC_LOG_FORMAT: `text` (the message alone, as always) or `json` (one object per line with

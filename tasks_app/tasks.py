@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from agents_app.services import autoscaler
 from tasks_app.services import control
 
 
@@ -12,3 +13,10 @@ def sweep() -> dict:
     """The control loop tick (see control.SWEEP_STEPS): liveness, leases, warmup expiry,
     warmups, room in full pools, the queue safety net, wake-ups. Steps are independent."""
     return control.sweep()
+
+
+@shared_task
+def autoscale() -> dict:
+    """The autoscaler tick (agents_app.services.autoscaler): reconcile pods, replace pods that
+    never registered, scale each managed pool, record every decision."""
+    return autoscaler.autoscale()

@@ -9,6 +9,7 @@ run at once in one checkout, with different IAC_TEST_DB_NAME) stops them, so `ma
 leaves no server running. A `manage.py up` on the same var dir holds the lock too."""
 
 import os
+import tempfile
 from pathlib import Path
 
 TEST_ENV = {
@@ -17,9 +18,14 @@ TEST_ENV = {
     "IAC_SWEEP_INTERVAL_SECONDS": "1",
     "IAC_TARGET_CLAIM_TIMEOUT_SECONDS": "2",
     "IAC_CLAIM_LONGPOLL_SECONDS": "10",
+    "IAC_AUTOSCALE_INTERVAL_SECONDS": "1",
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)
+
+# Agents the live worker's local backend starts (tests/e2e/test_autoscale.py) keep their work
+# roots here, not under the user's ~/.local/state.
+os.environ.setdefault("IAC_AGENT_WORK_ROOT", os.path.join(tempfile.gettempdir(), "iac-test-pods"))
 
 # The web processes' fallback sweep (tasks_app/sweep_fallback.py) never runs in the test
 # process itself, which imports iacplatform.asgi; the servers it starts turn it back on

@@ -40,7 +40,10 @@ output "greeting" {
 
 
 def make_pool(**fields) -> tuple[AgentPool, str]:
+    """A pool; `static` unless told: the tests start their agents by hand (self-hosted), and
+    the live worker's autoscaler must not add pods of its own to their pools."""
     fields.setdefault("name", f"pool-{next(_seq)}")
+    fields.setdefault("backend", "static")
     return pool_create(**fields)
 
 

@@ -211,6 +211,10 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/api/v1/pools/{w.pool.id}/freeze-windows/{_window(w).id}/lift/",
              _expect(409, 403, 403, 403), body=lambda w, u: {"reason": "test"}),
     ],
+    "api-pool-pods": [Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/pods/", _expect(200, 403, 403, 403))],
+    "api-pool-scaling-decisions": [
+        Case("GET", lambda w, u: f"/api/v1/pools/{w.pool.id}/scaling-decisions/", _expect(200, 403, 403, 403)),
+    ],
     "schema": [Case("GET", lambda w, u: "/api/schema/", _expect(200, 200, 200, 200))],
     "api-docs": [Case("GET", lambda w, u: "/api/docs/", _expect(200, 200, 200, 200))],
     # --- pages (a browser session) -------------------------------------------------------------

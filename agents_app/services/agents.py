@@ -9,24 +9,34 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from agents_app import events
-from agents_app.models import Agent, AgentPool, DispatchEvent, Slot, hash_token, new_token
-from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, Registration
+from agents_app.models import POOL_LIMITS, Agent, AgentPool, DispatchEvent, Pod, Slot, hash_token, new_token
+from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registration
 from iacplatform.errors import Conflict, Gone, Invalid
 
 
 def pool_create(*, name: str, **fields: Any) -> tuple[AgentPool, str]:
-    token, token_hash = new_token("pool")
-    pool = AgentPool.objects.create(name=name, token_hash=token_hash, **fields)
+    """A new pool and its token. The token is kept as a hash (to check agents) and
+    encrypted (the autoscaler gives it to the pods it starts)."""
+    token, _ = new_token("pool")
+    pool = AgentPool(name=name, **fields)
+    pool.set_token(token)
+    try:
+        pool.full_clean(exclude=["token_hash", "teams"])
+    except ValidationError as exc:
+        raise Invalid(fields={k: list(v) for k, v in exc.message_dict.items()}) from exc
+    pool.save()
     return pool, token
 
 
 def pool_rotate_token(*, pool: AgentPool) -> str:
-    token, pool.token_hash = new_token("pool")
-    pool.save(update_fields=["token_hash"])
+    token, _ = new_token("pool")
+    pool.set_token(token)
+    pool.save(update_fields=["token_hash", "token_encrypted"])
     return token
 
 
@@ -81,6 +91,16 @@ def agent_register(*, pool: AgentPool, registration: Registration) -> Registered
             f"{PROTOCOL_VERSION}: run the agent of the same release as the server"
         )
     slot_count = reg.slots or pool.slots_per_pod
+    low, high = POOL_LIMITS["slots_per_pod"]
+    if not low <= slot_count <= high:
+        # The protocol refuses such a `slots`; a pool's own slots_per_pod is bounded by the
+        # same limits in the API and the admin, so this only catches a row edited by hand.
+        raise Invalid(f"slots must be between {low} and {high} (pool '{pool.name}' has slots_per_pod {slot_count})")
+    draining = Pod.objects.filter(pool=pool, name=reg.name, phase__in=[PodPhase.DRAINING, PodPhase.GONE]).first()
+    if draining is not None:
+        # The autoscaler chose this pod for removal (its slots were idle and its agent was
+        # taken offline): it must not come back and claim work it would be killed during.
+        raise Conflict(f"pod {reg.name} of pool '{pool.name}' is {draining.phase}: it is being removed")
     now = timezone.now()
     with transaction.atomic():
         if reg.credential:

@@ -45,6 +45,7 @@ from agents_app.services.agents import (
     pool_rotate_token,
 )
 from agents_app.services.freeze import Freeze, moment_text, pool_freeze
+from agents_app.services.pods import pod_agent_registered
 from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import PlatformError
@@ -121,6 +122,7 @@ def agent_join(*, pool: AgentPool, registration: Registration) -> RegistrationRe
     """An agent process registers (or registers again after a restart, with its credential)."""
     registered = agent_register(pool=pool, registration=registration)
     agent = registered.agent
+    pod_agent_registered(agent)  # an agent of a managed pod: the pod is running
     reported = {d.task for d in registration.warm_dirs}
     release: list[int] = sorted(reported)
     if registered.resumed:

@@ -13,13 +13,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
-from agents_app.models import Agent, AgentPool, DispatchEvent, Slot
-from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, SlotState, WarmupStatus
+from agents_app.models import Agent, AgentPool, DispatchEvent, Pod, Slot
+from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, PodPhase, SlotState, WarmupStatus
 from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_reserved_for, slot_transition
 from agents_app.states import WARMUP
@@ -46,7 +45,7 @@ def warmup_transition(
     fields = ["warmup_status", "warmup_message", "warmup_at", "warmup_expires_at", "warmup_retry_count"]
     if to == W.READY:
         task.warmup_at = now
-        task.warmup_expires_at = now + timedelta(seconds=settings.IAC_WARMUP_EXPIRE_SECONDS)
+        task.warmup_expires_at = now + timedelta(seconds=task.workspace.pool.warmup_expire_seconds)
         task.warmup_retry_count = 0
     elif to == W.WARMING:
         task.warmup_at = now
@@ -89,7 +88,7 @@ def warmup_failed(task: Task, message: str) -> bool:
     """Count a failed warmup attempt; returns whether another attempt is allowed. At the
     limit the warmup is `failed` for good: no loop of agents warming a broken run."""
     count = task.warmup_retry_count + 1
-    failed = count >= settings.IAC_WARMUP_MAX_RETRIES
+    failed = count >= task.workspace.pool.warmup_max_retries
     if task.warmup_status == W.READY:
         warmup_release(task, message=message)
     warmup_transition(
@@ -208,7 +207,7 @@ def warmups_ensure(*, pool_id: int) -> list[int]:
                 workspace__pool_id=pool_id,
                 status=RunStatus.APPLY_PENDING,
                 warmup_status__in=[W.NONE, W.EXPIRED],
-                warmup_retry_count__lt=settings.IAC_WARMUP_MAX_RETRIES,
+                warmup_retry_count__lt=pool.warmup_max_retries,
             )
             .exclude(jobs__kind=JobKind.WARMUP, jobs__status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
             .order_by("id")
@@ -290,18 +289,26 @@ def pool_make_room(*, pool_id: int) -> list[int]:
     """A full pool never stalls: while plans or applies wait and no online agent of the pool
     has an idle slot, release the oldest reservations, one per waiting job. Those runs are
     warmed up again later (warmups are claimed only when nobody else waits for a slot) or
-    go cold at Confirm. Returns the released run ids. (The pools issue scales up first.)"""
+    go cold at Confirm. Returns the released run ids. An autoscaled pool below its max
+    scales up first: a job waits for a new pod at most the pool's pod_start_wait."""
     released: list[int] = []
     if pool_freeze(pool_id).frozen:
         return released  # nothing waiting can start; the freeze released the reservations
     with transaction.atomic():
         pool = AgentPool.objects.get(id=pool_id)
-        waiting = (
+        now = timezone.now()
+        queued = (
             Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED)
             .exclude(kind=JobKind.WARMUP)
-            .exclude(hold_until__gt=timezone.now())
-            .count()
+            .exclude(hold_until__gt=now)
         )
+        # An autoscaled pool below its max gets a new pod for queued work (the autoscaler
+        # scales up at once): a job waits for it at most pod_start_wait before a reservation
+        # is released for it. At max (or a static pool) nothing more is coming: at once.
+        live = Pod.objects.filter(pool_id=pool_id, phase__in=[PodPhase.PENDING, PodPhase.RUNNING]).count()
+        if pool.backend != "static" and 0 < live < pool.max_replicas:
+            queued = queued.filter(created_at__lte=now - timedelta(seconds=pool.pod_start_wait_seconds))
+        waiting = queued.count()
         counts = pool_slot_counts(pool_id)
         need = waiting - counts.idle
         if need <= 0 or counts.reserved == 0:

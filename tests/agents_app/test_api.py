@@ -57,11 +57,17 @@ def test_it_applies_the_model_defaults_to_a_new_pool(api):
 def test_it_gives_a_new_pool_the_bounds_of_the_settings(api, settings):
     settings.IAC_PLAN_TIMEOUT_SECONDS = 900
     settings.IAC_APPLY_PENDING_TIMEOUT_SECONDS = 86400
+    settings.IAC_SCALE_DOWN_DELAY_SECONDS = 600
     created = api.post("/api/v1/pools/", {"name": "bounded"}, format="json").json()
     assert {k: v for k, v in created.items() if k.endswith("_seconds")} == {
         "plan_timeout_seconds": 900, "apply_timeout_seconds": 7200, "no_agent_timeout_seconds": 1800,
         "apply_pending_timeout_seconds": 86400, "plan_kill_grace_seconds": 30, "apply_kill_grace_seconds": 900,
+        # the autoscaler's (the design note's defaults)
+        "scale_up_delay_seconds": 30, "scale_down_delay_seconds": 600, "cooldown_seconds": 900,
+        "warmup_expire_seconds": 1800, "pod_start_wait_seconds": 60, "pod_register_deadline_seconds": 180,
     }
+    assert (created["min_replicas"], created["max_replicas"], created["slots_per_pod"],
+            created["warmup_max_retries"]) == (1, 10, 3, 3)
     chosen = api.post("/api/v1/pools/", {"name": "chosen", "plan_timeout_seconds": 60}, format="json").json()
     assert chosen["plan_timeout_seconds"] == 60
 

@@ -5,6 +5,7 @@ down, and leaves nothing running after Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -57,6 +58,19 @@ class Up:
     def running(self, name: str) -> bool:
         return "RUNNING" in self.ctl("status", name)
 
+    def agent_pids(self) -> list[int]:
+        """The local pool's agents: pods of the local backend, each a marker with its pid
+        (the interface bench/faults.py relies on), alive."""
+        pids = []
+        for marker in sorted((self.var / "pods").glob("*/*.json")):
+            try:
+                pid = json.loads(marker.read_text())["pid"]
+            except (OSError, ValueError):
+                continue
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                pids.append(pid)
+        return pids
+
 
 def _processes_of(var: Path) -> list[psutil.Process]:
     """Every process started for this var dir: its path on the command line (postgres -D,
@@ -101,7 +115,7 @@ def up() -> Iterator[Up]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         embedded.stop_servers(var)
-        for leftover in _processes_of(var):
+        for leftover in _processes_of(var) + [psutil.Process(p) for p in handle.agent_pids()]:
             leftover.kill()
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copy(output, LOG_DIR / "up-supervised.out")
@@ -122,8 +136,12 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
     token = re.search(r"API token:\s+(\S+)", text).group(1)
     workspace = int(re.search(r"/workspaces/(\d+)/", text).group(1))
     assert up.conf.stat().st_mode & 0o077 == 0  # it holds the servers' environment
-    for name in ("postgres", "redis", "web", "worker", "beat", "agent-1"):
+    for name in ("postgres", "redis", "web", "worker", "beat"):
         assert up.running(name), up.ctl("status")
+    # The autoscaler started the local pool's one agent (min 1), in a session of its own.
+    wait_for(lambda: len(up.agent_pids()) == 1, 60, "the autoscaler to start the local pool's agent")
+    agent_pid = up.agent_pids()[0]
+    assert os.getsid(agent_pid) == agent_pid
     # The environment reaches the servers (the sweep's short interval) and the agents (their
     # work root), but the server-only settings do not reach the agents.
     # (postgres and redis-server get it too, but write their process titles over their
@@ -132,7 +150,7 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
         server_env = psutil.Process(up.pid(name)).environ()
         assert server_env["IAC_AGENT_OFFLINE_AFTER_SECONDS"] == "4", name
         assert server_env[embedded.SUPERVISED_ENV] == "1", name
-    agent_env = psutil.Process(up.pid("agent-1")).environ()
+    agent_env = psutil.Process(agent_pid).environ()
     assert agent_env["IAC_AGENT_WORK_ROOT"] == str(up.root / "agents")
     assert agent_env["IAC_POOL_TOKEN"]
     assert "IAC_AGENT_OFFLINE_AFTER_SECONDS" not in agent_env and embedded.SUPERVISED_ENV not in agent_env
@@ -165,7 +183,7 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
     assert "started" in up.ctl("start", "postgres")
 
     # PostgreSQL restarted: web, worker and agents recover without a restart of their own.
-    pids = {name: up.pid(name) for name in ("web", "worker", "beat", "agent-1")}
+    pids = {name: up.pid(name) for name in ("web", "worker", "beat")}
     assert "started" in up.ctl("restart", "postgres")
     restarted_at = time.time()
     for _ in range(10):  # every pooled connection died with the old server: none is handed out
@@ -176,6 +194,7 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
     assert confirmed.status_code == 200, confirmed.text[:500]
     assert user.wait(run["id"], "applied", timeout=90)["status"] == "applied"
     assert {name: up.pid(name) for name in pids} == pids
+    assert up.agent_pids() == [agent_pid]
     # The Celery sweep ticks again (its time is in PostgreSQL).
     wait_for(lambda: _last_sweep(up.base) > restarted_at, 30, "a sweep after the restart")
 
@@ -187,6 +206,8 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
              "every process of the var dir to stop", interval=0.2)
     assert not embedded.postgres_running(up.var)
     assert not embedded.redis_running(up.var)
+    # The local backend's agents run detached from supervisord: up's shutdown stopped them.
+    assert not up.agent_pids() and not psutil.pid_exists(agent_pid)
 
 
 def _last_sweep(base: str) -> float:

@@ -408,6 +408,10 @@ def test_it_shows_a_new_pool_token_once_in_the_admin(client_alice):
 ADMIN_BOUNDS = {
     "plan_timeout_seconds": 3600, "plan_kill_grace_seconds": 30, "apply_timeout_seconds": 7200,
     "apply_kill_grace_seconds": 900, "no_agent_timeout_seconds": 1800, "apply_pending_timeout_seconds": 0,
+    # the autoscaler's
+    "scale_up_delay_seconds": 30, "scale_down_delay_seconds": 900, "cooldown_seconds": 900,
+    "warmup_expire_seconds": 1800, "warmup_max_retries": 3, "pod_start_wait_seconds": 60,
+    "pod_register_deadline_seconds": 180,
 }
 
 

@@ -83,6 +83,11 @@ class Command(BaseCommand):
                 pool, pool_token = pool_create(name="local", backend="local", min_replicas=1)
             elif not pool_token or pool_by_token(pool_token) != pool:
                 pool_token = pool_token_rotate(pool=pool, actor=user)
+            elif not pool.plain_token():
+                # A pool from before pods kept only the token's hash; the autoscaler needs the
+                # token itself (encrypted) to start the pool's agents. The file has it.
+                pool.set_token(pool_token)
+                pool.save(update_fields=["token_hash", "token_encrypted"])
             pool_token_file.write_text(pool_token)
             pool_token_file.chmod(0o600)
 

@@ -15,6 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import models, transaction
 
+from agents_app.models import AgentPool
 from iacplatform import crypto
 from tasks_app.models import Plan, StateVersion, Variable
 
@@ -23,11 +24,12 @@ ENCRYPTED_COLUMNS: list[tuple[type[models.Model], str]] = [
     (Variable, "encrypted_value"),
     (Plan, "encrypted_data"),
     (StateVersion, "encrypted_data"),
+    (AgentPool, "token_encrypted"),  # the pool token the autoscaler starts pods with
 ]
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt sensitive variables, plan files and state versions with the first IAC_ENCRYPTION_KEYS key."
+    help = "Re-encrypt sensitive variables, plan files, state versions and pool tokens with the first IAC_ENCRYPTION_KEYS key."
 
     def add_arguments(self, parser: Any) -> None:
         # Small batches: a plan file or state may be tens of MiB, and a batch is in memory.

@@ -3,11 +3,13 @@
 Writes `<var>/supervisor/supervisord.conf` and runs `supervisord -n` as its child. supervisord
 first runs the embedded PostgreSQL and Redis (when DATABASE_URL / REDIS_URL are unset); then
 this command migrates and bootstraps the demo, and has supervisord start Daphne (web), a
-Celery worker, Celery beat and the local pool's agent processes. supervisord restarts whatever
+Celery worker and Celery beat; the autoscaler (a beat task) starts the local pool's agents as
+pods of the `local` backend (agents_app/pods/local.py). supervisord restarts whatever
 dies (with back-off) and logs it, on this console and in `<var>/logs/supervisord.log`.
-Ctrl-C (or SIGTERM) stops everything, the database and Redis included.
+Ctrl-C (or SIGTERM) stops everything, the local pool's agents, the database and Redis included.
 
-Programs: postgres, redis, web, worker, beat, agent-1 ... agent-N. Control them with
+Programs: postgres, redis, web, worker, beat (the agents are pods: `var/pods/<database>/<pod>.json` holds
+each one's pid, `/api/v1/pools/<id>/pods/` lists them). Control the programs with
 `python -m supervisor.supervisorctl -c <var>/supervisor/supervisord.conf status|stop|start|pid <name>`.
 """
 
@@ -36,6 +38,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from agents_app.agent.sandbox import agent_environment
+from agents_app.pods.local import pods_dir, stop_all
 from iacplatform import embedded
 
 # A program that dies within `startsecs` of its start counts as a failed start: supervisord
@@ -273,6 +276,8 @@ class Command(BaseCommand):
                 f"{self.var} is in use by another `manage.py up` or a test session ({self.var / embedded.USERS_LOCK}); "
                 "wait for it to end, or give this one its own IAC_VAR_DIR"
             ) from None
+        for name in stop_all(self.var, grace=10):
+            self.stderr.write(f"    agent {name} was still running: stopped")
         if not os.environ.get("DATABASE_URL") and embedded.stop_postgres(self.var):
             self.stdout.write(f"    stopped the embedded PostgreSQL of {self.var / 'pg'} started outside `manage.py up`")
         if not os.environ.get("REDIS_URL") and embedded.stop_redis(self.var):
@@ -338,45 +343,27 @@ class Command(BaseCommand):
         beat = Program("beat", [py, "-m", "celery", "-A", "iacplatform", "beat", "-l", "info",
                                 "-s", str(var / "celerybeat-schedule")], 20, environment=server_env, startsecs=3,
                        stopwaitsecs=15)
-        # Agents get an allowlist of this environment, never the server's secrets (SECRET_KEY,
-        # DATABASE_URL, ...): the terraform they run executes user code. The pool token goes
-        # through the environment, not the command line (visible to anyone in ps). Their work
-        # roots are outside var/ (agents_app.agent: IAC_AGENT_WORK_ROOT, by default
-        # ~/.local/state/iac-agents/<name>).
-        # The demo's apply appends to var/demo/applied.log: the sandbox lets it write there,
-        # and nowhere else of var/.
+        # The local pool's agents are pods of its `local` backend (agents_app/pods/local.py):
+        # the autoscaler (a beat task, run by the worker) starts them, at least min_replicas,
+        # detached from the worker, each with an allowlist of the worker's environment (never
+        # the server's secrets), the pool token in IAC_POOL_TOKEN and its work root outside
+        # var/. The demo's apply appends to var/demo/applied.log: the sandbox lets the agents
+        # write there, and nowhere else of var/.
         demo_dir = var / "demo"
         demo_dir.mkdir(parents=True, exist_ok=True)
         writable = os.pathsep.join(p for p in (env.get("IAC_AGENT_SANDBOX_BIND_RW", ""), str(demo_dir)) if p)
-        agent_extra = {"IAC_POOL_TOKEN": boot["pool_token"], "PYTHONUNBUFFERED": "1", "IAC_AGENT_SANDBOX_BIND_RW": writable}
-        # Agents stop after their running jobs (SIGTERM: terraform gets SIGINT and ends at a
-        # safe point); the group (terraform included) is SIGKILLed if that takes too long.
-        agents = [
-            Program(f"agent-{i + 1}", [py, "-m", "agents_app.agent", "--server", env["IAC_AGENT_URL"],
-                                       "--name", f"local-{i + 1}", "--slots", str(boot["slots"])], 30,
-                    environment=agent_extra, startsecs=3, stopwaitsecs=30)
-            for i in range(boot["agents"])
-        ]
-        self._write_config(servers + [web, worker, beat] + agents)
+        worker.environment = dict(server_env, IAC_AGENT_SANDBOX_BIND_RW=writable)
+        self._write_config(servers + [web, worker, beat])
         self.step("starting web, worker and beat")
         self._add(["web", "worker", "beat"])
         for name in ("web", "worker", "beat"):
             self.stdout.write(f"    {name} (log: {logs / f'{name}.log'})")
         self.step("waiting for the web server")
         self._wait("web", lambda: requests.get(url + "/accounts/login/", timeout=1).status_code == 200, 60, ["web"])
-        self.step(f"starting {boot['agents']} agent(s) of pool '{boot['pool']}'")
-        self._add([a.name for a in agents])
-        for a in agents:
-            self.stdout.write(f"    {a.name} (log: {logs / f'{a.name}.log'})")
         names = [p.name for p in servers + [web, worker, beat]]
         self._wait("the servers", lambda: all(self._states()[n]["statename"] == "RUNNING" for n in names), 60, names)
-        # An agent that cannot start yet (e.g. refused while its previous record is still
-        # online) does not stop the platform: supervisord and _watch keep trying, and say so.
-        try:
-            self._wait("the agents", lambda: all(self._states()[a.name]["statename"] == "RUNNING" for a in agents),
-                       30, [a.name for a in agents])
-        except CommandError as exc:
-            self.stderr.write(f"    {exc}; it is tried again until it starts")
+        self.step(f"the autoscaler starts pool '{boot['pool']}' ({boot['agents']} agent(s) at least; their logs: "
+                  f"{pods_dir(var)}/<pod>.log)")
 
         self.stdout.write(self.style.SUCCESS(
             f"\n  login:      {boot['username']} / {boot['password']}\n"
@@ -422,6 +409,12 @@ class Command(BaseCommand):
     def _stop(self) -> None:
         """supervisord stops its programs (agents first, PostgreSQL and Redis last); whatever
         is left after that is killed."""
+        # The local backend's agents run detached (their own sessions, so that a worker
+        # restart does not kill them): stop them first, while web can still hear how their
+        # jobs end, and again at the end in case the autoscaler started one meanwhile.
+        stopped = stop_all(self.var, grace=30)
+        if stopped:
+            self.stdout.write(f"    stopped the local pool's agents: {', '.join(stopped)}")
         proc = self.supervisord
         clean = proc is None or proc.poll() is None
         if proc is not None and proc.poll() is None:
@@ -439,6 +432,8 @@ class Command(BaseCommand):
                 self.stderr.write(f"    {name} (pid {pid}) was still running: killed")
             except (ProcessLookupError, PermissionError):
                 pass
+        for name in stop_all(self.var, grace=10):
+            self.stderr.write(f"    agent {name} was still running: stopped")
         if not os.environ.get("DATABASE_URL") and embedded.stop_postgres(self.var):
             self.stderr.write("    PostgreSQL was still running: stopped")
         if not os.environ.get("REDIS_URL") and embedded.stop_redis(self.var):
