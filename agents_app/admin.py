@@ -31,6 +31,10 @@ class AgentPoolAdmin(admin.ModelAdmin):
             "plan_timeout_seconds", "plan_kill_grace_seconds", "apply_timeout_seconds", "apply_kill_grace_seconds",
             "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
         ]}),
+        ("Kubernetes backend (pods of a kubernetes pool)", {"classes": ["collapse"], "fields": [
+            "k8s_namespace", "k8s_image", ("k8s_cpu_request", "k8s_cpu_limit"),
+            ("k8s_memory_request", "k8s_memory_limit"), "k8s_service_account", "k8s_node_selector",
+        ]}),
     ]
 
     def save_model(self, request: HttpRequest, obj: AgentPool, form: forms.ModelForm, change: bool) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from agents_app.models import Agent, AgentPool, Slot
+from agents_app.models import K8S_RESOURCE_FIELDS, Agent, AgentPool, Slot
+from agents_app.pods.k8s_fields import resource_problems
 from tasks_app.serializers import StrictModelSerializer
 
 # The pool's bounds on every wait, in seconds (defaults: the IAC_*_SECONDS settings).
@@ -14,13 +15,15 @@ BOUND_FIELDS = [
     "plan_timeout_seconds", "apply_timeout_seconds", "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
     "plan_kill_grace_seconds", "apply_kill_grace_seconds",
 ]
+# Where and how the `kubernetes` backend runs the pool's pods (ignored by the other backends).
+K8S_FIELDS = ["k8s_namespace", "k8s_image", *K8S_RESOURCE_FIELDS, "k8s_service_account", "k8s_node_selector"]
 
 
 class PoolSerializer(StrictModelSerializer):
     class Meta:
         model = AgentPool
         fields = ["id", "name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply",
-                  *BOUND_FIELDS, "created_at"]
+                  *BOUND_FIELDS, *K8S_FIELDS, "created_at"]
         read_only_fields = ["id", "created_at"]
         # A pod with no slot could never run anything, yet it would count towards max_replicas.
         extra_kwargs = {
@@ -40,6 +43,10 @@ class PoolSerializer(StrictModelSerializer):
         if low > high:
             field = "max_replicas" if "max_replicas" in attrs else "min_replicas"
             raise serializers.ValidationError({field: f"min_replicas ({low}) must not exceed max_replicas ({high})"})
+        resources = {f: attrs.get(f, getattr(instance, f) if instance else AgentPool._meta.get_field(f).default)
+                     for f in K8S_RESOURCE_FIELDS}
+        if problems := resource_problems(resources):
+            raise serializers.ValidationError(problems)
         return attrs
 
 
