@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from django.utils.module_loading import import_string
+
 from iacplatform.errors import PlatformError
 
 if TYPE_CHECKING:
@@ -70,20 +72,18 @@ class PodBackend(Protocol):
         ...
 
 
+# By dotted path, as Django names its backends: each module imports this one for the types
+# above, and a backend's client (the kubernetes package) is loaded only by pools that use it.
+BACKENDS = {
+    "local": "agents_app.pods.local.LocalBackend",
+    "kubernetes": "agents_app.pods.kubernetes.KubernetesBackend",
+    "static": "agents_app.pods.static.StaticBackend",
+}
+
+
 def backend_for(pool: AgentPool) -> PodBackend:
     """The backend of `pool.backend` (local | kubernetes | static)."""
-    # Imported here: each backend pulls in its own client (the kubernetes package is heavy,
-    # and the local backend's process handling is not needed by a kubernetes deployment).
-    if pool.backend == "local":
-        from agents_app.pods.local import LocalBackend
-
-        return LocalBackend()
-    if pool.backend == "kubernetes":
-        from agents_app.pods.kubernetes import KubernetesBackend
-
-        return KubernetesBackend()
-    if pool.backend == "static":
-        from agents_app.pods.static import StaticBackend
-
-        return StaticBackend()
-    raise PodBackendError(f"pool '{pool.name}': unknown pod backend '{pool.backend}'")
+    path = BACKENDS.get(pool.backend)
+    if path is None:
+        raise PodBackendError(f"pool '{pool.name}': unknown pod backend '{pool.backend}'")
+    return import_string(path)()
