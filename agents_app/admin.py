@@ -18,8 +18,16 @@ from agents_app.models import Agent, AgentPool, DispatchEvent, Slot, new_token
 from tasks_app.services.control import agent_set_offline, pool_token_rotate
 
 
+class AgentPoolForm(forms.ModelForm):
+    def clean_k8s_node_selector(self) -> Any:
+        # An emptied box is no selector ({}), not JSON null (the column is NOT NULL).
+        value = self.cleaned_data.get("k8s_node_selector")
+        return {} if value is None else value
+
+
 @admin.register(AgentPool)
 class AgentPoolAdmin(admin.ModelAdmin):
+    form = AgentPoolForm
     list_display = ["name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply", "created_at"]
     list_filter = ["backend", "warm_apply"]
     search_fields = ["name"]

@@ -94,6 +94,14 @@ def test_it_creates_a_labelled_pod_with_the_pools_settings_and_the_token_only_in
     assert stored == "pool-s3cret-token"
 
 
+def test_a_pool_without_resources_selector_or_service_account_gets_none(kube):
+    pool, _ = make_pool(backend="kubernetes", k8s_cpu_request="", k8s_memory_request="", k8s_memory_limit="")
+    backend_for(pool).create(pool, "k-plain", pool_token="t")
+    spec = kube.core().read_namespaced_pod("k-plain", NS).spec
+    assert (spec.node_selector, spec.service_account_name) == (None, None)
+    assert (spec.containers[0].resources.requests, spec.containers[0].resources.limits) == (None, None)
+
+
 def test_it_keeps_the_secret_current_when_the_token_was_rotated(kube, kpool):
     backend = backend_for(kpool)
     backend.create(kpool, "k-one", pool_token="old-token")

@@ -81,14 +81,20 @@ def test_the_admin_form_checks_the_same_rules(rf, alice, pool):
     form_class = model_admin.get_form(request, pool, change=True)
 
     def form(**changes):
-        data = {**model_to_dict(pool), "teams": [], **changes}
+        stored = AgentPool.objects.get(id=pool.id)  # a form's validation edits its instance
+        data = {**model_to_dict(stored), "teams": [], **changes}
         data["k8s_node_selector"] = json.dumps(data["k8s_node_selector"])
-        return form_class(data=data, instance=pool)
+        return form_class(data=data, instance=stored)
 
     assert form(k8s_namespace="agents-b", k8s_node_selector={"disk": "ssd"}).is_valid()
     bad = form(k8s_namespace="Agents B", k8s_cpu_request="fast", k8s_node_selector={"disk": 1})
     assert not bad.is_valid()
     assert set(bad.errors) >= {"k8s_namespace", "k8s_cpu_request", "k8s_node_selector"}
+    # An emptied node selector box means no selector, not a refusal (nor a NULL in the row).
+    empty = form(k8s_node_selector={})
+    empty.data["k8s_node_selector"] = ""
+    assert empty.is_valid(), empty.errors
+    assert empty.save().k8s_node_selector == {}
     over = form(k8s_memory_request="3Gi", k8s_memory_limit="1Gi")
     assert not over.is_valid()
     assert over.errors["k8s_memory_request"] == ["the memory request (3Gi) must not exceed the memory limit (1Gi)"]
