@@ -6,7 +6,7 @@ Known limits of kmock 0.8 (see /work/shared/NOTES.md): list calls ignore `label_
 and nothing it stores is validated. (NOTES.md also says a clashing create answers 500: that is
 only when the emulator is not entered as a context manager, as it is here.) Tests
 inject real HTTP failures with its reactions: `emulator[method, path] << 409` answers every
-matching request with that status (the emulator still records a create: that is what a
+matching request with that status (`[:n]` before `<<`: only the next n) (the emulator still records a create: that is what a
 lost answer looks like to the client).
 """
 
@@ -28,10 +28,12 @@ class KubeAPI:
     emulator: kmock.KubernetesEmulator
     loop: asyncio.AbstractEventLoop
 
-    def react(self, method: str, path: str, payload: object) -> None:
-        """Program the emulator from the test's thread (its reactions live in the server's loop)."""
+    def react(self, method: str, path: str, payload: object, *, times: int | None = None) -> None:
+        """Program the emulator from the test's thread (its reactions live in the server's loop):
+        every matching request gets `payload`, or only the next `times` ones."""
         async def add() -> None:
-            self.emulator[method, path] << payload
+            view = self.emulator[method, path]
+            (view[:times] if times is not None else view) << payload
 
         asyncio.run_coroutine_threadsafe(add(), self.loop).result(5)
 
