@@ -54,6 +54,10 @@ def kube_api() -> Iterator[KubeAPI]:
 
         async def main() -> None:
             emulator = kmock.KubernetesEmulator()
+            # Known before any object exists, as in a real cluster: listing an empty
+            # namespace answers an empty list, not "resource not declared" (404).
+            emulator.resources["v1/pods"] = {"namespaced": True, "kind": "Pod"}
+            emulator.resources["v1/secrets"] = {"namespaced": True, "kind": "Secret"}
             stop = asyncio.Event()
             # Entered as a context manager, the emulator renders its errors as the API server's
             # Status objects (404, 409) instead of a bare 500, and serves streams/reactions.

@@ -151,6 +151,10 @@ def test_it_never_deletes_a_pod_without_our_labels(kube, kpool):
     assert stored_pods(kube) == ["k-lookalike"]
 
 
+def test_an_empty_namespace_lists_nothing(kube, kpool):
+    assert backend_for(kpool).list(kpool) == []
+
+
 def test_it_deletes_idempotently(kube, kpool):
     backend = backend_for(kpool)
     backend.create(kpool, "k-gone", pool_token="t")
