@@ -33,7 +33,11 @@ class KubeAPI:
         every matching request gets `payload`, or only the next `times` ones."""
         async def add() -> None:
             view = self.emulator[method, path]
-            (view[:times] if times is not None else view) << payload
+            if times is not None:
+                # A slice counts every matching request the emulator has seen, earlier ones too.
+                seen = len(list(view))
+                view = view[seen:seen + times]
+            view << payload
 
         asyncio.run_coroutine_threadsafe(add(), self.loop).result(5)
 

@@ -165,9 +165,13 @@ def test_it_deletes_idempotently(kube, kpool):
 
 
 def test_a_server_error_is_a_clear_backend_error(kube, kpool):
-    kube.react("get", f"/api/v1/namespaces/{NS}/pods", 500)
+    backend = backend_for(kpool)
+    backend.create(kpool, "k-1", pool_token="t")
+    assert names(backend.list(kpool)) == ["k-1"]
+    kube.react("get", f"/api/v1/namespaces/{NS}/pods", 500, times=1)  # the next list only
     with pytest.raises(PodBackendError, match=f"listing the pods of pool '{kpool.name}' in namespace {NS} failed: HTTP 500"):
-        backend_for(kpool).list(kpool)
+        backend.list(kpool)
+    assert names(backend.list(kpool)) == ["k-1"]
 
 
 def test_a_name_clash_is_a_clear_backend_error(kube, kpool):
