@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import urllib3
@@ -110,8 +111,7 @@ class KubernetesBackend:
     """Pods of a pool in its namespace. Stateless apart from the API client it builds on
     first use (from settings, see `api_configuration`)."""
 
-    def __init__(self, configuration: k8s.Configuration | None = None) -> None:
-        self._configuration = configuration
+    def __init__(self) -> None:
         self._api: k8s.CoreV1Api | None = None
 
     # -- the interface -------------------------------------------------------------------------
@@ -227,10 +227,13 @@ class KubernetesBackend:
 
     def _client(self) -> k8s.CoreV1Api:
         if self._api is None:
-            self._api = k8s.CoreV1Api(k8s.ApiClient(self._configuration or api_configuration()))
+            self._api = k8s.CoreV1Api(k8s.ApiClient(api_configuration()))
         return self._api
 
-    def _call(self, what: str, call: Any, *, missing_ok: bool = False, conflict: str = "") -> Any:
+    def _call(self, what: str, call: Callable[[k8s.CoreV1Api, float], Any], *, missing_ok: bool = False,
+              conflict: str = "") -> Any:
+        """`call(api, timeout)`; any failure becomes a PodBackendError saying `what` failed,
+        where, and what the API answered (a 404 is None with `missing_ok`)."""
         api = self._client()
         host = api.api_client.configuration.host
         timeout = settings.IAC_KUBERNETES_TIMEOUT_SECONDS

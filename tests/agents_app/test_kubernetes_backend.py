@@ -81,6 +81,10 @@ def test_it_creates_a_labelled_pod_with_the_pools_settings_and_the_token_only_in
                                  "--name", "k-abc123", "--slots", "3"]
     assert container.resources.requests == {"cpu": "250m", "memory": "256Mi"}
     assert container.resources.limits == {"cpu": "2", "memory": "1Gi"}
+    # The agent serves its health on the pod's IP (IAC_AGENT_HEALTH_*), probed for liveness.
+    env = {e.name: e.value for e in container.env if e.value is not None}
+    assert (env["IAC_AGENT_HEALTH_HOST"], env["IAC_AGENT_HEALTH_PORT"]) == ("0.0.0.0", "8081")
+    assert (container.liveness_probe.http_get.path, container.liveness_probe.http_get.port) == ("/healthz/live", 8081)
     (token_env,) = [e for e in container.env if e.name == "IAC_POOL_TOKEN"]
     assert token_env.value is None
     assert (token_env.value_from.secret_key_ref.name, token_env.value_from.secret_key_ref.key) == (
