@@ -13,6 +13,7 @@ import json
 import socket
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 
 from agents_app.pods.backends import PodBackendError, backend_for
@@ -217,6 +218,21 @@ def test_it_says_how_to_configure_the_client_when_nothing_is_configured(settings
     settings.IAC_KUBECONFIG = str(tmp_path / "missing-kubeconfig")
     with pytest.raises(PodBackendError, match="no usable client configuration.*IAC_KUBERNETES_API_URL"):
         backend_for(kpool).list(kpool)
+
+
+def test_it_uses_a_kubeconfig_when_no_api_url_is_set(kube, kpool, settings, tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "emulator", "cluster": {"server": kube.url}}],
+        "users": [{"name": "me", "user": {"token": "from-kubeconfig"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "emulator", "user": "me"}}],
+    }))
+    settings.IAC_KUBERNETES_API_URL = ""
+    settings.IAC_KUBECONFIG = str(config)
+    backend_for(kpool).create(kpool, "k-via-kubeconfig", pool_token="t")
+    assert stored_pods(kube) == ["k-via-kubeconfig"]
 
 
 def test_it_sends_the_configured_bearer_token(kube, kpool, settings):
