@@ -10,6 +10,7 @@ allowed by the Role, and the Role must allow nothing else."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -81,6 +82,30 @@ def test_the_platform_gets_its_secrets_from_a_secret_and_probes_the_health_endpo
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz/live"
     assert web["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
     assert "daphne" in web["command"]
+
+
+def test_what_the_manifests_refer_to_exists_in_them():
+    """A misspelt reference is valid YAML and a valid model, and a pod that never starts."""
+    config = by_kind("ConfigMap")["iac-platform"]["data"]
+    service = by_kind("Service")["iac-web"]
+    agent_url = urlsplit(config["IAC_AGENT_URL"])
+    assert agent_url.hostname.split(".")[:2] == [service["metadata"]["name"], service["metadata"]["namespace"]]
+    assert agent_url.port == service["spec"]["ports"][0]["port"]
+    web = by_kind("Deployment")["iac-web"]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= web["metadata"]["labels"].items()
+
+    accounts = {(d["metadata"]["namespace"], n) for n, d in by_kind("ServiceAccount").items()}
+    for name, doc in [*by_kind("Deployment").items(), *by_kind("Job").items()]:
+        spec = doc["spec"]["template"]["spec"]
+        namespace = doc["metadata"]["namespace"]
+        assert (namespace, spec["serviceAccountName"]) in accounts, name
+        assert doc["spec"].get("selector", {}).get("matchLabels", {}).items() <= doc["spec"]["template"]["metadata"][
+            "labels"].items(), name
+        for container in spec["containers"]:
+            refs = {(k, v["name"]) for source in container["envFrom"] for k, v in source.items()}
+            assert refs == {("configMapRef", "iac-platform"), ("secretRef", "iac-platform")}, name
+            mounts = {m["name"] for m in container.get("volumeMounts", [])}
+            assert mounts <= {v["name"] for v in spec.get("volumes", [])}, name
 
 
 def test_every_manifest_is_created_against_the_api():
