@@ -30,8 +30,16 @@ from iacplatform.errors import PlatformError
 from tasks_app.services.control import agent_set_offline, pool_freeze_changed, pool_token_rotate
 
 
+class AgentPoolForm(forms.ModelForm):
+    def clean_k8s_node_selector(self) -> Any:
+        # An emptied box is no selector ({}), not JSON null (the column is NOT NULL).
+        value = self.cleaned_data.get("k8s_node_selector")
+        return {} if value is None else value
+
+
 @admin.register(AgentPool)
 class AgentPoolAdmin(admin.ModelAdmin):
+    form = AgentPoolForm
     list_display = ["name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply", "created_at"]
     list_filter = ["backend", "warm_apply"]
     search_fields = ["name"]
@@ -48,6 +56,10 @@ class AgentPoolAdmin(admin.ModelAdmin):
             "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
         ]}),
         ("Freeze windows", {"fields": ["freeze_state"]}),
+        ("Kubernetes backend (pods of a kubernetes pool)", {"classes": ["collapse"], "fields": [
+            "k8s_namespace", "k8s_image", ("k8s_cpu_request", "k8s_cpu_limit"),
+            ("k8s_memory_request", "k8s_memory_limit"), "k8s_service_account", "k8s_node_selector",
+        ]}),
     ]
     readonly_fields = ["freeze_state"]
 

@@ -10,6 +10,14 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from agents_app.pods.k8s_fields import (
+    resource_problems,
+    validate_dns1123_label,
+    validate_dns1123_subdomain,
+    validate_image,
+    validate_node_selector,
+    validate_quantity,
+)
 from agents_app.protocol import AgentStatus, PodPhase, SlotState, choices
 from iacplatform import crypto
 
@@ -127,6 +135,9 @@ _AT_LEAST_ONE = [MinValueValidator(1, "must be a positive number of seconds (at 
 _ZERO_OR_MORE = [MinValueValidator(0, "must be 0 (off) or a positive number of seconds")]
 
 
+K8S_RESOURCE_FIELDS = ["k8s_cpu_request", "k8s_cpu_limit", "k8s_memory_request", "k8s_memory_limit"]
+
+
 class PoolBackend(models.TextChoices):
     LOCAL = "local"
     KUBERNETES = "kubernetes"
@@ -210,12 +221,40 @@ class AgentPool(models.Model):
         help_text="after an apply's bound: SIGINT, then SIGKILL only after this long",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The `kubernetes` backend (agents_app/pods/kubernetes.py): where and how a pool's pods run.
+    # Ignored by the other backends. Empty resource fields set no request/limit.
+    k8s_namespace = models.CharField(
+        "Kubernetes namespace", max_length=63, default="iac-agents", validators=[validate_dns1123_label],
+        help_text="kubernetes backend: the namespace of the pool's pods and token Secret (the platform's "
+                  "service account needs the Role of deploy/kubernetes/rbac.yaml there)",
+    )
+    k8s_image = models.CharField(
+        "agent image", max_length=500, default="iac-agent:latest", validators=[validate_image],
+        help_text="kubernetes backend: the agent image (deploy/Dockerfile.agent)",
+    )
+    k8s_cpu_request = models.CharField("CPU request", max_length=32, blank=True, default="500m",
+                                       validators=[validate_quantity])
+    k8s_cpu_limit = models.CharField("CPU limit", max_length=32, blank=True, default="",
+                                     validators=[validate_quantity])
+    k8s_memory_request = models.CharField("memory request", max_length=32, blank=True, default="512Mi",
+                                          validators=[validate_quantity])
+    k8s_memory_limit = models.CharField("memory limit", max_length=32, blank=True, default="2Gi",
+                                        validators=[validate_quantity])
+    k8s_service_account = models.CharField(
+        "service account", max_length=253, blank=True, default="", validators=[validate_dns1123_subdomain],
+        help_text="kubernetes backend: the pods' service account (empty: the namespace's default)",
+    )
+    k8s_node_selector = models.JSONField(
+        "node selector", default=dict, blank=True, validators=[validate_node_selector],
+        help_text='kubernetes backend: label → value the nodes must carry, e.g. {"kubernetes.io/arch": "amd64"}',
+    )
 
     def __str__(self) -> str:
         return self.name
 
     def clean(self) -> None:
         problems = pool_settings_problems({f: getattr(self, f) for f in POOL_LIMITS})
+        problems.update(resource_problems({f: getattr(self, f) for f in K8S_RESOURCE_FIELDS}))
         if problems:
             raise ValidationError(problems)
 

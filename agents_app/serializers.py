@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from agents_app.models import (
+    K8S_RESOURCE_FIELDS,
     POOL_LIMITS,
     Agent,
     AgentPool,
@@ -16,6 +17,7 @@ from agents_app.models import (
     Slot,
     pool_settings_problems,
 )
+from agents_app.pods.k8s_fields import resource_problems
 from tasks_app.serializers import StrictModelSerializer
 
 # The pool's bounds on every wait, in seconds (defaults: the IAC_*_SECONDS settings).
@@ -23,6 +25,8 @@ BOUND_FIELDS = [
     "plan_timeout_seconds", "apply_timeout_seconds", "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
     "plan_kill_grace_seconds", "apply_kill_grace_seconds",
 ]
+# Where and how the `kubernetes` backend runs the pool's pods (ignored by the other backends).
+K8S_FIELDS = ["k8s_namespace", "k8s_image", *K8S_RESOURCE_FIELDS, "k8s_service_account", "k8s_node_selector"]
 
 
 # The autoscaler's settings: each within POOL_LIMITS (the model's validators, the admin's form
@@ -46,7 +50,7 @@ class PoolSerializer(StrictModelSerializer):
     class Meta:
         model = AgentPool
         fields = ["id", "name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply",
-                  *SCALING_FIELDS, *BOUND_FIELDS, "frozen_until", "created_at"]
+                  *SCALING_FIELDS, *BOUND_FIELDS, *K8S_FIELDS, "frozen_until", "created_at"]
         read_only_fields = ["id", "created_at"]
         # A pod with no slot could never run anything, yet it would count towards max_replicas.
         extra_kwargs = {
@@ -74,6 +78,7 @@ class PoolSerializer(StrictModelSerializer):
         problems = {
             (partners[k] if k not in attrs and partners.get(k) in attrs else k): v for k, v in problems.items()
         }
+        problems.update(resource_problems({f: attrs.get(f, getattr(instance, f)) for f in K8S_RESOURCE_FIELDS}))
         if problems:
             raise serializers.ValidationError(problems)
         return attrs

@@ -38,6 +38,12 @@ def _fernet_keys(keys: list[str]) -> None:
             raise ValidationError(f"key {number} is not a Fernet key (32 url-safe base64-encoded bytes)") from exc
 
 
+def _http_url_or_empty(value: str) -> None:
+    parts = urlsplit(value)
+    if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValidationError("must be an http:// or https:// URL, e.g. https://k8s.example.test:6443")
+
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 try:
@@ -123,6 +129,16 @@ try:
     # /metrics: when set, scrapers send `Authorization: Bearer <token>`; when empty, only
     # loopback clients not behind a proxy are answered (iacplatform/views_metrics.py).
     IAC_METRICS_TOKEN = env.str("IAC_METRICS_TOKEN", "")
+    # The `kubernetes` pod backend (agents_app/pods/kubernetes.py). With an API URL, that server
+    # (with the bearer token, if any); else the pod's service account when running in a
+    # cluster; else a kubeconfig (this path, or the client's default ~/.kube/config).
+    IAC_KUBERNETES_API_URL = env.str("IAC_KUBERNETES_API_URL", "", validate=_http_url_or_empty).rstrip("/")
+    IAC_KUBERNETES_TOKEN = env.str("IAC_KUBERNETES_TOKEN", "")
+    IAC_KUBERNETES_VERIFY_SSL = env.bool("IAC_KUBERNETES_VERIFY_SSL", True)
+    IAC_KUBERNETES_CA_CERT = env.str("IAC_KUBERNETES_CA_CERT", "")
+    IAC_KUBECONFIG = env.str("IAC_KUBECONFIG", "")
+    # Every call to the Kubernetes API is bounded: a hung API server must not hang the reconciler.
+    IAC_KUBERNETES_TIMEOUT_SECONDS = env.float("IAC_KUBERNETES_TIMEOUT_SECONDS", 10.0, validate=POSITIVE)
 except EnvError as exc:  # pragma: no cover - exercised by tests/test_settings_env.py
     raise ImproperlyConfigured(str(exc)) from exc
 

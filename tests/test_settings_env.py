@@ -26,6 +26,9 @@ def load_settings(**env: str) -> subprocess.CompletedProcess:
         ("IAC_AGENT_OFFLINE_AFTER_SECONDS", "-5"),
         ("IAC_DEBUG", "maybe"),
         ("IAC_WARMUP_MAX_RETRIES", "0"),
+        ("IAC_KUBERNETES_API_URL", "k8s.example.test:6443"),
+        ("IAC_KUBERNETES_TIMEOUT_SECONDS", "0"),
+        ("IAC_KUBERNETES_VERIFY_SSL", "perhaps"),
     ],
 )
 def test_it_refuses_a_bad_value_naming_the_variable(name, value):
