@@ -121,9 +121,10 @@ class Phase:
     agent: str
     workspace: int
     task: int
+    detail: str = ""  # start: the pid; end: the exit code
 
 
-_PHASE = re.compile(r"^(\S+) (start|end) (\S+) \S+ (\S+)$")
+_PHASE = re.compile(r"^(\S+) (start|end) (\S+) (\S+) (\S+)$")
 
 
 class Platform:
@@ -261,13 +262,13 @@ class Platform:
             m = _PHASE.match(line)
             if not m:
                 continue
-            parts = Path(m.group(4)).parts
+            parts = Path(m.group(5)).parts
             try:
                 agent, ws, task = parts[-3], int(parts[-2]), int(parts[-1])
             except (IndexError, ValueError):
                 continue
             if task == task_id:
-                found.append(Phase(float(m.group(1)), m.group(2), m.group(3), agent, ws, task))
+                found.append(Phase(float(m.group(1)), m.group(2), m.group(3), agent, ws, task, m.group(4)))
         return found
 
     def wait_phase(self, task_id: int, edge: str, phase: str, timeout: float = 90) -> Phase:
@@ -390,10 +391,22 @@ class Case:
                 o.lost += 1
                 o.notes.append(f"run {run_id} ended {run['status']} (allowed: {sorted(allowed)}): {run['message']}")
             applied += run["status"] == "applied"
+        # A double apply: `terraform apply` ran to success twice for one run (the wrapper's
+        # phase log, per run dir). The marker terraform appends to must agree with it.
+        completed = 0
+        for run_id in self.expected:
+            done = sum(1 for ph in self.p.phases_of(run_id) if ph.phase == "apply" and ph.edge == "end" and ph.detail == "0")
+            completed += done
+            if done > 1:
+                o.double_applies += done - 1
+                o.notes.append(f"run {run_id}: terraform apply completed {done} times")
         lines = self.marker.read_text().count("applied") if self.marker.exists() else 0
-        if lines > applied:
-            o.double_applies += lines - applied
-            o.notes.append(f"terraform applied {lines} times for {applied} applied runs")
+        if lines != completed:
+            o.notes.append(f"the marker has {lines} applies, the phase log {completed} (an apply killed after its "
+                           "local-exec, before terraform exited?)")
+        if applied > completed:
+            o.lost += applied - completed
+            o.notes.append(f"{applied} runs say applied, terraform completed {completed} applies")
         close_old_connections()
         if StateLock.objects.filter(workspace_id=self.ws["id"]).exists():
             o.orphan_locks += 1

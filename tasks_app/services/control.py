@@ -373,15 +373,22 @@ def step_offline() -> list[int]:
     back or the sweep resumed (a database outage). Without web ticks recorded at all (the web
     fallback thread off) every silence counts."""
     timeout = settings.IAC_AGENT_OFFLINE_AFTER_SECONDS
+    if not _heard_for(timeout):
+        return []
+    return [a for a in agents_silent() if agent_set_offline(agent_id=a, reason=f"no heartbeat for {timeout:g}s")]
+
+
+def _heard_for(seconds: float) -> bool:
+    """Whether agents could have reached the platform for the last `seconds`: a web process
+    is up (it ticked lately, or no tick was ever recorded) and has been since at least then.
+    Silence (a missing heartbeat, a lease not renewed) proves nothing otherwise."""
     now = timezone.now()
     rows = dict(SweepHeartbeat.objects.filter(id__in=[SweepHeartbeat.WEB_SEEN, SweepHeartbeat.HEARD_SINCE])
                 .values_list("id", "finished_at"))
     seen, heard_since = rows.get(SweepHeartbeat.WEB_SEEN), rows.get(SweepHeartbeat.HEARD_SINCE)
     if seen is not None and (now - seen).total_seconds() > _control_plane_gap():
-        return []  # no web process is up: agents cannot reach us, silence proves nothing
-    if heard_since is not None and (now - heard_since).total_seconds() < timeout:
-        return []
-    return [a for a in agents_silent() if agent_set_offline(agent_id=a, reason=f"no heartbeat for {timeout:g}s")]
+        return False  # no web process is up: agents cannot reach us
+    return heard_since is None or (now - heard_since).total_seconds() >= seconds
 
 
 def step_leases() -> list[int]:
@@ -394,7 +401,10 @@ def step_leases() -> list[int]:
     running with its ack lost on the way: the agent's heartbeats decide (agent_heartbeat)."""
     timeout = settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS
     lost = []
-    for job_id in jobs_lease_expired():
+    # A lease is renewed by heartbeats: like silence (step_offline), one that ran out while
+    # agents could not reach the platform (web down, the database down) proves nothing.
+    expired = jobs_lease_expired() if _heard_for(settings.IAC_AGENT_OFFLINE_AFTER_SECONDS) else []
+    for job_id in expired:
         with transaction.atomic():
             job = job_locked(job_id)
             name = job.agent.name if job.agent else "its agent"

@@ -95,3 +95,26 @@ def test_a_sweep_without_a_gap_leaves_the_count_alone(silent):
     mark(SweepHeartbeat.CELERY, ago(1))
     control.sweep_resumed()
     assert SweepHeartbeat.objects.get(id=SweepHeartbeat.HEARD_SINCE).finished_at < ago(59)
+
+
+def test_a_lease_that_ran_out_while_agents_could_not_reach_the_platform_is_kept(silent):
+    from tasks_app.models import Job
+    from tasks_app.services.runs import run_create, runs_start_next
+    from tests.agents_app.test_bounds import claim
+    from tests.factories import DEMO_MAIN_TF, make_workspace
+
+    Agent.objects.filter(id=silent.id).update(last_heartbeat_at=timezone.now())
+    ws = make_workspace(pool=silent.pool, files={"main.tf": DEMO_MAIN_TF})
+    run_create(workspace=ws, operation="plan_and_apply", actor="test")
+    runs_start_next(workspace_id=ws.id)
+    job = claim(silent)
+    Job.objects.filter(id=job["id"]).update(lease_expires_at=ago(1))
+    mark(SweepHeartbeat.WEB_SEEN, ago(5))  # web is down: the heartbeats that renew leases cannot arrive
+    mark(SweepHeartbeat.HEARD_SINCE, ago(60))
+    assert control.step_leases() == []
+    mark(SweepHeartbeat.WEB_SEEN, ago(0.5))
+    mark(SweepHeartbeat.HEARD_SINCE, ago(2))  # web came back 2 s ago: agents get the full timeout
+    assert control.step_leases() == []
+    mark(SweepHeartbeat.HEARD_SINCE, ago(60))
+    assert control.step_leases() == [job["id"]]
+    assert Job.objects.get(id=job["id"]).status == "queued"  # a plan goes back to the queue

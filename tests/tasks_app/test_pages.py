@@ -412,6 +412,8 @@ ADMIN_BOUNDS = {
     "scale_up_delay_seconds": 30, "scale_down_delay_seconds": 900, "cooldown_seconds": 900,
     "warmup_expire_seconds": 1800, "warmup_max_retries": 3, "pod_start_wait_seconds": 60,
     "pod_register_deadline_seconds": 180,
+    # the kubernetes backend's (prefilled in the form)
+    "k8s_namespace": "iac-agents", "k8s_image": "iac-agent:latest",
 }
 
 
