@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import Api
+from bench.dispatch import TF_WRAPPER  # one line per terraform process: start end rc subcommand dir
 from bench.live import ROOT, BenchPlatform, failure_exit_code
 from bench.report import percentile
 from bench.terraform_fixture import MAIN_TF as PROVIDER_TF
@@ -68,16 +69,6 @@ resource "terraform_data" "bench" {
 """
 CONFIGS = {"data": DATA_TF, "provider": PROVIDER_TF}
 WAYS = ("platform", "bare-http", "bare-local")
-
-# Records each terraform process the agent starts: start, end, exit code, subcommand, dir.
-TF_WRAPPER = """#!/bin/sh
-start=$(date +%s.%N)
-"{real}" "$@"
-rc=$?
-end=$(date +%s.%N)
-echo "$start $end $rc $1 $PWD" >> "{times}"
-exit $rc
-"""
 
 PLAN_HOPS = (
     ("queued_to_claimed", "queued → claimed"),
