@@ -42,3 +42,14 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     elif not (isinstance(response.data, dict) and "detail" in response.data):
         response.data = {"detail": _flatten(response.data)}
     return response
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """Django's 404 for a URL that matches no route (handler404): under /api/ the same JSON
+    shape as every other API error (e.g. `/api/v1/runs/-1/`), elsewhere Django's page."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": f"no such URL: {request.path}"}, status=404)
+    return page_not_found(request, exception)

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import BaseParser, JSONParser
@@ -17,7 +17,8 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from iacplatform.errors import Conflict, Forbidden
+from agents_app.models import AgentPool
+from iacplatform.errors import Conflict, Forbidden, invalid_field
 from iacplatform.permissions import (
     Action,
     can_create_workspace,
@@ -105,6 +106,23 @@ def _workspace_queryset() -> QuerySet[Workspace]:
     return Workspace.objects.annotate(latest_cv_id=Subquery(latest)).order_by("name")
 
 
+def _default_pool(user: Any) -> AgentPool:
+    """The pool of a workspace created without one: IAC_DEFAULT_POOL, else the only pool the
+    user may use. Invalid (400, naming `pool`) when there is no such single pool."""
+    if settings.IAC_DEFAULT_POOL:
+        pool = AgentPool.objects.filter(name=settings.IAC_DEFAULT_POOL).first()
+        if pool is None:
+            raise invalid_field("pool", f"required: the default pool '{settings.IAC_DEFAULT_POOL}' does not exist")
+        return pool
+    pools = AgentPool.objects.order_by("id")
+    if not is_site_admin(user):
+        pools = pools.filter(teams__user=user).distinct()
+    usable = list(pools[:2])
+    if len(usable) != 1:
+        raise invalid_field("pool", "required: there is no single pool to default to (set IAC_DEFAULT_POOL)")
+    return usable[0]
+
+
 class WorkspaceListCreate(generics.ListCreateAPIView):
     serializer_class = WorkspaceSerializer
     parser_classes = JSON_ONLY
@@ -116,12 +134,12 @@ class WorkspaceListCreate(generics.ListCreateAPIView):
         user = self.request.user
         if not can_create_workspace(user):
             raise Forbidden("only site admins and teams allowed to create workspaces can create one")
-        pool = serializer.validated_data.get("pool")
-        if pool is not None and not can_use_pool(user, pool):
+        pool = serializer.validated_data.get("pool") or _default_pool(user)
+        if not can_use_pool(user, pool):
             raise Forbidden(f"none of your teams may use pool '{pool.name}'")
         team = None if is_site_admin(user) else creating_team(user)
         with transaction.atomic():
-            ws: Workspace = serializer.save()
+            ws: Workspace = serializer.save(pool=pool)
             if team is not None:
                 # The team that created it administers it (as in HCP Terraform).
                 WorkspaceAccess.objects.create(workspace=ws, team=team, level=AccessLevel.ADMIN)
@@ -417,7 +435,7 @@ class RunLogs(generics.GenericAPIView):
     queryset = Task.objects.all()
 
     @extend_schema(
-        parameters=[OpenApiParameter("offset", int, description="byte offset to read from (default 0)")],
+        parameters=[RunLogQuerySerializer],
         description="At most 1 MiB of the log per call: read on from `next_offset` until `complete`.",
     )
     def get(self, request: Request, pk: int) -> Response:

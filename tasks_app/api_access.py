@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from iacplatform.errors import Forbidden, NotFound
 from iacplatform.permissions import Action, is_site_admin, workspace_for
 from tasks_app.models import AccessLevel, ApiToken, AuditEvent, WorkspaceAccess
+from tasks_app.serializers import StrictCharField, StrictChoiceField
 from tasks_app.services.audit import audit_record
 from tasks_app.services.tokens import token_create, token_revoke
 
@@ -34,7 +35,7 @@ class TokenSerializer(serializers.ModelSerializer):
 
 
 class TokenCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
@@ -88,8 +89,8 @@ class TokenRevoke(APIView):
 
 
 class AccessSerializer(serializers.Serializer):
-    team = serializers.CharField(max_length=150, help_text="the team's (group's) name")
-    level = serializers.ChoiceField(choices=AccessLevel.choices)
+    team = StrictCharField(max_length=150, help_text="the team's (group's) name")
+    level = StrictChoiceField(choices=AccessLevel.choices)
 
 
 class WorkspaceAccessListSet(APIView):

@@ -23,7 +23,7 @@ from tasks_app.models import (
     Workspace,
 )
 from tasks_app.selectors import run_waiting_reason, run_warm_slot
-from tasks_app.states import Operation, WarmupStatus
+from tasks_app.states import ApplyPath, Operation, WarmupStatus
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -36,21 +36,37 @@ class StrictBooleanField(serializers.BooleanField):
         raise serializers.ValidationError(self.error_messages["invalid"].format(input=data), code="invalid")
 
 
-class StrictCharField(serializers.CharField):
+class _OnlyStrings:
     """Only JSON strings: DRF's CharField turns 1 into "1", which would store a file whose
-    content the user never wrote."""
+    content the user never wrote (and the schema says `string`)."""
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             raise serializers.ValidationError(f"must be a string, not {type(data).__name__}", code="invalid")
-        return super().to_internal_value(data)
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class StrictCharField(_OnlyStrings, serializers.CharField):
+    pass
+
+
+class StrictSlugField(_OnlyStrings, serializers.SlugField):
+    pass
+
+
+class StrictChoiceField(_OnlyStrings, serializers.ChoiceField):
+    pass
 
 
 class StrictModelSerializer(serializers.ModelSerializer):
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
         models.BooleanField: StrictBooleanField,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.SlugField: StrictSlugField,
     }
+    serializer_choice_field = StrictChoiceField
 
 
 @contextmanager
@@ -75,6 +91,8 @@ class WorkspaceSerializer(StrictModelSerializer):
         fields = ["id", "name", "pool", "auto_apply", "locked", "terraform_version", "created_at",
                   "latest_configuration_version"]
         read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"pool": {"required": False, "help_text": "default: IAC_DEFAULT_POOL, else the only pool "
+                                                                 "you may use"}}
 
     def create(self, validated_data: dict[str, Any]) -> Workspace:
         with unique_or_400("name", "a workspace with this name already exists"):
@@ -98,10 +116,19 @@ class ConfigurationVersionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field({
+    "type": "object", "minProperties": 1,
+    "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+    "propertyNames": {"minLength": 1, "pattern": "^[^\\u0000]*$"},
+})
+class NonEmptyFilesField(serializers.DictField):
+    """file name -> file text; the configs service checks the names and the sizes."""
+
+
 class ConfigurationFilesSerializer(serializers.Serializer):
     """The JSON form of an upload; paths and sizes are checked by the configs service."""
 
-    files = serializers.DictField(
+    files = NonEmptyFilesField(
         child=StrictCharField(allow_blank=True, trim_whitespace=False),
         help_text='file name -> file text, e.g. {"main.tf": "..."}',
     )
@@ -116,7 +143,7 @@ identifier = RegexValidator(
 
 
 @extend_schema_field({"type": "string", "nullable": True, "description": "null when the variable is sensitive"})
-class VariableValueField(serializers.CharField):
+class VariableValueField(StrictCharField):
     """Readable for plain variables; a sensitive value reads back as null, never decrypted here."""
 
     def get_attribute(self, instance: Variable) -> str | None:
@@ -182,18 +209,18 @@ class VariableSerializer(StrictModelSerializer):
 class RunCreateSerializer(serializers.Serializer):
     # No `message`: a run's message is the platform's word on it ("discarded by …", a stale
     # plan); a client that could set it could forge one. Unknown fields are ignored.
-    operation = serializers.ChoiceField(choices=Operation.choices)
+    operation = StrictChoiceField(choices=Operation.choices)
 
 
 class RunConfirmSerializer(serializers.Serializer):
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class RunCancelSerializer(serializers.Serializer):
     force = StrictBooleanField(
         required=False, default=False, help_text="stop terraform with SIGKILL at once instead of SIGINT first"
     )
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class TaskEventSerializer(serializers.ModelSerializer):
@@ -219,6 +246,7 @@ class RunSerializer(serializers.ModelSerializer):
     confirm_to_first_log_ms = serializers.SerializerMethodField()
     waiting_reason = serializers.SerializerMethodField()
     sandbox = serializers.SerializerMethodField()
+    apply_path = serializers.SerializerMethodField()
     events = TaskEventSerializer(many=True, read_only=True)
 
     class Meta:
@@ -243,6 +271,11 @@ class RunSerializer(serializers.ModelSerializer):
             return None
         slot = run_warm_slot(task.id)
         return slot.agent.name if slot is not None else None
+
+    @extend_schema_field({"type": "string", "enum": [p.value for p in ApplyPath], "nullable": True,
+                          "description": "how the apply got its work dir; null before an apply started"})
+    def get_apply_path(self, task: Task) -> str | None:
+        return task.apply_path or None
 
     def get_confirm_to_apply_start_ms(self, task: Task) -> int | None:
         return _ms_between(task.confirmed_at, task.apply_started_at)

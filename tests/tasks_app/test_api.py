@@ -26,7 +26,7 @@ from tasks_app.models import (
     Workspace,
 )
 from tasks_app.states import Operation, RunStatus, WarmupStatus
-from tests.factories import DEMO_MAIN_TF, make_agent, make_token, make_workspace
+from tests.factories import DEMO_MAIN_TF, make_agent, make_pool, make_token, make_workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -144,13 +144,45 @@ def test_it_creates_lists_and_reads_a_workspace(api, pool):
 
 
 def test_it_names_the_missing_or_invalid_workspace_fields(api, pool):
+    make_pool()  # two pools and no IAC_DEFAULT_POOL: no default to pick
     response = api.post("/api/v1/workspaces/", {"name": "web"}, format="json")
     assert response.status_code == 400
     assert "pool" in response.json()["errors"]
+    assert not Workspace.objects.filter(name="web").exists()
 
     response = api.post("/api/v1/workspaces/", {"name": "not a slug!", "pool": 999999}, format="json")
     assert response.status_code == 400
     assert set(response.json()["errors"]) == {"name", "pool"}
+
+
+def test_a_workspace_without_a_pool_gets_the_only_pool(api, pool):
+    response = api.post("/api/v1/workspaces/", {"name": "web"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["pool"] == pool.id
+
+
+def test_a_workspace_without_a_pool_gets_the_pool_named_by_the_setting(api, pool, settings):
+    other, _ = make_pool(name="shared")
+    settings.IAC_DEFAULT_POOL = "shared"
+    assert api.post("/api/v1/workspaces/", {"name": "web"}, format="json").json()["pool"] == other.id
+    settings.IAC_DEFAULT_POOL = "gone"
+    response = api.post("/api/v1/workspaces/", {"name": "web2"}, format="json")
+    assert response.status_code == 400 and "gone" in response.json()["errors"]["pool"][0]
+
+
+def test_a_team_member_defaults_to_the_only_pool_their_team_may_use(pool, charlie):
+    from django.contrib.auth.models import Group, Permission
+
+    make_pool()  # a pool charlie's team may not use
+    team = Group.objects.create(name="builders")
+    team.permissions.add(Permission.objects.get(codename="add_workspace"))
+    charlie.groups.add(team)
+    pool.teams.add(team)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(charlie)}")
+    response = client.post("/api/v1/workspaces/", {"name": "web"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["pool"] == pool.id
 
 
 def test_it_refuses_a_duplicate_workspace_name(api, workspace):
@@ -687,3 +719,40 @@ def test_it_lets_another_signed_in_user_use_the_api(charlie, workspace):
     client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(charlie)}")
     assert client.get("/api/v1/workspaces/").status_code == 200
 
+
+
+def test_a_run_before_any_apply_has_a_null_apply_path(api, workspace):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    assert run["apply_path"] is None
+
+
+def test_an_unknown_api_url_answers_the_json_error_shape(api):
+    response = api.get("/api/v1/runs/-1/")
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("no such URL")
+
+
+@pytest.mark.parametrize("body", [{"name": 7}, {"name": "web", "terraform_version": 1}])
+def test_string_fields_take_only_strings(api, pool, body):
+    response = api.post("/api/v1/workspaces/", {"pool": pool.id, **body}, format="json")
+    assert response.status_code == 400
+    assert not Workspace.objects.exists()
+
+
+def test_the_schema_documents_every_error_with_one_shape_and_the_enforced_constraints(api):
+    import yaml
+
+    schema = yaml.safe_load(api.get("/api/schema/").content)
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for code in ("400", "401", "403", "404"):
+                content = operation["responses"][code]["content"]["application/json"]["schema"]
+                assert content == {"$ref": "#/components/schemas/Error"}, (method, path, code)
+    logs = schema["paths"]["/api/v1/runs/{id}/logs/"]["get"]["parameters"]
+    assert next(p for p in logs if p["name"] == "offset")["schema"]["minimum"] == 0
+    run = schema["components"]["schemas"]["Run"]["properties"]
+    assert run["apply_path"]["nullable"] is True
+    comment = schema["components"]["schemas"]["RunConfirmRequest"]["properties"]["comment"]
+    assert comment["pattern"] == "^[^\\u0000]*$"
+    links = schema["paths"]["/api/v1/workspaces/{workspace_id}/runs/"]["post"]["responses"]["201"]["links"]
+    assert links["ConfirmRun"] == {"operationId": "v1_runs_confirm_create", "parameters": {"id": "$response.body#/id"}}
