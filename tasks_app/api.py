@@ -19,6 +19,7 @@ from rest_framework.response import Response
 
 from agents_app.models import AgentPool
 from iacplatform.errors import Conflict, Forbidden, invalid_field
+from iacplatform.pagination import NewestFirst, StateVersionsNewestFirst
 from iacplatform.permissions import (
     Action,
     can_create_workspace,
@@ -46,6 +47,7 @@ from tasks_app.serializers import (
     RunCancelSerializer,
     RunConfirmSerializer,
     RunCreateSerializer,
+    RunListQuerySerializer,
     RunLogQuerySerializer,
     RunLogSerializer,
     RunSerializer,
@@ -67,7 +69,7 @@ from tasks_app.services.runs import (
     run_prepare,
     runs_start_next,
 )
-from tasks_app.states import FINAL, Operation, is_final
+from tasks_app.states import FINAL, Operation, RunStatus, is_final
 
 # JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
 # and nothing in the API is meant to be posted from an HTML form.
@@ -240,6 +242,8 @@ class ConfigurationVersionListCreate(generics.ListCreateAPIView):
         # The archive bytes stay in the database: the list shows what was uploaded, not the files.
         return ConfigurationVersion.objects.filter(workspace=workspace).defer("archive").order_by("-id")
 
+    pagination_class = NewestFirst
+
     @extend_schema(
         request={
             "application/json": ConfigurationFilesSerializer,
@@ -279,7 +283,7 @@ class VariableListCreate(generics.ListCreateAPIView):
         return _workspace(self.request, self.kwargs["workspace_id"], action)
 
     def get_queryset(self) -> QuerySet[Variable]:
-        return Variable.objects.filter(workspace=self._workspace())
+        return Variable.objects.filter(workspace=self._workspace()).order_by("category", "key", "id")
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
@@ -326,10 +330,24 @@ class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
 class RunListCreate(generics.ListAPIView):
     serializer_class = RunSerializer
     parser_classes = JSON_ONLY
+    pagination_class = NewestFirst
 
     def get_queryset(self) -> QuerySet[Task]:
         workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
-        return _run_queryset().filter(workspace=workspace).order_by("-id")
+        runs = _run_queryset().filter(workspace=workspace).order_by("-id")
+        if "workspace_id" not in self.kwargs:  # drf-spectacular inspecting the view
+            return runs
+        query = RunListQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        if query.validated_data.get("status"):
+            runs = runs.filter(status__in=sorted(query.validated_data["status"]))
+        if query.validated_data["needs_attention"]:
+            runs = runs.filter(status=RunStatus.APPLY_PENDING)
+        return runs
+
+    @extend_schema(parameters=[RunListQuerySerializer])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(
         request=RunCreateSerializer,
@@ -459,6 +477,7 @@ class RunLogs(generics.GenericAPIView):
 
 class StateVersionList(generics.ListAPIView):
     serializer_class = StateVersionSerializer
+    pagination_class = StateVersionsNewestFirst
 
     def get_queryset(self) -> QuerySet[StateVersion]:
         workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)

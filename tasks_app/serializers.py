@@ -23,7 +23,10 @@ from tasks_app.models import (
     Workspace,
 )
 from tasks_app.selectors import run_waiting_reason, run_warm_slot
-from tasks_app.states import ApplyPath, Operation, WarmupStatus
+from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
+
+# The bound of a long-poll on a run (`?wait=`): a pipeline asks again after it.
+RUN_WAIT_MAX_SECONDS = 60.0
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -212,6 +215,29 @@ class RunCreateSerializer(serializers.Serializer):
     operation = StrictChoiceField(choices=Operation.choices)
 
 
+class RunListQuerySerializer(serializers.Serializer):
+    status = serializers.MultipleChoiceField(
+        choices=RunStatus.choices, required=False,
+        help_text="only runs in one of these statuses (repeat the parameter: ?status=planned&status=errored)",
+    )
+    needs_attention = serializers.BooleanField(
+        required=False, default=False,
+        help_text="only runs waiting for a person: apply_pending (Confirm or Discard)",
+    )
+
+
+class RunWaitQuerySerializer(serializers.Serializer):
+    wait = serializers.FloatField(
+        required=False, min_value=0, max_value=RUN_WAIT_MAX_SECONDS, default=0,
+        help_text=f"long-poll: answer once the run is in one of `until` (or, without `until`, once its status "
+                  f"changes), or after this many seconds (at most {RUN_WAIT_MAX_SECONDS:g}), whichever comes first",
+    )
+    until = serializers.MultipleChoiceField(
+        choices=RunStatus.choices, required=False,
+        help_text="the statuses `wait` waits for (repeat the parameter: ?until=apply_pending&until=errored)",
+    )
+
+
 class RunConfirmSerializer(serializers.Serializer):
     comment = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
 
@@ -309,6 +335,11 @@ class RunLogSerializer(serializers.Serializer):
 
 class RunLogQuerySerializer(serializers.Serializer):
     offset = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0, help_text="byte offset to read from")
+    wait = serializers.FloatField(
+        required=False, min_value=0, max_value=RUN_WAIT_MAX_SECONDS, default=0,
+        help_text="follow: when nothing lies past `offset` yet and the run is not final, answer once more log "
+                  f"comes, the run ends, or after this many seconds (at most {RUN_WAIT_MAX_SECONDS:g})",
+    )
 
 
 # State --------------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def test_it_accepts_files_as_json(api, workspace):
     assert body["files"] == ["main.tf", "modules/x/vars.tf"]
     assert len(body["sha256"]) == 64 and body["size"] > 0
 
-    listed = api.get(f"/api/v1/workspaces/{workspace.id}/configuration-versions/").json()
+    listed = api.get(f"/api/v1/workspaces/{workspace.id}/configuration-versions/").json()["results"]
     assert listed[0]["id"] == body["id"] and len(listed) == 2
     assert api.get(f"/api/v1/workspaces/{workspace.id}/").json()["latest_configuration_version"] == body["id"]
 
@@ -506,8 +506,20 @@ def test_it_lets_plan_only_runs_pass_while_a_second_applyable_run_waits(
     assert speculative["status"] == RunStatus.PLAN_QUEUED
     assert not Job.objects.filter(task_id=second["id"]).exists()
 
-    listed = api.get(f"/api/v1/workspaces/{workspace.id}/runs/").json()
+    listed = api.get(f"/api/v1/workspaces/{workspace.id}/runs/").json()["results"]
     assert [r["id"] for r in listed] == [speculative["id"], second["id"], first["id"]]  # newest first
+
+    url = f"/api/v1/workspaces/{workspace.id}/runs/"
+    assert [r["id"] for r in api.get(f"{url}?status=pending").json()["results"]] == [second["id"]]
+    both = api.get(f"{url}?status=pending&status=plan_queued&page_size=2").json()
+    assert [r["id"] for r in both["results"]] == [speculative["id"], second["id"]]
+    rest = api.get(both["next"]).json()
+    assert [r["id"] for r in rest["results"]] == [first["id"]] and rest["next"] is None
+    assert api.get(f"{url}?needs_attention=true").json()["results"] == []
+    Task.objects.filter(id=first["id"]).update(status=RunStatus.APPLY_PENDING)
+    assert [r["id"] for r in api.get(f"{url}?needs_attention=true").json()["results"]] == [first["id"]]
+    response = api.get(f"{url}?status=bogus")
+    assert response.status_code == 400 and "status" in response.json()["errors"]
 
 
 def test_it_shows_plan_warmup_and_apply_latency_on_a_run(api, workspace, pool):
@@ -696,7 +708,7 @@ def test_it_lists_state_versions_without_their_content(api, workspace):
     state_version(workspace, 2)
     response = api.get(f"/api/v1/workspaces/{workspace.id}/state-versions/")
     assert response.status_code == 200
-    rows = response.json()
+    rows = response.json()["results"]
     assert [(r["serial"], r["task"]) for r in rows] == [(2, None), (1, task.id)]
     assert rows[0]["lineage"] == "lin-1" and rows[0]["size"] > 0
     assert "s3cr3t-state" not in response.content.decode()
@@ -756,3 +768,10 @@ def test_the_schema_documents_every_error_with_one_shape_and_the_enforced_constr
     assert comment["pattern"] == "^[^\\u0000]*$"
     links = schema["paths"]["/api/v1/workspaces/{workspace_id}/runs/"]["post"]["responses"]["201"]["links"]
     assert links["ConfirmRun"] == {"operationId": "v1_runs_confirm_create", "parameters": {"id": "$response.body#/id"}}
+
+
+def test_list_parameters_are_checked_not_ignored_nor_a_server_error(api, workspace):
+    assert api.get(f"/api/v1/workspaces/{workspace.id}/runs/?page_size=0").status_code == 400
+    assert api.get(f"/api/v1/workspaces/{workspace.id}/runs/?page_size=x").status_code == 400
+    assert api.get("/api/v1/audit-events/?object_type=a%00b").status_code == 400
+    assert api.get("/api/v1/audit-events/?page_size=201").status_code == 400
