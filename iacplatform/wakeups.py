@@ -141,6 +141,15 @@ def publish(channel: str, message: str | bytes) -> bool:
     return _best_effort("a publish", lambda c: c.publish(channel, message))
 
 
+def run_channel(task_id: int) -> str:
+    """A run's events for the API's long-polls (`?wait=`): its status changed, its log grew."""
+    return f"iac:run:{task_id}"
+
+
+def wake_run(task_id: int, what: str) -> None:
+    publish(run_channel(task_id), what)
+
+
 def pushed_list(agent_id: int) -> str:
     return f"iac:push:agent:{agent_id}"
 

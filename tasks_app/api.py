@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
@@ -31,6 +32,7 @@ from iacplatform.permissions import (
     run_for,
     workspace_for,
 )
+from tasks_app.longpoll import long_polling
 from tasks_app.models import (
     AccessLevel,
     ConfigurationVersion,
@@ -42,6 +44,7 @@ from tasks_app.models import (
 )
 from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read, state_tracks_resources
 from tasks_app.serializers import (
+    RUN_WAIT_MAX_SECONDS,
     ConfigurationFilesSerializer,
     ConfigurationVersionSerializer,
     RunCancelSerializer,
@@ -51,6 +54,7 @@ from tasks_app.serializers import (
     RunLogQuerySerializer,
     RunLogSerializer,
     RunSerializer,
+    RunWaitQuerySerializer,
     StateVersionSerializer,
     VariableSerializer,
     WorkspaceSerializer,
@@ -367,11 +371,34 @@ class RunListCreate(generics.ListAPIView):
         return _run_response(task.id, status.HTTP_201_CREATED)
 
 
+def _status_reached(request: HttpRequest, first: dict, data: dict) -> bool:
+    until = request.GET.getlist("until")
+    return data["status"] in until if until else data["status"] != first["status"]
+
+
+def _log_ready(request: HttpRequest, first: dict, data: dict) -> bool:
+    return bool(data["text"]) or data["complete"]
+
+
 class RunDetail(generics.RetrieveAPIView):
     serializer_class = RunSerializer
 
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        # `?wait=` long-polls asynchronously, holding no thread or connection (tasks_app/longpoll.py).
+        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_status_reached)
+
     def get_queryset(self) -> QuerySet[Task]:
         return _run_queryset().filter(workspace_id__in=readable_workspaces(self.request.user).values("id"))
+
+    @extend_schema(
+        parameters=[RunWaitQuerySerializer],
+        description="The run. With `?wait=S`: answers once the run is in one of `until` (without `until`: once "
+                    "its status changes), or after S seconds (at most 60) with the run as it is then.",
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        RunWaitQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
+        return super().get(request, *args, **kwargs)
 
 
 class _RunAction(generics.GenericAPIView):
@@ -452,9 +479,16 @@ class RunLogs(generics.GenericAPIView):
     serializer_class = RunLogSerializer
     queryset = Task.objects.all()
 
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        # `?wait=` follows the log asynchronously, holding no thread or connection (tasks_app/longpoll.py).
+        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_log_ready)
+
     @extend_schema(
         parameters=[RunLogQuerySerializer],
-        description="At most 1 MiB of the log per call: read on from `next_offset` until `complete`.",
+        description="At most 1 MiB of the log per call: read on from `next_offset` until `complete`. With "
+                    "`?wait=S` it follows: when there is nothing past `offset` yet, it answers once there is, "
+                    "once the run has ended, or after S seconds (at most 60) with an empty `text`.",
     )
     def get(self, request: Request, pk: int) -> Response:
         task = _task(request, pk, Action.READ)

@@ -62,6 +62,9 @@ def run_transition(
     task.status = to
     if message and not event_only:
         task.message = message
+    # Wakes the API's long-polls on this run (`GET /runs/<id>/?wait=`); best effort, after commit.
+    task_id = task.id
+    transaction.on_commit(lambda: wakeups.wake_run(task_id, "status"))
     if to in FINAL:
         task.finished_at = timezone.now()
         warmup_release(task, message=f"run {task.id} is {to}")

@@ -71,8 +71,9 @@ def test_schemathesis_finds_no_failure(scenario, tmp_path: Path):
         ("POST /api/v1/runs/{id}/discard/", {"id": to_discard["id"]}),
         ("POST /api/v1/runs/{id}/cancel/", {"id": to_cancel["id"]}),
         ("POST /api/v1/runs/{id}/prepare/", {"id": to_confirm["id"]}),
-        ("GET /api/v1/runs/{id}/", {"id": to_confirm["id"]}),
-        ("GET /api/v1/runs/{id}/logs/", {"id": to_confirm["id"]}),
+        # A short `wait`: the long-poll path is taken, and a case never waits up to 60 s.
+        ("GET /api/v1/runs/{id}/", {"id": to_confirm["id"], "wait": 0.1}),
+        ("GET /api/v1/runs/{id}/logs/", {"id": to_confirm["id"], "wait": 0.1}),
         ("GET /api/v1/workspaces/{workspace_id}/runs/", {"workspace_id": ws}),
         ("GET /api/v1/workspaces/{workspace_id}/configuration-versions/", {"workspace_id": ws}),
         ("GET /api/v1/workspaces/{workspace_id}/variables/", {"workspace_id": ws}),

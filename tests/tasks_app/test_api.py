@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import time
 from datetime import timedelta
 
 import pytest
@@ -775,3 +776,30 @@ def test_list_parameters_are_checked_not_ignored_nor_a_server_error(api, workspa
     assert api.get(f"/api/v1/workspaces/{workspace.id}/runs/?page_size=x").status_code == 400
     assert api.get("/api/v1/audit-events/?object_type=a%00b").status_code == 400
     assert api.get("/api/v1/audit-events/?page_size=201").status_code == 400
+
+
+def test_a_run_wait_answers_at_once_when_the_status_is_already_reached(api, workspace):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    started = time.monotonic()
+    response = api.get(f"/api/v1/runs/{run['id']}/?wait=5&until={run['status']}&until=errored")
+    assert response.status_code == 200 and response.json()["status"] == run["status"]
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("query", ["wait=61", "wait=-1", "wait=x", "until=bogus"])
+def test_a_run_wait_refuses_bad_parameters(api, workspace, query):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    response = api.get(f"/api/v1/runs/{run['id']}/?{query}")
+    assert response.status_code == 400
+
+
+def test_a_run_wait_for_an_unknown_run_is_a_404_at_once(api):
+    assert api.get("/api/v1/runs/999999/?wait=5&until=applied").status_code == 404
+
+
+def test_only_a_get_waits(api, workspace):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    for url in (f"/api/v1/runs/{run['id']}/?wait=5&until=applied", f"/api/v1/runs/{run['id']}/logs/?wait=5"):
+        started = time.monotonic()
+        assert api.options(url).status_code == 200
+        assert time.monotonic() - started < 2
