@@ -111,3 +111,31 @@ def test_many_waiters_hold_no_connection_and_do_not_starve_other_requests(scenar
         t.join(30)
     assert len(answers) == 50 and all(code == 200 for code, _ in answers)
     assert all(5.5 < took < 12 for _, took in answers), sorted(took for _, took in answers)
+
+
+def test_without_redis_a_wait_still_answers_within_about_a_second_of_the_status(alice, tmp_path):
+    from tests.e2e.apiclient import PlatformUser
+    from tests.factories import make_pool, make_token
+    from tests.live import start_platform
+
+    # No Redis at all: nothing listens on this socket (the worker cannot reach its broker either).
+    platform = start_platform(redis_url=f"unix://{tmp_path}/no-redis.sock", tag="-wait-no-redis")
+    try:
+        user = PlatformUser(platform.base, make_token(alice))
+        pool, _ = make_pool()
+        ws = user.create_workspace("no-redis", pool.id, {"main.tf": 'resource "terraform_data" "x" {}'})
+        user.request("PATCH", f"/api/v1/workspaces/{ws['id']}/", json={"locked": True}, expect=200)
+        run = user.queue(ws["id"])
+        result: dict = {}
+        waiter = threading.Thread(target=lambda: result.update(
+            r=_timed(user, f"/api/v1/runs/{run['id']}/?wait=20&until=cancelled")))
+        waiter.start()
+        time.sleep(1)
+        cancelled_at = time.monotonic()
+        user.request("POST", f"/api/v1/runs/{run['id']}/cancel/", json={}, expect=200)
+        waiter.join(30)
+        response, took = result["r"]
+        assert response.status_code == 200 and response.json()["status"] == "cancelled"
+        assert took < 20 and time.monotonic() - cancelled_at < 2.5  # the database check, about once a second
+    finally:
+        platform.stop()
