@@ -164,16 +164,26 @@ def _upload(client: Client, ws: dict, directory: Path) -> dict:
               help="upload this directory first (honouring .terraformignore)")
 @click.option("--apply", "apply_", is_flag=True, help="plan and apply (default: plan only)")
 @click.option("--auto-approve", is_flag=True, help="confirm the apply without asking")
+@click.option("--destroy", is_flag=True, help="plan to destroy everything (terraform plan -destroy)")
+@click.option("--refresh-only", is_flag=True, help="only refresh the state (terraform plan -refresh-only)")
+@click.option("--target", "targets", multiple=True, metavar="ADDRESS", help="terraform -target (repeatable)")
+@click.option("--replace", "replace", multiple=True, metavar="ADDRESS", help="terraform -replace (repeatable)")
 @click.pass_obj
-def run(client: Client, workspace: str, directory: Path | None, apply_: bool, auto_approve: bool) -> None:
+def run(client: Client, workspace: str, directory: Path | None, apply_: bool, auto_approve: bool, destroy: bool,
+        refresh_only: bool, targets: tuple[str, ...], replace: tuple[str, ...]) -> None:
     """Queue a run, stream its log, print the plan summary, confirm (or ask), and exit
     non-zero unless it ends as asked."""
+    if destroy and refresh_only:
+        raise click.UsageError("--destroy and --refresh-only exclude each other")
+    mode = "destroy" if destroy else "refresh_only" if refresh_only else "normal"
     ws = client.workspace(workspace)
     if directory is not None:
         cv = _upload(client, ws, directory)
         click.echo(f"uploaded configuration version {cv['id']} ({len(cv['files'])} files)", err=True)
-    created = client.call("POST", f"/workspaces/{ws['id']}/runs/",
-                          json={"operation": "plan_and_apply" if apply_ else "plan"})
+    created = client.call("POST", f"/workspaces/{ws['id']}/runs/", json={
+        "operation": "plan_and_apply" if apply_ else "plan",
+        "mode": mode, "targets": list(targets), "replace": list(replace),
+    })
     run_id = created["id"]
     click.echo(f"run {run_id} queued on workspace {ws['name']}", err=True)
     current, offset = follow(client, run_id, 0, PLAN_DONE | FINAL, sys.stdout)

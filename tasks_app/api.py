@@ -42,11 +42,12 @@ from tasks_app.models import (
     Workspace,
     WorkspaceAccess,
 )
-from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read, state_tracks_resources
+from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read, state_outputs, state_tracks_resources
 from tasks_app.serializers import (
     RUN_WAIT_MAX_SECONDS,
     ConfigurationFilesSerializer,
     ConfigurationVersionSerializer,
+    OutputSerializer,
     RunCancelSerializer,
     RunConfirmSerializer,
     RunCreateSerializer,
@@ -367,6 +368,9 @@ class RunListCreate(generics.ListAPIView):
             workspace=workspace,
             operation=params.validated_data["operation"],
             actor=request.user,
+            mode=params.validated_data["mode"],
+            targets=params.validated_data["targets"],
+            replace=params.validated_data["replace"],
         )
         return _run_response(task.id, status.HTTP_201_CREATED)
 
@@ -516,3 +520,16 @@ class StateVersionList(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[StateVersion]:
         workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
         return StateVersion.objects.filter(workspace=workspace).defer("encrypted_data").order_by("-serial", "-id")
+
+
+class WorkspaceOutputs(generics.GenericAPIView):
+    """The outputs of the workspace's latest state, sensitive ones masked (value null)."""
+
+    serializer_class = OutputSerializer
+    queryset = Workspace.objects.none()
+    pagination_class = None
+
+    @extend_schema(responses={200: OutputSerializer(many=True)})
+    def get(self, request: Request, workspace_id: int) -> Response:
+        workspace = _workspace(request, workspace_id, Action.READ)
+        return Response(OutputSerializer(state_outputs(workspace.id), many=True).data)

@@ -12,6 +12,7 @@ from django.db import IntegrityError, models, transaction
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from agents_app.protocol import PlanMode
 from tasks_app.models import (
     ConfigurationVersion,
     Plan,
@@ -209,10 +210,31 @@ class VariableSerializer(StrictModelSerializer):
 # Runs ---------------------------------------------------------------------------------------
 
 
+# A resource address for -target / -replace: one argv element (no shell), so it only must not
+# read as an option (a leading "-") nor hold control characters; terraform checks the rest.
+ADDRESS_PATTERN = r"^[^\-\x00-\x1f][^\x00-\x1f]*$"
+
+
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": 1000,
+                      "pattern": "^[^\\-\\u0000-\\u001f][^\\u0000-\\u001f]*$",
+                      "description": "a resource address, e.g. module.net.aws_subnet.a[0]"})
+class AddressField(StrictCharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=1000, trim_whitespace=False, **kwargs)
+        self.validators.append(RegexValidator(ADDRESS_PATTERN.replace("$", "\\Z"),
+                                              "must be a resource address (not an option, no control characters)"))
+
+
 class RunCreateSerializer(serializers.Serializer):
     # No `message`: a run's message is the platform's word on it ("discarded by …", a stale
     # plan); a client that could set it could forge one. Unknown fields are ignored.
     operation = StrictChoiceField(choices=Operation.choices)
+    mode = StrictChoiceField(choices=[(m.value, m.value) for m in PlanMode], default=PlanMode.NORMAL,
+                             help_text="normal; destroy (terraform plan -destroy); refresh_only (-refresh-only)")
+    targets = serializers.ListField(child=AddressField(), required=False, default=list, max_length=100,
+                                    help_text="terraform plan -target=… addresses")
+    replace = serializers.ListField(child=AddressField(), required=False, default=list, max_length=100,
+                                    help_text="terraform plan -replace=… addresses (normal mode only)")
 
 
 class RunListQuerySerializer(serializers.Serializer):
@@ -273,12 +295,15 @@ class RunSerializer(serializers.ModelSerializer):
     waiting_reason = serializers.SerializerMethodField()
     sandbox = serializers.SerializerMethodField()
     apply_path = serializers.SerializerMethodField()
+    plan_targets = serializers.ListField(child=serializers.CharField(), read_only=True)
+    plan_replace = serializers.ListField(child=serializers.CharField(), read_only=True)
     events = TaskEventSerializer(many=True, read_only=True)
 
     class Meta:
         model = Task
         fields = [
-            "id", "workspace", "operation", "status", "message", "created_at", "finished_at",
+            "id", "workspace", "operation", "plan_mode", "plan_targets", "plan_replace",
+            "status", "message", "created_at", "finished_at",
             "plan_hash", "has_changes", "plan_summary", "terraform_version",
             "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
@@ -343,6 +368,13 @@ class RunLogQuerySerializer(serializers.Serializer):
 
 
 # State --------------------------------------------------------------------------------------
+
+
+class OutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    sensitive = serializers.BooleanField(help_text="a sensitive output's value is never shown: null")
+    type = serializers.JSONField(allow_null=True, help_text="terraform's type of the value, e.g. \"string\"")
+    value = serializers.JSONField(allow_null=True, help_text="null when sensitive")
 
 
 class StateVersionSerializer(serializers.ModelSerializer):

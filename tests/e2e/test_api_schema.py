@@ -78,6 +78,7 @@ def test_schemathesis_finds_no_failure(scenario, tmp_path: Path):
         ("GET /api/v1/workspaces/{workspace_id}/configuration-versions/", {"workspace_id": ws}),
         ("GET /api/v1/workspaces/{workspace_id}/variables/", {"workspace_id": ws}),
         ("GET /api/v1/workspaces/{workspace_id}/state-versions/", {"workspace_id": ws}),
+        ("GET /api/v1/workspaces/{workspace_id}/outputs/", {"workspace_id": ws}),
         ("GET /api/v1/workspaces/{id}/", {"id": ws}),
         ("GET /api/v1/variables/{id}/", {"id": var_id}),
     ]))

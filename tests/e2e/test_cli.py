@@ -53,6 +53,8 @@ def test_the_pipeline_one_liner_uploads_plans_confirms_and_applies(scenario, tmp
     cv = ConfigurationVersion.objects.filter(workspace_id=s.workspace["id"]).latest("id")
     assert sorted(cv.files) == [".terraformignore", "main.tf"]
     assert Task.objects.filter(workspace_id=s.workspace["id"]).get().status == "applied"
+    outputs = s.user.request("GET", f"/api/v1/workspaces/{s.workspace['id']}/outputs/", expect=200).json()
+    assert outputs == [{"name": "greeting", "sensitive": False, "type": "string", "value": "from the cli"}]
 
 
 def test_a_failing_plan_exits_non_zero_with_terraforms_error(scenario, tmp_path):

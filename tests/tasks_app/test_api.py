@@ -803,3 +803,60 @@ def test_only_a_get_waits(api, workspace):
         started = time.monotonic()
         assert api.options(url).status_code == 200
         assert time.monotonic() - started < 2
+
+
+def test_a_run_takes_plan_options_that_reach_the_agents_payload(api, workspace, pool, django_capture_on_commit_callbacks):
+    from tasks_app.services import control
+
+    agent, _ = make_agent(pool=pool)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {
+            "operation": "plan", "mode": "destroy", "targets": ['module.net.aws_subnet.a["x y"]', "terraform_data.b"],
+        }, format="json").json()
+    assert (run["plan_mode"], run["plan_targets"], run["plan_replace"]) == (
+        "destroy", ['module.net.aws_subnet.a["x y"]', "terraform_data.b"], [])
+    [job] = control.agent_claim(agent_id=agent.id, limit=1)
+    assert job["plan_options"] == {"mode": "destroy", "targets": ['module.net.aws_subnet.a["x y"]', "terraform_data.b"],
+                                   "replace": []}
+
+
+@pytest.mark.parametrize("body", [
+    {"mode": "apply"},
+    {"targets": ["-destroy"]},  # an option, not an address
+    {"targets": ["a\nb"]},
+    {"targets": [""]},
+    {"targets": "terraform_data.a"},
+    {"mode": "refresh_only", "replace": ["terraform_data.a"]},
+    {"mode": "destroy", "replace": ["terraform_data.a"]},
+])
+def test_bad_plan_options_are_refused_and_queue_nothing(api, workspace, body):
+    response = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan", **body}, format="json")
+    assert response.status_code == 400, response.json()
+    assert not Task.objects.filter(workspace=workspace).exists()
+
+
+def test_the_agent_turns_plan_options_into_terraform_arguments():
+    from agents_app.agent.jobs import plan_option_args
+    from agents_app.protocol import PlanOptions
+
+    assert plan_option_args(PlanOptions()) == []
+    assert plan_option_args(PlanOptions(mode="refresh_only")) == ["-refresh-only"]
+    assert plan_option_args(PlanOptions(mode="destroy", targets=["a.b", "c.d[0]"])) == [
+        "-destroy", "-target=a.b", "-target=c.d[0]"]
+    assert plan_option_args(PlanOptions(replace=["a.b"])) == ["-replace=a.b"]
+
+
+def test_outputs_show_the_latest_state_with_sensitive_values_masked(api, workspace, charlie):
+    assert api.get(f"/api/v1/workspaces/{workspace.id}/outputs/").json() == []
+    state_version(workspace, 1, b'{"outputs": {"old": {"value": 1, "type": "number"}}}')
+    state_version(workspace, 2, b'{"outputs": {"url": {"value": "https://x", "type": "string"}, '
+                                b'"password": {"value": "hunter2", "type": "string", "sensitive": true}}}')
+    response = api.get(f"/api/v1/workspaces/{workspace.id}/outputs/")
+    assert response.json() == [
+        {"name": "password", "sensitive": True, "type": "string", "value": None},
+        {"name": "url", "sensitive": False, "type": "string", "value": "https://x"},
+    ]
+    assert "hunter2" not in response.content.decode()
+    outsider = APIClient()
+    outsider.credentials(HTTP_AUTHORIZATION=f"Token {make_token(charlie)}")
+    assert outsider.get(f"/api/v1/workspaces/{workspace.id}/outputs/").status_code == 404
