@@ -146,8 +146,9 @@ def run_channel(task_id: int) -> str:
     return f"iac:run:{task_id}"
 
 
-def wake_run(task_id: int, what: str) -> None:
-    publish(run_channel(task_id), what)
+def wake_run(task_id: int, what: str, label: str = "a run wake-up") -> None:
+    """`label` names the call in the outage warning (e.g. "a live log update")."""
+    _best_effort(label, lambda c: c.publish(run_channel(task_id), what))
 
 
 def pushed_list(agent_id: int) -> str:
