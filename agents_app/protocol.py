@@ -179,6 +179,20 @@ class Variables(_Message):
     env: dict[str, str] = {}
 
 
+class PlanMode(enum.StrEnum):
+    NORMAL = "normal"
+    DESTROY = "destroy"  # terraform plan -destroy
+    REFRESH_ONLY = "refresh_only"  # terraform plan -refresh-only
+
+
+class PlanOptions(_Message):
+    """How the plan job runs terraform plan (the apply applies that plan file as it is)."""
+
+    mode: PlanMode = PlanMode.NORMAL
+    targets: list[str] = []  # -target=ADDRESS each
+    replace: list[str] = []  # -replace=ADDRESS each
+
+
 class JobPayload(_Message):
     """What a claim (or a push) hands the agent."""
 
@@ -198,6 +212,8 @@ class JobPayload(_Message):
     # Values the agent must redact from everything it sends (the sensitive variables';
     # the state credential is redacted anyway). Optional: an older server sends none.
     sensitive_values: list[str] = []
+    # Optional: an older server sends none (a normal plan).
+    plan_options: PlanOptions = Field(default_factory=PlanOptions)
 
 
 class ClaimReply(_Message):

@@ -13,11 +13,11 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from iacplatform.errors import Invalid, PlatformError
 
 
-def _flatten(detail: Any) -> str:
+def flatten_errors(detail: Any) -> str:
     if isinstance(detail, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in detail.items())
+        return "; ".join(f"{k}: {flatten_errors(v)}" for k, v in detail.items())
     if isinstance(detail, list):
-        return " ".join(_flatten(v) for v in detail)
+        return " ".join(flatten_errors(v) for v in detail)
     return str(detail)
 
 
@@ -38,7 +38,18 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         errors = response.data
         if isinstance(errors, list):
             errors = {"non_field_errors": errors}
-        response.data = {"detail": _flatten(errors), "errors": errors}
+        response.data = {"detail": flatten_errors(errors), "errors": errors}
     elif not (isinstance(response.data, dict) and "detail" in response.data):
-        response.data = {"detail": _flatten(response.data)}
+        response.data = {"detail": flatten_errors(response.data)}
     return response
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """Django's 404 for a URL that matches no route (handler404): under /api/ the same JSON
+    shape as every other API error (e.g. `/api/v1/runs/-1/`), elsewhere Django's page."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": f"no such URL: {request.path}"}, status=404)
+    return page_not_found(request, exception)

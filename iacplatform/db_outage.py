@@ -10,12 +10,11 @@ it is the one place for pages, the REST API, the agent API and the state backend
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import psycopg
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +41,9 @@ def database_unavailable(exc: BaseException) -> bool:
     return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
 
 
-class DatabaseUnavailableMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> Any:
-        return self.get_response(request)
+class DatabaseUnavailableMiddleware(MiddlewareMixin):
+    # MiddlewareMixin: usable sync and async, so an async view (the API's long-polls) holds no
+    # thread while it waits.
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
         if not database_unavailable(exc):

@@ -7,6 +7,7 @@ import contextvars
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
@@ -24,12 +25,27 @@ def client_address(request: HttpRequest) -> str | None:
 
 
 class RequestAddressMiddleware:
+    # Sync and async: an async view (the API's long-polls) then holds no thread while it waits.
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
         reset = current_address.set(client_address(request))
         try:
             return self.get_response(request)
+        finally:
+            current_address.reset(reset)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        reset = current_address.set(client_address(request))
+        try:
+            return await self.get_response(request)
         finally:
             current_address.reset(reset)

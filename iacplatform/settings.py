@@ -108,6 +108,9 @@ try:
     IAC_PLAN_KILL_GRACE_SECONDS = env.int("IAC_PLAN_KILL_GRACE_SECONDS", 30, validate=POSITIVE)
     IAC_APPLY_KILL_GRACE_SECONDS = env.int("IAC_APPLY_KILL_GRACE_SECONDS", 900, validate=POSITIVE)
     IAC_CLAIM_LONGPOLL_SECONDS = env.float("IAC_CLAIM_LONGPOLL_SECONDS", 25.0, validate=POSITIVE)
+    # The pool a workspace created without one gets (by name); unset: the only pool the
+    # creator may use, when there is exactly one.
+    IAC_DEFAULT_POOL = env.str("IAC_DEFAULT_POOL", "")
     IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
     # When the last Celery sweep is older than this (the broker, Redis, is down, or the
     # worker or beat), every web process runs the sweep itself at the normal interval
@@ -320,7 +323,16 @@ KNOX_TOKEN_MODEL = "tasks_app.ApiToken"
 # (an unused table holding a foreign key to users, which blocks flushes): skip them.
 MIGRATION_MODULES = {"knox": None}
 REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False, "AUTH_HEADER_PREFIX": "Token"}
-SPECTACULAR_SETTINGS = {"TITLE": "IaC platform API", "VERSION": "1", "SERVE_INCLUDE_SCHEMA": False}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "IaC platform API",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Request and response components apart: a request's `minLength` / required fields and a
+    # response's read-only ones are then each documented where they hold.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Error responses, constraints and links the views cannot express (iacplatform/api_schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "iacplatform.api_schema.postprocess"],
+}
 
 CHANNEL_LAYERS = {
     "default": {

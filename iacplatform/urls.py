@@ -17,3 +17,5 @@ urlpatterns = [
     path("pools/", include("agents_app.urls")),
     path("", include("tasks_app.urls")),
 ]
+
+handler404 = "iacplatform.api_errors.not_found"

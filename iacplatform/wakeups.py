@@ -141,6 +141,16 @@ def publish(channel: str, message: str | bytes) -> bool:
     return _best_effort("a publish", lambda c: c.publish(channel, message))
 
 
+def run_channel(task_id: int) -> str:
+    """A run's events for the API's long-polls (`?wait=`): its status changed, its log grew."""
+    return f"iac:run:{task_id}"
+
+
+def wake_run(task_id: int, what: str, label: str = "a run wake-up") -> None:
+    """`label` names the call in the outage warning (e.g. "a live log update")."""
+    _best_effort(label, lambda c: c.publish(run_channel(task_id), what))
+
+
 def pushed_list(agent_id: int) -> str:
     return f"iac:push:agent:{agent_id}"
 

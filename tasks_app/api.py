@@ -8,8 +8,9 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import BaseParser, JSONParser
@@ -17,7 +18,9 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from iacplatform.errors import Conflict, Forbidden
+from agents_app.models import AgentPool
+from iacplatform.errors import Conflict, Forbidden, invalid_field
+from iacplatform.pagination import NewestFirst, StateVersionsNewestFirst
 from iacplatform.permissions import (
     Action,
     can_create_workspace,
@@ -29,6 +32,7 @@ from iacplatform.permissions import (
     run_for,
     workspace_for,
 )
+from tasks_app.longpoll import long_polling
 from tasks_app.models import (
     AccessLevel,
     ConfigurationVersion,
@@ -38,16 +42,20 @@ from tasks_app.models import (
     Workspace,
     WorkspaceAccess,
 )
-from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read, state_tracks_resources
+from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read, state_outputs, state_tracks_resources
 from tasks_app.serializers import (
+    RUN_WAIT_MAX_SECONDS,
     ConfigurationFilesSerializer,
     ConfigurationVersionSerializer,
+    OutputSerializer,
     RunCancelSerializer,
     RunConfirmSerializer,
     RunCreateSerializer,
+    RunListQuerySerializer,
     RunLogQuerySerializer,
     RunLogSerializer,
     RunSerializer,
+    RunWaitQuerySerializer,
     StateVersionSerializer,
     VariableSerializer,
     WorkspaceSerializer,
@@ -66,7 +74,7 @@ from tasks_app.services.runs import (
     run_prepare,
     runs_start_next,
 )
-from tasks_app.states import FINAL, Operation, is_final
+from tasks_app.states import FINAL, Operation, RunStatus, is_final
 
 # JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
 # and nothing in the API is meant to be posted from an HTML form.
@@ -105,6 +113,23 @@ def _workspace_queryset() -> QuerySet[Workspace]:
     return Workspace.objects.annotate(latest_cv_id=Subquery(latest)).order_by("name")
 
 
+def _default_pool(user: Any) -> AgentPool:
+    """The pool of a workspace created without one: IAC_DEFAULT_POOL, else the only pool the
+    user may use. Invalid (400, naming `pool`) when there is no such single pool."""
+    if settings.IAC_DEFAULT_POOL:
+        pool = AgentPool.objects.filter(name=settings.IAC_DEFAULT_POOL).first()
+        if pool is None:
+            raise invalid_field("pool", f"required: the default pool '{settings.IAC_DEFAULT_POOL}' does not exist")
+        return pool
+    pools = AgentPool.objects.order_by("id")
+    if not is_site_admin(user):
+        pools = pools.filter(teams__user=user).distinct()
+    usable = list(pools[:2])
+    if len(usable) != 1:
+        raise invalid_field("pool", "required: there is no single pool to default to (set IAC_DEFAULT_POOL)")
+    return usable[0]
+
+
 class WorkspaceListCreate(generics.ListCreateAPIView):
     serializer_class = WorkspaceSerializer
     parser_classes = JSON_ONLY
@@ -116,12 +141,12 @@ class WorkspaceListCreate(generics.ListCreateAPIView):
         user = self.request.user
         if not can_create_workspace(user):
             raise Forbidden("only site admins and teams allowed to create workspaces can create one")
-        pool = serializer.validated_data.get("pool")
-        if pool is not None and not can_use_pool(user, pool):
+        pool = serializer.validated_data.get("pool") or _default_pool(user)
+        if not can_use_pool(user, pool):
             raise Forbidden(f"none of your teams may use pool '{pool.name}'")
         team = None if is_site_admin(user) else creating_team(user)
         with transaction.atomic():
-            ws: Workspace = serializer.save()
+            ws: Workspace = serializer.save(pool=pool)
             if team is not None:
                 # The team that created it administers it (as in HCP Terraform).
                 WorkspaceAccess.objects.create(workspace=ws, team=team, level=AccessLevel.ADMIN)
@@ -222,6 +247,8 @@ class ConfigurationVersionListCreate(generics.ListCreateAPIView):
         # The archive bytes stay in the database: the list shows what was uploaded, not the files.
         return ConfigurationVersion.objects.filter(workspace=workspace).defer("archive").order_by("-id")
 
+    pagination_class = NewestFirst
+
     @extend_schema(
         request={
             "application/json": ConfigurationFilesSerializer,
@@ -261,7 +288,7 @@ class VariableListCreate(generics.ListCreateAPIView):
         return _workspace(self.request, self.kwargs["workspace_id"], action)
 
     def get_queryset(self) -> QuerySet[Variable]:
-        return Variable.objects.filter(workspace=self._workspace())
+        return Variable.objects.filter(workspace=self._workspace()).order_by("category", "key", "id")
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
@@ -308,10 +335,24 @@ class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
 class RunListCreate(generics.ListAPIView):
     serializer_class = RunSerializer
     parser_classes = JSON_ONLY
+    pagination_class = NewestFirst
 
     def get_queryset(self) -> QuerySet[Task]:
         workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
-        return _run_queryset().filter(workspace=workspace).order_by("-id")
+        runs = _run_queryset().filter(workspace=workspace).order_by("-id")
+        if "workspace_id" not in self.kwargs:  # drf-spectacular inspecting the view
+            return runs
+        query = RunListQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        if query.validated_data.get("status"):
+            runs = runs.filter(status__in=sorted(query.validated_data["status"]))
+        if query.validated_data["needs_attention"]:
+            runs = runs.filter(status=RunStatus.APPLY_PENDING)
+        return runs
+
+    @extend_schema(parameters=[RunListQuerySerializer])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(
         request=RunCreateSerializer,
@@ -327,15 +368,41 @@ class RunListCreate(generics.ListAPIView):
             workspace=workspace,
             operation=params.validated_data["operation"],
             actor=request.user,
+            mode=params.validated_data["mode"],
+            targets=params.validated_data["targets"],
+            replace=params.validated_data["replace"],
         )
         return _run_response(task.id, status.HTTP_201_CREATED)
+
+
+def _status_reached(request: HttpRequest, first: dict, data: dict) -> bool:
+    until = request.GET.getlist("until")
+    return data["status"] in until if until else data["status"] != first["status"]
+
+
+def _log_ready(request: HttpRequest, first: dict, data: dict) -> bool:
+    return bool(data["text"]) or data["complete"]
 
 
 class RunDetail(generics.RetrieveAPIView):
     serializer_class = RunSerializer
 
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        # `?wait=` long-polls asynchronously, holding no thread or connection (tasks_app/longpoll.py).
+        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_status_reached)
+
     def get_queryset(self) -> QuerySet[Task]:
         return _run_queryset().filter(workspace_id__in=readable_workspaces(self.request.user).values("id"))
+
+    @extend_schema(
+        parameters=[RunWaitQuerySerializer],
+        description="The run. With `?wait=S`: answers once the run is in one of `until` (without `until`: once "
+                    "its status changes), or after S seconds (at most 60) with the run as it is then.",
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        RunWaitQuerySerializer(data=request.query_params).is_valid(raise_exception=True)
+        return super().get(request, *args, **kwargs)
 
 
 class _RunAction(generics.GenericAPIView):
@@ -416,9 +483,16 @@ class RunLogs(generics.GenericAPIView):
     serializer_class = RunLogSerializer
     queryset = Task.objects.all()
 
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        # `?wait=` follows the log asynchronously, holding no thread or connection (tasks_app/longpoll.py).
+        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_log_ready)
+
     @extend_schema(
-        parameters=[OpenApiParameter("offset", int, description="byte offset to read from (default 0)")],
-        description="At most 1 MiB of the log per call: read on from `next_offset` until `complete`.",
+        parameters=[RunLogQuerySerializer],
+        description="At most 1 MiB of the log per call: read on from `next_offset` until `complete`. With "
+                    "`?wait=S` it follows: when there is nothing past `offset` yet, it answers once there is, "
+                    "once the run has ended, or after S seconds (at most 60) with an empty `text`.",
     )
     def get(self, request: Request, pk: int) -> Response:
         task = _task(request, pk, Action.READ)
@@ -441,7 +515,21 @@ class RunLogs(generics.GenericAPIView):
 
 class StateVersionList(generics.ListAPIView):
     serializer_class = StateVersionSerializer
+    pagination_class = StateVersionsNewestFirst
 
     def get_queryset(self) -> QuerySet[StateVersion]:
         workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
         return StateVersion.objects.filter(workspace=workspace).defer("encrypted_data").order_by("-serial", "-id")
+
+
+class WorkspaceOutputs(generics.GenericAPIView):
+    """The outputs of the workspace's latest state, sensitive ones masked (value null)."""
+
+    serializer_class = OutputSerializer
+    queryset = Workspace.objects.none()
+    pagination_class = None
+
+    @extend_schema(responses={200: OutputSerializer(many=True)})
+    def get(self, request: Request, workspace_id: int) -> Response:
+        workspace = _workspace(request, workspace_id, Action.READ)
+        return Response(OutputSerializer(state_outputs(workspace.id), many=True).data)

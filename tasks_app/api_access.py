@@ -14,8 +14,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from iacplatform.errors import Forbidden, NotFound
+from iacplatform.pagination import NewestFirst
 from iacplatform.permissions import Action, is_site_admin, workspace_for
 from tasks_app.models import AccessLevel, ApiToken, AuditEvent, WorkspaceAccess
+from tasks_app.serializers import StrictCharField, StrictChoiceField
 from tasks_app.services.audit import audit_record
 from tasks_app.services.tokens import token_create, token_revoke
 
@@ -34,7 +36,7 @@ class TokenSerializer(serializers.ModelSerializer):
 
 
 class TokenCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
@@ -88,8 +90,8 @@ class TokenRevoke(APIView):
 
 
 class AccessSerializer(serializers.Serializer):
-    team = serializers.CharField(max_length=150, help_text="the team's (group's) name")
-    level = serializers.ChoiceField(choices=AccessLevel.choices)
+    team = StrictCharField(max_length=150, help_text="the team's (group's) name")
+    level = StrictChoiceField(choices=AccessLevel.choices)
 
 
 class WorkspaceAccessListSet(APIView):
@@ -143,16 +145,29 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class AuditEventQuerySerializer(serializers.Serializer):
+    action = serializers.CharField(required=False, allow_blank=True, help_text="only events of this action")
+    object_type = serializers.CharField(required=False, allow_blank=True, help_text="only events on this kind of object")
+    object_id = serializers.CharField(required=False, allow_blank=True, help_text="only events on this object")
+
+
 class AuditEventList(generics.ListAPIView):
     """Every human action, newest first (site admins); `?action=` and `?object_type=` filter."""
 
     serializer_class = AuditEventSerializer
+    pagination_class = NewestFirst
+
+    @extend_schema(parameters=[AuditEventQuerySerializer])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> Any:
         if not is_site_admin(self.request.user):
             raise Forbidden("only site admins read the audit log")
         events = AuditEvent.objects.order_by("-id")
-        for param in ("action", "object_type", "object_id"):
-            if value := self.request.query_params.get(param):
+        query = AuditEventQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)  # e.g. a NUL character, which PostgreSQL cannot compare
+        for param, value in query.validated_data.items():
+            if value:
                 events = events.filter(**{param: value})
-        return events[:500]
+        return events

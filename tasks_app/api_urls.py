@@ -32,6 +32,7 @@ urlpatterns = [
     path("runs/<int:pk>/cancel/", api.RunCancel.as_view(), name="api-run-cancel"),
     path("runs/<int:pk>/prepare/", api.RunPrepare.as_view(), name="api-run-prepare"),
     path("runs/<int:pk>/logs/", api.RunLogs.as_view(), name="api-run-logs"),
+    path("workspaces/<int:workspace_id>/outputs/", api.WorkspaceOutputs.as_view(), name="api-workspace-outputs"),
     path(
         "workspaces/<int:workspace_id>/state-versions/",
         api.StateVersionList.as_view(),

@@ -26,6 +26,7 @@ async def _group_send(layer, group: str, message: dict) -> None:
 
 
 def run_log_appended(task_id: int) -> None:
+    wakeups.wake_run(task_id, "log", "a live log update")  # the API's log long-polls (`GET /runs/<id>/logs/?wait=`)
     layer = get_channel_layer()
     if layer is None or not wakeups.redis_available():
         return

@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 from django.db import models
 from knox.models import AbstractAuthToken
 
-from agents_app.protocol import ApplyPath, JobKind, JobStatus, SandboxMode, WarmupStatus, choices
+from agents_app.protocol import ApplyPath, JobKind, JobStatus, PlanMode, SandboxMode, WarmupStatus, choices
 from iacplatform import crypto
 from tasks_app.states import Operation, RunStatus
 
@@ -118,6 +118,11 @@ class Task(models.Model):
     # (which cascades to both) goes through.
     configuration_version = models.ForeignKey(ConfigurationVersion, on_delete=models.RESTRICT, related_name="tasks")
     operation = models.CharField(max_length=20, choices=Operation.choices)
+    # How its plan runs terraform (agents_app.protocol.PlanOptions): -destroy / -refresh-only,
+    # -target=… and -replace=… addresses.
+    plan_mode = models.CharField(max_length=20, choices=choices(PlanMode), default=PlanMode.NORMAL)
+    plan_targets = models.JSONField(default=list, blank=True)
+    plan_replace = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=30, choices=RunStatus.choices, default=RunStatus.PENDING)
     message = models.TextField(blank=True)  # why it errored / was discarded, shown to the user
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

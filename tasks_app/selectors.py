@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db.models import Count, Max, Q
 from django.utils import timezone
@@ -290,3 +291,23 @@ def state_tracks_resources(workspace_id: int) -> bool:
     except ValueError:
         return True  # unreadable: assume the worst
     return any(r.get("instances") for r in state.get("resources") or [] if r.get("mode") != "data")
+
+
+def state_outputs(workspace_id: int) -> list[dict[str, Any]]:
+    """The outputs of the workspace's latest state, by name; a sensitive output's value is
+    None (it never leaves the state). [] when there is no state yet."""
+    import json
+
+    latest = StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial", "-id").first()
+    if latest is None:
+        return []
+    try:
+        outputs = json.loads(latest.data).get("outputs") or {}
+    except (ValueError, AttributeError):
+        return []
+    return [
+        {"name": name, "sensitive": bool(out.get("sensitive")), "type": out.get("type"),
+         "value": None if out.get("sensitive") else out.get("value")}
+        for name, out in sorted(outputs.items())
+        if isinstance(out, dict)
+    ]

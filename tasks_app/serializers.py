@@ -12,6 +12,7 @@ from django.db import IntegrityError, models, transaction
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from agents_app.protocol import PlanMode
 from tasks_app.models import (
     ConfigurationVersion,
     Plan,
@@ -23,7 +24,10 @@ from tasks_app.models import (
     Workspace,
 )
 from tasks_app.selectors import run_waiting_reason, run_warm_slot
-from tasks_app.states import Operation, WarmupStatus
+from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
+
+# The bound of a long-poll on a run (`?wait=`): a pipeline asks again after it.
+RUN_WAIT_MAX_SECONDS = 60.0
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -36,21 +40,37 @@ class StrictBooleanField(serializers.BooleanField):
         raise serializers.ValidationError(self.error_messages["invalid"].format(input=data), code="invalid")
 
 
-class StrictCharField(serializers.CharField):
+class _OnlyStrings:
     """Only JSON strings: DRF's CharField turns 1 into "1", which would store a file whose
-    content the user never wrote."""
+    content the user never wrote (and the schema says `string`)."""
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             raise serializers.ValidationError(f"must be a string, not {type(data).__name__}", code="invalid")
-        return super().to_internal_value(data)
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class StrictCharField(_OnlyStrings, serializers.CharField):
+    pass
+
+
+class StrictSlugField(_OnlyStrings, serializers.SlugField):
+    pass
+
+
+class StrictChoiceField(_OnlyStrings, serializers.ChoiceField):
+    pass
 
 
 class StrictModelSerializer(serializers.ModelSerializer):
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
         models.BooleanField: StrictBooleanField,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.SlugField: StrictSlugField,
     }
+    serializer_choice_field = StrictChoiceField
 
 
 @contextmanager
@@ -75,6 +95,8 @@ class WorkspaceSerializer(StrictModelSerializer):
         fields = ["id", "name", "pool", "auto_apply", "locked", "terraform_version", "created_at",
                   "latest_configuration_version"]
         read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"pool": {"required": False, "help_text": "default: IAC_DEFAULT_POOL, else the only pool "
+                                                                 "you may use"}}
 
     def create(self, validated_data: dict[str, Any]) -> Workspace:
         with unique_or_400("name", "a workspace with this name already exists"):
@@ -98,10 +120,19 @@ class ConfigurationVersionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field({
+    "type": "object", "minProperties": 1,
+    "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+    "propertyNames": {"minLength": 1, "pattern": "^[^\\u0000]*$"},
+})
+class NonEmptyFilesField(serializers.DictField):
+    """file name -> file text; the configs service checks the names and the sizes."""
+
+
 class ConfigurationFilesSerializer(serializers.Serializer):
     """The JSON form of an upload; paths and sizes are checked by the configs service."""
 
-    files = serializers.DictField(
+    files = NonEmptyFilesField(
         child=StrictCharField(allow_blank=True, trim_whitespace=False),
         help_text='file name -> file text, e.g. {"main.tf": "..."}',
     )
@@ -116,7 +147,7 @@ identifier = RegexValidator(
 
 
 @extend_schema_field({"type": "string", "nullable": True, "description": "null when the variable is sensitive"})
-class VariableValueField(serializers.CharField):
+class VariableValueField(StrictCharField):
     """Readable for plain variables; a sensitive value reads back as null, never decrypted here."""
 
     def get_attribute(self, instance: Variable) -> str | None:
@@ -179,21 +210,65 @@ class VariableSerializer(StrictModelSerializer):
 # Runs ---------------------------------------------------------------------------------------
 
 
+# A resource address for -target / -replace: one argv element (no shell), so it only must not
+# read as an option (a leading "-") nor hold control characters; terraform checks the rest.
+ADDRESS_PATTERN = r"^[^\-\x00-\x1f][^\x00-\x1f]*$"
+
+
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": 1000,
+                      "pattern": "^[^\\-\\u0000-\\u001f][^\\u0000-\\u001f]*$",
+                      "description": "a resource address, e.g. module.net.aws_subnet.a[0]"})
+class AddressField(StrictCharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=1000, trim_whitespace=False, **kwargs)
+        self.validators.append(RegexValidator(ADDRESS_PATTERN.replace("$", "\\Z"),
+                                              "must be a resource address (not an option, no control characters)"))
+
+
 class RunCreateSerializer(serializers.Serializer):
     # No `message`: a run's message is the platform's word on it ("discarded by …", a stale
     # plan); a client that could set it could forge one. Unknown fields are ignored.
-    operation = serializers.ChoiceField(choices=Operation.choices)
+    operation = StrictChoiceField(choices=Operation.choices)
+    mode = StrictChoiceField(choices=[(m.value, m.value) for m in PlanMode], default=PlanMode.NORMAL,
+                             help_text="normal; destroy (terraform plan -destroy); refresh_only (-refresh-only)")
+    targets = serializers.ListField(child=AddressField(), required=False, default=list, max_length=100,
+                                    help_text="terraform plan -target=… addresses")
+    replace = serializers.ListField(child=AddressField(), required=False, default=list, max_length=100,
+                                    help_text="terraform plan -replace=… addresses (normal mode only)")
+
+
+class RunListQuerySerializer(serializers.Serializer):
+    status = serializers.MultipleChoiceField(
+        choices=RunStatus.choices, required=False,
+        help_text="only runs in one of these statuses (repeat the parameter: ?status=planned&status=errored)",
+    )
+    needs_attention = serializers.BooleanField(
+        required=False, default=False,
+        help_text="only runs waiting for a person: apply_pending (Confirm or Discard)",
+    )
+
+
+class RunWaitQuerySerializer(serializers.Serializer):
+    wait = serializers.FloatField(
+        required=False, min_value=0, max_value=RUN_WAIT_MAX_SECONDS, default=0,
+        help_text=f"long-poll: answer once the run is in one of `until` (or, without `until`, once its status "
+                  f"changes), or after this many seconds (at most {RUN_WAIT_MAX_SECONDS:g}), whichever comes first",
+    )
+    until = serializers.MultipleChoiceField(
+        choices=RunStatus.choices, required=False,
+        help_text="the statuses `wait` waits for (repeat the parameter: ?until=apply_pending&until=errored)",
+    )
 
 
 class RunConfirmSerializer(serializers.Serializer):
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class RunCancelSerializer(serializers.Serializer):
     force = StrictBooleanField(
         required=False, default=False, help_text="stop terraform with SIGKILL at once instead of SIGINT first"
     )
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class TaskEventSerializer(serializers.ModelSerializer):
@@ -219,12 +294,16 @@ class RunSerializer(serializers.ModelSerializer):
     confirm_to_first_log_ms = serializers.SerializerMethodField()
     waiting_reason = serializers.SerializerMethodField()
     sandbox = serializers.SerializerMethodField()
+    apply_path = serializers.SerializerMethodField()
+    plan_targets = serializers.ListField(child=serializers.CharField(), read_only=True)
+    plan_replace = serializers.ListField(child=serializers.CharField(), read_only=True)
     events = TaskEventSerializer(many=True, read_only=True)
 
     class Meta:
         model = Task
         fields = [
-            "id", "workspace", "operation", "status", "message", "created_at", "finished_at",
+            "id", "workspace", "operation", "plan_mode", "plan_targets", "plan_replace",
+            "status", "message", "created_at", "finished_at",
             "plan_hash", "has_changes", "plan_summary", "terraform_version",
             "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
@@ -243,6 +322,11 @@ class RunSerializer(serializers.ModelSerializer):
             return None
         slot = run_warm_slot(task.id)
         return slot.agent.name if slot is not None else None
+
+    @extend_schema_field({"type": "string", "enum": [p.value for p in ApplyPath], "nullable": True,
+                          "description": "how the apply got its work dir; null before an apply started"})
+    def get_apply_path(self, task: Task) -> str | None:
+        return task.apply_path or None
 
     def get_confirm_to_apply_start_ms(self, task: Task) -> int | None:
         return _ms_between(task.confirmed_at, task.apply_started_at)
@@ -276,9 +360,21 @@ class RunLogSerializer(serializers.Serializer):
 
 class RunLogQuerySerializer(serializers.Serializer):
     offset = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0, help_text="byte offset to read from")
+    wait = serializers.FloatField(
+        required=False, min_value=0, max_value=RUN_WAIT_MAX_SECONDS, default=0,
+        help_text="follow: when nothing lies past `offset` yet and the run is not final, answer once more log "
+                  f"comes, the run ends, or after this many seconds (at most {RUN_WAIT_MAX_SECONDS:g})",
+    )
 
 
 # State --------------------------------------------------------------------------------------
+
+
+class OutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    sensitive = serializers.BooleanField(help_text="a sensitive output's value is never shown: null")
+    type = serializers.JSONField(allow_null=True, help_text="terraform's type of the value, e.g. \"string\"")
+    value = serializers.JSONField(allow_null=True, help_text="null when sensitive")
 
 
 class StateVersionSerializer(serializers.ModelSerializer):

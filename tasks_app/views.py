@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from iacplatform.api_errors import flatten_errors
 from iacplatform.errors import NotFound, PlatformError
 from iacplatform.permissions import (
     Action,
@@ -35,6 +36,7 @@ from iacplatform.permissions import (
 )
 from tasks_app.models import AccessLevel, ApiToken, Job, JobKind, JobStatus, Plan, Task, Workspace, WorkspaceAccess
 from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail, run_waiting_reason
+from tasks_app.serializers import RunCreateSerializer
 from tasks_app.services.retention import log_pruned_note, plan_pruned_note
 from tasks_app.services.runs import (
     run_cancel,
@@ -117,14 +119,27 @@ def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
     return render(request, "tasks_app/workspace_detail.html", context)
 
 
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 @login_required
 @require_POST
 def workspace_run_create(request: HttpRequest, workspace_id: int) -> HttpResponse:
     ws = _workspace(request, workspace_id)
     operation = request.POST.get("operation", "")
+    # The run options (the page's "Run options"), checked as the API checks them.
+    options = RunCreateSerializer(data={
+        "operation": operation or Operation.PLAN, "mode": request.POST.get("mode") or "normal",
+        "targets": _lines(request.POST.get("targets", "")), "replace": _lines(request.POST.get("replace", "")),
+    })
+    if not options.is_valid():
+        messages.error(request, flatten_errors(options.errors))
+        return redirect("workspace-detail", workspace_id=ws.id)
     try:
         require(request.user, Action.QUEUE_PLAN if operation == Operation.PLAN else Action.QUEUE_APPLY, ws)
-        task = run_create(workspace=ws, operation=operation, actor=request.user)
+        task = run_create(workspace=ws, operation=operation, actor=request.user, mode=options.validated_data["mode"],
+                          targets=options.validated_data["targets"], replace=options.validated_data["replace"])
     except PlatformError as exc:
         messages.error(request, _error_text(exc))
         return redirect("workspace-detail", workspace_id=ws.id)

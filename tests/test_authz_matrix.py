@@ -161,6 +161,10 @@ RULES: dict[str, list[Case]] = {
     "api-state-version-list": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/state-versions/", _expect(200, 200, 200, 404)),
     ],
+    # Sensitive outputs are masked for everyone; the others are as readable as the workspace.
+    "api-workspace-outputs": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/outputs/", _expect(200, 200, 200, 404)),
+    ],
     "api-access-list": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 200, 200, 404)),
         Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 403, 403, 404),

@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEV_ONLY = {
     "pytest", "pytest-django", "pytest-asyncio", "playwright", "greenlet", "matplotlib", "numpy",
     "contourpy", "fonttools", "kiwisolver", "pillow", "ruff", "import-linter", "grimp", "rich",
-    "kmock", "workato-terraform-provider",
+    "kmock", "workato-terraform-provider", "schemathesis", "hypothesis",
 }
 # Their import names, which runtime code must not import (even inside a function).
-DEV_ONLY_MODULES = {"pytest", "playwright", "matplotlib", "numpy", "ruff", "importlinter", "grimp", "kmock"}
+DEV_ONLY_MODULES = {"pytest", "playwright", "matplotlib", "numpy", "ruff", "importlinter", "grimp", "kmock",
+                    "schemathesis", "hypothesis"}
 RUNTIME_CODE = ["iacplatform", "tasks_app", "agents_app", "scripts", "manage.py"]
 
 

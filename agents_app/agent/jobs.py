@@ -30,6 +30,8 @@ from agents_app.protocol import (
     JobPayload,
     JobResult,
     LogEvents,
+    PlanMode,
+    PlanOptions,
     PlanUpload,
     WarmOrigin,
 )
@@ -129,6 +131,14 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def plan_option_args(options: PlanOptions) -> list[str]:
+    """terraform plan's arguments for the run's options (each address one argv element: no shell)."""
+    args = {PlanMode.DESTROY: ["-destroy"], PlanMode.REFRESH_ONLY: ["-refresh-only"]}.get(options.mode, [])
+    args += [f"-target={address}" for address in options.targets]
+    args += [f"-replace={address}" for address in options.replace]
+    return args
 
 
 def plan_summary(show_json: dict) -> dict[str, Any]:
@@ -352,6 +362,7 @@ class JobRun:
         args = ["plan", "-input=false", "-no-color", "-out=plan.out", "-detailed-exitcode"]
         if self.payload.speculative:
             args.append("-lock=false")  # plan-only runs must not block an apply's lock
+        args += plan_option_args(self.payload.plan_options)
         rc = self.terraform(*args, ok=(0, 2))
         has_changes = rc == 2
         show = subprocess.run(

@@ -34,6 +34,7 @@ from agents_app.protocol import (
     JobResult,
     JobStatus,
     LogPost,
+    PlanOptions,
     SlotState,
     StateBackend,
     TaskRef,
@@ -191,6 +192,7 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
         note=note,
         variables=variables,
         sensitive_values=sensitive,  # the agent redacts them before sending anything
+        plan_options=PlanOptions(mode=task.plan_mode, targets=task.plan_targets, replace=task.plan_replace),
         # Credentials reach terraform only through TF_HTTP_* environment variables.
         state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",
                                    unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),

@@ -9,6 +9,7 @@ layer (warmups, jobs, slots): they call it, it never calls them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,11 +19,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
-from agents_app.protocol import JobKind, JobOutcome, JobStatus, SlotState, WarmupStatus
+from agents_app.protocol import JobKind, JobOutcome, JobStatus, PlanMode, SlotState, WarmupStatus
 from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
-from iacplatform.errors import Conflict, Invalid, PlatformError
+from iacplatform.errors import Conflict, Invalid, PlatformError, invalid_field
 from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
 from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
 from tasks_app.services.audit import audit_record
@@ -63,6 +64,9 @@ def run_transition(
     task.status = to
     if message and not event_only:
         task.message = message
+    # Wakes the API's long-polls on this run (`GET /runs/<id>/?wait=`); best effort, after commit.
+    task_id = task.id
+    transaction.on_commit(lambda: wakeups.wake_run(task_id, "status"))
     if to in FINAL:
         task.finished_at = timezone.now()
         warmup_release(task, message=f"run {task.id} is {to}")
@@ -72,9 +76,16 @@ def run_transition(
     task.save()
 
 
-def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "") -> Task:
+def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "",
+               mode: str = PlanMode.NORMAL, targets: Sequence[str] = (), replace: Sequence[str] = ()) -> Task:
+    """Queue a run. `mode`, `targets` and `replace` become terraform plan's -destroy /
+    -refresh-only, -target=… and -replace=… (agents_app.protocol.PlanOptions)."""
     if operation not in Operation.values:
         raise Invalid(f"operation must be one of {', '.join(Operation.values)}")
+    if mode not in PlanMode.__members__.values():
+        raise invalid_field("mode", f"must be one of {', '.join(PlanMode)}")
+    if replace and mode != PlanMode.NORMAL:
+        raise invalid_field("replace", f"terraform cannot replace resources in a {mode} plan")
     cv = ConfigurationVersion.objects.filter(workspace=workspace).order_by("-id").first()
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
@@ -85,10 +96,14 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
             operation=operation,
             created_by=actor if getattr(actor, "is_authenticated", False) else None,
             message=message,
+            plan_mode=mode,
+            plan_targets=list(targets),
+            plan_replace=list(replace),
         )
         TaskEvent.objects.create(task=task, to_status=RunStatus.PENDING, actor=_actor_label(actor), message=message)
         if getattr(actor, "is_authenticated", False):  # a person queued it (not auto-apply, not a test)
-            audit_record(actor=actor, action="run.create", obj=task, data={"operation": operation})
+            options = {"mode": mode, "targets": list(targets), "replace": list(replace)}
+            audit_record(actor=actor, action="run.create", obj=task, data={"operation": operation, **options})
         transaction.on_commit(lambda: runs_start_next(workspace_id=workspace.id))
     return task
 

@@ -15,7 +15,8 @@ class PlatformUser:
         self.s.headers["Authorization"] = f"Token {token}"
 
     def request(self, method: str, path: str, expect: int | None = None, **kw: Any) -> requests.Response:
-        resp = self.s.request(method, self.base + path, timeout=30, **kw)
+        kw.setdefault("timeout", 30)
+        resp = self.s.request(method, self.base + path, **kw)
         if expect is not None:
             assert resp.status_code == expect, f"{method} {path}: {resp.status_code} {resp.text[:500]}"
         return resp

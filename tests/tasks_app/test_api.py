@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import time
 from datetime import timedelta
 
 import pytest
@@ -26,7 +27,7 @@ from tasks_app.models import (
     Workspace,
 )
 from tasks_app.states import Operation, RunStatus, WarmupStatus
-from tests.factories import DEMO_MAIN_TF, make_agent, make_token, make_workspace
+from tests.factories import DEMO_MAIN_TF, make_agent, make_pool, make_token, make_workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -144,13 +145,45 @@ def test_it_creates_lists_and_reads_a_workspace(api, pool):
 
 
 def test_it_names_the_missing_or_invalid_workspace_fields(api, pool):
+    make_pool()  # two pools and no IAC_DEFAULT_POOL: no default to pick
     response = api.post("/api/v1/workspaces/", {"name": "web"}, format="json")
     assert response.status_code == 400
     assert "pool" in response.json()["errors"]
+    assert not Workspace.objects.filter(name="web").exists()
 
     response = api.post("/api/v1/workspaces/", {"name": "not a slug!", "pool": 999999}, format="json")
     assert response.status_code == 400
     assert set(response.json()["errors"]) == {"name", "pool"}
+
+
+def test_a_workspace_without_a_pool_gets_the_only_pool(api, pool):
+    response = api.post("/api/v1/workspaces/", {"name": "web"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["pool"] == pool.id
+
+
+def test_a_workspace_without_a_pool_gets_the_pool_named_by_the_setting(api, pool, settings):
+    other, _ = make_pool(name="shared")
+    settings.IAC_DEFAULT_POOL = "shared"
+    assert api.post("/api/v1/workspaces/", {"name": "web"}, format="json").json()["pool"] == other.id
+    settings.IAC_DEFAULT_POOL = "gone"
+    response = api.post("/api/v1/workspaces/", {"name": "web2"}, format="json")
+    assert response.status_code == 400 and "gone" in response.json()["errors"]["pool"][0]
+
+
+def test_a_team_member_defaults_to_the_only_pool_their_team_may_use(pool, charlie):
+    from django.contrib.auth.models import Group, Permission
+
+    make_pool()  # a pool charlie's team may not use
+    team = Group.objects.create(name="builders")
+    team.permissions.add(Permission.objects.get(codename="add_workspace"))
+    charlie.groups.add(team)
+    pool.teams.add(team)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(charlie)}")
+    response = client.post("/api/v1/workspaces/", {"name": "web"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["pool"] == pool.id
 
 
 def test_it_refuses_a_duplicate_workspace_name(api, workspace):
@@ -229,7 +262,7 @@ def test_it_accepts_files_as_json(api, workspace):
     assert body["files"] == ["main.tf", "modules/x/vars.tf"]
     assert len(body["sha256"]) == 64 and body["size"] > 0
 
-    listed = api.get(f"/api/v1/workspaces/{workspace.id}/configuration-versions/").json()
+    listed = api.get(f"/api/v1/workspaces/{workspace.id}/configuration-versions/").json()["results"]
     assert listed[0]["id"] == body["id"] and len(listed) == 2
     assert api.get(f"/api/v1/workspaces/{workspace.id}/").json()["latest_configuration_version"] == body["id"]
 
@@ -474,8 +507,20 @@ def test_it_lets_plan_only_runs_pass_while_a_second_applyable_run_waits(
     assert speculative["status"] == RunStatus.PLAN_QUEUED
     assert not Job.objects.filter(task_id=second["id"]).exists()
 
-    listed = api.get(f"/api/v1/workspaces/{workspace.id}/runs/").json()
+    listed = api.get(f"/api/v1/workspaces/{workspace.id}/runs/").json()["results"]
     assert [r["id"] for r in listed] == [speculative["id"], second["id"], first["id"]]  # newest first
+
+    url = f"/api/v1/workspaces/{workspace.id}/runs/"
+    assert [r["id"] for r in api.get(f"{url}?status=pending").json()["results"]] == [second["id"]]
+    both = api.get(f"{url}?status=pending&status=plan_queued&page_size=2").json()
+    assert [r["id"] for r in both["results"]] == [speculative["id"], second["id"]]
+    rest = api.get(both["next"]).json()
+    assert [r["id"] for r in rest["results"]] == [first["id"]] and rest["next"] is None
+    assert api.get(f"{url}?needs_attention=true").json()["results"] == []
+    Task.objects.filter(id=first["id"]).update(status=RunStatus.APPLY_PENDING)
+    assert [r["id"] for r in api.get(f"{url}?needs_attention=true").json()["results"]] == [first["id"]]
+    response = api.get(f"{url}?status=bogus")
+    assert response.status_code == 400 and "status" in response.json()["errors"]
 
 
 def test_it_shows_plan_warmup_and_apply_latency_on_a_run(api, workspace, pool):
@@ -664,7 +709,7 @@ def test_it_lists_state_versions_without_their_content(api, workspace):
     state_version(workspace, 2)
     response = api.get(f"/api/v1/workspaces/{workspace.id}/state-versions/")
     assert response.status_code == 200
-    rows = response.json()
+    rows = response.json()["results"]
     assert [(r["serial"], r["task"]) for r in rows] == [(2, None), (1, task.id)]
     assert rows[0]["lineage"] == "lin-1" and rows[0]["size"] > 0
     assert "s3cr3t-state" not in response.content.decode()
@@ -687,3 +732,131 @@ def test_it_lets_another_signed_in_user_use_the_api(charlie, workspace):
     client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(charlie)}")
     assert client.get("/api/v1/workspaces/").status_code == 200
 
+
+
+def test_a_run_before_any_apply_has_a_null_apply_path(api, workspace):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    assert run["apply_path"] is None
+
+
+def test_an_unknown_api_url_answers_the_json_error_shape(api):
+    response = api.get("/api/v1/runs/-1/")
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("no such URL")
+
+
+@pytest.mark.parametrize("body", [{"name": 7}, {"name": "web", "terraform_version": 1}])
+def test_string_fields_take_only_strings(api, pool, body):
+    response = api.post("/api/v1/workspaces/", {"pool": pool.id, **body}, format="json")
+    assert response.status_code == 400
+    assert not Workspace.objects.exists()
+
+
+def test_the_schema_documents_every_error_with_one_shape_and_the_enforced_constraints(api):
+    import yaml
+
+    schema = yaml.safe_load(api.get("/api/schema/").content)
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for code in ("400", "401", "403", "404"):
+                content = operation["responses"][code]["content"]["application/json"]["schema"]
+                assert content == {"$ref": "#/components/schemas/Error"}, (method, path, code)
+    logs = schema["paths"]["/api/v1/runs/{id}/logs/"]["get"]["parameters"]
+    assert next(p for p in logs if p["name"] == "offset")["schema"]["minimum"] == 0
+    run = schema["components"]["schemas"]["Run"]["properties"]
+    assert run["apply_path"]["nullable"] is True
+    comment = schema["components"]["schemas"]["RunConfirmRequest"]["properties"]["comment"]
+    assert comment["pattern"] == "^[^\\u0000]*$"
+    links = schema["paths"]["/api/v1/workspaces/{workspace_id}/runs/"]["post"]["responses"]["201"]["links"]
+    assert links["ConfirmRun"] == {"operationId": "v1_runs_confirm_create", "parameters": {"id": "$response.body#/id"}}
+
+
+def test_list_parameters_are_checked_not_ignored_nor_a_server_error(api, workspace):
+    assert api.get(f"/api/v1/workspaces/{workspace.id}/runs/?page_size=0").status_code == 400
+    assert api.get(f"/api/v1/workspaces/{workspace.id}/runs/?page_size=x").status_code == 400
+    assert api.get("/api/v1/audit-events/?object_type=a%00b").status_code == 400
+    assert api.get("/api/v1/audit-events/?page_size=201").status_code == 400
+
+
+def test_a_run_wait_answers_at_once_when_the_status_is_already_reached(api, workspace):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    started = time.monotonic()
+    response = api.get(f"/api/v1/runs/{run['id']}/?wait=5&until={run['status']}&until=errored")
+    assert response.status_code == 200 and response.json()["status"] == run["status"]
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("query", ["wait=61", "wait=-1", "wait=x", "until=bogus"])
+def test_a_run_wait_refuses_bad_parameters(api, workspace, query):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    response = api.get(f"/api/v1/runs/{run['id']}/?{query}")
+    assert response.status_code == 400
+
+
+def test_a_run_wait_for_an_unknown_run_is_a_404_at_once(api):
+    assert api.get("/api/v1/runs/999999/?wait=5&until=applied").status_code == 404
+
+
+def test_only_a_get_waits(api, workspace):
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    for url in (f"/api/v1/runs/{run['id']}/?wait=5&until=applied", f"/api/v1/runs/{run['id']}/logs/?wait=5"):
+        started = time.monotonic()
+        assert api.options(url).status_code == 200
+        assert time.monotonic() - started < 2
+
+
+def test_a_run_takes_plan_options_that_reach_the_agents_payload(api, workspace, pool, django_capture_on_commit_callbacks):
+    from tasks_app.services import control
+
+    agent, _ = make_agent(pool=pool)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {
+            "operation": "plan", "mode": "destroy", "targets": ['module.net.aws_subnet.a["x y"]', "terraform_data.b"],
+        }, format="json").json()
+    assert (run["plan_mode"], run["plan_targets"], run["plan_replace"]) == (
+        "destroy", ['module.net.aws_subnet.a["x y"]', "terraform_data.b"], [])
+    [job] = control.agent_claim(agent_id=agent.id, limit=1)
+    assert job["plan_options"] == {"mode": "destroy", "targets": ['module.net.aws_subnet.a["x y"]', "terraform_data.b"],
+                                   "replace": []}
+
+
+@pytest.mark.parametrize("body", [
+    {"mode": "apply"},
+    {"targets": ["-destroy"]},  # an option, not an address
+    {"targets": ["a\nb"]},
+    {"targets": [""]},
+    {"targets": "terraform_data.a"},
+    {"mode": "refresh_only", "replace": ["terraform_data.a"]},
+    {"mode": "destroy", "replace": ["terraform_data.a"]},
+])
+def test_bad_plan_options_are_refused_and_queue_nothing(api, workspace, body):
+    response = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan", **body}, format="json")
+    assert response.status_code == 400, response.json()
+    assert not Task.objects.filter(workspace=workspace).exists()
+
+
+def test_the_agent_turns_plan_options_into_terraform_arguments():
+    from agents_app.agent.jobs import plan_option_args
+    from agents_app.protocol import PlanOptions
+
+    assert plan_option_args(PlanOptions()) == []
+    assert plan_option_args(PlanOptions(mode="refresh_only")) == ["-refresh-only"]
+    assert plan_option_args(PlanOptions(mode="destroy", targets=["a.b", "c.d[0]"])) == [
+        "-destroy", "-target=a.b", "-target=c.d[0]"]
+    assert plan_option_args(PlanOptions(replace=["a.b"])) == ["-replace=a.b"]
+
+
+def test_outputs_show_the_latest_state_with_sensitive_values_masked(api, workspace, charlie):
+    assert api.get(f"/api/v1/workspaces/{workspace.id}/outputs/").json() == []
+    state_version(workspace, 1, b'{"outputs": {"old": {"value": 1, "type": "number"}}}')
+    state_version(workspace, 2, b'{"outputs": {"url": {"value": "https://x", "type": "string"}, '
+                                b'"password": {"value": "hunter2", "type": "string", "sensitive": true}}}')
+    response = api.get(f"/api/v1/workspaces/{workspace.id}/outputs/")
+    assert response.json() == [
+        {"name": "password", "sensitive": True, "type": "string", "value": None},
+        {"name": "url", "sensitive": False, "type": "string", "value": "https://x"},
+    ]
+    assert "hunter2" not in response.content.decode()
+    outsider = APIClient()
+    outsider.credentials(HTTP_AUTHORIZATION=f"Token {make_token(charlie)}")
+    assert outsider.get(f"/api/v1/workspaces/{workspace.id}/outputs/").status_code == 404

@@ -165,6 +165,21 @@ def test_it_queues_a_plan_and_apply_from_the_workspace_page(
     assert "Queue plan & apply" in text
 
 
+def test_it_queues_a_run_with_options_from_the_workspace_page(client_alice, workspace):
+    assert "Run options: destroy, refresh-only" in page(client_alice.get(reverse("workspace-detail", args=[workspace.id])))
+    client_alice.post(reverse("workspace-run-create", args=[workspace.id]), {
+        "operation": Operation.PLAN, "mode": "destroy", "targets": "terraform_data.a\r\n\r\nmodule.m.x[0]\n",
+        "replace": "",
+    })
+    task = Task.objects.get(workspace=workspace)
+    assert (task.plan_mode, task.plan_targets, task.plan_replace) == ("destroy", ["terraform_data.a", "module.m.x[0]"], [])
+
+    response = client_alice.post(reverse("workspace-run-create", args=[workspace.id]),
+                                 {"operation": Operation.PLAN, "targets": "-lock=false"}, follow=True)
+    assert "must be a resource address" in page(response)
+    assert Task.objects.filter(workspace=workspace).count() == 1
+
+
 def test_it_shows_a_refused_run_as_a_message(client_alice, pool):
     empty = make_workspace(pool=pool)  # no configuration uploaded
     response = client_alice.post(

@@ -123,7 +123,7 @@ def test_it_records_who_did_what_from_which_address(alice, workspace):
     client.patch(f"/api/v1/workspaces/{workspace.id}/", {"locked": True}, content_type="application/json")
     event = AuditEvent.objects.get(action="workspace.lock")
     assert (event.actor, event.address) == (alice, "203.0.113.9")
-    listed = client.get("/api/v1/audit-events/?action=workspace.lock").json()
+    listed = client.get("/api/v1/audit-events/?action=workspace.lock").json()["results"]
     assert [(e["actor"], e["address"], e["object_id"]) for e in listed] == [("alice", "203.0.113.9", str(workspace.id))]
 
 
