@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents_app.models import (
     K8S_RESOURCE_FIELDS,
     POOL_LIMITS,
+    WEEKDAYS,
     Agent,
     AgentPool,
     FreezeWindow,
@@ -107,11 +109,17 @@ class AgentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field({"type": "array", "items": {"type": "string", "enum": list(WEEKDAYS)}, "uniqueItems": True})
+class WeekdaysField(serializers.JSONField):
+    """A JSON list of weekdays; what it must hold for the window's kind, the service says."""
+
+
 class FreezeWindowSerializer(StrictModelSerializer):
     """A freeze window of a pool. Writes are checked by the service (the same words as the
     admin: agents_app.models.freeze_window_errors)."""
 
     lifted_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    weekdays = WeekdaysField(required=False)
     active_until = serializers.SerializerMethodField(
         help_text="the end of this window's occurrence active now (null: not active)")
 

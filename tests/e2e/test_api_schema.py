@@ -32,6 +32,9 @@ RULES_ACROSS_OBJECTS = [
     "POST /api/v1/pools/", "PATCH /api/v1/pools/{id}/",
     # File names: relative paths inside the configuration ("", "../x" and "/etc/x" are not).
     "POST /api/v1/workspaces/{workspace_id}/configuration-versions/",
+    # Freeze windows: which fields a window needs depends on its kind (weekly: weekdays and
+    # times; one_off: starts_at before ends_at), and a time zone must be a known IANA name.
+    "POST /api/v1/pools/{id}/freeze-windows/", "PATCH /api/v1/pools/{id}/freeze-windows/{window_id}/",
 ]
 POSITIVE_OK = '["2xx", "3xx", 400, 401, 403, 404, 409, 429, "5xx"]'
 
