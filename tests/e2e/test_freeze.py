@@ -93,3 +93,52 @@ def test_a_freeze_cancels_the_running_plan_lets_the_apply_finish_refuses_confirm
     applied = s.user.wait(waiting["id"], "applied", timeout=60)
     assert applied["apply_path"] in ("fast", "rewarmed"), applied["apply_path_reason"]
     assert s.applies() == 1
+
+
+def test_a_frozen_local_pool_has_no_pods_and_after_the_window_its_pod_returns_and_the_run_rewarms(user):
+    """The autoscaler and the freeze together, on the `local` backend: entering the window
+    releases the run's reservation and the now idle pod is deleted; Confirm is refused; the
+    window is lifted, a pod comes back, the run warms up on it and applies."""
+    from agents_app.models import AgentPool, Pod, ScalingDecision
+    from agents_app.pods.local import LocalBackend
+    from agents_app.protocol import PodPhase
+    from tests.e2e.test_autoscale import MAIN_TF, live_pods
+    from tests.factories import make_pool
+
+    pool, _ = make_pool(
+        backend="local", min_replicas=1, max_replicas=1, slots_per_pod=3, scale_up_delay_seconds=1,
+        scale_down_delay_seconds=5, cooldown_seconds=1, warmup_expire_seconds=300, pod_register_deadline_seconds=60,
+    )
+    try:
+        first = wait_for(lambda: [p for p in live_pods(pool) if p.phase == PodPhase.RUNNING], 60, "a pod to run")[0]
+        ws = user.create_workspace(f"frozen-{pool.id}", pool.id, {"main.tf": MAIN_TF})
+        run = user.queue(ws["id"])
+        held = user.wait(run["id"], "apply_pending", warmup="ready", timeout=120)
+        assert held["warmup_agent"] == first.name
+
+        now = timezone.now()
+        window = user.request("POST", f"/api/v1/pools/{pool.id}/freeze-windows/", expect=201, json={
+            "name": "release", "kind": "one_off",
+            "starts_at": (now - timedelta(seconds=1)).isoformat(), "ends_at": (now + timedelta(minutes=10)).isoformat(),
+        }).json()
+        wait_for(lambda: not live_pods(pool), 60, "the frozen pool's idle pod to be deleted")
+        assert user.run(run["id"])["warmup_status"] == "none"
+        wait_for(lambda: ScalingDecision.objects.filter(pool=pool, desired=0, reason__contains="frozen").exists(), 30,
+                 "the autoscaler's decision for the frozen pool")
+        assert user.confirm(run["id"]).status_code == 409
+
+        user.request("POST", f"/api/v1/pools/{pool.id}/freeze-windows/{window['id']}/lift/",
+                     json={"reason": "released early"}, expect=200)
+        back = wait_for(lambda: [p for p in live_pods(pool) if p.phase == PodPhase.RUNNING], 90, "a pod to return")[0]
+        assert back.name != first.name
+        assert Pod.objects.get(id=first.id).phase == PodPhase.GONE
+        ready = user.wait(run["id"], "apply_pending", warmup="ready", timeout=120)
+        assert ready["warmup_agent"] == back.name
+        assert user.confirm(run["id"]).status_code == 200
+        done = user.wait(run["id"], "applied", timeout=120)
+        assert done["apply_path"] == "rewarmed", done["apply_path_reason"]
+    finally:
+        AgentPool.objects.filter(id=pool.id).update(backend="static")  # the autoscaler lets go
+        backend = LocalBackend()
+        for found in backend.list(pool):
+            backend.delete(pool, found.name)
