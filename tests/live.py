@@ -142,6 +142,11 @@ def live_url(django_db_setup, django_db_blocker) -> str:
         yield platform.base
     finally:
         platform.stop()
+        # Pods the worker's autoscaler started for this session's `local` pools (the
+        # autoscaling tests', and pools the API fuzzer creates) die with the session.
+        from agents_app.pods.local import stop_all
+
+        stop_all(settings.VAR_DIR, grace=5, database=settings.DATABASES["default"]["NAME"])
 
 
 class AgentProcess:

@@ -47,8 +47,8 @@ def pods_dir(var_dir: Path | None = None) -> Path:
     return Path(var_dir or settings.VAR_DIR) / "pods" / settings.DATABASES["default"]["NAME"]
 
 
-def _all_markers(var_dir: Path) -> list[Path]:
-    return sorted((Path(var_dir) / "pods").glob("*/*.json"))
+def _all_markers(var_dir: Path, database: str = "*") -> list[Path]:
+    return sorted((Path(var_dir) / "pods").glob(f"{database}/*.json"))
 
 
 def _alive(pid: int, name: str) -> bool:
@@ -145,10 +145,11 @@ class LocalBackend:
         return pods
 
 
-def stop_all(var_dir: Path, grace: float = 10.0) -> list[str]:
+def stop_all(var_dir: Path, grace: float = 10.0, *, database: str = "*") -> list[str]:
     """Stop every local agent process whose marker is under `var_dir`, whatever its database
-    (manage.py up's shutdown: Ctrl-C leaves nothing running). Returns the names stopped."""
-    markers = [m for m in (_read_marker(p) for p in _all_markers(var_dir)) if m is not None]
+    (manage.py up's shutdown: Ctrl-C leaves nothing running), or only `database`'s (a test
+    session's platform, beside others sharing the var dir). Returns the names stopped."""
+    markers = [m for m in (_read_marker(p) for p in _all_markers(var_dir, database)) if m is not None]
     alive = [m for m in markers if _alive(int(m["pid"]), m["name"])]
     for marker in alive:
         _signal_group(int(marker["pid"]), signal.SIGTERM)
