@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import Api
+from bench.dispatch import MAIN_TF as DATA_TF  # one terraform_data, a change in every plan
 from bench.dispatch import TF_WRAPPER  # one line per terraform process: start end rc subcommand dir
 from bench.live import ROOT, BenchPlatform, failure_exit_code
 from bench.report import percentile
@@ -53,20 +54,6 @@ from bench.terraform_fixture import ensure_mirror, write_cli_config
 RESULTS = ROOT / "bench" / "results"
 DB_NAME = "iac_bench_overhead"
 
-DATA_TF = """
-variable "marker_file" {
-  type = string
-}
-
-resource "terraform_data" "bench" {
-  input            = timestamp()
-  triggers_replace = timestamp()
-
-  provisioner "local-exec" {
-    command = "echo \\"applied ${self.input}\\" >> ${var.marker_file}"
-  }
-}
-"""
 CONFIGS = {"data": DATA_TF, "provider": PROVIDER_TF}
 WAYS = ("platform", "bare-http", "bare-local")
 

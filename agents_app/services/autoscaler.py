@@ -19,7 +19,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -29,6 +29,7 @@ from agents_app.protocol import AgentStatus, JobKind, JobStatus, PodPhase, SlotS
 from agents_app.scaling import DOWN, UP, PodView, ScalingInputs, decide
 from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.pods import LIVE, pod_create_row, pod_locked, pod_new_name, pod_transition
+from iacplatform.pglock import try_advisory_lock
 from tasks_app.models import Job
 from tasks_app.services.control import agent_set_offline
 
@@ -267,12 +268,10 @@ def _record(pool: AgentPool, action: str, before: int, desired: int, inputs: dic
 
 def autoscale(*, now: datetime | None = None) -> dict[str, Any]:
     """The beat task: every managed pool, one tick, once across replicas."""
-    with connection.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s)", [AUTOSCALE_LOCK])
-        if not cur.fetchone()[0]:
+    with try_advisory_lock(AUTOSCALE_LOCK) as got:
+        if not got:
             return {"skipped": True}
-    results: dict[str, Any] = {}
-    try:
+        results: dict[str, Any] = {}
         for pool_id in AgentPool.objects.exclude(backend="static").values_list("id", flat=True):
             try:
                 # A frozen pool wants no pods: idle ones go at once, busy ones (a running apply
@@ -283,7 +282,4 @@ def autoscale(*, now: datetime | None = None) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - one broken pool must not stop the others
                 log.exception("autoscaling pool %s failed", pool_id)
                 results[str(pool_id)] = f"error: {exc}"
-    finally:
-        with connection.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock(%s)", [AUTOSCALE_LOCK])
     return results

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import Agent, AgentPool, FreezeWindow, Slot
@@ -50,6 +50,7 @@ from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import PlatformError
 from iacplatform.logs import bound
+from iacplatform.pglock import try_advisory_lock
 from tasks_app.models import Job, SweepHeartbeat, Task
 from tasks_app.selectors import NoAgent, duration_text, job_no_agent_since, jobs_waiting_for_an_agent, pool_no_agent
 from tasks_app.services.audit import audit_record
@@ -651,12 +652,10 @@ def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None, *,
     """The control loop tick. Each step is independent: a failing one is logged and
     reported, and the others still run. `runner` names whose heartbeat row it completes
     (Celery's, or a web process's fallback tick: tasks_app/sweep_fallback.py)."""
-    with connection.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s)", [SWEEP_LOCK])
-        if not cur.fetchone()[0]:
+    with try_advisory_lock(SWEEP_LOCK) as got:
+        if not got:
             return {"skipped": True}
-    results: dict[str, Any] = {}
-    try:
+        results: dict[str, Any] = {}
         sweep_resumed()
         for name, step in steps or SWEEP_STEPS:
             try:
@@ -665,11 +664,5 @@ def sweep(steps: list[tuple[str, Callable[[], Any]]] | None = None, *,
                 log.exception("sweep step %s failed", name)
                 results[name] = f"error: {exc}"
         # /healthz/ready reads this to know the worker and beat are alive (one upsert).
-        SweepHeartbeat.objects.bulk_create(
-            [SweepHeartbeat(id=runner, finished_at=timezone.now())],
-            update_conflicts=True, unique_fields=["id"], update_fields=["finished_at"],
-        )
-    finally:
-        with connection.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock(%s)", [SWEEP_LOCK])
+        _mark(runner, timezone.now())
     return results
