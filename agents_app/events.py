@@ -1,6 +1,8 @@
-"""Producers for the live pool views: a dispatch change (job, slot, warmup, agent) is
-published after commit on the pool's Redis channel. Best effort: Redis being away costs the
-live view an update, never the change itself (PostgreSQL holds the truth)."""
+"""Producers for the live pool views: a dispatch change (job, slot, warmup, agent, pod) is
+published after commit on the pool's Redis channel and to the Channels groups of the live
+pages (`pool-<id>`, and `run-<task>` when a run is concerned; group names in
+iacplatform/live.py). Best effort: Redis being away costs the live view an update, never the
+change itself (PostgreSQL holds the truth)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 
 from django.db import transaction
 
-from iacplatform import wakeups
+from iacplatform import live, wakeups
 
 
 def pool_events_channel(pool_id: int) -> str:
@@ -19,7 +21,16 @@ def dispatch_changed(*, pool_id: int | None, subject: str, subject_id: int, stat
     """Publish once the current transaction commits (at once outside one)."""
     if pool_id is None:
         return
-    message = json.dumps({"subject": subject, "id": subject_id, "state": state, "task": task_id})
+    payload = {"subject": subject, "id": subject_id, "state": state, "task": task_id}
+    message = json.dumps(payload)
+    event = {"type": "dispatch.changed", "pool_id": pool_id, **payload}
+    sends = [(live.pool_group(pool_id), event)]
+    if task_id is not None:
+        sends.append((live.run_group(task_id), event))
 
-    # wakeups.publish never raises (and logs one line per Redis outage).
-    transaction.on_commit(lambda: wakeups.publish(pool_events_channel(pool_id), message))
+    def publish() -> None:
+        # wakeups.publish and group_send never raise (and log one line per Redis outage).
+        wakeups.publish(pool_events_channel(pool_id), message)
+        live.group_send(sends, "a live pool update")
+
+    transaction.on_commit(publish)

@@ -1,4 +1,5 @@
-"""Server-rendered pages: workspaces, one workspace, one run.
+"""Server-rendered pages: workspaces, one workspace, API tokens (the run page: views_runs.py,
+its Confirm dialog and actions: views_confirm.py).
 
 Views parse, call a service, render. Every POST redirects (post/redirect/get), and a refusal
 from a service (Conflict, a stale plan) becomes a message on the page, never a 500.
@@ -6,18 +7,12 @@ from a service (Conflict, a stale plan) becomes a message on the page, never a 5
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
-
 from django import forms
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import OuterRef, Subquery
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from iacplatform.api_errors import flatten_errors
@@ -34,20 +29,13 @@ from iacplatform.permissions import (
     run_for,
     workspace_for,
 )
-from tasks_app.models import AccessLevel, ApiToken, Job, JobKind, JobStatus, Plan, Task, Workspace, WorkspaceAccess
-from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail, run_waiting_reason
+from tasks_app.models import AccessLevel, ApiToken, Task, Workspace, WorkspaceAccess
 from tasks_app.serializers import RunCreateSerializer
-from tasks_app.services.retention import log_pruned_note, plan_pruned_note
 from tasks_app.services.runs import (
-    run_cancel,
-    run_confirm,
     run_create,
-    run_discard,
-    run_prepare,
 )
 from tasks_app.services.tokens import token_create, token_revoke
-from tasks_app.services.warmups import confirm_target
-from tasks_app.states import FINAL, Operation, RunStatus
+from tasks_app.states import Operation
 
 
 class WorkspaceCreateForm(forms.ModelForm):
@@ -141,155 +129,9 @@ def workspace_run_create(request: HttpRequest, workspace_id: int) -> HttpRespons
         task = run_create(workspace=ws, operation=operation, actor=request.user, mode=options.validated_data["mode"],
                           targets=options.validated_data["targets"], replace=options.validated_data["replace"])
     except PlatformError as exc:
-        messages.error(request, _error_text(exc))
+        messages.error(request, str(exc))
         return redirect("workspace-detail", workspace_id=ws.id)
     messages.success(request, f"Run {task.id} queued.")
-    return redirect("run-detail", task_id=task.id)
-
-
-@dataclass
-class WarmExplanation:
-    warm: bool  # True: the apply is expected to start on the warm dir
-    text: str
-
-
-def warm_explanation(task: Task, *, now: datetime | None = None) -> WarmExplanation:
-    """What Confirm will do right now, in the words run_confirm uses to pick the path."""
-    now = now or timezone.now()
-    target = confirm_target(task, now=now)
-    if target.slot is not None:
-        expires = (
-            f" (expires {timezone.localtime(task.warmup_expires_at):%Y-%m-%d %H:%M:%S %Z})"
-            if task.warmup_expires_at
-            else ""
-        )
-        return WarmExplanation(True, f"Apply will start warm on agent {target.slot.agent.name}{expires}.")
-    if target.wait_for is not None:
-        wait = settings.IAC_WARMUP_WAIT_SECONDS
-        return WarmExplanation(
-            True, f"A warmup is running on agent {target.wait_for.name}: a confirmed apply starts there the moment "
-            f"it is ready (it runs cold if that takes more than {wait:g}s or the warmup fails).",
-        )
-    cold_reason = target.cold_reason
-    # run_prepare (called when this page is shown) may just have queued a warmup: say so.
-    if Job.objects.filter(task=task, kind=JobKind.WARMUP, status=JobStatus.QUEUED).exists():
-        return WarmExplanation(
-            False, "No warm dir yet: a warmup job is queued, waiting for an agent. Confirming now runs cold."
-        )
-    return WarmExplanation(False, f"Apply will run cold: {cold_reason}.")
-
-
-def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds() * 1000)
-
-
-@login_required
-def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
-    allowed = {str(a) for a in allowed_actions(request.user, task.workspace)}
-    if task.status == RunStatus.APPLY_PENDING and str(Action.CONFIRM) in allowed:
-        # Opening the page of a run awaiting Confirm is the "Confirm dialog opened" trigger:
-        # a warmup gets queued now, so the dir is likely warm by the time the user clicks.
-        task = run_prepare(task_id=task.id)
-    task = Task.objects.select_related("workspace__pool").get(id=task.id)
-    plan = Plan.objects.filter(task=task).only("sha256", "size", "summary", "created_at").first()
-    # Only the end of the log: a log may hold IAC_MAX_LOG_BYTES; the page links to the whole.
-    log_text, log_start, log_offset = run_log_tail(task_id=task.id, size=LOG_TAIL_BYTES, log_size=task.log_size)
-    context = {
-        "task": task,
-        "allowed": allowed,
-        "workspace": task.workspace,
-        "events": task.events.order_by("id"),
-        "plan": plan,
-        "summary": plan.summary if plan else {},
-        "log_text": log_text,
-        "log_offset": log_offset,
-        "log_start": log_start,  # bytes of the log not shown (the download has them)
-        "log_pruned": log_pruned_note(task),
-        "plan_pruned": plan_pruned_note(task),
-        "waiting_reason": run_waiting_reason(task),
-        "is_pending_apply": task.status == RunStatus.APPLY_PENDING,
-        "is_final": task.status in FINAL,
-        "warm": warm_explanation(task) if task.status == RunStatus.APPLY_PENDING else None,
-        "confirm_to_apply_ms": _ms_between(task.confirmed_at, task.apply_started_at),
-        "confirm_to_first_log_ms": _ms_between(task.confirmed_at, task.first_apply_log_at),
-        "jobs": task.jobs.select_related("agent").order_by("id"),
-    }
-    return render(request, "tasks_app/run_detail.html", context)
-
-
-@login_required
-def run_log_download(request: HttpRequest, task_id: int) -> StreamingHttpResponse:
-    """The whole log of a run as text/plain, streamed a page at a time (never all in memory)."""
-    task = _task(request, task_id)
-
-    def pages() -> Iterator[bytes]:
-        offset = 0
-        while True:
-            text, offset = run_log_read(task_id=task.id, offset=offset, limit=LOG_PAGE_BYTES)
-            if not text:
-                return
-            yield text.encode()
-
-    response = StreamingHttpResponse(pages(), content_type="text/plain; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="run-{task.id}.log"'
-    response["X-Content-Type-Options"] = "nosniff"
-    return response
-
-
-def _error_text(exc: PlatformError) -> str:
-    return str(exc)
-
-
-@login_required
-@require_POST
-def run_confirm_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
-    try:
-        require(request.user, Action.CONFIRM, task.workspace)
-        result = run_confirm(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
-    except PlatformError as exc:
-        messages.error(request, _error_text(exc))
-    else:
-        if result.refused:
-            messages.error(request, f"Apply refused: {result.refused}")
-        else:
-            messages.success(request, "Apply confirmed.")
-    return redirect("run-detail", task_id=task.id)
-
-
-@login_required
-@require_POST
-def run_discard_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
-    try:
-        require(request.user, Action.DISCARD, task.workspace)
-        run_discard(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
-    except PlatformError as exc:
-        messages.error(request, _error_text(exc))
-    else:
-        messages.success(request, "Run discarded.")
-    return redirect("run-detail", task_id=task.id)
-
-
-@login_required
-@require_POST
-def run_cancel_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
-    force = request.POST.get("force") == "1"
-    try:
-        require(request.user, Action.FORCE_CANCEL if force else Action.CANCEL, task.workspace)
-        task = run_cancel(task_id=task.id, actor=request.user, force=force, comment=request.POST.get("comment", ""))
-    except PlatformError as exc:
-        messages.error(request, _error_text(exc))
-    else:
-        if task.status == RunStatus.CANCELLED:
-            messages.success(request, "Run cancelled.")
-        else:
-            # Running terraform is interrupted through the agent's next heartbeat.
-            messages.success(request, "Cancel requested: the agent stops terraform at its next heartbeat.")
     return redirect("run-detail", task_id=task.id)
 
 
@@ -305,7 +147,7 @@ def tokens_page(request: HttpRequest) -> HttpResponse:
         try:
             token, plain = token_create(user=request.user, name=request.POST.get("name", ""))
         except PlatformError as exc:
-            messages.error(request, _error_text(exc))
+            messages.error(request, str(exc))
         else:
             new_token = {"name": token.name, "token": plain}
     tokens = ApiToken.objects.filter(user=request.user)
@@ -318,7 +160,7 @@ def token_revoke_view(request: HttpRequest, key: str) -> HttpResponse:
     try:
         token_revoke(user=request.user, key=key, actor=request.user)
     except PlatformError as exc:
-        messages.error(request, _error_text(exc))
+        messages.error(request, str(exc))
     else:
         messages.success(request, "Token revoked.")
     return redirect("tokens")

@@ -24,6 +24,7 @@ from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Invalid, PlatformError, invalid_field
+from tasks_app import events
 from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
 from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
 from tasks_app.services.audit import audit_record
@@ -67,6 +68,7 @@ def run_transition(
     # Wakes the API's long-polls on this run (`GET /runs/<id>/?wait=`); best effort, after commit.
     task_id = task.id
     transaction.on_commit(lambda: wakeups.wake_run(task_id, "status"))
+    events.run_changed(task_id=task_id, workspace_id=task.workspace_id, status=to)
     if to in FINAL:
         task.finished_at = timezone.now()
         warmup_release(task, message=f"run {task.id} is {to}")
@@ -104,6 +106,7 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
         if getattr(actor, "is_authenticated", False):  # a person queued it (not auto-apply, not a test)
             options = {"mode": mode, "targets": list(targets), "replace": list(replace)}
             audit_record(actor=actor, action="run.create", obj=task, data={"operation": operation, **options})
+        events.run_changed(task_id=task.id, workspace_id=workspace.id, status=RunStatus.PENDING)
         transaction.on_commit(lambda: runs_start_next(workspace_id=workspace.id))
     return task
 

@@ -231,7 +231,7 @@ def test_it_refuses_a_log_offset_beyond_64_bits(workspace, alice):
 
 
 def test_it_shows_the_end_of_a_long_log_and_links_the_whole(monkeypatch, client, workspace, alice):
-    monkeypatch.setattr("tasks_app.views.LOG_TAIL_BYTES", 30)
+    monkeypatch.setattr("tasks_app.views_runs.LOG_TAIL_BYTES", 30)
     lines = [f"line {i:03d}\n" for i in range(20)]  # 9 bytes each
     task = _logged_run(workspace, *lines)
     client.force_login(alice)
