@@ -122,3 +122,16 @@ def run_cancel_view(request: HttpRequest, task_id: int) -> HttpResponse:
             # Running terraform is interrupted through the agent's next heartbeat.
             messages.success(request, "Cancel requested: the agent stops terraform at its next heartbeat.")
     return redirect("run-detail", task_id=task.id)
+
+
+def confirm_dialog_html(task_id: int, user) -> str:
+    """The dialog as an HTML fragment (root element `id="confirm-dialog"`), for the run page's
+    websocket to swap in whenever the run or its warmup changes (tasks_app/consumers.py)."""
+    from django.template.loader import render_to_string
+
+    from iacplatform.permissions import allowed_actions
+
+    task = run_for(user, Action.READ, task_id)
+    allowed = {str(a) for a in allowed_actions(user, task.workspace)}
+    context = {"task": task, "allowed": allowed, "oob": True, **confirm_dialog_context(task, allowed)}
+    return render_to_string("tasks_app/_confirm_dialog.html", context)
