@@ -157,7 +157,7 @@ async def claim(request: HttpRequest) -> HttpResponse:
     if agent is None:
         return _error(401, NO_TOKEN)
     try:
-        jobs = await claim_longpoll(agent, parse_wait(request.GET.get("wait")), parse_max(request.GET.get("max")))
+        answer = await claim_longpoll(agent, parse_wait(request.GET.get("wait")), parse_max(request.GET.get("max")))
     except PlatformError as exc:
         return error_response(exc)
-    return JsonResponse({"jobs": jobs}) if jobs else HttpResponse(status=204)
+    return JsonResponse(answer.body()) if answer else HttpResponse(status=204)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -56,8 +57,25 @@ def parse_max(raw: str | None) -> int:
 DB_POLL_SECONDS = 1.0
 
 
-async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> list[dict[str, Any]]:
-    """Up to `limit` jobs for the agent, or [] after `wait` seconds. Raises Gone.
+@dataclass
+class Claimed:
+    """A long-poll's answer: jobs to start, and cancel orders pushed by Cancel (run_cancel)
+    for jobs the agent runs: they come back the moment they are pushed, so terraform gets
+    its SIGINT within a second instead of at the agent's next heartbeat (which repeats them)."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    cancel: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.cancel)
+
+    def body(self) -> dict[str, Any]:
+        return {"jobs": self.jobs, "cancel": self.cancel} if self.cancel else {"jobs": self.jobs}
+
+
+async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> Claimed:
+    """Up to `limit` jobs for the agent and its pushed cancel orders, or an empty answer
+    after `wait` seconds. Raises Gone.
 
     With Redis: subscribe to the wake-up channels first, then take the jobs pushed by Confirm
     and claim queued ones, then wait: a job pushed or queued between the attempt and the wait
@@ -74,14 +92,14 @@ async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> list[dict
                 wakeups.redis_failed(exc, "the claim long-poll")
         jobs = await claim(agent_id=agent.id, limit=limit)
         if jobs:
-            return jobs
+            return Claimed(jobs)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return []
+            return Claimed()
         await asyncio.sleep(min(DB_POLL_SECONDS, remaining))
 
 
-async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> list[dict[str, Any]]:
+async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Claimed:
     """The poll on Redis wake-ups until `deadline`; raises wakeups.REDIS_ERRORS when Redis
     fails (nothing is claimed at that moment: the caller falls back to the database)."""
     client = wakeups.async_client()
@@ -90,21 +108,25 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> list
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
         wakeups.redis_ok()
         while True:
-            jobs: list[dict[str, Any]] = []
+            answer = Claimed()
             try:
-                while len(jobs) < limit and (pushed := await wakeups.take_pushed(client, agent.id)) is not None:
-                    jobs.append(pushed)
+                while len(answer.jobs) < limit and (pushed := await wakeups.take_pushed(client, agent.id)) is not None:
+                    answer.jobs.append(pushed)
+                # Taken after the jobs: an agent starts the jobs of an answer before it acts
+                # on its orders, so an order for a job pushed in the same moment finds it.
+                answer.cancel = await wakeups.take_cancels(client, agent.id)
             except wakeups.REDIS_ERRORS as exc:
-                if not jobs:
+                if not answer:
                     raise
-                wakeups.redis_failed(exc, "taking a pushed job")  # deliver what was taken
-            if jobs:  # the hot path: answer at once, no database round
-                return jobs
-            jobs = await database_sync_to_async(control.agent_claim)(agent_id=agent.id, limit=limit)
-            if jobs:
-                return jobs
+                # Deliver what was taken (an order lost here comes with the next heartbeat).
+                wakeups.redis_failed(exc, "taking a pushed job or cancel order")
+            if answer:  # the hot path: answer at once, no database round
+                return answer
+            answer.jobs = await database_sync_to_async(control.agent_claim)(agent_id=agent.id, limit=limit)
+            if answer:
+                return answer
             if not await _wait_for_wakeup(pubsub, deadline):
-                return []
+                return Claimed()
     finally:
         try:
             await pubsub.aclose()
@@ -198,8 +220,8 @@ async def _claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     if not poll.done() or poll.cancelled():
         return
     try:
-        jobs = poll.result()
+        answer = poll.result()
     except Gone as exc:
         await _send_json(send, 410, {"detail": str(exc), "reregister": True})
         return
-    await _send_json(send, 200 if jobs else 204, {"jobs": jobs} if jobs else None)
+    await _send_json(send, 200 if answer else 204, answer.body() if answer else None)

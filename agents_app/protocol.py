@@ -217,9 +217,12 @@ class JobPayload(_Message):
 
 
 class ClaimReply(_Message):
-    """What a claim answers: up to `max` jobs (the agent's free slots), one per slot."""
+    """What a claim answers: up to `max` jobs (the agent's free slots), one per slot, and the
+    cancel orders pushed for the agent's running jobs since its last poll (the same orders
+    its heartbeat's answer repeats; an older server sends none, an older agent ignores them)."""
 
-    jobs: list[JobPayload]
+    jobs: list[JobPayload] = []
+    cancel: list[CancelOrder] = []
 
 
 class LogPost(_Message):

@@ -235,6 +235,43 @@ def take_back(agent_id: int, job_id: int) -> bool:
     return taken[0] is not None
 
 
+def cancel_list(agent_id: int) -> str:
+    return f"iac:cancel:agent:{agent_id}"
+
+
+# A pushed cancel order only speeds up the heartbeat's, which repeats it until the job ends:
+# one the agent never took is of no use after a few heartbeats.
+CANCEL_KEEP_SECONDS = 60
+
+
+def push_cancel(agent_id: int, order: dict) -> bool:
+    """Hand a cancel order (`protocol.CancelOrder`) to the agent's claim long-poll, which
+    answers it at once: terraform gets its SIGINT within a second of Cancel, not at the
+    agent's next heartbeat. Best effort: the heartbeat's answer repeats the order anyway
+    (the only way it arrives while Redis is down)."""
+    data = json.dumps(order)
+
+    def push(client: redis.Redis) -> None:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.rpush(cancel_list(agent_id), data)
+            pipe.expire(cancel_list(agent_id), CANCEL_KEEP_SECONDS)
+            pipe.publish(agent_channel(agent_id), b"1")
+            pipe.execute()
+
+    return _best_effort("a cancel push", push)
+
+
+async def take_cancels(client: aredis.Redis, agent_id: int) -> list[dict]:
+    """The cancel orders pushed to the agent, each handed out once (read and delete in one
+    transaction). Raises REDIS_ERRORS: the long-poll falls back to the database, and the
+    heartbeats carry the orders."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.lrange(cancel_list(agent_id), 0, -1)
+        pipe.delete(cancel_list(agent_id))
+        raw, _ = await pipe.execute()
+    return [json.loads(item) for item in raw]
+
+
 async def take_pushed(client: aredis.Redis, agent_id: int) -> dict | None:
     """Raises REDIS_ERRORS: the long-poll falls back to the database (agents_app.claim)."""
     raw = await client.eval(_TAKE, 1, pushed_list(agent_id), "iac:push:job:")

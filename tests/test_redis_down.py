@@ -212,7 +212,7 @@ def test_the_claim_longpoll_reads_the_database_when_redis_is_unreachable(setup, 
     timer = threading.Timer(0.5, queue_a_run)
     start = time.monotonic()
     timer.start()
-    jobs = asyncio.run(claim_longpoll(agent_row, 8.0))
+    jobs = asyncio.run(claim_longpoll(agent_row, 8.0)).jobs
     took = time.monotonic() - start
     timer.join()
     assert [j["kind"] for j in jobs] == ["plan"]
@@ -242,7 +242,7 @@ def test_the_claim_longpoll_goes_back_to_wakeups_when_redis_returns(setup, clien
     thread = threading.Thread(target=redis_comes_back_then_a_run_is_queued)
     try:
         thread.start()
-        jobs = asyncio.run(claim_longpoll(agent_row, 9.0))
+        jobs = asyncio.run(claim_longpoll(agent_row, 9.0)).jobs
         thread.join()
         assert [j["kind"] for j in jobs] == ["plan"]
         warnings = _warnings(caplog)
@@ -280,7 +280,7 @@ def test_a_poll_waiting_on_a_hung_redis_falls_back_once_the_process_sees_redis_f
     try:
         start = time.monotonic()
         thread.start()
-        jobs = asyncio.run(claim_longpoll(agent_row, 9.0))
+        jobs = asyncio.run(claim_longpoll(agent_row, 9.0)).jobs
         took = time.monotonic() - start
         assert [j["kind"] for j in jobs] == ["plan"]
         assert took < 4.0, f"the poll waited {took:.2f}s on a hung Redis"

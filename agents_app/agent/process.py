@@ -28,6 +28,7 @@ from agents_app.agent.jobs import WARM_MARKER, JobRun, WarmDir
 from agents_app.agent.sandbox import Sandbox
 from agents_app.protocol import (
     PROTOCOL_VERSION,
+    CancelOrder,
     ClaimReply,
     Heartbeat,
     HeartbeatReply,
@@ -283,12 +284,19 @@ class AgentProcess:
                 continue
             self.last_answered, self.last_server_error = time.monotonic(), ""
             reply = HeartbeatReply.model_validate(data)
-            for order in reply.cancel:
-                with self.lock:
-                    job = self.running.get(order.id)
-                if job is not None:
-                    job.cancel(force=order.force, grace=order.grace)
+            self.obey(reply.cancel)
             self.housekeeping(reply.release)
+
+    def obey(self, orders: list[CancelOrder]) -> None:
+        """Stop the jobs the server says to stop. An order comes pushed through the claim
+        long-poll the moment Cancel commits, and again in every heartbeat answer until the
+        job ends (JobRun.cancel interrupts each terraform process once)."""
+        for order in orders:
+            with self.lock:
+                job = self.running.get(order.id)
+            if job is not None:
+                log.info("cancel order for job %s%s", order.id, " (force)" if order.force else "")
+                job.cancel(force=order.force, grace=order.grace)
 
     # --- claiming --------------------------------------------------------------------------
 
@@ -316,14 +324,14 @@ class AgentProcess:
             if data is None:
                 continue
             try:
-                payloads = ClaimReply.model_validate(data).jobs
+                reply = ClaimReply.model_validate(data)
             except Exception:  # noqa: BLE001 - one bad answer must not end the claim loop
                 # Jobs we cannot read are never reported in our heartbeats, so the server
                 # takes them back after two heartbeats (control.agent_heartbeat).
                 log.exception("unreadable claim answer; ignoring it")
                 self.stopping.wait(1)
                 continue
-            for payload in payloads:
+            for payload in reply.jobs:
                 try:
                     job = JobRun(self, payload)
                 except Exception:  # noqa: BLE001
@@ -333,6 +341,8 @@ class AgentProcess:
                     self.running[job.id] = job
                 log.info("claimed %s job %s for run %s", job.kind, job.id, job.task_id)
                 job.thread.start()
+            # After the jobs: an order may concern a job of this same answer.
+            self.obey(reply.cancel)
 
     def run(self) -> None:
         def stop(signum: int, frame: Any) -> None:

@@ -43,7 +43,7 @@ from agents_app.protocol import (
 from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.slots import slot_of_job, slot_transition
 from agents_app.states import JOB
-from iacplatform import crypto, metrics
+from iacplatform import crypto, metrics, wakeups
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
 from tasks_app.models import Job, LogChunk, Plan, Task, Variable
@@ -514,10 +514,28 @@ def jobs_cancel_queued(*, task: Task, message: str, kind: JobKind | None = None)
 
 
 def jobs_request_cancel(*, task: Task, force: bool) -> bool:
-    """Ask the agents running the run's plan or apply to stop (through their heartbeat).
+    """Ask the agents running the run's plan or apply to stop: the order is pushed to each
+    agent's claim long-poll after commit (terraform gets SIGINT within a second) and repeated
+    in every heartbeat answer until the job ends (the way it arrives while Redis is down).
     Returns whether any such job runs. (A cancel request is not a status change.)"""
     running = Job.objects.filter(task=task, status=JobStatus.RUNNING).exclude(kind=JobKind.WARMUP)
-    return bool(running.update(cancel_requested=True, force_cancel=force))
+    if not running.update(cancel_requested=True, force_cancel=force):
+        return False
+    for job in running.only("id", "agent_id", "cancel_grace_seconds"):
+        _cancel_push(job, force=force)
+    return True
+    for job in running:
+        _cancel_push(job, force=force)
+    return True
+
+
+def _cancel_push(job: Job, *, force: bool) -> None:
+    """After commit: the job's cancel order to its agent's long-poll (best effort)."""
+    if job.agent_id is None:
+        return
+    agent_id = job.agent_id
+    order = CancelOrder(id=job.id, force=force, grace=job.cancel_grace_seconds).model_dump(mode="json")
+    transaction.on_commit(lambda: wakeups.push_cancel(agent_id, order))
 
 
 def jobs_to_stop_for_freeze(*, pool_id: int) -> list[int]:
@@ -530,13 +548,14 @@ def jobs_to_stop_for_freeze(*, pool_id: int) -> list[int]:
 
 
 def job_stop(job: Job, *, message: str, grace: int) -> None:
-    """Tell the (locked, running) job's agent to stop it, through the heartbeat's cancel
-    orders (SIGINT, SIGKILL after `grace` seconds), because of the platform, not a user: the
+    """Tell the (locked, running) job's agent to stop it, through a cancel order (pushed
+    now, repeated by every heartbeat: SIGINT, SIGKILL after `grace` seconds), because of the platform, not a user: the
     run or warmup ends with `message`. Not a status change; the DispatchEvent records it."""
     job.cancel_requested = True
     job.cancel_grace_seconds = grace
     job.cancel_message = message
     job.save(update_fields=["cancel_requested", "cancel_grace_seconds", "cancel_message"])
+    _cancel_push(job, force=job.force_cancel)
     DispatchEvent.objects.create(
         subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
         from_state=job.status, to_state=job.status, message=message,

@@ -405,8 +405,10 @@ def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:
 
 
 def run_cancel(*, task_id: int, actor: Any, force: bool = False, comment: str = "") -> Task:
-    """Cancel a run. Queued work is dropped at once; running terraform gets SIGINT through the
-    agent's heartbeat (SIGKILL with force) and the run becomes `cancelled` when it stops."""
+    """Cancel a run. Queued work is dropped at once; running terraform gets SIGINT (SIGKILL
+    with force) through a cancel order pushed to its agent's claim long-poll after commit,
+    within a second, repeated by every heartbeat until it stops (jobs_request_cancel); the
+    run becomes `cancelled` when it does."""
     with transaction.atomic():
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
         if task.status in FINAL:
