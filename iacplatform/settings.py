@@ -231,6 +231,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # naturaltime: "12 seconds ago", "in 29 minutes" (the Confirm dialog)
     "rest_framework",
     "knox",
     "drf_spectacular",

@@ -232,9 +232,14 @@ RULES: dict[str, list[Case]] = {
     ],
     "run-detail": [Case("GET", lambda w, u: f"/runs/{w.run_a.id}/", _expect(200, 200, 200, 404), api=False)],
     "run-log-download": [Case("GET", lambda w, u: f"/runs/{w.run_a.id}/log.txt", _expect(200, 200, 200, 404), api=False)],
-    "run-confirm": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/confirm/", _expect(302, 302, 302, 404), api=False)],
-    "run-discard": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/discard/", _expect(302, 302, 302, 404), api=False)],
-    "run-cancel": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/cancel/", _expect(302, 302, 302, 404), api=False,
+    "run-confirm-dialog": [
+        Case("GET", lambda w, u: f"/runs/{w.run_a.id}/confirm-dialog/", _expect(200, 200, 200, 404), api=False),
+    ],
+    # The run actions: a refusal by state redirects with a message, one by permission (only a
+    # forged post: the dialog offers nothing else) is a 403 page.
+    "run-confirm": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/confirm/", _expect(302, 302, 403, 404), api=False)],
+    "run-discard": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/discard/", _expect(302, 302, 403, 404), api=False)],
+    "run-cancel": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/cancel/", _expect(302, 403, 403, 404), api=False,
                         body=lambda w, u: {"force": "1"})],
     "pool-list": [Case("GET", lambda w, u: "/pools/", _expect(200, 403, 403, 403), api=False)],
     "pool-detail": [Case("GET", lambda w, u: f"/pools/{w.pool.id}/", _expect(200, 403, 403, 403), api=False)],
