@@ -221,6 +221,7 @@ RULES: dict[str, list[Case]] = {
     ],
     "schema": [Case("GET", lambda w, u: "/api/schema/", _expect(200, 200, 200, 200))],
     "api-docs": [Case("GET", lambda w, u: "/api/docs/", _expect(200, 200, 200, 200))],
+    "api-redoc": [Case("GET", lambda w, u: "/api/redoc/", _expect(200, 200, 200, 200))],
     # --- pages (a browser session) -------------------------------------------------------------
     "workspace-list": [Case("GET", lambda w, u: "/", _expect(200, 200, 200, 200), api=False)],
     "workspace-detail": [Case("GET", lambda w, u: f"/workspaces/{w.a.id}/", _expect(200, 200, 200, 404), api=False)],
