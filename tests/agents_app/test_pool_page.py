@@ -140,3 +140,14 @@ def test_it_refuses_pool_settings_to_non_admins(client_bob, pool):
     assert response.status_code == 403
     pool.refresh_from_db()
     assert pool.max_replicas == before
+
+
+def test_it_says_relative_times_to_the_second():
+    from agents_app.templatetags.pool_times import ago, span, within
+
+    now = timezone.now()
+    assert [span(s) for s in (0, 4, 59, 60, 3599, 3600, 5400, 86400, 90000)] == [
+        "0 s", "4 s", "59 s", "1 min", "59 min", "1 h", "1 h 30 min", "1 d", "1 d 1 h"]
+    assert ago(now - timedelta(seconds=4), now) == "4 s ago"
+    assert within(now + timedelta(days=7), now) == "in 7 d"
+    assert ago(None) == ""
