@@ -128,3 +128,27 @@ def test_it_renders_the_api_docs_with_no_network(page, live_url, alice):
     # Redoc lays a large schema out slowly on a busy machine.
     expect(page.locator("h1", has_text="IaC platform API")).to_be_visible(timeout=60_000)
     assert outside == [], f"the docs asked the network for {outside}"
+
+
+def test_it_lifts_a_freeze_from_a_live_rerendered_fragment(page, scenario, alice):
+    s = scenario()
+    now = timezone.now()
+    windows = f"/api/v1/pools/{s.pool.id}/freeze-windows/"
+    s.user.request("POST", windows, expect=201, json={
+        "name": "hold", "kind": "one_off", "starts_at": (now - timedelta(minutes=1)).isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat()})
+    log_in(page, "alice", "alice-password-1")
+    page.goto(f"/pools/{s.pool.id}/")
+    expect(page.locator("#pool-freeze")).to_contain_text("frozen until")
+    # Another window arrives over the websocket: the freeze fragment (and its Lift form, with
+    # a CSRF token the consumer derived from the browser's cookie) is rendered anew.
+    s.user.request("POST", windows, expect=201, json={
+        "name": "next week", "kind": "one_off", "starts_at": (now + timedelta(days=7)).isoformat(),
+        "ends_at": (now + timedelta(days=8)).isoformat()})
+    expect(page.locator("#pool-freeze")).to_contain_text("next week", timeout=15_000)
+
+    page.fill("#pool-freeze input[name=reason]", "hotfix must ship")
+    page.click("#pool-freeze button:has-text('Lift now')")
+    expect(page.locator(".message.success")).to_contain_text("Freeze window 'hold' lifted.")
+    expect(page.locator("#pool-freeze")).to_contain_text("not frozen")
+    expect(page.locator("#pool-freeze")).to_contain_text("by alice: hotfix must ship")
