@@ -3,6 +3,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
+from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from iacplatform.views_metrics import metrics_view
@@ -15,6 +16,7 @@ class OfflineRedocView(SpectacularRedocView):
 
     template_name = "api_docs/redoc.html"
 
+    @extend_schema(exclude=True)  # a page about the API, not a part of it
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response = super().get(request, *args, **kwargs)
         response["Content-Security-Policy"] = "img-src 'self' data:"
