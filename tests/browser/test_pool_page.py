@@ -78,6 +78,7 @@ def test_it_shows_a_pools_slot_grid_change_while_a_run_holds_a_slot(page, scenar
     page.goto(f"/pools/{s.pool.id}/")
     # A mark that a reload would wipe out: everything below must arrive over the websocket.
     page.evaluate("window.__notReloaded = true")
+    expect(page.locator(".live-dot")).to_have_text("live")  # the websocket is open
     slot0 = page.locator(f'#pool-slots li.slot[data-agent="{agent.name}"][data-index="0"]')
     expect(slot0).to_have_attribute("data-state", "idle")
     expect(page.locator("#pool-freeze")).to_contain_text("next freeze in 6 d 23 h (release freeze)")
