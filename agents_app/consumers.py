@@ -21,6 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.http import HttpRequest
 from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
@@ -58,8 +59,11 @@ def _csrf_token(scope: dict) -> str:
     return get_token(request)
 
 
-def render_pool_fragments(pool_id: int, csrf_token: str = "") -> str | None:
-    """The pool page's live fragments, concatenated; None when the pool is gone."""
+def render_pool_fragments(pool_id: int, csrf_token: str = "", *, user_id: int | None = None) -> str | None:
+    """The pool page's live fragments, concatenated; None when the pool is gone or the user
+    (when given) is no longer a site admin: a socket outlives the check made at connect."""
+    if user_id is not None and not is_site_admin(get_user_model().objects.filter(id=user_id).first()):
+        return None
     pool = AgentPool.objects.filter(id=pool_id).first()
     if pool is None:
         return None
@@ -117,7 +121,8 @@ class PoolConsumer(AsyncWebsocketConsumer):
 
     async def _render(self) -> None:
         self.last_render = asyncio.get_running_loop().time()
-        html = await database_sync_to_async(render_pool_fragments)(self.pool_id, self.csrf_token)
+        html = await database_sync_to_async(render_pool_fragments)(self.pool_id, self.csrf_token,
+                                                                   user_id=self.scope["user"].id)
         if html is None:
             await self.close(code=4404)
             return

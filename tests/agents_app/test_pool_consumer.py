@@ -114,3 +114,14 @@ async def test_it_pushes_the_freeze_when_a_window_is_lifted(alice, pool):
     update = await ws.receive_from(timeout=5)
     assert "not frozen" in update and "by alice: done early" in update
     await ws.disconnect()
+
+
+async def test_it_stops_a_live_page_when_its_viewer_is_no_longer_an_admin(pool):
+    dora = await sync_to_async(User.objects.create_user)("dora", password="dora-password-1", is_staff=True)
+    ws = await connect(f"/ws/pools/{pool.id}/", dora)
+    assert (await ws.connect())[0]
+    await ws.receive_from(timeout=5)
+    await sync_to_async(User.objects.filter(id=dora.id).update)(is_staff=False)
+    await get_channel_layer().group_send(pool_group(pool.id), {
+        "type": "dispatch.changed", "pool_id": pool.id, "subject": "agent", "id": 1, "state": "online", "task": None})
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4404}
