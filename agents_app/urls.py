@@ -9,4 +9,6 @@ from agents_app import views
 urlpatterns = [
     path("", views.pool_list, name="pool-list"),
     path("<int:pool_id>/", views.pool_detail, name="pool-detail"),
+    path("<int:pool_id>/settings/", views.pool_settings, name="pool-settings"),
+    path("<int:pool_id>/freeze-windows/<int:window_id>/lift/", views.pool_freeze_lift, name="pool-freeze-lift"),
 ]

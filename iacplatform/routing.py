@@ -1,7 +1,9 @@
 from django.urls import path
 
+from agents_app.consumers import PoolConsumer
 from tasks_app.consumers import RunLogConsumer
 
 websocket_urlpatterns = [
     path("ws/runs/<int:task_id>/log/", RunLogConsumer.as_asgi()),
+    path("ws/pools/<int:pool_id>/", PoolConsumer.as_asgi()),
 ]

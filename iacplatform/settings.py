@@ -235,6 +235,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "knox",
     "drf_spectacular",
+    # Swagger UI and Redoc from static files: /api/docs/ and /api/redoc/ work without internet.
+    "drf_spectacular_sidecar",
     "django_htmx",
     "axes",
     "channels",
@@ -333,6 +335,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Error responses, constraints and links the views cannot express (iacplatform/api_schema.py).
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "iacplatform.api_schema.postprocess"],
+    # Swagger UI and Redoc served from drf-spectacular-sidecar's static files, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 CHANNEL_LAYERS = {

@@ -221,6 +221,7 @@ RULES: dict[str, list[Case]] = {
     ],
     "schema": [Case("GET", lambda w, u: "/api/schema/", _expect(200, 200, 200, 200))],
     "api-docs": [Case("GET", lambda w, u: "/api/docs/", _expect(200, 200, 200, 200))],
+    "api-redoc": [Case("GET", lambda w, u: "/api/redoc/", _expect(200, 200, 200, 200))],
     # --- pages (a browser session) -------------------------------------------------------------
     "workspace-list": [Case("GET", lambda w, u: "/", _expect(200, 200, 200, 200), api=False)],
     "workspace-detail": [Case("GET", lambda w, u: f"/workspaces/{w.a.id}/", _expect(200, 200, 200, 404), api=False)],
@@ -243,6 +244,12 @@ RULES: dict[str, list[Case]] = {
                         body=lambda w, u: {"force": "1"})],
     "pool-list": [Case("GET", lambda w, u: "/pools/", _expect(200, 403, 403, 403), api=False)],
     "pool-detail": [Case("GET", lambda w, u: f"/pools/{w.pool.id}/", _expect(200, 403, 403, 403), api=False)],
+    # alice: an empty form is a 400; a window that is not active has nothing to lift, a 409.
+    "pool-settings": [Case("POST", lambda w, u: f"/pools/{w.pool.id}/settings/", _expect(400, 403, 403, 403), api=False)],
+    "pool-freeze-lift": [
+        Case("POST", lambda w, u: f"/pools/{w.pool.id}/freeze-windows/{_window(w).id}/lift/", _expect(409, 403, 403, 403),
+             api=False, body=lambda w, u: {"reason": "forged"}),
+    ],
     "tokens": [Case("GET", lambda w, u: "/tokens/", _expect(200, 200, 200, 200), api=False)],
     "token-revoke": [
         Case("POST", lambda w, u: f"/tokens/{w.tokens[u][:15]}/revoke/", _expect(302, 302, 302, 302), api=False),
@@ -264,7 +271,10 @@ SPECIAL = {
     # A scraper's bearer token or a loopback address, not a user: tests/test_metrics.py.
     "metrics": "tests/test_metrics.py::test_it_refuses_anonymous_access_when_a_token_is_set",
 }
-WEBSOCKET_RULES = {"ws/runs/<int:task_id>/log/": "test_it_streams_a_run_log_only_to_who_may_read_it"}
+WEBSOCKET_RULES = {
+    "ws/runs/<int:task_id>/log/": "test_it_streams_a_run_log_only_to_who_may_read_it",
+    "ws/pools/<int:pool_id>/": "test_it_shows_a_live_pool_only_to_site_admins",
+}
 
 
 def _url_names(resolver: URLResolver | None = None) -> set[str]:
@@ -412,6 +422,19 @@ async def test_it_streams_a_run_log_only_to_who_may_read_it(world):
         return ok
 
     assert [await connected(u) for u in USERS] == [True, True, True, False]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_it_shows_a_live_pool_only_to_site_admins(world):
+    async def connected(user: str) -> bool:
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/pools/{world.pool.id}/")
+        communicator.scope["user"] = world.users[user]
+        ok, _ = await communicator.connect()
+        await communicator.disconnect()
+        return ok
+
+    assert [await connected(u) for u in USERS] == [True, False, False, False]
 
 
 def test_it_lets_a_team_allowed_to_create_workspaces_administer_its_own(world):

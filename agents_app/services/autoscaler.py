@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from agents_app import events
 from agents_app.models import Agent, AgentPool, Pod, ScalingDecision, Slot
 from agents_app.pods.backends import PodBackend, PodBackendError, backend_for, carries_our_labels
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, PodPhase, SlotState, WarmupStatus
@@ -260,10 +261,13 @@ def autoscale_pool(pool_id: int, *, now: datetime | None = None, frozen: bool = 
 
 def _record(pool: AgentPool, action: str, before: int, desired: int, inputs: dict, created: list[str],
             deleted: list[str], reason: str, *, demand: int = 0) -> ScalingDecision:
-    return ScalingDecision.objects.create(
+    decision = ScalingDecision.objects.create(
         pool=pool, action=action, pods_before=before, desired=desired, demand=demand, inputs=inputs,
         pods_created=created, pods_deleted=deleted, reason=reason,
     )
+    # The pool page shows the latest decision and its reason, live.
+    events.dispatch_changed(pool_id=pool.id, subject="decision", subject_id=decision.id, state=action, task_id=None)
+    return decision
 
 
 def autoscale(*, now: datetime | None = None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 API and the admin). Each change is checked (agents_app.models.freeze_window_errors) and is
 an audit event. What a change does to the pool's work (entering or leaving the freeze) is
 the caller's after-commit call to tasks_app.services.control.pool_freeze_changed, and the
-sweep's `freeze` step in any case."""
+sweep's `freeze` step in any case. Each change is also published to the pool's live page
+(agents_app.events.dispatch_changed, subject "freeze", after commit)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from agents_app import events
 from agents_app.models import AgentPool, FreezeWindow, freeze_window_errors
 from agents_app.services.freeze import moment_text, window_active_occurrence
 from iacplatform.errors import Conflict, Invalid
@@ -24,6 +26,10 @@ EDITABLE = ("name", "reason", "kind", "enabled", "weekdays", "start_time", "end_
 def _audit_data(window: FreezeWindow, fields: dict[str, Any]) -> dict[str, Any]:
     return {"pool": window.pool.name, "name": window.name,
             **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in fields.items()}}
+
+
+def _published(window: FreezeWindow, state: str) -> None:
+    events.dispatch_changed(pool_id=window.pool_id, subject="freeze", subject_id=window.id, state=state, task_id=None)
 
 
 def _check(window: FreezeWindow) -> None:
@@ -41,6 +47,7 @@ def freeze_window_create(*, pool: AgentPool, actor: Any, fields: dict[str, Any])
     with transaction.atomic():
         window.save()
         audit_record(actor=actor, action="freeze_window.create", obj=window, data=_audit_data(window, fields))
+        _published(window, "created")
     return window
 
 
@@ -55,12 +62,14 @@ def freeze_window_update(*, window: FreezeWindow, actor: Any, fields: dict[str, 
         _check(window)
         window.save()
         audit_record(actor=actor, action="freeze_window.update", obj=window, data=_audit_data(window, fields))
+        _published(window, "updated")
     return window
 
 
 def freeze_window_delete(*, window: FreezeWindow, actor: Any) -> None:
     with transaction.atomic():
         audit_record(actor=actor, action="freeze_window.delete", obj=window, data=_audit_data(window, {}))
+        _published(window, "deleted")
         window.delete()
 
 
@@ -85,4 +94,5 @@ def freeze_window_lift(*, window_id: int, actor: Any, reason: str, now: datetime
             "pool": window.pool.name, "name": window.name, "reason": reason,
             "would_have_ended": moment_text(occurrence.end),
         })
+        _published(window, "lifted")
     return window
