@@ -1,7 +1,10 @@
 from django.urls import path
 
 from tasks_app.consumers import RunLogConsumer
+from tasks_app.consumers_workspaces import WorkspaceConsumer, WorkspacesConsumer
 
 websocket_urlpatterns = [
     path("ws/runs/<int:task_id>/log/", RunLogConsumer.as_asgi()),
+    path("ws/workspaces/", WorkspacesConsumer.as_asgi()),
+    path("ws/workspaces/<int:workspace_id>/", WorkspaceConsumer.as_asgi()),
 ]
