@@ -13,6 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST
 
 from agents_app.models import AgentPool
@@ -88,10 +89,13 @@ def workspace_list(request: HttpRequest) -> HttpResponse:
         "attention": attention,
         "form": form if may_create else None,
     }
-    # The search box and the filter ask for the table alone (same URL, `HX-Request` set).
-    if request.htmx and not request.htmx.boosted:
-        return render(request, "tasks_app/workspace/_table.html", context)
-    return render(request, "tasks_app/workspace_list.html", context)
+    # The search box and the filter ask for the table alone (same URL, `HX-Request` set); a
+    # history restore (back button after a cache miss) needs the whole page.
+    partial = bool(request.htmx) and not request.htmx.history_restore_request
+    response = render(request, "tasks_app/workspace/_table.html" if partial else "tasks_app/workspace_list.html",
+                      context)
+    patch_vary_headers(response, ["HX-Request"])  # one URL, two bodies: caches must tell them apart
+    return response
 
 
 @login_required

@@ -117,6 +117,9 @@ def test_it_searches_and_answers_htmx_with_the_table_alone(alice, pool, workspac
     assert partial.lstrip().startswith('<div id="workspace-table">')
     assert "<html" not in partial
     assert f'href="/workspaces/{other.id}/"' in partial  # links keep their href
+    # The back button after a history cache miss needs the whole page again.
+    restored = page(client.get("/?q=payments", HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true"))
+    assert "<html" in restored
 
 
 def test_it_says_what_to_do_when_nothing_matches(alice, workspace):
