@@ -73,6 +73,7 @@ from tasks_app.services.runs import (
     run_discard,
     run_prepare,
 )
+from tasks_app.services.variables import variable_create, variable_delete, variable_update
 from tasks_app.services.workspaces import workspace_update
 from tasks_app.states import FINAL, Operation, RunStatus, is_final
 
@@ -276,10 +277,8 @@ class VariableListCreate(generics.ListCreateAPIView):
         return context
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        var: Variable = serializer.save()
-        # Who changed which variable, never its value (it may be sensitive).
-        audit_record(actor=self.request.user, action="variable.create", obj=var.workspace,
-                     data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+        serializer.instance = variable_create(workspace=serializer.context["workspace"], actor=self.request.user,
+                                              **serializer.validated_data)
 
 
 class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
@@ -298,14 +297,11 @@ class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
         return var
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
-        var: Variable = serializer.save()
-        audit_record(actor=self.request.user, action="variable.update", obj=var.workspace,
-                     data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+        serializer.instance = variable_update(variable=serializer.instance, actor=self.request.user,
+                                              changes=serializer.validated_data)
 
     def perform_destroy(self, instance: Variable) -> None:
-        audit_record(actor=self.request.user, action="variable.delete", obj=instance.workspace,
-                     data={"key": instance.key, "category": instance.category})
-        instance.delete()
+        variable_delete(variable=instance, actor=self.request.user)
 
 
 # Runs ---------------------------------------------------------------------------------------

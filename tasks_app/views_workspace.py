@@ -1,8 +1,8 @@
 """The workspace page's forms: settings, lock / unlock, team access, variables, a
 configuration upload, and the diff between two state versions.
 
-Each view parses, calls the rule's owner (tasks_app/services/workspaces.py, the variables'
-serializer that the REST API uses, the configs service), and redirects back to the page's
+Each view parses, calls the rule's owner (tasks_app/services/workspaces.py, variables.py,
+configs.py: the services the REST API calls), and redirects back to the page's
 section (post/redirect/get). A user who cannot read the workspace gets 404; one who can read
 but lacks the level gets 403 with the reason; bad input becomes a message on the page and
 changes nothing."""
@@ -27,6 +27,7 @@ from iacplatform.errors import Forbidden, NotFound, PlatformError
 from iacplatform.permissions import Action, require, workspace_for
 from tasks_app.models import Variable, VariableCategory, Workspace
 from tasks_app.serializers import VariableSerializer
+from tasks_app.services import variables
 from tasks_app.services.audit import audit_record
 from tasks_app.services.configs import configuration_create_from_archive
 from tasks_app.services.workspaces import workspace_access_remove, workspace_access_set, workspace_update
@@ -135,16 +136,18 @@ def _variable_data(request: HttpRequest, *, existing: Variable | None) -> dict[s
 
 
 @workspace_form
-def variable_create(request: HttpRequest, workspace_id: int) -> HttpResponse:
+def variable_add(request: HttpRequest, workspace_id: int) -> HttpResponse:
     ws = workspace_for(request.user, Action.EDIT_VARIABLES, workspace_id)
-    form = VariableSerializer(data=_variable_data(request, existing=None), context={"workspace": ws})
+    # The REST API's serializer checks each field's shape; the service, the rest.
+    form = VariableSerializer(data=_variable_data(request, existing=None))
     if not form.is_valid():
         messages.error(request, f"Variable not added: {flatten_errors(form.errors)}")
         return _back(ws, "variables")
-    var: Variable = form.save()
-    # As the REST API records it: who changed which variable, never its value.
-    audit_record(actor=request.user, action="variable.create", obj=ws,
-                 data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+    try:
+        var = variables.variable_create(workspace=ws, actor=request.user, **form.validated_data)
+    except PlatformError as exc:
+        messages.error(request, f"Variable not added: {exc}")
+        return _back(ws, "variables")
     messages.success(request, f"Variable {var.key} added.")
     return _back(ws, "variables")
 
@@ -161,25 +164,25 @@ def _variable(request: HttpRequest, variable_id: int) -> Variable:
 
 
 @workspace_form
-def variable_update(request: HttpRequest, variable_id: int) -> HttpResponse:
+def variable_edit(request: HttpRequest, variable_id: int) -> HttpResponse:
     var = _variable(request, variable_id)
     form = VariableSerializer(var, data=_variable_data(request, existing=var), partial=True)
     if not form.is_valid():
         messages.error(request, f"Variable {var.key} not saved: {flatten_errors(form.errors)}")
         return _back(var.workspace, "variables")
-    var = form.save()
-    audit_record(actor=request.user, action="variable.update", obj=var.workspace,
-                 data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+    try:
+        var = variables.variable_update(variable=var, actor=request.user, changes=form.validated_data)
+    except PlatformError as exc:
+        messages.error(request, f"Variable {var.key} not saved: {exc}")
+        return _back(var.workspace, "variables")
     messages.success(request, f"Variable {var.key} saved.")
     return _back(var.workspace, "variables")
 
 
 @workspace_form
-def variable_delete(request: HttpRequest, variable_id: int) -> HttpResponse:
+def variable_remove(request: HttpRequest, variable_id: int) -> HttpResponse:
     var = _variable(request, variable_id)
-    audit_record(actor=request.user, action="variable.delete", obj=var.workspace,
-                 data={"key": var.key, "category": var.category})
-    var.delete()
+    variables.variable_delete(variable=var, actor=request.user)
     messages.success(request, f"Variable {var.key} deleted.")
     return _back(var.workspace, "variables")
 
