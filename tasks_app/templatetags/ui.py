@@ -32,11 +32,6 @@ TONES: dict[str, str] = {
     "cancelled": "off", "discarded": "off", "none": "off", "cold": "off", "deleted": "off",
 }
 
-# Statuses that ask a person to act: the workspaces list's "needs attention" filter and the
-# badge's attention mark.
-ATTENTION = {"apply_pending", "errored"}
-
-
 def status_label(value: str) -> str:
     return str(value).replace("_", " ")
 

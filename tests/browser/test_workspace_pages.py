@@ -112,3 +112,18 @@ def test_it_shows_runs_move_live_and_filters_the_list(page, scenario, alice):
     page.reload()
     expect(page.locator("#state")).to_contain_text("run")  # the apply wrote a state version
     page.screenshot(path=str(SCREENSHOTS / "workspace.png"), full_page=True)
+
+    # On a phone the pages fit the screen: tables scroll inside their frame, not the page.
+    page.set_viewport_size({"width": 390, "height": 800})
+    for path in (f"/workspaces/{s.workspace['id']}/", "/"):
+        page.goto(path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, f"{path} is wider than a phone"
+    page.screenshot(path="/tmp/workspaces-phone.png", full_page=True)
+
+    # Every action is reachable from the keyboard: Tab from the top reaches the search box.
+    page.goto("/")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.name") == "q":
+            break
+    assert page.evaluate("document.activeElement.name") == "q", "the search box is not reachable with Tab"
