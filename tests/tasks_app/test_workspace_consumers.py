@@ -118,3 +118,21 @@ async def test_it_stops_pushing_once_access_is_revoked(workspace, bob):
         output = await ws.receive_output(timeout=5)
     assert output == {"type": "websocket.close", "code": 4404}
     assert await sync_to_async(lambda: Task.objects.get(id=task.id).status)() == RunStatus.ERRORED
+
+
+async def test_it_backfills_what_changed_while_the_page_was_disconnected(workspace, bob):
+    task = await sync_to_async(run_create)(workspace=workspace, operation="plan", actor="test")
+    ws = await connect(f"/ws/workspaces/{workspace.id}/", bob)
+    assert (await ws.connect())[0]
+    first = await ws.receive_from(timeout=5)
+    assert 'data-status="errored"' not in first
+    await ws.disconnect()
+
+    await sync_to_async(error_run)(task.id)  # nobody listening
+
+    # htmx's ws extension reconnects by itself; the new socket's backfill is the current table.
+    again = await connect(f"/ws/workspaces/{workspace.id}/", bob)
+    assert (await again.connect())[0]
+    backfill = await again.receive_from(timeout=5)
+    assert f'id="run-row-{task.id}"' in backfill and 'data-status="errored"' in backfill
+    await again.disconnect()
