@@ -31,11 +31,12 @@ def _row_html(user: Any, workspace_id: int) -> str | None:
     ws = workspace_row(user, workspace_id)
     if ws is None:
         return None
-    return render_to_string("tasks_app/workspace/_row.html", {"ws": ws, "oob": True})
+    # `user`: the row links the pool page for site admins only, as the page does.
+    return render_to_string("tasks_app/workspace/_row.html", {"ws": ws, "oob": True, "user": user})
 
 
 def _rows_html(user: Any) -> str:
-    return "".join(render_to_string("tasks_app/workspace/_row.html", {"ws": ws, "oob": True})
+    return "".join(render_to_string("tasks_app/workspace/_row.html", {"ws": ws, "oob": True, "user": user})
                    for ws in workspace_rows(user)[:ROWS_BACKFILLED])
 
 
