@@ -32,7 +32,8 @@ def workspace_rows(user: Any, *, search: str = "", attention: bool = False) -> Q
         )
         .order_by("name")
     )
-    search = search.strip()[:SEARCH_MAX_LENGTH]
+    # PostgreSQL text cannot hold NUL: such a character matches nothing anyway.
+    search = search.replace("\x00", "").strip()[:SEARCH_MAX_LENGTH]
     if search:
         rows = rows.filter(Q(name__icontains=search) | Q(pool__name__icontains=search))
     if attention:

@@ -72,7 +72,8 @@ def workspace_settings(request: HttpRequest, workspace_id: int) -> HttpResponse:
     changes: dict[str, Any] = {"auto_apply": _checkbox(request, "auto_apply")}
     pool_id = request.POST.get("pool", "")
     if pool_id:
-        pool = AgentPool.objects.filter(id=int(pool_id)).first() if pool_id.isdigit() else None
+        valid = pool_id.isascii() and pool_id.isdigit() and len(pool_id) <= 18  # fits a bigint
+        pool = AgentPool.objects.filter(id=int(pool_id)).first() if valid else None
         if pool is None:
             messages.error(request, "Settings not saved: no such pool.")
             return _back(ws, "settings")

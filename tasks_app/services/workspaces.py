@@ -62,6 +62,8 @@ def workspace_update(*, workspace: Workspace, actor: Any, changes: dict[str, Any
 def workspace_access_set(*, workspace: Workspace, team_name: str, level: str, actor: Any) -> WorkspaceAccess:
     """Give a team (an existing Django group) a level on the workspace (`admin` needed)."""
     require(actor, Action.MANAGE_ACCESS, workspace)
+    if not team_name or len(team_name) > 150 or "\x00" in team_name:
+        raise invalid_field("team", "a team name: 1 to 150 characters, no NUL")
     if level not in AccessLevel.values:
         raise invalid_field("level", f"must be one of {', '.join(AccessLevel.values)}")
     team = Group.objects.filter(name=team_name).first()

@@ -122,6 +122,11 @@ def test_it_searches_and_answers_htmx_with_the_table_alone(alice, pool, workspac
     assert "<html" in restored
 
 
+def test_it_takes_any_search_text_without_failing(alice, workspace):
+    response = login(alice).get("/?q=a%00b")
+    assert response.status_code == 200 and "No workspace matches" in page(response)
+
+
 def test_it_says_what_to_do_when_nothing_matches(alice, workspace):
     html = page(login(alice).get("/?q=nothing-like-this"))
     assert "No workspace matches “nothing-like-this”" in html
@@ -245,6 +250,11 @@ def test_it_gives_and_removes_team_access(alice, charlie, workspace):
     assert login(charlie).get(f"/workspaces/{workspace.id}/").status_code == 200
     response = client.post(f"/workspaces/{workspace.id}/access/", {"team": "nobody", "level": "read"}, follow=True)
     assert "Access not changed: no team 'nobody'" in page(response)
+    response = client.post(f"/workspaces/{workspace.id}/access/", {"team": "a\x00b", "level": "read"}, follow=True)
+    assert "Access not changed: team: a team name" in page(response)
+    response = client.post(f"/workspaces/{workspace.id}/access/", {"team": "outsiders", "level": "owner"}, follow=True)
+    assert "Access not changed: level: must be one of read, plan, write, admin" in page(response)
+    assert WorkspaceAccess.objects.get(team=team).level == "read"
     client.post(f"/workspaces/{workspace.id}/access/", {"team": "outsiders", "remove": "1"})
     assert login(charlie).get(f"/workspaces/{workspace.id}/").status_code == 404
 
