@@ -72,8 +72,9 @@ from tasks_app.services.runs import (
     run_create,
     run_discard,
     run_prepare,
-    runs_start_next,
 )
+from tasks_app.services.variables import variable_create, variable_delete, variable_update
+from tasks_app.services.workspaces import workspace_update
 from tasks_app.states import FINAL, Operation, RunStatus, is_final
 
 # JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
@@ -162,30 +163,9 @@ class WorkspaceDetail(generics.RetrieveUpdateDestroyAPIView):
         return _workspace_queryset().filter(id__in=readable_workspaces(self.request.user).values("id"))
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
-        user, ws = self.request.user, serializer.instance
-        changed = {k for k, v in serializer.validated_data.items() if getattr(ws, k) != v}
-        # Locking and unlocking is `write`; every other setting is `admin`.
-        require(user, Action.LOCK if changed <= {"locked"} else Action.SETTINGS, ws)
-        pool = serializer.validated_data.get("pool")
-        if "pool" in changed and not can_use_pool(user, pool):
-            raise Forbidden(f"none of your teams may use pool '{pool.name}'")
-        with transaction.atomic():
-            # The row lock makes "was it locked?" and the change one step under concurrent PATCHes,
-            # so each lock / unlock is audited exactly once.
-            was_locked = Workspace.objects.select_for_update(no_key=True).values_list("locked", flat=True).get(
-                id=serializer.instance.id
-            )
-            ws: Workspace = serializer.save()
-            settings_changed = {k: str(getattr(ws, k)) for k in changed - {"locked"}}
-            if settings_changed:
-                audit_record(actor=user, action="workspace.update", obj=ws, data=settings_changed)
-            if ws.locked != was_locked:
-                action = "workspace.lock" if ws.locked else "workspace.unlock"
-                audit_record(actor=self.request.user, action=action, obj=ws)
-                if not ws.locked:
-                    # Runs queued while locked stayed pending; start them once the unlock is visible.
-                    workspace_id = ws.id
-                    transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
+        # Who may change what, the lock's audit and the unlock's queue start: the service's rules.
+        serializer.instance = workspace_update(workspace=serializer.instance, actor=self.request.user,
+                                               changes=dict(serializer.validated_data))
 
     def perform_destroy(self, instance: Workspace) -> None:
         require(self.request.user, Action.DELETE, instance)
@@ -297,10 +277,8 @@ class VariableListCreate(generics.ListCreateAPIView):
         return context
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        var: Variable = serializer.save()
-        # Who changed which variable, never its value (it may be sensitive).
-        audit_record(actor=self.request.user, action="variable.create", obj=var.workspace,
-                     data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+        serializer.instance = variable_create(workspace=serializer.context["workspace"], actor=self.request.user,
+                                              **serializer.validated_data)
 
 
 class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
@@ -319,14 +297,11 @@ class VariableDetail(generics.RetrieveUpdateDestroyAPIView):
         return var
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
-        var: Variable = serializer.save()
-        audit_record(actor=self.request.user, action="variable.update", obj=var.workspace,
-                     data={"key": var.key, "category": var.category, "sensitive": var.sensitive})
+        serializer.instance = variable_update(variable=serializer.instance, actor=self.request.user,
+                                              changes=serializer.validated_data)
 
     def perform_destroy(self, instance: Variable) -> None:
-        audit_record(actor=self.request.user, action="variable.delete", obj=instance.workspace,
-                     data={"key": instance.key, "category": instance.category})
-        instance.delete()
+        variable_delete(variable=instance, actor=self.request.user)
 
 
 # Runs ---------------------------------------------------------------------------------------

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import Group, User
-from django.db import transaction
+from django.contrib.auth.models import User
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import JSONParser
@@ -18,8 +17,8 @@ from iacplatform.pagination import NewestFirst
 from iacplatform.permissions import Action, is_site_admin, workspace_for
 from tasks_app.models import AccessLevel, ApiToken, AuditEvent, WorkspaceAccess
 from tasks_app.serializers import StrictCharField, StrictChoiceField
-from tasks_app.services.audit import audit_record
 from tasks_app.services.tokens import token_create, token_revoke
+from tasks_app.services.workspaces import workspace_access_remove, workspace_access_set
 
 # --- tokens --------------------------------------------------------------------------------
 
@@ -110,26 +109,16 @@ class WorkspaceAccessListSet(APIView):
         ws = workspace_for(request.user, Action.MANAGE_ACCESS, workspace_id)
         params = AccessSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        team = Group.objects.filter(name=params.validated_data["team"]).first()
-        if team is None:
-            raise NotFound(f"no team '{params.validated_data['team']}' (site admins create teams)")
-        with transaction.atomic():
-            WorkspaceAccess.objects.update_or_create(workspace=ws, team=team,
-                                                     defaults={"level": params.validated_data["level"]})
-            audit_record(actor=request.user, action="access.set", obj=ws,
-                         data={"team": team.name, "level": params.validated_data["level"]})
-        return Response({"team": team.name, "level": params.validated_data["level"]})
+        access = workspace_access_set(workspace=ws, team_name=params.validated_data["team"],
+                                      level=params.validated_data["level"], actor=request.user)
+        return Response({"team": access.team.name, "level": access.level})
 
 
 class WorkspaceAccessRemove(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, workspace_id: int, team: str) -> Response:
         ws = workspace_for(request.user, Action.MANAGE_ACCESS, workspace_id)
-        with transaction.atomic():
-            deleted, _ = WorkspaceAccess.objects.filter(workspace=ws, team__name=team).delete()
-            if not deleted:
-                raise NotFound(f"team '{team}' has no access to workspace '{ws.name}'")
-            audit_record(actor=request.user, action="access.remove", obj=ws, data={"team": team})
+        workspace_access_remove(workspace=ws, team_name=team, actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -20,7 +20,6 @@ from tasks_app.models import (
     Task,
     TaskEvent,
     Variable,
-    VariableCategory,
     Workspace,
 )
 from tasks_app.selectors import run_waiting_reason, run_warm_slot
@@ -162,49 +161,10 @@ class VariableSerializer(StrictModelSerializer):
         fields = ["id", "key", "value", "category", "sensitive"]
         read_only_fields = ["id"]
         # The model's unique constraint includes `workspace`, which comes from the URL, so DRF
-        # cannot build its validator: validate() checks it with the workspace from the context.
+        # cannot build its validator: the variables service checks it (services/variables.py),
+        # with the other rules that need the database. This serializer checks each field's shape.
         validators: list = []
         extra_kwargs = {"key": {"validators": [identifier]}}
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        instance: Variable | None = self.instance
-        workspace: Workspace = instance.workspace if instance else self.context["workspace"]
-        key = attrs.get("key", instance.key if instance else None)
-        category = attrs.get("category", instance.category if instance else VariableCategory.TERRAFORM)
-        clash = Variable.objects.filter(workspace=workspace, key=key, category=category)
-        if instance is not None:
-            clash = clash.exclude(id=instance.id)
-        if clash.exists():
-            raise serializers.ValidationError(
-                {"key": f"a {category} variable '{key}' already exists in this workspace"}
-            )
-        if instance is not None and instance.sensitive and attrs.get("sensitive") is False:
-            # Turning it off would show the secret to everyone who can read the workspace.
-            raise serializers.ValidationError(
-                {"sensitive": "a sensitive variable cannot be made non-sensitive: delete it and create it again"}
-            )
-        return attrs
-
-    def create(self, validated_data: dict[str, Any]) -> Variable:
-        value = validated_data.pop("value")
-        variable = Variable(workspace=self.context["workspace"], **validated_data)
-        variable.set_value(value)
-        with unique_or_400("key", f"a {variable.category} variable '{variable.key}' already exists in this workspace"):
-            variable.save()
-        return variable
-
-    def update(self, instance: Variable, validated_data: dict[str, Any]) -> Variable:
-        value: str | None = validated_data.pop("value", None)
-        if value is None and validated_data.get("sensitive") and not instance.sensitive:
-            # Becoming sensitive keeps the value but moves it to ciphertext.
-            value = instance.plain_value
-        for name, field_value in validated_data.items():
-            setattr(instance, name, field_value)
-        if value is not None:
-            instance.set_value(value)
-        with unique_or_400("key", f"a {instance.category} variable '{instance.key}' already exists in this workspace"):
-            instance.save()
-        return instance
 
 
 # Runs ---------------------------------------------------------------------------------------

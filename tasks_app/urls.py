@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app import views, views_confirm, views_runs
+from tasks_app import views, views_confirm, views_runs, views_workspace
 
 urlpatterns = [
     path("", views.workspace_list, name="workspace-list"),
     path("workspaces/<int:workspace_id>/", views.workspace_detail, name="workspace-detail"),
     path("workspaces/<int:workspace_id>/runs/", views.workspace_run_create, name="workspace-run-create"),
+    path("workspaces/<int:workspace_id>/settings/", views_workspace.workspace_settings, name="workspace-settings"),
+    path("workspaces/<int:workspace_id>/lock/", views_workspace.workspace_lock, {"lock": True}, name="workspace-lock"),
+    path("workspaces/<int:workspace_id>/unlock/", views_workspace.workspace_lock, {"lock": False},
+         name="workspace-unlock"),
+    path("workspaces/<int:workspace_id>/access/", views_workspace.workspace_access, name="workspace-access"),
+    path("workspaces/<int:workspace_id>/variables/", views_workspace.variable_add, name="workspace-variable-create"),
+    path("variables/<int:variable_id>/", views_workspace.variable_edit, name="variable-update"),
+    path("variables/<int:variable_id>/delete/", views_workspace.variable_remove, name="variable-delete"),
+    path("workspaces/<int:workspace_id>/configuration/", views_workspace.configuration_upload,
+         name="workspace-configuration-upload"),
+    path("workspaces/<int:workspace_id>/state/diff/", views_workspace.state_diff, name="workspace-state-diff"),
     path("runs/<int:task_id>/", views_runs.run_detail, name="run-detail"),
     path("runs/<int:task_id>/log.txt", views_runs.run_log_download, name="run-log-download"),
     path("runs/<int:task_id>/confirm-dialog/", views_confirm.run_confirm_dialog, name="run-confirm-dialog"),

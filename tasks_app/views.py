@@ -10,11 +10,13 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import OuterRef, Subquery
+from django.contrib.auth.models import Group
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST
 
+from agents_app.models import AgentPool
 from iacplatform.api_errors import flatten_errors
 from iacplatform.errors import NotFound, PlatformError
 from iacplatform.permissions import (
@@ -24,12 +26,12 @@ from iacplatform.permissions import (
     can_use_pool,
     creating_team,
     is_site_admin,
-    readable_workspaces,
     require,
     run_for,
     workspace_for,
 )
-from tasks_app.models import AccessLevel, ApiToken, Task, Workspace, WorkspaceAccess
+from tasks_app.models import AccessLevel, ApiToken, Task, VariableCategory, Workspace, WorkspaceAccess
+from tasks_app.selectors_workspaces import SEARCH_MAX_LENGTH, workspace_rows, workspace_runs
 from tasks_app.serializers import RunCreateSerializer
 from tasks_app.services.runs import (
     run_create,
@@ -79,31 +81,43 @@ def workspace_list(request: HttpRequest) -> HttpResponse:
             return redirect("workspace-detail", workspace_id=ws.id)
     else:
         form = WorkspaceCreateForm()
-    latest = Task.objects.filter(workspace=OuterRef("pk")).order_by("-id")
-    workspaces = (
-        readable_workspaces(request.user).select_related("pool")
-        .annotate(
-            latest_run_id=Subquery(latest.values("id")[:1]), latest_run_status=Subquery(latest.values("status")[:1])
-        )
-        .order_by("name")
-    )
-    return render(request, "tasks_app/workspace_list.html",
-                  {"workspaces": workspaces, "form": form if may_create else None})
+    search = request.GET.get("q", "")[:SEARCH_MAX_LENGTH]
+    attention = request.GET.get("attention") == "1"
+    context = {
+        "workspaces": workspace_rows(request.user, search=search, attention=attention),
+        "search": search,
+        "attention": attention,
+        "form": form if may_create else None,
+    }
+    # The search box and the filter ask for the table alone (same URL, `HX-Request` set); a
+    # history restore (back button after a cache miss) needs the whole page.
+    partial = bool(request.htmx) and not request.htmx.history_restore_request
+    response = render(request, "tasks_app/workspace/_table.html" if partial else "tasks_app/workspace_list.html",
+                      context)
+    patch_vary_headers(response, ["HX-Request"])  # one URL, two bodies: caches must tell them apart
+    return response
 
 
 @login_required
 def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
     ws = _workspace(request, workspace_id)
+    allowed = {str(a) for a in allowed_actions(request.user, ws)}
     context = {
         "workspace": ws,
-        "allowed": {str(a) for a in allowed_actions(request.user, ws)},
-        # Newest first; a page of history is enough here, the API lists everything.
-        "runs": ws.tasks.order_by("-id")[:50],
+        "allowed": allowed,
+        "runs": workspace_runs(ws.id),
         "variables": ws.variables.order_by("category", "key"),
-        "state_versions": ws.state_versions.order_by("-serial")[:20],
+        "variable_categories": VariableCategory.choices,
+        "state_versions": ws.state_versions.select_related("task").order_by("-serial")[:20],
         "configuration": ws.configuration_versions.order_by("-id").first(),
+        "access": ws.access.select_related("team").order_by("team__name"),
+        "access_levels": AccessLevel.choices,
         "Operation": Operation,
     }
+    if "settings" in allowed:
+        context["pools"] = [p for p in AgentPool.objects.order_by("name")
+                            if p.id == ws.pool_id or can_use_pool(request.user, p)]
+        context["teams"] = Group.objects.order_by("name").values_list("name", flat=True)
     return render(request, "tasks_app/workspace_detail.html", context)
 
 

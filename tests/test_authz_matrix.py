@@ -231,6 +231,39 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/workspaces/{w.a.id}/runs/", _expect(302, 302, 302, 404), api=False,
              body=lambda w, u: {"operation": "plan"}),
     ],
+    # The workspace page's forms: a refusal is 403 (readable) or 404, never a redirect.
+    "workspace-settings": [
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/settings/", _expect(302, 403, 403, 404), api=False,
+             body=lambda w, u: {"pool": w.pool.id, "auto_apply": "on"}),
+    ],
+    "workspace-lock": [Case("POST", lambda w, u: f"/workspaces/{w.a.id}/lock/", _expect(302, 302, 403, 404), api=False)],
+    "workspace-unlock": [
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/unlock/", _expect(302, 302, 403, 404), api=False),
+    ],
+    "workspace-access": [
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/access/", _expect(302, 403, 403, 404), api=False,
+             body=lambda w, u: {"team": "viewers", "level": "read"}),
+    ],
+    "workspace-variable-create": [
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/variables/", _expect(302, 302, 403, 404), api=False,
+             body=lambda w, u: {"key": f"k_{u}", "value": "v", "category": "terraform"}),
+    ],
+    "variable-update": [
+        Case("POST", lambda w, u: f"/variables/{w.variable_a.id}/", _expect(302, 302, 403, 404), api=False,
+             body=lambda w, u: {"key": "region", "value": f"set-by-{u}", "category": "terraform"}),
+    ],
+    "variable-delete": [
+        Case("POST", lambda w, u: f"/variables/{w.variable_a.id}/delete/", _expect(302, 302, 403, 404), api=False),
+    ],
+    # No file: who may upload is told to choose one (a redirect with the message).
+    "workspace-configuration-upload": [
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/configuration/", _expect(302, 302, 403, 404), api=False),
+    ],
+    # Reading state is `write`, masked or not; there is no state yet, so who may gets a 400.
+    "workspace-state-diff": [
+        Case("GET", lambda w, u: f"/workspaces/{w.a.id}/state/diff/?from=1&to=2", _expect(400, 400, 403, 404),
+             api=False),
+    ],
     "run-detail": [Case("GET", lambda w, u: f"/runs/{w.run_a.id}/", _expect(200, 200, 200, 404), api=False)],
     "run-log-download": [Case("GET", lambda w, u: f"/runs/{w.run_a.id}/log.txt", _expect(200, 200, 200, 404), api=False)],
     "run-confirm-dialog": [
@@ -274,6 +307,9 @@ SPECIAL = {
 WEBSOCKET_RULES = {
     "ws/runs/<int:task_id>/log/": "test_it_streams_a_run_log_only_to_who_may_read_it",
     "ws/pools/<int:pool_id>/": "test_it_shows_a_live_pool_only_to_site_admins",
+    "ws/workspaces/": "tests/tasks_app/test_workspace_consumers.py::"
+                      "test_it_sends_a_run_change_only_to_those_who_may_read_its_workspace",
+    "ws/workspaces/<int:workspace_id>/": "test_it_shows_a_workspace_live_only_to_who_may_read_it",
 }
 
 
@@ -435,6 +471,20 @@ async def test_it_shows_a_live_pool_only_to_site_admins(world):
         return ok
 
     assert [await connected(u) for u in USERS] == [True, False, False, False]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_it_shows_a_workspace_live_only_to_who_may_read_it(world):
+    async def connected(user: str, workspace_id: int) -> bool:
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/workspaces/{workspace_id}/")
+        communicator.scope["user"] = world.users[user]
+        ok, _ = await communicator.connect()
+        await communicator.disconnect()
+        return ok
+
+    assert [await connected(u, world.a.id) for u in USERS] == [True, True, True, False]
+    assert [await connected(u, world.b.id) for u in USERS] == [True, False, False, False]
 
 
 def test_it_lets_a_team_allowed_to_create_workspaces_administer_its_own(world):

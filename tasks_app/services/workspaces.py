@@ -1,0 +1,84 @@
+"""Workspace settings and team access: the one place their rules live, for the REST API
+(tasks_app/api.py, api_access.py) and the pages (tasks_app/views_workspace.py).
+
+Who may change what is decided here, with the other rules, so that both doors agree:
+locking and unlocking alone is `write`; any other setting is `admin`; a pool must be one the
+actor's teams may use; team access is `admin`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, transaction
+
+from iacplatform.errors import Forbidden, NotFound, invalid_field
+from iacplatform.permissions import Action, can_use_pool, require
+from tasks_app.models import AccessLevel, Workspace, WorkspaceAccess
+from tasks_app.services.audit import audit_record
+from tasks_app.services.runs import runs_start_next
+
+SETTINGS_FIELDS = ("name", "pool", "auto_apply", "locked", "terraform_version")
+
+
+def workspace_update(*, workspace: Workspace, actor: Any, changes: dict[str, Any]) -> Workspace:
+    """Apply `changes` (already well-formed values of SETTINGS_FIELDS) to the workspace.
+
+    Each lock / unlock and each settings change is audited exactly once, even under
+    concurrent updates: the row lock makes "was it locked?" and the change one step. An
+    unlock starts the runs that waited for it once it is committed."""
+    unknown = set(changes) - set(SETTINGS_FIELDS)
+    if unknown:
+        raise invalid_field(sorted(unknown)[0], "not a workspace setting")
+    changed = {k for k, v in changes.items() if getattr(workspace, k) != v}
+    require(actor, Action.LOCK if changed <= {"locked"} else Action.SETTINGS, workspace)
+    pool = changes.get("pool")
+    if "pool" in changed and not can_use_pool(actor, pool):
+        raise Forbidden(f"none of your teams may use pool '{pool.name}'")
+    if not changed:
+        return workspace
+    with transaction.atomic():
+        ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
+        was_locked = ws.locked
+        for name in changed:
+            setattr(ws, name, changes[name])
+        try:
+            with transaction.atomic():  # a savepoint: the name's uniqueness is the database's call
+                ws.save(update_fields=sorted(changed))
+        except IntegrityError as exc:
+            raise invalid_field("name", "a workspace with this name already exists") from exc
+        settings_changed = {k: str(getattr(ws, k)) for k in changed - {"locked"}}
+        if settings_changed:
+            audit_record(actor=actor, action="workspace.update", obj=ws, data=settings_changed)
+        if ws.locked != was_locked:
+            audit_record(actor=actor, action="workspace.lock" if ws.locked else "workspace.unlock", obj=ws)
+            if not ws.locked:
+                # Runs queued while locked stayed pending; start them once the unlock is visible.
+                workspace_id = ws.id
+                transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
+    return ws
+
+
+def workspace_access_set(*, workspace: Workspace, team_name: str, level: str, actor: Any) -> WorkspaceAccess:
+    """Give a team (an existing Django group) a level on the workspace (`admin` needed)."""
+    require(actor, Action.MANAGE_ACCESS, workspace)
+    if not team_name or len(team_name) > 150 or "\x00" in team_name:
+        raise invalid_field("team", "a team name: 1 to 150 characters, no NUL")
+    if level not in AccessLevel.values:
+        raise invalid_field("level", f"must be one of {', '.join(AccessLevel.values)}")
+    team = Group.objects.filter(name=team_name).first()
+    if team is None:
+        raise NotFound(f"no team '{team_name}' (site admins create teams)")
+    with transaction.atomic():
+        access, _ = WorkspaceAccess.objects.update_or_create(workspace=workspace, team=team, defaults={"level": level})
+        audit_record(actor=actor, action="access.set", obj=workspace, data={"team": team.name, "level": level})
+    return access
+
+
+def workspace_access_remove(*, workspace: Workspace, team_name: str, actor: Any) -> None:
+    require(actor, Action.MANAGE_ACCESS, workspace)
+    with transaction.atomic():
+        deleted, _ = WorkspaceAccess.objects.filter(workspace=workspace, team__name=team_name).delete()
+        if not deleted:
+            raise NotFound(f"team '{team_name}' has no access to workspace '{workspace.name}'")
+        audit_record(actor=actor, action="access.remove", obj=workspace, data={"team": team_name})

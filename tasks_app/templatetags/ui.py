@@ -1,0 +1,69 @@
+"""Shared looks for every page: `{% load ui %}`.
+
+- `{% status_badge value %}`: a status as a badge with a colour AND its words (colour alone
+  says nothing to a colour-blind reader or a screen reader). Works for any of the product's
+  states (run, job, slot, warmup, agent, pod, apply path): the tone comes from TONES, the
+  words from the value ("apply_pending" reads "apply pending").
+- `{% reltime moment %}`: "3 min ago" in a `<time>` whose `datetime` is machine-readable and
+  whose `title` (shown on hover) is the exact time, in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from django import template
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.timesince import timesince, timeuntil
+
+register = template.Library()
+
+# ok: done and good; busy: moving; wait: needs a person or waits its turn; bad: failed or
+# stopped; off: idle / neutral.
+TONES: dict[str, str] = {
+    "applied": "ok", "planned": "ok", "planned_no_changes": "ok", "online": "ok", "ready": "ok",
+    "succeeded": "ok", "running_pod": "ok", "fast": "ok", "idle": "off",
+    "pending": "wait", "plan_queued": "wait", "apply_pending": "wait", "queued": "wait", "reserved": "wait",
+    "warming": "busy", "planning": "busy", "apply_queued": "busy", "applying": "busy", "running": "busy",
+    "claimed": "busy", "starting": "busy", "rewarmed": "busy",
+    "errored": "bad", "failed": "bad", "offline": "bad", "lost": "bad", "expired": "bad",
+    "cancelled": "off", "discarded": "off", "none": "off", "cold": "off", "deleted": "off",
+}
+
+def status_label(value: str) -> str:
+    return str(value).replace("_", " ")
+
+
+@register.simple_tag
+def status_badge(value: object, label: str = "") -> SafeString:
+    """`<span class="status tone-… status-…">words</span>`; empty value renders nothing."""
+    if value in (None, ""):
+        return SafeString("")
+    key = str(value)
+    return format_html(
+        '<span class="status tone-{} status-{}" data-status="{}">{}</span>',
+        TONES.get(key, "off"), key, key, label or status_label(key),
+    )
+
+
+@register.simple_tag
+def reltime(moment: datetime | None, empty: str = "") -> SafeString:
+    """`<time datetime="ISO" title="exact UTC">5 minutes ago</time>` ("in 5 minutes" for a
+    future moment, "just now" under a minute)."""
+    if moment is None:
+        return format_html('<span class="muted">{}</span>', empty) if empty else SafeString("")
+    now = timezone.now()
+    delta = (now - moment).total_seconds()
+    if abs(delta) < 60:
+        words = "just now"
+    elif delta > 0:
+        words = f"{timesince(moment, now, depth=1)} ago"
+    else:
+        words = f"in {timeuntil(moment, now, depth=1)}"
+    exact = moment.astimezone(UTC)
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        moment.isoformat(), exact.strftime("%Y-%m-%d %H:%M:%S UTC"), words.replace("\xa0", " "),
+    )

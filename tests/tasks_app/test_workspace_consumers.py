@@ -1,0 +1,138 @@
+"""The live workspaces list and workspace page over websockets, on the real channel layer
+(Redis): who may connect, what the backfill holds, and which viewer a run change reaches."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import transaction
+
+from iacplatform.routing import websocket_urlpatterns
+from tasks_app.models import AccessLevel, Task
+from tasks_app.services.runs import run_create, run_transition
+from tasks_app.states import RunStatus
+from tests.factories import DEMO_MAIN_TF, grant, make_workspace
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest.fixture
+def bob(db, workspace) -> User:
+    user = User.objects.create_user("bob", password="bob-password-1")
+    grant(user, workspace, AccessLevel.READ, team_name="readers")
+    return user
+
+
+async def connect(path: str, user) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path)
+    communicator.scope["user"] = user
+    return communicator
+
+
+async def nothing_within(ws: WebsocketCommunicator, seconds: float = 1.0) -> bool:
+    return await ws.receive_nothing(timeout=seconds)
+
+
+def error_run(task_id: int) -> None:
+    """A run errors through the one owner of run status, which publishes run.changed after
+    commit (the way an agent's failed plan ends)."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(id=task_id)
+        run_transition(task, RunStatus.ERRORED, actor="test", message="boom")
+
+
+async def test_it_refuses_anonymous_viewers_and_charlie(workspace, charlie):
+    for path in ("/ws/workspaces/", f"/ws/workspaces/{workspace.id}/"):
+        ws = await connect(path, AnonymousUser())
+        connected, code = await ws.connect()
+        assert not connected and code == 4401
+    ws = await connect(f"/ws/workspaces/{workspace.id}/", charlie)
+    connected, code = await ws.connect()
+    assert not connected and code == 4404  # as for a workspace that does not exist
+    ws = await connect("/ws/workspaces/999999/", charlie)
+    connected, code = await ws.connect()
+    assert not connected and code == 4404
+
+
+async def test_it_pushes_the_runs_table_of_bobs_workspace_when_a_run_changes(workspace, bob):
+    task = await sync_to_async(run_create)(workspace=workspace, operation="plan", actor="test")
+    ws = await connect(f"/ws/workspaces/{workspace.id}/", bob)
+    connected, _ = await ws.connect()
+    assert connected
+    backfill = await ws.receive_from(timeout=5)
+    assert backfill.startswith('<div id="workspace-runs" hx-swap-oob="true">')
+    assert f"run {task.id}" in backfill
+
+    await sync_to_async(error_run)(task.id)
+    html = await ws.receive_from(timeout=5)
+    while 'data-status="errored"' not in html:  # run_create's own change may still be on its way
+        html = await ws.receive_from(timeout=5)
+    assert 'id="workspace-runs" hx-swap-oob="true"' in html
+    await ws.disconnect()
+
+
+async def test_it_sends_a_run_change_only_to_those_who_may_read_its_workspace(pool, workspace, bob, charlie):
+    other = await sync_to_async(make_workspace)(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    task = await sync_to_async(run_create)(workspace=workspace, operation="plan", actor="test")
+    hidden = await sync_to_async(run_create)(workspace=other, operation="plan", actor="test")
+
+    bobs, charlies = await connect("/ws/workspaces/", bob), await connect("/ws/workspaces/", charlie)
+    assert (await bobs.connect())[0] and (await charlies.connect())[0]
+    backfill = await bobs.receive_from(timeout=5)
+    assert f'id="workspace-row-{workspace.id}" hx-swap-oob="true"' in backfill
+    assert f"workspace-row-{other.id}" not in backfill
+    assert await charlies.receive_from(timeout=5) == ""  # charlie reads nothing: an empty backfill
+    await asyncio.sleep(0.5)  # let run_create's own changes pass
+    while not await bobs.receive_nothing(timeout=0.3):
+        pass
+
+    await sync_to_async(error_run)(task.id)
+    row = await bobs.receive_from(timeout=5)
+    assert row.startswith(f'<tr id="workspace-row-{workspace.id}" hx-swap-oob="true">')
+    assert 'data-status="errored"' in row
+    assert await nothing_within(charlies)
+
+    # A change in a workspace bob cannot read reaches nobody but those who can.
+    await sync_to_async(error_run)(hidden.id)
+    assert await nothing_within(bobs)
+    assert await nothing_within(charlies)
+    await bobs.disconnect()
+    await charlies.disconnect()
+
+
+async def test_it_stops_pushing_once_access_is_revoked(workspace, bob):
+    task = await sync_to_async(run_create)(workspace=workspace, operation="plan", actor="test")
+    ws = await connect(f"/ws/workspaces/{workspace.id}/", bob)
+    assert (await ws.connect())[0]
+    await ws.receive_from(timeout=5)
+    await sync_to_async(lambda: bob.groups.clear())()
+    await sync_to_async(error_run)(task.id)
+    output = await ws.receive_output(timeout=5)
+    while output["type"] == "websocket.send":  # run_create's change may come first, before the revocation
+        assert 'data-status="errored"' not in output.get("text", "")
+        output = await ws.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": 4404}
+    assert await sync_to_async(lambda: Task.objects.get(id=task.id).status)() == RunStatus.ERRORED
+
+
+async def test_it_backfills_what_changed_while_the_page_was_disconnected(workspace, bob):
+    task = await sync_to_async(run_create)(workspace=workspace, operation="plan", actor="test")
+    ws = await connect(f"/ws/workspaces/{workspace.id}/", bob)
+    assert (await ws.connect())[0]
+    first = await ws.receive_from(timeout=5)
+    assert 'data-status="errored"' not in first
+    await ws.disconnect()
+
+    await sync_to_async(error_run)(task.id)  # nobody listening
+
+    # htmx's ws extension reconnects by itself; the new socket's backfill is the current table.
+    again = await connect(f"/ws/workspaces/{workspace.id}/", bob)
+    assert (await again.connect())[0]
+    backfill = await again.receive_from(timeout=5)
+    assert f'id="run-row-{task.id}"' in backfill and 'data-status="errored"' in backfill
+    await again.disconnect()
