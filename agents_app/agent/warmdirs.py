@@ -277,8 +277,10 @@ class WarmPlans:
                                        "and providers unchanged")
         else:
             why_cold = f"{job.kind} jobs run init"
+        had_lock_file = (job.dir / LOCK_FILE_NAME).is_file()
         job.terraform("init", "-input=false", "-no-color")
-        self._providers_into_cache(job, promote=True)
+        if not had_lock_file:  # the providers init just installed from upstream, for the next job
+            self._providers_into_cache(job, promote=True)
         if fingerprint is not None:
             self._record(job.dir, fingerprint, manifest_of(job.dir))
         return StartDecision(False, why_cold)
