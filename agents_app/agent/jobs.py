@@ -329,8 +329,9 @@ class JobRun:
         """Report the result; returns whether the server wants the dir kept (reserved)."""
         # Kept before the result is sent, so the workspace's next plan (queued the moment this
         # one ends) finds it; not a dir reserved for the apply, nor a failed job's.
-        warm_kept = self.agent.warm_plans.finished(self.dir, self.payload.task.workspace, keep=(
-            outcome == JobOutcome.SUCCEEDED and not kept_dir and self.kind in (JobKind.PLAN, JobKind.APPLY)))
+        warm_kept = self.agent.warm_plans.finished(
+            self.dir, self.payload.task.workspace, reserved=kept_dir,
+            keep=outcome == JobOutcome.SUCCEEDED and self.kind in (JobKind.PLAN, JobKind.APPLY))
         self.log.close()  # flushes the ack before the result
         if self.lost:
             return False

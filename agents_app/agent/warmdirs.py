@@ -270,9 +270,11 @@ class WarmPlans:
         self._providers_into_cache(job, promote=False)
         workspace = int(job.payload.task.workspace)
         if job.kind == "plan":
+            checking = time.monotonic()
             why_cold = self._reuse(job, workspace, fingerprint, fingerprint_error)
             if not why_cold:
-                job.log.write("\n[warm plan dir: this workspace's init output, checked, on this agent: no init]\n")
+                job.log.write(f"\n[warm plan dir: this workspace's init output on this agent, checked in "
+                              f"{(time.monotonic() - checking) * 1000:.0f} ms: no init]\n")
                 return StartDecision(True, "this workspace's init output on this agent: lock file, modules, backend "
                                        "and providers unchanged")
         else:
@@ -409,14 +411,22 @@ class WarmPlans:
             return False
         return True
 
-    def finished(self, job_dir: Path, workspace: int, *, keep: bool) -> bool:
-        """A job in `job_dir` ended: its cache leases go; with `keep` (it succeeded and its
-        dir is not reserved for an apply) its init output becomes the workspace's warm tree."""
+    def finished(self, job_dir: Path, workspace: int, *, keep: bool, reserved: bool = False) -> bool:
+        """A job in `job_dir` ended. A dir `reserved` for the run's apply keeps its cache
+        leases (the apply runs there without init; they go when it ends). Otherwise the
+        leases go and, with `keep` (the job succeeded), the init output becomes the
+        workspace's warm tree."""
+        if reserved:
+            return False
         with self.lock:
             leased = self.leases.pop(job_dir, [])
         if self.cache is not None:
             self.cache.release(leased)
-        return self.keep(job_dir, workspace) if keep else False
+        if keep:
+            return self.keep(job_dir, workspace)
+        with self.lock:
+            self.records.pop(job_dir, None)
+        return False
 
     def stats(self) -> dict[str, int] | None:
         return self.cache.stats() if self.cache is not None else None
