@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -99,6 +100,9 @@ class PlanInit:
         return pool.id, token
 
     def setup(self) -> None:
+        # Nothing of an earlier run: agents' work roots (caches, warm plan dirs) and timings.
+        shutil.rmtree(self.live.dir / "agents", ignore_errors=True)
+        self.times.unlink(missing_ok=True)
         self.markers.mkdir(parents=True, exist_ok=True)
         for mode in MODES:
             pool_id, token = self.pool(f"plan-init-{mode}")
@@ -173,6 +177,7 @@ class PlanInit:
             close_old_connections()
             runs = [self.queue_plan(ws) for ws in workspaces]
             name = f"plan-init-round-{r}"
+            (self.live.log_dir / f"agent-{name}.log").unlink(missing_ok=True)
             self.live.start_agent(token, name, env=self.agent_env("cached"), slots=3)
             failures = 0
             for rid in runs:

@@ -208,6 +208,8 @@ class AgentProcess:
         reply = RegistrationReply.model_validate(data)
         self.last_answered, self.last_server_error = time.monotonic(), ""
         self.save_credential(reply.token)
+        if not reply.resumed:
+            self.warm_plans.clear()  # warm plan dirs are keyed by workspace id: this server's only
         kept = {t: w for t, w in warm.items() if reply.resumed and t not in reply.release}
         for task_id, w in warm.items():
             if task_id not in kept:

@@ -428,5 +428,15 @@ class WarmPlans:
             self.records.pop(job_dir, None)
         return False
 
+    def clear(self) -> None:
+        """Delete every warm tree: the agent registered as a new agent (another server, or
+        its identity was lost), and workspace ids are only unique on one server."""
+        with self.lock:
+            workspaces = list(self.index)
+            self.index.clear()
+            for ws in workspaces:
+                (self.root / f"{ws}.json").unlink(missing_ok=True)
+                shutil.rmtree(self.root / str(ws), ignore_errors=True)
+
     def stats(self) -> dict[str, int] | None:
         return self.cache.stats() if self.cache is not None else None

@@ -89,6 +89,8 @@ def test_it_records_the_cache_counters_and_a_kept_warm_plan_dir(setup, client, a
     client.force_login(alice)
     page = client.get(f"/runs/{job['task']['id']}/").content.decode()
     assert '<td class="job-start">warm: unchanged</td>' in page  # the run page's jobs table
+    pool_page = " ".join(client.get(f"/pools/{pool.id}/").content.decode().split())
+    assert "provider cache 23.8 MB, 1 entry, 4 hits, 1 miss · 1 warm plan dir" in pool_page
 
 
 def test_it_refuses_a_bad_plan_start_and_changes_nothing(setup, client):

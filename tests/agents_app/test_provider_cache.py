@@ -234,3 +234,18 @@ def test_it_keeps_a_warm_tree_per_workspace_and_sends_a_planted_file_cold(tmp_pa
     assert plans._reuse(cold, 7, config_fingerprint(cold.dir), "") == (
         "the warm plan dir is not as init left it: .terraform/planted was not produced by init (added after it)")
     assert plans.workspaces() == [] and not (cold.dir / ".terraform").exists()
+
+
+def test_it_forgets_every_warm_tree_when_the_agent_becomes_a_new_agent(tmp_path):
+    """Workspace ids are only unique on one server: a fresh registration (another server, a
+    lost identity) must not find another platform's workspace 7 warm."""
+    plans = WarmPlans(tmp_path / "store", budget=2, cache=None, upstream=[tmp_path / "cache"])
+    job = tmp_path / "job"
+    job.mkdir()
+    init_like(job, tmp_path / "cache")
+    plans._record(job, config_fingerprint(job), manifest_of(job))
+    assert plans.finished(job, 7, keep=True)
+    assert WarmPlans(tmp_path / "store", budget=2, cache=None).workspaces() == [7]  # found again after a restart
+
+    plans.clear()
+    assert plans.workspaces() == [] and sorted(p.name for p in (tmp_path / "store").iterdir()) == []

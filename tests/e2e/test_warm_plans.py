@@ -178,13 +178,21 @@ def test_it_plans_cold_with_the_reason_when_the_lock_file_or_a_module_source_cha
 
 def test_it_plans_cold_when_user_code_planted_a_file_in_the_warm_dir(scenario, mirror):
     mirror_dir, lock = mirror
-    # The apply's local-exec runs in the job dir with write access to .terraform/.
-    s = scenario(files=config(lock, apply_command="echo '#!/bin/sh' > .terraform/planted && chmod +x .terraform/planted"))
-    cached_agent(s, "a1", mirror_dir)
+    s = scenario(files=config(lock))
+    a1 = cached_agent(s, "a1", mirror_dir)
+    # The apply's local-exec runs in the job dir with write access to .terraform/; the
+    # provider cache it also tries is bound read-only.
+    cache = a1.work_root / ".providers"
+    plant = ("echo '#!/bin/sh' > .terraform/planted && chmod +x .terraform/planted; "
+             f"(touch {cache}/planted 2>/dev/null && echo cache-$((1+1))-writable) || echo cache-$((1+1))-read-only")
+    s.user.request("POST", f"/api/v1/workspaces/{s.workspace['id']}/configuration-versions/",
+                   json={"files": config(lock, apply_command=plant)}, expect=201)
     run = s.user.queue(s.workspace["id"])
     s.user.wait(run["id"], "apply_pending", warmup="ready")
     s.user.confirm(run["id"])
     s.user.wait(run["id"], "applied")
+    # (The arithmetic keeps terraform's echo of the command itself from matching.)
+    assert "cache-2-read-only" in s.user.log(run["id"]) and not (cache / "planted").exists()
 
     after = plan_once(s)
     assert after["plan_start"] == "cold"
