@@ -16,7 +16,7 @@ from typing import Any
 from agents_app.agent.health import start_health_server
 from agents_app.agent.process import AgentProcess
 from agents_app.agent.providers import ProviderCache
-from agents_app.agent.sandbox import SandboxUnavailable, make_sandbox
+from agents_app.agent.sandbox import SandboxUnavailable, make_sandbox, terraform_data_paths
 from agents_app.agent.terraform import resolve_terraform
 from agents_app.agent.warmdirs import STORE_DIR, WarmPlans
 
@@ -78,6 +78,9 @@ def warm_plans_from_environment(work_root: Path) -> WarmPlans:
     work_root.mkdir(parents=True, exist_ok=True)
     upstream = [Path(p).absolute() for p in os.environ.get("IAC_AGENT_PROVIDER_UPSTREAM", "").split(os.pathsep) if p]
     budget = int(os.environ.get("IAC_AGENT_WARM_PLAN_DIRS") or 20)
+    # Without a cache, the mirrors of the operator's own CLI configuration are where init
+    # links unpacked providers from: a warm plan dir may link there too (read-only to jobs).
+    mirrors = [p.absolute() for p in terraform_data_paths(os.environ) if p.is_dir()]
     cache = None
     if upstream:
         cache_bytes = int(os.environ.get("IAC_AGENT_PROVIDER_CACHE_BYTES") or 2 * 1024**3)
@@ -85,7 +88,7 @@ def warm_plans_from_environment(work_root: Path) -> WarmPlans:
         config = work_root / PROVIDER_CLI_CONFIG
         config.write_text(cache.cli_config())
         os.environ["TF_CLI_CONFIG_FILE"] = str(config.absolute())
-    return WarmPlans(work_root / STORE_DIR, budget, cache, upstream=upstream)
+    return WarmPlans(work_root / STORE_DIR, budget, cache, upstream=upstream if cache else mirrors)
 
 
 def main() -> None:

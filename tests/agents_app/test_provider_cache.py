@@ -249,3 +249,23 @@ def test_it_forgets_every_warm_tree_when_the_agent_becomes_a_new_agent(tmp_path)
 
     plans.clear()
     assert plans.workspaces() == [] and sorted(p.name for p in (tmp_path / "store").iterdir()) == []
+
+
+def test_it_writes_its_own_cli_configuration_only_with_an_upstream(tmp_path, monkeypatch):
+    from agents_app.agent.__main__ import warm_plans_from_environment
+
+    mirror = tmp_path / "operator-mirror"
+    mirror.mkdir()
+    operator_config = tmp_path / "operator.tfrc"
+    operator_config.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
+    monkeypatch.setenv("TF_CLI_CONFIG_FILE", str(operator_config))
+    monkeypatch.delenv("IAC_AGENT_PROVIDER_UPSTREAM", raising=False)
+    plain = warm_plans_from_environment(tmp_path / "agent1")
+    assert plain.cache is None and plain.upstream == [mirror] and plain.budget == 20
+    assert os.environ["TF_CLI_CONFIG_FILE"] == str(operator_config)
+
+    monkeypatch.setenv("IAC_AGENT_PROVIDER_UPSTREAM", str(tmp_path / "upstream"))
+    cached = warm_plans_from_environment(tmp_path / "agent2")
+    config = Path(os.environ["TF_CLI_CONFIG_FILE"])
+    assert cached.cache is not None and config == (tmp_path / "agent2" / ".providers.tfrc").absolute()
+    assert config.read_text().index(str(cached.cache.root)) < config.read_text().index(str(tmp_path / "upstream"))
