@@ -201,7 +201,7 @@ class JobRun:
         self.cancelled = False
         self.interrupted: subprocess.Popen | None = None  # the process that got our SIGINT
         self.lost = False  # the server gave this job to another agent
-        self.start: StartDecision | None = None  # how prepare() got the dir initialized
+        self.dir_start: StartDecision | None = None  # how prepare() got the dir initialized (warm plans)
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class JobRun:
         (self.dir / BACKEND_OVERRIDE_NAME).write_text(BACKEND_OVERRIDE)
         # terraform init, with providers from the agent's cache; a plan reuses the
         # workspace's checked warm plan dir instead when it can (agents_app/agent/warmdirs.py).
-        self.start = self.agent.warm_plans.start(self)
+        self.dir_start = self.agent.warm_plans.start(self)
 
     def restore_plan(self) -> None:
         data = self.call("GET", "plan-file", raw=True)
@@ -335,7 +335,7 @@ class JobRun:
         self.log.close()  # flushes the ack before the result
         if self.lost:
             return False
-        start = self.start if self.kind == JobKind.PLAN else None
+        start = self.dir_start if self.kind == JobKind.PLAN else None
         # The error holds terraform's last lines, which may show a secret (user code printing
         # it, a failed validation quoting a value): redacted like the log.
         result = JobResult(outcome=outcome, error=self.redactor.redact(error), kept_dir=kept_dir,
