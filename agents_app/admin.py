@@ -102,7 +102,7 @@ class SlotInline(admin.TabularInline):
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = ["name", "pool", "status", "version", "terraform_version", "slot_count", "last_heartbeat_at",
-                    "offline_at"]
+                    "offline_at", "provider_cache_summary"]
     list_filter = ["pool", "status"]
     search_fields = ["name"]
     exclude = ["token_hash"]
@@ -118,6 +118,15 @@ class AgentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Its jobs, slots and events refer to it; an agent that is gone is marked offline.
         return False
+
+    @admin.display(description="provider cache")
+    def provider_cache_summary(self, agent: Agent) -> str:
+        """Size, entries, hits and misses of the agent's provider cache (its last heartbeat)."""
+        cache = agent.provider_cache or {}
+        if not cache:
+            return "none"
+        return (f"{cache.get('size_bytes', 0) / 2**20:.1f} MiB, {cache.get('entries', 0)} entries, "
+                f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
 
     @admin.action(description="Mark offline (release reservations, error running applies)")
     def mark_offline(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:

@@ -281,6 +281,11 @@ class Agent(models.Model):
     offline_at = models.DateTimeField(null=True, blank=True)
     # What the agent last said it holds on disk: [{"task": id, "plan_hash": "..."}].
     warm_dirs = models.JSONField(default=list, blank=True)
+    # Its provider cache, as its last heartbeat said: {"size_bytes", "entries", "hits",
+    # "misses", "installs"}; {} when it has none (or is older than the cache).
+    provider_cache = models.JSONField(default=dict, blank=True)
+    # The workspaces whose warm plan dirs it holds: a queued plan of one of them prefers it.
+    warm_plan_workspaces = models.JSONField(default=list, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["status", "last_heartbeat_at"])]

@@ -80,6 +80,13 @@ class WarmOrigin(enum.StrEnum):
     WARMUP = "warmup"  # rebuilt by a warmup job
 
 
+class PlanStart(enum.StrEnum):
+    """How a plan job got its initialized dir (agents_app/agent/warmdirs.py)."""
+
+    WARM = "warm"  # this workspace's checked init output kept on the agent: no init
+    COLD = "cold"  # terraform init (providers from the agent's cache when it has one)
+
+
 class SandboxMode(enum.StrEnum):
     """How the agent runs terraform (IAC_AGENT_SANDBOX); a job reports BWRAP or OFF."""
 
@@ -131,9 +138,24 @@ class WarmDirReport(_Message):
     plan_hash: str = ""
 
 
+class ProviderCacheReport(_Message):
+    """The agent's provider cache (agents_app/agent/providers.py), as its heartbeat reports it."""
+
+    size_bytes: int = Field(default=0, ge=0)
+    entries: int = Field(default=0, ge=0)
+    hits: int = Field(default=0, ge=0)  # a job's provider found in the cache
+    misses: int = Field(default=0, ge=0)  # installed into the cache for a job
+    installs: int = Field(default=0, ge=0)  # packages unpacked and verified (one per miss)
+
+
 class Heartbeat(_Message):
     warm_dirs: list[WarmDirReport] = []
     running_jobs: list[int] = []
+    # Optional (None from an older agent, which the server then leaves as it was): the
+    # provider cache's counters, and the workspaces whose warm plan dirs the agent holds
+    # (a queued plan of one of them prefers this agent: plan affinity).
+    provider_cache: ProviderCacheReport | None = None
+    warm_plan_workspaces: list[int] | None = Field(default=None, max_length=10000)
 
 
 class CancelOrder(_Message):
@@ -253,6 +275,11 @@ class JobResult(_Message):
     kept_dir: bool = False  # the agent kept the work dir (plan of an applyable run, warmup)
     # How terraform ran (bwrap or off); None from an agent that does not say.
     sandbox: SandboxMode | None = None
+    # A plan job: warm (no init) or cold, and why. None from an agent that does not say.
+    plan_start: PlanStart | None = None
+    plan_start_reason: str = Field(default="", max_length=2000)
+    # The job's init output became its workspace's warm plan dir on this agent.
+    warm_plan_kept: bool = False
 
 
 class FinishReply(_Message):

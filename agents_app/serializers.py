@@ -105,7 +105,8 @@ class AgentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Agent
-        fields = ["id", "name", "status", "last_heartbeat_at", "version", "slots", "warm_dirs"]
+        fields = ["id", "name", "status", "last_heartbeat_at", "version", "slots", "warm_dirs", "provider_cache",
+                  "warm_plan_workspaces"]
         read_only_fields = fields
 
 

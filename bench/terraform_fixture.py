@@ -84,3 +84,35 @@ def write_cli_config(path: Path, mirror: Path) -> Path:
         "}\n"
     )
     return path
+
+
+def ensure_packed_mirror(mirror: Path) -> tuple[Path, str]:
+    """A packed (zipped) filesystem mirror of the provider, built once from the wheel into
+    `mirror`, and the lock file text that pins it (its h1: and zh: hashes): installing from
+    it does real work (unpack, checksum), as from a registry. On the unpacked mirror an init
+    is only a symlink and proves nothing."""
+    import base64
+    import hashlib
+    import zipfile
+
+    source = payload_dir() / PROVIDER_REL
+    archive = mirror / PROVIDER_REL.parent.parent / f"terraform-provider-workato_{PROVIDER_VERSION}_linux_amd64.zip"
+    if not archive.exists():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        tmp = archive.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for path in sorted(source.iterdir()):
+                info = zipfile.ZipInfo(path.name)
+                info.external_attr = 0o755 << 16  # the wheel drops the run bit; a registry zip has it
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with open(path, "rb") as fh:
+                    zf.writestr(info, fh.read(), compresslevel=1)
+        tmp.rename(archive)
+    lines = ""
+    for path in sorted(source.iterdir()):
+        lines += f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+    h1 = "h1:" + base64.b64encode(hashlib.sha256(lines.encode()).digest()).decode()
+    zh = "zh:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+    lock = (f'provider "registry.terraform.io/{PROVIDER_SOURCE}" {{\n  version     = "{PROVIDER_VERSION}"\n'
+            f'  constraints = "{PROVIDER_VERSION}"\n  hashes = [\n    "{h1}",\n    "{zh}",\n  ]\n}}\n')
+    return mirror, lock

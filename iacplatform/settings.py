@@ -97,6 +97,9 @@ try:
     IAC_WARMUP_WAIT_SECONDS = env.float("IAC_WARMUP_WAIT_SECONDS", 120.0, validate=POSITIVE)
     # How long a Confirm waits for the reserving agent before any agent takes the cold path.
     IAC_TARGET_CLAIM_TIMEOUT_SECONDS = env.float("IAC_TARGET_CLAIM_TIMEOUT_SECONDS", 3.0, validate=POSITIVE)
+    # A queued plan waits this long for an agent that holds its workspace's warm plan dir
+    # (and has a free slot) before any agent may take it (plan affinity).
+    IAC_PLAN_AFFINITY_WAIT_SECONDS = env.float("IAC_PLAN_AFFINITY_WAIT_SECONDS", 2.0, validate=Range(min=0))
     # A bound on every wait (issue 8): the defaults of a new pool's timeouts, each editable
     # per pool afterwards (AgentPool.*_seconds). A plan or apply running past its bound gets
     # SIGINT, then SIGKILL after its kill grace; a queued job with no online agent in its

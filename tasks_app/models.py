@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 from django.db import models
 from knox.models import AbstractAuthToken
 
-from agents_app.protocol import ApplyPath, JobKind, JobStatus, PlanMode, SandboxMode, WarmupStatus, choices
+from agents_app.protocol import ApplyPath, JobKind, JobStatus, PlanMode, PlanStart, SandboxMode, WarmupStatus, choices
 from iacplatform import crypto
 from tasks_app.states import Operation, RunStatus
 
@@ -229,6 +229,10 @@ class Job(models.Model):
     # How the agent ran terraform (bwrap: sandboxed; off: directly), as it reported with the
     # result; blank until then.
     sandbox = models.CharField(max_length=10, choices=choices(SandboxMode), blank=True)
+    # A plan job: warm (the workspace's checked init output on its agent, no init) or cold,
+    # and why, as the agent reported with the result; blank until then (or from an older agent).
+    plan_start = models.CharField(max_length=10, choices=choices(PlanStart), blank=True)
+    plan_start_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     # An apply is acknowledged by its agent before terraform starts; an unacknowledged one

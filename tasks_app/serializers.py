@@ -12,7 +12,7 @@ from django.db import IntegrityError, models, transaction
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from agents_app.protocol import PlanMode
+from agents_app.protocol import JobKind, PlanMode, PlanStart
 from tasks_app.models import (
     ConfigurationVersion,
     Plan,
@@ -254,6 +254,8 @@ class RunSerializer(serializers.ModelSerializer):
     confirm_to_first_log_ms = serializers.SerializerMethodField()
     waiting_reason = serializers.SerializerMethodField()
     sandbox = serializers.SerializerMethodField()
+    plan_start = serializers.SerializerMethodField()
+    plan_start_reason = serializers.SerializerMethodField()
     apply_path = serializers.SerializerMethodField()
     plan_targets = serializers.ListField(child=serializers.CharField(), read_only=True)
     plan_replace = serializers.ListField(child=serializers.CharField(), read_only=True)
@@ -267,7 +269,8 @@ class RunSerializer(serializers.ModelSerializer):
             "plan_hash", "has_changes", "plan_summary", "terraform_version",
             "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
-            "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "sandbox", "events",
+            "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "sandbox",
+            "plan_start", "plan_start_reason", "events",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -310,6 +313,23 @@ class RunSerializer(serializers.ModelSerializer):
         "off"}; the latest job of a kind wins), as the agents reported it."""
         reported = task.jobs.exclude(sandbox="").order_by("id").values_list("kind", "sandbox")
         return dict(reported)
+
+
+    def _plan_start(self, task: Task) -> tuple[str, str]:
+        if not hasattr(task, "_plan_start"):
+            latest = task.jobs.filter(kind=JobKind.PLAN).exclude(plan_start="").order_by("-id")
+            task._plan_start = latest.values_list("plan_start", "plan_start_reason").first() or ("", "")
+        return task._plan_start
+
+    @extend_schema_field({"type": "string", "enum": [p.value for p in PlanStart], "nullable": True,
+                          "description": "how the (latest) plan got its initialized dir: warm (the workspace's "
+                                         "checked init output on its agent, no init) or cold; null before it ended"})
+    def get_plan_start(self, task: Task) -> str | None:
+        return self._plan_start(task)[0] or None
+
+    def get_plan_start_reason(self, task: Task) -> str:
+        """Why the plan started warm or cold."""
+        return self._plan_start(task)[1]
 
 
 class RunLogSerializer(serializers.Serializer):

@@ -15,8 +15,13 @@ from typing import Any
 
 from agents_app.agent.health import start_health_server
 from agents_app.agent.process import AgentProcess
-from agents_app.agent.sandbox import SandboxUnavailable, make_sandbox
+from agents_app.agent.providers import ProviderCache
+from agents_app.agent.sandbox import SandboxUnavailable, make_sandbox, terraform_data_paths
 from agents_app.agent.terraform import resolve_terraform
+from agents_app.agent.warmdirs import STORE_DIR, WarmPlans
+
+PROVIDER_CACHE_DIR = ".providers"
+PROVIDER_CLI_CONFIG = ".providers.tfrc"
 
 
 def default_work_roots() -> Path:
@@ -65,6 +70,27 @@ def configure_logging(name: str, fmt: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
+def warm_plans_from_environment(work_root: Path) -> WarmPlans:
+    """The warm plan dirs and, with IAC_AGENT_PROVIDER_UPSTREAM, the provider cache: then the
+    agent writes its own terraform CLI configuration (the cache, then the upstream mirrors)
+    and points TF_CLI_CONFIG_FILE at it, before the sandbox reads that variable to bind the
+    configuration and the mirrors it names read-only."""
+    work_root.mkdir(parents=True, exist_ok=True)
+    upstream = [Path(p).absolute() for p in os.environ.get("IAC_AGENT_PROVIDER_UPSTREAM", "").split(os.pathsep) if p]
+    budget = int(os.environ.get("IAC_AGENT_WARM_PLAN_DIRS") or 20)
+    # Without a cache, the mirrors of the operator's own CLI configuration are where init
+    # links unpacked providers from: a warm plan dir may link there too (read-only to jobs).
+    mirrors = [p.absolute() for p in terraform_data_paths(os.environ) if p.is_dir()]
+    cache = None
+    if upstream:
+        cache_bytes = int(os.environ.get("IAC_AGENT_PROVIDER_CACHE_BYTES") or 2 * 1024**3)
+        cache = ProviderCache(work_root.absolute() / PROVIDER_CACHE_DIR, upstream, cache_bytes)
+        config = work_root / PROVIDER_CLI_CONFIG
+        config.write_text(cache.cli_config())
+        os.environ["TF_CLI_CONFIG_FILE"] = str(config.absolute())
+    return WarmPlans(work_root / STORE_DIR, budget, cache, upstream=upstream if cache else mirrors)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="agent", description="IaC platform agent: runs terraform jobs")
     parser.add_argument("--server", default=os.environ.get("IAC_SERVER_URL", "http://127.0.0.1:8000"))
@@ -88,6 +114,7 @@ def main() -> None:
     var_dir = Path(os.environ.get("IAC_VAR_DIR", Path.cwd() / "var"))
     work_root = args.work_root or default_work_roots() / args.name
     terraform = resolve_terraform(var_dir, args.terraform)
+    warm_plans = warm_plans_from_environment(work_root)
     try:
         sandbox = make_sandbox(args.sandbox, terraform, work_root)
     except SandboxUnavailable as exc:
@@ -102,6 +129,7 @@ def main() -> None:
         sandbox=sandbox,
         apply_pending_ttl=args.apply_pending_ttl,
         finished_ttl=args.finished_ttl,
+        warm_plans=warm_plans,
     )
     # A pod's probes: /healthz/live and /healthz/ready on a local port (0, the default: off).
     health_port = int(os.environ.get("IAC_AGENT_HEALTH_PORT") or 0)

@@ -22,6 +22,7 @@ from agents_app.agent.client import Client, ServerError
 from agents_app.agent.logstream import LogStream
 from agents_app.agent.redact import Redactor
 from agents_app.agent.sandbox import Sandbox, job_environment
+from agents_app.agent.warmdirs import StartDecision, WarmPlans
 from agents_app.protocol import (
     ApplyPath,
     FinishReply,
@@ -173,6 +174,7 @@ class JobHost(Protocol):
     terraform: str
     terraform_version: str
     sandbox: Sandbox
+    warm_plans: WarmPlans
 
     def add_warm(self, warm: WarmDir) -> None: ...
 
@@ -199,6 +201,7 @@ class JobRun:
         self.cancelled = False
         self.interrupted: subprocess.Popen | None = None  # the process that got our SIGINT
         self.lost = False  # the server gave this job to another agent
+        self.dir_start: StartDecision | None = None  # how prepare() got the dir initialized (warm plans)
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
@@ -308,7 +311,9 @@ class JobRun:
             # The server validated the archive; the data filter refuses anything unsafe again.
             tar.extractall(self.dir, filter="data")
         (self.dir / BACKEND_OVERRIDE_NAME).write_text(BACKEND_OVERRIDE)
-        self.terraform("init", "-input=false", "-no-color")
+        # terraform init, with providers from the agent's cache; a plan reuses the
+        # workspace's checked warm plan dir instead when it can (agents_app/agent/warmdirs.py).
+        self.dir_start = self.agent.warm_plans.start(self)
 
     def restore_plan(self) -> None:
         data = self.call("GET", "plan-file", raw=True)
@@ -322,13 +327,20 @@ class JobRun:
 
     def finish(self, outcome: JobOutcome, *, error: str = "", kept_dir: bool = False) -> bool:
         """Report the result; returns whether the server wants the dir kept (reserved)."""
+        # Kept before the result is sent, so the workspace's next plan (queued the moment this
+        # one ends) finds it; not a dir reserved for the apply, nor a failed job's.
+        warm_kept = self.agent.warm_plans.finished(
+            self.dir, self.payload.task.workspace, reserved=kept_dir,
+            keep=outcome == JobOutcome.SUCCEEDED and self.kind in (JobKind.PLAN, JobKind.APPLY))
         self.log.close()  # flushes the ack before the result
         if self.lost:
             return False
+        start = self.dir_start if self.kind == JobKind.PLAN else None
         # The error holds terraform's last lines, which may show a secret (user code printing
         # it, a failed validation quoting a value): redacted like the log.
         result = JobResult(outcome=outcome, error=self.redactor.redact(error), kept_dir=kept_dir,
-                           sandbox=self.agent.sandbox.mode)
+                           sandbox=self.agent.sandbox.mode, plan_start=start.kind if start else None,
+                           plan_start_reason=start.reason if start else "", warm_plan_kept=warm_kept)
         try:
             reply = self.call("POST", "finish", json=result.model_dump(mode="json"))
         except ServerError as exc:

@@ -26,12 +26,14 @@ import fasteners
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.jobs import WARM_MARKER, JobRun, WarmDir
 from agents_app.agent.sandbox import Sandbox
+from agents_app.agent.warmdirs import STORE_DIR, WarmPlans
 from agents_app.protocol import (
     PROTOCOL_VERSION,
     CancelOrder,
     ClaimReply,
     Heartbeat,
     HeartbeatReply,
+    ProviderCacheReport,
     Registration,
     RegistrationReply,
     WarmDirReport,
@@ -70,6 +72,7 @@ class AgentProcess:
         sandbox: Sandbox,
         apply_pending_ttl: float = 24 * 3600,
         finished_ttl: float = 3600,
+        warm_plans: WarmPlans | None = None,
     ) -> None:
         self.client = Client(server)
         self.server = server.rstrip("/")
@@ -79,6 +82,9 @@ class AgentProcess:
         self.slots = slots
         self.terraform = terraform
         self.sandbox = sandbox
+        # Warm plan dirs and the provider cache live in dot-dirs of the work root, which the
+        # work root's cleanups leave alone (job dirs are <workspace id>/<task id>).
+        self.warm_plans = warm_plans or WarmPlans(work_root / STORE_DIR, budget=0, cache=None)
         self.terraform_version = ""
         self.apply_pending_ttl = apply_pending_ttl
         self.finished_ttl = finished_ttl
@@ -134,7 +140,7 @@ class AgentProcess:
         other dir under the work root is a finished or interrupted job's and goes."""
         found: dict[int, WarmDir] = {}
         for ws_dir in self.work_root.iterdir():
-            if not ws_dir.is_dir():
+            if not ws_dir.is_dir() or ws_dir.name.startswith("."):
                 continue
             for task_dir in ws_dir.iterdir():
                 warm = WarmDir.load(task_dir) if (task_dir / WARM_MARKER).exists() else None
@@ -146,7 +152,7 @@ class AgentProcess:
 
     def wipe_work_root(self) -> None:
         for child in self.work_root.iterdir():
-            if child.name not in (LOCK_FILE, CREDENTIAL_FILE):
+            if child.name not in (LOCK_FILE, CREDENTIAL_FILE) and not child.name.startswith("."):
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     # --- registration ----------------------------------------------------------------------
@@ -203,6 +209,8 @@ class AgentProcess:
         reply = RegistrationReply.model_validate(data)
         self.last_answered, self.last_server_error = time.monotonic(), ""
         self.save_credential(reply.token)
+        if not reply.resumed:
+            self.warm_plans.clear()  # warm plan dirs are keyed by workspace id: this server's only
         kept = {t: w for t, w in warm.items() if reply.resumed and t not in reply.release}
         for task_id, w in warm.items():
             if task_id not in kept:
@@ -262,10 +270,14 @@ class AgentProcess:
         while not self.stopping.wait(self.heartbeat_interval):
             generation = self.generation
             with self.lock:
-                beat = Heartbeat(
-                    warm_dirs=[WarmDirReport(task=w.task_id, plan_hash=w.plan_hash) for w in self.warm.values()],
-                    running_jobs=list(self.running),
-                )
+                warm_dirs = [WarmDirReport(task=w.task_id, plan_hash=w.plan_hash) for w in self.warm.values()]
+                running = list(self.running)
+            cache = self.warm_plans.stats()
+            beat = Heartbeat(
+                warm_dirs=warm_dirs, running_jobs=running,
+                provider_cache=ProviderCacheReport(**cache) if cache is not None else None,
+                warm_plan_workspaces=self.warm_plans.workspaces(),
+            )
             try:
                 data = self.client.call(
                     "POST", "/agent/v1/heartbeat", json=beat.model_dump(mode="json"), retries=1, timeout=10,
@@ -352,6 +364,7 @@ class AgentProcess:
         signal.signal(signal.SIGINT, stop)
         self.lock_work_root()
         self.terraform_version = terraform_version(self.terraform)
+        self.warm_plans.terraform_version = self.terraform_version
         self.register()
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
         claimer = threading.Thread(target=self.claim_loop, name="claim", daemon=True)

@@ -11,6 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F, JSONField, Value
+from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
 
 from agents_app import events
@@ -150,10 +152,32 @@ def agent_locked_online(agent_id: int) -> Agent:
     return agent
 
 
-def agent_record_heartbeat(agent: Agent, *, warm_dirs: list[dict]) -> None:
+def agent_record_heartbeat(agent: Agent, *, warm_dirs: list[dict], provider_cache: dict | None = None,
+                           warm_plan_workspaces: list[int] | None = None) -> None:
+    """What the agent's heartbeat says it holds; an older agent sends no cache counters or
+    warm plan workspaces (None), which then stay as they were."""
     agent.last_heartbeat_at = timezone.now()
     agent.warm_dirs = warm_dirs
-    agent.save(update_fields=["last_heartbeat_at", "warm_dirs"])
+    fields = ["last_heartbeat_at", "warm_dirs"]
+    if provider_cache is not None:
+        agent.provider_cache = provider_cache
+        fields.append("provider_cache")
+    if warm_plan_workspaces is not None:
+        agent.warm_plan_workspaces = sorted(set(warm_plan_workspaces))
+        fields.append("warm_plan_workspaces")
+    agent.save(update_fields=fields)
+
+
+def agent_add_warm_plan(agent: Agent, *, workspace_id: int) -> None:
+    """The agent kept the workspace's warm plan dir (it said so with a job's result)."""
+    # One UPDATE appending to the jsonb list (a heartbeat may rewrite it meanwhile: fine, it
+    # reports the same dirs). Run after the result's commit: its job and task locks are gone,
+    # so it cannot deadlock with a heartbeat (agent row, then its jobs).
+    Agent.objects.filter(id=agent.id).exclude(warm_plan_workspaces__contains=[workspace_id]).update(
+        warm_plan_workspaces=CombinedExpression(F("warm_plan_workspaces"), "||",
+                                                Value([workspace_id], output_field=JSONField()),
+                                                output_field=JSONField()),
+    )
 
 
 def agents_silent() -> list[int]:

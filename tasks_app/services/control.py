@@ -36,6 +36,7 @@ from agents_app.protocol import (
     WarmupStatus,
 )
 from agents_app.services.agents import (
+    agent_add_warm_plan,
     agent_locked_online,
     agent_record_heartbeat,
     agent_register,
@@ -167,7 +168,11 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
     answer lists the dirs to delete and the jobs to stop."""
     with bound(agent_id=agent.id), transaction.atomic():
         agent = agent_locked_online(agent.id)
-        agent_record_heartbeat(agent, warm_dirs=[d.model_dump() for d in heartbeat.warm_dirs])
+        agent_record_heartbeat(
+            agent, warm_dirs=[d.model_dump() for d in heartbeat.warm_dirs],
+            provider_cache=heartbeat.provider_cache.model_dump() if heartbeat.provider_cache is not None else None,
+            warm_plan_workspaces=heartbeat.warm_plan_workspaces,
+        )
         jobs_renew_leases(agent=agent, job_ids=heartbeat.running_jobs)
         for job in jobs_ack_reported(agent=agent, job_ids=heartbeat.running_jobs):
             with bound(job_id=job.id, run_id=job.task_id):
@@ -239,6 +244,10 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> F
     with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic():
         finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result)
         bind(run_id=finished.job.task_id)
+        if result.warm_plan_kept:
+            # Now, not at the next heartbeat: the workspace's next plan prefers this agent.
+            workspace_id = finished.task.workspace_id
+            follow_ups.append(lambda: agent_add_warm_plan(agent, workspace_id=workspace_id))
         kind = finished.job.kind
         if kind == JobKind.PLAN:
             ended = run_plan_finished(finished)

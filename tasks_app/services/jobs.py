@@ -27,6 +27,7 @@ from django.utils import timezone
 from agents_app import events as dispatch_events
 from agents_app.models import Agent, DispatchEvent, Slot, hash_token, new_token
 from agents_app.protocol import (
+    AgentStatus,
     CancelOrder,
     JobKind,
     JobOutcome,
@@ -105,18 +106,53 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     while the pool is frozen (a freeze window)."""
     if pool_frozen_until(agent.pool_id) is not None:
         return None
-    job = (
+    mine = [int(w) for w in agent.warm_plan_workspaces or []]
+    queued = (
         Job.objects.filter(pool_id=agent.pool_id, status=JobStatus.QUEUED)
         .filter(Q(hold_until__isnull=True) | Q(hold_until__lte=timezone.now()))
         .filter(Q(terraform_version="") | Q(terraform_version=agent.terraform_version))
-        .select_for_update(no_key=True, skip_locked=True)
-        .order_by(Case(When(kind=JobKind.WARMUP, then=Value(1)), default=Value(0), output_field=IntegerField()), "id")
+    )
+    held_elsewhere = _plans_waiting_for_affinity(agent, mine)
+    if held_elsewhere is not None:
+        queued = queued.exclude(held_elsewhere)
+    job = (
+        queued.select_for_update(no_key=True, skip_locked=True)
+        .order_by(
+            Case(
+                # Plan affinity: a plan of a workspace this agent holds warm first (it skips init here).
+                When(kind=JobKind.PLAN, task__workspace_id__in=mine, then=Value(0)),
+                When(kind=JobKind.WARMUP, then=Value(2)),
+                default=Value(1), output_field=IntegerField(),
+            ),
+            "id",
+        )
         .first()
     )
     if job is None:
         return None
     task = task_locked_for_payload(job.task_id)
     return job_assign(job, agent, slot, task)
+
+
+def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
+    """Plan affinity: the queued plans this agent leaves, for now, to another online agent
+    of the pool that holds the workspace's warm plan dir and has an idle slot (it runs them
+    without init). Only for IAC_PLAN_AFFINITY_WAIT_SECONDS after the plan was queued, and
+    never for a holder without a free slot: a free slot elsewhere wins after that bound."""
+    wait = settings.IAC_PLAN_AFFINITY_WAIT_SECONDS
+    if wait <= 0:
+        return None
+    holders = (
+        Agent.objects.filter(pool_id=agent.pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
+        .exclude(id=agent.id)
+        .exclude(warm_plan_workspaces=[])
+        .values_list("warm_plan_workspaces", flat=True)
+        .distinct()
+    )
+    held = {int(w) for workspaces in holders for w in workspaces} - set(mine)
+    if not held:
+        return None
+    return Q(kind=JobKind.PLAN, task__workspace_id__in=held, created_at__gt=timezone.now() - timedelta(seconds=wait))
 
 
 def task_locked_for_payload(task_id: int) -> Task:
@@ -443,7 +479,10 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> F
     result = result.model_copy(update={"error": redact(result.error, _sensitive_values(task.workspace_id))})
     job.error = result.error
     job.sandbox = result.sandbox or ""
-    job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome, fields=("error", "sandbox"))
+    job.plan_start = result.plan_start or "" if job.kind == JobKind.PLAN else ""
+    job.plan_start_reason = result.plan_start_reason if job.plan_start else ""
+    job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome,
+                   fields=("error", "sandbox", "plan_start", "plan_start_reason"))
     return Finished(job=job, task=task, slot=slot, result=result)
 
 

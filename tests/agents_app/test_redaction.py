@@ -13,6 +13,7 @@ from agents_app.agent.jobs import JobRun
 from agents_app.agent.logstream import LogStream
 from agents_app.agent.redact import MASK, Redactor
 from agents_app.agent.sandbox import Sandbox, agent_environment, job_environment
+from agents_app.agent.warmdirs import WarmPlans
 from agents_app.protocol import JobOutcome, JobPayload, SandboxMode
 
 SECRET = 's3cr3t-"quoted"-\\back'
@@ -59,6 +60,7 @@ class FakeHost:
         self.terraform = "/usr/local/bin/terraform"
         self.terraform_version = "1.11.4"
         self.sandbox = sandbox
+        self.warm_plans = WarmPlans(work_root / ".warm-plans", budget=0, cache=None)
 
 
 def test_it_redacts_a_secret_split_across_two_writes():
