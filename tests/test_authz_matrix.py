@@ -259,7 +259,10 @@ SPECIAL = {
     # A scraper's bearer token or a loopback address, not a user: tests/test_metrics.py.
     "metrics": "tests/test_metrics.py::test_it_refuses_anonymous_access_when_a_token_is_set",
 }
-WEBSOCKET_RULES = {"ws/runs/<int:task_id>/log/": "test_it_streams_a_run_log_only_to_who_may_read_it"}
+WEBSOCKET_RULES = {
+    "ws/runs/<int:task_id>/log/": "test_it_streams_a_run_log_only_to_who_may_read_it",
+    "ws/runs/<int:task_id>/": "test_it_streams_a_run_log_only_to_who_may_read_it",
+}
 
 
 def _url_names(resolver: URLResolver | None = None) -> set[str]:
@@ -398,9 +401,10 @@ def test_it_keeps_a_pool_a_agent_from_pool_b_jobs(world):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_it_streams_a_run_log_only_to_who_may_read_it(world):
+@pytest.mark.parametrize("route", ["/ws/runs/{id}/log/", "/ws/runs/{id}/"])
+async def test_it_streams_a_run_log_only_to_who_may_read_it(world, route):
     async def connected(user: str) -> bool:
-        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/runs/{world.run_a.id}/log/")
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), route.format(id=world.run_a.id))
         communicator.scope["user"] = world.users[user]
         ok, _ = await communicator.connect()
         await communicator.disconnect()
