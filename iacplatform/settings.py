@@ -337,7 +337,11 @@ SPECTACULAR_SETTINGS = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [{"address": REDIS_URL}]},
+        # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis'
+        # blocking BZPOPMIN (brpop_timeout 5 s): an idle consumer's receive then raised
+        # TimeoutError and Daphne closed its websocket (1011) every 5 s (channels_redis#422).
+        # The read must outlast the blocking pop; a dead Redis is still noticed within 15 s.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}]},
     }
 }
 

@@ -241,3 +241,18 @@ async def test_it_closes_the_page_socket_on_a_bad_offset(workspace, alice):
     assert (await ws.connect())[0]
     assert await ws.receive_output(timeout=5) == {
         "type": "websocket.close", "code": 4400, "reason": "offset must be a non-negative integer"}
+
+
+async def test_it_keeps_an_idle_socket_open_past_the_channel_layers_blocking_read(workspace, alice):
+    """channels_redis waits for messages with a 5 s blocking pop: an idle viewer must still be
+    connected (and get the next chunk) after that, not be dropped by a client read timeout."""
+    import asyncio
+
+    task, job = await sync_to_async(make_run)(workspace)
+    ws = await connect(f"/ws/runs/{task.id}/?offset=11", alice)
+    assert (await ws.connect())[0]
+    await receive_fragments(ws)
+    await asyncio.sleep(6.5)
+    await sync_to_async(append)(task, job, 2, "after a quiet while\n")
+    assert await receive_log(ws) == (31, "after a quiet while\n")
+    await ws.disconnect()
