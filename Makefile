@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-dispatch bench-overhead bench-autoscale faults lint
+.PHONY: run test bench bench-dispatch bench-overhead bench-autoscale bench-live faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -40,6 +40,10 @@ bench-dispatch: $(VENV)/.installed-dev
 
 bench-overhead: $(VENV)/.installed-dev
 	$(PY) -m bench.overhead
+
+# 200 websocket viewers of one run while its log grows by 5,000 lines (bench/live_viewers.py).
+bench-live: $(VENV)/.installed-dev
+	$(PY) -m bench.live_viewers
 
 # The autoscaler with the local backend: a burst against a pool of min 1 / max 4 (bench/autoscale.py).
 bench-autoscale: $(VENV)/.installed-dev
