@@ -38,7 +38,30 @@
     if (log) { following = log.scrollHeight - log.scrollTop - log.clientHeight < 40; }
   });
 
+  // Fragments rendered for the websocket have no request, so their forms come without
+  // Django's CSRF field: give them the page's token (the one base.html puts in hx-headers).
+  function csrfToken() {
+    try { return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"]; }
+    catch (e) { return null; }
+  }
+  function addCsrfFields() {
+    var token = csrfToken();
+    if (!token) { return; }
+    document.querySelectorAll("form").forEach(function (form) {
+      if ((form.getAttribute("method") || "").toLowerCase() !== "post") { return; }
+      var field = form.querySelector("input[name=csrfmiddlewaretoken]");
+      if (!field) {
+        field = document.createElement("input");
+        field.type = "hidden";
+        field.name = "csrfmiddlewaretoken";
+        form.prepend(field);
+      }
+      if (!field.value) { field.value = token; }
+    });
+  }
+
   document.addEventListener("htmx:wsAfterMessage", function () {
+    addCsrfFields();
     var log = logElement();
     if (!log) { return; }
     var trimmed = false;

@@ -80,6 +80,12 @@ def test_it_shows_the_log_growing_and_the_status_changing_without_a_reload(page,
     expect(log.locator("span.ansi1").first).to_be_visible()  # terraform's bold, rendered
     expect(page.locator("#run-plan")).to_contain_text("terraform_data.ticker")
 
+    # The forms the websocket swapped in (the Confirm dialog, Cancel) post with the page's
+    # CSRF token: fragments rendered without a request carry none of their own.
+    expect(page.locator("#confirm-dialog form").first).to_be_visible()
+    assert page.eval_on_selector_all(
+        "form[method=post]", "forms => forms.every(f => f.querySelector('input[name=csrfmiddlewaretoken]')?.value)"
+    )
     user.confirm(run.id).raise_for_status()  # from elsewhere: this page only watches
     expect(status).to_have_text("applying", timeout=30_000)
     expect(log).to_contain_text("tick-2", timeout=30_000)
