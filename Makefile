@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-dispatch bench-overhead bench-plan-init bench-autoscale faults lint
+.PHONY: run test bench bench-dispatch bench-overhead bench-plan-init bench-autoscale bench-live faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -44,6 +44,10 @@ bench-overhead: $(VENV)/.installed-dev
 # Plans cold / with the provider cache / warm (no init), and 3 concurrent inits × 20 rounds.
 bench-plan-init: $(VENV)/.installed-dev
 	$(PY) -m bench.plan_init
+
+# 200 websocket viewers of one run while its log grows by 5,000 lines (bench/live_viewers.py).
+bench-live: $(VENV)/.installed-dev
+	$(PY) -m bench.live_viewers
 
 # The autoscaler with the local backend: a burst against a pool of min 1 / max 4 (bench/autoscale.py).
 bench-autoscale: $(VENV)/.installed-dev

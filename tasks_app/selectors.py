@@ -12,6 +12,7 @@ from django.utils import timezone
 from agents_app.models import Agent, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState, WarmupStatus
 from agents_app.services.freeze import freeze_text, pool_freeze
+from tasks_app.logrender import ansi_safe_cut, strip_ansi
 from tasks_app.models import Job, LogChunk, StateVersion, Task, TaskEvent
 from tasks_app.states import BLOCKING, Operation, RunStatus
 
@@ -34,11 +35,18 @@ def _utf8_cut(data: bytes, limit: int) -> int:
 
 
 def run_log_read(
-    *, task_id: int, offset: int = 0, job_kind: str | None = None, limit: int | None = None
+    *, task_id: int, offset: int = 0, job_kind: str | None = None, limit: int | None = None, ansi: bool = False
 ) -> tuple[str, int]:
     """The run's log from byte `offset`; returns (text, next offset). With `limit`, at most
     that many bytes (a log can hold IAC_MAX_LOG_BYTES: callers page with the next offset).
-    With `job_kind`, only the chunks of that kind of job (e.g. the apply's own output)."""
+    With `job_kind`, only the chunks of that kind of job (e.g. the apply's own output).
+    Offsets count the stored bytes, colour codes included; the text comes without them
+    unless `ansi` (the run page renders them: tasks_app/logrender.py)."""
+    text, next_offset = _run_log_read_raw(task_id=task_id, offset=offset, job_kind=job_kind, limit=limit)
+    return (text if ansi else strip_ansi(text)), next_offset
+
+
+def _run_log_read_raw(*, task_id: int, offset: int, job_kind: str | None, limit: int | None) -> tuple[str, int]:
     chunks = LogChunk.objects.filter(task_id=task_id).order_by("offset")
     if job_kind:
         chunks = chunks.filter(job__kind=job_kind)
@@ -58,7 +66,7 @@ def run_log_read(
         start = max(0, offset - chunk.offset)
         piece = data[start:]
         if limit is not None and len(out) + len(piece) > limit:
-            cut = _utf8_cut(piece, limit - len(out))
+            cut = ansi_safe_cut(piece, _utf8_cut(piece, limit - len(out)))
             out += piece[:cut]
             next_offset = chunk.offset + start + cut
             break
@@ -67,19 +75,19 @@ def run_log_read(
     return out.decode(errors="replace"), max(next_offset, offset)
 
 
-def run_log_tail(*, task_id: int, size: int, log_size: int) -> tuple[str, int, int]:
+def run_log_tail(*, task_id: int, size: int, log_size: int, ansi: bool = False) -> tuple[str, int, int]:
     """The last `size` bytes of a run's log (whole characters), for pages: returns (text,
     the offset it starts at, the offset after it)."""
     start = max(0, log_size - size)
     if start:
         # Begin on a whole line when one starts near the cut, not in the middle of one.
-        text, end = run_log_read(task_id=task_id, offset=start, limit=size)
+        text, end = run_log_read(task_id=task_id, offset=start, limit=size, ansi=True)
         newline = text.find("\n", 0, 4096)
         if newline >= 0:
             start += len(text[: newline + 1].encode())
             text = text[newline + 1 :]
-        return text, start, end
-    text, end = run_log_read(task_id=task_id, offset=0, limit=size)
+        return (text if ansi else strip_ansi(text)), start, end
+    text, end = run_log_read(task_id=task_id, offset=0, limit=size, ansi=ansi)
     return text, 0, end
 
 

@@ -4,19 +4,21 @@ The Confirm dialog on it is rendered by tasks_app/views_confirm.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
+from django.utils.safestring import mark_safe
 
 from iacplatform.errors import NotFound
 from iacplatform.permissions import Action, allowed_actions, run_for
-from tasks_app.models import Plan, Task
-from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail, run_waiting_reason
-from tasks_app.services.retention import log_pruned_note, plan_pruned_note
+from tasks_app.logrender import log_html
+from tasks_app.models import Task
+from tasks_app.run_page import run_context
+from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail
+from tasks_app.services.retention import log_pruned_note
 from tasks_app.services.runs import run_prepare
-from tasks_app.states import FINAL, RunStatus
+from tasks_app.states import RunStatus
 from tasks_app.views_confirm import confirm_dialog_context
 
 
@@ -27,12 +29,6 @@ def _task(request: HttpRequest, task_id: int) -> Task:
         raise Http404(str(exc)) from exc
 
 
-def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds() * 1000)
-
-
 @login_required
 def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     task = _task(request, task_id)
@@ -41,28 +37,22 @@ def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
         # Opening the page of a run awaiting Confirm is the "Confirm dialog opened" trigger:
         # a warmup gets queued now, so the dir is likely warm by the time the user clicks.
         task = run_prepare(task_id=task.id)
-    task = Task.objects.select_related("workspace__pool").get(id=task.id)
-    plan = Plan.objects.filter(task=task).only("sha256", "size", "summary", "created_at").first()
+    task = Task.objects.select_related("workspace__pool", "created_by", "confirmed_by").get(id=task.id)
     # Only the end of the log: a log may hold IAC_MAX_LOG_BYTES; the page links to the whole.
-    log_text, log_start, log_offset = run_log_tail(task_id=task.id, size=LOG_TAIL_BYTES, log_size=task.log_size)
+    log_text, log_start, log_offset = run_log_tail(task_id=task.id, size=LOG_TAIL_BYTES, log_size=task.log_size,
+                                                   ansi=True)
+    log_pruned = log_pruned_note(task)
     context = {
-        "task": task,
-        "allowed": allowed,
-        "workspace": task.workspace,
-        "events": task.events.order_by("id"),
-        "plan": plan,
-        "summary": plan.summary if plan else {},
+        **run_context(task, allowed),
         "log_text": log_text,
+        "log_html": mark_safe(log_html(log_text)),  # noqa: S308 - ansi2html escapes the text
         "log_offset": log_offset,
         "log_start": log_start,  # bytes of the log not shown (the download has them)
-        "log_pruned": log_pruned_note(task),
-        "plan_pruned": plan_pruned_note(task),
-        "waiting_reason": run_waiting_reason(task),
-        "is_final": task.status in FINAL,
+        "log_pruned": log_pruned,
+        # A pruned log has nothing more to show; any other run's page follows it live (a final
+        # run too: its last chunks and events may still be on their way).
+        "live": not log_pruned,
         **confirm_dialog_context(task, allowed),
-        "confirm_to_apply_ms": _ms_between(task.confirmed_at, task.apply_started_at),
-        "confirm_to_first_log_ms": _ms_between(task.confirmed_at, task.first_apply_log_at),
-        "jobs": task.jobs.select_related("agent").order_by("id"),
     }
     return render(request, "tasks_app/run_detail.html", context)
 

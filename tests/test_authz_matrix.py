@@ -306,6 +306,7 @@ SPECIAL = {
 }
 WEBSOCKET_RULES = {
     "ws/runs/<int:task_id>/log/": "test_it_streams_a_run_log_only_to_who_may_read_it",
+    "ws/runs/<int:task_id>/": "test_it_streams_a_run_log_only_to_who_may_read_it",
     "ws/pools/<int:pool_id>/": "test_it_shows_a_live_pool_only_to_site_admins",
     "ws/workspaces/": "tests/tasks_app/test_workspace_consumers.py::"
                       "test_it_sends_a_run_change_only_to_those_who_may_read_its_workspace",
@@ -449,9 +450,10 @@ def test_it_keeps_a_pool_a_agent_from_pool_b_jobs(world):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_it_streams_a_run_log_only_to_who_may_read_it(world):
+@pytest.mark.parametrize("route", ["/ws/runs/{id}/log/", "/ws/runs/{id}/"])
+async def test_it_streams_a_run_log_only_to_who_may_read_it(world, route):
     async def connected(user: str) -> bool:
-        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/runs/{world.run_a.id}/log/")
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), route.format(id=world.run_a.id))
         communicator.scope["user"] = world.users[user]
         ok, _ = await communicator.connect()
         await communicator.disconnect()

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,9 @@ from agents_app.protocol import (
 BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
 BACKEND_OVERRIDE_NAME = "zzz_iac_backend_override.tf"
 CANCEL_GRACE_SECONDS = 10
+# Terraform's colour codes (and any other CSI sequence): init, plan and apply run with colour
+# for the human-readable log; `show -json` keeps -no-color.
+ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
 
 def _process_group(pgid: int) -> list[tuple[int, str]]:
@@ -142,6 +146,53 @@ def plan_option_args(options: PlanOptions) -> list[str]:
     return args
 
 
+SENSITIVE = "(sensitive value)"
+UNKNOWN = "(known after apply)"
+DIFF_MAX_ATTRIBUTES = 200  # per resource: the page's diff, not a dump of the plan
+DIFF_MAX_VALUE_CHARS = 2000
+
+
+def _masked(value: Any, sensitive: Any) -> Any:
+    """`value` with what terraform marks sensitive (`before_sensitive`/`after_sensitive`: true,
+    or a structure of the value's shape with true at the sensitive leaves) replaced by a mask:
+    sensitive values never leave the agent, not even in the plan's summary."""
+    if sensitive is True:
+        return SENSITIVE
+    if isinstance(value, dict) and isinstance(sensitive, dict):
+        return {k: _masked(v, sensitive.get(k)) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(sensitive, list):
+        return [_masked(v, sensitive[i] if i < len(sensitive) else None) for i, v in enumerate(value)]
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = value if value in (SENSITIVE, UNKNOWN) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= DIFF_MAX_VALUE_CHARS else text[:DIFF_MAX_VALUE_CHARS] + "…"
+
+
+def attribute_diff(change: dict) -> list[dict[str, str]]:
+    """The top-level attributes a resource change touches, as [{name, before, after}] (JSON
+    text, sensitive ones masked, unknown ones "(known after apply)"); null is absent. A
+    sensitive attribute that changed is listed (masked on both sides), as terraform does."""
+    raw_before = change.get("before") if isinstance(change.get("before"), dict) else {}
+    raw_after = change.get("after") if isinstance(change.get("after"), dict) else {}
+    before = _masked(raw_before, change.get("before_sensitive"))
+    after = _masked(raw_after, change.get("after_sensitive"))
+    unknown = change.get("after_unknown") if isinstance(change.get("after_unknown"), dict) else {}
+    rows = []
+    for name in sorted(set(raw_before) | set(raw_after) | {k for k, v in unknown.items() if v is True}):
+        is_unknown = unknown.get(name) is True
+        if not is_unknown and raw_before.get(name) == raw_after.get(name):
+            continue
+        old, new = before.get(name), UNKNOWN if is_unknown else after.get(name)
+        if old is None and new in (None, [], {}):
+            continue
+        rows.append({"name": name, "before": "" if old is None else _shown(old), "after": "" if new is None else _shown(new)})
+        if len(rows) >= DIFF_MAX_ATTRIBUTES:
+            break
+    return rows
+
+
 def plan_summary(show_json: dict) -> dict[str, Any]:
     counts = {"add": 0, "change": 0, "destroy": 0, "replace": 0, "import": 0}
     resources = []
@@ -149,7 +200,7 @@ def plan_summary(show_json: dict) -> dict[str, Any]:
         actions = rc.get("change", {}).get("actions", [])
         if actions == ["no-op"] or actions == ["read"]:
             continue
-        resources.append({"address": rc.get("address"), "actions": actions})
+        resources.append({"address": rc.get("address"), "actions": actions, "diff": attribute_diff(rc.get("change", {}))})
         if "create" in actions and "delete" in actions:
             counts["replace"] += 1
             counts["add"] += 1
@@ -291,7 +342,9 @@ class JobRun:
             output.append(line)
             self.log.write(line)
         rc = self.proc.wait()
-        self.last_output = "".join(output)
+        # The log keeps terraform's colours (the run page renders them); errors and the
+        # checks on the output read it without them.
+        self.last_output = ANSI_RE.sub("", "".join(output))
         if self.cancelled:
             raise Cancelled()
         if rc not in ok:
@@ -371,7 +424,7 @@ class JobRun:
 
     def do_plan(self) -> bool:
         self.prepare()
-        args = ["plan", "-input=false", "-no-color", "-out=plan.out", "-detailed-exitcode"]
+        args = ["plan", "-input=false", "-out=plan.out", "-detailed-exitcode"]
         if self.payload.speculative:
             args.append("-lock=false")  # plan-only runs must not block an apply's lock
         args += plan_option_args(self.payload.plan_options)
@@ -433,7 +486,7 @@ class JobRun:
             self.log.event(LogEvents(ack=True, apply_started_at=time.time(), apply_path=path, apply_path_reason=reason))
 
         try:
-            self.terraform("apply", "-input=false", "-no-color", "plan.out", on_start=started, header=False)
+            self.terraform("apply", "-input=false", "plan.out", on_start=started, header=False)
         except JobError as exc:
             if "Saved plan is stale" in getattr(self, "last_output", ""):
                 raise JobError("the workspace state changed after the plan (terraform: saved plan is stale)",

@@ -280,7 +280,7 @@ class WarmPlans:
         else:
             why_cold = f"{job.kind} jobs run init"
         had_lock_file = (job.dir / LOCK_FILE_NAME).is_file()
-        job.terraform("init", "-input=false", "-no-color")
+        job.terraform("init", "-input=false")
         if not had_lock_file:  # the providers init just installed from upstream, for the next job
             self._providers_into_cache(job, promote=True)
         if fingerprint is not None:

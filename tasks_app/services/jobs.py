@@ -47,6 +47,7 @@ from agents_app.states import JOB
 from iacplatform import crypto, metrics, wakeups
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
+from tasks_app.logrender import strip_ansi
 from tasks_app.models import Job, LogChunk, Plan, Task, Variable
 from tasks_app.services.state import state_locks_release_for_job
 from tasks_app.states import Operation
@@ -314,13 +315,26 @@ def _secret_forms(secrets_: list[str]) -> list[str]:
     return sorted(forms, key=len, reverse=True)
 
 
-def redact(text: str, secrets_: list[str]) -> str:
-    """`text` with the secrets (sensitive variable values) and platform tokens masked."""
-    if not text:
-        return text
-    for secret in _secret_forms(secrets_):
+def _redact_plain(text: str, forms: list[str]) -> str:
+    for secret in forms:
         text = text.replace(secret, "***")
     return _TOKEN.sub("***", text)
+
+
+def redact(text: str, secrets_: list[str]) -> str:
+    """`text` with the secrets (sensitive variable values) and platform tokens masked.
+    Terraform's output carries colour codes: a secret with a code in the middle of it (a
+    colour change inside a value) would escape a plain search, so if the text without its
+    codes still shows a secret, the text loses its colours and is masked without them."""
+    if not text:
+        return text
+    forms = _secret_forms(secrets_)
+    redacted = _redact_plain(text, forms)
+    if "\x1b" in redacted:
+        plain = strip_ansi(redacted)
+        if _redact_plain(plain, forms) != plain:
+            return _redact_plain(plain, forms)
+    return redacted
 
 
 @dataclass(frozen=True)
@@ -389,8 +403,10 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> L
             fields.append("first_apply_log_at")
     task.save(update_fields=fields)
     if text:
-        task_id = task.id
-        transaction.on_commit(lambda: events.run_log_appended(task_id))
+        task_id, end = task.id, task.log_size
+        start = end - len(text.encode())
+        # The chunk travels to the run page's viewers as it was stored, rendered once there.
+        transaction.on_commit(lambda: events.run_log_appended(task_id, start=start, end=end, text=text))
     if task.confirmed_at is not None and (not had_start or not had_first_log):
         _observe_confirm_latencies(task, start=not had_start, first_log=not had_first_log)
     return LogAppended(job=job, task=task, acked_now=acked_now)
