@@ -20,7 +20,7 @@ from tasks_app.models import Job, Plan, Task
 from tasks_app.selectors import duration_text, run_waiting_reason
 from tasks_app.services.retention import plan_pruned_note
 from tasks_app.states import FINAL, RunStatus
-from tasks_app.views_confirm import confirm_dialog_html
+from tasks_app.views_confirm import confirm_dialog_html, dialog_phase
 
 # Which jobs ran which phase: the plan job runs `planning` (terraform init + plan), warmups run
 # while the run is `apply_pending`, the apply job is queued and then runs `applying`.
@@ -114,19 +114,15 @@ def run_context(task: Task, allowed: set[str]) -> dict[str, Any]:
         "plan_pruned": plan_pruned_note(task),
         "waiting_reason": run_waiting_reason(task),
         "jobs": task.jobs.select_related("agent").order_by("id"),
-        "confirm_to_apply_ms": _ms_between(task.confirmed_at, task.apply_started_at),
-        "confirm_to_first_log_ms": _ms_between(task.confirmed_at, task.first_apply_log_at),
+        # While the Confirm dialog shows (apply_pending, the apply, a confirmed run's end) it
+        # carries the apply's path, its timings and Cancel: the page does not repeat them.
+        "dialog_phase": dialog_phase(task),
     }
 
 
-def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds() * 1000)
-
 
 # The partials a run.changed / dispatch.changed event re-renders, each swapped by its id.
-PARTS = ("status", "waiting", "apply", "actions", "timeline", "plan", "jobs")
+PARTS = ("status", "waiting", "actions", "timeline", "plan", "jobs")
 
 
 def run_fragments_html(task_id: int, user: Any) -> str:

@@ -319,3 +319,10 @@ def state_outputs(workspace_id: int) -> list[dict[str, Any]]:
         for name, out in sorted(outputs.items())
         if isinstance(out, dict)
     ]
+
+
+def ms_between(start: datetime | None, end: datetime | None) -> int | None:
+    """Milliseconds from `start` to `end` (e.g. Confirm → apply start), None if either is unknown."""
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from django.core.validators import RegexValidator
@@ -22,7 +21,7 @@ from tasks_app.models import (
     Variable,
     Workspace,
 )
-from tasks_app.selectors import run_waiting_reason, run_warm_slot
+from tasks_app.selectors import ms_between, run_waiting_reason, run_warm_slot
 from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
 
 # The bound of a long-poll on a run (`?wait=`): a pipeline asks again after it.
@@ -238,11 +237,6 @@ class TaskEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds() * 1000)
-
 
 class RunSerializer(serializers.ModelSerializer):
     """A run as the run page shows it. The views load it with select_related / defer so a list
@@ -292,10 +286,10 @@ class RunSerializer(serializers.ModelSerializer):
         return task.apply_path or None
 
     def get_confirm_to_apply_start_ms(self, task: Task) -> int | None:
-        return _ms_between(task.confirmed_at, task.apply_started_at)
+        return ms_between(task.confirmed_at, task.apply_started_at)
 
     def get_confirm_to_first_log_ms(self, task: Task) -> int | None:
-        return _ms_between(task.confirmed_at, task.first_apply_log_at)
+        return ms_between(task.confirmed_at, task.first_apply_log_at)
 
     @extend_schema_field({
         "type": "string", "nullable": True,

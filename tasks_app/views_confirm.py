@@ -32,6 +32,7 @@ from django.views.decorators.http import require_GET, require_POST
 from iacplatform.errors import Forbidden, NotFound, PlatformError
 from iacplatform.permissions import Action, allowed_actions, require, run_for
 from tasks_app.models import Job, JobKind, JobStatus, Plan, Task
+from tasks_app.selectors import ms_between
 from tasks_app.services.runs import run_cancel, run_confirm, run_discard, run_prepare
 from tasks_app.services.warmups import confirm_target
 from tasks_app.states import FINAL, RunStatus
@@ -125,17 +126,12 @@ class ApplyProgress:
     confirm_to_first_log_ms: int | None = None
 
 
-def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds() * 1000)
-
 
 def apply_progress(task: Task) -> ApplyProgress:
     job = Job.objects.select_related("agent", "target_agent").filter(task=task, kind=JobKind.APPLY).first()
     timing = {
-        "confirm_to_apply_ms": _ms_between(task.confirmed_at, task.apply_started_at),
-        "confirm_to_first_log_ms": _ms_between(task.confirmed_at, task.first_apply_log_at),
+        "confirm_to_apply_ms": ms_between(task.confirmed_at, task.apply_started_at),
+        "confirm_to_first_log_ms": ms_between(task.confirmed_at, task.first_apply_log_at),
     }
     if job is None:
         return ApplyProgress("Apply confirmed — its job is being created.", **timing)
@@ -163,7 +159,7 @@ def apply_progress(task: Task) -> ApplyProgress:
     return ApplyProgress(f"Apply {job.status}{': ' + job.error if job.error else ''}.", **facts)
 
 
-def _phase(task: Task) -> str:
+def dialog_phase(task: Task) -> str:
     """Which face of the dialog shows: pending (Confirm), confirmed (the apply on its way or
     running), done (a run that was confirmed and ended), or "" (no dialog)."""
     if task.status == RunStatus.APPLY_PENDING:
@@ -177,7 +173,7 @@ def _phase(task: Task) -> str:
 
 def confirm_dialog_context(task: Task, allowed: set[str], *, notice: str = "", error: str = "") -> dict:
     """What the dialog partial (tasks_app/_confirm_dialog.html) needs."""
-    phase = _phase(task)
+    phase = dialog_phase(task)
     pending = phase == "pending"
     plan = Plan.objects.filter(task=task).only("summary").first() if phase else None
     ready = readiness(task) if pending else None
