@@ -20,6 +20,8 @@ from agents_app.agent.sandbox import SandboxUnavailable, make_sandbox, terraform
 from agents_app.agent.terraform import resolve_terraform
 from agents_app.agent.warmdirs import STORE_DIR, WarmPlans
 
+log = logging.getLogger("agents_app.agent")
+
 PROVIDER_CACHE_DIR = ".providers"
 PROVIDER_CLI_CONFIG = ".providers.tfrc"
 
@@ -76,6 +78,11 @@ def warm_plans_from_environment(work_root: Path) -> WarmPlans:
     and points TF_CLI_CONFIG_FILE at it, before the sandbox reads that variable to bind the
     configuration and the mirrors it names read-only."""
     work_root.mkdir(parents=True, exist_ok=True)
+    named = os.environ.get("TF_CLI_CONFIG_FILE")
+    if named and not Path(named).is_file():
+        # Terraform would print "Unable to open CLI configuration file" into every job's log.
+        log.warning("TF_CLI_CONFIG_FILE names %s, which is not a file: jobs run without it", named)
+        del os.environ["TF_CLI_CONFIG_FILE"]
     upstream = [Path(p).absolute() for p in os.environ.get("IAC_AGENT_PROVIDER_UPSTREAM", "").split(os.pathsep) if p]
     budget = int(os.environ.get("IAC_AGENT_WARM_PLAN_DIRS") or 20)
     # Without a cache, the mirrors of the operator's own CLI configuration are where init

@@ -269,3 +269,13 @@ def test_it_writes_its_own_cli_configuration_only_with_an_upstream(tmp_path, mon
     config = Path(os.environ["TF_CLI_CONFIG_FILE"])
     assert cached.cache is not None and config == (tmp_path / "agent2" / ".providers.tfrc").absolute()
     assert config.read_text().index(str(cached.cache.root)) < config.read_text().index(str(tmp_path / "upstream"))
+
+
+def test_it_drops_a_cli_configuration_that_names_no_file(tmp_path, monkeypatch):
+    # Else terraform prints "Unable to open CLI configuration file" into every job's log.
+    from agents_app.agent.__main__ import warm_plans_from_environment
+
+    monkeypatch.setenv("TF_CLI_CONFIG_FILE", str(tmp_path / "missing.tfrc"))
+    monkeypatch.delenv("IAC_AGENT_PROVIDER_UPSTREAM", raising=False)
+    warm_plans_from_environment(tmp_path / "agent")
+    assert "TF_CLI_CONFIG_FILE" not in os.environ

@@ -106,6 +106,9 @@ def test_it_turns_the_dialog_ready_then_applied_without_a_reload(page, scenario,
         re.compile(rf"Apply confirmed — starting warm on agent {a2.name}|(Applying|Applied) on agent {a2.name}"))
     expect(dialog).to_contain_text(f"Applied on agent {a2.name} (rewarmed path", timeout=60_000)
     expect(dialog).to_contain_text(re.compile(r"Confirm → apply start\s*\d+ ms"))
+    # The run page's websocket brought the apply's log and the final status along.
+    expect(page.locator("#run-log")).to_contain_text("Apply complete!", timeout=30_000)
+    expect(page.locator("#run-status")).to_have_text("applied")
     assert page.evaluate("window.notReloaded") is True, "the page was never reloaded"
     assert s.applies() == 1
     assert Task.objects.get(id=run["id"]).status == "applied"
