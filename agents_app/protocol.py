@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Bumped when a message changes incompatibly. The server refuses an agent that speaks
 # another version at registration, with a message that says which one it needs.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class JobKind(enum.StrEnum):
@@ -250,6 +250,11 @@ class JobResult(_Message):
     kept_dir: bool = False  # the agent kept the work dir (plan of an applyable run, warmup)
     # How terraform ran (bwrap or off); None from an agent that does not say.
     sandbox: SandboxMode | None = None
+    # The job's last log text (the post after the last one sent), stored with the result in
+    # one transaction: no separate log post at the end of every job.
+    log: LogPost | None = None
+    # A plan job's plan, stored with its result in one transaction (else `POST plan` first).
+    plan: PlanUpload | None = None
 
 
 class FinishReply(_Message):
@@ -258,3 +263,4 @@ class FinishReply(_Message):
 
 Registration.model_rebuild()
 LogPost.model_rebuild()
+JobResult.model_rebuild()

@@ -320,15 +320,17 @@ class JobRun:
                 f"{self.plan_hash}; nothing was applied"
             )
 
-    def finish(self, outcome: JobOutcome, *, error: str = "", kept_dir: bool = False) -> bool:
-        """Report the result; returns whether the server wants the dir kept (reserved)."""
-        self.log.close()  # flushes the ack before the result
+    def finish(self, outcome: JobOutcome, *, error: str = "", kept_dir: bool = False,
+               plan: PlanUpload | None = None) -> bool:
+        """Report the result, with the log's last text and a plan job's plan in the same
+        request; returns whether the server wants the dir kept (reserved)."""
+        rest = self.log.rest()  # the posts before it (the ack among them) are done
         if self.lost:
             return False
         # The error holds terraform's last lines, which may show a secret (user code printing
         # it, a failed validation quoting a value): redacted like the log.
         result = JobResult(outcome=outcome, error=self.redactor.redact(error), kept_dir=kept_dir,
-                           sandbox=self.agent.sandbox.mode)
+                           sandbox=self.agent.sandbox.mode, log=rest, plan=plan)
         try:
             reply = self.call("POST", "finish", json=result.model_dump(mode="json"))
         except ServerError as exc:
@@ -376,12 +378,12 @@ class JobRun:
         self.plan_hash = hashlib.sha256(data).hexdigest()
         upload = PlanUpload(plan_b64=base64.b64encode(data).decode(), sha256=self.plan_hash, summary=summary,
                             has_changes=has_changes, terraform_version=self.agent.terraform_version)
-        self.call("POST", "plan", json=upload.model_dump(mode="json"))
         keep = bool(self.payload.keep_dir and has_changes)
         if keep:
             # Registered before `finish` so a heartbeat sent meanwhile already reports it.
             self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, WarmOrigin.PLAN))
-        return self.finish(JobOutcome.SUCCEEDED, kept_dir=keep) and keep
+        # The plan travels with the result: stored and reported in one request and transaction.
+        return self.finish(JobOutcome.SUCCEEDED, kept_dir=keep, plan=upload) and keep
 
     def do_warmup(self) -> bool:
         self.prepare()

@@ -6,6 +6,11 @@ in flight. Each post has a sequence number; the server ignores a seq it already 
 retried post never duplicates lines. Events (e.g. "apply started") are posted on their own,
 after the text before them, so the server can tell preparation output from apply output.
 
+A job's last text does not get a post of its own: `rest()` stops the sender and hands it
+back, and the job sends it inside its finish report (one round trip instead of one or two
+more at the end of every job, see JobResult.log). Its sequence number follows the posted
+ones, so the server stores it idempotently like any post.
+
 Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
 two writes is still masked, because the end of a write that could be the start of a secret
 waits for the next write (or an event, or close).
@@ -22,6 +27,7 @@ from agents_app.agent.redact import Redactor
 from agents_app.protocol import LogEvents, LogPost
 
 _STOP = object()
+_REST = object()  # stop, and keep the text after the last post for the caller (see rest())
 
 
 class LogStream:
@@ -36,6 +42,8 @@ class LogStream:
         self.seq = 0
         self.lost = False  # the job moved on (409): stop sending
         self._q: queue.Queue = queue.Queue()
+        self._rest: list[str] | None = None  # after rest(): the text not posted, in order
+        self._rest_seq = 0
         self._thread = threading.Thread(target=self._run, name=f"log-{job_id}", daemon=True)
         self._thread.start()
 
@@ -44,13 +52,19 @@ class LogStream:
             with self._redact_lock:
                 safe = self.redactor.feed(text)
                 if safe:
-                    self._q.put(("text", safe))
+                    self._put_text(safe)
 
     def _flush_redactor(self) -> None:
         with self._redact_lock:
             rest = self.redactor.flush()
             if rest:
-                self._q.put(("text", rest))
+                self._put_text(rest)
+
+    def _put_text(self, text: str) -> None:
+        if self._rest is not None:
+            self._rest.append(text)  # the sender has stopped: kept for rest()
+        else:
+            self._q.put(("text", text))
 
     def event(self, events: LogEvents) -> None:
         self._flush_redactor()  # the text before the event stays before it
@@ -60,6 +74,23 @@ class LogStream:
         self._flush_redactor()
         self._q.put(_STOP)
         self._thread.join(timeout)
+
+    def rest(self, timeout: float = 30) -> LogPost | None:
+        """Stop posting and return the text not posted yet as the next post, for the caller
+        to send inside another message (None: nothing left, or the job moved on). Posts in
+        flight finish first, so the order holds. Called again (the first message failed), it
+        returns the same post with whatever was written since: the server stores a seq once."""
+        if self._rest is None:
+            self._flush_redactor()
+            self._q.put(_REST)
+            self._thread.join(timeout)
+            if self._rest is None:  # the sender is stuck in a post: leave it to the stream
+                return None
+            self._rest_seq = self.seq + 1
+        self._flush_redactor()
+        if self.lost or not self._rest:
+            return None
+        return LogPost(seq=self._rest_seq, text="".join(self._rest))
 
     def _post(self, text: str, events: LogEvents) -> None:
         if self.lost:
@@ -94,6 +125,10 @@ class LogStream:
                 if entry is _STOP:
                     stop = True
                     break
+                if entry is _REST:
+                    with self._redact_lock:
+                        self._rest = text
+                    return
                 kind, value = entry
                 if kind == "text":
                     text.append(value)

@@ -382,23 +382,35 @@ def job_upload_plan(
     *, agent: Agent, job_id: int, fence: int, data: bytes, sha256: str, summary: dict, has_changes: bool
 ) -> Plan:
     job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
+    plan_check(data, sha256)
+    with transaction.atomic():
+        return job_store_plan(job_running(job_id, agent, fence), data=data, sha256=sha256, summary=summary,
+                              has_changes=has_changes)
+
+
+def plan_check(data: bytes, sha256: str) -> None:
+    """Refuse a plan file over the size limit or not matching the sha256 the agent sent
+    (outside any transaction: hashing a large plan holds no lock)."""
     if len(data) > settings.IAC_MAX_PLAN_BYTES:
         raise Invalid(f"plan file is {len(data)} bytes; the limit is {settings.IAC_MAX_PLAN_BYTES}")
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise Invalid(f"plan file sha256 is {actual}, not the {sha256} the agent sent: upload corrupted")
-    with transaction.atomic():
-        job = job_running(job_id, agent, fence)
-        if job.kind != JobKind.PLAN:
-            raise Conflict(f"job {job_id} is a {job.kind} job; only plan jobs upload plans")
-        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
-        plan, _ = Plan.objects.update_or_create(
-            task=task,
-            defaults={"job": job, "encrypted_data": crypto.encrypt(data), "sha256": sha256, "size": len(data), "summary": summary},
-        )
-        task.plan_hash = sha256
-        task.has_changes = has_changes
-        task.save(update_fields=["plan_hash", "has_changes"])
+
+
+def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool) -> Plan:
+    """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
+    the caller ran plan_check)."""
+    if job.kind != JobKind.PLAN:
+        raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
+    task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    plan, _ = Plan.objects.update_or_create(
+        task=task,
+        defaults={"job": job, "encrypted_data": crypto.encrypt(data), "sha256": sha256, "size": len(data), "summary": summary},
+    )
+    task.plan_hash = sha256
+    task.has_changes = has_changes
+    task.save(update_fields=["plan_hash", "has_changes"])
     return plan
 
 
