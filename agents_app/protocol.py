@@ -201,6 +201,10 @@ class JobPayload(_Message):
     fence: int
     task: TaskRef
     configuration_sha256: str
+    # The configuration archive itself (base64) when it is small (jobs.INLINE_CONFIGURATION_BYTES):
+    # no `GET configuration` round trip before init. Empty: fetch it. Either way the agent
+    # checks it against configuration_sha256.
+    configuration_b64: str = ""
     keep_dir: bool  # keep the dir after a plan: it becomes the run's warm reservation
     speculative: bool  # plan-only run: plan without locking the state
     cold_reason: str = ""

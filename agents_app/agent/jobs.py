@@ -301,7 +301,9 @@ class JobRun:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        archive = self.call("GET", "configuration", raw=True)
+        # Small archives come inside the claim's answer; larger ones are fetched.
+        inline = self.payload.configuration_b64
+        archive = base64.b64decode(inline) if inline else self.call("GET", "configuration", raw=True)
         if hashlib.sha256(archive).hexdigest() != self.payload.configuration_sha256:
             raise JobError("configuration archive does not match its sha256")
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:

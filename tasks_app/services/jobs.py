@@ -12,6 +12,7 @@ This layer never changes a run: it returns what happened (`Assigned`, `Finished`
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -46,7 +47,7 @@ from agents_app.states import JOB
 from iacplatform import crypto, metrics
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
-from tasks_app.models import Job, LogChunk, Plan, Task, Variable
+from tasks_app.models import ConfigurationVersion, Job, LogChunk, Plan, Task, Variable
 from tasks_app.services.state import state_locks_release_for_job
 from tasks_app.states import Operation
 
@@ -167,6 +168,20 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     return Assigned(job=job, task=task, slot=slot, credential=credential, note=note)
 
 
+# Configuration archives up to this size travel inside a plan's or warmup's payload: the
+# agent starts `terraform init` without a `GET configuration` round trip. Larger ones, and
+# applies (Confirm's hot path reads no archive; a warm apply needs none), are fetched.
+INLINE_CONFIGURATION_BYTES = 256 * 1024
+
+
+def _inline_configuration(job: Job, task: Task) -> str:
+    cv = task.configuration_version
+    if job.kind == JobKind.APPLY or cv.size > INLINE_CONFIGURATION_BYTES:
+        return ""
+    archive = ConfigurationVersion.objects.filter(id=cv.id).values_list("archive", flat=True).first()
+    return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
+
+
 def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
     by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
     sensitive: list[str] = []
@@ -185,6 +200,7 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
         task=TaskRef(id=task.id, workspace=task.workspace_id, workspace_name=task.workspace.name,
                      operation=task.operation, plan_hash=task.plan_hash),
         configuration_sha256=task.configuration_version.sha256,
+        configuration_b64=_inline_configuration(job, task),
         # Keep the dir after a plan of a run that can apply, on a warm pool.
         keep_dir=job.kind == JobKind.PLAN and task.can_apply and pool.warm_apply,
         speculative=task.operation == Operation.PLAN,

@@ -1,11 +1,14 @@
-"""Fewer round trips per job (issue 12): a job's last log text and its plan travel with its
-finish report, stored in one transaction. Driven through the agent HTTP endpoints (Django test client), and the agent's
+"""Fewer round trips per job (issue 12): a plan job's configuration comes inside its claim
+answer, and a job's last log text and its plan travel with its finish report, stored in one
+transaction. Driven through the agent HTTP endpoints (Django test client), and the agent's
 LogStream against a recording client."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import tarfile
 
 import pytest
 
@@ -13,8 +16,9 @@ from agents_app.agent.logstream import LogStream
 from agents_app.agent.redact import Redactor
 from tasks_app.models import Job, LogChunk, Plan, Task
 from tasks_app.selectors import run_log_read
-from tasks_app.services.runs import run_create
-from tests.agents_app.fakes import PLAN, FakeAgent
+from tasks_app.services import jobs as job_services
+from tasks_app.services.runs import run_confirm, run_create
+from tests.agents_app.fakes import PLAN, FakeAgent, apply_pending
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,6 +28,33 @@ SECRET = "hunter2-secret"
 def _plan(data: bytes = PLAN, sha256: str | None = None) -> dict:
     return {"plan_b64": base64.b64encode(data).decode(), "sha256": sha256 or hashlib.sha256(data).hexdigest(),
             "summary": {"add": 1, "change": 0, "destroy": 0, "resources": []}, "has_changes": True}
+
+
+def test_it_sends_a_plans_small_configuration_inside_the_claim_answer(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    archive = base64.b64decode(job["configuration_b64"])
+    assert hashlib.sha256(archive).hexdigest() == job["configuration_sha256"]
+    assert bytes(task.configuration_version.archive) == archive
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert "main.tf" in tar.getnames()
+
+
+def test_it_leaves_large_configurations_and_applies_to_be_fetched(setup, client, monkeypatch):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    run_confirm(task_id=task.id, actor="test")
+    apply = a1.claim()
+    assert apply["kind"] == "apply" and apply["configuration_b64"] == ""  # Confirm's hot path reads no archive
+    monkeypatch.setattr(job_services, "INLINE_CONFIGURATION_BYTES", 10)
+    run_create(workspace=setup[2], operation="plan", actor="test")
+    a2 = FakeAgent(client, setup[1], "a2")
+    plan = a2.claim()
+    assert plan["kind"] == "plan" and plan["configuration_b64"] == ""
+    resp = client.get(f"/agent/v1/jobs/{plan['id']}/configuration", HTTP_AUTHORIZATION=f"Bearer {a2.token}",
+                      HTTP_X_JOB_FENCE=str(plan["fence"]))
+    assert hashlib.sha256(resp.content).hexdigest() == plan["configuration_sha256"]
 
 
 def test_it_stores_the_plan_and_the_last_log_text_with_the_result(setup, client):
