@@ -1,10 +1,11 @@
 """Streams a job's output to the server while terraform runs.
 
-A sender thread posts whatever has accumulated as soon as it can: the first line goes out
-at once (the latency users feel after Confirm), later lines batch naturally while a post is
-in flight. Each post has a sequence number; the server ignores a seq it already has, so a
-retried post never duplicates lines. Events (e.g. "apply started") are posted on their own,
-after the text before them, so the server can tell preparation output from apply output.
+A sender thread posts whatever has accumulated: the first line goes out at once (the
+latency users feel after Confirm), later lines batch while a post is in flight and for up
+to LINGER_SECONDS after a post with text. Each post has a sequence number; the server
+ignores a seq it already has, so a retried post never duplicates lines. Events (e.g. "apply
+started") are posted on their own, after the text before them, so the server can tell
+preparation output from apply output.
 
 A job's last text does not get a post of its own: `rest()` stops the sender and hands it
 back, and the job sends it inside its finish report (one round trip instead of one or two
@@ -20,11 +21,18 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.redact import Redactor
 from agents_app.protocol import LogEvents, LogPost
+
+# After a post with text, the next text waits this long for more to join it: terraform
+# writes in bursts, and every post is a request (and a transaction) on the server that also
+# serves terraform's state backend. The first text, the text after an event (the apply's
+# first line after Confirm) and the last text (sent with the result) do not wait.
+LINGER_SECONDS = 0.25
 
 _STOP = object()
 _REST = object()  # stop, and keep the text after the last post for the caller (see rest())
@@ -110,15 +118,31 @@ class LogStream:
         except Exception:  # noqa: BLE001 - logs are best effort; the job result is what matters
             pass
 
-    def _run(self) -> None:
+    def _batch(self, last_text_post: float) -> list:
+        """The next entries to send: whatever is queued; text that follows a text post by
+        less than LINGER_SECONDS waits out the rest of that time for more text to join it
+        (an event, rest() or close ends the wait at once)."""
+        batch = [self._q.get()]
+        deadline = last_text_post + LINGER_SECONDS
         while True:
-            item = self._q.get()
-            batch = [item]
-            while True:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            try:
+                batch.append(self._q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            last = batch[-1]
+            left = deadline - time.monotonic()
+            if left <= 0 or last is _STOP or last is _REST or last[0] != "text":
+                return batch
+            try:
+                batch.append(self._q.get(timeout=left))
+            except queue.Empty:
+                return batch
+
+    def _run(self) -> None:
+        last_text_post = 0.0
+        while True:
+            batch = self._batch(last_text_post)
             text: list[str] = []
             stop = False
             for entry in batch:
@@ -135,9 +159,12 @@ class LogStream:
                 else:
                     if text:
                         self._post("".join(text), LogEvents())
+                        last_text_post = time.monotonic()
                         text = []
                     self._post("", value)
+                    last_text_post = 0.0  # the text after an event goes at once
             if text:
                 self._post("".join(text), LogEvents())
+                last_text_post = time.monotonic()
             if stop:
                 return

@@ -144,3 +144,39 @@ def test_it_hands_back_nothing_when_everything_was_posted():
     client = RecordingClient()
     stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
     assert stream.rest() is None and client.posts == []
+
+
+def _wait_for(predicate, timeout: float = 5) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_it_posts_the_first_text_at_once_and_gathers_a_burst_after_it_into_one_post():
+    import time
+
+    from agents_app.agent import logstream
+    from agents_app.protocol import LogEvents
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    stream.write("$ terraform plan\n")
+    _wait_for(lambda: len(client.posts) == 1)
+    for line in ("a\n", "b\n", "c\n"):
+        stream.write(line)
+        time.sleep(0.02)
+    _wait_for(lambda: len(client.posts) == 2, timeout=logstream.LINGER_SECONDS + 5)
+    assert [p["text"] for p in client.posts] == ["$ terraform plan\n", "a\nb\nc\n"]
+    # An event goes at once, and so does the first text after it (the apply's first line).
+    stream.event(LogEvents(ack=True))
+    started = time.monotonic()
+    stream.write("terraform_data.x: Creating...\n")
+    _wait_for(lambda: len(client.posts) == 4)
+    assert time.monotonic() - started < logstream.LINGER_SECONDS
+    assert client.posts[2]["events"] == {"ack": True} and client.posts[3]["text"] == "terraform_data.x: Creating...\n"
+    stream.write("Apply complete!\n")
+    rest = stream.rest()  # does not wait for the linger
+    assert rest is not None and rest.text == "Apply complete!\n" and rest.seq == 5
