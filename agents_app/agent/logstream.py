@@ -130,10 +130,9 @@ class LogStream:
                 continue
             except queue.Empty:
                 pass
-            last = batch[-1]
             left = deadline - time.monotonic()
-            if left <= 0 or last is _STOP or last is _REST or last[0] != "text":
-                return batch
+            if left <= 0 or any(e is _STOP or e is _REST or e[0] != "text" for e in batch):
+                return batch  # (the text after an event goes at once, as does everything at the end)
             try:
                 batch.append(self._q.get(timeout=left))
             except queue.Empty:

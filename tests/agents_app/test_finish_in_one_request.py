@@ -155,7 +155,7 @@ def _wait_for(predicate, timeout: float = 5) -> None:
         time.sleep(0.01)
 
 
-def test_it_posts_the_first_text_at_once_and_gathers_a_burst_after_it_into_one_post():
+def test_it_posts_the_first_text_at_once_and_gathers_a_burst_after_it_into_one_post(monkeypatch):
     import time
 
     from agents_app.agent import logstream
@@ -170,13 +170,17 @@ def test_it_posts_the_first_text_at_once_and_gathers_a_burst_after_it_into_one_p
         time.sleep(0.02)
     _wait_for(lambda: len(client.posts) == 2, timeout=logstream.LINGER_SECONDS + 5)
     assert [p["text"] for p in client.posts] == ["$ terraform plan\n", "a\nb\nc\n"]
-    # An event goes at once, and so does the first text after it (the apply's first line).
+    # With a linger far longer than the waits below: an event goes at once, and so does the
+    # first text after it (the apply's first line), and the rest at the end.
+    monkeypatch.setattr(logstream, "LINGER_SECONDS", 60)
+    stream.write("d\n")
     stream.event(LogEvents(ack=True))
-    started = time.monotonic()
     stream.write("terraform_data.x: Creating...\n")
-    _wait_for(lambda: len(client.posts) == 4)
-    assert time.monotonic() - started < logstream.LINGER_SECONDS
-    assert client.posts[2]["events"] == {"ack": True} and client.posts[3]["text"] == "terraform_data.x: Creating...\n"
+    _wait_for(lambda: len(client.posts) == 5)
+    assert client.posts[2]["text"] == "d\n" and client.posts[3]["events"] == {"ack": True}
+    assert client.posts[4]["text"] == "terraform_data.x: Creating...\n"
     stream.write("Apply complete!\n")
-    rest = stream.rest()  # does not wait for the linger
-    assert rest is not None and rest.text == "Apply complete!\n" and rest.seq == 5
+    started = time.monotonic()
+    rest = stream.rest()
+    assert time.monotonic() - started < 5
+    assert rest is not None and rest.text == "Apply complete!\n" and rest.seq == 6
