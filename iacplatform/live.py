@@ -67,7 +67,7 @@ def defer_sends() -> Deferred:
     each group_send at a commit is a hop to the event loop and a few Redis round trips
     (12-260 ms for an agent claim's after-commit sends on a loaded machine), taken before
     the wake-ups and pushes registered after it; collected, they go out together once
-    the view is done (iacplatform.middleware.LiveUpdatesMiddleware, agents_app.claim)."""
+    the answer (agents_app.claim)."""
     deferred = Deferred()
     deferred.token = _deferred.set(deferred)
     return deferred
@@ -89,12 +89,6 @@ async def send_deferred(deferred: Deferred, label: str = "live updates after a r
         await _group_send_all(layer, sends)
     except wakeups.REDIS_ERRORS as exc:
         wakeups.redis_failed(exc, label)
-
-
-def send_deferred_sync(deferred: Deferred, label: str = "live updates after a request") -> None:
-    """send_deferred from sync code (one hop for all of them); never raises."""
-    sends, deferred.sends = deferred.sends, []
-    _send_now(sends, label)
 
 
 def group_send(sends: list[tuple[str, dict]], label: str) -> None:

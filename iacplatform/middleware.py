@@ -1,6 +1,5 @@
-"""Request-scoped context: where the current request came from, so that every audit event
-written while serving it records the address without each service taking the request as an
-argument; and the request's live-page updates, sent together once its view is done."""
+"""Remembers where the current request came from, so that every audit event written while
+serving it records the address without each service taking the request as an argument."""
 
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-
-from iacplatform import live
 
 current_address: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_address", default=None)
 
@@ -52,38 +49,3 @@ class RequestAddressMiddleware:
             return await self.get_response(request)
         finally:
             current_address.reset(reset)
-
-
-class LiveUpdatesMiddleware:
-    """The Channels group sends (live pages, iacplatform/live.py) a request's commits make
-    are collected and sent together, in order, once the view returns, still before the
-    answer: one hop for all of them instead of one per send at each commit, and the
-    wake-ups and pushes registered after them at a commit (an agent's long-poll woken for
-    a queued run) no longer wait behind them (issue 12). Async: from the event loop, no
-    thread hop at all."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> Any:
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        deferred = live.defer_sends()
-        try:
-            return self.get_response(request)
-        finally:
-            live.stop_deferring(deferred)
-            live.send_deferred_sync(deferred)
-
-    async def __acall__(self, request: HttpRequest) -> Any:
-        deferred = live.defer_sends()
-        try:
-            return await self.get_response(request)
-        finally:
-            live.stop_deferring(deferred)
-            await live.send_deferred(deferred)

@@ -245,8 +245,6 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # A view that meets a database outage answers 503 + Retry-After (iacplatform/db_outage.py).
     "iacplatform.db_outage.DatabaseUnavailableMiddleware",
-    # A request's live-page updates go out together after its view (iacplatform/middleware.py).
-    "iacplatform.middleware.LiveUpdatesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

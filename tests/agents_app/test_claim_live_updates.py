@@ -1,6 +1,5 @@
-"""Live-page updates off the hot paths (issue 12): the claim answers before its updates are
-sent (the agent waits for the answer to start terraform), and any other request sends its
-updates together once its view is done; in order, never lost."""
+"""The claim answers before its live-page updates are sent (issue 12): the agent waits for
+the answer to start terraform; the run, job and slot updates follow it, in order."""
 
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ async def test_it_collects_live_sends_until_the_deferred_ones_are_sent():
     channel = await _listen("run-424242")
 
     async def request() -> list:
-        deferred = live.defer_sends()  # as the claim app and LiveUpdatesMiddleware do
+        deferred = live.defer_sends()  # as the claim app does
         await sync_to_async(live.group_send)([("run-424242", {"type": "run.changed", "status": "planning"})], "t")
         await sync_to_async(live.group_send)([("run-424242", {"type": "dispatch.changed", "state": "running"})], "t")
         with pytest.raises(asyncio.TimeoutError):
@@ -64,22 +63,3 @@ async def test_the_claim_answers_and_then_publishes_the_runs_planning(setup, cli
     while not any(m["type"] == "run.changed" and m["status"] == "planning" for m in seen):
         seen.append(await asyncio.wait_for(layer.receive(channel), 5))
     assert any(m["type"] == "dispatch.changed" and m["subject"] == "job" and m["state"] == "running" for m in seen)
-
-
-async def test_a_requests_live_updates_arrive_in_order_after_its_view(setup, alice):
-    from django.test import AsyncClient
-
-    from tasks_app.services.tokens import token_create
-
-    ws = setup[2]
-    layer = get_channel_layer()
-    channel = await _listen(live.workspace_group(ws.id))
-    key = (await sync_to_async(token_create)(user=alice, name="test"))[1]
-    resp = await AsyncClient().post(f"/api/v1/workspaces/{ws.id}/runs/", {"operation": "plan"},
-                                    content_type="application/json", headers={"Authorization": f"Token {key}"})
-    assert resp.status_code == 201, resp.content
-    statuses = []
-    while "plan_queued" not in statuses:
-        message = await asyncio.wait_for(layer.receive(channel), 5)
-        statuses.append(message["status"])
-    assert statuses == ["pending", "plan_queued"]
