@@ -127,15 +127,18 @@ def logs(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     return JsonResponse({"ok": True})
 
 
+def _plan_bytes(upload: PlanUpload, field: str = "plan_b64") -> bytes:
+    try:
+        return base64.b64decode(upload.plan_b64, validate=True)
+    except binascii.Error as exc:
+        raise Invalid(f"field '{field}' is not valid base64: {exc}") from exc
+
+
 @agent_view
 def plan_upload(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     upload = parse(PlanUpload, request.body)
-    try:
-        raw = base64.b64decode(upload.plan_b64, validate=True)
-    except binascii.Error as exc:
-        raise Invalid(f"field 'plan_b64' is not valid base64: {exc}") from exc
     jobs.job_upload_plan(
-        agent=agent, job_id=job_id, fence=_fence(request), data=raw, sha256=upload.sha256,
+        agent=agent, job_id=job_id, fence=_fence(request), data=_plan_bytes(upload), sha256=upload.sha256,
         summary=upload.summary, has_changes=upload.has_changes,
     )
     return JsonResponse({"ok": True}, status=201)
@@ -144,7 +147,8 @@ def plan_upload(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 @agent_view
 def finish(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     result = parse(JobResult, request.body)
-    return _reply(control.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result))
+    plan = _plan_bytes(result.plan, "plan.plan_b64") if result.plan is not None else None
+    return _reply(control.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result, plan=plan))
 
 
 @csrf_exempt

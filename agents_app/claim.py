@@ -23,7 +23,7 @@ from django.conf import settings
 
 from agents_app.models import Agent
 from agents_app.services.agents import agent_by_token
-from iacplatform import wakeups
+from iacplatform import live, wakeups
 from iacplatform.db_outage import MESSAGE as DB_MESSAGE
 from iacplatform.db_outage import RETRY_AFTER_SECONDS, database_unavailable
 from iacplatform.errors import Gone, Invalid
@@ -170,6 +170,9 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     agent's poll would queue on the one shared sync thread, behind each other and behind
     any slow request, and a claim would wait for unrelated work."""
     async with ThreadSensitiveContext():
+        # The claim's live-page updates (run planning, job and slot running) go out after
+        # the answer: the agent waits for the answer before it starts terraform.
+        deferred = live.defer_sends()
         try:
             await _claim_asgi(scope, receive, send)
         except Exception as exc:
@@ -180,6 +183,9 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
             log.warning("claim: database unavailable (%s); answered 503", exc)
             await _send_json(send, 503, {"detail": DB_MESSAGE},
                              extra_headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
+        finally:
+            live.stop_deferring(deferred)
+            await live.send_deferred(deferred, "live updates after an agent's claim")
 
 
 async def _claim_asgi(scope: dict, receive: Any, send: Any) -> None:

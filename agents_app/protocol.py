@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Bumped when a message changes incompatibly. The server refuses an agent that speaks
 # another version at registration, with a message that says which one it needs.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class JobKind(enum.StrEnum):
@@ -223,6 +223,10 @@ class JobPayload(_Message):
     fence: int
     task: TaskRef
     configuration_sha256: str
+    # The configuration archive itself (base64) when it is small (jobs.INLINE_CONFIGURATION_BYTES):
+    # no `GET configuration` round trip before init. Empty: fetch it. Either way the agent
+    # checks it against configuration_sha256.
+    configuration_b64: str = ""
     keep_dir: bool  # keep the dir after a plan: it becomes the run's warm reservation
     speculative: bool  # plan-only run: plan without locking the state
     cold_reason: str = ""
@@ -280,6 +284,11 @@ class JobResult(_Message):
     plan_start_reason: str = Field(default="", max_length=2000)
     # The job's init output became its workspace's warm plan dir on this agent.
     warm_plan_kept: bool = False
+    # The job's last log text (the post after the last one sent), stored with the result in
+    # one transaction: no separate log post at the end of every job.
+    log: LogPost | None = None
+    # A plan job's plan, stored with its result in one transaction (else `POST plan` first).
+    plan: PlanUpload | None = None
 
 
 class FinishReply(_Message):
@@ -288,3 +297,4 @@ class FinishReply(_Message):
 
 Registration.model_rebuild()
 LogPost.model_rebuild()
+JobResult.model_rebuild()

@@ -69,6 +69,29 @@ class Api:
     def run(self, run_id: int) -> dict:
         return self.request("GET", f"/api/v1/runs/{run_id}/", expect=200).json()
 
+    def wait_longpoll(self, run_id: int, status: str, *, timeout: float = 120, until: Any = None) -> dict:
+        """As `wait`, through the run's long-poll (`?wait=S&until=...`): no polling requests
+        competing with the work measured. Fails at once when the run ends in another final
+        status."""
+        deadline = time.monotonic() + timeout
+        wanted = [status, *sorted(FINAL - {status})]
+        query = "&".join(f"until={s}" for s in wanted)
+        while True:
+            left = deadline - time.monotonic()
+            run = self.request("GET", f"/api/v1/runs/{run_id}/?wait={max(1, min(left, 30)):.0f}&{query}",
+                               expect=200).json()
+            if run["status"] == status and (until is None or until(run)):
+                return run
+            if run["status"] in FINAL and run["status"] != status:
+                raise RunFailed(
+                    f"run {run_id} ended '{run['status']}': {run['message']}\n--- log ---\n{self.log(run_id)[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise RunFailed(f"run {run_id} still {run['status']}/{run['warmup_status']} after {timeout:g}s "
+                                f"waiting for {status}")
+            if run["status"] == status:
+                time.sleep(0.05)  # the status is there, the rest (e.g. the warmup) not yet
+
     def log(self, run_id: int) -> str:
         return self.request("GET", f"/api/v1/runs/{run_id}/logs/?offset=0", expect=200).json()["text"]
 

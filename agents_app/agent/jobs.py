@@ -357,7 +357,9 @@ class JobRun:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        archive = self.call("GET", "configuration", raw=True)
+        # Small archives come inside the claim's answer; larger ones are fetched.
+        inline = self.payload.configuration_b64
+        archive = base64.b64decode(inline) if inline else self.call("GET", "configuration", raw=True)
         if hashlib.sha256(archive).hexdigest() != self.payload.configuration_sha256:
             raise JobError("configuration archive does not match its sha256")
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
@@ -378,14 +380,16 @@ class JobRun:
                 f"{self.plan_hash}; nothing was applied"
             )
 
-    def finish(self, outcome: JobOutcome, *, error: str = "", kept_dir: bool = False) -> bool:
-        """Report the result; returns whether the server wants the dir kept (reserved)."""
+    def finish(self, outcome: JobOutcome, *, error: str = "", kept_dir: bool = False,
+               plan: PlanUpload | None = None) -> bool:
+        """Report the result, with the log's last text and a plan job's plan in the same
+        request; returns whether the server wants the dir kept (reserved)."""
         # Kept before the result is sent, so the workspace's next plan (queued the moment this
         # one ends) finds it; not a dir reserved for the apply, nor a failed job's.
         warm_kept = self.agent.warm_plans.finished(
             self.dir, self.payload.task.workspace, reserved=kept_dir,
             keep=outcome == JobOutcome.SUCCEEDED and self.kind in (JobKind.PLAN, JobKind.APPLY))
-        self.log.close()  # flushes the ack before the result
+        rest = self.log.rest()  # the posts before it (the ack among them) are done
         if self.lost:
             return False
         start = self.dir_start if self.kind == JobKind.PLAN else None
@@ -393,7 +397,8 @@ class JobRun:
         # it, a failed validation quoting a value): redacted like the log.
         result = JobResult(outcome=outcome, error=self.redactor.redact(error), kept_dir=kept_dir,
                            sandbox=self.agent.sandbox.mode, plan_start=start.kind if start else None,
-                           plan_start_reason=start.reason if start else "", warm_plan_kept=warm_kept)
+                           plan_start_reason=start.reason if start else "", warm_plan_kept=warm_kept,
+                           log=rest, plan=plan)
         try:
             reply = self.call("POST", "finish", json=result.model_dump(mode="json"))
         except ServerError as exc:
@@ -441,12 +446,12 @@ class JobRun:
         self.plan_hash = hashlib.sha256(data).hexdigest()
         upload = PlanUpload(plan_b64=base64.b64encode(data).decode(), sha256=self.plan_hash, summary=summary,
                             has_changes=has_changes, terraform_version=self.agent.terraform_version)
-        self.call("POST", "plan", json=upload.model_dump(mode="json"))
         keep = bool(self.payload.keep_dir and has_changes)
         if keep:
             # Registered before `finish` so a heartbeat sent meanwhile already reports it.
             self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, WarmOrigin.PLAN))
-        return self.finish(JobOutcome.SUCCEEDED, kept_dir=keep) and keep
+        # The plan travels with the result: stored and reported in one request and transaction.
+        return self.finish(JobOutcome.SUCCEEDED, kept_dir=keep, plan=upload) and keep
 
     def do_warmup(self) -> bool:
         self.prepare()

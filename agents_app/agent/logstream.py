@@ -1,10 +1,16 @@
 """Streams a job's output to the server while terraform runs.
 
-A sender thread posts whatever has accumulated as soon as it can: the first line goes out
-at once (the latency users feel after Confirm), later lines batch naturally while a post is
-in flight. Each post has a sequence number; the server ignores a seq it already has, so a
-retried post never duplicates lines. Events (e.g. "apply started") are posted on their own,
-after the text before them, so the server can tell preparation output from apply output.
+A sender thread posts whatever has accumulated: the first line goes out at once (the
+latency users feel after Confirm), later lines batch while a post is in flight and for up
+to LINGER_SECONDS after a post with text. Each post has a sequence number; the server
+ignores a seq it already has, so a retried post never duplicates lines. Events (e.g. "apply
+started") are posted on their own, after the text before them, so the server can tell
+preparation output from apply output.
+
+A job's last text does not get a post of its own: `rest()` stops the sender and hands it
+back, and the job sends it inside its finish report (one round trip instead of one or two
+more at the end of every job, see JobResult.log). Its sequence number follows the posted
+ones, so the server stores it idempotently like any post.
 
 Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
 two writes is still masked, because the end of a write that could be the start of a secret
@@ -15,13 +21,21 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.redact import Redactor
 from agents_app.protocol import LogEvents, LogPost
 
+# After a post with text, the next text waits this long for more to join it: terraform
+# writes in bursts, and every post is a request (and a transaction) on the server that also
+# serves terraform's state backend. The first text, the text after an event (the apply's
+# first line after Confirm) and the last text (sent with the result) do not wait.
+LINGER_SECONDS = 0.25
+
 _STOP = object()
+_REST = object()  # stop, and keep the text after the last post for the caller (see rest())
 
 
 class LogStream:
@@ -36,6 +50,8 @@ class LogStream:
         self.seq = 0
         self.lost = False  # the job moved on (409): stop sending
         self._q: queue.Queue = queue.Queue()
+        self._rest: list[str] | None = None  # after rest(): the text not posted, in order
+        self._rest_seq = 0
         self._thread = threading.Thread(target=self._run, name=f"log-{job_id}", daemon=True)
         self._thread.start()
 
@@ -44,13 +60,19 @@ class LogStream:
             with self._redact_lock:
                 safe = self.redactor.feed(text)
                 if safe:
-                    self._q.put(("text", safe))
+                    self._put_text(safe)
 
     def _flush_redactor(self) -> None:
         with self._redact_lock:
             rest = self.redactor.flush()
             if rest:
-                self._q.put(("text", rest))
+                self._put_text(rest)
+
+    def _put_text(self, text: str) -> None:
+        if self._rest is not None:
+            self._rest.append(text)  # the sender has stopped: kept for rest()
+        else:
+            self._q.put(("text", text))
 
     def event(self, events: LogEvents) -> None:
         self._flush_redactor()  # the text before the event stays before it
@@ -60,6 +82,23 @@ class LogStream:
         self._flush_redactor()
         self._q.put(_STOP)
         self._thread.join(timeout)
+
+    def rest(self, timeout: float = 30) -> LogPost | None:
+        """Stop posting and return the text not posted yet as the next post, for the caller
+        to send inside another message (None: nothing left, or the job moved on). Posts in
+        flight finish first, so the order holds. Called again (the first message failed), it
+        returns the same post with whatever was written since: the server stores a seq once."""
+        if self._rest is None:
+            self._flush_redactor()
+            self._q.put(_REST)
+            self._thread.join(timeout)
+            if self._rest is None:  # the sender is stuck in a post: leave it to the stream
+                return None
+            self._rest_seq = self.seq + 1
+        self._flush_redactor()
+        if self.lost or not self._rest:
+            return None
+        return LogPost(seq=self._rest_seq, text="".join(self._rest))
 
     def _post(self, text: str, events: LogEvents) -> None:
         if self.lost:
@@ -79,30 +118,52 @@ class LogStream:
         except Exception:  # noqa: BLE001 - logs are best effort; the job result is what matters
             pass
 
-    def _run(self) -> None:
+    def _batch(self, last_text_post: float) -> list:
+        """The next entries to send: whatever is queued; text that follows a text post by
+        less than LINGER_SECONDS waits out the rest of that time for more text to join it
+        (an event, rest() or close ends the wait at once)."""
+        batch = [self._q.get()]
+        deadline = last_text_post + LINGER_SECONDS
         while True:
-            item = self._q.get()
-            batch = [item]
-            while True:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            try:
+                batch.append(self._q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or any(e is _STOP or e is _REST or e[0] != "text" for e in batch):
+                return batch  # (the text after an event goes at once, as does everything at the end)
+            try:
+                batch.append(self._q.get(timeout=left))
+            except queue.Empty:
+                return batch
+
+    def _run(self) -> None:
+        last_text_post = 0.0
+        while True:
+            batch = self._batch(last_text_post)
             text: list[str] = []
             stop = False
             for entry in batch:
                 if entry is _STOP:
                     stop = True
                     break
+                if entry is _REST:
+                    with self._redact_lock:
+                        self._rest = text
+                    return
                 kind, value = entry
                 if kind == "text":
                     text.append(value)
                 else:
                     if text:
                         self._post("".join(text), LogEvents())
+                        last_text_post = time.monotonic()
                         text = []
                     self._post("", value)
+                    last_text_post = 0.0  # the text after an event goes at once
             if text:
                 self._post("".join(text), LogEvents())
+                last_text_post = time.monotonic()
             if stop:
                 return

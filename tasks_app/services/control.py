@@ -63,7 +63,9 @@ from tasks_app.services.jobs import (
     job_finish,
     job_kill,
     job_locked,
+    job_running,
     job_stop,
+    job_store_plan,
     job_time_out,
     job_transition,
     jobs_ack_reported,
@@ -78,6 +80,7 @@ from tasks_app.services.jobs import (
     jobs_to_cancel,
     jobs_to_stop_for_freeze,
     jobs_unacked_overdue,
+    plan_check,
 )
 from tasks_app.services.retention import step_retention
 from tasks_app.services.runs import (
@@ -238,10 +241,23 @@ def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
             run_apply_acked(appended.task)
 
 
-def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> FinishReply:
-    """Record a job's result and move its run on; the answer says whether to keep the dir."""
+def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan: bytes | None = None) -> FinishReply:
+    """Record a job's result and move its run on; the answer says whether to keep the dir.
+    The result may carry the job's last log text and (a plan job's) the plan, `plan` its
+    decoded bytes: stored first, in the same transaction, so the run never shows a result
+    without them."""
     follow_ups: list[Callable[[], Any]] = []
+    if result.plan is not None:
+        job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
+        plan_check(plan or b"", result.plan.sha256)
     with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic():
+        if result.log is not None or result.plan is not None:
+            job = job_running(job_id, agent, fence, lock=True)  # the job's lock before the run's, as job_finish
+            if result.log is not None:
+                job_append_log(agent=agent, job_id=job_id, fence=fence, post=result.log)
+            if result.plan is not None:
+                up = result.plan
+                job_store_plan(job, data=plan or b"", sha256=up.sha256, summary=up.summary, has_changes=up.has_changes)
         finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result)
         bind(run_id=finished.job.task_id)
         if result.warm_plan_kept:

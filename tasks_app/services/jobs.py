@@ -12,6 +12,7 @@ This layer never changes a run: it returns what happened (`Assigned`, `Finished`
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -48,7 +49,7 @@ from iacplatform import crypto, metrics, wakeups
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
 from tasks_app.logrender import strip_ansi
-from tasks_app.models import Job, LogChunk, Plan, Task, Variable
+from tasks_app.models import ConfigurationVersion, Job, LogChunk, Plan, Task, Variable
 from tasks_app.services.state import state_locks_release_for_job
 from tasks_app.states import Operation
 
@@ -204,6 +205,20 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     return Assigned(job=job, task=task, slot=slot, credential=credential, note=note)
 
 
+# Configuration archives up to this size travel inside a plan's or warmup's payload: the
+# agent starts `terraform init` without a `GET configuration` round trip. Larger ones, and
+# applies (Confirm's hot path reads no archive; a warm apply needs none), are fetched.
+INLINE_CONFIGURATION_BYTES = 256 * 1024
+
+
+def _inline_configuration(job: Job, task: Task) -> str:
+    cv = task.configuration_version
+    if job.kind == JobKind.APPLY or cv.size > INLINE_CONFIGURATION_BYTES:
+        return ""
+    archive = ConfigurationVersion.objects.filter(id=cv.id).values_list("archive", flat=True).first()
+    return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
+
+
 def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
     by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
     sensitive: list[str] = []
@@ -222,6 +237,7 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
         task=TaskRef(id=task.id, workspace=task.workspace_id, workspace_name=task.workspace.name,
                      operation=task.operation, plan_hash=task.plan_hash),
         configuration_sha256=task.configuration_version.sha256,
+        configuration_b64=_inline_configuration(job, task),
         # Keep the dir after a plan of a run that can apply, on a warm pool.
         keep_dir=job.kind == JobKind.PLAN and task.can_apply and pool.warm_apply,
         speculative=task.operation == Operation.PLAN,
@@ -434,23 +450,35 @@ def job_upload_plan(
     *, agent: Agent, job_id: int, fence: int, data: bytes, sha256: str, summary: dict, has_changes: bool
 ) -> Plan:
     job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
+    plan_check(data, sha256)
+    with transaction.atomic():
+        return job_store_plan(job_running(job_id, agent, fence), data=data, sha256=sha256, summary=summary,
+                              has_changes=has_changes)
+
+
+def plan_check(data: bytes, sha256: str) -> None:
+    """Refuse a plan file over the size limit or not matching the sha256 the agent sent
+    (outside any transaction: hashing a large plan holds no lock)."""
     if len(data) > settings.IAC_MAX_PLAN_BYTES:
         raise Invalid(f"plan file is {len(data)} bytes; the limit is {settings.IAC_MAX_PLAN_BYTES}")
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise Invalid(f"plan file sha256 is {actual}, not the {sha256} the agent sent: upload corrupted")
-    with transaction.atomic():
-        job = job_running(job_id, agent, fence)
-        if job.kind != JobKind.PLAN:
-            raise Conflict(f"job {job_id} is a {job.kind} job; only plan jobs upload plans")
-        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
-        plan, _ = Plan.objects.update_or_create(
-            task=task,
-            defaults={"job": job, "encrypted_data": crypto.encrypt(data), "sha256": sha256, "size": len(data), "summary": summary},
-        )
-        task.plan_hash = sha256
-        task.has_changes = has_changes
-        task.save(update_fields=["plan_hash", "has_changes"])
+
+
+def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool) -> Plan:
+    """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
+    the caller ran plan_check)."""
+    if job.kind != JobKind.PLAN:
+        raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
+    task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    plan, _ = Plan.objects.update_or_create(
+        task=task,
+        defaults={"job": job, "encrypted_data": crypto.encrypt(data), "sha256": sha256, "size": len(data), "summary": summary},
+    )
+    task.plan_hash = sha256
+    task.has_changes = has_changes
+    task.save(update_fields=["plan_hash", "has_changes"])
     return plan
 
 

@@ -1,0 +1,65 @@
+"""The claim answers before its live-page updates are sent (issue 12): the agent waits for
+the answer to start terraform; the run, job and slot updates follow it, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import HttpCommunicator
+
+from agents_app.claim import claim_asgi
+from iacplatform import live
+from tasks_app.services.runs import run_create
+from tests.agents_app.fakes import FakeAgent
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+async def _listen(group: str) -> str:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    return channel
+
+
+async def test_it_collects_live_sends_until_the_deferred_ones_are_sent():
+    layer = get_channel_layer()
+    channel = await _listen("run-424242")
+
+    async def request() -> list:
+        deferred = live.defer_sends()  # as the claim app does
+        await sync_to_async(live.group_send)([("run-424242", {"type": "run.changed", "status": "planning"})], "t")
+        await sync_to_async(live.group_send)([("run-424242", {"type": "dispatch.changed", "state": "running"})], "t")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), 0.3)  # nothing sent yet
+        live.stop_deferring(deferred)
+        await live.send_deferred(deferred)
+        return deferred.sends
+
+    assert await asyncio.create_task(request()) == []
+    first = await asyncio.wait_for(layer.receive(channel), 5)
+    second = await asyncio.wait_for(layer.receive(channel), 5)
+    assert (first["type"], second["type"]) == ("run.changed", "dispatch.changed")
+    # Outside a deferring request, group_send sends at once, as before.
+    await sync_to_async(live.group_send)([("run-424242", {"type": "log.appended"})], "t")
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "log.appended"
+
+
+async def test_the_claim_answers_and_then_publishes_the_runs_planning(setup, client):
+    agent = await sync_to_async(FakeAgent)(client, setup[1], "a1")
+    task = await sync_to_async(run_create)(workspace=setup[2], operation="plan", actor="test")
+    channel = await _listen(live.run_group(task.id))
+    comm = HttpCommunicator(claim_asgi, "POST", "/agent/v1/claim?wait=1&max=1",
+                            headers=[(b"authorization", f"Bearer {agent.token}".encode())])
+    response = await comm.get_response(timeout=10)
+    assert response["status"] == 200
+    assert json.loads(response["body"])["jobs"][0]["task"]["id"] == task.id
+    layer = get_channel_layer()
+    seen = []
+    while not any(m["type"] == "run.changed" and m["status"] == "planning" for m in seen):
+        seen.append(await asyncio.wait_for(layer.receive(channel), 5))
+    assert any(m["type"] == "dispatch.changed" and m["subject"] == "job" and m["state"] == "running" for m in seen)

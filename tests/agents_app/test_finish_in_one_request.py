@@ -1,0 +1,186 @@
+"""Fewer round trips per job (issue 12): a plan job's configuration comes inside its claim
+answer, and a job's last log text and its plan travel with its finish report, stored in one
+transaction. Driven through the agent HTTP endpoints (Django test client), and the agent's
+LogStream against a recording client."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import tarfile
+
+import pytest
+
+from agents_app.agent.logstream import LogStream
+from agents_app.agent.redact import Redactor
+from tasks_app.models import Job, LogChunk, Plan, Task
+from tasks_app.selectors import run_log_read
+from tasks_app.services import jobs as job_services
+from tasks_app.services.runs import run_confirm, run_create
+from tests.agents_app.fakes import PLAN, FakeAgent, apply_pending
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECRET = "hunter2-secret"
+
+
+def _plan(data: bytes = PLAN, sha256: str | None = None) -> dict:
+    return {"plan_b64": base64.b64encode(data).decode(), "sha256": sha256 or hashlib.sha256(data).hexdigest(),
+            "summary": {"add": 1, "change": 0, "destroy": 0, "resources": []}, "has_changes": True}
+
+
+def test_it_sends_a_plans_small_configuration_inside_the_claim_answer(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    archive = base64.b64decode(job["configuration_b64"])
+    assert hashlib.sha256(archive).hexdigest() == job["configuration_sha256"]
+    assert bytes(task.configuration_version.archive) == archive
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert "main.tf" in tar.getnames()
+
+
+def test_it_leaves_large_configurations_and_applies_to_be_fetched(setup, client, monkeypatch):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    run_confirm(task_id=task.id, actor="test")
+    apply = a1.claim()
+    assert apply["kind"] == "apply" and apply["configuration_b64"] == ""  # Confirm's hot path reads no archive
+    monkeypatch.setattr(job_services, "INLINE_CONFIGURATION_BYTES", 10)
+    run_create(workspace=setup[2], operation="plan", actor="test")
+    a2 = FakeAgent(client, setup[1], "a2")
+    plan = a2.claim()
+    assert plan["kind"] == "plan" and plan["configuration_b64"] == ""
+    resp = client.get(f"/agent/v1/jobs/{plan['id']}/configuration", HTTP_AUTHORIZATION=f"Bearer {a2.token}",
+                      HTTP_X_JOB_FENCE=str(plan["fence"]))
+    assert hashlib.sha256(resp.content).hexdigest() == plan["configuration_sha256"]
+
+
+def test_it_stores_the_plan_and_the_last_log_text_with_the_result(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "$ terraform plan\n"}, fence=job["fence"])
+    body = {"kept_dir": True, "log": {"seq": 2, "text": "Plan: 1 to add\n"}, "plan": _plan()}
+    resp = a1.finish(job, **body)
+    assert resp.status_code == 200 and resp.json() == {"keep_dir": True}
+    task.refresh_from_db()
+    assert task.status == "apply_pending" and task.plan_hash == hashlib.sha256(PLAN).hexdigest()
+    assert Plan.objects.get(task=task).data == PLAN
+    assert run_log_read(task_id=task.id)[0] == "$ terraform plan\nPlan: 1 to add\n"
+    # The answer was lost and the agent retries: the job moved on, nothing is stored twice.
+    assert a1.finish(job, **body).status_code == 409
+    assert LogChunk.objects.filter(job_id=job["id"]).count() == 2
+    assert run_log_read(task_id=task.id)[0] == "$ terraform plan\nPlan: 1 to add\n"
+
+
+def test_it_refuses_a_result_whose_plan_does_not_match_its_hash_and_changes_nothing(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    resp = a1.finish(job, kept_dir=True, log={"seq": 1, "text": "Plan: 1 to add\n"}, plan=_plan(sha256="0" * 64))
+    assert resp.status_code == 400 and "upload corrupted" in resp.json()["detail"]
+    resp = a1.finish(job, plan={**_plan(), "plan_b64": "not base64!"})
+    assert resp.status_code == 400 and "plan.plan_b64" in resp.json()["detail"]
+    task.refresh_from_db()
+    assert task.status == "planning" and task.plan_hash == ""
+    assert Job.objects.get(id=job["id"]).status == "running"
+    assert not Plan.objects.filter(task=task).exists() and not LogChunk.objects.filter(task=task).exists()
+
+
+def test_it_fences_a_result_with_a_plan_from_an_agent_that_lost_the_job(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    resp = a1.post(f"/agent/v1/jobs/{job['id']}/finish", {"outcome": "succeeded", "plan": _plan(),
+                                                           "log": {"seq": 1, "text": "x\n"}}, fence=job["fence"] + 1)
+    assert resp.status_code == 409
+    task.refresh_from_db()
+    assert task.plan_hash == "" and not LogChunk.objects.filter(task=task).exists()
+
+
+def test_it_redacts_the_last_log_text_sent_with_the_result(setup, client):
+    from tasks_app.models import Variable
+
+    var = Variable(workspace=setup[2], key="db_password", sensitive=True)
+    var.set_value(SECRET)
+    var.save()
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan", actor="test")
+    job = a1.claim()
+    assert a1.finish(job, "failed", error="boom", log={"seq": 1, "text": f"password={SECRET}\n"}).status_code == 200
+    assert run_log_read(task_id=task.id)[0] == "password=***\n"
+    assert Task.objects.get(id=task.id).status == "errored"
+
+
+class RecordingClient:
+    def __init__(self) -> None:
+        self.posts: list[dict] = []
+
+    def call(self, method: str, path: str, *, json=None, fence=None, **kw):
+        self.posts.append(json)
+
+
+def test_it_hands_back_the_text_not_posted_yet_in_order_and_masked():
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1, redactor=Redactor([SECRET]))  # type: ignore[arg-type]
+    stream.write("$ terraform apply\n")
+    stream._thread.join(0.2)  # let the sender post it
+    stream.write(f"password={SECRET[:4]}")
+    stream.write(f"{SECRET[4:]}\nApply complete!\n")
+    rest = stream.rest()
+    posted = "".join(p.get("text", "") for p in client.posts)
+    assert rest is not None and rest.seq == len(client.posts) + 1
+    assert posted + rest.text == "$ terraform apply\npassword=***\nApply complete!\n"
+    # Written after (the agent's own error line) and asked again: the same post, grown.
+    stream.write("agent error\n")
+    again = stream.rest()
+    assert again is not None and again.seq == rest.seq and again.text == rest.text + "agent error\n"
+    assert "".join(p.get("text", "") for p in client.posts) == posted  # nothing more was posted
+
+
+def test_it_hands_back_nothing_when_everything_was_posted():
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    assert stream.rest() is None and client.posts == []
+
+
+def _wait_for(predicate, timeout: float = 5) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_it_posts_the_first_text_at_once_and_gathers_a_burst_after_it_into_one_post(monkeypatch):
+    import time
+
+    from agents_app.agent import logstream
+    from agents_app.protocol import LogEvents
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    stream.write("$ terraform plan\n")
+    _wait_for(lambda: len(client.posts) == 1)
+    for line in ("a\n", "b\n", "c\n"):
+        stream.write(line)
+        time.sleep(0.02)
+    _wait_for(lambda: len(client.posts) == 2, timeout=logstream.LINGER_SECONDS + 5)
+    assert [p["text"] for p in client.posts] == ["$ terraform plan\n", "a\nb\nc\n"]
+    # With a linger far longer than the waits below: an event goes at once, and so does the
+    # first text after it (the apply's first line), and the rest at the end.
+    monkeypatch.setattr(logstream, "LINGER_SECONDS", 60)
+    stream.write("d\n")
+    stream.event(LogEvents(ack=True))
+    stream.write("terraform_data.x: Creating...\n")
+    _wait_for(lambda: len(client.posts) == 5)
+    assert client.posts[2]["text"] == "d\n" and client.posts[3]["events"] == {"ack": True}
+    assert client.posts[4]["text"] == "terraform_data.x: Creating...\n"
+    stream.write("Apply complete!\n")
+    started = time.monotonic()
+    rest = stream.rest()
+    assert time.monotonic() - started < 5
+    assert rest is not None and rest.text == "Apply complete!\n" and rest.seq == 6
