@@ -175,7 +175,7 @@ def freeze_summary(pool: AgentPool) -> str:
     elif state.next_start is not None:
         now = format_html("not frozen; next freeze {} ({})", moment_text(state.next_start), state.next_window.name)
     else:
-        now = format_html("not frozen; no freeze ahead")
+        now = "not frozen; no freeze ahead"
     windows = format_html_join(
         ", ", '<a href="{}">{}</a>',
         ((reverse("admin:agents_app_freezewindow_change", args=[w.id]), w.name)
