@@ -29,13 +29,16 @@ async def _listen(group: str) -> str:
 async def test_it_collects_live_sends_until_the_deferred_ones_are_sent():
     layer = get_channel_layer()
     channel = await _listen("run-424242")
+    # A second member only for the "nothing sent yet" check: the pub/sub channel layer drops
+    # a channel whose receive is cancelled (its consumer is gone), as the timeout below does.
+    probe = await _listen("run-424242")
 
     async def request() -> list:
         deferred = live.defer_sends()  # as the claim app does
         await sync_to_async(live.group_send)([("run-424242", {"type": "run.changed", "status": "planning"})], "t")
         await sync_to_async(live.group_send)([("run-424242", {"type": "dispatch.changed", "state": "running"})], "t")
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(layer.receive(channel), 0.3)  # nothing sent yet
+            await asyncio.wait_for(layer.receive(probe), 0.3)  # nothing sent yet
         live.stop_deferring(deferred)
         await live.send_deferred(deferred)
         return deferred.sends
