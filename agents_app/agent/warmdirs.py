@@ -340,13 +340,17 @@ class WarmPlans:
             difference = manifest_difference(meta["manifest"], manifest_of(tree))
             if difference:
                 return f"the warm plan dir is not as init left it: {difference}"
-            locked = parse_lock_file((tree / LOCK_FILE_NAME).read_text())
+            # No lock file: init installed no provider (only terraform's built-in one), and
+            # the manifest check above proved there is none now either.
+            lock_file = tree / LOCK_FILE_NAME
+            locked = parse_lock_file(lock_file.read_text()) if lock_file.is_file() else []
             os_arch = self.cache.os_arch if self.cache else current_platform()
             difference = providers_difference(tree, locked, os_arch, self._allowed_roots())
             if difference:
                 return difference
             os.rename(tree / TF_DIR, job.dir / TF_DIR)
-            os.replace(tree / LOCK_FILE_NAME, job.dir / LOCK_FILE_NAME)
+            if lock_file.is_file():
+                os.replace(lock_file, job.dir / LOCK_FILE_NAME)
         except (OSError, ValueError, KeyError) as exc:
             return f"the warm plan dir could not be checked ({exc})"
         finally:

@@ -215,3 +215,19 @@ def test_it_sends_the_next_plan_to_the_agent_holding_the_workspace_warm(scenario
         again = plan_once(s)
         job = plan_job(again["id"])
         assert (job.agent.name, job.plan_start) == (holder, "warm")
+
+
+def test_it_plans_warm_after_an_apply_of_the_same_workspace(scenario):
+    # An applied run's dir (the plan's, kept for its apply) becomes the warm plan dir too; a
+    # configuration with no provider to install has no lock file, and is warm all the same.
+    s = scenario()
+    s.agent("a1")
+    run = s.user.queue(s.workspace["id"])
+    s.user.wait(run["id"], "apply_pending")
+    s.user.confirm(run["id"])
+    s.user.wait(run["id"], "applied")
+    assert plan_job(run["id"]).plan_start == "cold"
+
+    after = plan_once(s, expect="planned_no_changes")
+    assert after["plan_start"] == "warm" and "unchanged" in after["plan_start_reason"], after["plan_start_reason"]
+    assert "Initializing" not in s.user.log(after["id"])  # no init
