@@ -60,6 +60,7 @@ WAYS = ("platform", "bare-http", "bare-local")
 PLAN_HOPS = (
     ("queued_to_claimed", "queued → claimed"),
     ("claimed_to_init", "claimed → init start (config, process)"),
+    ("claimed_to_plan_warm", "claimed → plan start, warm plan dir (no init)"),
     ("init", "terraform init"),
     ("init_to_plan", "init end → plan start"),
     ("plan", "terraform plan"),
@@ -157,6 +158,7 @@ class Overhead:
             "plan_ms": ms(created, pending), "apply_ms": ms(confirmed, applied),
             "queued_to_claimed": ms(created, epoch(plan_job.claimed_at)),
             "claimed_to_init": ms(epoch(plan_job.claimed_at), init and init[0]),
+            "claimed_to_plan_warm": None if init else ms(epoch(plan_job.claimed_at), plan_tf and plan_tf[0]),
             "init": ms(*(init or (None, None))),
             "init_to_plan": ms(init and init[1], plan_tf and plan_tf[0]),
             "plan": ms(*(plan_tf or (None, None))),
@@ -264,10 +266,12 @@ def markdown(summary: dict[str, Any]) -> str:
             p, h, loc = s["platform"][phase], s["bare-http"][phase], s["bare-local"][phase]
             lines.append(f"| {config} | {phase[:-3]} | {p[0]:.0f} / {p[1]:.0f} ms | {h[0]:.0f} / {h[1]:.0f} ms | "
                          f"{loc[0]:.0f} / {loc[1]:.0f} ms | {p[0] - h[0]:+.0f} ms |")
-    lines += ["", "| hop (platform, `data`) | p50 | p90 |", "|---|---|---|"]
+    lines += ["", "| hop (platform, `data`) | p50 | p90 | runs |", "|---|---|---|---|"]
     for key, label in PLAN_HOPS + APPLY_HOPS:
-        p50, p90, _ = summary["data"]["hops"][key]
-        lines.append(f"| {label} | {p50:.0f} ms | {p90:.0f} ms |")
+        p50, p90, n = summary["data"]["hops"][key]
+        # A warm plan (the workspace's warm plan dir on its agent) runs no init: its hops are
+        # "claimed → plan start, warm", a cold one's "claimed → init start", "init", ...
+        lines.append(f"| {label} | {p50:.0f} ms | {p90:.0f} ms | {n} |" if n else f"| {label} | — | — | 0 |")
     return "\n".join(lines)
 
 
@@ -293,7 +297,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.legend()
     ax = axes[1]
     hops = PLAN_HOPS + APPLY_HOPS
-    values = [summary["data"]["hops"][k][0] for k, _ in hops]
+    values = [summary["data"]["hops"][k][0] if summary["data"]["hops"][k][2] else 0 for k, _ in hops]
     ax.barh([label for _, label in hops], values, color="#4c72b0")
     ax.invert_yaxis()
     ax.set_xlabel("median ms")
