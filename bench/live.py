@@ -317,6 +317,14 @@ class BenchPlatform:
                 pass
 
 
+def bench_platform(*, db_name: str, subdir: str, say: Callable[[str], None]) -> BenchPlatform:
+    """The platform a benchmark brings up (under $IAC_VAR_DIR or var/), with SIGTERM turned
+    into KeyboardInterrupt so the benchmark's `finally` stops everything it started."""
+    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
+    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {signum}")))
+    return BenchPlatform(var_dir=var_dir, say=say, db_name=db_name, subdir=subdir)
+
+
 def failure_exit_code(failure: BaseException, log_dir: Path) -> int:
     """Report why a benchmark stopped (the platform is already stopped) and its exit code:
     130 for Ctrl-C or SIGTERM, 1 for an error, with the traceback and where the logs are."""

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ from typing import Any
 from bench.api import Api
 from bench.dispatch import MAIN_TF as DATA_TF  # one terraform_data, a change in every plan
 from bench.dispatch import TF_WRAPPER  # one line per terraform process: start end rc subcommand dir
-from bench.live import ROOT, BenchPlatform, failure_exit_code
+from bench.live import ROOT, BenchPlatform, bench_platform, failure_exit_code
 from bench.report import percentile
 from bench.terraform_fixture import MAIN_TF as PROVIDER_TF
 from bench.terraform_fixture import ensure_mirror, write_cli_config
@@ -314,9 +313,7 @@ def main() -> int:
     parser.add_argument("--wait", choices=("longpoll", "poll"), default="longpoll",
                         help="how the bench waits for a run: the run's long-poll (default) or polling every 100 ms")
     args = parser.parse_args()
-    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
-    live = BenchPlatform(var_dir=var_dir, say=say, db_name=DB_NAME, subdir="bench-overhead")
-    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {signum}")))
+    live = bench_platform(db_name=DB_NAME, subdir="bench-overhead", say=say)
     failure: BaseException | None = None
     bench: Overhead | None = None
     started = time.monotonic()
@@ -337,7 +334,7 @@ def main() -> int:
         User.objects.create_superuser("bench", password="bench-password-1")
         token = token_create(user=User.objects.get(username="bench"), name="bench")[1]
         api = Api(base, token)
-        bench = Overhead(args, live, api, token, resolve_terraform(var_dir), cli_config)
+        bench = Overhead(args, live, api, token, resolve_terraform(live.var_dir), cli_config)
         bench.setup()
         say(f"==> {args.warmup_runs}+{args.runs} runs per configuration ({', '.join(CONFIGS)}) and way "
             f"({', '.join(WAYS)}), interleaved")

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -46,7 +45,7 @@ from typing import Any
 
 from bench.api import Api
 from bench.dispatch import TF_WRAPPER  # one line per terraform process: start end rc subcommand dir
-from bench.live import ROOT, BenchPlatform, failure_exit_code
+from bench.live import ROOT, BenchPlatform, bench_platform, failure_exit_code
 from bench.report import percentile
 from bench.terraform_fixture import MAIN_TF, PROVIDER_REL, ensure_packed_mirror
 
@@ -265,9 +264,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20, help="rounds of three concurrent inits (default 20)")
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args()
-    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
-    live = BenchPlatform(var_dir=var_dir, say=say, db_name=DB_NAME, subdir="bench-plan-init")
-    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {signum}")))
+    live = bench_platform(db_name=DB_NAME, subdir="bench-plan-init", say=say)
     failure: BaseException | None = None
     bench: PlanInit | None = None
     started = time.monotonic()
@@ -288,7 +285,7 @@ def main() -> int:
         User.objects.create_superuser("bench", password="bench-password-1")
         token = token_create(user=User.objects.get(username="bench"), name="bench")[1]
         api = Api(base, token)
-        bench = PlanInit(args, live, api, resolve_terraform(var_dir), mirror, lock)
+        bench = PlanInit(args, live, api, resolve_terraform(live.var_dir), mirror, lock)
         bench.setup()
         say(f"==> {args.warmup_runs}+{args.runs} plans per mode ({', '.join(MODES)}), interleaved")
         bench.measure()

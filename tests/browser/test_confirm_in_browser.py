@@ -5,37 +5,16 @@ dialog turning ready and then applied without a reload; a reader offered nothing
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tasks_app.models import AuditEvent, Job, Task
+from tests.browser.conftest import SCREENSHOTS, log_in
 from tests.factories import grant
 from tests.live import wait_for
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
-
-
-@pytest.fixture
-def page(live_url, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are
-    # plain synchronous queries, which Django would otherwise refuse here.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=live_url, viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        browser.close()
 
 
 def test_it_confirms_an_apply_from_the_run_page(page, scenario, alice):
@@ -64,14 +43,6 @@ def test_it_confirms_an_apply_from_the_run_page(page, scenario, alice):
     expect(body).to_contain_text("fast")
     expect(body).to_contain_text("Apply complete!")
     assert s.applies() == 1
-
-
-def log_in(page, username: str, password: str) -> None:
-    page.goto("/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button:has-text('Log in')")
-    expect(page.locator(".site-header")).to_contain_text(username)
 
 
 def test_it_turns_the_dialog_ready_then_applied_without_a_reload(page, scenario, alice, django_user_model):

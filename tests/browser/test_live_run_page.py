@@ -5,21 +5,16 @@ reload, from the plan to the end of the apply. Saves docs/screenshots/run.png.""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tasks_app.models import Task
+from tests.browser.conftest import SCREENSHOTS
 from tests.live import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "run.png"
 
 # An apply that prints a line a second for 8 s: long enough to see lines arrive while the run
 # is still applying.
@@ -36,20 +31,6 @@ resource "terraform_data" "ticker" {
   }
 }
 """
-
-
-@pytest.fixture
-def page(live_url, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are
-    # plain synchronous queries, which Django would otherwise refuse here.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=live_url, viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        browser.close()
 
 
 def ticks(page) -> int:
@@ -107,5 +88,5 @@ def test_it_shows_the_log_growing_and_the_status_changing_without_a_reload(page,
     assert text.count("Plan: 1 to add") == 1
     assert s.applies() == 1
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "run.png"), full_page=True)

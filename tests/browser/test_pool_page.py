@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
+from tests.browser.conftest import SCREENSHOTS, log_in
 from tests.live import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
 
 # The apply takes a few seconds (local-exec runs at apply time): long enough to see the slot
 # running it.
@@ -37,33 +32,6 @@ resource "terraform_data" "slow" {
   }
 }
 """
-
-
-@pytest.fixture
-def browser_context(live_url, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are
-    # plain synchronous queries, which Django would otherwise refuse here.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=live_url, viewport={"width": 1280, "height": 900})
-        yield context
-        browser.close()
-
-
-@pytest.fixture
-def page(browser_context):
-    page = browser_context.new_page()
-    page.set_default_timeout(30_000)
-    return page
-
-
-def log_in(page, username: str, password: str) -> None:
-    page.goto("/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button:has-text('Log in')")
-    expect(page).not_to_have_url(re.compile(r"/accounts/login/"))
 
 
 def test_it_shows_a_pools_slot_grid_change_while_a_run_holds_a_slot(page, scenario, alice):

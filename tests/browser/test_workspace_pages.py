@@ -7,37 +7,18 @@ workspace.png (full pages, 1280 wide)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tasks_app.models import Task
+from tests.browser.conftest import SCREENSHOTS
 from tests.factories import make_workspace
 from tests.live import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 SECRET = "browser-secret-4d2b9"
-
-
-@pytest.fixture
-def page(live_url, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are
-    # plain synchronous queries, which Django would otherwise refuse here.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=live_url, viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        browser.close()
 
 
 def mark_document(page) -> None:
