@@ -83,14 +83,14 @@ async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> Claimed:
     again whenever the breaker allows (iacplatform.wakeups), going back to wake-ups once it
     answers. Never an error because of Redis."""
     deadline = time.monotonic() + wait
-    claim = database_sync_to_async(control.agent_claim)
+    claim = database_sync_to_async(control.agent_claim_if_queued)
     while True:
         if wakeups.redis_available():
             try:
                 return await _claim_with_wakeups(agent, deadline, limit)
             except wakeups.REDIS_ERRORS as exc:
                 wakeups.redis_failed(exc, "the claim long-poll")
-        jobs = await claim(agent_id=agent.id, limit=limit)
+        jobs = await claim(agent=agent, limit=limit)
         if jobs:
             return Claimed(jobs)
         remaining = deadline - time.monotonic()
@@ -122,7 +122,7 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Clai
                 wakeups.redis_failed(exc, "taking a pushed job or cancel order")
             if answer:  # the hot path: answer at once, no database round
                 return answer
-            answer.jobs = await database_sync_to_async(control.agent_claim)(agent_id=agent.id, limit=limit)
+            answer.jobs = await database_sync_to_async(control.agent_claim_if_queued)(agent=agent, limit=limit)
             if answer:
                 return answer
             if not await _wait_for_wakeup(pubsub, deadline):

@@ -317,12 +317,14 @@ class BenchPlatform:
                 pass
 
 
-def bench_platform(*, db_name: str, subdir: str, say: Callable[[str], None]) -> BenchPlatform:
+def bench_platform(*, db_name: str, subdir: str, say: Callable[[str], None],
+                   server_timings: dict[str, str] | None = None) -> BenchPlatform:
     """The platform a benchmark brings up (under $IAC_VAR_DIR or var/), with SIGTERM turned
-    into KeyboardInterrupt so the benchmark's `finally` stops everything it started."""
+    into KeyboardInterrupt so the benchmark's `finally` stops everything it started.
+    `server_timings`: as BenchPlatform's (None: the short control loops; {}: the defaults)."""
     var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {signum}")))
-    return BenchPlatform(var_dir=var_dir, say=say, db_name=db_name, subdir=subdir)
+    return BenchPlatform(var_dir=var_dir, say=say, db_name=db_name, subdir=subdir, server_timings=server_timings)
 
 
 def failure_exit_code(failure: BaseException, log_dir: Path) -> int:

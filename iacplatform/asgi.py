@@ -1,9 +1,15 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iacplatform.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application
+
+from iacplatform.asgi_handler import HybridASGIHandler  # noqa: E402
+
+# Django's ASGI handler, except that sync views run as under WSGI: one thread hop, not one
+# per middleware (iacplatform/asgi_handler.py).
+django_asgi_app = HybridASGIHandler()
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 

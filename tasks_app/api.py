@@ -365,7 +365,9 @@ class RunDetail(generics.RetrieveAPIView):
     @classmethod
     def as_view(cls, **initkwargs: Any) -> Any:
         # `?wait=` long-polls asynchronously, holding no thread or connection (tasks_app/longpoll.py).
-        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_status_reached)
+        # Only a status change can answer it: a log append (many per second) wakes nothing.
+        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_status_reached,
+                            wake_on=frozenset({"status"}))
 
     def get_queryset(self) -> QuerySet[Task]:
         return _run_queryset().filter(workspace_id__in=readable_workspaces(self.request.user).values("id"))
@@ -461,7 +463,9 @@ class RunLogs(generics.GenericAPIView):
     @classmethod
     def as_view(cls, **initkwargs: Any) -> Any:
         # `?wait=` follows the log asynchronously, holding no thread or connection (tasks_app/longpoll.py).
-        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_log_ready)
+        # New text, or the run's end (a status change) with no more to come.
+        return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_log_ready,
+                            wake_on=frozenset({"status", "log"}))
 
     @extend_schema(
         parameters=[RunLogQuerySerializer],

@@ -32,10 +32,13 @@ DB_POLL_SECONDS = 1.0
 
 
 class RunEvents:
-    """The run's event channel, subscribed (best effort) for the lifetime of `async with`."""
+    """The run's event channel, subscribed (best effort) for the lifetime of `async with`.
+    `kinds`: the events that can change the caller's answer ("status", "log"); others are
+    skipped without a check (a run's detail does not change when its log grows)."""
 
-    def __init__(self, task_id: int) -> None:
+    def __init__(self, task_id: int, kinds: frozenset[str] = frozenset({"status", "log"})) -> None:
         self.task_id = task_id
+        self.kinds = {kind.encode() for kind in kinds}
         self.client: Any = None
         self.pubsub: Any = None
 
@@ -78,7 +81,7 @@ class RunEvents:
                 message = await self.pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=min(remaining, DB_POLL_SECONDS)
                 )
-                if message:
+                if message and message.get("data") in self.kinds:
                     return
                 if not wakeups.redis_available():
                     # Another call found Redis gone (a hung server sends no error to a reader).
@@ -111,10 +114,11 @@ def parse_wait(raw: str | None, bound: float) -> float | None:
 
 
 def long_polling(view: Callable[..., HttpResponse], *, bound: float,
-                 ready: Callable[[HttpRequest, Any, Any], bool]) -> Callable[..., Any]:
+                 ready: Callable[[HttpRequest, Any, Any], bool], wake_on: frozenset[str]) -> Callable[..., Any]:
     """An async view around the sync DRF `view`: without a valid `?wait=`, the view once;
-    with it, the view again after each event of the run until `ready(request, first, data)`
-    holds for its 200 answer (`first`: the data of the first answer), or the wait is over."""
+    with it, the view again after each event of the run of a kind in `wake_on` until
+    `ready(request, first, data)` holds for its 200 answer (`first`: the data of the first
+    answer), or the wait is over."""
 
     @functools.wraps(view)
     async def waiting_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -124,7 +128,7 @@ def long_polling(view: Callable[..., HttpResponse], *, bound: float,
             return await check(view, request, args, kwargs)
         deadline = time.monotonic() + wait
         first = None
-        async with RunEvents(kwargs["pk"]) as events:
+        async with RunEvents(kwargs["pk"], wake_on) as events:
             while True:
                 response = await check(view, request, args, kwargs)
                 data = getattr(response, "data", None)

@@ -99,6 +99,11 @@ class SlotCounts:
     idle: int
 
 
+def pool_has_queued_jobs(pool_id: int) -> bool:
+    """Is any job of the pool waiting for an agent (held or not, of any kind)?"""
+    return Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED).exists()
+
+
 def pool_slot_counts(pool_id: int) -> SlotCounts:
     """The slots of the pool's online agents, by state (one query)."""
     rows = dict(

@@ -305,15 +305,20 @@ class RunSerializer(serializers.ModelSerializer):
     def get_sandbox(self, task: Task) -> dict[str, str]:
         """How terraform ran for each kind of job of the run ({"plan": "bwrap", "apply":
         "off"}; the latest job of a kind wins), as the agents reported it."""
-        reported = task.jobs.exclude(sandbox="").order_by("id").values_list("kind", "sandbox")
-        return dict(reported)
+        return {kind: sandbox for kind, sandbox, _, _ in self._jobs(task) if sandbox}
+
+    def _jobs(self, task: Task) -> list[tuple[str, str, str, str]]:
+        """(kind, sandbox, plan_start, plan_start_reason) of the run's jobs, oldest first: one
+        query for the fields that read them."""
+        if not hasattr(task, "_job_facts"):
+            task._job_facts = list(task.jobs.order_by("id").values_list("kind", "sandbox", "plan_start",
+                                                                        "plan_start_reason"))
+        return task._job_facts
 
 
     def _plan_start(self, task: Task) -> tuple[str, str]:
-        if not hasattr(task, "_plan_start"):
-            latest = task.jobs.filter(kind=JobKind.PLAN).exclude(plan_start="").order_by("-id")
-            task._plan_start = latest.values_list("plan_start", "plan_start_reason").first() or ("", "")
-        return task._plan_start
+        plans = [(start, reason) for kind, _, start, reason in self._jobs(task) if kind == JobKind.PLAN and start]
+        return plans[-1] if plans else ("", "")
 
     @extend_schema_field({"type": "string", "enum": [p.value for p in PlanStart], "nullable": True,
                           "description": "how the (latest) plan got its initialized dir: warm (the workspace's "

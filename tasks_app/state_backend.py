@@ -36,7 +36,7 @@ from iacplatform import metrics
 from iacplatform.auth import user_by_token
 from iacplatform.permissions import REQUIRED, Action, Level, can, level
 from tasks_app.models import Job, JobKind, Workspace
-from tasks_app.services.jobs import job_by_credential
+from tasks_app.services.jobs import JOB_CREDENTIAL_PREFIX, job_by_credential
 from tasks_app.services.state import (
     StateConflictError,
     StateInvalidError,
@@ -93,14 +93,14 @@ def _basic_password(request: HttpRequest) -> str | None:
 
 
 def _authenticate(password: str) -> StateClient | None:
+    # A job credential says what it is ("job-..."; an API token is hex): one lookup, not two,
+    # on every state call of every job.
+    if password.startswith(JOB_CREDENTIAL_PREFIX):
+        # job_by_credential only finds running jobs: a credential dies with its job.
+        job = job_by_credential(password)
+        return StateClient(user=None, job=job) if job is not None else None
     user = user_by_token(password)
-    if user is not None:
-        return StateClient(user=user, job=None)
-    # job_by_credential only finds running jobs: a credential dies with its job.
-    job = job_by_credential(password)
-    if job is not None:
-        return StateClient(user=None, job=job)
-    return None
+    return StateClient(user=user, job=None) if user is not None else None
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:

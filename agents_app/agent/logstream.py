@@ -12,6 +12,12 @@ back, and the job sends it inside its finish report (one round trip instead of o
 more at the end of every job, see JobResult.log). Its sequence number follows the posted
 ones, so the server stores it idempotently like any post.
 
+An event may also wait for the text after it (`event(..., hold=seconds)`): the apply's start
+(acknowledgement, start time, path) then travels with terraform's first output line in one
+post, or alone when no text comes within `hold`. terraform prints its first line a few
+hundred milliseconds after it starts at most, and on the server the two posts were two
+transactions on the process that also answers that terraform's state calls.
+
 Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
 two writes is still masked, because the end of a write that could be the start of a secret
 waits for the next write (or an event, or close).
@@ -74,9 +80,11 @@ class LogStream:
         else:
             self._q.put(("text", text))
 
-    def event(self, events: LogEvents) -> None:
+    def event(self, events: LogEvents, hold: float = 0.0) -> None:
+        """Post `events` after the text written before them; with `hold`, together with the
+        text written next, or alone after `hold` seconds without any."""
         self._flush_redactor()  # the text before the event stays before it
-        self._q.put(("event", events))
+        self._q.put(("event", events, hold))
 
     def close(self, timeout: float = 30) -> None:
         self._flush_redactor()
@@ -118,11 +126,18 @@ class LogStream:
         except Exception:  # noqa: BLE001 - logs are best effort; the job result is what matters
             pass
 
-    def _batch(self, last_text_post: float) -> list:
+    def _batch(self, last_text_post: float, held_until: float | None) -> list:
         """The next entries to send: whatever is queued; text that follows a text post by
         less than LINGER_SECONDS waits out the rest of that time for more text to join it
-        (an event, rest() or close ends the wait at once)."""
-        batch = [self._q.get()]
+        (an event, rest() or close ends the wait at once). With an event held for text
+        (`held_until`), the wait ends at that time or with the first text."""
+        if held_until is None:
+            batch = [self._q.get()]
+        else:
+            try:
+                batch = [self._q.get(timeout=max(0.0, held_until - time.monotonic()))]
+            except queue.Empty:
+                return []
         deadline = last_text_post + LINGER_SECONDS
         while True:
             try:
@@ -131,7 +146,7 @@ class LogStream:
             except queue.Empty:
                 pass
             left = deadline - time.monotonic()
-            if left <= 0 or any(e is _STOP or e is _REST or e[0] != "text" for e in batch):
+            if left <= 0 or held_until is not None or any(e is _STOP or e is _REST or e[0] != "text" for e in batch):
                 return batch  # (the text after an event goes at once, as does everything at the end)
             try:
                 batch.append(self._q.get(timeout=left))
@@ -140,28 +155,41 @@ class LogStream:
 
     def _run(self) -> None:
         last_text_post = 0.0
+        held: tuple[LogEvents, float] | None = None  # an event waiting for the text after it
         while True:
-            batch = self._batch(last_text_post)
+            batch = self._batch(last_text_post, held[1] if held else None)
             text: list[str] = []
             stop = False
             for entry in batch:
-                if entry is _STOP:
+                if entry is _STOP or entry is _REST:
+                    if held is not None:  # the end: the held event goes now, with any text
+                        self._post("".join(text), held[0])
+                        held, text = None, []
+                    if entry is _REST:
+                        with self._redact_lock:
+                            self._rest = text
+                        return
                     stop = True
                     break
-                if entry is _REST:
-                    with self._redact_lock:
-                        self._rest = text
-                    return
-                kind, value = entry
-                if kind == "text":
-                    text.append(value)
+                if entry[0] == "text":
+                    text.append(entry[1])
+                    continue
+                _, events, hold = entry
+                if held is not None:  # the held event goes with the text that followed it
+                    self._post("".join(text), held[0])
+                    held, text = None, []
+                elif text:
+                    self._post("".join(text), LogEvents())
+                    text = []
+                if hold > 0:
+                    held = (events, time.monotonic() + hold)
                 else:
-                    if text:
-                        self._post("".join(text), LogEvents())
-                        last_text_post = time.monotonic()
-                        text = []
-                    self._post("", value)
-                    last_text_post = 0.0  # the text after an event goes at once
+                    self._post("", events)
+                last_text_post = 0.0  # the text after an event goes at once
+            if held is not None and (text or time.monotonic() >= held[1]):
+                self._post("".join(text), held[0])
+                last_text_post = time.monotonic() if text else 0.0
+                held, text = None, []
             if text:
                 self._post("".join(text), LogEvents())
                 last_text_post = time.monotonic()

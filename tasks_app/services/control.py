@@ -53,7 +53,14 @@ from iacplatform.errors import PlatformError
 from iacplatform.logs import bound
 from iacplatform.pglock import try_advisory_lock
 from tasks_app.models import Job, SweepHeartbeat, Task
-from tasks_app.selectors import NoAgent, duration_text, job_no_agent_since, jobs_waiting_for_an_agent, pool_no_agent
+from tasks_app.selectors import (
+    NoAgent,
+    duration_text,
+    job_no_agent_since,
+    jobs_waiting_for_an_agent,
+    pool_has_queued_jobs,
+    pool_no_agent,
+)
 from tasks_app.services.audit import audit_record
 from tasks_app.services.jobs import (
     Assigned,
@@ -214,6 +221,17 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
             if taken:
                 payloads.append(assigned.payload())
     return payloads
+
+
+def agent_claim_if_queued(*, agent: Agent, limit: int = 1) -> list[dict[str, Any]]:
+    """agent_claim, skipped when the agent's pool has no queued job. An agent polls again the
+    moment an answer gives it a job (its other slots are free), so most polls find nothing:
+    one small query then instead of agent_claim's locks and queries, while terraform starts
+    beside it. An agent found offline (`agent` as read when its poll came) always takes the
+    full path, which answers Gone."""
+    if agent.status == AgentStatus.ONLINE and not pool_has_queued_jobs(agent.pool_id):
+        return []
+    return agent_claim(agent_id=agent.id, limit=limit)
 
 
 def _on_assigned(assigned: Assigned) -> bool:

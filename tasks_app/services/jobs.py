@@ -53,6 +53,9 @@ from tasks_app.models import ConfigurationVersion, Job, LogChunk, Plan, Task, Va
 from tasks_app.services.state import state_locks_release_for_job
 from tasks_app.states import Operation
 
+# What every job credential starts with (agents_app.models.new_token); API tokens are hex.
+JOB_CREDENTIAL_PREFIX = "job-"
+
 
 def _lease() -> datetime:
     return timezone.now() + timedelta(seconds=settings.IAC_AGENT_OFFLINE_AFTER_SECONDS)
@@ -172,7 +175,7 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     and a new state credential each time: whoever held the job before can no longer report
     on it or lock the state with it. An unsaved job (Confirm's hot path) is inserted
     already assigned: one INSERT, no UPDATE."""
-    credential, credential_hash = new_token("job")
+    credential, credential_hash = new_token(JOB_CREDENTIAL_PREFIX.rstrip("-"))
     # Queue wait is observed for a job's first assignment out of the queue only: Confirm's
     # warm apply (unsaved here) never queued, and a re-queued job's created_at is not when
     # it was queued again.

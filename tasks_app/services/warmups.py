@@ -292,6 +292,9 @@ def pool_make_room(*, pool_id: int) -> list[int]:
     go cold at Confirm. Returns the released run ids. An autoscaled pool below its max
     scales up first: a job waits for a new pod at most the pool's pod_start_wait."""
     released: list[int] = []
+    reserved = Slot.objects.filter(agent__pool_id=pool_id, agent__status=AgentStatus.ONLINE, state=SlotState.RESERVED)
+    if not reserved.exists():
+        return released  # nothing to release (the common case: one query after each dispatch)
     if pool_freeze(pool_id).frozen:
         return released  # nothing waiting can start; the freeze released the reservations
     with transaction.atomic():

@@ -184,3 +184,42 @@ def test_it_posts_the_first_text_at_once_and_gathers_a_burst_after_it_into_one_p
     rest = stream.rest()
     assert time.monotonic() - started < 5
     assert rest is not None and rest.text == "Apply complete!\n" and rest.seq == 6
+
+
+def test_it_sends_the_held_apply_start_with_terraforms_first_line_in_one_post():
+    from agents_app.protocol import LogEvents
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    stream.write("local plan.out restored\n")  # text before the event stays before it
+    stream.event(LogEvents(ack=True, apply_started_at=1.0), hold=30)
+    stream.write("terraform_data.x: Creating...\n")
+    _wait_for(lambda: len(client.posts) == 2)
+    assert client.posts[0] == {"seq": 1, "text": "local plan.out restored\n"}
+    assert client.posts[1]["text"] == "terraform_data.x: Creating...\n"
+    assert client.posts[1]["events"] == {"ack": True, "apply_started_at": 1.0}
+    assert stream.rest() is None
+
+
+def test_it_sends_a_held_event_alone_when_no_text_follows_in_time_or_the_job_ends():
+    import time
+
+    from agents_app.protocol import LogEvents
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    started = time.monotonic()
+    stream.event(LogEvents(ack=True), hold=0.3)
+    _wait_for(lambda: len(client.posts) == 1)
+    assert time.monotonic() - started >= 0.3
+    assert client.posts[0]["events"] == {"ack": True} and "text" not in client.posts[0]
+    # Held far longer than the job lasts: rest() sends it first, then hands back the text.
+    other = RecordingClient()
+    stream = LogStream(other, 8, 1)  # type: ignore[arg-type]
+    stream.event(LogEvents(ack=True), hold=60)
+    stream.write("Apply complete!\n")
+    _wait_for(lambda: len(other.posts) == 1)  # the first text goes with the event at once
+    stream.event(LogEvents(ack=True, apply_started_at=2.0), hold=60)
+    rest = stream.rest()
+    assert other.posts[1]["events"] == {"ack": True, "apply_started_at": 2.0}
+    assert rest is None

@@ -1,0 +1,40 @@
+"""Django's ASGI handler, with each request for a sync view served the way WSGI serves it.
+
+Under Django's ASGI handler a sync view still goes through the middleware chain in its async
+form: every sync middleware (sessions, CSRF, auth, messages, ...) runs in `sync_to_async`,
+a thread hop on the way in and another on the way out, some twenty per request. Each hop
+waits for the event loop and the GIL: on a busy server (terraform's state calls, an agent's
+log posts and a page's long-poll at once) that is most of a request's time and CPU. A
+request for a sync view (all but the long-polls) here runs Django's sync handler, the same
+middleware and view, in one thread hop. Async views (the run long-polls) keep the async path.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import Resolver404, get_resolver
+
+
+def serves_sync(request: HttpRequest) -> bool:
+    """Is the view for this request a sync one (or none: the 404 page is sync)?"""
+    try:
+        match = get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info)
+    except Resolver404:
+        return True
+    return not iscoroutinefunction(match.func)
+
+
+class HybridASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sync_handler = BaseHandler()
+        self.sync_handler.load_middleware(is_async=False)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        if serves_sync(request):
+            # The request's own thread (Django gives each request a ThreadSensitiveContext).
+            return await sync_to_async(self.sync_handler.get_response, thread_sensitive=True)(request)
+        return await super().get_response_async(request)

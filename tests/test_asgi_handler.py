@@ -1,0 +1,98 @@
+"""The ASGI application serves sync views the way WSGI does (Django's sync handler, the
+whole middleware chain in the request's one thread) and async views (the run long-polls)
+on Django's async path: iacplatform/asgi_handler.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.http import HttpRequest
+from django.test import RequestFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _asgi(method: str, path: str, body: bytes = b"", headers: list | None = None) -> tuple[int, dict, bytes]:
+    from iacplatform.asgi import application
+
+    path, _, query = path.partition("?")
+    comm = ApplicationCommunicator(application, {
+        "type": "http", "method": method, "path": path, "query_string": query.encode(),
+        "headers": [(b"host", b"localhost"), *(headers or [])], "scheme": "http", "server": ("127.0.0.1", 8000),
+    })
+    await comm.send_input({"type": "http.request", "body": body})
+    start = await comm.receive_output(10)
+    chunks = []
+    while True:
+        message = await comm.receive_output(10)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, b"".join(chunks)
+
+
+def test_a_page_goes_through_the_whole_middleware_chain_in_one_thread(monkeypatch):
+    from iacplatform import asgi
+    from iacplatform.middleware import RequestAddressMiddleware
+
+    threads: set[int] = set()
+    seen = RequestAddressMiddleware.__call__
+
+    def spy(self, request):  # a middleware in the middle of the chain, and (below it) the view
+        threads.add(threading.get_ident())
+        return seen(self, request)
+
+    monkeypatch.setattr(RequestAddressMiddleware, "__call__", spy)
+    handler = asgi.django_asgi_app.sync_handler
+    view = handler._get_response
+
+    def view_spy(request):
+        threads.add(threading.get_ident())
+        return view(request)
+
+    monkeypatch.setattr(handler, "_get_response", view_spy)
+    handler.load_middleware(is_async=False)  # the chain again, with the spies in it
+    status, headers, body = asyncio.run(_asgi("GET", "/accounts/login/"))
+    assert status == 200 and b"<form" in body
+    assert headers["x-frame-options"] == "DENY"  # clickjacking middleware
+    assert "csrftoken" in headers.get("set-cookie", "")  # CSRF middleware
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_the_middleware_still_refuses_what_it_refuses():
+    status, _, _ = asyncio.run(_asgi("POST", "/accounts/login/", b"username=x&password=y",
+                                     [(b"content-type", b"application/x-www-form-urlencoded")]))
+    assert status == 403  # no CSRF token
+
+
+def test_it_tells_sync_views_from_async_ones():
+    from iacplatform.asgi_handler import serves_sync
+
+    def request(path: str) -> HttpRequest:
+        return RequestFactory().get(path)
+
+    assert serves_sync(request("/accounts/login/"))
+    assert serves_sync(request("/api/v1/runs/1/confirm/"))
+    assert serves_sync(request("/no/such/page/"))  # the 404 page is sync
+    assert not serves_sync(request("/api/v1/runs/1/"))  # the run long-poll
+    assert not serves_sync(request("/api/v1/runs/1/logs/"))
+
+
+def test_an_async_view_answers_through_the_async_path(setup, django_user_model):
+    import json
+
+    from tasks_app.services.runs import run_create
+    from tests.factories import make_token
+
+    _, _, ws = setup
+    user = django_user_model.objects.create_superuser("root", password="pw-root-123456")
+    token = make_token(user)
+    task = run_create(workspace=ws, operation="plan_and_apply", actor=user)
+    auth = [(b"authorization", f"Token {token}".encode())]
+    status, _, body = asyncio.run(_asgi("GET", f"/api/v1/runs/{task.id}/?wait=5&until={task.status}", headers=auth))
+    assert status == 200 and json.loads(body)["id"] == task.id
+    status, _, _ = asyncio.run(_asgi("GET", f"/api/v1/runs/{task.id}/?wait=5&until=applied"))
+    assert status == 401  # no token: DRF refused it in the long-poll's first check
