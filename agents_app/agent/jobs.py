@@ -49,7 +49,8 @@ CANCEL_GRACE_SECONDS = 10
 ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
 
-# How long the apply's start event waits for terraform's first line to travel with it.
+# How long the warm apply's start event (ack, start time, path) waits, gathering terraform's
+# output, before it is posted: the first lines of a longer apply then show this much later.
 APPLY_START_HOLD_SECONDS = 0.2
 
 
@@ -469,10 +470,11 @@ class JobRun:
         # server already gave the job to another agent, it revoked this job's state
         # credential, so `terraform apply` fails at "Acquiring state lock" before it changes
         # anything; and the 409 the log stream then gets kills terraform (on_lost).
-        # On the warm paths the acknowledgement goes with the apply's start and waits for
-        # terraform's first line (APPLY_START_HOLD_SECONDS at most): one post and one
-        # transaction on the server instead of two while terraform starts. Late is not
-        # lost: the server never hands a pushed apply elsewhere within seconds.
+        # On the warm paths the acknowledgement goes with the apply's start, held for
+        # APPLY_START_HOLD_SECONDS with the text written meanwhile (agent/logstream.py): a
+        # short apply sends it inside its finish report, and no log post competes with
+        # terraform's state calls on the server. Late is not lost: the server never hands a
+        # pushed apply elsewhere within seconds.
         warm = self.agent.take_warm(self.task_id)
         if warm is not None and (warm.path / "plan.out").exists():
             self.dir = warm.path

@@ -12,11 +12,13 @@ back, and the job sends it inside its finish report (one round trip instead of o
 more at the end of every job, see JobResult.log). Its sequence number follows the posted
 ones, so the server stores it idempotently like any post.
 
-An event may also wait for the text after it (`event(..., hold=seconds)`): the apply's start
-(acknowledgement, start time, path) then travels with terraform's first output line in one
-post, or alone when no text comes within `hold`. terraform prints its first line a few
-hundred milliseconds after it starts at most, and on the server the two posts were two
-transactions on the process that also answers that terraform's state calls.
+An event may also wait (`event(..., hold=seconds)`), gathering the text written meanwhile,
+and go with it in one post when the hold is over; when the job ends first, it travels inside
+the finish report with that text (`rest()`). The warm apply's start (acknowledgement, start
+time, path) waits 0.2 s this way: a short apply then costs the server one request besides
+terraform's own state calls, and no log post lands in the middle of them (the first output
+line comes as terraform writes the state, and the post competed with those calls on the
+process that answers them).
 
 Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
 two writes is still masked, because the end of a write that could be the start of a secret
@@ -57,6 +59,7 @@ class LogStream:
         self.lost = False  # the job moved on (409): stop sending
         self._q: queue.Queue = queue.Queue()
         self._rest: list[str] | None = None  # after rest(): the text not posted, in order
+        self._rest_events = LogEvents()  # after rest(): an event still held, for the same post
         self._rest_seq = 0
         self._thread = threading.Thread(target=self._run, name=f"log-{job_id}", daemon=True)
         self._thread.start()
@@ -81,8 +84,8 @@ class LogStream:
             self._q.put(("text", text))
 
     def event(self, events: LogEvents, hold: float = 0.0) -> None:
-        """Post `events` after the text written before them; with `hold`, together with the
-        text written next, or alone after `hold` seconds without any."""
+        """Post `events` after the text written before them; with `hold`, `hold` seconds
+        later, with the text written meanwhile (or inside the finish report, see rest())."""
         self._flush_redactor()  # the text before the event stays before it
         self._q.put(("event", events, hold))
 
@@ -104,9 +107,9 @@ class LogStream:
                 return None
             self._rest_seq = self.seq + 1
         self._flush_redactor()
-        if self.lost or not self._rest:
+        if self.lost or not (self._rest or self._rest_events != LogEvents()):
             return None
-        return LogPost(seq=self._rest_seq, text="".join(self._rest))
+        return LogPost(seq=self._rest_seq, text="".join(self._rest), events=self._rest_events)
 
     def _post(self, text: str, events: LogEvents) -> None:
         if self.lost:
@@ -129,8 +132,8 @@ class LogStream:
     def _batch(self, last_text_post: float, held_until: float | None) -> list:
         """The next entries to send: whatever is queued; text that follows a text post by
         less than LINGER_SECONDS waits out the rest of that time for more text to join it
-        (an event, rest() or close ends the wait at once). With an event held for text
-        (`held_until`), the wait ends at that time or with the first text."""
+        (an event, rest() or close ends the wait at once). While an event is held (until
+        `held_until`), whatever comes is returned as it comes: the caller gathers it."""
         if held_until is None:
             batch = [self._q.get()]
         else:
@@ -155,27 +158,31 @@ class LogStream:
 
     def _run(self) -> None:
         last_text_post = 0.0
-        held: tuple[LogEvents, float] | None = None  # an event waiting for the text after it
+        held: tuple[LogEvents, float] | None = None  # an event waiting out its hold
+        text: list[str] = []  # while an event is held: the text gathered for its post
         while True:
             batch = self._batch(last_text_post, held[1] if held else None)
-            text: list[str] = []
+            if held is None:
+                text = []
             stop = False
             for entry in batch:
                 if entry is _STOP or entry is _REST:
-                    if held is not None:  # the end: the held event goes now, with any text
+                    if entry is _REST:
+                        # The end: the held event (if any) and the text after it go inside
+                        # the finish report.
+                        with self._redact_lock:
+                            self._rest, self._rest_events = text, held[0] if held else LogEvents()
+                        return
+                    if held is not None:
                         self._post("".join(text), held[0])
                         held, text = None, []
-                    if entry is _REST:
-                        with self._redact_lock:
-                            self._rest = text
-                        return
                     stop = True
                     break
                 if entry[0] == "text":
                     text.append(entry[1])
                     continue
                 _, events, hold = entry
-                if held is not None:  # the held event goes with the text that followed it
+                if held is not None:  # another event: the held one goes first, with its text
                     self._post("".join(text), held[0])
                     held, text = None, []
                 elif text:
@@ -186,7 +193,9 @@ class LogStream:
                 else:
                     self._post("", events)
                 last_text_post = 0.0  # the text after an event goes at once
-            if held is not None and (text or time.monotonic() >= held[1]):
+            if held is not None and not stop:
+                if time.monotonic() < held[1]:
+                    continue  # still held: keep gathering
                 self._post("".join(text), held[0])
                 last_text_post = time.monotonic() if text else 0.0
                 held, text = None, []

@@ -31,6 +31,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -241,6 +242,11 @@ class WarmPlans:
         self.index: dict[int, float] = {}  # workspace -> last used
         # The cache entries each running job uses (by job dir), released when it ends.
         self.leases: dict[Path, list[LockedProvider]] = {}
+        # Fingerprints by (configuration archive sha256, terraform version): a job dir holds
+        # the (verified) archive and the agent's constant backend override when start() reads
+        # it, so the same archive always gives the same fingerprint; parsing HCL took a few
+        # milliseconds on every plan.
+        self.fingerprints: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
         self.reused = 0
         self.kept = 0
         root.mkdir(parents=True, exist_ok=True)
@@ -263,7 +269,7 @@ class WarmPlans:
         """Get the job dir (configuration in place) ready to plan/apply: providers into the
         cache, then a warm tree (plans only) or `init`. Records what init produced."""
         try:
-            fingerprint: dict[str, str] | None = config_fingerprint(job.dir, self.terraform_version)
+            fingerprint: dict[str, str] | None = self._fingerprint(job)
             fingerprint_error = ""
         except (ValueError, OSError) as exc:
             fingerprint, fingerprint_error = None, str(exc)
@@ -286,6 +292,22 @@ class WarmPlans:
         if fingerprint is not None:
             self._record(job.dir, fingerprint, manifest_of(job.dir))
         return StartDecision(False, why_cold)
+
+    def _fingerprint(self, job: JobLike) -> dict[str, str]:
+        archive = getattr(job.payload, "configuration_sha256", "")
+        if not archive:
+            return config_fingerprint(job.dir, self.terraform_version)
+        key = (archive, self.terraform_version)
+        with self.lock:
+            if key in self.fingerprints:
+                self.fingerprints.move_to_end(key)
+                return dict(self.fingerprints[key])
+        fingerprint = config_fingerprint(job.dir, self.terraform_version)
+        with self.lock:
+            self.fingerprints[key] = dict(fingerprint)
+            while len(self.fingerprints) > MAX_RECORDS:
+                self.fingerprints.popitem(last=False)
+        return fingerprint
 
     def _providers_into_cache(self, job: JobLike, *, promote: bool) -> None:
         """Install the lock file's providers into the cache (before init: the configuration's

@@ -202,14 +202,18 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
 def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
     """Give the agent up to `limit` queued jobs, one per idle slot, each in its own
     transaction. One call fills an agent's free slots: an agent that frees or brings three
-    slots does not need three round trips. Work that turned out to be pointless when taken
+    slots does not need three round trips (and once the pool's queue is empty it stops
+    without another round: the usual case, one queued plan and three free slots). Work that turned out to be pointless when taken
     (a warmup for a run that moved on) is cancelled and the next job is tried."""
     payloads: list[dict[str, Any]] = []
     attempts = 0
     while len(payloads) < limit and attempts < limit + 10:
         attempts += 1
+        if attempts > 1 and not pool_has_queued_jobs(pool_id):
+            break  # the queue is empty now: one small query instead of another round of locks
         with bound(agent_id=agent_id), transaction.atomic():
             agent = agent_locked_online(agent_id)
+            pool_id = agent.pool_id
             slot = slot_idle_of_agent(agent.id)
             if slot is None:
                 break

@@ -186,40 +186,64 @@ def test_it_posts_the_first_text_at_once_and_gathers_a_burst_after_it_into_one_p
     assert rest is not None and rest.text == "Apply complete!\n" and rest.seq == 6
 
 
-def test_it_sends_the_held_apply_start_with_terraforms_first_line_in_one_post():
-    from agents_app.protocol import LogEvents
-
-    client = RecordingClient()
-    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
-    stream.write("local plan.out restored\n")  # text before the event stays before it
-    stream.event(LogEvents(ack=True, apply_started_at=1.0), hold=30)
-    stream.write("terraform_data.x: Creating...\n")
-    _wait_for(lambda: len(client.posts) == 2)
-    assert client.posts[0] == {"seq": 1, "text": "local plan.out restored\n"}
-    assert client.posts[1]["text"] == "terraform_data.x: Creating...\n"
-    assert client.posts[1]["events"] == {"ack": True, "apply_started_at": 1.0}
-    assert stream.rest() is None
-
-
-def test_it_sends_a_held_event_alone_when_no_text_follows_in_time_or_the_job_ends():
+def test_a_held_event_gathers_the_text_written_during_its_hold_into_one_post():
     import time
 
     from agents_app.protocol import LogEvents
 
     client = RecordingClient()
     stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
-    started = time.monotonic()
-    stream.event(LogEvents(ack=True), hold=0.3)
+    stream.write("local plan.out restored\n")  # text before the event stays before it
     _wait_for(lambda: len(client.posts) == 1)
-    assert time.monotonic() - started >= 0.3
-    assert client.posts[0]["events"] == {"ack": True} and "text" not in client.posts[0]
-    # Held far longer than the job lasts: rest() sends it first, then hands back the text.
-    other = RecordingClient()
-    stream = LogStream(other, 8, 1)  # type: ignore[arg-type]
-    stream.event(LogEvents(ack=True), hold=60)
-    stream.write("Apply complete!\n")
-    _wait_for(lambda: len(other.posts) == 1)  # the first text goes with the event at once
+    started = time.monotonic()
+    stream.event(LogEvents(ack=True, apply_started_at=1.0), hold=0.4)
+    stream.write("terraform_data.x: Creating...\n")
+    stream.write("terraform_data.x: Creation complete\n")
+    _wait_for(lambda: len(client.posts) == 2)
+    assert time.monotonic() - started >= 0.4  # the first line did not end the hold
+    assert client.posts[0] == {"seq": 1, "text": "local plan.out restored\n"}
+    assert client.posts[1] == {"seq": 2, "text": "terraform_data.x: Creating...\nterraform_data.x: Creation complete\n",
+                               "events": {"ack": True, "apply_started_at": 1.0}}
+    stream.write("Apply complete!\n")  # after the hold: as ever (at once after an event)
+    _wait_for(lambda: len(client.posts) == 3)
+    assert client.posts[2]["text"] == "Apply complete!\n" and "events" not in client.posts[2]
+
+
+def test_a_job_that_ends_while_an_event_is_held_hands_it_back_with_its_text_for_the_finish():
+    from agents_app.protocol import LogEvents
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
     stream.event(LogEvents(ack=True, apply_started_at=2.0), hold=60)
+    stream.write("Apply complete!\n")
     rest = stream.rest()
-    assert other.posts[1]["events"] == {"ack": True, "apply_started_at": 2.0}
-    assert rest is None
+    assert client.posts == []  # a short apply: nothing posted on its own
+    assert rest is not None and rest.seq == 1 and rest.text == "Apply complete!\n"
+    assert rest.events == LogEvents(ack=True, apply_started_at=2.0)
+    # With no text at all, the event still comes back.
+    quiet = LogStream(client, 8, 1)  # type: ignore[arg-type]
+    quiet.event(LogEvents(ack=True), hold=60)
+    rest = quiet.rest()
+    assert rest is not None and rest.text == "" and rest.events == LogEvents(ack=True) and client.posts == []
+
+
+def test_a_short_apply_reports_its_start_log_and_result_in_one_request(setup, client):
+    import time
+
+    from tasks_app.models import TaskEvent
+
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = apply_pending(setup, a1)
+    run_confirm(task_id=task.id, actor="test")
+    apply = a1.claim()
+    started = time.time()
+    log = {"seq": 1, "text": "Apply complete! Resources: 1 added\n",
+           "events": {"ack": True, "apply_started_at": started, "apply_path": "fast", "apply_path_reason": "kept"}}
+    assert a1.finish(apply, log=log).status_code == 200
+    task.refresh_from_db()
+    assert task.status == "applied" and task.apply_path == "fast"
+    assert abs(task.apply_started_at.timestamp() - started) < 0.01 and task.first_apply_log_at is not None
+    assert Job.objects.get(id=apply["id"]).acked_at is not None
+    moves = list(TaskEvent.objects.filter(task=task).order_by("id").values_list("to_status", flat=True))
+    assert moves[-3:] == ["apply_queued", "applying", "applied"]
+    assert run_log_read(task_id=task.id)[0].endswith("Apply complete! Resources: 1 added\n")
