@@ -207,9 +207,10 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
     (a warmup for a run that moved on) is cancelled and the next job is tried."""
     payloads: list[dict[str, Any]] = []
     attempts = 0
+    pool_id: int | None = None  # known after the first round
     while len(payloads) < limit and attempts < limit + 10:
         attempts += 1
-        if attempts > 1 and not pool_has_queued_jobs(pool_id):
+        if pool_id is not None and not pool_has_queued_jobs(pool_id):
             break  # the queue is empty now: one small query instead of another round of locks
         with bound(agent_id=agent_id), transaction.atomic():
             agent = agent_locked_online(agent_id)
