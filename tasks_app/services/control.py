@@ -70,6 +70,7 @@ from tasks_app.services.jobs import (
     job_finish,
     job_kill,
     job_locked,
+    job_locked_with_run,
     job_running,
     job_stop,
     job_store_plan,
@@ -274,14 +275,17 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
         job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
         plan_check(plan or b"", result.plan.sha256)
     with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic():
-        if result.log is not None or result.plan is not None:
-            job = job_running(job_id, agent, fence, lock=True)  # the job's lock before the run's, as job_finish
-            if result.log is not None:
-                job_append_log(agent=agent, job_id=job_id, fence=fence, post=result.log)
-            if result.plan is not None:
-                up = result.plan
-                job_store_plan(job, data=plan or b"", sha256=up.sha256, summary=up.summary, has_changes=up.has_changes)
-        finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result)
+        # The job and its run, locked once (the job's lock before the run's) for the log, the
+        # plan and the result alike.
+        locked = job_locked_with_run(job_id, agent, fence)
+        job, task = locked
+        if result.log is not None:
+            job_append_log(agent=agent, job_id=job_id, fence=fence, post=result.log, locked=locked)
+        if result.plan is not None:
+            up = result.plan
+            job_store_plan(job, data=plan or b"", sha256=up.sha256, summary=up.summary, has_changes=up.has_changes,
+                           task=task)
+        finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result, locked=locked)
         bind(run_id=finished.job.task_id)
         if result.warm_plan_kept:
             # Now, not at the next heartbeat: the workspace's next plan prefers this agent.

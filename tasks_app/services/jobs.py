@@ -384,15 +384,25 @@ def _log_capped(text: str, log_size: int) -> str:
     return f"{kept}{newline}[log truncated at {_size_label(cap)}: the rest of this run's output was not stored]\n"
 
 
-def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> LogAppended | None:
-    """Append one chunk of a job's output to its run's log (caller's transaction).
-    Idempotent per (job, seq), so an agent that retries a post never duplicates lines.
-    Returns None for a seq already stored."""
+def job_locked_with_run(job_id: int, agent: Agent, fence: int) -> tuple[Job, Task]:
+    """The job (still this agent's at this fence) and its run, both locked in that order, for
+    a caller that passes them to several of the services below (a result: its log, plan and
+    finish) instead of each fetching and locking them again."""
+    job = job_running(job_id, agent, fence, lock=True)
+    task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=job.task_id)
+    return job, task
+
+
+def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
+                   locked: tuple[Job, Task] | None = None) -> LogAppended | None:
+    """Append one chunk of a job's output to its run's log (caller's transaction; `locked`:
+    the job and run as job_locked_with_run gave them). Idempotent per (job, seq), so an agent
+    that retries a post never duplicates lines. Returns None for a seq already stored."""
     ev = post.events
-    job = job_running(job_id, agent, fence, lock=ev.ack)
+    job = locked[0] if locked else job_running(job_id, agent, fence, lock=ev.ack)
     if LogChunk.objects.filter(job=job, seq=post.seq).exists():
         return None
-    task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    task = locked[1] if locked else Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
     acked_now = False
     if ev.ack and job.kind == JobKind.APPLY and job.acked_at is None:
         # Until now the apply provably has not run, so a claim whose answer was lost can go
@@ -469,12 +479,14 @@ def plan_check(data: bytes, sha256: str) -> None:
         raise Invalid(f"plan file sha256 is {actual}, not the {sha256} the agent sent: upload corrupted")
 
 
-def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool) -> Plan:
+def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool,
+                   task: Task | None = None) -> Plan:
     """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
-    the caller ran plan_check)."""
+    the caller ran plan_check; `task`: the job's run, locked by the caller)."""
     if job.kind != JobKind.PLAN:
         raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
-    task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    if task is None:
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
     plan, _ = Plan.objects.update_or_create(
         task=task,
         defaults={"job": job, "encrypted_data": crypto.encrypt(data), "sha256": sha256, "size": len(data), "summary": summary},
@@ -514,11 +526,11 @@ class Finished:
     result: JobResult
 
 
-def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult) -> Finished:
-    """Record a job's result (caller's transaction). The slot is left running for the
-    caller, which frees it or keeps it as the run's reservation."""
-    job = job_running(job_id, agent, fence, lock=True)
-    task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=job.task_id)
+def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult,
+               locked: tuple[Job, Task] | None = None) -> Finished:
+    """Record a job's result (caller's transaction; `locked` as for job_append_log). The slot
+    is left running for the caller, which frees it or keeps it as the run's reservation."""
+    job, task = locked if locked else job_locked_with_run(job_id, agent, fence)
     slot = slot_of_job(job.id)
     # The agent redacts too; this is the server's own pass (an older or broken agent), before
     # the error becomes the job's error, the run's message and event rows (run_*_finished and
