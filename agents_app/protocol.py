@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bumped when a message changes incompatibly. The server refuses an agent that speaks
 # another version at registration, with a message that says which one it needs.
@@ -273,6 +273,22 @@ class PlanUpload(_Message):
     terraform_version: str = ""
 
 
+class CommandTime(_Message):
+    """One terraform command a job ran, timed by the agent from its start to its exit (its
+    sandbox's start included), in seconds since the epoch."""
+
+    command: str = Field(min_length=1, max_length=40)  # terraform's subcommand: init, plan, show, apply
+    started_at: float = Field(ge=0)
+    ended_at: float = Field(ge=0)
+    exit_code: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CommandTime:
+        if self.ended_at < self.started_at:
+            raise ValueError("ended_at is before started_at")
+        return self
+
+
 class JobResult(_Message):
     outcome: JobOutcome
     error: str = ""
@@ -289,6 +305,9 @@ class JobResult(_Message):
     log: LogPost | None = None
     # A plan job's plan, stored with its result in one transaction (else `POST plan` first).
     plan: PlanUpload | None = None
+    # The terraform commands the job ran, in order, as the agent timed them (none from an
+    # agent that does not say).
+    commands: list[CommandTime] = Field(default_factory=list, max_length=20)
 
 
 class FinishReply(_Message):

@@ -15,12 +15,15 @@ configurations three ways, interleaved:
 Two configurations: `data` (one `terraform_data`, no provider) and `provider` (the same plus
 a real provider installed from a filesystem mirror). Every plan has a change (timestamp()).
 
-Platform phases come from the server's rows and a terraform wrapper's timestamps (same
-machine, same clock): plan = run created → `apply_pending` committed; apply = Confirm →
-`applied` committed. The per-hop breakdown splits them: queued → claimed, claimed → init
-start (config fetched and unpacked, process start), init, init → plan, plan, show, show end
-→ plan uploaded, uploaded → finish reported, finish → status committed; Confirm → apply
-start, terraform apply, apply end → finish reported, finish → committed.
+Platform phases come from the server's rows and the terraform commands each job reports
+with its result, as its agent timed them (`Job.commands`: start to exit, the sandbox's start
+included; same machine, same clock): plan = run created → `apply_pending` committed; apply =
+Confirm → `applied` committed. The per-hop breakdown splits them: queued → claimed, claimed
+→ init start (config fetched and unpacked), init, init → plan, plan, show, show end → plan
+uploaded, uploaded → finish reported, finish → status committed; Confirm → apply start,
+terraform apply, apply end → finish reported, finish → committed. (No wrapper around
+terraform: a shell script timing each process added its own ~3 ms per process to the
+platform's side only.)
 
 Prints a table (median and p90 per phase and way), the breakdown, saves
 bench/results/overhead.{json,png}, and ends with
@@ -44,7 +47,6 @@ from typing import Any
 
 from bench.api import Api
 from bench.dispatch import MAIN_TF as DATA_TF  # one terraform_data, a change in every plan
-from bench.dispatch import TF_WRAPPER  # one line per terraform process: start end rc subcommand dir
 from bench.live import ROOT, BenchPlatform, bench_platform, failure_exit_code
 from bench.report import percentile
 from bench.terraform_fixture import MAIN_TF as PROVIDER_TF
@@ -58,20 +60,20 @@ WAYS = ("platform", "bare-http", "bare-local")
 
 PLAN_HOPS = (
     ("queued_to_claimed", "queued → claimed"),
-    ("claimed_to_init", "claimed → init start (config, process)"),
+    ("claimed_to_init", "claimed → init start (config, answer)"),
     ("claimed_to_plan_warm", "claimed → plan start, warm plan dir (no init)"),
-    ("init", "terraform init"),
+    ("init", "terraform init (sandbox start included)"),
     ("init_to_plan", "init end → plan start"),
-    ("plan", "terraform plan"),
+    ("plan", "terraform plan (sandbox start included)"),
     ("plan_to_show", "plan end → show start"),
-    ("show", "terraform show -json"),
+    ("show", "terraform show -json (sandbox start included)"),
     ("show_to_uploaded", "show end → plan stored"),
     ("uploaded_to_finished", "plan stored → finish reported"),
     ("finished_to_committed", "finish → apply_pending committed"),
 )
 APPLY_HOPS = (
     ("confirm_to_apply_start", "confirm → apply start"),
-    ("apply", "terraform apply"),
+    ("apply", "terraform apply (sandbox start included)"),
     ("apply_to_finished", "apply end → finish reported"),
     ("finished_to_applied", "finish → applied committed"),
 )
@@ -98,8 +100,6 @@ class Overhead:
         self.token = token
         self.tf_real = tf_real
         self.cli_config = cli_config
-        self.tools = live.dir / "terraform"
-        self.times = self.tools / "times.log"
         self.markers = live.dir / "markers"
         self.bare = live.dir / "bare"
         self.rows: list[dict[str, Any]] = []
@@ -108,12 +108,7 @@ class Overhead:
     # --- setup --------------------------------------------------------------------------------
 
     def agent_env(self) -> dict[str, str]:
-        self.tools.mkdir(parents=True, exist_ok=True)
-        self.times.unlink(missing_ok=True)
-        wrapper = self.tools / "terraform"
-        wrapper.write_text(TF_WRAPPER.format(real=self.tf_real, times=self.times))
-        wrapper.chmod(0o755)
-        return {"IAC_TERRAFORM_BIN": str(wrapper), "TF_CLI_CONFIG_FILE": str(self.cli_config)}
+        return {"IAC_TERRAFORM_BIN": self.tf_real, "TF_CLI_CONFIG_FILE": str(self.cli_config)}
 
     def setup(self) -> None:
         from agents_app.services.agents import pool_create
@@ -148,7 +143,7 @@ class Overhead:
         plan_job = Job.objects.filter(task=task, kind="plan").order_by("-id").first()
         apply_job = Job.objects.get(task=task, kind="apply")
         plan = Plan.objects.filter(task=task).only("created_at").first()
-        tf = self.terraform_times(ws, rid)
+        tf = {**self.terraform_times(plan_job), **self.terraform_times(apply_job)}
         created, pending = epoch(task.created_at), events.get("apply_pending")
         confirmed, applied = epoch(task.confirmed_at), events.get("applied")
         init, plan_tf, show, apply_tf = tf.get("init"), tf.get("plan"), tf.get("show"), tf.get("apply")
@@ -173,17 +168,10 @@ class Overhead:
         }
         return row
 
-    def terraform_times(self, ws: int, rid: int) -> dict[str, tuple[float, float]]:
-        """The wrapper's (start, end) per subcommand, for the run's dir (last one wins)."""
-        found: dict[str, tuple[float, float]] = {}
-        suffix = f"/{ws}/{rid}"
-        if not self.times.exists():
-            return found
-        for line in self.times.read_text().splitlines():
-            parts = line.split(" ", 4)
-            if len(parts) == 5 and parts[4].endswith(suffix):
-                found[parts[3]] = (float(parts[0]), float(parts[1]))
-        return found
+    @staticmethod
+    def terraform_times(job: Any) -> dict[str, tuple[float, float]]:
+        """(start, end) of each terraform command the job ran, as its agent reported them."""
+        return {c["command"]: (c["started_at"], c["ended_at"]) for c in (job.commands if job else [])}
 
     def bare_cli(self, config: str, backend: str) -> dict[str, Any]:
         """init + plan -out + show -json, then apply plan.out, in a fresh dir each time (the

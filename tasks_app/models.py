@@ -233,6 +233,10 @@ class Job(models.Model):
     # and why, as the agent reported with the result; blank until then (or from an older agent).
     plan_start = models.CharField(max_length=10, choices=choices(PlanStart), blank=True)
     plan_start_reason = models.TextField(blank=True)
+    # The terraform commands the job ran, as its agent timed them (start to exit, sandbox
+    # start included) and reported with the result: [{"command", "started_at", "ended_at",
+    # "exit_code"}] (epoch seconds); empty until then or from an older agent.
+    commands = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     # An apply is acknowledged by its agent before terraform starts; an unacknowledged one

@@ -26,6 +26,7 @@ from agents_app.agent.sandbox import Sandbox, job_environment
 from agents_app.agent.warmdirs import StartDecision, WarmPlans
 from agents_app.protocol import (
     ApplyPath,
+    CommandTime,
     FinishReply,
     JobKind,
     JobOutcome,
@@ -258,6 +259,7 @@ class JobRun:
         self.interrupted: subprocess.Popen | None = None  # the process that got our SIGINT
         self.lost = False  # the server gave this job to another agent
         self.dir_start: StartDecision | None = None  # how prepare() got the dir initialized (warm plans)
+        self.commands: list[CommandTime] = []  # the terraform commands run, timed, for the result
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
@@ -327,6 +329,7 @@ class JobRun:
             raise Cancelled()
         if header:
             self.log.write(f"\n$ terraform {' '.join(args)}\n")
+        started = time.time()
         self.proc = subprocess.Popen(
             # The secrets (TF_HTTP_PASSWORD, sensitive TF_VAR_*) travel in the environment,
             # never on this command line: /proc/<pid>/cmdline is readable by anyone.
@@ -347,6 +350,7 @@ class JobRun:
             output.append(line)
             self.log.write(line)
         rc = self.proc.wait()
+        self.commands.append(CommandTime(command=args[0], started_at=started, ended_at=time.time(), exit_code=rc))
         # The log keeps terraform's colours (the run page renders them); errors and the
         # checks on the output read it without them.
         self.last_output = ANSI_RE.sub("", "".join(output))
@@ -403,7 +407,7 @@ class JobRun:
         result = JobResult(outcome=outcome, error=self.redactor.redact(error), kept_dir=kept_dir,
                            sandbox=self.agent.sandbox.mode, plan_start=start.kind if start else None,
                            plan_start_reason=start.reason if start else "", warm_plan_kept=warm_kept,
-                           log=rest, plan=plan)
+                           log=rest, plan=plan, commands=self.commands)
         try:
             reply = self.call("POST", "finish", json=result.model_dump(mode="json"))
         except ServerError as exc:
@@ -440,10 +444,13 @@ class JobRun:
         args += plan_option_args(self.payload.plan_options)
         rc = self.terraform(*args, ok=(0, 2))
         has_changes = rc == 2
+        started = time.time()
         show = subprocess.run(
             self.agent.sandbox.command([self.agent.terraform, "show", "-json", "-no-color", "plan.out"], self.dir),
             cwd=self.dir, env=self.env(), capture_output=True, check=False,
         )
+        self.commands.append(CommandTime(command="show", started_at=started, ended_at=time.time(),
+                                         exit_code=show.returncode))
         if show.returncode != 0:
             raise JobError("terraform show -json failed: " + show.stderr.decode(errors="replace")[-2000:])
         summary = plan_summary(json.loads(show.stdout))

@@ -540,8 +540,9 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult,
     job.sandbox = result.sandbox or ""
     job.plan_start = result.plan_start or "" if job.kind == JobKind.PLAN else ""
     job.plan_start_reason = result.plan_start_reason if job.plan_start else ""
+    job.commands = [command.model_dump(mode="json") for command in result.commands]
     job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome,
-                   fields=("error", "sandbox", "plan_start", "plan_start_reason"))
+                   fields=("error", "sandbox", "plan_start", "plan_start_reason", "commands"))
     return Finished(job=job, task=task, slot=slot, result=result)
 
 

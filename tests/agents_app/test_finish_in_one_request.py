@@ -247,3 +247,30 @@ def test_a_short_apply_reports_its_start_log_and_result_in_one_request(setup, cl
     moves = list(TaskEvent.objects.filter(task=task).order_by("id").values_list("to_status", flat=True))
     assert moves[-3:] == ["apply_queued", "applying", "applied"]
     assert run_log_read(task_id=task.id)[0].endswith("Apply complete! Resources: 1 added\n")
+
+
+def test_it_stores_the_terraform_commands_the_agent_timed_and_the_run_page_shows_them(setup, client, alice):
+    from django.test import Client
+
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    commands = [{"command": "plan", "started_at": 100.0, "ended_at": 100.093, "exit_code": 2},
+                {"command": "show", "started_at": 100.1, "ended_at": 101.6, "exit_code": 0}]
+    assert a1.finish(job, kept_dir=True, plan=_plan(), commands=commands).status_code == 200
+    assert Job.objects.get(id=job["id"]).commands == commands
+    page = Client()  # alice is a site admin
+    page.force_login(alice)
+    html = page.get(f"/runs/{task.id}/").content.decode()
+    assert "plan 93 ms · show 1.5 s" in html
+
+
+def test_it_refuses_a_command_that_ends_before_it_starts_and_changes_nothing(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    bad = [{"command": "plan", "started_at": 100.0, "ended_at": 99.0, "exit_code": 0}]
+    resp = a1.finish(job, kept_dir=True, plan=_plan(), commands=bad)
+    assert resp.status_code == 400 and "ended_at is before started_at" in resp.content.decode()
+    task.refresh_from_db()
+    assert task.status == "planning" and not Plan.objects.filter(task=task).exists()

@@ -116,6 +116,11 @@ def test_it_plans_warm_the_second_time_without_init_and_with_the_same_json_plan(
     cold, warm = plan_job(first["id"]), plan_job(second["id"])
     assert (cold.plan_start, warm.plan_start) == ("cold", "warm")
     assert (cold.sandbox, warm.sandbox) == ("bwrap", "bwrap")  # the cache is bound read-only into the sandbox
+    # The agent reports the terraform commands it ran, timed: the warm plan ran no init.
+    assert [c["command"] for c in cold.commands] == ["init", "plan", "show"]
+    assert [c["command"] for c in warm.commands] == ["plan", "show"]
+    assert all(c["ended_at"] > c["started_at"] and c["exit_code"] in (0, 2) for c in cold.commands + warm.commands)
+    assert cold.commands[0]["started_at"] >= cold.claimed_at.timestamp() - 1  # the agent's clock, this machine's
     assert first["plan_start"] == "cold" and first["plan_start_reason"] == "no warm plan dir of this workspace on this agent"
     assert second["plan_start"] == "warm" and "unchanged" in second["plan_start_reason"]
     cold_log, warm_log = s.user.log(first["id"]), s.user.log(second["id"])
