@@ -535,7 +535,8 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult,
     # The agent redacts too; this is the server's own pass (an older or broken agent), before
     # the error becomes the job's error, the run's message and event rows (run_*_finished and
     # the warmup services read it from the returned result).
-    result = result.model_copy(update={"error": redact(result.error, _sensitive_values(task.workspace_id))})
+    if result.error:  # (a job that succeeded has none: no query for the values)
+        result = result.model_copy(update={"error": redact(result.error, _sensitive_values(task.workspace_id))})
     job.error = result.error
     job.sandbox = result.sandbox or ""
     job.plan_start = result.plan_start or "" if job.kind == JobKind.PLAN else ""

@@ -92,6 +92,9 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
     with transaction.atomic():
+        # The start first after commit (it queues the plan and wakes the agents), the live
+        # pages' updates after it: those are Redis round trips the plan need not wait for.
+        transaction.on_commit(lambda: runs_start_next(workspace_id=workspace.id))
         task = Task.objects.create(
             workspace=workspace,
             configuration_version=cv,
@@ -107,7 +110,6 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
             options = {"mode": mode, "targets": list(targets), "replace": list(replace)}
             audit_record(actor=actor, action="run.create", obj=task, data={"operation": operation, **options})
         events.run_changed(task_id=task.id, workspace_id=workspace.id, status=RunStatus.PENDING)
-        transaction.on_commit(lambda: runs_start_next(workspace_id=workspace.id))
     return task
 
 
@@ -120,6 +122,10 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
     """
     started: list[int] = []
     with transaction.atomic():
+        # Registered first, so that after commit the agents are woken before the live pages'
+        # updates of the transitions below go out (as Confirm pushes first).
+        dispatch: list[int] = []
+        transaction.on_commit(lambda: dispatch and _dispatch_queued(dispatch[0]))
         # The workspace row lock serialises concurrent callers for one workspace.
         ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace_id)
         if ws.locked:
@@ -137,8 +143,7 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
             job_create(task=task, kind=JobKind.PLAN, pool_id=ws.pool_id, terraform_version=ws.terraform_version)
             started.append(task.id)
         if started:
-            pool_id = ws.pool_id
-            transaction.on_commit(lambda: _dispatch_queued(pool_id))
+            dispatch.append(ws.pool_id)
     return started
 
 
