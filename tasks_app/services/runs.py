@@ -338,7 +338,13 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
     a second confirm (double click, two tabs, a retried request) a 409, and a unique
     constraint on (task, kind=apply) backs that up at the database level."""
     with transaction.atomic():
-        task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
+        # The configuration's sha256 goes into the pushed payload; its archive (up to
+        # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
+        task = (
+            Task.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("workspace__pool", "configuration_version").defer("configuration_version__archive")
+            .get(id=task_id)
+        )
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
         pool = task.workspace.pool

@@ -42,9 +42,14 @@ def test_it_sends_a_plans_small_configuration_inside_the_claim_answer(setup, cli
 
 
 def test_it_leaves_large_configurations_and_applies_to_be_fetched(setup, client, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     a1 = FakeAgent(client, setup[1], "a1")
     task = apply_pending(setup, a1)
-    run_confirm(task_id=task.id, actor="test")
+    with CaptureQueriesContext(connection) as confirm:
+        run_confirm(task_id=task.id, actor="test")
+    assert not [q["sql"] for q in confirm.captured_queries if '"archive"' in q["sql"]]  # not even read
     apply = a1.claim()
     assert apply["kind"] == "apply" and apply["configuration_b64"] == ""  # Confirm's hot path reads no archive
     monkeypatch.setattr(job_services, "INLINE_CONFIGURATION_BYTES", 10)
