@@ -137,6 +137,8 @@ class Overhead:
         wait = self.api.wait if self.args.wait == "poll" else self.api.wait_longpoll
         wait(rid, "apply_pending", timeout=self.args.timeout, until=lambda r: r["warmup_status"] == "ready")
         self.api.request("POST", f"/api/v1/runs/{rid}/confirm/", json={}, expect=200)
+        if os.environ.get("SLEEPWAIT"):
+            time.sleep(0.6)
         done = wait(rid, "applied", timeout=self.args.timeout)
         task = Task.objects.get(id=rid)
         events = {e.to_status: epoch(e.created_at) for e in TaskEvent.objects.filter(task=task)}
@@ -188,8 +190,12 @@ class Overhead:
             env.update(TF_HTTP_ADDRESS=state, TF_HTTP_LOCK_ADDRESS=f"{state}/lock", TF_HTTP_UNLOCK_ADDRESS=f"{state}/lock",
                        TF_HTTP_USERNAME="bench", TF_HTTP_PASSWORD=self.token)
 
+        took: dict[str, float] = {}
+
         def tf(*argv: str) -> None:
+            started = time.monotonic()
             out = subprocess.run([self.tf_real, *argv], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+            took[f"tf_{argv[0]}"] = (time.monotonic() - started) * 1000
             if out.returncode != 0:
                 raise RuntimeError(f"terraform {' '.join(argv)} failed: {out.stderr[-2000:]}")
 
@@ -200,7 +206,8 @@ class Overhead:
         t1 = time.monotonic()
         tf("apply", "-input=false", "-no-color", "plan.out")
         t2 = time.monotonic()
-        return {"way": f"bare-{backend}", "config": config, "plan_ms": (t1 - t0) * 1000, "apply_ms": (t2 - t1) * 1000}
+        return {"way": f"bare-{backend}", "config": config, "plan_ms": (t1 - t0) * 1000, "apply_ms": (t2 - t1) * 1000,
+                **took}
 
     def once(self, config: str, way: str) -> dict[str, Any]:
         if way == "platform":
