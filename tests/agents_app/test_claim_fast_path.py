@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from agents_app.protocol import AgentStatus
+from agents_app.services.agents import agent_set_status
 from iacplatform.errors import Gone
 from tasks_app.services import control
 from tasks_app.services.runs import run_create
@@ -35,7 +36,6 @@ def test_it_claims_what_is_queued(setup):
 def test_an_agent_marked_offline_hears_gone_even_with_nothing_queued(setup):
     pool, _, _ = setup
     agent, _ = make_agent(pool=pool, name="a1")
-    agent.status = AgentStatus.OFFLINE
-    agent.save(update_fields=["status"])
+    agent_set_status(agent, AgentStatus.OFFLINE, reason="test: silent")
     with pytest.raises(Gone):
         control.agent_claim_if_queued(agent=agent, limit=1)
