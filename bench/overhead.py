@@ -1,7 +1,7 @@
 """The platform's overhead over bare terraform: a whole plan and a whole apply, each against
 terraform doing the same work on the same state backend.
 
-    python -m bench.overhead [--runs 7]        # make bench-overhead
+    python -m bench.overhead [--runs 11]       # make bench-overhead
 
 Brings up its own platform (fresh database `iac_bench_overhead`, its own Redis, Daphne, a
 Celery worker with beat, one agent with 3 slots on a warm pool) and runs the same
@@ -56,6 +56,7 @@ RESULTS = ROOT / "bench" / "results"
 DB_NAME = "iac_bench_overhead"
 
 CONFIGS = {"data": DATA_TF, "provider": PROVIDER_TF}
+COMMANDS = ("init", "plan", "show", "apply")  # terraform's, timed in both ways
 WAYS = ("platform", "bare-http", "bare-local")
 
 PLAN_HOPS = (
@@ -137,8 +138,6 @@ class Overhead:
         wait = self.api.wait if self.args.wait == "poll" else self.api.wait_longpoll
         wait(rid, "apply_pending", timeout=self.args.timeout, until=lambda r: r["warmup_status"] == "ready")
         self.api.request("POST", f"/api/v1/runs/{rid}/confirm/", json={}, expect=200)
-        if os.environ.get("SLEEPWAIT"):
-            time.sleep(0.6)
         done = wait(rid, "applied", timeout=self.args.timeout)
         task = Task.objects.get(id=rid)
         events = {e.to_status: epoch(e.created_at) for e in TaskEvent.objects.filter(task=task)}
@@ -249,6 +248,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[config][way] = {k: stats(sel, k) for k in ("plan_ms", "apply_ms")}
         sel = [r for r in measured if r["config"] == config and r["way"] == "platform"]
         out[config]["hops"] = {k: stats(sel, k) for k, _ in PLAN_HOPS + APPLY_HOPS}
+        bare = [r for r in measured if r["config"] == config and r["way"] == "bare-http"]
+        out[config]["bare_commands"] = {k: stats(bare, f"tf_{k}") for k in COMMANDS}
     return out
 
 
@@ -266,6 +267,17 @@ def markdown(summary: dict[str, Any]) -> str:
         # A warm plan (the workspace's warm plan dir on its agent) runs no init: its hops are
         # "claimed → plan start, warm", a cold one's "claimed → init start", "init", ...
         lines.append(f"| {label} | {p50:.0f} ms | {p90:.0f} ms | {n} |" if n else f"| {label} | — | — | 0 |")
+    # Each terraform command: in the platform (as its agent timed it, sandbox start
+    # included) against the bare CLI's same command on the same backend.
+    lines += ["", "| terraform command (`data`, p50) | platform, sandboxed | bare CLI, HTTP backend | difference |",
+              "|---|---|---|---|"]
+    for command in COMMANDS:
+        platform_p50, _, n = summary["data"]["hops"][command]
+        bare_p50 = summary["data"]["bare_commands"][command][0]
+        if n:
+            lines.append(f"| {command} | {platform_p50:.0f} ms | {bare_p50:.0f} ms | {platform_p50 - bare_p50:+.0f} ms |")
+        else:
+            lines.append(f"| {command} | — (a warm plan runs no init) | {bare_p50:.0f} ms | |")
     return "\n".join(lines)
 
 
@@ -302,7 +314,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7, help="measured runs per configuration and way (default 7)")
+    parser.add_argument("--runs", type=int, default=11, help="measured runs per configuration and way (default 11)")
     parser.add_argument("--warmup-runs", type=int, default=1, help="unmeasured runs first (default 1)")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--wait", choices=("longpoll", "poll"), default="longpoll",
