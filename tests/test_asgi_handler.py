@@ -40,22 +40,26 @@ def test_a_page_goes_through_the_whole_middleware_chain_in_one_thread(monkeypatc
 
     threads: set[int] = set()
     seen = RequestAddressMiddleware.__call__
+    handler = asgi.django_asgi_app.sync_handler
+    view = handler._get_response
 
     def spy(self, request):  # a middleware in the middle of the chain, and (below it) the view
         threads.add(threading.get_ident())
         return seen(self, request)
 
-    monkeypatch.setattr(RequestAddressMiddleware, "__call__", spy)
-    handler = asgi.django_asgi_app.sync_handler
-    view = handler._get_response
-
     def view_spy(request):
         threads.add(threading.get_ident())
         return view(request)
 
-    monkeypatch.setattr(handler, "_get_response", view_spy)
-    handler.load_middleware(is_async=False)  # the chain again, with the spies in it
-    status, headers, body = asyncio.run(_asgi("GET", "/accounts/login/"))
+    with monkeypatch.context() as patch:
+        patch.setattr(RequestAddressMiddleware, "__call__", spy)
+        patch.setattr(handler, "_get_response", view_spy)
+        handler.load_middleware(is_async=False)  # the chain again, with the spies in it
+        try:
+            status, headers, body = asyncio.run(_asgi("GET", "/accounts/login/"))
+        finally:
+            patch.undo()
+            handler.load_middleware(is_async=False)  # the application's own chain again
     assert status == 200 and b"<form" in body
     assert headers["x-frame-options"] == "DENY"  # clickjacking middleware
     assert "csrftoken" in headers.get("set-cookie", "")  # CSRF middleware

@@ -350,7 +350,7 @@ class JobRun:
             output.append(line)
             self.log.write(line)
         rc = self.proc.wait()
-        self.commands.append(CommandTime(command=args[0], started_at=started, ended_at=time.time(), exit_code=rc))
+        self._ran(args[0], started, rc)
         # The log keeps terraform's colours (the run page renders them); errors and the
         # checks on the output read it without them.
         self.last_output = ANSI_RE.sub("", "".join(output))
@@ -360,6 +360,11 @@ class JobRun:
             tail = self.last_output.strip().splitlines()[-15:]
             raise JobError(f"terraform {args[0]} exited with {rc}: " + "\n".join(tail))
         return rc
+
+    def _ran(self, command: str, started: float, exit_code: int) -> None:
+        """Record a terraform command that ran from `started` until now, for the result."""
+        self.commands.append(CommandTime(command=command, started_at=started, ended_at=time.time(),
+                                         exit_code=exit_code))
 
     def prepare(self) -> None:
         """Full preparation: fresh dir, configuration, backend override, terraform init."""
@@ -449,8 +454,7 @@ class JobRun:
             self.agent.sandbox.command([self.agent.terraform, "show", "-json", "-no-color", "plan.out"], self.dir),
             cwd=self.dir, env=self.env(), capture_output=True, check=False,
         )
-        self.commands.append(CommandTime(command="show", started_at=started, ended_at=time.time(),
-                                         exit_code=show.returncode))
+        self._ran("show", started, show.returncode)
         if show.returncode != 0:
             raise JobError("terraform show -json failed: " + show.stderr.decode(errors="replace")[-2000:])
         summary = plan_summary(json.loads(show.stdout))

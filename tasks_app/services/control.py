@@ -203,9 +203,10 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
 def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
     """Give the agent up to `limit` queued jobs, one per idle slot, each in its own
     transaction. One call fills an agent's free slots: an agent that frees or brings three
-    slots does not need three round trips (and once the pool's queue is empty it stops
-    without another round: the usual case, one queued plan and three free slots). Work that turned out to be pointless when taken
-    (a warmup for a run that moved on) is cancelled and the next job is tried."""
+    slots does not need three round trips, and once the pool's queue is empty it stops
+    without another round of locks (the usual case: one queued plan, three free slots).
+    Work that turned out to be pointless when taken (a warmup for a run that moved on) is
+    cancelled and the next job is tried."""
     payloads: list[dict[str, Any]] = []
     attempts = 0
     pool_id: int | None = None  # known after the first round

@@ -319,11 +319,7 @@ def pool_make_room(*, pool_id: int) -> list[int]:
         # Candidates first, without locks; then each run's row before its slot: the same
         # order as Confirm (task, then slot), so the two never deadlock. A run being
         # confirmed right now is skipped (SKIP LOCKED): its reservation is about to be used.
-        candidates = (
-            Slot.objects.filter(agent__pool_id=pool_id, agent__status=AgentStatus.ONLINE, state=SlotState.RESERVED)
-            .order_by("task__warmup_at", "id")
-            .values_list("task_id", flat=True)
-        )
+        candidates = reserved.order_by("task__warmup_at", "id").values_list("task_id", flat=True)
         for task_id in candidates:
             if len(released) >= need:
                 break

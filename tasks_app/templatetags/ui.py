@@ -20,6 +20,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince, timeuntil
 
+from tasks_app.selectors import duration_text
+
 register = template.Library()
 
 # ok: done and good; busy: moving; wait: needs a person or waits its turn; bad: failed or
@@ -72,7 +74,10 @@ def reltime(moment: datetime | None, empty: str = "") -> SafeString:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+    """"93 ms", "1.4 s"; from a minute on, as the run page's other durations ("125s", "30 min")."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.1f} s" if seconds < 60 else duration_text(seconds)
 
 
 @register.filter

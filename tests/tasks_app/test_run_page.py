@@ -122,3 +122,16 @@ def test_it_shows_each_phase_with_its_duration_agent_and_slot(setup, client, ali
     assert f"plan job {job['id']}" in timeline and "agent <strong>runner-7</strong>" in timeline
     assert "slot 0" in timeline
     assert "so far" in timeline  # the current phase's duration is still running
+
+
+def test_the_jobs_table_says_how_long_each_terraform_command_took():
+    from tasks_app.templatetags.ui import command_times
+
+    commands = [
+        {"command": "init", "started_at": 0.0, "ended_at": 125.0, "exit_code": 0},
+        {"command": "plan", "started_at": 125.0, "ended_at": 126.4, "exit_code": 2},  # 2: changes
+        {"command": "show", "started_at": 126.4, "ended_at": 126.447, "exit_code": 1},
+        {"command": "apply"},  # unreadable: left out
+    ]
+    assert command_times(commands) == "init 125s · plan 1.4 s · show 47 ms (exit 1)"  # as the timeline says
+    assert command_times([]) == "" and command_times(None) == ""
