@@ -208,6 +208,13 @@ class Job(models.Model):
         "agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="targeted_jobs"
     )
     agent = models.ForeignKey("agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # A job taken back from an agent that lost it (its lease ran out, its heartbeats stopped
+    # reporting it, it did not take a pushed apply) goes to another agent first: this one may
+    # take it again only from `avoid_until` on (an agent that can claim but not report
+    # would otherwise win the job back each time, the workspace's warm plan dir being there).
+    avoid_agent = models.ForeignKey("agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    avoid_until = models.DateTimeField(null=True, blank=True)
     # Which of its agent's slots ran it, for the record (the live link is Slot.job).
     slot_index = models.PositiveSmallIntegerField(null=True, blank=True)
     fence = models.PositiveIntegerField(default=0)

@@ -336,7 +336,7 @@ def job_lost(*, job_id: int, why: str) -> bool:
             return False
         log.info("%s job %s of run %s lost: %s", job.kind, job.id, job.task_id, why)
         task = _task_locked(job.task_id)
-        abandoned = job_abandon(job, why=why)
+        abandoned = job_abandon(job, why=why, avoid_agent=True)
         if job.kind == JobKind.WARMUP:
             warmup_job_lost(task, job)
         else:

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, F, IntegerField, Q, Value, When
+from django.db.models import Case, Exists, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
@@ -108,20 +108,31 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     """Give the (locked, online) agent its next queued job on its (locked, idle) slot: one not
     held for a running warmup, for any terraform version or the agent's. Plans and applies go
     before warmups: a warmup is worth a slot only when nobody is waiting for one. Nothing
-    while the pool is frozen (a freeze window)."""
+    while the pool is frozen (a freeze window); not a job this agent lost a moment ago
+    (job_abandon's avoid_agent) while another agent has a free slot."""
     if pool_frozen_until(agent.pool_id) is not None:
         return None
     mine = [int(w) for w in agent.warm_plan_workspaces or []]
+    now = timezone.now()
     queued = (
         Job.objects.filter(pool_id=agent.pool_id, status=JobStatus.QUEUED)
-        .filter(Q(hold_until__isnull=True) | Q(hold_until__lte=timezone.now()))
+        .filter(Q(hold_until__isnull=True) | Q(hold_until__lte=now))
         .filter(Q(terraform_version="") | Q(terraform_version=agent.terraform_version))
     )
+    # A job this agent lost a moment ago is left to the pool's other agents while one of them
+    # has a free slot (alone, the agent takes it again at once).
+    others_free = (
+        Agent.objects.filter(pool_id=agent.pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
+        .exclude(id=agent.id)
+    )
+    queued = queued.filter(~(Q(avoid_agent=agent, avoid_until__gt=now) & Exists(others_free)))
     held_elsewhere = _plans_waiting_for_affinity(agent, mine)
     if held_elsewhere is not None:
         queued = queued.exclude(held_elsewhere)
     job = (
-        queued.select_for_update(no_key=True, skip_locked=True)
+        # The job's row only: a run row locked elsewhere (a page's update, a log post) must
+        # not hide its job from the claim.
+        queued.select_for_update(no_key=True, skip_locked=True, of=("self",))
         .order_by(
             Case(
                 # Plan affinity: a plan of a workspace this agent holds warm first (it skips init here).
@@ -157,7 +168,10 @@ def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
     held = {int(w) for workspaces in holders for w in workspaces} - set(mine)
     if not held:
         return None
-    return Q(kind=JobKind.PLAN, task__workspace_id__in=held, created_at__gt=timezone.now() - timedelta(seconds=wait))
+    now = timezone.now()
+    # Not a plan another agent just lost: it goes to whoever is free (Job.avoid_agent).
+    return Q(kind=JobKind.PLAN, task__workspace_id__in=held, created_at__gt=now - timedelta(seconds=wait)) & (
+        Q(avoid_until__isnull=True) | Q(avoid_until__lte=now))
 
 
 def task_locked_for_payload(task_id: int) -> Task:
@@ -553,19 +567,30 @@ class Abandoned:
     requeued: bool  # back in the queue (a plan, or an apply that provably never started)
 
 
-def job_abandon(job: Job, *, why: str) -> Abandoned:
+# How long a job taken back from an agent that lost it is left to the pool's other agents.
+def _avoid_seconds() -> float:
+    return 2 * settings.IAC_AGENT_HEARTBEAT_SECONDS
+
+
+def job_abandon(job: Job, *, why: str, avoid_agent: bool = False) -> Abandoned:
     """The job's agent died or lost the job (caller holds the job row lock). A plan, and an
     apply the agent never acknowledged, go back to the queue (they changed nothing); the
-    rest fail. Frees the slot. The caller moves the run on."""
+    rest fail. Frees the slot. The caller moves the run on. `avoid_agent`: the agent lost
+    the job (not the platform's fault): for _avoid_seconds() the pool's other agents with a
+    free slot get it first (Job.avoid_agent, job_claim)."""
     slot = slot_of_job(job.id)
     if slot is not None:
         slot_transition(slot, SlotState.IDLE, message=why)
     never_ran = job.kind == JobKind.APPLY and job.acked_at is None
     # A job that ran past its bound is never run again: the bound would only fire again.
     if job.timed_out_at is None and (job.kind == JobKind.PLAN or never_ran):
+        fields: tuple[str, ...] = ("agent", "credential_hash")
+        if avoid_agent and job.agent_id is not None:
+            job.avoid_agent_id = job.agent_id
+            job.avoid_until = timezone.now() + timedelta(seconds=_avoid_seconds())
+            fields += ("avoid_agent", "avoid_until")
         job.agent = None
         job.credential_hash = ""  # revoked: a superseded terraform cannot lock the state
-        fields: tuple[str, ...] = ("agent", "credential_hash")
         if never_ran:
             # Any agent may take it now, on the cold path (the warm dir was on the lost agent).
             job.cold_reason = f"{why}; the apply had not started"
