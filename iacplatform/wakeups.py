@@ -147,7 +147,9 @@ def run_channel(task_id: int) -> str:
 
 
 def wake_run(task_id: int, what: str, label: str = "a run wake-up") -> None:
-    """`label` names the call in the outage warning (e.g. "a live log update")."""
+    """Publish `what` on the run's channel: "log", or "status:<new status>" (a long-poll
+    waiting for another status skips its check). `label` names the call in the outage
+    warning (e.g. "a live log update")."""
     _best_effort(label, lambda c: c.publish(run_channel(task_id), what))
 
 

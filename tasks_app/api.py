@@ -355,6 +355,12 @@ def _status_reached(request: HttpRequest, first: dict, data: dict) -> bool:
     return data["status"] in until if until else data["status"] != first["status"]
 
 
+def _status_may_answer(request: HttpRequest, first: dict, status: str) -> bool:
+    """Can a change to `status` answer the long-poll (see _status_reached)?"""
+    until = request.GET.getlist("until")
+    return status in until if until else status != first["status"]
+
+
 def _log_ready(request: HttpRequest, first: dict, data: dict) -> bool:
     return bool(data["text"]) or data["complete"]
 
@@ -366,8 +372,9 @@ class RunDetail(generics.RetrieveAPIView):
     def as_view(cls, **initkwargs: Any) -> Any:
         # `?wait=` long-polls asynchronously, holding no thread or connection (tasks_app/longpoll.py).
         # Only a status change can answer it: a log append (many per second) wakes nothing.
+        # A status change carries the new status: one that cannot answer runs no check.
         return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_status_reached,
-                            wake_on=frozenset({"status"}))
+                            wake_on=frozenset({"status"}), may_answer=_status_may_answer)
 
     def get_queryset(self) -> QuerySet[Task]:
         return _run_queryset().filter(workspace_id__in=readable_workspaces(self.request.user).values("id"))

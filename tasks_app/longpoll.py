@@ -38,7 +38,7 @@ class RunEvents:
 
     def __init__(self, task_id: int, kinds: frozenset[str] = frozenset({"status", "log"})) -> None:
         self.task_id = task_id
-        self.kinds = {kind.encode() for kind in kinds}
+        self.kinds = kinds
         self.client: Any = None
         self.pubsub: Any = None
 
@@ -67,28 +67,34 @@ class RunEvents:
         except wakeups.REDIS_ERRORS:  # closing a connection to a dead server
             pass
 
-    async def next(self, deadline: float) -> None:
+    async def next(self, deadline: float) -> str | None:
         """Return after the run's next event, at the deadline, or (without Redis) after about
-        DB_POLL_SECONDS: the caller checks the run again in every case."""
+        DB_POLL_SECONDS. Returns what the event says (a status change carries the new status:
+        "apply_pending"), or None when nothing is known (the deadline, no Redis, an event
+        without detail): the caller checks the run then."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return
+            return None
         if self.pubsub is None:
             await asyncio.sleep(min(DB_POLL_SECONDS, remaining))
-            return
+            return None
         try:
             while (remaining := deadline - time.monotonic()) > 0:
                 message = await self.pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=min(remaining, DB_POLL_SECONDS)
                 )
-                if message and message.get("data") in self.kinds:
-                    return
+                data = message.get("data") if message else None
+                if isinstance(data, bytes):
+                    kind, _, detail = data.decode(errors="replace").partition(":")
+                    if kind in self.kinds:
+                        return detail or None
                 if not wakeups.redis_available():
                     # Another call found Redis gone (a hung server sends no error to a reader).
                     raise wakeups.RedisUnavailable("Redis failed elsewhere in this process during a run long-poll")
         except wakeups.REDIS_ERRORS as exc:
             wakeups.redis_failed(exc, "a run long-poll")
             await self._close()
+        return None
 
 
 def _check(view: Callable[..., HttpResponse], request: HttpRequest, args: tuple, kwargs: dict) -> HttpResponse:
@@ -114,11 +120,15 @@ def parse_wait(raw: str | None, bound: float) -> float | None:
 
 
 def long_polling(view: Callable[..., HttpResponse], *, bound: float,
-                 ready: Callable[[HttpRequest, Any, Any], bool], wake_on: frozenset[str]) -> Callable[..., Any]:
+                 ready: Callable[[HttpRequest, Any, Any], bool], wake_on: frozenset[str],
+                 may_answer: Callable[[HttpRequest, Any, str], bool] | None = None) -> Callable[..., Any]:
     """An async view around the sync DRF `view`: without a valid `?wait=`, the view once;
     with it, the view again after each event of the run of a kind in `wake_on` until
     `ready(request, first, data)` holds for its 200 answer (`first`: the data of the first
-    answer), or the wait is over."""
+    answer), or the wait is over. `may_answer(request, first, detail)`: False when an event
+    that says `detail` (a status change's new status) cannot make the run ready; the view
+    is not run for it (each check is the whole DRF view: authentication, permissions, the
+    run's queries, rendering, while the run's terraform starts beside it)."""
 
     @functools.wraps(view)
     async def waiting_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -137,7 +147,9 @@ def long_polling(view: Callable[..., HttpResponse], *, bound: float,
                 first = data if first is None else first
                 if ready(request, first, data) or time.monotonic() >= deadline:
                     return response
-                await events.next(deadline)
+                while (detail := await events.next(deadline)) is not None and may_answer is not None:
+                    if may_answer(request, first, detail):
+                        break
 
     waiting_view.csrf_exempt = True  # type: ignore[attr-defined]  (as DRF's views: token auth)
     return waiting_view

@@ -266,20 +266,30 @@ def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
             run_apply_acked(appended.task)
 
 
+# Plans up to this size are hashed while the result holds its locks (well under a millisecond).
+PLAN_HASHED_UNDER_LOCK_BYTES = 1024 * 1024
+
+
 def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan: bytes | None = None) -> FinishReply:
     """Record a job's result and move its run on; the answer says whether to keep the dir.
     The result may carry the job's last log text and (a plan job's) the plan, `plan` its
     decoded bytes: stored first, in the same transaction, so the run never shows a result
     without them."""
     follow_ups: list[Callable[[], Any]] = []
-    if result.plan is not None:
-        job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
+    # Whose job it is comes first (another agent learns nothing more), then the plan's size
+    # and sha256: a large plan is hashed before the locks are taken, a small one under them
+    # (one query fewer on the way to apply_pending).
+    check_first = result.plan is not None and len(plan or b"") > PLAN_HASHED_UNDER_LOCK_BYTES
+    if check_first:
+        job_running(job_id, agent, fence)
         plan_check(plan or b"", result.plan.sha256)
     with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic():
         # The job and its run, locked once (the job's lock before the run's) for the log, the
         # plan and the result alike.
         locked = job_locked_with_run(job_id, agent, fence)
         job, task = locked
+        if result.plan is not None and not check_first:
+            plan_check(plan or b"", result.plan.sha256)
         if result.log is not None:
             job_append_log(agent=agent, job_id=job_id, fence=fence, post=result.log, locked=locked)
         if result.plan is not None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Exists, F, IntegerField, Q, Value, When
+from django.db.models import BinaryField, Case, Exists, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
@@ -146,7 +146,7 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     )
     if job is None:
         return None
-    task = task_locked_for_payload(job.task_id)
+    task = task_locked_for_payload(job.task_id, inline_archive=job.kind != JobKind.APPLY)
     return job_assign(job, agent, slot, task)
 
 
@@ -174,13 +174,21 @@ def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
         Q(avoid_until__isnull=True) | Q(avoid_until__lte=now))
 
 
-def task_locked_for_payload(task_id: int) -> Task:
-    return (
+def task_locked_for_payload(task_id: int, *, inline_archive: bool = False) -> Task:
+    """The run, locked, with what a job's payload reads. `inline_archive`: with its
+    configuration archive when it is small enough to travel inside the payload (one query
+    for both; `_inline_configuration`); a larger one is never read here."""
+    qs = (
         Task.objects.select_for_update(no_key=True, of=("self",))
         .select_related("workspace__pool", "configuration_version")
         .defer("configuration_version__archive")
-        .get(id=task_id)
     )
+    if inline_archive:
+        qs = qs.annotate(inline_archive=Case(
+            When(configuration_version__size__lte=INLINE_CONFIGURATION_BYTES, then=F("configuration_version__archive")),
+            default=Value(None), output_field=BinaryField(),
+        ))
+    return qs.get(id=task_id)
 
 
 def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str = "", note: str = "") -> Assigned:
@@ -232,7 +240,10 @@ def _inline_configuration(job: Job, task: Task) -> str:
     cv = task.configuration_version
     if job.kind == JobKind.APPLY or cv.size > INLINE_CONFIGURATION_BYTES:
         return ""
-    archive = ConfigurationVersion.objects.filter(id=cv.id).values_list("archive", flat=True).first()
+    if hasattr(task, "inline_archive"):  # read with the run (task_locked_for_payload)
+        archive = task.inline_archive
+    else:
+        archive = ConfigurationVersion.objects.filter(id=cv.id).values_list("archive", flat=True).first()
     return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
 
 
@@ -501,9 +512,11 @@ def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_cha
         raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
     if task is None:
         task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
-    plan, _ = Plan.objects.update_or_create(
-        task=task,
-        defaults={"job": job, "encrypted_data": crypto.encrypt(data), "sha256": sha256, "size": len(data), "summary": summary},
+    # One INSERT … ON CONFLICT (a re-run plan job replaces the run's plan), not
+    # update_or_create's savepoints, SELECT and INSERT: this is on the way to apply_pending.
+    [plan] = Plan.objects.bulk_create(
+        [Plan(task=task, job=job, encrypted_data=crypto.encrypt(data), sha256=sha256, size=len(data), summary=summary)],
+        update_conflicts=True, unique_fields=["task"], update_fields=["job", "encrypted_data", "sha256", "size", "summary"],
     )
     task.plan_hash = sha256
     task.has_changes = has_changes

@@ -66,8 +66,9 @@ def run_transition(
     if message and not event_only:
         task.message = message
     # Wakes the API's long-polls on this run (`GET /runs/<id>/?wait=`); best effort, after commit.
+    # The new status rides along: a long-poll waiting for another one need not check the run.
     task_id = task.id
-    transaction.on_commit(lambda: wakeups.wake_run(task_id, "status"))
+    transaction.on_commit(lambda: wakeups.wake_run(task_id, f"status:{to}"))
     events.run_changed(task_id=task_id, workspace_id=task.workspace_id, status=to)
     if to in FINAL:
         task.finished_at = timezone.now()

@@ -11,6 +11,7 @@ import io
 import tarfile
 
 import pytest
+from django.db import transaction
 
 from agents_app.agent.logstream import LogStream
 from agents_app.agent.redact import Redactor
@@ -33,7 +34,14 @@ def _plan(data: bytes = PLAN, sha256: str | None = None) -> dict:
 def test_it_sends_a_plans_small_configuration_inside_the_claim_answer(setup, client):
     a1 = FakeAgent(client, setup[1], "a1")
     task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
-    job = a1.claim()
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as claim:
+        job = a1.claim()
+    # Read with the run it belongs to, in the same query (not one more on the plan's way).
+    [read] = [q["sql"] for q in claim.captured_queries if '"archive"' in q["sql"]]
+    assert "FOR NO KEY UPDATE" in read
     archive = base64.b64decode(job["configuration_b64"])
     assert hashlib.sha256(archive).hexdigest() == job["configuration_sha256"]
     assert bytes(task.configuration_version.archive) == archive
@@ -103,6 +111,34 @@ def test_it_fences_a_result_with_a_plan_from_an_agent_that_lost_the_job(setup, c
     assert resp.status_code == 409
     task.refresh_from_db()
     assert task.plan_hash == "" and not LogChunk.objects.filter(task=task).exists()
+
+
+def test_a_result_from_an_agent_that_lost_the_job_learns_nothing_of_its_plan_check(setup, client):
+    """Whose job it is comes before the plan's sha256 check, for a small plan (hashed under
+    the result's locks) as for a large one (hashed before them)."""
+    a1 = FakeAgent(client, setup[1], "a1")
+    run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    resp = a1.post(f"/agent/v1/jobs/{job['id']}/finish", {"outcome": "succeeded", "plan": _plan(sha256="0" * 64)},
+                   fence=job["fence"] + 1)
+    assert resp.status_code == 409 and "sha256" not in resp.json()["detail"]
+
+
+def test_a_plan_stored_again_for_its_run_replaces_the_first(setup, client):
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    claimed = Job.objects.get(id=a1.claim()["id"])
+    with transaction.atomic():
+        first = job_services.job_store_plan(claimed, data=b"first", sha256="a" * 64, summary={"add": 1},
+                                            has_changes=True)
+    with transaction.atomic():
+        second = job_services.job_store_plan(claimed, data=b"second", sha256="b" * 64, summary={"add": 2},
+                                             has_changes=False)
+    assert second.pk == first.pk
+    stored = Plan.objects.get(task=task)
+    assert (stored.data, stored.sha256, stored.summary) == (b"second", "b" * 64, {"add": 2})
+    task.refresh_from_db()
+    assert task.plan_hash == "b" * 64 and task.has_changes is False
 
 
 def test_it_redacts_the_last_log_text_sent_with_the_result(setup, client):

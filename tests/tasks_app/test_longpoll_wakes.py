@@ -47,3 +47,47 @@ def test_the_log_follow_wakes_on_a_log_append():
 def test_without_the_event_it_waits_until_the_deadline():
     _, took = asyncio.run(_wake(frozenset({"status"}), ["log"], wait=0.8))
     assert took >= 0.75
+
+
+def test_a_status_change_tells_the_long_poll_the_new_status():
+    async def wake() -> str | None:
+        task = next(_tasks)
+        async with RunEvents(task, frozenset({"status"})) as events:
+            assert events.pubsub is not None, "Redis is needed for this test"
+            threading.Timer(0.2, wakeups.wake_run, args=(task, "status:apply_pending")).start()
+            return await events.next(time.monotonic() + 10)
+
+    assert asyncio.run(wake()) == "apply_pending"
+
+
+def test_the_run_detail_long_poll_checks_the_run_only_for_a_status_that_can_answer_it(rf):
+    """Waiting for `apply_pending`, the `planning` status change runs no check (each check is
+    the whole API view, while the run's terraform starts beside it)."""
+    from django.http import JsonResponse
+
+    from tasks_app.api import _status_may_answer, _status_reached
+    from tasks_app.longpoll import long_polling
+
+    task = next(_tasks)
+    current = ["plan_queued"]  # the run's status, as the view would read it
+    checks: list[str] = []
+
+    def view(request, pk):
+        checks.append(current[0])
+        response = JsonResponse({"id": pk, "status": current[0]})
+        response.data = {"id": pk, "status": current[0]}  # as DRF's Response carries it
+        return response
+
+    def publish() -> None:
+        for status in ("planning", "apply_pending"):
+            time.sleep(0.3)
+            current[0] = status  # committed, then published
+            wakeups.wake_run(task, f"status:{status}")
+
+    waiting = long_polling(view, bound=60, ready=_status_reached, wake_on=frozenset({"status"}),
+                           may_answer=_status_may_answer)
+    threading.Thread(target=publish, daemon=True).start()
+    started = time.monotonic()
+    response = asyncio.run(waiting(rf.get(f"/api/v1/runs/{task}/?wait=10&until=apply_pending"), pk=task))
+    assert response.data["status"] == "apply_pending" and time.monotonic() - started < 5
+    assert checks == ["plan_queued", "apply_pending"], "the planning event ran a check"
