@@ -53,6 +53,10 @@ ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 # How long the warm apply's start event (ack, start time, path) waits, gathering terraform's
 # output, before it is posted: the first lines of a longer apply then show this much later.
 APPLY_START_HOLD_SECONDS = 0.2
+# How long a plan's first text waits, gathering what follows, before it is posted: a short
+# plan's whole log then travels inside its finish report, and no log post competes with
+# terraform's state calls as it starts; a longer plan's first lines show this much later.
+PLAN_START_HOLD_SECONDS = 0.3
 
 
 def _process_group(pgid: int) -> list[tuple[int, str]]:
@@ -442,6 +446,7 @@ class JobRun:
             self.agent.job_done(self, keep)
 
     def do_plan(self) -> bool:
+        self.log.hold(PLAN_START_HOLD_SECONDS)
         self.prepare()
         args = ["plan", "-input=false", "-out=plan.out", "-detailed-exitcode"]
         if self.payload.speculative:

@@ -18,7 +18,8 @@ the finish report with that text (`rest()`). The warm apply's start (acknowledge
 time, path) waits 0.2 s this way: a short apply then costs the server one request besides
 terraform's own state calls, and no log post lands in the middle of them (the first output
 line comes as terraform writes the state, and the post competed with those calls on the
-process that answers them).
+process that answers them). A plan's first text waits the same way (`hold()`, an empty
+event held): a short plan's whole log travels inside its finish report.
 
 Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
 two writes is still masked, because the end of a write that could be the start of a secret
@@ -89,6 +90,11 @@ class LogStream:
         self._flush_redactor()  # the text before the event stays before it
         self._q.put(("event", events, hold))
 
+    def hold(self, seconds: float) -> None:
+        """Gather the text written in the next `seconds` into one post (or, when the job
+        ends first, into the finish report): an event with nothing to say, held."""
+        self.event(LogEvents(), hold=seconds)
+
     def close(self, timeout: float = 30) -> None:
         self._flush_redactor()
         self._q.put(_STOP)
@@ -128,6 +134,11 @@ class LogStream:
                     self.on_lost()
         except Exception:  # noqa: BLE001 - logs are best effort; the job result is what matters
             pass
+
+    def _post_held(self, text: str, events: LogEvents) -> None:
+        """A held event's post, unless it is an empty hold (see hold()) that gathered nothing."""
+        if text or events != LogEvents():
+            self._post(text, events)
 
     def _batch(self, last_text_post: float, held_until: float | None) -> list:
         """The next entries to send: whatever is queued; text that follows a text post by
@@ -174,7 +185,7 @@ class LogStream:
                             self._rest, self._rest_events = text, held[0] if held else LogEvents()
                         return
                     if held is not None:
-                        self._post("".join(text), held[0])
+                        self._post_held("".join(text), held[0])
                         held, text = None, []
                     stop = True
                     break
@@ -183,7 +194,7 @@ class LogStream:
                     continue
                 _, events, hold = entry
                 if held is not None:  # another event: the held one goes first, with its text
-                    self._post("".join(text), held[0])
+                    self._post_held("".join(text), held[0])
                     held, text = None, []
                 elif text:
                     self._post("".join(text), LogEvents())
@@ -196,7 +207,7 @@ class LogStream:
             if held is not None and not stop:
                 if time.monotonic() < held[1]:
                     continue  # still held: keep gathering
-                self._post("".join(text), held[0])
+                self._post_held("".join(text), held[0])
                 last_text_post = time.monotonic() if text else 0.0
                 held, text = None, []
             if text:

@@ -89,7 +89,8 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
         raise invalid_field("mode", f"must be one of {', '.join(PlanMode)}")
     if replace and mode != PlanMode.NORMAL:
         raise invalid_field("replace", f"terraform cannot replace resources in a {mode} plan")
-    cv = ConfigurationVersion.objects.filter(workspace=workspace).order_by("-id").first()
+    # (Not its archive: the run only points at it.)
+    cv = ConfigurationVersion.objects.filter(workspace=workspace).order_by("-id").only("id").first()
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
     with transaction.atomic():

@@ -315,3 +315,43 @@ def test_it_refuses_a_command_that_ends_before_it_starts_and_changes_nothing(set
     assert resp.status_code == 400 and "ended_at is before started_at" in resp.content.decode()
     task.refresh_from_db()
     assert task.status == "planning" and not Plan.objects.filter(task=task).exists()
+
+
+def test_a_hold_gathers_the_first_text_into_one_post_and_a_short_job_sends_it_with_its_result():
+    """A plan's start: its first text waits (LogStream.hold) with what follows; a plan that
+    ends within the hold posts no log at all (its log goes inside the finish report), a
+    longer one posts it once the hold is over."""
+    import time
+
+    from agents_app.protocol import LogEvents
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    stream.hold(60)
+    stream.write("$ terraform plan\n")
+    stream.write("Plan: 1 to add\n")
+    rest = stream.rest()
+    assert client.posts == [], "the held text was posted"
+    assert rest is not None and rest.seq == 1 and rest.text == "$ terraform plan\nPlan: 1 to add\n"
+    assert rest.events == LogEvents()
+
+    longer = RecordingClient()
+    stream = LogStream(longer, 8, 1)  # type: ignore[arg-type]
+    started = time.monotonic()
+    stream.hold(0.3)
+    stream.write("$ terraform init\n")
+    _wait_for(lambda: len(longer.posts) == 1)
+    assert time.monotonic() - started >= 0.3
+    assert longer.posts == [{"seq": 1, "text": "$ terraform init\n"}]
+    assert stream.rest() is None
+
+
+def test_an_empty_hold_posts_nothing():
+    import time
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    stream.hold(0.05)
+    time.sleep(0.3)
+    stream.close()
+    assert client.posts == []
