@@ -290,12 +290,14 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
         job, task = locked
         if result.plan is not None and not check_first:
             plan_check(plan or b"", result.plan.sha256)
+        # Their fields on the run are written by the run's next save in this transaction (the
+        # run moves on below), or by save_pending at the end: one UPDATE of the run, not three.
         if result.log is not None:
-            job_append_log(agent=agent, job_id=job_id, fence=fence, post=result.log, locked=locked)
+            job_append_log(agent=agent, job_id=job_id, fence=fence, post=result.log, locked=locked, defer_saves=True)
         if result.plan is not None:
             up = result.plan
             job_store_plan(job, data=plan or b"", sha256=up.sha256, summary=up.summary, has_changes=up.has_changes,
-                           task=task)
+                           task=task, defer_saves=True)
         finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result, locked=locked)
         bind(run_id=finished.job.task_id)
         if result.warm_plan_kept:
@@ -322,6 +324,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
         agent_id_ = agent.id
         follow_ups.append(lambda: wakeups.wake_agent(agent_id_))
         transaction.on_commit(lambda: _run_follow_ups(follow_ups))
+        task.save_pending()
     return FinishReply(keep_dir=keep)
 
 

@@ -419,10 +419,12 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int) -> tuple[Job, Tas
 
 
 def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
-                   locked: tuple[Job, Task] | None = None) -> LogAppended | None:
+                   locked: tuple[Job, Task] | None = None, defer_saves: bool = False) -> LogAppended | None:
     """Append one chunk of a job's output to its run's log (caller's transaction; `locked`:
     the job and run as job_locked_with_run gave them). Idempotent per (job, seq), so an agent
-    that retries a post never duplicates lines. Returns None for a seq already stored."""
+    that retries a post never duplicates lines. Returns None for a seq already stored.
+    `defer_saves` (with `locked`): the run's fields are left to Task.save_pending and the
+    job's acknowledgement to the caller's save of the job (a result: job_finish)."""
     ev = post.events
     job = locked[0] if locked else job_running(job_id, agent, fence, lock=ev.ack)
     if LogChunk.objects.filter(job=job, seq=post.seq).exists():
@@ -433,7 +435,8 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
         # Until now the apply provably has not run, so a claim whose answer was lost can go
         # elsewhere; from now on a dead agent means an errored run (see job_abandon).
         job.acked_at = timezone.now()
-        job.save(update_fields=["acked_at"])
+        if not defer_saves:
+            job.save(update_fields=["acked_at"])
         acked_now = True
     now = timezone.now()
     fields = ["log_size"]
@@ -455,7 +458,10 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
         if text and task.first_apply_log_at is None:
             task.first_apply_log_at = now
             fields.append("first_apply_log_at")
-    task.save(update_fields=fields)
+    if defer_saves:
+        task.save_later(*fields)
+    else:
+        task.save(update_fields=fields)
     if text:
         task_id, end = task.id, task.log_size
         start = end - len(text.encode())
@@ -505,9 +511,10 @@ def plan_check(data: bytes, sha256: str) -> None:
 
 
 def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool,
-                   task: Task | None = None) -> Plan:
+                   task: Task | None = None, defer_saves: bool = False) -> Plan:
     """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
-    the caller ran plan_check; `task`: the job's run, locked by the caller)."""
+    the caller ran plan_check; `task`: the job's run, locked by the caller; `defer_saves`:
+    the run's plan_hash and has_changes are left to Task.save_pending)."""
     if job.kind != JobKind.PLAN:
         raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
     if task is None:
@@ -520,7 +527,10 @@ def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_cha
     )
     task.plan_hash = sha256
     task.has_changes = has_changes
-    task.save(update_fields=["plan_hash", "has_changes"])
+    if defer_saves:
+        task.save_later("plan_hash", "has_changes")
+    else:
+        task.save(update_fields=["plan_hash", "has_changes"])
     return plan
 
 
@@ -569,8 +579,9 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult,
     job.plan_start = result.plan_start or "" if job.kind == JobKind.PLAN else ""
     job.plan_start_reason = result.plan_start_reason if job.plan_start else ""
     job.commands = [command.model_dump(mode="json") for command in result.commands]
+    # (acked_at: an apply's acknowledgement that came with its result, job_append_log)
     job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome,
-                   fields=("error", "sandbox", "plan_start", "plan_start_reason", "commands"))
+                   fields=("error", "sandbox", "plan_start", "plan_start_reason", "commands", "acked_at"))
     return Finished(job=job, task=task, slot=slot, result=result)
 
 

@@ -355,3 +355,37 @@ def test_an_empty_hold_posts_nothing():
     time.sleep(0.3)
     stream.close()
     assert client.posts == []
+
+
+def test_a_plans_result_writes_its_run_row_in_one_update_besides_the_warmup(setup, client):
+    """The log and the plan a result carries set fields of the run that the run's move to
+    apply_pending writes (Task.save_later): one UPDATE for all three, and the reservation's."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    with CaptureQueriesContext(connection) as result:
+        assert a1.finish(job, kept_dir=True, log={"seq": 1, "text": "Plan: 1 to add\n"}, plan=_plan()).status_code == 200
+    updates = [q["sql"] for q in result.captured_queries if q["sql"].startswith('UPDATE "tasks_app_task"')]
+    assert len(updates) == 2, updates  # apply_pending (with log_size, plan_hash, has_changes), warmup ready
+    task.refresh_from_db()
+    assert (task.status, task.log_size, task.plan_hash, task.has_changes) == (
+        "apply_pending", len("Plan: 1 to add\n"), hashlib.sha256(PLAN).hexdigest(), True)
+
+
+def test_fields_left_for_later_are_written_by_the_next_whole_save_or_by_save_pending(setup):
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    task.log_size, task.plan_hash = 10, "a" * 64
+    task.save_later("log_size", "plan_hash")
+    task.save(update_fields=["log_size"])  # one of them written by another save
+    assert Task.objects.get(id=task.id).plan_hash == ""
+    task.save_pending()  # the other one now
+    assert Task.objects.values_list("log_size", "plan_hash").get(id=task.id) == (10, "a" * 64)
+    task.has_changes = True
+    task.save_later("has_changes")
+    task.save()  # a whole save writes it: nothing is left pending
+    task.has_changes = False
+    task.save_pending()
+    assert Task.objects.get(id=task.id).has_changes is True
