@@ -44,7 +44,7 @@ from agents_app.agent.providers import (
     ProviderCache,
     ProviderUnavailable,
     current_platform,
-    h1_dir,
+    h1_dir_checked,
     parse_lock_file,
     read_lock_file,
     sha256_file,
@@ -217,7 +217,7 @@ def providers_difference(directory: Path, locked: list[LockedProvider], os_arch:
             if not any(target == r or r in target.parents for r in allowed_roots):
                 return f"provider {provider.address} {provider.version} links outside the agent's provider cache"
         checkable = [h for h in provider.hashes if h.startswith("h1:")]
-        if checkable and h1_dir(package) not in checkable:
+        if checkable and h1_dir_checked(package) not in checkable:
             return f"provider {provider.address} {provider.version} does not match the lock file's hashes"
     return ""
 

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from agents_app.agent.providers import (
     ProviderCache,
     ProviderUnavailable,
     h1_dir,
+    h1_dir_checked,
     parse_lock_file,
 )
 from agents_app.agent.warmdirs import (
@@ -69,6 +71,31 @@ def test_it_computes_terraforms_h1_hash_of_a_package(tmp_path):
     (tmp_path / "a").write_bytes(b"one")
     (tmp_path / "sub" / "b").write_bytes(b"two")
     assert h1_dir(tmp_path) == expected_h1({"a": b"one", "sub/b": b"two"})
+
+
+def test_it_hashes_an_unchanged_package_once_and_sees_any_change_to_it(tmp_path, monkeypatch):
+    """The warm plan dir's check before each plan: the provider's h1 is remembered while no
+    file changes, and user code that rewrites a file, even with its size and mtime restored,
+    is hashed again and caught."""
+    from agents_app.agent import providers
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    binary = package / "terraform-provider-demo_v1.0.0"
+    binary.write_bytes(b"genuine!")
+    hashed: list[Path] = []
+    real = providers.h1_dir
+    monkeypatch.setattr(providers, "h1_dir", lambda root: hashed.append(root) or real(root))
+    genuine = expected_h1({binary.name: b"genuine!"})
+    assert h1_dir_checked(package) == genuine
+    assert h1_dir_checked(package) == genuine
+    assert len(hashed) == 1, "an unchanged package was hashed again"
+    before = binary.stat()
+    time.sleep(0.05)  # past the file system's timestamp tick: as a later job's write would be
+    binary.write_bytes(b"evil!!!!")  # same size
+    os.utime(binary, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime: only ctime tells
+    assert h1_dir_checked(package) == expected_h1({binary.name: b"evil!!!!"}) != genuine
+    assert len(hashed) == 2
 
 
 def test_it_installs_once_for_concurrent_slots_and_hits_afterwards(tmp_path):
