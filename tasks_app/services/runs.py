@@ -54,10 +54,13 @@ def _actor_label(actor: Any) -> str:
 
 
 def run_transition(
-    task: Task, to: RunStatus, *, message: str = "", actor: Any = "system", event_only: bool = False
+    task: Task, to: RunStatus, *, message: str = "", actor: Any = "system", event_only: bool = False,
+    save: bool = True,
 ) -> None:
     """Move a locked task to `to`. Callers hold the row lock and save other fields themselves.
-    `message` goes on the TaskEvent and (unless `event_only`) becomes the run's message."""
+    `message` goes on the TaskEvent and (unless `event_only`) becomes the run's message.
+    `save=False`: the caller moves the run again in this transaction, whose save writes this
+    one too (Task.save_later; Task.save_pending writes it if none does)."""
     check_transition(task.status, to)
     TaskEvent.objects.create(
         task=task, from_status=task.status, to_status=to, message=message, actor=_actor_label(actor)
@@ -72,11 +75,14 @@ def run_transition(
     events.run_changed(task_id=task_id, workspace_id=task.workspace_id, status=to)
     if to in FINAL:
         task.finished_at = timezone.now()
-        warmup_release(task, message=f"run {task.id} is {to}")
+        warmup_release(task, message=f"run {task.id} is {to}", save=False)  # written by the save below
         # Final runs free the workspace queue.
         workspace_id = task.workspace_id
         transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
-    task.save()
+    if save:
+        task.save()
+    else:
+        task.save_later(*(f.attname for f in Task._meta.concrete_fields if not f.primary_key))
 
 
 def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "",
@@ -245,17 +251,17 @@ def runs_auto_apply_due() -> list[int]:
     )
 
 
-def run_apply_acked(task: Task) -> None:
-    """The agent has the apply and is starting terraform."""
+def run_apply_acked(task: Task, *, save: bool = True) -> None:
+    """The agent has the apply and is starting terraform (`save`: as for run_transition)."""
     if task.status == RunStatus.APPLY_QUEUED:
-        run_transition(task, RunStatus.APPLYING)
+        run_transition(task, RunStatus.APPLYING, save=save)
 
 
 def run_apply_finished(finished: Finished) -> None:
     """An apply job ended (caller's transaction; job, task and slot locked)."""
     task, result = finished.task, finished.result
     _free(finished, f"apply {result.outcome}")
-    run_apply_acked(task)  # normally done already; a result implies it
+    run_apply_acked(task, save=False)  # normally done already; a result implies it (saved below)
     if finished.job.timed_out_at is not None and result.outcome not in (JobOutcome.SUCCEEDED, JobOutcome.STALE):
         run_transition(task, RunStatus.ERRORED, message=_stopped_at_bound(finished))
     elif result.outcome == JobOutcome.SUCCEEDED:

@@ -33,10 +33,12 @@ W = WarmupStatus
 
 
 def warmup_transition(
-    task: Task, to: WarmupStatus, *, message: str, agent: Agent | None = None, retry_count: int | None = None
+    task: Task, to: WarmupStatus, *, message: str, agent: Agent | None = None, retry_count: int | None = None,
+    save: bool = True,
 ) -> None:
     """Move a locked run's warmup to `to`; checks the table, writes a DispatchEvent, saves
-    the warmup fields. The only writer of Task.warmup_*."""
+    the warmup fields (`save=False`: the caller saves the whole run next, Task.save_later).
+    The only writer of Task.warmup_*."""
     WARMUP.check(task.warmup_status, to)
     before = task.warmup_status
     now = timezone.now()
@@ -53,7 +55,10 @@ def warmup_transition(
         task.warmup_expires_at = None
     if retry_count is not None:
         task.warmup_retry_count = retry_count
-    task.save(update_fields=fields)
+    if save:
+        task.save(update_fields=fields)
+    else:
+        task.save_later(*fields)
     DispatchEvent.objects.create(
         subject="warmup", subject_id=task.id, task=task, agent=agent, from_state=before, to_state=to, message=message
     )
@@ -69,14 +74,15 @@ def warmup_reserve(task: Task, slot: Slot, *, message: str) -> None:
     warmup_transition(task, W.READY, message=message, agent=slot.agent)
 
 
-def warmup_release(task: Task, *, message: str, to: WarmupStatus = W.NONE) -> bool:
+def warmup_release(task: Task, *, message: str, to: WarmupStatus = W.NONE, save: bool = True) -> bool:
     """Drop the run's reservation (the agent deletes the dir when its heartbeat learns of
-    it). A ready warmup becomes `to` (none, or expired). Returns whether a slot was held."""
+    it). A ready warmup becomes `to` (none, or expired). Returns whether a slot was held.
+    `save=False`: as for warmup_transition."""
     slot = slot_reserved_for(task.id, lock=True)
     if slot is not None:
         slot_transition(slot, SlotState.IDLE, message=message)
     if task.warmup_status == W.READY or (task.warmup_status == W.EXPIRED and to == W.NONE and slot is not None):
-        warmup_transition(task, to, message=message, agent=slot.agent if slot else None)
+        warmup_transition(task, to, message=message, agent=slot.agent if slot else None, save=save)
     return slot is not None
 
 

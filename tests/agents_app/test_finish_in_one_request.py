@@ -280,9 +280,19 @@ def test_a_short_apply_reports_its_start_log_and_result_in_one_request(setup, cl
     started = time.time()
     log = {"seq": 1, "text": "Apply complete! Resources: 1 added\n",
            "events": {"ack": True, "apply_started_at": started, "apply_path": "fast", "apply_path_reason": "kept"}}
-    assert a1.finish(apply, log=log).status_code == 200
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as result:
+        assert a1.finish(apply, log=log).status_code == 200
+    sql = [q["sql"] for q in result.captured_queries]
+    # One UPDATE of the run for its log, its start, applying, applied and the warm dir's release,
+    # one of the job for its acknowledgement and its end.
+    assert len([q for q in sql if q.startswith('UPDATE "tasks_app_task"')]) == 1
+    assert len([q for q in sql if q.startswith('UPDATE "tasks_app_job"')]) == 1
     task.refresh_from_db()
-    assert task.status == "applied" and task.apply_path == "fast"
+    assert task.status == "applied" and task.apply_path == "fast" and task.warmup_status == "none"
+    assert task.finished_at is not None and task.log_size == len(log["text"])
     assert abs(task.apply_started_at.timestamp() - started) < 0.01 and task.first_apply_log_at is not None
     assert Job.objects.get(id=apply["id"]).acked_at is not None
     moves = list(TaskEvent.objects.filter(task=task).order_by("id").values_list("to_status", flat=True))
