@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import BinaryField, Case, Exists, F, IntegerField, Q, Value, When
+from django.db.models import BinaryField, Case, Exists, F, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
@@ -49,7 +49,7 @@ from iacplatform import crypto, metrics, wakeups
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
 from tasks_app.logrender import strip_ansi
-from tasks_app.models import ConfigurationVersion, Job, LogChunk, Plan, Task, Variable
+from tasks_app.models import ConfigurationVersion, Job, LogChunk, Plan, StateVersion, Task, Variable
 from tasks_app.services.state import state_locks_release_for_job
 from tasks_app.states import Operation
 
@@ -146,7 +146,8 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     )
     if job is None:
         return None
-    task = task_locked_for_payload(job.task_id, inline_archive=job.kind != JobKind.APPLY)
+    task = task_locked_for_payload(job.task_id, inline_archive=job.kind != JobKind.APPLY,
+                                   state_serial=job.kind == JobKind.PLAN)
     return job_assign(job, agent, slot, task)
 
 
@@ -174,10 +175,11 @@ def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
         Q(avoid_until__isnull=True) | Q(avoid_until__lte=now))
 
 
-def task_locked_for_payload(task_id: int, *, inline_archive: bool = False) -> Task:
+def task_locked_for_payload(task_id: int, *, inline_archive: bool = False, state_serial: bool = False) -> Task:
     """The run, locked, with what a job's payload reads. `inline_archive`: with its
     configuration archive when it is small enough to travel inside the payload (one query
-    for both; `_inline_configuration`); a larger one is never read here."""
+    for both; `_inline_configuration`); a larger one is never read here. `state_serial`: with
+    its workspace's current state serial (`current_state_serial`, for run_plan_started)."""
     qs = (
         Task.objects.select_for_update(no_key=True, of=("self",))
         .select_related("workspace__pool", "configuration_version")
@@ -187,6 +189,10 @@ def task_locked_for_payload(task_id: int, *, inline_archive: bool = False) -> Ta
         qs = qs.annotate(inline_archive=Case(
             When(configuration_version__size__lte=INLINE_CONFIGURATION_BYTES, then=F("configuration_version__archive")),
             default=Value(None), output_field=BinaryField(),
+        ))
+    if state_serial:
+        qs = qs.annotate(current_state_serial=Subquery(
+            StateVersion.objects.filter(workspace_id=OuterRef("workspace_id")).order_by("-serial").values("serial")[:1]
         ))
     return qs.get(id=task_id)
 

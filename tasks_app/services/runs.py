@@ -164,8 +164,10 @@ def _dispatch_queued(pool_id: int) -> None:
 
 def run_plan_started(task: Task, agent: Agent) -> None:
     """An agent claimed the run's plan job (task locked)."""
-    # The state serial the plan is made against: a different serial at Confirm = stale plan.
-    task.base_state_serial = state_serial_current(task.workspace_id)
+    # The state serial the plan is made against: a different serial at Confirm = stale plan
+    # (read with the locked run when the claim did: jobs.task_locked_for_payload).
+    task.base_state_serial = (task.__dict__["current_state_serial"] if "current_state_serial" in task.__dict__
+                              else state_serial_current(task.workspace_id))
     task.terraform_version = agent.terraform_version
     run_transition(task, RunStatus.PLANNING, message=f"planning on {agent.name}", event_only=True)
 

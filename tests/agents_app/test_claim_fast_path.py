@@ -39,3 +39,23 @@ def test_an_agent_marked_offline_hears_gone_even_with_nothing_queued(setup):
     agent_set_status(agent, AgentStatus.OFFLINE, reason="test: silent")
     with pytest.raises(Gone):
         control.agent_claim_if_queued(agent=agent, limit=1)
+
+
+def test_a_claimed_plan_records_the_state_serial_it_is_made_against(setup):
+    """Read with the locked run in the claim's query (a different serial at Confirm means a
+    stale plan): the workspace's newest serial, or none before its first state."""
+    from tasks_app.models import StateVersion, Task
+
+    pool, _, ws = setup
+    agent, _ = make_agent(pool=pool, name="a1")
+    first = run_create(workspace=ws, operation="plan", actor="test")
+    control.sweep()
+    control.agent_claim_if_queued(agent=agent, limit=1)
+    for serial in (3, 7, 5):  # the newest is the highest serial, whatever the insert order
+        StateVersion.objects.create(workspace=ws, serial=serial, lineage="l", sha256="0" * 64, size=0,
+                                    encrypted_data=b"")
+    second = run_create(workspace=ws, operation="plan", actor="test")
+    control.sweep()
+    control.agent_claim_if_queued(agent=agent, limit=1)
+    assert Task.objects.get(id=first.id).base_state_serial is None
+    assert Task.objects.get(id=second.id).base_state_serial == 7
