@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from agents_app import events
-from agents_app.models import DispatchEvent, Slot
+from agents_app.models import Slot
 from agents_app.protocol import SlotState
+from agents_app.services.dispatch_log import dispatch_event
 from agents_app.states import SLOT
 
 
@@ -31,7 +32,7 @@ def slot_transition(slot: Slot, to: SlotState, *, job: Any = None, task: Any = N
         slot.job, slot.task = None, None
     slot.state = to
     slot.save(update_fields=["state", "job", "task", "updated_at"])
-    DispatchEvent.objects.create(
+    dispatch_event(
         subject="slot", subject_id=slot.id, task_id=slot.task_id or task_id, agent_id=slot.agent_id,
         from_state=before, to_state=to, message=message,
     )

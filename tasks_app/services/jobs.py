@@ -42,6 +42,7 @@ from agents_app.protocol import (
     TaskRef,
     Variables,
 )
+from agents_app.services.dispatch_log import dispatch_event
 from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.slots import slot_of_job, slot_transition
 from agents_app.states import JOB
@@ -77,7 +78,7 @@ def job_transition(job: Job, to: JobStatus, *, message: str = "", fields: tuple[
         # it from applying beside the next agent's (its credential is revoked, too).
         state_locks_release_for_job(job=job)
     job.save(update_fields=["status", *fields])
-    DispatchEvent.objects.create(
+    dispatch_event(
         subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
         from_state=before, to_state=to, message=message,
     )
@@ -87,7 +88,7 @@ def job_transition(job: Job, to: JobStatus, *, message: str = "", fields: tuple[
 def job_create(*, task: Task, kind: JobKind, pool_id: int, message: str = "", **fields: Any) -> Job:
     """A new queued job (the caller wakes the pool after commit)."""
     job = Job.objects.create(task=task, pool_id=pool_id, kind=kind, status=JobStatus.QUEUED, **fields)
-    DispatchEvent.objects.create(subject="job", subject_id=job.id, task=task, to_state=JobStatus.QUEUED, message=message)
+    dispatch_event(subject="job", subject_id=job.id, task=task, to_state=JobStatus.QUEUED, message=message)
     dispatch_events.dispatch_changed(pool_id=pool_id, subject="job", subject_id=job.id, state=JobStatus.QUEUED, task_id=task.id)
     return job
 
@@ -224,7 +225,7 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     if job.pk is None:
         job.status = JobStatus.RUNNING
         job.save()
-        DispatchEvent.objects.create(
+        dispatch_event(
             subject="job", subject_id=job.id, task=task, agent=agent, to_state=JobStatus.RUNNING,
             message=message or f"assigned to {agent.name}#{slot.index}",
         )

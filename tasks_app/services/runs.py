@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.protocol import JobKind, JobOutcome, JobStatus, PlanMode, SlotState, WarmupStatus
+from agents_app.services.dispatch_log import dispatch_events_batched
 from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
@@ -347,7 +348,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
     """Confirm Apply. At most one apply job per run: the row lock plus the status check make
     a second confirm (double click, two tabs, a retried request) a 409, and a unique
     constraint on (task, kind=apply) backs that up at the database level."""
-    with transaction.atomic():
+    with transaction.atomic(), dispatch_events_batched():
         # The configuration's sha256 goes into the pushed payload; its archive (up to
         # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
         task = (

@@ -17,8 +17,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
-from agents_app.models import Agent, AgentPool, DispatchEvent, Pod, Slot
+from agents_app.models import Agent, AgentPool, Pod, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, PodPhase, SlotState, WarmupStatus
+from agents_app.services.dispatch_log import dispatch_event
 from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_reserved_for, slot_transition
 from agents_app.states import WARMUP
@@ -59,7 +60,7 @@ def warmup_transition(
         task.save(update_fields=fields)
     else:
         task.save_later(*fields)
-    DispatchEvent.objects.create(
+    dispatch_event(
         subject="warmup", subject_id=task.id, task=task, agent=agent, from_state=before, to_state=to, message=message
     )
     dispatch_events.dispatch_changed(
