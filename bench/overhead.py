@@ -1,7 +1,7 @@
 """The platform's overhead over bare terraform: a whole plan and a whole apply, each against
 terraform doing the same work on the same state backend.
 
-    python -m bench.overhead [--runs 11]       # make bench-overhead
+    python -m bench.overhead [--runs 15]       # make bench-overhead
 
 Brings up its own platform (fresh database `iac_bench_overhead`, its own Redis, Daphne, a
 Celery worker with beat, one agent with 3 slots on a warm pool) and runs the same
@@ -25,7 +25,9 @@ terraform apply, apply end → finish reported, finish → committed. (No wrappe
 terraform: a shell script timing each process added its own ~3 ms per process to the
 platform's side only.)
 
-Prints a table (median and p90 per phase and way), the breakdown, saves
+Prints a table (median and p90 per phase and way; the overhead as the difference of the
+medians, and paired: the median of each round's platform-minus-bare difference, which the
+shared machine's drifting load moves less), the breakdown, saves
 bench/results/overhead.{json,png}, and ends with
 `plan_overhead_ms=… apply_overhead_ms=… backend_cost_ms=… confirm_to_apply_start_ms=…`
 (overhead: platform against bare-http, the one-resource `data` configuration; backend cost:
@@ -225,6 +227,7 @@ class Overhead:
                     row = self.once(config, way)
                     done += 1
                     row["measured"] = i >= self.args.warmup_runs
+                    row["round"] = i  # the three ways of a configuration ran back to back in it
                     self.rows.append(row)
                     say(f"    [{done}/{total}] {config:8} {way:10} plan {row['plan_ms']:7.0f} ms  apply {row['apply_ms']:7.0f} ms"
                         + ("" if row["measured"] else "  (warm-up, not counted)"))
@@ -250,17 +253,28 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[config]["hops"] = {k: stats(sel, k) for k, _ in PLAN_HOPS + APPLY_HOPS}
         bare = [r for r in measured if r["config"] == config and r["way"] == "bare-http"]
         out[config]["bare_commands"] = {k: stats(bare, f"tf_{k}") for k in COMMANDS}
+        out[config]["paired"] = {k: stats(paired(sel, bare, k), "difference") for k in ("plan_ms", "apply_ms")}
     return out
 
 
+def paired(platform: list[dict[str, Any]], bare: list[dict[str, Any]], key: str) -> list[dict[str, float]]:
+    """Each round's platform run minus the bare CLI run beside it (same round, same
+    configuration): the machine's load drifts between rounds on a shared host, and a
+    difference taken within a round is far less moved by it than a difference of medians."""
+    by_round = {r["round"]: r[key] for r in bare if r.get(key) is not None}
+    return [{"difference": r[key] - by_round[r["round"]]} for r in platform
+            if r.get(key) is not None and r["round"] in by_round]
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    lines = ["| config | phase | platform (p50 / p90) | bare CLI, HTTP backend | bare CLI, local state | overhead (p50) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| config | phase | platform (p50 / p90) | bare CLI, HTTP backend | bare CLI, local state | overhead (p50) "
+             "| overhead, paired (p50) |",
+             "|---|---|---|---|---|---|---|"]
     for config, s in summary.items():
         for phase in ("plan_ms", "apply_ms"):
             p, h, loc = s["platform"][phase], s["bare-http"][phase], s["bare-local"][phase]
             lines.append(f"| {config} | {phase[:-3]} | {p[0]:.0f} / {p[1]:.0f} ms | {h[0]:.0f} / {h[1]:.0f} ms | "
-                         f"{loc[0]:.0f} / {loc[1]:.0f} ms | {p[0] - h[0]:+.0f} ms |")
+                         f"{loc[0]:.0f} / {loc[1]:.0f} ms | {p[0] - h[0]:+.0f} ms | {s['paired'][phase][0]:+.0f} ms |")
     lines += ["", "| hop (platform, `data`) | p50 | p90 | runs |", "|---|---|---|---|"]
     for key, label in PLAN_HOPS + APPLY_HOPS:
         p50, p90, n = summary["data"]["hops"][key]
@@ -314,7 +328,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=11, help="measured runs per configuration and way (default 11)")
+    parser.add_argument("--runs", type=int, default=15, help="measured runs per configuration and way (default 15)")
     parser.add_argument("--warmup-runs", type=int, default=1, help="unmeasured runs first (default 1)")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--wait", choices=("longpoll", "poll"), default="longpoll",
