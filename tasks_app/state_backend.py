@@ -185,12 +185,14 @@ def _dispatch(request: HttpRequest, workspace_id: int, allowed: tuple[str, ...])
     if client is None:
         return _unauthorized("unknown or expired credentials")
     # Authenticate before looking the workspace up: strangers cannot probe which IDs exist.
-    workspace = Workspace.objects.filter(pk=workspace_id).first()
     if client.job is not None:
         # A job credential is good for its own workspace only; to it, others do not exist.
-        if workspace is None or client.job.task.workspace_id != workspace.id:
+        # (Its workspace came with it: no query of its own on terraform's every state call.)
+        if client.job.task.workspace_id != workspace_id:
             return _error(404, f"workspace {workspace_id} does not exist")
+        workspace = client.job.task.workspace
     else:
+        workspace = Workspace.objects.filter(pk=workspace_id).first()
         have = level(client.user, workspace) if workspace is not None else Level.NONE
         if have < Level.READ:  # unreadable = nonexistent: the ID is not confirmed
             return _error(404, f"workspace {workspace_id} does not exist")

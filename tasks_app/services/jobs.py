@@ -809,8 +809,10 @@ def jobs_running_of_agent(*, agent_id: int) -> list[int]:
 
 
 def job_by_credential(token: str) -> Job | None:
+    """The running job whose state credential this is, with its run and workspace (one query:
+    the state backend serves terraform's every state call with it)."""
     return (
-        Job.objects.select_related("task")
+        Job.objects.select_related("task__workspace")
         .filter(credential_hash=hash_token(token), status=JobStatus.RUNNING)
         .first()
     )

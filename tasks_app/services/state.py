@@ -174,7 +174,13 @@ def state_push(
         if lock is not None and lock.lock_id != lock_id:
             raise StateLockedError(lock.info)
 
-        same_serial = StateVersion.objects.filter(workspace=workspace, serial=serial).first()
+        # The newest version (without its bytes) answers the usual push, a new serial, in one
+        # query; the serial itself is looked up only when it is not newer (a retry).
+        versions = StateVersion.objects.filter(workspace=workspace).defer("encrypted_data")
+        current = versions.order_by("-serial", "-id").first()
+        same_serial = None
+        if current is not None and serial <= current.serial:
+            same_serial = current if current.serial == serial else versions.filter(serial=serial).first()
         if same_serial is not None:
             if same_serial.sha256 == sha256:
                 return same_serial, False
@@ -182,7 +188,6 @@ def state_push(
                 f"state serial {serial} is already stored with different content: another writer "
                 f"changed the state; pull the current state and try again"
             )
-        current = StateVersion.objects.filter(workspace=workspace).order_by("-serial", "-id").first()
         if current is not None:
             if lineage != current.lineage:
                 raise StateConflictError(

@@ -426,3 +426,29 @@ def test_it_gives_the_lock_to_exactly_one_of_two_concurrent_lockers(workspace: W
     winner = StateLock.objects.get(workspace=workspace).lock_id
     loser = "lock-2" if winner == "lock-1" else "lock-1"
     assert outcomes == {winner: "won", loser: f"refused, held by {winner}"}
+
+
+def test_a_retry_of_an_older_serial_is_still_answered_as_a_retry(backend: StateBackend, workspace: Workspace) -> None:
+    """Serial 5, then 6; a lost answer makes the client send 5 again: 200, nothing stored."""
+    lineage = str(uuid.uuid4())
+    five = tf_state(5, lineage, greeting="five")
+    backend.push(five)
+    backend.push(tf_state(6, lineage, greeting="six"))
+
+    assert backend.push(five).status_code == 200
+    other = backend.push(tf_state(5, lineage, greeting="other"))
+    assert other.status_code == 409 and "serial 5" in other.json()["detail"]
+    assert StateVersion.objects.filter(workspace=workspace).count() == 2
+
+
+def test_a_push_of_a_new_serial_reads_the_versions_once_and_not_their_bytes(backend: StateBackend) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    lineage = str(uuid.uuid4())
+    backend.push(tf_state(1, lineage))
+    with CaptureQueriesContext(connection) as push:
+        assert backend.push(tf_state(2, lineage)).status_code == 201
+    reads = [q["sql"] for q in push.captured_queries
+             if q["sql"].startswith("SELECT") and 'FROM "tasks_app_stateversion"' in q["sql"]]
+    assert len(reads) == 1 and '"encrypted_data"' not in reads[0]
