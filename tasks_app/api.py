@@ -373,11 +373,25 @@ class RunDetail(generics.RetrieveAPIView):
         # `?wait=` long-polls asynchronously, holding no thread or connection (tasks_app/longpoll.py).
         # Only a status change can answer it: a log append (many per second) wakes nothing.
         # A status change carries the new status: one that cannot answer runs no check.
+        # While it waits, a check reads the run's status only (`long_poll_probe`); the answer is
+        # the whole run.
         return long_polling(super().as_view(**initkwargs), bound=RUN_WAIT_MAX_SECONDS, ready=_status_reached,
-                            wake_on=frozenset({"status"}), may_answer=_status_may_answer)
+                            wake_on=frozenset({"status"}), may_answer=_status_may_answer, probe=True)
+
+    def _probing(self) -> bool:
+        return bool(getattr(self.request, "long_poll_probe", False))
 
     def get_queryset(self) -> QuerySet[Task]:
-        return _run_queryset().filter(workspace_id__in=readable_workspaces(self.request.user).values("id"))
+        readable = readable_workspaces(self.request.user).values("id")
+        if self._probing():
+            return Task.objects.only("id", "status", "workspace_id").filter(workspace_id__in=readable)
+        return _run_queryset().filter(workspace_id__in=readable)
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if self._probing():  # a long-poll's check while it waits: what _status_reached reads
+            task = self.get_object()
+            return Response({"id": task.id, "status": task.status})
+        return super().retrieve(request, *args, **kwargs)
 
     @extend_schema(
         parameters=[RunWaitQuerySerializer],

@@ -121,14 +121,18 @@ def parse_wait(raw: str | None, bound: float) -> float | None:
 
 def long_polling(view: Callable[..., HttpResponse], *, bound: float,
                  ready: Callable[[HttpRequest, Any, Any], bool], wake_on: frozenset[str],
-                 may_answer: Callable[[HttpRequest, Any, str], bool] | None = None) -> Callable[..., Any]:
+                 may_answer: Callable[[HttpRequest, Any, str], bool] | None = None,
+                 probe: bool = False) -> Callable[..., Any]:
     """An async view around the sync DRF `view`: without a valid `?wait=`, the view once;
     with it, the view again after each event of the run of a kind in `wake_on` until
     `ready(request, first, data)` holds for its 200 answer (`first`: the data of the first
     answer), or the wait is over. `may_answer(request, first, detail)`: False when an event
     that says `detail` (a status change's new status) cannot make the run ready; the view
     is not run for it (each check is the whole DRF view: authentication, permissions, the
-    run's queries, rendering, while the run's terraform starts beside it)."""
+    run's queries, rendering, while the run's terraform starts beside it). `probe`: the
+    checks while waiting run the view with `request.long_poll_probe` set, for which it
+    answers only what `ready` reads (after the same authentication and permissions); the
+    answer is the whole view, run once `ready` holds (or the wait is over)."""
 
     @functools.wraps(view)
     async def waiting_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -140,12 +144,21 @@ def long_polling(view: Callable[..., HttpResponse], *, bound: float,
         first = None
         async with RunEvents(kwargs["pk"], wake_on) as events:
             while True:
+                request.long_poll_probe = probe  # type: ignore[attr-defined]
                 response = await check(view, request, args, kwargs)
                 data = getattr(response, "data", None)
                 if response.status_code != 200 or not isinstance(data, dict):
                     return response
                 first = data if first is None else first
-                if ready(request, first, data) or time.monotonic() >= deadline:
+                over = time.monotonic() >= deadline
+                if probe and (over or ready(request, first, data)):
+                    # The answer: the whole view now (the run as it is, checked once more).
+                    request.long_poll_probe = False  # type: ignore[attr-defined]
+                    response = await check(view, request, args, kwargs)
+                    data = getattr(response, "data", None)
+                    if response.status_code != 200 or not isinstance(data, dict):
+                        return response
+                if ready(request, first, data) or over:
                     return response
                 while (detail := await events.next(deadline)) is not None and may_answer is not None:
                     if may_answer(request, first, detail):

@@ -786,6 +786,24 @@ def test_a_run_wait_answers_at_once_when_the_status_is_already_reached(api, work
     assert time.monotonic() - started < 2
 
 
+def test_a_run_wait_answers_with_the_whole_run_though_it_checks_only_the_status_while_it_waits(api, workspace):
+    """The checks while a long-poll waits read the run's status only (`long_poll_probe`); the
+    answer, at once or at the end of the wait, is the whole run."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
+    whole = api.get(f"/api/v1/runs/{run['id']}/").json()
+    reached = api.get(f"/api/v1/runs/{run['id']}/?wait=5&until={run['status']}").json()
+    with CaptureQueriesContext(connection) as waited:
+        timed_out = api.get(f"/api/v1/runs/{run['id']}/?wait=0.3&until=applied").json()
+    for answer in (reached, timed_out):
+        assert set(answer) == set(whole) and answer["id"] == run["id"] and answer["events"] == whole["events"]
+    # One check of the status (the probe), then the whole view once for the answer: the run's
+    # events are read once, by the answer.
+    assert len([q for q in waited.captured_queries if 'FROM "tasks_app_taskevent"' in q["sql"]]) == 1
+
+
 @pytest.mark.parametrize("query", ["wait=61", "wait=-1", "wait=x", "until=bogus"])
 def test_a_run_wait_refuses_bad_parameters(api, workspace, query):
     run = api.post(f"/api/v1/workspaces/{workspace.id}/runs/", {"operation": "plan"}, format="json").json()
