@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
 from django.db.models import BinaryField, Case, Exists, F, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.utils import timezone
@@ -348,6 +349,15 @@ def _sensitive_values(workspace_id: int) -> list[str]:
     return [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
 
 
+def _run_sensitive_values(task: Task) -> list[str]:
+    """The sensitive values of the run's workspace: read with the locked run when
+    job_locked_with_run did (`sensitive_ciphertexts`), else queried."""
+    if "sensitive_ciphertexts" not in task.__dict__:
+        return _sensitive_values(task.workspace_id)
+    values = (crypto.decrypt(bytes(c)).decode() for c in task.__dict__["sensitive_ciphertexts"] if c)
+    return [v for v in values if v]
+
+
 # Platform tokens (job credentials, agent and pool tokens: agents_app.models.new_token) are
 # masked wherever they appear, whichever job's they are: the server keeps only their hashes.
 _TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:job|agent|pool)-[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
@@ -421,7 +431,13 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int) -> tuple[Job, Tas
     a caller that passes them to several of the services below (a result: its log, plan and
     finish) instead of each fetching and locking them again."""
     job = job_running(job_id, agent, fence, lock=True)
-    task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=job.task_id)
+    # With the ciphertexts of the workspace's sensitive values, for the redaction of the log
+    # and error the result carries (one query for both).
+    sensitive = Variable.objects.filter(workspace_id=OuterRef("workspace_id"), sensitive=True).values("encrypted_value")
+    task = (
+        Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool")
+        .annotate(sensitive_ciphertexts=ArraySubquery(sensitive)).get(id=job.task_id)
+    )
     return job, task
 
 
@@ -450,7 +466,7 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
     had_start, had_first_log = task.apply_started_at is not None, task.first_apply_log_at is not None
     text = post.text
     if text:
-        text = _log_capped(redact(text, _sensitive_values(task.workspace_id)), task.log_size)
+        text = _log_capped(redact(text, _run_sensitive_values(task)), task.log_size)
     if text:
         LogChunk.objects.create(task=task, job=job, seq=post.seq, offset=task.log_size, text=text)
         task.log_size += len(text.encode())
@@ -580,7 +596,7 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult,
     # the error becomes the job's error, the run's message and event rows (run_*_finished and
     # the warmup services read it from the returned result).
     if result.error:  # (a job that succeeded has none: no query for the values)
-        result = result.model_copy(update={"error": redact(result.error, _sensitive_values(task.workspace_id))})
+        result = result.model_copy(update={"error": redact(result.error, _run_sensitive_values(task))})
     job.error = result.error
     job.sandbox = result.sandbox or ""
     job.plan_start = result.plan_start or "" if job.kind == JobKind.PLAN else ""

@@ -290,6 +290,8 @@ def test_a_short_apply_reports_its_start_log_and_result_in_one_request(setup, cl
     # one of the job for its acknowledgement and its end.
     assert len([q for q in sql if q.startswith('UPDATE "tasks_app_task"')]) == 1
     assert len([q for q in sql if q.startswith('UPDATE "tasks_app_job"')]) == 1
+    # The sensitive values for the log's redaction come with the locked run, not in a query of their own.
+    assert not [q for q in sql if q.startswith('SELECT "tasks_app_variable"')]
     task.refresh_from_db()
     assert task.status == "applied" and task.apply_path == "fast" and task.warmup_status == "none"
     assert task.finished_at is not None and task.log_size == len(log["text"])
