@@ -45,7 +45,6 @@ from agents_app.services.agents import (
     agents_silent,
     pool_rotate_token,
 )
-from agents_app.services.dispatch_log import dispatch_events_batched
 from agents_app.services.freeze import Freeze, moment_text, pool_freeze
 from agents_app.services.pods import pod_agent_registered
 from agents_app.services.slots import slot_idle_of_agent, slot_transition
@@ -53,6 +52,7 @@ from iacplatform import wakeups
 from iacplatform.errors import PlatformError
 from iacplatform.logs import bound
 from iacplatform.pglock import try_advisory_lock
+from iacplatform.row_batch import rows_batched
 from tasks_app.models import Job, SweepHeartbeat, Task
 from tasks_app.selectors import (
     NoAgent,
@@ -215,7 +215,7 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
         attempts += 1
         if pool_id is not None and not pool_has_queued_jobs(pool_id):
             break  # the queue is empty now: one small query instead of another round of locks
-        with bound(agent_id=agent_id), transaction.atomic(), dispatch_events_batched():
+        with bound(agent_id=agent_id), transaction.atomic(), rows_batched():
             agent = agent_locked_online(agent_id)
             pool_id = agent.pool_id
             slot = slot_idle_of_agent(agent.id)
@@ -284,7 +284,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
     if check_first:
         job_running(job_id, agent, fence)
         plan_check(plan or b"", result.plan.sha256)
-    with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic(), dispatch_events_batched():
+    with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic(), rows_batched():
         # The job and its run, locked once (the job's lock before the run's) for the log, the
         # plan and the result alike.
         locked = job_locked_with_run(job_id, agent, fence)

@@ -20,11 +20,11 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.protocol import JobKind, JobOutcome, JobStatus, PlanMode, SlotState, WarmupStatus
-from agents_app.services.dispatch_log import dispatch_events_batched
 from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Invalid, PlatformError, invalid_field
+from iacplatform.row_batch import insert, rows_batched
 from tasks_app import events
 from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
 from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
@@ -63,9 +63,7 @@ def run_transition(
     `save=False`: the caller moves the run again in this transaction, whose save writes this
     one too (Task.save_later; Task.save_pending writes it if none does)."""
     check_transition(task.status, to)
-    TaskEvent.objects.create(
-        task=task, from_status=task.status, to_status=to, message=message, actor=_actor_label(actor)
-    )
+    insert(TaskEvent(task=task, from_status=task.status, to_status=to, message=message, actor=_actor_label(actor)))
     task.status = to
     if message and not event_only:
         task.message = message
@@ -348,7 +346,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
     """Confirm Apply. At most one apply job per run: the row lock plus the status check make
     a second confirm (double click, two tabs, a retried request) a 409, and a unique
     constraint on (task, kind=apply) backs that up at the database level."""
-    with transaction.atomic(), dispatch_events_batched():
+    with transaction.atomic(), rows_batched():
         # The configuration's sha256 goes into the pushed payload; its archive (up to
         # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
         task = (

@@ -1,5 +1,6 @@
-"""The dispatch history's rows: written at once, or batched into one INSERT at the end of a
-hot transaction's block (a claim, a result, a Confirm), in order; none when the block fails."""
+"""History rows (DispatchEvents, a run's TaskEvents): written at once, or batched into one
+INSERT per table at the end of a hot transaction's block (a claim, a result, a Confirm), in
+order; none when the block fails."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from agents_app.models import DispatchEvent
-from agents_app.services.dispatch_log import dispatch_event, dispatch_events_batched
+from agents_app.services.dispatch_log import dispatch_event
+from iacplatform.row_batch import rows_batched
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +22,7 @@ def test_outside_a_batch_each_event_is_written_at_once():
 
 def test_a_batch_writes_its_events_in_order_in_one_insert_at_its_end():
     with transaction.atomic(), CaptureQueriesContext(connection) as queries:
-        with dispatch_events_batched():
+        with rows_batched():
             for state in ("queued", "running", "succeeded"):
                 dispatch_event(subject="job", subject_id=2, to_state=state, message=state)
             assert not DispatchEvent.objects.filter(subject_id=2).exists()  # not yet
@@ -32,9 +34,27 @@ def test_a_batch_writes_its_events_in_order_in_one_insert_at_its_end():
 
 
 def test_a_batch_that_raises_writes_nothing():
-    with pytest.raises(RuntimeError), transaction.atomic(), dispatch_events_batched():
+    with pytest.raises(RuntimeError), transaction.atomic(), rows_batched():
         dispatch_event(subject="job", subject_id=3, to_state="running", message="lost")
         raise RuntimeError("the transaction fails")
     assert not DispatchEvent.objects.filter(subject_id=3).exists()
     dispatch_event(subject="job", subject_id=3, to_state="queued", message="after")  # no batch left behind
     assert DispatchEvent.objects.filter(subject_id=3).count() == 1
+
+
+def test_a_batch_writes_each_tables_rows_in_one_insert(setup):
+    from tasks_app.models import TaskEvent
+    from tasks_app.services.runs import run_create, run_transition
+    from tasks_app.states import RunStatus
+
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        with rows_batched():
+            run_transition(task, RunStatus.PLAN_QUEUED)
+            dispatch_event(subject="job", subject_id=4, task=task, to_state="queued", message="a")
+            run_transition(task, RunStatus.PLANNING)
+            dispatch_event(subject="job", subject_id=4, task=task, to_state="running", message="b")
+    inserts = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("INSERT INTO")]
+    assert sorted(inserts) == ["agents_app_dispatchevent", "tasks_app_taskevent"]
+    moves = list(TaskEvent.objects.filter(task=task).order_by("id").values_list("to_status", flat=True))
+    assert moves == ["pending", "plan_queued", "planning"]
