@@ -23,7 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
-from django.db.models import BinaryField, Case, Exists, F, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.db.models import BinaryField, Case, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
@@ -123,11 +123,7 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     )
     # A job this agent lost a moment ago is left to the pool's other agents while one of them
     # has a free slot (alone, the agent takes it again at once).
-    others_free = (
-        Agent.objects.filter(pool_id=agent.pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
-        .exclude(id=agent.id)
-    )
-    queued = queued.filter(~(Q(avoid_agent=agent, avoid_until__gt=now) & Exists(others_free)))
+    queued = queued.filter(~(Q(avoid_agent=agent, avoid_until__gt=now) & Exists(_others_with_a_free_slot(agent))))
     held_elsewhere = _plans_waiting_for_affinity(agent, mine)
     if held_elsewhere is not None:
         queued = queued.exclude(held_elsewhere)
@@ -153,6 +149,14 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     return job_assign(job, agent, slot, task)
 
 
+def _others_with_a_free_slot(agent: Agent) -> QuerySet[Agent]:
+    """The other online agents of the agent's pool with an idle slot."""
+    return (
+        Agent.objects.filter(pool_id=agent.pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
+        .exclude(id=agent.id)
+    )
+
+
 def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
     """Plan affinity: the queued plans this agent leaves, for now, to another online agent
     of the pool that holds the workspace's warm plan dir and has an idle slot (it runs them
@@ -162,8 +166,7 @@ def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
     if wait <= 0:
         return None
     holders = (
-        Agent.objects.filter(pool_id=agent.pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
-        .exclude(id=agent.id)
+        _others_with_a_free_slot(agent)
         .exclude(warm_plan_workspaces=[])
         .values_list("warm_plan_workspaces", flat=True)
         .distinct()
@@ -354,7 +357,7 @@ def _run_sensitive_values(task: Task) -> list[str]:
     job_locked_with_run did (`sensitive_ciphertexts`), else queried."""
     if "sensitive_ciphertexts" not in task.__dict__:
         return _sensitive_values(task.workspace_id)
-    values = (crypto.decrypt(bytes(c)).decode() for c in task.__dict__["sensitive_ciphertexts"] if c)
+    values = (Variable(sensitive=True, encrypted_value=c).value for c in task.__dict__["sensitive_ciphertexts"])
     return [v for v in values if v]
 
 
