@@ -7,6 +7,12 @@ waits for the event loop and the GIL: on a busy server (terraform's state calls,
 log posts and a page's long-poll at once) that is most of a request's time and CPU. A
 request for a sync view (all but the long-polls) here runs Django's sync handler, the same
 middleware and view, in one thread hop. Async views (the run long-polls) keep the async path.
+
+The live pages' group sends a sync request makes at its commits (iacplatform/live.py) go out
+after its response, from the event loop, as the agent's claim does (agents_app/claim.py):
+each is a hop to the event loop and a few Redis round trips, and they were taken before the
+answer and before the wake-ups and pushes registered after them (Confirm's push to the warm
+agent, a run's dispatch to the claim long-polls). The wake-ups themselves stay immediate.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, get_resolver
+
+from iacplatform import live
 
 
 def serves_sync(request: HttpRequest) -> bool:
@@ -35,6 +43,23 @@ class HybridASGIHandler(ASGIHandler):
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         if serves_sync(request):
-            # The request's own thread (Django gives each request a ThreadSensitiveContext).
-            return await sync_to_async(self.sync_handler.get_response, thread_sensitive=True)(request)
+            deferred = live.defer_sends()
+            try:
+                # The request's own thread (Django gives each request a ThreadSensitiveContext).
+                response = await sync_to_async(self.sync_handler.get_response, thread_sensitive=True)(request)
+            except BaseException:
+                live.stop_deferring(deferred)
+                await live.send_deferred(deferred)
+                raise
+            live.stop_deferring(deferred)
+            response._live_deferred = deferred  # sent by send_response, once the answer is out
+            return response
         return await super().get_response_async(request)
+
+    async def send_response(self, response: HttpResponseBase, send) -> None:
+        try:
+            await super().send_response(response, send)
+        finally:
+            deferred = getattr(response, "_live_deferred", None)
+            if deferred is not None:
+                await live.send_deferred(deferred)

@@ -67,7 +67,7 @@ def defer_sends() -> Deferred:
     each group_send at a commit is a hop to the event loop and a few Redis round trips
     (12-260 ms for an agent claim's after-commit sends on a loaded machine), taken before
     the wake-ups and pushes registered after it; collected, they go out together once
-    the answer (agents_app.claim)."""
+    the answer (agents_app.claim; every request for a sync view: iacplatform.asgi_handler)."""
     deferred = Deferred()
     deferred.token = _deferred.set(deferred)
     return deferred

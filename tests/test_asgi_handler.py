@@ -5,6 +5,7 @@ on Django's async path: iacplatform/asgi_handler.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -100,3 +101,51 @@ def test_an_async_view_answers_through_the_async_path(setup, django_user_model):
     assert status == 200 and json.loads(body)["id"] == task.id
     status, _, _ = asyncio.run(_asgi("GET", f"/api/v1/runs/{task.id}/?wait=5&until=applied"))
     assert status == 401  # no token: DRF refused it in the long-poll's first check
+
+
+def test_a_requests_live_updates_go_out_after_its_response_and_none_is_lost(monkeypatch, alice, workspace):
+    """The live pages' group sends of a sync request's commits wait for its response (issue 12):
+    queueing a run answers, then its run.changed updates go to the workspace's group."""
+    from iacplatform import live
+    from iacplatform.asgi import application
+    from tests.factories import make_token
+
+    token = make_token(alice)
+    order: list[str] = []
+    send_all = live._group_send_all
+
+    async def spy(layer, sends):
+        order.extend(f"group {group} {message.get('status', message['type'])}" for group, message in sends)
+        await send_all(layer, sends)
+
+    monkeypatch.setattr(live, "_group_send_all", spy)
+
+    async def request() -> int:
+        status = 0
+        body = json.dumps({"operation": "plan"}).encode()
+        inbox = [{"type": "http.request", "body": body}]
+
+        async def receive():
+            if inbox:
+                return inbox.pop(0)
+            await asyncio.sleep(3600)  # (no disconnect: the client waits for the whole answer)
+
+        async def send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body"):
+                order.append("response")
+
+        scope = {"type": "http", "method": "POST", "path": f"/api/v1/workspaces/{workspace.id}/runs/",
+                 "query_string": b"", "scheme": "http", "server": ("127.0.0.1", 8000),
+                 "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode()),
+                             (b"authorization", f"Token {token}".encode())]}
+        await asyncio.wait_for(application(scope, receive, send), 30)
+        return status
+
+    assert asyncio.run(request()) == 201
+    assert order[0] == "response", order
+    assert f"group workspace-{workspace.id} pending" in order
+    assert f"group workspace-{workspace.id} plan_queued" in order

@@ -1,5 +1,8 @@
-"""HTTP client for the agent protocol. One requests.Session per thread (Session is not
-documented as thread-safe) and retry policy.
+"""HTTP client for the agent protocol. Sessions (requests.Session is not documented as
+thread-safe) serve one call at a time and are then reused by whichever thread calls next:
+a job's thread and its log stream's are new for every job, and with a session of their own
+each opened a new connection for its first call (a job's result among them); an idle
+session's connection is kept alive. One retry policy per session.
 
 The server may restart under a running agent (web restarted by its supervisor, PostgreSQL
 restarting: web then answers 503 with Retry-After), so calls are retried by urllib3's
@@ -11,6 +14,8 @@ server answers a repeated finish or plan upload by the job's state."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
@@ -45,20 +50,26 @@ class Client:
     def __init__(self, server: str) -> None:
         self.server = server.rstrip("/")
         self.token = ""
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle: dict[int, list[requests.Session]] = {}  # by retries: sessions no call uses now
 
-    def session(self, retries: int = 5) -> requests.Session:
-        """This thread's session for calls retried `retries` times."""
-        sessions = getattr(self._local, "sessions", None)
-        if sessions is None:
-            sessions = self._local.sessions = {}
-        s = sessions.get(retries)
+    @contextmanager
+    def session(self, retries: int = 5) -> Iterator[requests.Session]:
+        """A session for one call retried `retries` times: an idle one (its connection kept
+        alive), or a new one; idle again afterwards."""
+        with self._lock:
+            idle = self._idle.setdefault(retries, [])
+            s = idle.pop() if idle else None
         if s is None:
-            s = sessions[retries] = requests.Session()
+            s = requests.Session()
             adapter = HTTPAdapter(max_retries=retry_policy(retries))
             s.mount("http://", adapter)
             s.mount("https://", adapter)
-        return s
+        try:
+            yield s
+        finally:
+            with self._lock:
+                self._idle[retries].append(s)
 
     def call(
         self,
@@ -75,7 +86,8 @@ class Client:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         if fence is not None:
             headers["X-Job-Fence"] = str(fence)
-        resp = self.session(retries).request(method, self.server + path, json=json, headers=headers, timeout=timeout)
+        with self.session(retries) as session:  # (the answer is read in full before it is idle again)
+            resp = session.request(method, self.server + path, json=json, headers=headers, timeout=timeout)
         if resp.status_code == 204:
             return None
         if resp.status_code >= 400:

@@ -23,7 +23,21 @@ from typing import Any
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
-from django.db.models import BinaryField, Case, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import (
+    BinaryField,
+    Case,
+    Exists,
+    F,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import JSONObject
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
@@ -190,6 +204,7 @@ def task_locked_for_payload(task_id: int, *, inline_archive: bool = False, state
         .select_related("workspace__pool", "configuration_version")
         .defer("configuration_version__archive")
     )
+    qs = with_payload_variables(qs)
     if inline_archive:
         qs = qs.annotate(inline_archive=Case(
             When(configuration_version__size__lte=INLINE_CONFIGURATION_BYTES, then=F("configuration_version__archive")),
@@ -258,10 +273,31 @@ def _inline_configuration(job: Job, task: Task) -> str:
     return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
 
 
+def with_payload_variables(qs: QuerySet[Task]) -> QuerySet[Task]:
+    """Runs annotated with their workspace's variables (`payload_variables`), for job_payload:
+    read with the locked run instead of a query of their own on the claim's and Confirm's
+    path. A sensitive value travels as its ciphertext (base64) and is decrypted here only."""
+    rows = Variable.objects.filter(workspace_id=OuterRef("workspace_id")).order_by().values(row=JSONObject(
+        key="key", category="category", sensitive="sensitive", plain="plain_value",
+        cipher=Func(F("encrypted_value"), Value("base64"), function="encode"),
+    ))
+    return qs.annotate(payload_variables=ArraySubquery(rows))
+
+
+def _payload_variables(task: Task) -> list[Variable]:
+    """The workspace's variables: from `with_payload_variables` when the run came with them."""
+    rows = task.__dict__.get("payload_variables")
+    if rows is None:
+        return list(Variable.objects.filter(workspace_id=task.workspace_id))
+    return [Variable(workspace_id=task.workspace_id, key=r["key"], category=r["category"], sensitive=r["sensitive"],
+                     plain_value=r["plain"], encrypted_value=base64.b64decode(r["cipher"]) if r["cipher"] else None)
+            for r in rows]
+
+
 def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
     by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
     sensitive: list[str] = []
-    for var in Variable.objects.filter(workspace_id=task.workspace_id):
+    for var in _payload_variables(task):
         by_category[var.category][var.key] = var.value
         if var.sensitive and var.value:
             sensitive.append(var.value)

@@ -37,6 +37,7 @@ from tasks_app.services.jobs import (
     job_locked,
     jobs_cancel_queued,
     jobs_request_cancel,
+    with_payload_variables,
 )
 from tasks_app.services.warmups import (
     confirm_target,
@@ -349,11 +350,11 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
     with transaction.atomic(), rows_batched():
         # The configuration's sha256 goes into the pushed payload; its archive (up to
         # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
-        task = (
+        # The workspace's variables too (the payload's), read with the lock: one round trip less.
+        task = with_payload_variables(
             Task.objects.select_for_update(no_key=True, of=("self",))
             .select_related("workspace__pool", "configuration_version").defer("configuration_version__archive")
-            .get(id=task_id)
-        )
+        ).get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
         pool = task.workspace.pool
@@ -377,6 +378,12 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
         target = confirm_target(task, now=now, lock=True)
         task.confirmed_at = now
         task.confirmed_by = actor if getattr(actor, "is_authenticated", False) else None
+        # The push (the hot path, below) is registered before anything else so that it is the
+        # first thing done after commit: the run's wake-up and the live-view publishes that
+        # the transition and the assignment register come after it.
+        push: dict[str, Any] = {}
+        if target.slot is not None:
+            transaction.on_commit(lambda: apply_push(**push))
         run_transition(task, RunStatus.APPLY_QUEUED, actor=actor)  # saves the task
         pool_id = task.workspace.pool_id
         if target.slot is not None:
@@ -386,10 +393,6 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
             # whose warmup is none or expired.)
             job = Job(task=task, pool_id=pool_id, kind=JobKind.APPLY, target_agent=target.slot.agent,
                       terraform_version=task.terraform_version)
-            # The push is registered before the assignment so that it is the first thing done
-            # after commit: the live-view publishes the assignment registers come after it.
-            push: dict[str, Any] = {}
-            transaction.on_commit(lambda: apply_push(**push))
             assigned = job_assign(job, target.slot.agent, target.slot, task, message="confirmed: warm dir reserved here")
             push.update(agent_id=target.slot.agent_id, agent_name=target.slot.agent.name, job_id=job.id,
                         payload=assigned.payload())

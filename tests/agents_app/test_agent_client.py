@@ -126,3 +126,54 @@ def test_it_retries_while_the_server_is_not_listening():
         if "httpd" in holder:
             holder["httpd"].shutdown()
             holder["httpd"].server_close()
+
+
+def test_calls_from_new_threads_reuse_an_idle_connection():
+    """A job's thread and its log stream's are new for every job: their calls (the job's
+    result among them) go over a connection already open, not a new one each."""
+    ports: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as Daphne
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            ports.append(self.client_address[1])
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = Client(f"http://127.0.0.1:{httpd.server_address[1]}")
+    try:
+        for n in range(3):  # one after the other, each from a thread of its own
+            thread = threading.Thread(target=client.call, args=("POST", f"/agent/v1/jobs/{n}/finish"),
+                                      kwargs={"json": {}, "fence": 1})
+            thread.start()
+            thread.join(10)
+        assert len(ports) == 3
+        assert len(set(ports)) == 1, "each thread opened a connection of its own"
+        # Calls at the same time each get a session (and connection) of their own.
+        barrier = threading.Barrier(2)
+        results: list = []
+
+        def at_once() -> None:
+            barrier.wait(5)
+            results.append(client.call("POST", "/agent/v1/heartbeat", json={}))
+
+        threads = [threading.Thread(target=at_once) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert results == [{"ok": True}, {"ok": True}]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

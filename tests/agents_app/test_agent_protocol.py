@@ -148,6 +148,39 @@ def test_it_redacts_sensitive_values_from_logs(setup, client):
     assert LogChunk.objects.get(job_id=job["id"]).text == "password=***\n"
 
 
+def test_the_plan_and_the_pushed_apply_carry_every_variable_of_the_workspace(setup, client):
+    """The claim and Confirm read the variables with the locked run (one query for both):
+    plain and sensitive, terraform and env, an empty sensitive value, quotes, a newline and
+    non-ASCII text; the sensitive ones decrypted for the job and listed for redaction."""
+    from tasks_app.models import Variable
+
+    def var(key: str, value: str, *, category: str = "terraform", sensitive: bool = False) -> None:
+        v = Variable(workspace=setup[2], key=key, category=category, sensitive=sensitive)
+        v.set_value(value)
+        v.save()
+
+    secret = "k3y-ünï" + chr(10) + "second line"
+    var("region", 'eu-"west"-1 ✓')
+    var("db_password", "hunter2-secret", sensitive=True)
+    var("AWS_PROFILE", "bench", category="env")
+    var("API_KEY", secret, category="env", sensitive=True)
+    var("empty_secret", "", sensitive=True)
+    expected = {
+        "terraform": {"region": 'eu-"west"-1 ✓', "db_password": "hunter2-secret", "empty_secret": ""},
+        "env": {"AWS_PROFILE": "bench", "API_KEY": secret},
+    }
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    plan_job = a1.claim()
+    assert a1.plan(plan_job) == {"keep_dir": True}
+    run_confirm(task_id=task.id, actor="test")
+    apply_job = a1.claim()
+    assert apply_job["kind"] == "apply"
+    for job in (plan_job, apply_job):
+        assert job["variables"] == expected
+        assert sorted(job["sensitive_values"]) == sorted(["hunter2-secret", secret])
+
+
 def test_it_refuses_a_plan_upload_whose_bytes_do_not_match_the_hash(setup, client):
     a1 = FakeAgent(client, setup[1], "a1")
     run_create(workspace=setup[2], operation="plan", actor="test")
