@@ -51,10 +51,13 @@ async def _group_send_all(layer, sends: list[tuple[str, dict]]) -> None:
 
 @dataclass
 class Deferred:
-    """The group sends a request collected (see defer_sends), in order."""
+    """The group sends and the Redis publishes (run and pool events, wakeups.defer_publishes)
+    a request collected (see defer_sends), each in order."""
 
     sends: list[tuple[str, dict]] = field(default_factory=list)
+    publishes: list[tuple[str, str | bytes]] = field(default_factory=list)
     token: contextvars.Token | None = None
+    publishes_token: contextvars.Token | None = None
 
 
 # Set by `defer_sends` for one request: group_send collects instead of sending.
@@ -62,14 +65,16 @@ _deferred: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar("iac
 
 
 def defer_sends() -> Deferred:
-    """From now on in this context (and the threads and tasks it starts), group_send only
-    collects, in order, until `stop_deferring`; `send_deferred` sends them. For requests:
+    """From now on in this context (and the threads and tasks it starts), group_send (and
+    wakeups.publish / wake_run: the run and pool event channels) only collects, in order,
+    until `stop_deferring`; `send_deferred` sends them. For requests:
     each group_send at a commit is a hop to the event loop and a few Redis round trips
     (12-260 ms for an agent claim's after-commit sends on a loaded machine), taken before
     the wake-ups and pushes registered after it; collected, they go out together once
     the answer (agents_app.claim; every request for a sync view: iacplatform.asgi_handler)."""
     deferred = Deferred()
     deferred.token = _deferred.set(deferred)
+    deferred.publishes_token = wakeups.defer_publishes(deferred.publishes)
     return deferred
 
 
@@ -77,10 +82,17 @@ def stop_deferring(deferred: Deferred) -> None:
     if deferred.token is not None:
         _deferred.reset(deferred.token)
         deferred.token = None
+    if deferred.publishes_token is not None:
+        wakeups.stop_deferring(deferred.publishes_token)
+        deferred.publishes_token = None
 
 
 async def send_deferred(deferred: Deferred, label: str = "live updates after a request") -> None:
-    """Send what was collected, in order, from the event loop (no thread hop); never raises."""
+    """Send what was collected, in order, from the event loop: the publishes in one round
+    trip, then the group sends; never raises."""
+    publishes = list(deferred.publishes)
+    deferred.publishes.clear()
+    await wakeups.publish_all(publishes, label)
     sends, deferred.sends = deferred.sends, []
     layer = get_channel_layer()
     if layer is None or not sends or not wakeups.redis_available():

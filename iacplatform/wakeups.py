@@ -10,10 +10,16 @@ a small circuit breaker skips Redis for `BREAKER_SECONDS` after a failure, so th
 down a request pays a few milliseconds, not a timeout per call. One warning is logged when
 an outage starts and one when Redis answers again, not one per call. Callers that must know
 (Confirm's push) get a boolean and take the slow path through the database themselves.
+
+Inside a request that defers them (`defer_publishes`, set with the live pages' sends by
+`live.defer_sends`: the agent's claim, every sync view), the run and pool event publishes
+are collected and go out after the answer, together (`publish_all`). The wake-ups of agents
+and pools and the pushes never wait: they start work.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import logging
@@ -137,8 +143,57 @@ def wake_pool(pool_id: int) -> None:
     _best_effort("a wake-up", lambda c: c.publish(pool_channel(pool_id), b"1"))
 
 
+# Set by `defer_publishes` for one request: publish and wake_run collect (channel, message).
+_deferred: contextvars.ContextVar[list[tuple[str, str | bytes]] | None] = contextvars.ContextVar(
+    "iac_wakeups_deferred", default=None
+)
+
+
+def defer_publishes(collected: list[tuple[str, str | bytes]]) -> contextvars.Token:
+    """From now on in this context, `publish` and `wake_run` append to `collected` instead of
+    publishing (until `_deferred.reset(token)`); `publish_all` sends them."""
+    return _deferred.set(collected)
+
+
+def stop_deferring(token: contextvars.Token) -> None:
+    _deferred.reset(token)
+
+
+def _publish(channel: str, message: str | bytes, label: str) -> bool:
+    deferred = _deferred.get()
+    if deferred is not None:
+        deferred.append((channel, message))
+        return True
+    return _best_effort(label, lambda c: c.publish(channel, message))
+
+
+async def publish_all(messages: list[tuple[str, str | bytes]], label: str = "publishes after a request") -> bool:
+    """Publish each (channel, message), in order, in one round trip, from the event loop;
+    False (and the breaker opens) when Redis is unreachable."""
+    if not messages:
+        return True
+    if not breaker.allows():
+        return False
+    client = async_client()
+    try:
+        pipe = client.pipeline(transaction=False)
+        for channel, message in messages:
+            pipe.publish(channel, message)
+        await pipe.execute()
+    except REDIS_ERRORS as exc:
+        breaker.failed(exc, label)
+        return False
+    finally:
+        try:
+            await client.aclose()
+        except REDIS_ERRORS:
+            pass
+    breaker.succeeded()
+    return True
+
+
 def publish(channel: str, message: str | bytes) -> bool:
-    return _best_effort("a publish", lambda c: c.publish(channel, message))
+    return _publish(channel, message, "a publish")
 
 
 def run_channel(task_id: int) -> str:
@@ -150,7 +205,7 @@ def wake_run(task_id: int, what: str, label: str = "a run wake-up") -> None:
     """Publish `what` on the run's channel: "log", or "status:<new status>" (a long-poll
     waiting for another status skips its check). `label` names the call in the outage
     warning (e.g. "a live log update")."""
-    _best_effort(label, lambda c: c.publish(run_channel(task_id), what))
+    _publish(run_channel(task_id), what, label)
 
 
 def pushed_list(agent_id: int) -> str:

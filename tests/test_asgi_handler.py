@@ -104,9 +104,11 @@ def test_an_async_view_answers_through_the_async_path(setup, django_user_model):
 
 
 def test_a_requests_live_updates_go_out_after_its_response_and_none_is_lost(monkeypatch, alice, workspace):
-    """The live pages' group sends of a sync request's commits wait for its response (issue 12):
-    queueing a run answers, then its run.changed updates go to the workspace's group."""
-    from iacplatform import live
+    """The live pages' group sends and the run's event publishes of a sync request's commits
+    wait for its response (issue 12): queueing a run answers, then its run.changed updates go
+    to the workspace's group and its status to the run's channel (the API's long-polls); the
+    agents' wake-up does not wait."""
+    from iacplatform import live, wakeups
     from iacplatform.asgi import application
     from tests.factories import make_token
 
@@ -119,6 +121,18 @@ def test_a_requests_live_updates_go_out_after_its_response_and_none_is_lost(monk
         await send_all(layer, sends)
 
     monkeypatch.setattr(live, "_group_send_all", spy)
+    publish_all, best_effort = wakeups.publish_all, wakeups._best_effort
+
+    async def publish_spy(messages, label="t"):
+        order.extend(f"publish {channel} {message}" for channel, message in messages)
+        order.append(f"published: {await publish_all(messages, label)}")
+
+    def best_effort_spy(what, call):
+        order.append(f"at once: {what}")
+        return best_effort(what, call)
+
+    monkeypatch.setattr(wakeups, "publish_all", publish_spy)
+    monkeypatch.setattr(wakeups, "_best_effort", best_effort_spy)
 
     async def request() -> int:
         status = 0
@@ -146,6 +160,11 @@ def test_a_requests_live_updates_go_out_after_its_response_and_none_is_lost(monk
         return status
 
     assert asyncio.run(request()) == 201
-    assert order[0] == "response", order
-    assert f"group workspace-{workspace.id} pending" in order
-    assert f"group workspace-{workspace.id} plan_queued" in order
+    response = order.index("response")
+    assert order[:response] == ["at once: a wake-up"], order  # the pool's agents, to claim the plan
+    after = order[response + 1:]
+    assert f"group workspace-{workspace.id} pending" in after
+    assert f"group workspace-{workspace.id} plan_queued" in after
+    run = int(next(m for m in after if m.startswith("publish iac:run:")).split()[1].rsplit(":", 1)[1])
+    assert f"publish iac:run:{run} status:plan_queued" in after
+    assert "published: True" in after  # (in one round trip)
