@@ -104,6 +104,7 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Clai
     fails (nothing is claimed at that moment: the caller falls back to the database)."""
     client = wakeups.async_client()
     pubsub = client.pubsub()
+    woken = False
     try:
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
         wakeups.redis_ok()
@@ -122,17 +123,34 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Clai
                 wakeups.redis_failed(exc, "taking a pushed job or cancel order")
             if answer:  # the hot path: answer at once, no database round
                 return answer
-            answer.jobs = await database_sync_to_async(control.agent_claim_if_queued)(agent=agent, limit=limit)
+            answer.jobs = await database_sync_to_async(control.agent_claim_if_queued)(agent=agent, limit=limit,
+                                                                                     woken=woken)
             if answer:
                 return answer
             if not await _wait_for_wakeup(pubsub, deadline):
                 return Claimed()
+            woken = True
     finally:
-        try:
-            await pubsub.aclose()
-            await client.aclose()
-        except wakeups.REDIS_ERRORS:  # closing a connection to a dead server
-            pass
+        # Closed after the answer is on its way (a task of its own): unsubscribing is a Redis
+        # round trip the agent need not wait for.
+        _background(_close(pubsub, client))
+
+
+async def _close(pubsub: Any, client: Any) -> None:
+    try:
+        await pubsub.aclose()
+        await client.aclose()
+    except wakeups.REDIS_ERRORS:  # closing a connection to a dead server
+        pass
+
+
+_tasks: set[asyncio.Task] = set()  # referenced until done (the loop keeps only weak references)
+
+
+def _background(coroutine: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 async def _wait_for_wakeup(pubsub: Any, deadline: float) -> bool:

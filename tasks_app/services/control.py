@@ -211,10 +211,14 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
     payloads: list[dict[str, Any]] = []
     attempts = 0
     pool_id: int | None = None  # known after the first round
+    others_queued = True  # as the last job taken saw the pool's queue
     while len(payloads) < limit and attempts < limit + 10:
         attempts += 1
-        if pool_id is not None and not pool_has_queued_jobs(pool_id):
-            break  # the queue is empty now: one small query instead of another round of locks
+        if pool_id is not None and not (others_queued and pool_has_queued_jobs(pool_id)):
+            # The queue is empty now: no other round of locks. When the job just taken was
+            # the only one queued, not even the small query: the answer goes at once (a job
+            # queued since then wakes the agent's next poll, made as soon as it has this one).
+            break
         with bound(agent_id=agent_id), transaction.atomic(), rows_batched():
             agent = agent_locked_online(agent_id)
             pool_id = agent.pool_id
@@ -224,6 +228,7 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
             assigned = job_claim(agent=agent, slot=slot)
             if assigned is None:
                 break
+            others_queued = getattr(assigned.job, "others_queued", True)
             with bound(job_id=assigned.job.id, run_id=assigned.task.id):
                 taken = _on_assigned(assigned)
             if taken:
@@ -231,13 +236,14 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
     return payloads
 
 
-def agent_claim_if_queued(*, agent: Agent, limit: int = 1) -> list[dict[str, Any]]:
+def agent_claim_if_queued(*, agent: Agent, limit: int = 1, woken: bool = False) -> list[dict[str, Any]]:
     """agent_claim, skipped when the agent's pool has no queued job. An agent polls again the
     moment an answer gives it a job (its other slots are free), so most polls find nothing:
     one small query then instead of agent_claim's locks and queries, while terraform starts
     beside it. An agent found offline (`agent` as read when its poll came) always takes the
-    full path, which answers Gone."""
-    if agent.status == AgentStatus.ONLINE and not pool_has_queued_jobs(agent.pool_id):
+    full path, which answers Gone. `woken`: the poll was woken because work was queued for
+    the pool or the agent: the full path at once, without the small query first."""
+    if not woken and agent.status == AgentStatus.ONLINE and not pool_has_queued_jobs(agent.pool_id):
         return []
     return agent_claim(agent_id=agent.id, limit=limit)
 

@@ -141,10 +141,14 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     held_elsewhere = _plans_waiting_for_affinity(agent, mine)
     if held_elsewhere is not None:
         queued = queued.exclude(held_elsewhere)
+    # With whether another job of the pool is queued (any: held, another version, lost here):
+    # when none is, the caller can stop filling its slots without another query.
+    others = Job.objects.filter(pool_id=agent.pool_id, status=JobStatus.QUEUED).exclude(id=OuterRef("id"))
     job = (
         # The job's row only: a run row locked elsewhere (a page's update, a log post) must
         # not hide its job from the claim.
         queued.select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .annotate(others_queued=Exists(others))
         .order_by(
             Case(
                 # Plan affinity: a plan of a workspace this agent holds warm first (it skips init here).

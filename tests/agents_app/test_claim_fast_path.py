@@ -59,3 +59,36 @@ def test_a_claimed_plan_records_the_state_serial_it_is_made_against(setup):
     control.agent_claim_if_queued(agent=agent, limit=1)
     assert Task.objects.get(id=first.id).base_state_serial is None
     assert Task.objects.get(id=second.id).base_state_serial == 7
+
+
+def _queue_checks(queries) -> list[str]:
+    """The small "is anything queued in the pool?" queries among `queries`."""
+    return [q["sql"] for q in queries if q["sql"].startswith('SELECT 1 AS "a" FROM "tasks_app_job"')]
+
+
+def test_a_woken_poll_that_takes_the_only_queued_job_asks_the_queue_nothing_more(setup):
+    """Woken because work was queued, the poll claims at once (no "anything queued?" query
+    first) and, having taken the pool's only queued job, answers without asking again."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    pool, _, ws = setup
+    agent, _ = make_agent(pool=pool, name="a1")
+    task = run_create(workspace=ws, operation="plan", actor="test")
+    control.sweep()
+    with CaptureQueriesContext(connection) as queries:
+        [job] = control.agent_claim_if_queued(agent=agent, limit=3, woken=True)
+    assert job["task"]["id"] == task.id
+    assert _queue_checks(queries.captured_queries) == []
+
+
+def test_one_claim_still_fills_its_free_slots_when_more_is_queued(setup):
+    pool, _, ws = setup
+    from tests.factories import DEMO_MAIN_TF, make_workspace
+
+    agent, _ = make_agent(pool=pool, name="a1")
+    other = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    tasks = {run_create(workspace=w, operation="plan", actor="test").id for w in (ws, other)}
+    control.sweep()
+    jobs = control.agent_claim_if_queued(agent=agent, limit=3, woken=True)
+    assert {j["task"]["id"] for j in jobs} == tasks
