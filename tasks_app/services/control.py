@@ -293,7 +293,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
     with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic(), rows_batched():
         # The job and its run, locked once (the job's lock before the run's) for the log, the
         # plan and the result alike.
-        locked = job_locked_with_run(job_id, agent, fence)
+        locked = job_locked_with_run(job_id, agent, fence, log_seq=result.log.seq if result.log is not None else None)
         job, task = locked
         if result.plan is not None and not check_first:
             plan_check(plan or b"", result.plan.sha256)

@@ -336,11 +336,15 @@ def job_running(job_id: int, agent: Agent, fence: int, *, lock: bool = False) ->
     """The job, if it is still this agent's to work on at this fence; else Conflict."""
     qs = Job.objects.select_for_update(no_key=True, of=("self",)) if lock else Job.objects
     job = qs.filter(id=job_id, agent=agent).first()
+    _check_running(job, job_id, fence)
+    return job
+
+
+def _check_running(job: Job | None, job_id: int, fence: int) -> None:
     if job is None:
         raise Conflict(f"job {job_id} is not assigned to this agent")
     if job.fence != fence or job.status != JobStatus.RUNNING:
         raise Conflict(f"job {job_id} moved on (status {job.status}, fence {job.fence}); stop working on it")
-    return job
 
 
 def jobs_renew_leases(*, agent: Agent, job_ids: list[int]) -> None:
@@ -469,18 +473,26 @@ def _log_capped(text: str, log_size: int) -> str:
     return f"{kept}{newline}[log truncated at {_size_label(cap)}: the rest of this run's output was not stored]\n"
 
 
-def job_locked_with_run(job_id: int, agent: Agent, fence: int) -> tuple[Job, Task]:
-    """The job (still this agent's at this fence) and its run, both locked in that order, for
-    a caller that passes them to several of the services below (a result: its log, plan and
-    finish) instead of each fetching and locking them again."""
-    job = job_running(job_id, agent, fence, lock=True)
-    # With the ciphertexts of the workspace's sensitive values, for the redaction of the log
-    # and error the result carries (one query for both).
-    sensitive = Variable.objects.filter(workspace_id=OuterRef("workspace_id"), sensitive=True).values("encrypted_value")
-    task = (
-        Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool")
-        .annotate(sensitive_ciphertexts=ArraySubquery(sensitive)).get(id=job.task_id)
+def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int | None = None) -> tuple[Job, Task]:
+    """The job (still this agent's at this fence) and its run, both locked (in that order, as
+    job_running then a lock of the run would), for a caller that passes them to several of
+    the services below (a result: its log, plan and finish) instead of each fetching and
+    locking them again. One query: with the ciphertexts of the workspace's sensitive values
+    (the redaction of the log and error the result carries) and, for `log_seq`, whether that
+    chunk of the log is stored already (job_append_log's idempotency)."""
+    sensitive = Variable.objects.filter(workspace_id=OuterRef("task__workspace_id"), sensitive=True)
+    qs = (
+        Job.objects.select_for_update(no_key=True, of=("self", "task")).select_related("task__workspace__pool")
+        .annotate(sensitive_ciphertexts=ArraySubquery(sensitive.values("encrypted_value")))
     )
+    if log_seq is not None:
+        qs = qs.annotate(log_seq_stored=Exists(LogChunk.objects.filter(job=OuterRef("id"), seq=log_seq)))
+    job = qs.filter(id=job_id, agent=agent).first()
+    _check_running(job, job_id, fence)
+    if log_seq is not None:
+        job.__dict__["log_seq_stored_for"] = log_seq
+    task = job.task
+    task.__dict__["sensitive_ciphertexts"] = job.__dict__.pop("sensitive_ciphertexts")
     return job, task
 
 
@@ -493,7 +505,10 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
     job's acknowledgement to the caller's save of the job (a result: job_finish)."""
     ev = post.events
     job = locked[0] if locked else job_running(job_id, agent, fence, lock=ev.ack)
-    if LogChunk.objects.filter(job=job, seq=post.seq).exists():
+    stored = job.__dict__.get("log_seq_stored") if job.__dict__.get("log_seq_stored_for") == post.seq else None
+    if stored is None:
+        stored = LogChunk.objects.filter(job=job, seq=post.seq).exists()
+    if stored:
         return None
     task = locked[1] if locked else Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
     acked_now = False

@@ -220,7 +220,9 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
         run_transition(task, RunStatus.PLANNED)
         return PlanEnded(keep_dir=False, follow_ups=())
 
-    run_transition(task, RunStatus.APPLY_PENDING)
+    # The run's row is written once, with the warm dir's reservation below (or by the
+    # result's save_pending): Task.save_later.
+    run_transition(task, RunStatus.APPLY_PENDING, save=False)
     pool = task.workspace.pool
     follow_ups: list = []
     # A plan that finished as its pool froze keeps no warm dir: nothing is reserved while
@@ -229,7 +231,7 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
     keep = result.kept_dir and pool.warm_apply and finished.slot is not None and not frozen
     if keep:
         # The plan's own dir is the warm dir: ready at once, on this agent and slot.
-        warmup_reserve(task, finished.slot, message=f"plan dir kept on {finished.slot.agent.name}")
+        warmup_reserve(task, finished.slot, message=f"plan dir kept on {finished.slot.agent.name}", save=False)
     else:
         _free(finished, "plan done; dir not kept")
         pool_id = pool.id
@@ -238,6 +240,7 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
         # Confirmed in the same transaction as the plan's result: no moment where the run
         # is ready but unconfirmed (a full pool could release the reservation then), and
         # no after-commit step to lose. The apply takes the slot the plan just reserved.
+        task.save_pending()  # run_confirm reads the run from the database
         try:
             run_confirm(task_id=task.id, actor="auto-apply")
         except PlatformError:  # the sweep's auto_apply step tries again

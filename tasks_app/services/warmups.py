@@ -68,11 +68,11 @@ def warmup_transition(
     )
 
 
-def warmup_reserve(task: Task, slot: Slot, *, message: str) -> None:
+def warmup_reserve(task: Task, slot: Slot, *, message: str, save: bool = True) -> None:
     """The job that just finished in `slot` kept its dir for `task`: reserve the slot and the
-    run is ready, on that agent, at once."""
+    run is ready, on that agent, at once. `save=False`: as for warmup_transition."""
     slot_transition(slot, SlotState.RESERVED, task=task, message=message)
-    warmup_transition(task, W.READY, message=message, agent=slot.agent)
+    warmup_transition(task, W.READY, message=message, agent=slot.agent, save=save)
 
 
 def warmup_release(task: Task, *, message: str, to: WarmupStatus = W.NONE, save: bool = True) -> bool:

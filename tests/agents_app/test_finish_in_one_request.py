@@ -88,6 +88,21 @@ def test_it_stores_the_plan_and_the_last_log_text_with_the_result(setup, client)
     assert run_log_read(task_id=task.id)[0] == "$ terraform plan\nPlan: 1 to add\n"
 
 
+def test_a_result_carrying_a_log_chunk_already_stored_stores_it_once(setup, client):
+    """A result whose last text has a seq a log post already stored (a post that landed while
+    the agent thought it lost) keeps the stored chunk; the rest of the result counts."""
+    a1 = FakeAgent(client, setup[1], "a1")
+    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
+    job = a1.claim()
+    a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "Plan: 1 to add\n"}, fence=job["fence"])
+    resp = a1.finish(job, kept_dir=True, log={"seq": 1, "text": "Plan: 1 to add\n"}, plan=_plan())
+    assert resp.status_code == 200
+    task.refresh_from_db()
+    assert task.status == "apply_pending"
+    assert LogChunk.objects.filter(job_id=job["id"]).count() == 1
+    assert run_log_read(task_id=task.id)[0] == "Plan: 1 to add\n"
+
+
 def test_it_refuses_a_result_whose_plan_does_not_match_its_hash_and_changes_nothing(setup, client):
     a1 = FakeAgent(client, setup[1], "a1")
     task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
@@ -369,9 +384,9 @@ def test_an_empty_hold_posts_nothing():
     assert client.posts == []
 
 
-def test_a_plans_result_writes_its_run_row_in_one_update_besides_the_warmup(setup, client):
-    """The log and the plan a result carries set fields of the run that the run's move to
-    apply_pending writes (Task.save_later): one UPDATE for all three, and the reservation's."""
+def test_a_plans_result_writes_its_run_row_in_one_update(setup, client):
+    """The log and the plan a result carries, the run's move to apply_pending and its warm
+    dir's reservation all set fields of the run (Task.save_later): one UPDATE for all four."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -381,10 +396,10 @@ def test_a_plans_result_writes_its_run_row_in_one_update_besides_the_warmup(setu
     with CaptureQueriesContext(connection) as result:
         assert a1.finish(job, kept_dir=True, log={"seq": 1, "text": "Plan: 1 to add\n"}, plan=_plan()).status_code == 200
     updates = [q["sql"] for q in result.captured_queries if q["sql"].startswith('UPDATE "tasks_app_task"')]
-    assert len(updates) == 2, updates  # apply_pending (with log_size, plan_hash, has_changes), warmup ready
+    assert len(updates) == 1, updates
     task.refresh_from_db()
-    assert (task.status, task.log_size, task.plan_hash, task.has_changes) == (
-        "apply_pending", len("Plan: 1 to add\n"), hashlib.sha256(PLAN).hexdigest(), True)
+    assert (task.status, task.log_size, task.plan_hash, task.has_changes, task.warmup_status) == (
+        "apply_pending", len("Plan: 1 to add\n"), hashlib.sha256(PLAN).hexdigest(), True, "ready")
 
 
 def test_fields_left_for_later_are_written_by_the_next_whole_save_or_by_save_pending(setup):
