@@ -109,18 +109,8 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Clai
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
         wakeups.redis_ok()
         while True:
-            answer = Claimed()
-            try:
-                while len(answer.jobs) < limit and (pushed := await wakeups.take_pushed(client, agent.id)) is not None:
-                    answer.jobs.append(pushed)
-                # Taken after the jobs: an agent starts the jobs of an answer before it acts
-                # on its orders, so an order for a job pushed in the same moment finds it.
-                answer.cancel = await wakeups.take_cancels(client, agent.id)
-            except wakeups.REDIS_ERRORS as exc:
-                if not answer:
-                    raise
-                # Deliver what was taken (an order lost here comes with the next heartbeat).
-                wakeups.redis_failed(exc, "taking a pushed job or cancel order")
+            jobs, cancel = await wakeups.take_all(client, agent.id, limit)
+            answer = Claimed(jobs=jobs, cancel=cancel)
             if answer:  # the hot path: answer at once, no database round
                 return answer
             answer.jobs = await database_sync_to_async(control.agent_claim_if_queued)(agent=agent, limit=limit,

@@ -264,15 +264,21 @@ def push_job(agent_id: int, job_id: int, payload: dict) -> bool:
     return True
 
 
-# Pop job ids until one whose payload is still there (an expired one was re-queued): one
-# round trip, and GETDEL hands each payload out once whatever races between polls.
-_TAKE = """
-while true do
+# A poll's take, in one round trip: pop job ids until `limit` payloads that are still there
+# (an expired one was re-queued; GETDEL hands each payload out once whatever races between
+# polls), then the cancel orders (read and deleted), after the jobs (see take_all).
+_TAKE_ALL = """
+local jobs = {}
+local limit = tonumber(ARGV[2])
+while #jobs < limit do
   local id = redis.call('LPOP', KEYS[1])
-  if not id then return false end
+  if not id then break end
   local payload = redis.call('GETDEL', ARGV[1] .. id)
-  if payload then return payload end
+  if payload then table.insert(jobs, payload) end
 end
+local cancels = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return {jobs, cancels}
 """
 
 
@@ -318,21 +324,15 @@ def push_cancel(agent_id: int, order: dict) -> bool:
     return _best_effort("a cancel push", push)
 
 
-async def take_cancels(client: aredis.Redis, agent_id: int) -> list[dict]:
-    """The cancel orders pushed to the agent, each handed out once (read and delete in one
-    transaction). Raises REDIS_ERRORS: the long-poll falls back to the database, and the
-    heartbeats carry the orders."""
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.lrange(cancel_list(agent_id), 0, -1)
-        pipe.delete(cancel_list(agent_id))
-        raw, _ = await pipe.execute()
-    return [json.loads(item) for item in raw]
-
-
-async def take_pushed(client: aredis.Redis, agent_id: int) -> dict | None:
-    """Raises REDIS_ERRORS: the long-poll falls back to the database (agents_app.claim)."""
-    raw = await client.eval(_TAKE, 1, pushed_list(agent_id), "iac:push:job:")
-    return json.loads(raw) if raw else None
+async def take_all(client: aredis.Redis, agent_id: int, limit: int) -> tuple[list[dict], list[dict]]:
+    """Up to `limit` jobs pushed to the agent and the cancel orders pushed to it, each handed
+    out once, in one round trip (a script: all or nothing). The orders are taken after the
+    jobs: an agent starts the jobs of an answer before it acts on its orders, so an order for
+    a job pushed in the same moment finds it. Raises REDIS_ERRORS (nothing taken then): the
+    long-poll falls back to the database, and the heartbeats carry the orders."""
+    jobs, cancels = await client.eval(_TAKE_ALL, 2, pushed_list(agent_id), cancel_list(agent_id),
+                                      "iac:push:job:", limit)
+    return [json.loads(j) for j in jobs], [json.loads(c) for c in cancels]
 
 
 def async_client() -> aredis.Redis:

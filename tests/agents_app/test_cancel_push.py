@@ -69,3 +69,26 @@ def test_it_still_orders_the_cancel_through_the_heartbeat_when_redis_is_down(set
     beat = agent.post("/agent/v1/heartbeat", {"running_jobs": [job["id"]], "warm_dirs": []})
     assert beat.status_code == 200, beat.content
     assert beat.json()["cancel"] == [{"id": job["id"], "force": True, "grace": None}]
+
+
+def test_one_take_hands_out_the_pushed_jobs_then_the_orders_each_once():
+    """A poll's take is one round trip: up to its free slots' worth of pushed jobs (a push
+    whose payload expired is skipped), then every cancel order; nothing twice."""
+    import asyncio
+
+    agent_id = 987654
+    for job_id in (1, 2, 3):
+        assert wakeups.push_job(agent_id, job_id, {"id": job_id})
+    wakeups._client().delete(wakeups.pushed_key(1))  # expired: its id is still in the list
+    assert wakeups.push_cancel(agent_id, {"id": 7, "force": False})
+
+    async def take(limit: int):
+        client = wakeups.async_client()
+        try:
+            return await wakeups.take_all(client, agent_id, limit)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(take(1)) == ([{"id": 2}], [{"id": 7, "force": False}])
+    assert asyncio.run(take(3)) == ([{"id": 3}], [])
+    assert asyncio.run(take(3)) == ([], [])
