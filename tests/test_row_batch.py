@@ -1,5 +1,5 @@
-"""History rows (DispatchEvents, a run's TaskEvents): written at once, or batched into one
-INSERT per table at the end of a hot transaction's block (a claim, a result, a Confirm), in
+"""History rows (DispatchEvents, a run's TaskEvents, audit rows): written at once, or batched
+into one statement at the end of a hot transaction's block (a claim, a result, a Confirm), in
 order; none when the block fails."""
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def test_a_batch_that_raises_writes_nothing():
     assert DispatchEvent.objects.filter(subject_id=3).count() == 1
 
 
-def test_a_batch_writes_each_tables_rows_in_one_insert(setup):
-    from tasks_app.models import TaskEvent
+def test_a_batch_writes_the_rows_of_all_its_tables_in_one_statement(setup):
+    from tasks_app.models import AuditEvent, TaskEvent
+    from tasks_app.services.audit import audit_record
     from tasks_app.services.runs import run_create, run_transition
     from tasks_app.states import RunStatus
 
@@ -54,7 +55,15 @@ def test_a_batch_writes_each_tables_rows_in_one_insert(setup):
             dispatch_event(subject="job", subject_id=4, task=task, to_state="queued", message="a")
             run_transition(task, RunStatus.PLANNING)
             dispatch_event(subject="job", subject_id=4, task=task, to_state="running", message="b")
-    inserts = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("INSERT INTO")]
-    assert sorted(inserts) == ["agents_app_dispatchevent", "tasks_app_taskevent"]
+            audit_record(actor="tester", action="run.test", obj=task, data={"n": 1})
+            assert not AuditEvent.objects.filter(action="run.test").exists()  # not yet
+    writes = [q["sql"] for q in queries.captured_queries if "INSERT INTO" in q["sql"]]
+    assert len(writes) == 1, writes
+    for table in ("agents_app_dispatchevent", "tasks_app_taskevent", "tasks_app_auditevent"):
+        assert f'INSERT INTO "{table}"' in writes[0]
     moves = list(TaskEvent.objects.filter(task=task).order_by("id").values_list("to_status", flat=True))
     assert moves == ["pending", "plan_queued", "planning"]
+    assert list(DispatchEvent.objects.filter(subject_id=4).order_by("id").values_list("message", flat=True)) == ["a", "b"]
+    audit = AuditEvent.objects.get(action="run.test")
+    assert (audit.actor_label, audit.object_id, audit.data) == ("tester", str(task.id), {"n": 1})
+    assert audit.created_at is not None

@@ -3,15 +3,17 @@ from __future__ import annotations
 from typing import Any
 
 from iacplatform.middleware import current_address
+from iacplatform.row_batch import insert
 from tasks_app.models import AuditEvent
 
 
 def audit_record(*, actor: Any, action: str, obj: Any, data: dict | None = None) -> AuditEvent:
     """One row per human action: who, what, when, and from which address (the request being
-    served, see iacplatform.middleware)."""
+    served, see iacplatform.middleware). Written at once, or with the history rows of a hot
+    transaction (iacplatform.row_batch: Confirm)."""
     user = actor if getattr(actor, "is_authenticated", False) else None
     label = getattr(actor, "username", None) or (actor if isinstance(actor, str) else "system")
-    return AuditEvent.objects.create(
+    row = AuditEvent(
         actor=user,
         actor_label=str(label),
         action=action,
@@ -20,3 +22,5 @@ def audit_record(*, actor: Any, action: str, obj: Any, data: dict | None = None)
         data=data or {},
         address=current_address.get(),
     )
+    insert(row)
+    return row
