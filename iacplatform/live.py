@@ -55,9 +55,12 @@ class Deferred:
     a request collected (see defer_sends), each in order."""
 
     sends: list[tuple[str, dict]] = field(default_factory=list)
-    publishes: list[tuple[str, str | bytes]] = field(default_factory=list)
+    publishes: wakeups.Collected = field(default_factory=wakeups.Collected)
     token: contextvars.Token | None = None
     publishes_token: contextvars.Token | None = None
+    # Set when they are sent: what comes later (a view's thread that outlived its request)
+    # is sent at once, not collected for nobody.
+    closed: bool = False
 
 
 # Set by `defer_sends` for one request: group_send collects instead of sending.
@@ -90,6 +93,7 @@ def stop_deferring(deferred: Deferred) -> None:
 async def send_deferred(deferred: Deferred, label: str = "live updates after a request") -> None:
     """Send what was collected, in order, from the event loop: the publishes in one round
     trip, then the group sends; never raises."""
+    deferred.closed = deferred.publishes.closed = True
     publishes = list(deferred.publishes)
     deferred.publishes.clear()
     await wakeups.publish_all(publishes, label)
@@ -106,7 +110,7 @@ async def send_deferred(deferred: Deferred, label: str = "live updates after a r
 def group_send(sends: list[tuple[str, dict]], label: str) -> None:
     """Send each (group, message) now (or collect them, see defer_sends); never raises."""
     deferred = _deferred.get()
-    if deferred is not None:
+    if deferred is not None and not deferred.closed:
         deferred.sends.extend(sends)
         return
     _send_now(sends, label)

@@ -148,15 +148,21 @@ def wake_pool(pool_id: int) -> None:
     _best_effort("a wake-up", lambda c: c.publish(pool_channel(pool_id), b"1"))
 
 
+class Collected(list):
+    """The (channel, message) publishes a request collected (defer_publishes). Once `closed`
+    (they are being sent), a publish made in a context that still holds it goes out at once:
+    a view's thread that outlives its request (the client went away) loses nothing."""
+
+    closed = False
+
+
 # Set by `defer_publishes` for one request: publish and wake_run collect (channel, message).
-_deferred: contextvars.ContextVar[list[tuple[str, str | bytes]] | None] = contextvars.ContextVar(
-    "iac_wakeups_deferred", default=None
-)
+_deferred: contextvars.ContextVar[Collected | None] = contextvars.ContextVar("iac_wakeups_deferred", default=None)
 
 
-def defer_publishes(collected: list[tuple[str, str | bytes]]) -> contextvars.Token:
+def defer_publishes(collected: Collected) -> contextvars.Token:
     """From now on in this context, `publish` and `wake_run` append to `collected` instead of
-    publishing (until `_deferred.reset(token)`); `publish_all` sends them."""
+    publishing (until `stop_deferring(token)` or `collected.closed`); `publish_all` sends them."""
     return _deferred.set(collected)
 
 
@@ -166,7 +172,7 @@ def stop_deferring(token: contextvars.Token) -> None:
 
 def _publish(channel: str, message: str | bytes, label: str) -> bool:
     deferred = _deferred.get()
-    if deferred is not None:
+    if deferred is not None and not deferred.closed:
         deferred.append((channel, message))
         return True
     return _best_effort(label, lambda c: c.publish(channel, message))

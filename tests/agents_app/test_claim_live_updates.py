@@ -4,6 +4,7 @@ the answer to start terraform; the run, job and slot updates follow it, in order
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 
 import pytest
@@ -66,3 +67,31 @@ async def test_the_claim_answers_and_then_publishes_the_runs_planning(setup, cli
     while not any(m["type"] == "run.changed" and m["status"] == "planning" for m in seen):
         seen.append(await asyncio.wait_for(layer.receive(channel), 5))
     assert any(m["type"] == "dispatch.changed" and m["subject"] == "job" and m["state"] == "running" for m in seen)
+
+
+async def test_what_a_request_sends_after_its_deferred_sends_went_out_is_sent_at_once():
+    """A view's thread can outlive its request (the client went away while it ran): what it
+    sends after the request sent its collected updates goes out at once, not to a list
+    nobody sends any more."""
+    from iacplatform import wakeups
+
+    layer = get_channel_layer()
+    channel = await _listen("run-434343")
+    published: list = []
+    deferred = live.defer_sends()
+    context = contextvars.copy_context()  # as the view's thread got it
+    live.stop_deferring(deferred)
+    await live.send_deferred(deferred)  # the request is over
+
+    def late_thread() -> None:
+        live.group_send([("run-434343", {"type": "run.changed", "status": "late"})], "t")
+        original = wakeups._best_effort
+        wakeups._best_effort = lambda what, call: published.append(what) or original(what, call)
+        try:
+            wakeups.wake_run(434343, "status:late")
+        finally:
+            wakeups._best_effort = original
+
+    await sync_to_async(context.run)(late_thread)
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["status"] == "late"
+    assert published == ["a run wake-up"] and deferred.publishes == []
