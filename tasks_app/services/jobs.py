@@ -479,7 +479,7 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int |
     the services below (a result: its log, plan and finish) instead of each fetching and
     locking them again. One query: with the ciphertexts of the workspace's sensitive values
     (the redaction of the log and error the result carries) and, for `log_seq`, whether that
-    chunk of the log is stored already (job_append_log's idempotency)."""
+    chunk of the log is stored already (job_append_log's idempotency: `log_chunks_stored`)."""
     sensitive = Variable.objects.filter(workspace_id=OuterRef("task__workspace_id"), sensitive=True)
     qs = (
         Job.objects.select_for_update(no_key=True, of=("self", "task")).select_related("task__workspace__pool")
@@ -490,7 +490,7 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int |
     job = qs.filter(id=job_id, agent=agent).first()
     _check_running(job, job_id, fence)
     if log_seq is not None:
-        job.__dict__["log_seq_stored_for"] = log_seq
+        job.__dict__["log_chunks_stored"] = {log_seq: job.__dict__.pop("log_seq_stored")}
     task = job.task
     task.__dict__["sensitive_ciphertexts"] = job.__dict__.pop("sensitive_ciphertexts")
     return job, task
@@ -505,7 +505,7 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
     job's acknowledgement to the caller's save of the job (a result: job_finish)."""
     ev = post.events
     job = locked[0] if locked else job_running(job_id, agent, fence, lock=ev.ack)
-    stored = job.__dict__.get("log_seq_stored") if job.__dict__.get("log_seq_stored_for") == post.seq else None
+    stored = job.__dict__.get("log_chunks_stored", {}).get(post.seq)  # read with the lock (a result)
     if stored is None:
         stored = LogChunk.objects.filter(job=job, seq=post.seq).exists()
     if stored:

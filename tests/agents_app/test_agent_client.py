@@ -22,6 +22,21 @@ class Script:
         self.seen: list[tuple[str, float]] = []
 
 
+class OkHandler(BaseHTTPRequestHandler):
+    """Answers 200 {"ok": true}, quietly."""
+
+    def answer_ok(self) -> None:
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 @pytest.fixture
 def server():
     script = Script()
@@ -100,17 +115,9 @@ def test_it_retries_while_the_server_is_not_listening():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(OkHandler):
         def do_GET(self) -> None:
-            body = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
+            self.answer_ok()
 
     holder: dict = {}
 
@@ -133,21 +140,13 @@ def test_calls_from_new_threads_reuse_an_idle_connection():
     result among them) go over a connection already open, not a new one each."""
     ports: list[int] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(OkHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as Daphne
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             ports.append(self.client_address[1])
-            body = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
+            self.answer_ok()
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
