@@ -257,7 +257,8 @@ class JobRun:
         # Everything this job sends is redacted: the sensitive variables and the job's own
         # state credential (user code can print its environment).
         self.redactor = Redactor([*payload.sensitive_values, payload.state_backend.password])
-        self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost, redactor=self.redactor)
+        self.log = LogStream(agent.client, self.id, self.fence, on_lost=self._lost, redactor=self.redactor,
+                             start=False)  # started by start(), after a warm apply's terraform
         self.proc: subprocess.Popen | None = None
         self.cancelled = False
         self.interrupted: subprocess.Popen | None = None  # the process that got our SIGINT
@@ -265,6 +266,25 @@ class JobRun:
         self.dir_start: StartDecision | None = None  # how prepare() got the dir initialized (warm plans)
         self.commands: list[CommandTime] = []  # the terraform commands run, timed, for the result
         self.thread = threading.Thread(target=self.run, name=f"job-{self.id}", daemon=True)
+        # An apply's path (see apply_begin), chosen once; and what went wrong starting it on
+        # the claim's thread, raised again on the job's own thread, which reports it.
+        self.apply_path: tuple[ApplyPath, str, bool] | None = None
+        self.start_error: Exception | None = None
+        self.apply_started = 0.0  # when apply_begin started `terraform apply`
+
+    def start(self) -> None:
+        """Start the job. A warm apply whose plan.out hashes right starts `terraform apply`
+        here, on the caller's thread (the claim loop's), before the job's threads: the
+        Confirm -> apply hot path then waits for no thread to be started and scheduled (a
+        new thread and the log sender's each made the caller wait for the CPU: ~1-4 ms on
+        2 busy cores). Everything else, the apply's output among it, runs on the job's thread."""
+        if self.kind == JobKind.APPLY:
+            try:
+                self.apply_begin(quick=True)
+            except Exception as exc:  # noqa: BLE001 - raised again on the job's thread (run reports it)
+                self.start_error = exc
+        self.log.start()
+        self.thread.start()
 
     # --- control ---------------------------------------------------------------------------
 
@@ -329,6 +349,11 @@ class JobRun:
         return env
 
     def terraform(self, *args: str, ok: tuple[int, ...] = (0,), on_start: Any = None, header: bool = True) -> int:
+        started = self.spawn(*args, on_start=on_start, header=header)
+        return self.wait_for(args[0], started, ok=ok)
+
+    def spawn(self, *args: str, on_start: Any = None, header: bool = True) -> float:
+        """Start `terraform args` (self.proc); returns when it started. wait_for() follows."""
         if self.cancelled:
             raise Cancelled()
         if header:
@@ -347,14 +372,19 @@ class JobRun:
         )
         if on_start:
             on_start()
-        assert self.proc.stdout is not None
+        return started
+
+    def wait_for(self, command: str, started: float, ok: tuple[int, ...] = (0,)) -> int:
+        """Stream the output of the process spawn() started until it exits; raises JobError
+        when its exit code is not in `ok`, Cancelled when the job was cancelled."""
+        assert self.proc is not None and self.proc.stdout is not None
         output: list[str] = []
         for raw in iter(self.proc.stdout.readline, b""):
             line = raw.decode(errors="replace")
             output.append(line)
             self.log.write(line)
         rc = self.proc.wait()
-        self._ran(args[0], started, rc)
+        self._ran(command, started, rc)
         # The log keeps terraform's colours (the run page renders them); errors and the
         # checks on the output read it without them.
         self.last_output = ANSI_RE.sub("", "".join(output))
@@ -362,7 +392,7 @@ class JobRun:
             raise Cancelled()
         if rc not in ok:
             tail = self.last_output.strip().splitlines()[-15:]
-            raise JobError(f"terraform {args[0]} exited with {rc}: " + "\n".join(tail))
+            raise JobError(f"terraform {command} exited with {rc}: " + "\n".join(tail))
         return rc
 
     def _ran(self, command: str, started: float, exit_code: int) -> None:
@@ -480,45 +510,67 @@ class JobRun:
         self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, WarmOrigin.WARMUP))
         return self.finish(JobOutcome.SUCCEEDED, kept_dir=True)
 
-    def do_apply(self) -> bool:
-        # The acknowledgement travels as a log event, without waiting for its answer, so its
-        # round trip stays off the Confirm -> apply path. Safety does not depend on it: if the
-        # server already gave the job to another agent, it revoked this job's state
-        # credential, so `terraform apply` fails at "Acquiring state lock" before it changes
-        # anything; and the 409 the log stream then gets kills terraform (on_lost).
-        # On the warm paths the acknowledgement goes with the apply's start, held for
-        # APPLY_START_HOLD_SECONDS with the text written meanwhile (agent/logstream.py): a
-        # short apply sends it inside its finish report, and no log post competes with
-        # terraform's state calls on the server. Late is not lost: the server never hands a
-        # pushed apply elsewhere within seconds.
-        warm = self.agent.take_warm(self.task_id)
-        if warm is not None and (warm.path / "plan.out").exists():
-            self.dir = warm.path
-            path = ApplyPath.FAST if warm.origin == WarmOrigin.PLAN else ApplyPath.REWARMED
-            reason = (
-                "the plan's own work dir, kept on this agent" if path == ApplyPath.FAST
-                else "work dir warmed up ahead of Confirm on this agent"
-            )
-            if self.payload.note:
-                reason += f"; {self.payload.note}"
-            # Re-hash before applying: the dir sat on disk while a person reviewed the plan.
-            if sha256_file(self.dir / "plan.out") != self.plan_hash:
+    def apply_begin(self, *, quick: bool) -> bool:
+        """Choose the apply's path (once) and start `terraform apply` in its dir. With quick
+        (start(), on the claim's thread), only when nothing on the way needs the server: a
+        warm dir whose plan.out hashes to plan_hash; False otherwise, and the job's thread
+        goes on from the same choice.
+
+        The acknowledgement travels as a log event, without waiting for its answer, so its
+        round trip stays off the Confirm -> apply path. Safety does not depend on it: if the
+        server already gave the job to another agent, it revoked this job's state
+        credential, so `terraform apply` fails at "Acquiring state lock" before it changes
+        anything; and the 409 the log stream then gets kills terraform (on_lost).
+        On the warm paths the acknowledgement goes with the apply's start, held for
+        APPLY_START_HOLD_SECONDS with the text written meanwhile (agent/logstream.py): a
+        short apply sends it inside its finish report, and no log post competes with
+        terraform's state calls on the server. Late is not lost: the server never hands a
+        pushed apply elsewhere within seconds."""
+        if self.apply_path is None:
+            warm = self.agent.take_warm(self.task_id)
+            if warm is not None and (warm.path / "plan.out").exists():
+                self.dir = warm.path
+                path = ApplyPath.FAST if warm.origin == WarmOrigin.PLAN else ApplyPath.REWARMED
+                reason = (
+                    "the plan's own work dir, kept on this agent" if path == ApplyPath.FAST
+                    else "work dir warmed up ahead of Confirm on this agent"
+                )
+                if self.payload.note:
+                    reason += f"; {self.payload.note}"
+                # Re-hash before applying: the dir sat on disk while a person reviewed the plan.
+                verified = sha256_file(self.dir / "plan.out") == self.plan_hash
+            else:
+                path, reason, verified = ApplyPath.COLD, self.payload.cold_reason or "no warm dir on this agent", False
+            self.apply_path = (path, reason, verified)
+        path, reason, verified = self.apply_path
+        if not verified:
+            if quick:
+                return False
+            if path == ApplyPath.COLD:
+                self.log.event(LogEvents(ack=True))  # before the slow preparation, not after it
+                self.prepare()
+            else:
                 self.log.write("local plan.out does not match plan_hash: restoring it from the server\n")
-                self.restore_plan()
                 reason += "; local plan.out was corrupt and was restored from the database"
-        else:
-            path = ApplyPath.COLD
-            reason = self.payload.cold_reason or "no warm dir on this agent"
-            self.log.event(LogEvents(ack=True))  # before the slow preparation, not after it
-            self.prepare()
-            self.restore_plan()
+            self.restore_plan()  # raises unless the restored bytes hash to plan_hash
+            self.apply_path = (path, reason, True)
 
         def started() -> None:
             self.log.event(LogEvents(ack=True, apply_started_at=time.time(), apply_path=path, apply_path_reason=reason),
                            hold=APPLY_START_HOLD_SECONDS)
 
+        self.apply_started = self.spawn("apply", "-input=false", "plan.out", on_start=started, header=False)
+        return True
+
+    def do_apply(self) -> bool:
+        if self.start_error is not None:
+            raise self.start_error
+        if self.proc is None:  # not started by start(): cold, or a local plan.out to restore
+            self.apply_begin(quick=False)
+        assert self.apply_path is not None
+        path, reason, _ = self.apply_path
         try:
-            self.terraform("apply", "-input=false", "plan.out", on_start=started, header=False)
+            self.wait_for("apply", self.apply_started)
         except JobError as exc:
             if "Saved plan is stale" in getattr(self, "last_output", ""):
                 raise JobError("the workspace state changed after the plan (terraform: saved plan is stale)",

@@ -49,7 +49,8 @@ _REST = object()  # stop, and keep the text after the last post for the caller (
 
 class LogStream:
     def __init__(self, client: Client, job_id: int, fence: int, on_lost: Callable[[], None] | None = None,
-                 redactor: Redactor | None = None) -> None:
+                 redactor: Redactor | None = None, start: bool = True) -> None:
+        """With start=False the sender starts at start(): what is written before is queued."""
         self.client = client
         self.redactor = redactor or Redactor(())
         self._redact_lock = threading.Lock()  # the redactor's held-back tail is shared state
@@ -63,7 +64,14 @@ class LogStream:
         self._rest_events = LogEvents()  # after rest(): an event still held, for the same post
         self._rest_seq = 0
         self._thread = threading.Thread(target=self._run, name=f"log-{job_id}", daemon=True)
-        self._thread.start()
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the sender (once; close() and rest() start one that was not)."""
+        with self._redact_lock:
+            if self._thread.ident is None:
+                self._thread.start()
 
     def write(self, text: str) -> None:
         if text:
@@ -96,6 +104,7 @@ class LogStream:
         self.event(LogEvents(), hold=seconds)
 
     def close(self, timeout: float = 30) -> None:
+        self.start()
         self._flush_redactor()
         self._q.put(_STOP)
         self._thread.join(timeout)
@@ -106,6 +115,7 @@ class LogStream:
         flight finish first, so the order holds. Called again (the first message failed), it
         returns the same post with whatever was written since: the server stores a seq once."""
         if self._rest is None:
+            self.start()
             self._flush_redactor()
             self._q.put(_REST)
             self._thread.join(timeout)

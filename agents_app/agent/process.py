@@ -352,7 +352,7 @@ class AgentProcess:
                 with self.lock:
                     self.running[job.id] = job
                 log.info("claimed %s job %s for run %s", job.kind, job.id, job.task_id)
-                job.thread.start()
+                job.start()
             # After the jobs: an order may concern a job of this same answer.
             self.obey(reply.cancel)
 
