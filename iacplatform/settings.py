@@ -111,6 +111,10 @@ try:
     IAC_PLAN_KILL_GRACE_SECONDS = env.int("IAC_PLAN_KILL_GRACE_SECONDS", 30, validate=POSITIVE)
     IAC_APPLY_KILL_GRACE_SECONDS = env.int("IAC_APPLY_KILL_GRACE_SECONDS", 900, validate=POSITIVE)
     IAC_CLAIM_LONGPOLL_SECONDS = env.float("IAC_CLAIM_LONGPOLL_SECONDS", 25.0, validate=POSITIVE)
+    # The web process's GIL switch interval (sys.setswitchinterval): how long a thread that
+    # computes (a view building its answer) may keep the event loop waiting, which serves the
+    # agents' claim long-polls (Confirm's push is answered there). Python's default is 5 ms.
+    IAC_WEB_GIL_SWITCH_MS = env.float("IAC_WEB_GIL_SWITCH_MS", 0.5, validate=POSITIVE)
     # The pool a workspace created without one gets (by name); unset: the only pool the
     # creator may use, when there is exactly one.
     IAC_DEFAULT_POOL = env.str("IAC_DEFAULT_POOL", "")

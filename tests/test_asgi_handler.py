@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
+from django.conf import settings
 from django.http import HttpRequest
 from django.test import RequestFactory
 
@@ -168,3 +172,20 @@ def test_a_requests_live_updates_go_out_after_its_response_and_none_is_lost(monk
     run = int(next(m for m in after if m.startswith("publish iac:run:")).split()[1].rsplit(":", 1)[1])
     assert f"publish iac:run:{run} status:plan_queued" in after
     assert "published: True" in after  # (in one round trip)
+
+
+def _web_switch_interval(value: str) -> subprocess.CompletedProcess:
+    """Import the web process's application with IAC_WEB_GIL_SWITCH_MS=value; print its switch interval."""
+    env = dict(os.environ, IAC_WEB_GIL_SWITCH_MS=value, IAC_SWEEP_FALLBACK_AFTER_SECONDS="0")
+    return subprocess.run([sys.executable, "-c", "import sys, iacplatform.asgi; print(sys.getswitchinterval())"],
+                          cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_web_process_takes_its_gil_switch_interval_from_the_setting_and_refuses_a_bad_one():
+    """The event loop that hands Confirm's apply to its agent waits at most this long for a
+    view thread that computes (Python's default is 5 ms)."""
+    ok = _web_switch_interval("2")
+    assert ok.returncode == 0, ok.stderr
+    assert float(ok.stdout.strip()) == pytest.approx(0.002)
+    bad = _web_switch_interval("0")
+    assert bad.returncode != 0 and "IAC_WEB_GIL_SWITCH_MS" in bad.stderr
