@@ -510,11 +510,11 @@ class JobRun:
         self.agent.add_warm(WarmDir(self.task_id, self.dir, self.plan_hash, WarmOrigin.WARMUP))
         return self.finish(JobOutcome.SUCCEEDED, kept_dir=True)
 
-    def apply_begin(self, *, quick: bool) -> bool:
+    def apply_begin(self, *, quick: bool) -> None:
         """Choose the apply's path (once) and start `terraform apply` in its dir. With quick
         (start(), on the claim's thread), only when nothing on the way needs the server: a
-        warm dir whose plan.out hashes to plan_hash; False otherwise, and the job's thread
-        goes on from the same choice.
+        warm dir whose plan.out hashes to plan_hash; otherwise nothing is started, and the
+        job's thread goes on from the same choice.
 
         The acknowledgement travels as a log event, without waiting for its answer, so its
         round trip stays off the Confirm -> apply path. Safety does not depend on it: if the
@@ -545,7 +545,7 @@ class JobRun:
         path, reason, verified = self.apply_path
         if not verified:
             if quick:
-                return False
+                return
             if path == ApplyPath.COLD:
                 self.log.event(LogEvents(ack=True))  # before the slow preparation, not after it
                 self.prepare()
@@ -560,7 +560,6 @@ class JobRun:
                            hold=APPLY_START_HOLD_SECONDS)
 
         self.apply_started = self.spawn("apply", "-input=false", "plan.out", on_start=started, header=False)
-        return True
 
     def do_apply(self) -> bool:
         if self.start_error is not None:

@@ -64,12 +64,13 @@ class LogStream:
         self._rest_events = LogEvents()  # after rest(): an event still held, for the same post
         self._rest_seq = 0
         self._thread = threading.Thread(target=self._run, name=f"log-{job_id}", daemon=True)
+        self._start_lock = threading.Lock()
         if start:
             self.start()
 
     def start(self) -> None:
         """Start the sender (once; close() and rest() start one that was not)."""
-        with self._redact_lock:
+        with self._start_lock:
             if self._thread.ident is None:
                 self._thread.start()
 
