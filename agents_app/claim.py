@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -84,12 +85,19 @@ async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> Claimed:
     answers. Never an error because of Redis."""
     deadline = time.monotonic() + wait
     claim = database_sync_to_async(control.agent_claim_if_queued)
+    token = uuid.uuid4().hex  # this poll's, for wakeups.take_all
     while True:
         if wakeups.redis_available():
             try:
-                return await _claim_with_wakeups(agent, deadline, limit)
+                return await _claim_with_wakeups(agent, deadline, limit, token)
             except wakeups.REDIS_ERRORS as exc:
                 wakeups.redis_failed(exc, "the claim long-poll")
+                if wakeups.redis_available() and time.monotonic() < deadline:
+                    # A slow answer, not an outage (the breaker is closed): on Redis again at
+                    # once, before any database claim, so that a take whose answer was lost
+                    # (a push taken from Redis) is handed out by this poll's retry. Each try
+                    # costs a timeout; repeated, they open the breaker.
+                    continue
         jobs = await claim(agent=agent, limit=limit)
         if jobs:
             return Claimed(jobs)
@@ -99,7 +107,7 @@ async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> Claimed:
         await asyncio.sleep(min(DB_POLL_SECONDS, remaining))
 
 
-async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Claimed:
+async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int, token: str) -> Claimed:
     """The poll on Redis wake-ups until `deadline`; raises wakeups.REDIS_ERRORS when Redis
     fails (nothing is claimed at that moment: the caller falls back to the database)."""
     client = wakeups.async_client()
@@ -109,7 +117,7 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Clai
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
         wakeups.redis_ok()
         while True:
-            jobs, cancel = await wakeups.take_all(client, agent.id, limit)
+            jobs, cancel = await wakeups.take_all(client, agent.id, limit, token)
             answer = Claimed(jobs=jobs, cancel=cancel)
             if answer:  # the hot path: answer at once, no database round
                 return answer
@@ -117,7 +125,7 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int) -> Clai
                                                                                      woken=woken)
             if answer:
                 return answer
-            if not await _wait_for_wakeup(pubsub, deadline):
+            if not await _wait_for_wakeup(client, pubsub, deadline):
                 return Claimed()
             woken = True
     finally:
@@ -143,16 +151,21 @@ def _background(coroutine: Any) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-async def _wait_for_wakeup(pubsub: Any, deadline: float) -> bool:
+async def _wait_for_wakeup(client: Any, pubsub: Any, deadline: float) -> bool:
     """Wait for a message on the subscribed channels: True when one came, False at the
-    deadline. Checked every DB_POLL_SECONDS: when another call in this process found Redis
-    unreachable meanwhile (a hung server sends no error to a reader), raise so the poll
-    falls back to the database instead of waiting for wake-ups that cannot come."""
+    deadline. Checked every DB_POLL_SECONDS: a hung server sends no error to a reader, so
+    when another call in this process found Redis down meanwhile, raise (the poll falls back
+    to the database instead of waiting for wake-ups that cannot come); when one only timed
+    out (slow, or hung?), ask Redis on this poll's own connection (a PING), whose timeout
+    raises too and counts towards the breaker."""
     while (remaining := deadline - time.monotonic()) > 0:
         if await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, DB_POLL_SECONDS)):
             return True
         if not wakeups.redis_available():
             raise wakeups.RedisUnavailable("Redis failed elsewhere in this process while the poll waited")
+        if wakeups.redis_suspect():
+            await client.ping()
+            wakeups.redis_ok()
     return False
 
 

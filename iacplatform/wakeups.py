@@ -6,8 +6,10 @@ attempt and the wait is never lost. No polling interval sits on the Confirm -> a
 
 Redis is an accelerator, never the record (PostgreSQL is): every call here is best effort.
 None raises because of Redis; each has short connect and read timeouts (`REDIS_TIMEOUT`), and
-a small circuit breaker skips Redis for `BREAKER_SECONDS` after a failure, so that with Redis
-down a request pays a few milliseconds, not a timeout per call. One warning is logged when
+a small circuit breaker skips Redis for `BREAKER_SECONDS` once it is found down (a refused
+connection, or timeouts that repeat with nothing answered: not one slow answer, which costs
+that call only), so that with Redis down a request pays a few milliseconds, not a timeout per
+call. One warning is logged when
 an outage starts and one when Redis answers again, not one per call. Callers that must know
 (Confirm's push) get a boolean and take the slow path through the database themselves.
 
@@ -39,8 +41,19 @@ log = logging.getLogger(__name__)
 # Well under a second: a local Redis answers in well under a millisecond, and a dead one
 # (refused connection, missing socket) fails at once; only a black-holed host waits this long.
 REDIS_TIMEOUT = 0.25
-# After a failure, Redis is not asked again for this long (then one call tries it again).
+# After Redis was found down, it is not asked again for this long (then one call tries it again).
 BREAKER_SECONDS = 1.5
+# A timeout is not evidence of an outage: on a machine whose cores terraform keeps busy, a
+# call's answer can wait longer than REDIS_TIMEOUT for this process to be scheduled, while
+# Redis itself is fine. It costs that call only. Timeouts open the breaker only when they
+# repeat (at least TIMEOUTS_TO_OPEN) and nothing has answered for HUNG_AFTER_SECONDS: a hung
+# server. A refused or dropped connection (the socket is gone, the port closed) opens it at
+# once. Opening it on one slow answer turned every push off for 1.5 s at a time on a busy
+# pool: three confirmed applies in four went cold (bench/dispatch.py, issue 23).
+TIMEOUTS_TO_OPEN = 3
+HUNG_AFTER_SECONDS = 2.0
+# A slow call is logged (INFO) at most this often, with how many there were since.
+SLOW_LOG_SECONDS = 30.0
 
 
 class RedisUnavailable(redis.ConnectionError):
@@ -51,6 +64,22 @@ class RedisUnavailable(redis.ConnectionError):
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
+def is_timeout(exc: BaseException) -> bool:
+    """A call that got no answer in time (redis-py's TimeoutError, asyncio's wait_for): the
+    connection was there; the answer was late."""
+    return isinstance(exc, (redis.TimeoutError, TimeoutError))
+
+
+def describe(exc: BaseException) -> str:
+    """What a failed call saw, never empty (asyncio's TimeoutError has no message)."""
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text}"
+    if is_timeout(exc):
+        return f"{type(exc).__name__}: no answer in time"
+    return type(exc).__name__
+
+
 def _retry() -> Retry:
     # One quick retry: a pooled connection left over from before a Redis restart fails once,
     # and a fresh one then works. More retries would only make a real outage slower.
@@ -58,25 +87,61 @@ def _retry() -> Retry:
 
 
 class _Breaker:
-    """Open (skip Redis) for BREAKER_SECONDS after a failure; one log line per outage."""
+    """Open (skip Redis) for BREAKER_SECONDS on evidence that Redis is down: a refused or
+    dropped connection, or timeouts that repeat with no answer in between (see
+    TIMEOUTS_TO_OPEN). One log line per outage, naming what was seen."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed_at = 0.0  # monotonic time from which Redis may be asked again
         self._outage = False
+        self._answered_at = time.monotonic()  # the last call Redis answered
+        self._timeouts = 0  # calls timed out since then
+        self._slow = 0  # timeouts not yet logged
+        self._slow_logged_at = 0.0
 
     def allows(self) -> bool:
         return time.monotonic() >= self._closed_at
 
+    def suspect(self) -> bool:
+        """A call timed out and none has been answered since: a waiting subscriber should
+        check its own connection (a hung server sends it no error)."""
+        return self._timeouts > 0
+
     def failed(self, exc: BaseException, what: str) -> None:
+        now = time.monotonic()
+        seen = describe(exc)
         with self._lock:
-            self._closed_at = time.monotonic() + BREAKER_SECONDS
-            first, self._outage = not self._outage, True
+            if is_timeout(exc) and not self._outage:
+                self._timeouts += 1
+                silent = now - self._answered_at
+                if self._timeouts < TIMEOUTS_TO_OPEN or silent < HUNG_AFTER_SECONDS:
+                    self._slow += 1
+                    log_slow = now - self._slow_logged_at >= SLOW_LOG_SECONDS
+                    if log_slow:
+                        slow, self._slow, self._slow_logged_at = self._slow, 0, now
+                    opened = False
+                else:
+                    seen = (f"{self._timeouts} calls timed out and none was answered for {silent:.1f}s; "
+                            f"the last, {what}: {seen}")
+                    opened, log_slow = True, False
+            else:
+                opened, log_slow = True, False
+            if opened:
+                self._closed_at = now + BREAKER_SECONDS
+                first, self._outage = not self._outage, True
+        if not opened:
+            if log_slow:
+                log.info("Redis slow: %s got no answer within its timeout (%s; %d such call(s) since the last "
+                         "line); only that call is skipped, Redis is not considered down", what, seen, slow)
+            return
         if first:
             log.warning("Redis unreachable (%s failed: %s): wake-ups and pushes are skipped and agents "
-                        "claim from the database until it is back", what, exc)
+                        "claim from the database until it is back", what, seen)
 
     def succeeded(self) -> None:
+        self._answered_at = time.monotonic()
+        self._timeouts = 0
         if self._outage:
             with self._lock:
                 back, self._outage = self._outage, False
@@ -86,14 +151,20 @@ class _Breaker:
     def reset(self) -> None:
         with self._lock:
             self._closed_at, self._outage = 0.0, False
+            self._answered_at, self._timeouts, self._slow, self._slow_logged_at = time.monotonic(), 0, 0, 0.0
 
 
 breaker = _Breaker()
 
 
 def redis_available() -> bool:
-    """False while the breaker is open (Redis failed less than BREAKER_SECONDS ago)."""
+    """False while the breaker is open (Redis was found down less than BREAKER_SECONDS ago)."""
     return breaker.allows()
+
+
+def redis_suspect() -> bool:
+    """A call timed out and none has been answered since (see _Breaker.suspect)."""
+    return breaker.suspect()
 
 
 def redis_failed(exc: BaseException, what: str) -> None:
@@ -267,7 +338,7 @@ def push_job(agent_id: int, job_id: int, payload: dict) -> bool:
     except REDIS_ERRORS as exc:
         breaker.failed(exc, "a push")
         log.warning("push of job %s to agent %s: sent, but Redis did not answer (%s); the sweep or the "
-                    "agent's heartbeats will tell whether it arrived", job_id, agent_id, exc)
+                    "agent's heartbeats will tell whether it arrived", job_id, agent_id, describe(exc))
         return True
     finally:
         pipe.reset()
@@ -278,19 +349,33 @@ def push_job(agent_id: int, job_id: int, payload: dict) -> bool:
 # A poll's take, in one round trip: pop job ids until `limit` payloads that are still there
 # (an expired one was re-queued; GETDEL hands each payload out once whatever races between
 # polls), then the cancel orders (read and deleted), after the jobs (see take_all).
+# The payloads taken are also kept under the poll's own key (KEYS[3], a token of the poll's)
+# for a short while, and a take by the same poll hands them out again first: a take whose
+# answer did not reach the web process (a read timeout on a busy machine) is not lost with
+# it, the poll's retry gets it. A poll that got its answer never takes again (it returns).
 _TAKE_ALL = """
-local jobs = {}
+local jobs = redis.call('LRANGE', KEYS[3], 0, -1)
 local limit = tonumber(ARGV[2])
 while #jobs < limit do
   local id = redis.call('LPOP', KEYS[1])
   if not id then break end
   local payload = redis.call('GETDEL', ARGV[1] .. id)
-  if payload then table.insert(jobs, payload) end
+  if payload then
+    table.insert(jobs, payload)
+    redis.call('RPUSH', KEYS[3], payload)
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  end
 end
 local cancels = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
 return {jobs, cancels}
 """
+# How long a poll's taken payloads wait for its retry (longer than any retry of one poll).
+TAKEN_KEEP_MS = 60_000
+
+
+def taken_list(poll_token: str) -> str:
+    return f"iac:taken:{poll_token}"
 
 
 def take_back(agent_id: int, job_id: int) -> bool:
@@ -335,14 +420,16 @@ def push_cancel(agent_id: int, order: dict) -> bool:
     return _best_effort("a cancel push", push)
 
 
-async def take_all(client: aredis.Redis, agent_id: int, limit: int) -> tuple[list[dict], list[dict]]:
+async def take_all(client: aredis.Redis, agent_id: int, limit: int, poll_token: str) -> tuple[list[dict], list[dict]]:
     """Up to `limit` jobs pushed to the agent and the cancel orders pushed to it, each handed
     out once, in one round trip (a script: all or nothing). The orders are taken after the
     jobs: an agent starts the jobs of an answer before it acts on its orders, so an order for
-    a job pushed in the same moment finds it. Raises REDIS_ERRORS (nothing taken then): the
-    long-poll falls back to the database, and the heartbeats carry the orders."""
-    jobs, cancels = await client.eval(_TAKE_ALL, 2, pushed_list(agent_id), cancel_list(agent_id),
-                                      "iac:push:job:", limit)
+    a job pushed in the same moment finds it. `poll_token` names the poll (one per long-poll
+    request): the jobs it took in a call whose answer was lost come back in its next call.
+    Raises REDIS_ERRORS: the long-poll tries again or falls back to the database, and the
+    heartbeats carry the orders."""
+    jobs, cancels = await client.eval(_TAKE_ALL, 3, pushed_list(agent_id), cancel_list(agent_id),
+                                      taken_list(poll_token), "iac:push:job:", limit, TAKEN_KEEP_MS)
     return [json.loads(j) for j in jobs], [json.loads(c) for c in cancels]
 
 
