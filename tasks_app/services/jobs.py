@@ -151,11 +151,18 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
         .annotate(others_queued=Exists(others))
         .order_by(
             Case(
-                # Plan affinity: a plan of a workspace this agent holds warm first (it skips init here).
-                When(kind=JobKind.PLAN, task__workspace_id__in=mine, then=Value(0)),
-                When(kind=JobKind.WARMUP, then=Value(2)),
-                default=Value(1), output_field=IntegerField(),
+                # Applies first: someone confirmed them (or their workspace auto-applies) and
+                # waits; a re-queued one (its warm agent could not take it) must not wait
+                # behind the plans queued since.
+                When(kind=JobKind.APPLY, then=Value(0)),
+                # Plan affinity: a plan of a workspace this agent holds warm (it skips init here).
+                When(kind=JobKind.PLAN, task__workspace_id__in=mine, then=Value(1)),
+                When(kind=JobKind.WARMUP, then=Value(3)),
+                default=Value(2), output_field=IntegerField(),
             ),
+            # An apply keeps its run's place: when its plan was queued, not when the apply
+            # was (re-)queued. The rest: first queued, first taken.
+            Case(When(kind=JobKind.APPLY, then=Subquery(_plan_queued_at)), default=F("created_at")),
             "id",
         )
         .first()
@@ -165,6 +172,12 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     task = task_locked_for_payload(job.task_id, inline_archive=job.kind != JobKind.APPLY,
                                    state_serial=job.kind == JobKind.PLAN)
     return job_assign(job, agent, slot, task)
+
+
+# When the run's plan was queued (its latest plan job): the place of its apply in the queue.
+_plan_queued_at = (
+    Job.objects.filter(task_id=OuterRef("task_id"), kind=JobKind.PLAN).order_by("-id").values("created_at")[:1]
+)
 
 
 def _others_with_a_free_slot(agent: Agent) -> QuerySet[Agent]:

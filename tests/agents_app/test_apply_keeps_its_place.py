@@ -1,0 +1,67 @@
+"""A confirmed apply its warm agent could not take goes back to the queue and keeps its
+place there: ahead of the plans queued after its run's plan, ahead of plans another agent's
+warm plan dir would prefer, and ahead of warmups. The next free slot takes it, and the run
+says why it went cold. (Fake agents over the agent endpoints, no terraform.)"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tasks_app.models import Job, Task
+from tasks_app.services import control
+from tasks_app.services.runs import run_confirm, run_create
+from tests.agents_app.fakes import FakeAgent, apply_pending
+from tests.factories import DEMO_MAIN_TF, make_workspace
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_requeued_apply_is_taken_before_the_plans_queued_after_its_run(setup, client, settings):
+    pool, token, ws = setup
+    warm, other = FakeAgent(client, token, "warm"), FakeAgent(client, token, "other", slots=1)
+    task = apply_pending(setup, warm)  # warm holds the plan's dir, reserved for its apply
+
+    # Plans queued after this run's plan: one of a workspace `other` holds warm (plan affinity
+    # would give it to `other` first), one of a fresh workspace.
+    held = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    fresh = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    resp = other.post("/agent/v1/heartbeat", {"warm_plan_workspaces": [held.id]})
+    assert resp.status_code == 200, resp.content
+    run_create(workspace=held, operation="plan", actor="test")
+    run_create(workspace=fresh, operation="plan", actor="test")
+    control.sweep()  # run_create's start is an after-commit callback
+
+    run_confirm(task_id=task.id, actor="test")  # pushed to `warm`, which never takes it
+    apply = Job.objects.get(task=task, kind="apply")
+    assert apply.agent_id == warm.id
+    Job.objects.filter(id=apply.id).update(claimed_at=timezone.now() - timedelta(seconds=10))
+    assert apply.id in control.step_leases()  # taken back from Redis: `warm` never got it
+
+    taken = other.claim()  # the next free slot
+    assert taken["id"] == apply.id and taken["kind"] == "apply", "the apply lost its place to a plan"
+    assert taken["fence"] == 2
+    why = f"warm did not take the apply within {settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS:g}s"
+    assert why in taken["cold_reason"]
+    task.refresh_from_db()
+    assert task.warmup_status != "ready"
+    assert f"{why}; the apply goes cold" in Task.objects.get(id=task.id).warmup_message
+
+
+def test_applies_go_in_the_order_their_runs_plans_were_queued(setup, client):
+    pool, token, ws = setup
+    a = FakeAgent(client, token, "a")
+    second_ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    first = run_create(workspace=ws, operation="plan_and_apply", actor="test")
+    second = run_create(workspace=second_ws, operation="plan_and_apply", actor="test")
+    control.sweep()
+    plans = [a.claim(), a.claim()]
+    assert [p["task"]["id"] for p in plans] == [first.id, second.id]
+    for plan in plans:
+        a.plan(plan, keep=False)  # no warm dir: the applies are queued, cold
+    run_confirm(task_id=second.id, actor="test")  # confirmed first...
+    run_confirm(task_id=first.id, actor="test")
+    b = FakeAgent(client, token, "b", slots=1)
+    assert b.claim()["task"]["id"] == first.id  # ...but the first run's plan was queued first
