@@ -66,6 +66,9 @@ RESULTS = ROOT / "bench" / "results"
 DB_NAME = "iac_bench_dispatch"
 TARGET_CLAIM_P50_MS = 50
 TARGET_CLAIM_P99_MS = 500
+# Auto-apply: the plan finished -> `terraform apply` running (issue 23's targets).
+TARGET_HANDOFF_P50_MS = 300
+TARGET_HANDOFF_P99_MS = 1500
 
 # `timestamp()` is unknown until apply, so every plan replaces the resource: every run has
 # changes (and auto-applies), and the provisioner, which runs on create only, runs exactly
@@ -156,7 +159,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-query-log", action="store_true", help="do not log statements (no queries-per-job figure)")
     p.add_argument("--shared-redis", action="store_true", help="use the default embedded Redis")
     p.add_argument("--name", default="dispatch", help="base name of the result files in bench/results/")
+    p.add_argument(
+        "--human-share",
+        type=float,
+        default=0.1,
+        help="share of the workspaces whose runs are confirmed the way a person does: through the API, "
+        "--think seconds after the run reaches apply_pending, with the pool still full (default 0.1)",
+    )
+    p.add_argument("--think", type=float, default=3.0, help="a person's think time before Confirm (default 3 s)")
+    p.add_argument(
+        "--gate",
+        action="store_true",
+        help="exit 1 unless every gate holds: nothing lost or done twice, and the fast-path share of "
+        "auto-applies at least --min-fast-share (a correctness property: the warm agent takes its apply); "
+        "with --gate-timings also the plan done -> apply started targets",
+    )
+    p.add_argument("--min-fast-share", type=float, default=0.95, help="the fast-path gate (default 0.95)")
+    p.add_argument("--gate-timings", action="store_true", help="with --gate: the hand-off p50/p99 targets too")
     args = p.parse_args()
+    if not 0 <= args.human_share < 1:
+        p.error("--human-share must be at least 0 and below 1")
     for name in ("runs", "workspaces", "agents", "slots", "clients"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -346,6 +368,7 @@ class Dispatch:
         self.marker_dir = live.dir / "markers"
         self.pool_id = 0
         self.workspaces: list[int] = []
+        self.human_workspaces: set[int] = set()  # confirmed by a "person" (see Humans)
         self.t0 = 0.0  # the first run queued (epoch s)
         self.t_queued = 0.0  # the last run queued
         self.t_end = 0.0  # every run final, or the deadline
@@ -368,19 +391,26 @@ class Dispatch:
             for old in self.marker_dir.glob("*.log"):
                 old.unlink()
         self.marker_dir.mkdir(parents=True, exist_ok=True)
-        say(f"==> {a.workspaces} workspaces with auto_apply (REST API), pool 'dispatch' (warm_apply={not a.cold})")
+        humans = round(a.workspaces * a.human_share)
+        say(
+            f"==> {a.workspaces - humans} workspaces with auto_apply and {humans} confirmed by a person after "
+            f"{a.think:g} s (REST API), pool 'dispatch' (warm_apply={not a.cold})"
+        )
         for i in range(a.workspaces):
             name = f"dispatch-{i:03d}"
+            auto = i < a.workspaces - humans  # the people's workspaces are spread by queue_order's round-robin
             ws = self.api.create_workspace(
                 name,
                 pool.id,
                 {"main.tf": MAIN_TF},
                 {"marker_file": str(self.marker_dir / f"{name}.log")},
-                auto_apply=True,
+                auto_apply=auto,
             )
-            if not ws.get("auto_apply"):
-                raise RuntimeError(f"workspace {name} was created without auto_apply: {ws}")
+            if bool(ws.get("auto_apply")) != auto:
+                raise RuntimeError(f"workspace {name} was created with auto_apply={ws.get('auto_apply')}: {ws}")
             self.workspaces.append(ws["id"])
+            if not auto:
+                self.human_workspaces.add(ws["id"])
         say(f"==> starting {a.agents} agents x {a.slots} slots")
         names = [f"agent-{i + 1}" for i in range(a.agents)]
         for name in names:
@@ -488,6 +518,54 @@ class Dispatch:
             time.sleep(1.0)
 
 
+class Humans:
+    """People confirming by hand: each run of a --human-share workspace is confirmed through
+    the API --think seconds after it is seen at apply_pending (polled every 0.2 s), each by a
+    client of its own, while the auto-applied runs keep the pool full."""
+
+    def __init__(self, bench: Dispatch) -> None:
+        self.bench = bench
+        self.stop = threading.Event()
+        self.seen: dict[int, float] = {}  # run -> when seen at apply_pending
+        self.confirmed: dict[int, float] = {}  # run -> when its Confirm answered
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="humans", daemon=True)
+
+    def start(self) -> None:
+        if self.bench.human_workspaces:
+            self.thread.start()
+
+    def _run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from django.db import connection
+
+        from tasks_app.models import Task
+
+        def confirm(run_id: int, at: float) -> None:
+            time.sleep(max(0.0, at - time.time()))
+            try:
+                self.bench.api.clone().confirm(run_id)
+                self.confirmed[run_id] = time.time()
+            except Exception as exc:  # noqa: BLE001 - reported (a run discarded as stale answers 409)
+                self.errors.append(f"run {run_id}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="human") as pool:
+            try:
+                while not self.stop.is_set():
+                    pending = Task.objects.filter(
+                        workspace_id__in=self.bench.human_workspaces, status="apply_pending"
+                    ).values_list("id", flat=True)
+                    now = time.time()
+                    for run_id in pending:
+                        if run_id not in self.seen:
+                            self.seen[run_id] = now
+                            pool.submit(confirm, run_id, now + self.bench.args.think)
+                    self.stop.wait(0.2)
+            finally:
+                connection.close()
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -539,11 +617,21 @@ def analyse(
     # The auto-apply hand-off: plan finished -> `terraform apply` started (agent timestamp),
     # and the workspace queue rule: a run final -> the next run's plan job created.
     plans = {j.task: j for j in jobs if j.kind == "plan"}
+    auto_applied = [t for t in applied if t.workspace not in bench.human_workspaces]
+    human_applied = [t for t in applied if t.workspace in bench.human_workspaces]
     handoff_ms = [
         (t.apply_started - plans[t.id].finished) * 1000
-        for t in applied
+        for t in auto_applied
         if t.apply_started is not None and t.id in plans and plans[t.id].finished is not None
     ]
+    human_ms = [
+        (t.apply_started - t.confirmed) * 1000
+        for t in human_applied
+        if t.apply_started is not None and t.confirmed is not None
+    ]
+
+    def fast_share(runs: list[ds.TaskRow]) -> float | None:
+        return sum(1 for t in runs if t.apply_path == "fast") / len(runs) if runs else None
     fifo_ms: list[float] = []
     by_ws: dict[int, list[ds.TaskRow]] = defaultdict(list)
     for t in tasks:
@@ -643,6 +731,12 @@ def analyse(
         "requeued_targeted_ms": ds.dist(lat.requeued_targeted_ms),
         "never_claimed": lat.never_claimed[:20],
         "plan_done_to_apply_start_ms": ds.dist(handoff_ms),
+        "auto_applied": len(auto_applied),
+        "fast_share": fast_share(auto_applied),
+        "human_applied": len(human_applied),
+        "human_fast_share": fast_share(human_applied),
+        "human_apply_paths": dict(Counter(t.apply_path or "-" for t in human_applied)),
+        "human_confirm_to_apply_start_ms": ds.dist(human_ms),
         "run_final_to_next_plan_ms": ds.dist(fifo_ms),
         "queue_http_ms": ds.dist(bench.queue_http_ms),
         "cpu_mean_pct": cpu_mean,
@@ -674,6 +768,7 @@ def analyse(
         "ideal_job_s": job_seconds / total_slots,
         "longest_workspace_chain_s": chain,
         "efficiency": ideal / wall if wall > 0 else None,
+        "wall_over_ideal": wall / ideal if ideal > 0 else None,
         "longest_gap_s": longest_gap[0],
         "longest_gap_at_s": longest_gap[1],
         "stalls": bench.stalls,
@@ -789,11 +884,29 @@ def table(s: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             f"p50 / p99 ms incl. waiting for a slot, n={allq['n']}, max {fmt(allq['max'])} ms",
         ],
         [
+            "auto-applies on the fast path",
+            _pct(None if s["fast_share"] is None else 100 * s["fast_share"]),
+            f"≥ {100 * s['min_fast_share']:.0f}%",
+            _ok(s["fast_share"] is not None and s["fast_share"] >= s["min_fast_share"]),
+            f"n={s['auto_applied']} auto-applied runs (the warm agent took its apply)",
+        ],
+        [
             "auto-apply: plan done → apply started",
             f"{fmt(handoff['p50'])} / {fmt(handoff['p99'])}",
-            "",
-            "",
+            f"≤ {TARGET_HANDOFF_P50_MS} / {TARGET_HANDOFF_P99_MS} ms",
+            _ok(handoff["p50"] is not None and handoff["p50"] <= TARGET_HANDOFF_P50_MS
+                and handoff["p99"] is not None and handoff["p99"] <= TARGET_HANDOFF_P99_MS),
             f"p50 / p99 ms, n={handoff['n']}, max {fmt(handoff['max'])} ms",
+        ],
+        [
+            "people's Confirm: on the fast path",
+            _pct(None if s["human_fast_share"] is None else 100 * s["human_fast_share"]),
+            "",
+            "",
+            f"n={s['human_applied']} runs confirmed through the API after a think time, on the full pool; "
+            f"paths: {', '.join(f'{k} {v}' for k, v in sorted(s['human_apply_paths'].items())) or '-'}; "
+            f"Confirm → apply started p50 / p99 {fmt(s['human_confirm_to_apply_start_ms']['p50'])} / "
+            f"{fmt(s['human_confirm_to_apply_start_ms']['p99'])} ms",
         ],
         [
             "workspace FIFO: run final → next plan queued",
@@ -879,8 +992,33 @@ def last_line(s: dict[str, Any]) -> str:
         f"slot_freed_p99_ms={num(s['slot_freed_to_claim_ms']['p99'])} "
         f"cpu_pct={num(s['cpu_mean_pct'])} cpu_tail_pct={num(s['cpu_tail_pct'])} load1={num(s['load1_mean'], 1)} "
         f"queries_per_job={num(st['per_job'] if st else None, 1)} "
-        f"wall_s={num(s['wall_s'])} ideal_s={num(s['ideal_s'])}"
+        f"wall_s={num(s['wall_s'])} ideal_s={num(s['ideal_s'])} "
+        f"fast_share={num(s['fast_share'], 3)} "
+        f"plan_to_apply_p50_ms={num(s['plan_done_to_apply_start_ms']['p50'])} "
+        f"plan_to_apply_p99_ms={num(s['plan_done_to_apply_start_ms']['p99'])} "
+        f"human_fast_share={num(s['human_fast_share'], 3)} "
+        f"wall_over_ideal={num(s['wall_over_ideal'], 2)}"
     )
+
+
+def gates(s: dict[str, Any], *, timings: bool) -> list[str]:
+    """The gates that failed (empty: all hold): nothing lost or done twice, the fast-path
+    share of auto-applies; with `timings`, the hand-off targets."""
+    failed = []
+    if s["lost"]:
+        failed.append(f"{s['lost']} run(s) lost")
+    if s["double_claims"]:
+        failed.append(f"{s['double_claims']} job(s) claimed twice")
+    if s["double_applies"]:
+        failed.append(f"{s['double_applies']} double apply(ies)")
+    if s["fast_share"] is None or s["fast_share"] < s["min_fast_share"]:
+        failed.append(f"fast-path share of auto-applies {s['fast_share']} < {s['min_fast_share']}")
+    handoff = s["plan_done_to_apply_start_ms"]
+    if timings and not (handoff["p50"] is not None and handoff["p50"] <= TARGET_HANDOFF_P50_MS):
+        failed.append(f"plan done -> apply started p50 {fmt(handoff['p50'])} ms > {TARGET_HANDOFF_P50_MS} ms")
+    if timings and not (handoff["p99"] is not None and handoff["p99"] <= TARGET_HANDOFF_P99_MS):
+        failed.append(f"plan done -> apply started p99 {fmt(handoff['p99'])} ms > {TARGET_HANDOFF_P99_MS} ms")
+    return failed
 
 
 def machine_idle_check() -> tuple[float, float]:
@@ -955,6 +1093,7 @@ def main() -> int:
         bench = Dispatch(args, live, api, agent_env)
         bench.idle_before = idle_before
         bench.setup()
+        humans = Humans(bench)
         cpu.start()
         say(
             f"==> {args.runs} runs over {args.workspaces} workspaces on {args.agents} agents x {args.slots} slots "
@@ -964,7 +1103,9 @@ def main() -> int:
         if qlog is not None:
             qlog.mark_start()
         queue_thread = bench.start_queueing()
+        humans.start()
         bench.wait_all_final(cpu)
+        humans.stop.set()
         queue_thread.join(5)
         if not bench.t_queued:  # stopped while still queueing
             bench.t_queued = bench.t_end
@@ -999,6 +1140,8 @@ def main() -> int:
     stmts = qlog.count() if qlog is not None else None
     total_slots = args.agents * args.slots
     summary = analyse(bench, cpu, stmts, tf_times, total_slots)
+    summary["human_confirm_errors"] = humans.errors[:20]
+    summary["min_fast_share"] = args.min_fast_share
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"{args.name}.json"
@@ -1093,8 +1236,12 @@ def main() -> int:
     say(f"raw: {json_path}")
     say(f"plot: {png_path}")
     say(f"logs: {live.log_dir}")
+    if summary["human_confirm_errors"]:
+        say(f"people's Confirm errors: {summary['human_confirm_errors']}")
+    failed = gates(summary, timings=args.gate_timings)
+    say("gates: " + ("all hold" if not failed else "FAILED: " + "; ".join(failed)))
     say(last_line(summary))
-    return 0
+    return 1 if args.gate and failed else 0
 
 
 if __name__ == "__main__":

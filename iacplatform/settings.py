@@ -95,6 +95,11 @@ try:
     IAC_POD_STOP_GRACE_SECONDS = env.float("IAC_POD_STOP_GRACE_SECONDS", 10.0, validate=POSITIVE)
     # Confirm while a warmup runs: the apply waits this long for it, then goes cold.
     IAC_WARMUP_WAIT_SECONDS = env.float("IAC_WARMUP_WAIT_SECONDS", 120.0, validate=POSITIVE)
+    # A full pool releases a run's warm-dir reservation for a queued plan only once the
+    # reservation is this old: a person confirming within it keeps the fast path, and a plan
+    # waits at most this (plus a sweep) for that slot. 0: at once. docs/architecture.md.
+    IAC_RESERVATION_GRACE_SECONDS = env.float("IAC_RESERVATION_GRACE_SECONDS", 30.0,
+                                              validate=Range(min=0, max=86400))
     # How long a Confirm waits for the reserving agent before any agent takes the cold path.
     IAC_TARGET_CLAIM_TIMEOUT_SECONDS = env.float("IAC_TARGET_CLAIM_TIMEOUT_SECONDS", 3.0, validate=POSITIVE)
     # A queued plan waits this long for an agent that holds its workspace's warm plan dir

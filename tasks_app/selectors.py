@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
@@ -236,6 +237,9 @@ def _queued_reason(task: Task) -> str | None:
     if counts.idle == 0:
         total = counts.running + counts.reserved
         held = f", {counts.reserved} holding warm dirs" if counts.reserved else ""
+        if counts.reserved and settings.IAC_RESERVATION_GRACE_SECONDS > 0:
+            held += (f"; a warm dir is released for this run once its run has waited "
+                     f"{settings.IAC_RESERVATION_GRACE_SECONDS:g}s for Confirm")
         slots = "the one slot" if total == 1 else f"all {total} slots"
         return f"queued: {slots} of pool '{pool.name}' {'is' if total == 1 else 'are'} busy ({counts.running} running{held})"
     return f"queued: waiting for an agent of pool '{pool.name}' to take it ({counts.idle} free slots)"

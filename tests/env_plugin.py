@@ -19,6 +19,9 @@ TEST_ENV = {
     "IAC_TARGET_CLAIM_TIMEOUT_SECONDS": "2",
     "IAC_CLAIM_LONGPOLL_SECONDS": "10",
     "IAC_AUTOSCALE_INTERVAL_SECONDS": "1",
+    # A full pool releases reservations at once in tests (the grace is tested on its own:
+    # tests/agents_app/test_dispatch.py), so a test's queued plan does not wait 30 s.
+    "IAC_RESERVATION_GRACE_SECONDS": "0",
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)

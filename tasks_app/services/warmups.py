@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -297,7 +298,12 @@ def pool_make_room(*, pool_id: int) -> list[int]:
     has an idle slot, release the oldest reservations, one per waiting job. Those runs are
     warmed up again later (warmups are claimed only when nobody else waits for a slot) or
     go cold at Confirm. Returns the released run ids. An autoscaled pool below its max
-    scales up first: a job waits for a new pod at most the pool's pod_start_wait."""
+    scales up first: a job waits for a new pod at most the pool's pod_start_wait.
+
+    A reservation younger than IAC_RESERVATION_GRACE_SECONDS is kept: the person who queued
+    the run is most likely reading its plan and about to confirm it, and releasing it would
+    send their apply cold (init again) to save a queued plan a few seconds. The sweep
+    releases it once the grace is over."""
     released: list[int] = []
     reserved = Slot.objects.filter(agent__pool_id=pool_id, agent__status=AgentStatus.ONLINE, state=SlotState.RESERVED)
     if not reserved.exists():
@@ -326,7 +332,11 @@ def pool_make_room(*, pool_id: int) -> list[int]:
         # Candidates first, without locks; then each run's row before its slot: the same
         # order as Confirm (task, then slot), so the two never deadlock. A run being
         # confirmed right now is skipped (SKIP LOCKED): its reservation is about to be used.
-        candidates = reserved.order_by("task__warmup_at", "id").values_list("task_id", flat=True)
+        candidates = reserved.order_by("task__warmup_at", "id")
+        grace = settings.IAC_RESERVATION_GRACE_SECONDS
+        if grace > 0:
+            candidates = candidates.filter(task__warmup_at__lte=now - timedelta(seconds=grace))
+        candidates = candidates.values_list("task_id", flat=True)
         for task_id in candidates:
             if len(released) >= need:
                 break

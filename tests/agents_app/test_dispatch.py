@@ -180,6 +180,32 @@ def test_it_releases_the_oldest_reservation_when_a_plan_finds_every_slot_reserve
     assert Job.objects.filter(task=first, kind="warmup", status="queued").exists()
 
 
+def test_a_full_pool_keeps_a_fresh_reservation_for_its_grace_then_releases_it(setup, client, settings):
+    """A person reading the plan they just queued keeps the fast path: a reservation younger
+    than IAC_RESERVATION_GRACE_SECONDS is not released for a queued plan, which says why it
+    waits; once the grace is over, the sweep releases it and the plan takes the slot."""
+    from tasks_app.selectors import run_waiting_reason
+
+    settings.IAC_RESERVATION_GRACE_SECONDS = 30
+    pool, token, ws = setup
+    a1 = FakeAgent(client, token, "a1", slots=1)
+    pending = apply_pending(setup, a1)
+    plan_run = run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}),
+                          operation="plan", actor="test")
+    control.sweep()
+    assert a1.claim() is None, "a 0 s old reservation was given away"
+    assert reservation(pending) is not None
+    plan_run.refresh_from_db()
+    assert "released for this run once its run has waited 30s for Confirm" in run_waiting_reason(plan_run)
+
+    Task.objects.filter(id=pending.id).update(warmup_at=timezone.now() - timedelta(seconds=31))
+    control.sweep()
+    pending.refresh_from_db()
+    assert reservation(pending) is None and "released to make room" in pending.warmup_message
+    job = a1.claim()
+    assert job is not None and job["task"]["id"] == plan_run.id
+
+
 def test_it_says_why_a_queued_plan_waits(setup, client):
     pool, token, ws = setup
     task = run_create(workspace=ws, operation="plan", actor="test")
