@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-dispatch bench-overhead bench-plan-init bench-autoscale bench-live faults lint
+.PHONY: run test bench bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -37,6 +37,13 @@ bench: $(VENV)/.installed-dev
 
 bench-dispatch: $(VENV)/.installed-dev
 	$(PY) -m bench.dispatch
+
+# CI's guard of the warm apply under load (.ci/run): a short dispatch load that keeps every
+# slot busy (16 workspaces, 2 agents x 3 slots); fails on any lost or doubled run and when
+# fewer than 90% of the auto-applies ran on the fast path (the warm agent took its apply).
+bench-dispatch-guard: $(VENV)/.installed-dev
+	$(PY) -m bench.dispatch --runs 48 --workspaces 16 --agents 2 --slots 3 --human-share 0 \
+		--gate --min-fast-share 0.9 --no-query-log --name dispatch-guard
 
 bench-overhead: $(VENV)/.installed-dev
 	$(PY) -m bench.overhead
