@@ -16,6 +16,12 @@ filesystem mirror. Latencies come from the run's own timestamps: confirmed_at (s
 apply_started_at (agent: the `terraform apply` process was started), first_apply_log_at
 (server: the first apply log line arrived). Results: bench/results/confirm_latency.{json,png}.
 The last line printed is machine-readable.
+
+Beside each fast run, the bare terraform CLI's own first line: `terraform apply plan.out`,
+started the way the agent starts it (inside the same bubblewrap sandbox, in a dir prepared by
+init and plan -out with the same configuration, against the platform's HTTP state backend
+of a workspace of its own), timed from its start to its first line of output. The target:
+the fast path's Confirm -> first apply log line at most that + 30 ms.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import platform as pyplatform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -188,6 +195,9 @@ class Bench:
         self.warmups: list[dict[str, Any]] = []
         self.setups: dict[str, dict[str, Any]] = {}
         self.agent_seq = 0
+        self.bare: list[float] = []  # the bare CLI's apply start -> first line, ms (see bare_first_line)
+        self.bare_env: dict[str, str] = {}
+        self.tf_exe = ""  # the terraform the agents run
 
     def new_agent(self, path: str, token: str) -> str:
         self.agent_seq += 1
@@ -215,6 +225,51 @@ class Bench:
         }
         for _ in range(2 if path == "rewarmed" else 1):
             self.setups[path]["live"].append(self.new_agent(path, token))
+
+    def setup_bare(self, token: str) -> None:
+        """A workspace whose state the bare CLI's applies use (no agent ever runs it)."""
+        s = self.setups["fast"]
+        ws = self.api.create_workspace("bench-bare-cli", s["pool"], {"main.tf": MAIN_TF}, {})
+        state = f"{self.live.base_url}/api/v1/workspaces/{ws['id']}/state"
+        self.bare_env = {
+            "TF_HTTP_ADDRESS": state, "TF_HTTP_LOCK_ADDRESS": f"{state}/lock", "TF_HTTP_UNLOCK_ADDRESS": f"{state}/lock",
+            "TF_HTTP_USERNAME": "bench", "TF_HTTP_PASSWORD": token, "TF_IN_AUTOMATION": "1", "TF_INPUT": "0",
+            "CHECKPOINT_DISABLE": "1", "TF_VAR_marker_file": str(self.live.dir / "markers" / "bare-cli.txt"),
+            "TF_CLI_CONFIG_FILE": self.agent_env["TF_CLI_CONFIG_FILE"],
+        }
+
+    def bare_first_line(self, i: int) -> tuple[float, float]:
+        """The bare CLI's `terraform apply plan.out`, started as the agent starts it: ms from
+        its start to its first line of output, and to its exit."""
+        from agents_app.agent.sandbox import executable_paths, job_environment, make_sandbox
+
+        tf = self.tf_exe
+        root = self.live.dir / "bare-cli"
+        work = root / str(i)
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+        work.mkdir(parents=True)
+        (work / "main.tf").write_text(MAIN_TF)
+        (work / "zzz_backend.tf").write_text('terraform {\n  backend "http" {}\n}\n')
+        env = {**job_environment(), **self.bare_env, "HOME": str(work)}
+        for argv in (["init", "-input=false"], ["plan", "-input=false", "-out=plan.out"]):
+            out = subprocess.run([tf, *argv], cwd=work, env=env, capture_output=True, timeout=300)
+            if out.returncode != 0:
+                raise RunFailed(f"bare terraform {argv[0]} failed: {out.stdout[-2000:]!r} {out.stderr[-2000:]!r}")
+        sandbox = make_sandbox("auto", tf, root, {
+            **env, "IAC_AGENT_SANDBOX_BIND_RW": str(self.live.dir / "markers"),
+            "IAC_AGENT_SANDBOX_BIND": os.pathsep.join(str(p) for p in executable_paths(tf)),
+        })
+        started = time.perf_counter()
+        proc = subprocess.Popen(sandbox.command([tf, "apply", "-input=false", "plan.out"], work), cwd=work, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        ms = (time.perf_counter() - started) * 1000
+        rest = proc.stdout.read()
+        if proc.wait() != 0 or not first:
+            raise RunFailed(f"bare terraform apply failed: {(first + rest)[-2000:]!r}")
+        return ms, (time.perf_counter() - started) * 1000
 
     def iteration(self, path: str, i: int) -> dict[str, Any]:
         s = self.setups[path]
@@ -265,6 +320,11 @@ class Bench:
                 f"{done['apply_path_reason']}\n--- log ---\n{api.log(rid)[-3000:]}"
             )
         check_apply_log(path, rid)
+        from tasks_app.models import Job
+
+        commands = Job.objects.get(task_id=rid, kind="apply").commands or []
+        extra["apply_cmd_ms"] = next((round((c["ended_at"] - c["started_at"]) * 1000, 1)
+                                      for c in commands if c["command"] == "apply"), None)
         b = server_breakdown(done)
         b["agent_has_job_ms"] = agent_claim_seen_ms(
             self.live.log_dir / f"agent-{b['agent']}.log", b["job_id"], done["confirmed_at"]
@@ -311,6 +371,11 @@ class Bench:
             for path in self.args.paths:
                 row = self.iteration(path, i)
                 row["warmup"] = i < 1
+                if path == "fast":
+                    bare, bare_total = self.bare_first_line(i + w)
+                    row["bare_first_line_ms"], row["bare_apply_ms"] = round(bare, 1), round(bare_total, 1)
+                    if not row["warmup"]:
+                        self.bare.append(bare)
                 (self.warmups if row["warmup"] else self.runs).append(row)
                 more = f", plan {row['plan_s']:.1f}s"
                 if "rewarm_s" in row:
@@ -372,8 +437,11 @@ def main() -> int:
         token = token_create(user=user, name="bench")[1]
         api = Api(base, token)
         bench = Bench(args, live, api, agent_env)
+        bench.tf_exe = tf_exe
         for path in args.paths:
             bench.setup(path)
+        if "fast" in args.paths:
+            bench.setup_bare(token)
         say(
             f"==> measuring {args.runs} run(s) per path: {', '.join(args.paths)} (interleaved, after "
             f"{args.warmup_runs} unmeasured warm-up run(s) per path; {args.think:g}s think time before each Confirm)"
@@ -448,9 +516,20 @@ def main() -> int:
         return "nan" if m is None else f"{m:.0f}"
 
     ratio = summary.get("cold_over_fast", {}).get("apply_start_ms")
+    first_log = summary.get("fast", {}).get("first_log_ms", {}).get("median")
+    bare = statistics.median(bench.bare) if bench.bare else None
+    if first_log is not None and bare is not None:
+        verdict = "ok" if first_log <= bare + 30 else "MISSED"
+        say(
+            f"first apply line: the fast path's Confirm -> first apply log line {first_log:.0f} ms (median) against "
+            f"the bare CLI's `terraform apply plan.out` start -> first line {bare:.0f} ms (median of {len(bench.bare)}, "
+            f"sandboxed, same configuration and backend): +{first_log - bare:.0f} ms (target <= +30 ms: {verdict})"
+        )
     say(
         f"fast_median_ms={med('fast')} rewarmed_median_ms={med('rewarmed')} cold_median_ms={med('cold')} "
-        f"cold_over_fast={'nan' if ratio is None else f'{ratio:.1f}'}"
+        f"cold_over_fast={'nan' if ratio is None else f'{ratio:.1f}'} "
+        f"fast_first_log_ms={'nan' if first_log is None else f'{first_log:.0f}'} "
+        f"bare_first_line_ms={'nan' if bare is None else f'{bare:.0f}'}"
     )
     return 0
 

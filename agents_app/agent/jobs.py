@@ -50,8 +50,9 @@ CANCEL_GRACE_SECONDS = 10
 ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
 
-# How long the warm apply's start event (ack, start time, path) waits, gathering terraform's
-# output, before it is posted: the first lines of a longer apply then show this much later.
+# How long the warm apply's start event (ack, start time, path) waits at most for terraform's
+# first line, which it then goes with at once (LogStream.event(until_text=True)): the first
+# line is never held back; without output by then the event goes alone.
 APPLY_START_HOLD_SECONDS = 0.2
 # How long a plan's first text waits, gathering what follows, before it is posted: a short
 # plan's whole log then travels inside its finish report, and no log post competes with
@@ -521,11 +522,11 @@ class JobRun:
         server already gave the job to another agent, it revoked this job's state
         credential, so `terraform apply` fails at "Acquiring state lock" before it changes
         anything; and the 409 the log stream then gets kills terraform (on_lost).
-        On the warm paths the acknowledgement goes with the apply's start, held for
-        APPLY_START_HOLD_SECONDS with the text written meanwhile (agent/logstream.py): a
-        short apply sends it inside its finish report, and no log post competes with
-        terraform's state calls on the server. Late is not lost: the server never hands a
-        pushed apply elsewhere within seconds."""
+        On the warm paths the acknowledgement goes with the apply's start and terraform's
+        first line, the moment that line is written (at most APPLY_START_HOLD_SECONDS later
+        without it; agent/logstream.py): the person who confirmed sees the first line as soon
+        as terraform writes it. Late is not lost: the server never hands a pushed apply
+        elsewhere within seconds."""
         if self.apply_path is None:
             warm = self.agent.take_warm(self.task_id)
             if warm is not None and (warm.path / "plan.out").exists():
@@ -557,7 +558,7 @@ class JobRun:
 
         def started() -> None:
             self.log.event(LogEvents(ack=True, apply_started_at=time.time(), apply_path=path, apply_path_reason=reason),
-                           hold=APPLY_START_HOLD_SECONDS)
+                           hold=APPLY_START_HOLD_SECONDS, until_text=True)
 
         self.apply_started = self.spawn("apply", "-input=false", "plan.out", on_start=started, header=False)
 

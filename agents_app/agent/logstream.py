@@ -14,12 +14,13 @@ ones, so the server stores it idempotently like any post.
 
 An event may also wait (`event(..., hold=seconds)`), gathering the text written meanwhile,
 and go with it in one post when the hold is over; when the job ends first, it travels inside
-the finish report with that text (`rest()`). The warm apply's start (acknowledgement, start
-time, path) waits 0.2 s this way: a short apply then costs the server one request besides
-terraform's own state calls, and no log post lands in the middle of them (the first output
-line comes as terraform writes the state, and the post competed with those calls on the
-process that answers them). A plan's first text waits the same way (`hold()`, an empty
-event held): a short plan's whole log travels inside its finish report.
+the finish report with that text (`rest()`). With `until_text` the hold ends at the first
+text: the warm apply's start (acknowledgement, start time, path) waits for terraform's first
+line (at most APPLY_START_HOLD_SECONDS) and goes with it at once, so the person who clicked
+Confirm sees that line as soon as terraform writes it (a fixed 0.2 s hold cost up to ~40 ms
+there, terraform needing 180-220 ms to its first line); what follows gathers as after any
+text post. A plan's first text waits a fixed time (`hold()`, an empty event held): a short
+plan's whole log travels inside its finish report.
 
 Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
 two writes is still masked, because the end of a write that could be the start of a secret
@@ -93,11 +94,13 @@ class LogStream:
         else:
             self._q.put(("text", text))
 
-    def event(self, events: LogEvents, hold: float = 0.0) -> None:
+    def event(self, events: LogEvents, hold: float = 0.0, until_text: bool = False) -> None:
         """Post `events` after the text written before them; with `hold`, `hold` seconds
-        later, with the text written meanwhile (or inside the finish report, see rest())."""
+        later, with the text written meanwhile (or inside the finish report, see rest()).
+        With `until_text`, the hold ends as soon as text comes: the event goes with the
+        first text at once, and the text after it gathers as after any text post."""
         self._flush_redactor()  # the text before the event stays before it
-        self._q.put(("event", events, hold))
+        self._q.put(("event", events, hold, until_text))
 
     def hold(self, seconds: float) -> None:
         """Gather the text written in the next `seconds` into one post (or, when the job
@@ -180,7 +183,7 @@ class LogStream:
 
     def _run(self) -> None:
         last_text_post = 0.0
-        held: tuple[LogEvents, float] | None = None  # an event waiting out its hold
+        held: tuple[LogEvents, float, bool] | None = None  # an event waiting out its hold (until text?)
         text: list[str] = []  # while an event is held: the text gathered for its post
         while True:
             batch = self._batch(last_text_post, held[1] if held else None)
@@ -203,7 +206,7 @@ class LogStream:
                 if entry[0] == "text":
                     text.append(entry[1])
                     continue
-                _, events, hold = entry
+                _, events, hold, until_text = entry
                 if held is not None:  # another event: the held one goes first, with its text
                     self._post_held("".join(text), held[0])
                     held, text = None, []
@@ -211,12 +214,12 @@ class LogStream:
                     self._post("".join(text), LogEvents())
                     text = []
                 if hold > 0:
-                    held = (events, time.monotonic() + hold)
+                    held = (events, time.monotonic() + hold, until_text)
                 else:
                     self._post("", events)
                 last_text_post = 0.0  # the text after an event goes at once
             if held is not None and not stop:
-                if time.monotonic() < held[1]:
+                if time.monotonic() < held[1] and not (held[2] and text):
                     continue  # still held: keep gathering
                 self._post_held("".join(text), held[0])
                 last_text_post = time.monotonic() if text else 0.0

@@ -265,6 +265,36 @@ def test_a_held_event_gathers_the_text_written_during_its_hold_into_one_post():
     assert client.posts[2]["text"] == "Apply complete!\n" and "events" not in client.posts[2]
 
 
+def test_the_apply_start_goes_with_terraforms_first_line_at_once_and_what_follows_gathers():
+    """The warm apply's start (until_text): the first line is not held back (a fixed hold cost
+    up to 40 ms of the person's wait for it); the event travels with it, and later lines
+    gather after it as after any text post."""
+    import time
+
+    from agents_app.protocol import LogEvents
+
+    client = RecordingClient()
+    stream = LogStream(client, 7, 1)  # type: ignore[arg-type]
+    stream.event(LogEvents(ack=True, apply_started_at=1.0), hold=30, until_text=True)
+    time.sleep(0.1)
+    assert client.posts == []  # nothing to show yet: the event waits for the first line
+    written = time.monotonic()
+    stream.write("terraform_data.x: Destroying...\n")
+    _wait_for(lambda: len(client.posts) == 1)
+    assert time.monotonic() - written < 5  # not the 30 s hold
+    assert client.posts[0] == {"seq": 1, "text": "terraform_data.x: Destroying...\n",
+                               "events": {"ack": True, "apply_started_at": 1.0}}
+    stream.write("terraform_data.x: Creating...\n")
+    stream.write("terraform_data.x: Creation complete\n")
+    _wait_for(lambda: len(client.posts) == 2)
+    assert client.posts[1]["text"] == "terraform_data.x: Creating...\nterraform_data.x: Creation complete\n"
+    # A short apply whose first line comes with its end: one finish report, as before.
+    short = LogStream(client, 8, 1)  # type: ignore[arg-type]
+    short.event(LogEvents(ack=True), hold=30, until_text=True)
+    rest = short.rest()
+    assert rest is not None and rest.events == LogEvents(ack=True) and len(client.posts) == 2
+
+
 def test_a_job_that_ends_while_an_event_is_held_hands_it_back_with_its_text_for_the_finish():
     from agents_app.protocol import LogEvents
 
