@@ -267,10 +267,19 @@ def _on_assigned(assigned: Assigned) -> bool:
 
 
 def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
-    with bound(agent_id=agent.id, job_id=job_id), transaction.atomic():
-        appended = job_append_log(agent=agent, job_id=job_id, fence=fence, post=post)
+    """A log post. The job and its run are locked once, with the workspace's sensitive values
+    and the chunk's idempotency check (job_locked_with_run, as a result does), and the run's
+    row is written once: the warm apply's first line comes with its start and acknowledgement
+    while terraform is making its state calls to this same web process, so the post must be
+    cheap (one query to lock and read, the chunk, the job's ack, one UPDATE of the run)."""
+    with bound(agent_id=agent.id, job_id=job_id), transaction.atomic(), rows_batched():
+        locked = job_locked_with_run(job_id, agent, fence, log_seq=post.seq)
+        appended = job_append_log(agent=agent, job_id=job_id, fence=fence, post=post, locked=locked,
+                                  defer_saves=True)
         if appended is not None and appended.acked_now:
-            run_apply_acked(appended.task)
+            appended.job.save(update_fields=["acked_at"])
+            run_apply_acked(appended.task, save=False)
+        locked[1].save_pending()
 
 
 # Plans up to this size are hashed while the result holds its locks (well under a millisecond).
