@@ -125,9 +125,15 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int, token: 
                                                                                      woken=woken)
             if answer:
                 return answer
-            if not await _wait_for_wakeup(client, pubsub, deadline):
+            channel = await _wait_for_wakeup(client, pubsub, deadline)
+            if channel is None:
                 return Claimed()
-            woken = True
+            # Woken on its own channel (a push, a slot of its freed, or work queued while it has
+            # an idle slot: agents.pool_wake): claim at once. A message on the pool's channel
+            # (the sweep's, or an older web process's) first asks whether this agent has an
+            # idle slot: on a busy pool most have none, and each full claim locks the agent's
+            # row, which its own results and Confirm's assignment wait for.
+            woken = channel == wakeups.agent_channel(agent.id)
     finally:
         # Closed after the answer is on its way (a task of its own): unsubscribing is a Redis
         # round trip the agent need not wait for.
@@ -151,22 +157,24 @@ def _background(coroutine: Any) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-async def _wait_for_wakeup(client: Any, pubsub: Any, deadline: float) -> bool:
-    """Wait for a message on the subscribed channels: True when one came, False at the
+async def _wait_for_wakeup(client: Any, pubsub: Any, deadline: float) -> str | None:
+    """Wait for a message on the subscribed channels: the channel it came on, None at the
     deadline. Checked every DB_POLL_SECONDS: a hung server sends no error to a reader, so
     when another call in this process found Redis down meanwhile, raise (the poll falls back
     to the database instead of waiting for wake-ups that cannot come); when one only timed
     out (slow, or hung?), ask Redis on this poll's own connection (a PING), whose timeout
     raises too and counts towards the breaker."""
     while (remaining := deadline - time.monotonic()) > 0:
-        if await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, DB_POLL_SECONDS)):
-            return True
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, DB_POLL_SECONDS))
+        if message:
+            channel = message["channel"]
+            return channel.decode() if isinstance(channel, bytes) else str(channel)
         if not wakeups.redis_available():
             raise wakeups.RedisUnavailable("Redis failed elsewhere in this process while the poll waited")
         if wakeups.redis_suspect():
             await client.ping()
             wakeups.redis_ok()
-    return False
+    return None
 
 
 async def _send_json(send: Any, status: int, body: dict | None,

@@ -219,6 +219,20 @@ def wake_pool(pool_id: int) -> None:
     _best_effort("a wake-up", lambda c: c.publish(pool_channel(pool_id), b"1"))
 
 
+def wake_agents(agent_ids: list[int]) -> None:
+    """Wake these agents' long-polls, in one round trip (agents_app.services.agents.pool_wake)."""
+    if not agent_ids:
+        return
+
+    def publish(client: redis.Redis) -> None:
+        pipe = client.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.publish(agent_channel(agent_id), b"1")
+        pipe.execute()
+
+    _best_effort("a wake-up", publish)
+
+
 class Collected(list):
     """The (channel, message) publishes a request collected (defer_publishes). Once `closed`
     (they are being sent), a publish made in a context that still holds it goes out at once:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Exists, Max, Q
 from django.utils import timezone
 
 from agents_app.models import Agent, Slot
@@ -103,6 +103,14 @@ class SlotCounts:
 def pool_has_queued_jobs(pool_id: int) -> bool:
     """Is any job of the pool waiting for an agent (held or not, of any kind)?"""
     return Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED).exists()
+
+
+def agent_could_claim(*, agent_id: int, pool_id: int) -> bool:
+    """Is a job of the pool queued, and has the agent an idle slot to take it on? One query,
+    no locks: a claim that would find nothing to do (the usual answer on a busy pool, where
+    every queued job wakes every agent) skips the claim's locks (agent_claim)."""
+    queued = Job.objects.filter(pool_id=pool_id, status=JobStatus.QUEUED)
+    return Slot.objects.filter(agent_id=agent_id, state=SlotState.IDLE).filter(Exists(queued)).exists()
 
 
 def pool_slot_counts(pool_id: int) -> SlotCounts:

@@ -52,6 +52,7 @@ AGENT_ENV_NAMES = frozenset({
     "IAC_AGENT_SANDBOX_BIND", "IAC_AGENT_SANDBOX_BIND_RW", "IAC_AGENT_WORK_ROOT", "IAC_AGENT_APPLY_PENDING_TTL_SECONDS",
     "IAC_AGENT_FINISHED_TTL_SECONDS", "IAC_TERRAFORM_BIN", "IAC_VAR_DIR", "IAC_LOG_FORMAT",
     "IAC_AGENT_PROVIDER_UPSTREAM", "IAC_AGENT_PROVIDER_CACHE_BYTES", "IAC_AGENT_WARM_PLAN_DIRS",
+    "IAC_AGENT_TERRAFORM_NICE",
 })
 AGENT_ENV_PREFIXES = ("LC_", "PYTHON", "TF_")
 
@@ -167,6 +168,9 @@ class Sandbox:
     read_only: list[Path] = field(default_factory=list)
     # Read-write binds besides the job dir (IAC_AGENT_SANDBOX_BIND_RW), absolute paths.
     read_write: list[Path] = field(default_factory=list)
+    # Terraform's niceness (IAC_AGENT_TERRAFORM_NICE) and the `nice` that sets it ("": none).
+    nice: int = 0
+    nice_bin: str = ""
     _base_args: list[str] | None = field(default=None, init=False, repr=False)
 
     def base_args(self) -> list[str]:
@@ -210,11 +214,14 @@ class Sandbox:
 
     def command(self, argv: list[str], job_dir: Path) -> list[str]:
         """The command line that runs `argv` in `job_dir` (no secrets: those are in the
-        environment given to Popen)."""
+        environment given to Popen), at the agent's niceness for terraform: `nice` execs
+        bwrap (or terraform) in place, so the process group, its leader's name and its
+        signals are as without it."""
+        prefix = [self.nice_bin, "-n", str(self.nice)] if self.nice and self.nice_bin else []
         if self.mode != SandboxMode.BWRAP:
-            return argv
+            return [*prefix, *argv]
         job_dir = job_dir.absolute()
-        return [*self.base_args(), "--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir), *argv]
+        return [*prefix, *self.base_args(), "--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir), *argv]
 
     def probe(self) -> str:
         """"" when bwrap runs a command with these binds, else why not."""
@@ -232,11 +239,37 @@ def _paths(value: str) -> list[Path]:
     return [Path(p).absolute() for p in value.split(os.pathsep) if p]
 
 
+# Terraform runs below the platform's own processes: on a machine it shares with them (the
+# local pool beside web, PostgreSQL and Redis), plans and applies keep every core busy, and at
+# the default niceness the control plane (a Confirm's push, a claim's answer, a state call)
+# waited its turn behind them: the dispatch benchmark's hand-off from a plan's end to its
+# apply's start. Terraform still gets every cycle nobody else needs.
+DEFAULT_TERRAFORM_NICE = 10
+
+
+def terraform_nice(env: Mapping[str, str]) -> tuple[int, str]:
+    """IAC_AGENT_TERRAFORM_NICE (0-19; 0: as the agent) and the `nice` executable; raises
+    SandboxUnavailable for a bad value."""
+    raw = env.get("IAC_AGENT_TERRAFORM_NICE", "").strip()
+    try:
+        nice = int(raw) if raw else DEFAULT_TERRAFORM_NICE
+    except ValueError:
+        nice = -1
+    if not 0 <= nice <= 19:
+        raise SandboxUnavailable(f"IAC_AGENT_TERRAFORM_NICE={raw!r} must be a whole number from 0 to 19")
+    nice_bin = (shutil.which("nice") or "") if nice else ""
+    if nice and not nice_bin:
+        log.warning("IAC_AGENT_TERRAFORM_NICE=%d, but there is no `nice` on PATH: terraform runs at the agent's "
+                    "own priority", nice)
+    return nice, nice_bin
+
+
 def make_sandbox(setting: str, terraform: str, work_root: Path, env: Mapping[str, str] | None = None) -> Sandbox:
     """The sandbox for `IAC_AGENT_SANDBOX=setting`; raises SandboxUnavailable when bwrap is
-    required and does not work, or when an extra bind would show the work root (every job's
-    dir and the agent's credential)."""
+    required and does not work, when an extra bind would show the work root (every job's
+    dir and the agent's credential), or for a bad IAC_AGENT_TERRAFORM_NICE."""
     env = os.environ if env is None else env
+    nice, nice_bin = terraform_nice(env)
     try:
         wanted = SandboxMode(setting or SandboxMode.AUTO)
     except ValueError:
@@ -245,7 +278,7 @@ def make_sandbox(setting: str, terraform: str, work_root: Path, env: Mapping[str
         ) from None
     if wanted == SandboxMode.OFF:
         log.info("sandbox off (IAC_AGENT_SANDBOX=off): terraform runs with the agent's filesystem view")
-        return Sandbox(SandboxMode.OFF)
+        return Sandbox(SandboxMode.OFF, nice=nice, nice_bin=nice_bin)
     read_only = [*executable_paths(terraform), *terraform_data_paths(env),
                  *_paths(env.get("IAC_AGENT_SANDBOX_BIND", ""))]
     # Never "/" (a venv made from a Python in /bin would name it): that would show everything.
@@ -259,7 +292,7 @@ def make_sandbox(setting: str, terraform: str, work_root: Path, env: Mapping[str
                 "dirs and the agent's credential"
             )
     bwrap = shutil.which("bwrap")
-    sandbox = Sandbox(SandboxMode.BWRAP, bwrap or "bwrap", read_only, read_write)
+    sandbox = Sandbox(SandboxMode.BWRAP, bwrap or "bwrap", read_only, read_write, nice=nice, nice_bin=nice_bin)
     problem = "bwrap (Debian's bubblewrap package) is not installed" if bwrap is None else sandbox.probe()
     if not problem:
         log.info("sandbox: terraform runs inside bubblewrap (%s)", bwrap)
@@ -271,4 +304,4 @@ def make_sandbox(setting: str, terraform: str, work_root: Path, env: Mapping[str
         "(local-exec, external data sources, providers) can read everything this agent can read. Install "
         "bubblewrap, or set IAC_AGENT_SANDBOX=off to say this is intended.", problem,
     )
-    return Sandbox(SandboxMode.OFF)
+    return Sandbox(SandboxMode.OFF, nice=nice, nice_bin=nice_bin)

@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from agents_app import events
 from agents_app.models import POOL_LIMITS, Agent, AgentPool, DispatchEvent, Pod, Slot, hash_token, new_token
-from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registration
+from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registration, SlotState
+from iacplatform import wakeups
 from iacplatform.errors import Conflict, Gone, Invalid
 
 
@@ -51,6 +52,21 @@ def agent_revoke_token(agent: Agent) -> None:
 
 def pool_by_token(token: str) -> AgentPool | None:
     return AgentPool.objects.filter(token_hash=hash_token(token)).first() if token else None
+
+
+def pool_wake(pool_id: int) -> list[int]:
+    """Work was queued (or a slot freed) in the pool: wake the long-polls of its online agents
+    that have an idle slot to take it on, one query here instead of one claim in every agent's
+    poll. On a busy pool most agents have none, and each such claim (every queued run woke
+    every agent) took the agent's row lock and a database round trip while its pushed apply
+    waited in Redis (issue 23). An agent whose slot frees later is woken by its own result.
+    Returns the agents woken."""
+    ids = list(
+        Agent.objects.filter(pool_id=pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
+        .values_list("id", flat=True).distinct()
+    )
+    wakeups.wake_agents(ids)
+    return ids
 
 
 def agent_by_token(token: str) -> Agent | None:

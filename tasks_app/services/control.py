@@ -44,6 +44,7 @@ from agents_app.services.agents import (
     agent_set_status,
     agents_silent,
     pool_rotate_token,
+    pool_wake,
 )
 from agents_app.services.freeze import Freeze, moment_text, pool_freeze
 from agents_app.services.pods import pod_agent_registered
@@ -56,6 +57,7 @@ from iacplatform.row_batch import rows_batched
 from tasks_app.models import Job, SweepHeartbeat, Task
 from tasks_app.selectors import (
     NoAgent,
+    agent_could_claim,
     duration_text,
     job_no_agent_since,
     jobs_waiting_for_an_agent,
@@ -237,13 +239,17 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
 
 
 def agent_claim_if_queued(*, agent: Agent, limit: int = 1, woken: bool = False) -> list[dict[str, Any]]:
-    """agent_claim, skipped when the agent's pool has no queued job. An agent polls again the
-    moment an answer gives it a job (its other slots are free), so most polls find nothing:
-    one small query then instead of agent_claim's locks and queries, while terraform starts
-    beside it. An agent found offline (`agent` as read when its poll came) always takes the
-    full path, which answers Gone. `woken`: the poll was woken because work was queued for
-    the pool or the agent: the full path at once, without the small query first."""
-    if not woken and agent.status == AgentStatus.ONLINE and not pool_has_queued_jobs(agent.pool_id):
+    """agent_claim, skipped when the agent's pool has no queued job or the agent no idle slot.
+    An agent polls again the moment an answer gives it a job (its other slots are free), and
+    on a busy pool every queued job wakes every agent, so most polls find nothing to do: one
+    small query then instead of agent_claim's locks (the agent's row among them, which its own
+    results and Confirm's assignment wait for) while terraform starts beside it. Skipping is
+    safe: a slot freed later wakes the agent (a result's follow-up), a job queued later wakes
+    the pool. An agent found offline (`agent` as read when its poll came) always takes the full
+    path, which answers Gone. `woken`: the poll was woken on the agent's own channel (a slot
+    of its freed): the full path at once, without the small query first."""
+    if not woken and agent.status == AgentStatus.ONLINE and not agent_could_claim(agent_id=agent.id,
+                                                                                  pool_id=agent.pool_id):
         return []
     return agent_claim(agent_id=agent.id, limit=limit)
 
@@ -371,7 +377,7 @@ def job_lost(*, job_id: int, why: str) -> bool:
         else:
             run_job_lost(task, job, requeued=abandoned.requeued, why=why)
         pool_id = job.pool_id
-        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
     return True
 
 
@@ -397,7 +403,7 @@ def agent_set_offline(*, agent_id: int, reason: str) -> bool:
             agent=agent, state=SlotState.RUNNING
         ):  # a job that was not `running` any more
             slot_transition(slot, SlotState.IDLE, message=f"{agent.name} went offline")
-        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
     return True
 
 
@@ -541,7 +547,7 @@ def step_wake_queued() -> int:
     )
     pools = {p for p in pools if not pool_freeze(p).frozen}  # a frozen pool's agents take nothing
     for pool_id in pools:
-        wakeups.wake_pool(pool_id)
+        pool_wake(pool_id)
     return len(pools)
 
 
@@ -706,7 +712,7 @@ def pool_freeze_changed(*, pool_id: int) -> None:
         pool_freeze_enter(pool_id, freeze)
         return
     warmups_ensure(pool_id=pool_id)
-    wakeups.wake_pool(pool_id)
+    pool_wake(pool_id)
 
 
 SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [

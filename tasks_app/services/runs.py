@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.protocol import JobKind, JobOutcome, JobStatus, PlanMode, SlotState, WarmupStatus
+from agents_app.services.agents import pool_wake
 from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
@@ -158,7 +159,7 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
 def _dispatch_queued(pool_id: int) -> None:
     """After new work was queued: wake the pool's agents (an idle slot takes it now), then
     make room if the pool is full (and wake them again for the freed slot)."""
-    wakeups.wake_pool(pool_id)
+    pool_wake(pool_id)
     pool_make_room(pool_id=pool_id)
 
 

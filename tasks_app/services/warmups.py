@@ -20,11 +20,12 @@ from django.utils import timezone
 from agents_app import events as dispatch_events
 from agents_app.models import Agent, AgentPool, Pod, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, PodPhase, SlotState, WarmupStatus
+from agents_app.services.agents import pool_wake
 from agents_app.services.dispatch_log import dispatch_event
 from agents_app.services.freeze import freeze_text, pool_freeze
 from agents_app.services.slots import slot_reserved_for, slot_transition
 from agents_app.states import WARMUP
-from iacplatform import metrics, wakeups
+from iacplatform import metrics
 from tasks_app.models import Job, Task
 from tasks_app.selectors import pool_slot_counts
 from tasks_app.services.jobs import Finished, job_assign, job_create
@@ -121,7 +122,7 @@ def _release_hold(held: Job, cold_reason: str) -> None:
     held.cold_reason = cold_reason
     held.save(update_fields=["hold_until", "cold_reason"])
     pool_id = held.pool_id
-    transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
+    transaction.on_commit(lambda: pool_wake(pool_id))
 
 
 def _observe_warmup_end(task: Task, outcome: str) -> None:
@@ -225,7 +226,7 @@ def warmups_ensure(*, pool_id: int) -> list[int]:
                        message=task.warmup_message)
             created.append(task.id)
         if created:
-            transaction.on_commit(lambda: wakeups.wake_pool(pool_id))
+            transaction.on_commit(lambda: pool_wake(pool_id))
     return created
 
 
@@ -355,7 +356,7 @@ def pool_make_room(*, pool_id: int) -> list[int]:
             ):
                 released.append(task.id)
         if released:
-            transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), wakeups.wake_pool(pool_id)))
+            transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
     return released
 
 

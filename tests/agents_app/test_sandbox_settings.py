@@ -35,8 +35,33 @@ def test_it_refuses_to_start_without_bwrap_when_the_sandbox_is_required(no_bwrap
 
 
 def test_it_runs_terraform_directly_when_the_sandbox_is_off(tmp_path):
-    sandbox = make_sandbox("off", "/usr/bin/true", tmp_path / "root", env={})
+    sandbox = make_sandbox("off", "/usr/bin/true", tmp_path / "root", env={"IAC_AGENT_TERRAFORM_NICE": "0"})
     assert sandbox.command(["terraform", "plan"], tmp_path) == ["terraform", "plan"]
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_terraform_runs_below_the_platform_at_niceness_10_unless_told(tmp_path, mode):
+    """On a machine terraform shares with web, PostgreSQL and Redis (the local pool), the
+    control plane must not wait behind plans for a core: terraform and its children run at
+    niceness 10 by default, sandboxed or not; IAC_AGENT_TERRAFORM_NICE changes it."""
+    import subprocess
+
+    def niceness(env: dict[str, str]) -> int:
+        sandbox = make_sandbox(mode, shutil.which("nice"), tmp_path / "root", env=env)
+        # `nice` without a command prints the niceness it runs at (a child of terraform's would inherit it).
+        out = subprocess.run(sandbox.command([shutil.which("nice")], tmp_path), capture_output=True, text=True,
+                             cwd=tmp_path, check=True)
+        return int(out.stdout)
+
+    assert niceness({}) == 10
+    assert niceness({"IAC_AGENT_TERRAFORM_NICE": "0"}) == 0
+    assert niceness({"IAC_AGENT_TERRAFORM_NICE": "19"}) == 19
+
+
+@pytest.mark.parametrize("bad", ["-5", "20", "ten"])
+def test_it_refuses_a_niceness_it_cannot_set(tmp_path, bad):
+    with pytest.raises(SandboxUnavailable, match=f"IAC_AGENT_TERRAFORM_NICE='{bad}' must be a whole number from 0 to 19"):
+        make_sandbox("off", "/usr/bin/true", tmp_path / "root", env={"IAC_AGENT_TERRAFORM_NICE": bad})
 
 
 def test_it_refuses_an_unknown_setting(tmp_path):
