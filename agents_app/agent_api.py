@@ -148,7 +148,9 @@ def plan_upload(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 def finish(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     result = parse(JobResult, request.body)
     plan = _plan_bytes(result.plan, "plan.plan_b64") if result.plan is not None else None
-    return _reply(control.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result, plan=plan))
+    reply = control.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result, plan=plan)
+    # `jobs` only when there are some: {"keep_dir": ...} as before otherwise.
+    return JsonResponse(reply.model_dump(mode="json", exclude_defaults=True))
 
 
 @csrf_exempt

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bumped when a message changes incompatibly. The server refuses an agent that speaks
 # another version at registration, with a message that says which one it needs.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class JobKind(enum.StrEnum):
@@ -312,6 +312,12 @@ class JobResult(_Message):
 
 class FinishReply(_Message):
     keep_dir: bool  # keep the dir as the run's warm reservation (else delete it)
+    # Jobs handed to this agent with the answer, to start as a claim's (version 4): the apply
+    # of an auto-apply run confirmed with this plan's result, or an apply that waited for this
+    # warmup, both assigned to the slot this job ran on. No push and no long-poll between a
+    # plan's end and its apply's start; an agent that never gets this answer (its request
+    # failed) never acknowledges the apply, which then goes back to the queue.
+    jobs: list[JobPayload] = []
 
 
 Registration.model_rebuild()

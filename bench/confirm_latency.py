@@ -163,7 +163,7 @@ def agent_claim_seen_ms(log_path: Path, job_id: int, confirmed_at: str) -> float
     except OSError:
         return None
     m = re.search(
-        rf"^(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}}) agent \S+ INFO claimed apply job {job_id} ", text, re.M
+        rf"^(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}}) agent \S+ INFO (?:claimed|handed) apply job {job_id} ", text, re.M
     )
     if not m:
         return None

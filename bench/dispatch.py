@@ -27,7 +27,8 @@ to a marker file of its workspace. The run id comes from the agent's work dir
 Measured from:
 - the database (Django ORM in this process, against the benchmark's database): Job
   created_at / claimed_at / finished_at, run statuses, apply paths;
-- the agents' logs ("claimed <kind> job <id> for run <id>"): double claims;
+- the agents' logs ("claimed <kind> job <id> for run <id>", "handed ..." for an apply that
+  came with its plan's result): double claims;
 - the marker files: double applies;
 - a wrapper around the terraform binary that records each terraform process's start and
   end: terraform's own time, for the ideal wall time (sum / slots);

@@ -188,7 +188,8 @@ def claim_latencies(jobs: list[JobRow], occ: Occupancy, total_slots: int) -> Cla
 
 # --- double claims and applies ---------------------------------------------------------------
 
-CLAIM_LINE = re.compile(r"^(\S+ \S+) agent (\S+) INFO claimed (\w+) job (\d+) for run (\d+)", re.M)
+# "claimed" from a long-poll's answer, "handed" with a plan's or warmup's result (FinishReply.jobs).
+CLAIM_LINE = re.compile(r"^(\S+ \S+) agent (\S+) INFO (?:claimed|handed) (\w+) job (\d+) for run (\d+)", re.M)
 
 
 def agent_claims(log_paths: Iterable[Path]) -> dict[int, list[tuple[str, float]]]:

@@ -204,7 +204,10 @@ def test_confirm_answers_200_and_queues_the_apply_when_the_push_cannot_reach_red
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_held_apply_whose_handover_push_cannot_reach_redis_goes_to_the_queue(setup, client, settings, tmp_path):
+def test_a_held_apply_is_handed_over_in_its_warmups_answer_without_redis(setup, client, settings, tmp_path):
+    """The apply that waited for a warmup goes to that warmup's agent inside the answer to
+    the warmup's result: no push, so an unreachable Redis costs it nothing (it used to send
+    the apply to the queue, cold)."""
     from tasks_app.services import control
     from tasks_app.services.runs import run_confirm
 
@@ -220,12 +223,12 @@ def test_a_held_apply_whose_handover_push_cannot_reach_redis_goes_to_the_queue(s
     settings.REDIS_URL = f"unix://{tmp_path}/no-redis-here.sock"
     wakeups.breaker.reset()
     try:
-        assert a2.finish(warmup, kept_dir=True).status_code == 200  # the handover's push fails
+        answer = a2.finish(warmup, kept_dir=True)
+        assert answer.status_code == 200
+        [handed] = answer.json()["jobs"]
         job = Job.objects.get(task=task, kind="apply")
-        assert job.status == "queued" and job.agent is None
-        assert "the push to a2 failed (Redis unreachable): the apply goes to the queue" in job.cold_reason
-        taken = a2.claim()  # from the database
-        assert taken["id"] == job.id and taken["kind"] == "apply"
+        assert handed["id"] == job.id and handed["fence"] == job.fence
+        assert job.status == "running" and job.agent_id == a2.id and job.cold_reason == ""
     finally:
         wakeups.breaker.reset()
 

@@ -244,6 +244,8 @@ class JobHost(Protocol):
 
     def job_done(self, job: JobRun, keep: bool) -> None: ...
 
+    def start_jobs(self, payloads: list[JobPayload], via: str = "claimed", on_this_thread: bool = True) -> None: ...
+
 
 class JobRun:
     def __init__(self, agent: JobHost, payload: JobPayload) -> None:
@@ -273,13 +275,17 @@ class JobRun:
         self.start_error: Exception | None = None
         self.apply_started = 0.0  # when apply_begin started `terraform apply`
 
-    def start(self) -> None:
+    def start(self, *, on_this_thread: bool = True) -> None:
         """Start the job. A warm apply whose plan.out hashes right starts `terraform apply`
         here, on the caller's thread (the claim loop's), before the job's threads: the
         Confirm -> apply hot path then waits for no thread to be started and scheduled (a
         new thread and the log sender's each made the caller wait for the CPU: ~1-4 ms on
-        2 busy cores). Everything else, the apply's output among it, runs on the job's thread."""
-        if self.kind == JobKind.APPLY:
+        2 busy cores). Everything else, the apply's output among it, runs on the job's thread.
+
+        `on_this_thread=False` for a caller whose thread ends soon (a job's, which got this
+        apply with its result): the sandbox's --die-with-parent kills terraform when the
+        *thread* that started it exits (PR_SET_PDEATHSIG), so the job's own thread starts it."""
+        if self.kind == JobKind.APPLY and on_this_thread:
             try:
                 self.apply_begin(quick=True)
             except Exception as exc:  # noqa: BLE001 - raised again on the job's thread (run reports it)
@@ -449,12 +455,16 @@ class JobRun:
                            plan_start_reason=start.reason if start else "", warm_plan_kept=warm_kept,
                            log=rest, plan=plan, commands=self.commands)
         try:
-            reply = self.call("POST", "finish", json=result.model_dump(mode="json"))
+            reply = FinishReply.model_validate(self.call("POST", "finish", json=result.model_dump(mode="json")))
         except ServerError as exc:
             if exc.status == 409:  # the job moved on while we worked: our result does not count
                 return False
             raise
-        return FinishReply.model_validate(reply).keep_dir
+        if reply.jobs:
+            # The apply of this run, handed over with the result (auto-apply, or an apply that
+            # waited for this warmup): it starts in the dir kept above, on this thread, now.
+            self.agent.start_jobs(reply.jobs, via="handed", on_this_thread=False)  # this thread ends now
+        return reply.keep_dir
 
     # --- the job ---------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from agents_app.protocol import (
     ClaimReply,
     Heartbeat,
     HeartbeatReply,
+    JobPayload,
     ProviderCacheReport,
     Registration,
     RegistrationReply,
@@ -343,18 +344,23 @@ class AgentProcess:
                 log.exception("unreadable claim answer; ignoring it")
                 self.stopping.wait(1)
                 continue
-            for payload in reply.jobs:
-                try:
-                    job = JobRun(self, payload)
-                except Exception:  # noqa: BLE001
-                    log.exception("cannot start job %s; ignoring it", getattr(payload, "id", "?"))
-                    continue
-                with self.lock:
-                    self.running[job.id] = job
-                log.info("claimed %s job %s for run %s", job.kind, job.id, job.task_id)
-                job.start()
+            self.start_jobs(reply.jobs)
             # After the jobs: an order may concern a job of this same answer.
             self.obey(reply.cancel)
+
+    def start_jobs(self, payloads: list[JobPayload], via: str = "claimed", on_this_thread: bool = True) -> None:
+        """Start the jobs of a claim's answer, or of a result's (FinishReply.jobs: an apply
+        handed over with its plan's or warmup's result; see JobRun.start for the thread)."""
+        for payload in payloads:
+            try:
+                job = JobRun(self, payload)
+            except Exception:  # noqa: BLE001
+                log.exception("cannot start job %s; ignoring it", getattr(payload, "id", "?"))
+                continue
+            with self.lock:
+                self.running[job.id] = job
+            log.info("%s %s job %s for run %s", via, job.kind, job.id, job.task_id)
+            job.start(on_this_thread=on_this_thread)
 
     def run(self) -> None:
         def stop(signum: int, frame: Any) -> None:

@@ -327,18 +327,24 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
             workspace_id = finished.task.workspace_id
             follow_ups.append(lambda: agent_add_warm_plan(agent, workspace_id=workspace_id))
         kind = finished.job.kind
+        handed: list[dict[str, Any]] = []  # jobs for this agent, in this answer (FinishReply.jobs)
         if kind == JobKind.PLAN:
             ended = run_plan_finished(finished)
             keep = ended.keep_dir
             follow_ups += ended.follow_ups
+            if ended.handed is not None:
+                handed.append(ended.handed)
         elif kind == JobKind.WARMUP:
             warm = warmup_job_finished(finished)
             keep = warm.keep_dir
             if warm.handed_over is not None:
                 agent_id, apply_id, payload = warm.handed_over
-                # A push that does not reach Redis sends the apply to the queue at once.
-                follow_ups.append(lambda: apply_push(agent_id=agent_id, agent_name=agent.name, job_id=apply_id,
-                                                     payload=payload))
+                if agent_id == agent.id:
+                    handed.append(payload)  # the apply waited for this warmup: in this answer
+                else:
+                    # A push that does not reach Redis sends the apply to the queue at once.
+                    follow_ups.append(lambda: apply_push(agent_id=agent_id, agent_name=agent.name, job_id=apply_id,
+                                                         payload=payload))
         else:
             run_apply_finished(finished)
             keep = False
@@ -347,7 +353,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
         follow_ups.append(lambda: wakeups.wake_agent(agent_id_))
         transaction.on_commit(lambda: _run_follow_ups(follow_ups))
         task.save_pending()
-    return FinishReply(keep_dir=keep)
+    return FinishReply(keep_dir=keep, jobs=handed)
 
 
 def _run_follow_ups(follow_ups: list[Callable[[], Any]]) -> None:

@@ -183,6 +183,7 @@ def run_plan_requeued(task: Task, *, why: str) -> None:
 class PlanEnded:
     keep_dir: bool
     follow_ups: tuple  # run after commit
+    handed: dict[str, Any] | None = None  # the auto-apply, for the plan's agent in its answer
 
 
 def _free(finished: Finished, message: str) -> None:
@@ -237,16 +238,20 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
         _free(finished, "plan done; dir not kept")
         pool_id = pool.id
         follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
+    handed = None
     if task.workspace.auto_apply and not frozen:
         # Confirmed in the same transaction as the plan's result: no moment where the run
         # is ready but unconfirmed (a full pool could release the reservation then), and
-        # no after-commit step to lose. The apply takes the slot the plan just reserved.
+        # no after-commit step to lose. The apply takes the slot the plan just reserved, and
+        # goes to the plan's agent in the answer to this very result (no push, no poll).
         task.save_pending()  # run_confirm reads the run from the database
         try:
-            run_confirm(task_id=task.id, actor="auto-apply")
+            confirmed = run_confirm(task_id=task.id, actor="auto-apply",
+                                    hand_to=finished.slot.agent_id if keep else None)
+            handed = confirmed.handed
         except PlatformError:  # the sweep's auto_apply step tries again
             log.warning("auto-apply of run %s failed; the sweep retries", task.id, exc_info=True)
-    return PlanEnded(keep_dir=keep, follow_ups=tuple(follow_ups))
+    return PlanEnded(keep_dir=keep, follow_ups=tuple(follow_ups), handed=handed)
 
 
 def runs_auto_apply_due() -> list[int]:
@@ -345,12 +350,16 @@ def run_apply_unpushed(*, job_id: int, fence: int, why: str) -> bool:
 class ConfirmResult:
     task: Task
     refused: str = ""  # non-empty: the apply was refused and the run discarded, with this reason
+    handed: dict[str, Any] | None = None  # the apply's payload, for `hand_to` to answer with
 
 
-def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult:
+def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | None = None) -> ConfirmResult:
     """Confirm Apply. At most one apply job per run: the row lock plus the status check make
     a second confirm (double click, two tabs, a retried request) a 409, and a unique
-    constraint on (task, kind=apply) backs that up at the database level."""
+    constraint on (task, kind=apply) backs that up at the database level.
+
+    `hand_to`: the agent whose request this is (a plan's result): an apply assigned to it is
+    not pushed but returned (`handed`), for the caller to put in that request's answer."""
     with transaction.atomic(), rows_batched():
         # The configuration's sha256 goes into the pushed payload; its archive (up to
         # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
@@ -386,7 +395,9 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
         # first thing done after commit: the run's wake-up and the live-view publishes that
         # the transition and the assignment register come after it.
         push: dict[str, Any] = {}
-        if target.slot is not None:
+        hand = target.slot is not None and hand_to is not None and target.slot.agent_id == hand_to
+        handed = None
+        if target.slot is not None and not hand:
             transaction.on_commit(lambda: apply_push(**push))
         run_transition(task, RunStatus.APPLY_QUEUED, actor=actor)  # saves the task
         pool_id = task.workspace.pool_id
@@ -398,8 +409,11 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
             job = Job(task=task, pool_id=pool_id, kind=JobKind.APPLY, target_agent=target.slot.agent,
                       terraform_version=task.terraform_version)
             assigned = job_assign(job, target.slot.agent, target.slot, task, message="confirmed: warm dir reserved here")
-            push.update(agent_id=target.slot.agent_id, agent_name=target.slot.agent.name, job_id=job.id,
-                        payload=assigned.payload())
+            if hand:
+                handed = assigned.payload()
+            else:
+                push.update(agent_id=target.slot.agent_id, agent_name=target.slot.agent.name, job_id=job.id,
+                            payload=assigned.payload())
         elif target.wait_for is not None:
             # A warmup is running: the apply waits for it (bounded) and starts on its dir the
             # moment it is ready (see warmups.warmup_job_finished).
@@ -417,7 +431,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "") -> ConfirmResult
                              terraform_version=task.terraform_version, message=target.cold_reason)
             transaction.on_commit(lambda: _dispatch_queued(pool_id))
         audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id})
-    return ConfirmResult(task=task)
+    return ConfirmResult(task=task, handed=handed)
 
 
 def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:

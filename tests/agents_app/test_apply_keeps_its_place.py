@@ -65,3 +65,45 @@ def test_applies_go_in_the_order_their_runs_plans_were_queued(setup, client):
     run_confirm(task_id=first.id, actor="test")
     b = FakeAgent(client, token, "b", slots=1)
     assert b.claim()["task"]["id"] == first.id  # ...but the first run's plan was queued first
+
+
+def test_an_auto_apply_goes_to_its_plans_agent_in_the_answer_to_the_plans_result(setup, client):
+    """Auto-apply: the apply is confirmed with the plan's result and handed to the plan's
+    agent in that request's answer (FinishReply.jobs), on the slot the plan kept; it is not
+    pushed too, so nothing can hand it out twice."""
+    pool, token, ws = setup
+    ws.auto_apply = True
+    ws.save(update_fields=["auto_apply"])
+    a1 = FakeAgent(client, token, "a1")
+    task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
+    control.sweep()
+    plan = a1.claim()
+    answer = a1.plan(plan)
+    assert answer["keep_dir"] is True
+    [handed] = answer["jobs"]
+    apply = Job.objects.get(task=task, kind="apply")
+    assert handed["id"] == apply.id and handed["kind"] == "apply" and handed["fence"] == 1
+    assert apply.agent_id == a1.id and apply.slot_index == Job.objects.get(id=plan["id"]).slot_index
+    assert a1.claim() is None, "handed in the answer and pushed as well"
+
+
+def test_an_apply_whose_handing_answer_was_lost_goes_back_to_the_queue(setup, client):
+    """The agent never got the answer that carried its apply (the request failed after the
+    commit): it never reports the apply, so two heartbeats later the apply goes back to the
+    queue, cold, for any agent; the credential handed out in the lost answer is revoked."""
+    pool, token, ws = setup
+    ws.auto_apply = True
+    ws.save(update_fields=["auto_apply"])
+    a1 = FakeAgent(client, token, "a1")
+    task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
+    control.sweep()
+    a1.plan(a1.claim())  # its answer, with the apply, is "lost": a1 never starts it
+    apply = Job.objects.get(task=task, kind="apply")
+    Job.objects.filter(id=apply.id).update(claimed_at=timezone.now() - timedelta(seconds=30))
+    for _ in range(2):
+        assert a1.post("/agent/v1/heartbeat", {"running_jobs": []}).status_code == 200
+    apply.refresh_from_db()
+    assert apply.status == "queued" and apply.agent_id is None and apply.credential_hash == ""
+    a2 = FakeAgent(client, token, "a2")
+    again = a2.claim()
+    assert again["id"] == apply.id and again["fence"] == 2 and "the apply had not started" in again["cold_reason"]

@@ -278,10 +278,13 @@ def test_it_hands_an_apply_confirmed_during_a_warmup_to_that_warmup(setup, clien
     assert a3.claim() is None, "the apply waits for the warmup, not for any agent"
     assert waiting_reason(task).startswith("queued: waiting for the warmup on a2 to finish")
 
-    assert a2.finish(warmup, kept_dir=True).json() == {"keep_dir": True}
-    apply = a2.claim()  # pushed the moment the dir was ready
+    answer = a2.finish(warmup, kept_dir=True).json()
+    # Handed over in the warmup's own answer, the moment the dir is ready: no push, no poll.
+    assert answer["keep_dir"] is True
+    [apply] = answer["jobs"]
     assert apply["kind"] == "apply" and apply["task"]["id"] == task.id
     assert Job.objects.get(id=apply["id"]).agent_id == a2.id
+    assert a2.claim() is None  # and not pushed as well: it is not handed out twice
 
 
 def test_it_runs_the_waiting_apply_cold_when_the_warmup_fails(setup, client):

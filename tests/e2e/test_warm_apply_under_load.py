@@ -79,5 +79,5 @@ def test_every_apply_on_a_busy_pool_is_taken_by_its_warm_agent_on_the_fast_path(
         took = (apply.agent.name if apply and apply.agent else None, task.apply_path, apply.fence if apply else None)
         if task.status != "applied" or took != (plan.agent.name, "fast", 1):
             wrong.append(f"run {task.id} {task.status}: planned on {plan.agent.name}, apply taken by {took[0]} "
-                         f"(path {took[1]}, fence {took[2]}): {task.apply_path_reason or task.message}")
+                         f"(path {took[1]}, fence {took[2]}): {task.apply_path_reason}; {task.message}")
     assert not wrong, "\n".join(wrong)
