@@ -26,7 +26,9 @@ from django.db import transaction
 from django.db.models import (
     BinaryField,
     Case,
+    DateTimeField,
     Exists,
+    ExpressionWrapper,
     F,
     Func,
     IntegerField,
@@ -155,14 +157,22 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
                 # waits; a re-queued one (its warm agent could not take it) must not wait
                 # behind the plans queued since.
                 When(kind=JobKind.APPLY, then=Value(0)),
-                # Plan affinity: a plan of a workspace this agent holds warm (it skips init here).
-                When(kind=JobKind.PLAN, task__workspace_id__in=mine, then=Value(1)),
-                When(kind=JobKind.WARMUP, then=Value(3)),
-                default=Value(2), output_field=IntegerField(),
+                When(kind=JobKind.WARMUP, then=Value(2)),
+                default=Value(1), output_field=IntegerField(),
             ),
             # An apply keeps its run's place: when its plan was queued, not when the apply
-            # was (re-)queued. The rest: first queued, first taken.
-            Case(When(kind=JobKind.APPLY, then=Subquery(_plan_queued_at)), default=F("created_at")),
+            # was (re-)queued. Plans: first queued, first taken, a plan of a workspace this
+            # agent holds warm (it skips init here) counted as queued
+            # IAC_PLAN_AFFINITY_WAIT_SECONDS earlier: affinity, bounded. Ranked first outright,
+            # the plans of the workspaces an agent kept cycling starved the others (a
+            # workspace's first plan waited 60-105 s on the dispatch benchmark).
+            Case(
+                When(kind=JobKind.APPLY, then=Subquery(_plan_queued_at)),
+                When(kind=JobKind.PLAN, task__workspace_id__in=mine,
+                     then=ExpressionWrapper(F("created_at") - Value(_affinity_head_start()),
+                                            output_field=DateTimeField())),
+                default=F("created_at"), output_field=DateTimeField(),
+            ),
             "id",
         )
         .first()
@@ -172,6 +182,10 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     task = task_locked_for_payload(job.task_id, inline_archive=job.kind != JobKind.APPLY,
                                    state_serial=job.kind == JobKind.PLAN)
     return job_assign(job, agent, slot, task)
+
+
+def _affinity_head_start() -> timedelta:
+    return timedelta(seconds=settings.IAC_PLAN_AFFINITY_WAIT_SECONDS)
 
 
 # When the run's plan was queued (its latest plan job): the place of its apply in the queue.

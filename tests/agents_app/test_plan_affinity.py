@@ -102,3 +102,28 @@ def test_it_refuses_a_bad_plan_start_and_changes_nothing(setup, client):
                    fence=job["fence"])
     assert resp.status_code == 400 and "plan_start" in resp.json()["detail"]
     assert Job.objects.get(id=job["id"]).status == "running"
+
+
+def test_affinity_is_a_head_start_not_a_jump_over_every_older_plan(setup, client, settings):
+    """An agent prefers the plans of the workspaces it holds warm by
+    IAC_PLAN_AFFINITY_WAIT_SECONDS, no more: a plan queued longer ago than that goes first.
+    Ranked first outright, the workspaces an agent kept cycling starved the others (a
+    workspace's first plan waited 60-105 s on the dispatch benchmark)."""
+    settings.IAC_PLAN_AFFINITY_WAIT_SECONDS = 2
+    pool, token, ws = setup
+    a1 = FakeAgent(client, token, "a1", slots=1)
+    holds(a1, ws.id)
+    other = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    older = run_create(workspace=other, operation="plan", actor="test")
+    warm = run_create(workspace=ws, operation="plan", actor="test")
+    # The other workspace's plan was queued 5 s before the warm one: it goes first.
+    Job.objects.filter(task=older).update(created_at=timezone.now() - timedelta(seconds=5))
+    first = a1.claim()
+    assert first["task"]["id"] == older.id
+
+    later = run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}),
+                       operation="plan", actor="test")
+    Job.objects.filter(task=later).update(created_at=timezone.now() - timedelta(seconds=1))
+    a1.finish(first, "failed", error="test")  # its one slot is free again
+    # Queued 1 s before the warm plan: within the head start, the warm plan goes first.
+    assert a1.claim()["task"]["id"] == warm.id
