@@ -9,6 +9,7 @@ test's own SIGKILLed under a running platform, is tests/e2e/test_redis_down.py."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -50,6 +51,24 @@ def redis_gone(settings, tmp_path):
 # Pushes in these tests go to an agent no test database has: the shared test Redis is read
 # by the live agents of e2e tests, which would take a stray push for a job.
 NO_AGENT = 2_000_000_000
+
+
+@contextlib.contextmanager
+def private_redis(settings):
+    """A redis-server of the test's own (to stop or pause), as settings.REDIS_URL, with the
+    breaker closed; yields its pid; killed and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="iac-rt-"))  # short: a unix socket path has ~100 chars
+    sock = embedded.ensure_redis(root)
+    pid = int((root / "redis" / "redis.pid").read_text())
+    settings.REDIS_URL = f"unix://{sock}"
+    wakeups.breaker.reset()
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+        wakeups.breaker.reset()
 
 
 def _warnings(caplog) -> list[str]:
@@ -106,12 +125,7 @@ def test_a_push_sent_to_a_hung_redis_is_not_reported_as_failed(settings, caplog)
     # A hung server is told from a slow one by time: timeouts with nothing answered for
     # HUNG_AFTER_SECONDS open the breaker, and only then are pushes not sent.
     caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
-    root = Path(tempfile.mkdtemp(prefix="iac-rp-"))
-    sock = embedded.ensure_redis(root)
-    pid = int((root / "redis" / "redis.pid").read_text())
-    settings.REDIS_URL = f"unix://{sock}"
-    wakeups.breaker.reset()
-    try:
+    with private_redis(settings) as pid:
         assert wakeups.push_job(NO_AGENT, 101, {"id": 101, "fence": 1}) is True  # a pooled connection now
         os.kill(pid, signal.SIGSTOP)
         start = time.monotonic()
@@ -132,11 +146,6 @@ def test_a_push_sent_to_a_hung_redis_is_not_reported_as_failed(settings, caplog)
         assert direct.get(wakeups.pushed_key(unsent)) is None
         (warning,) = [w for w in _warnings(caplog) if "Redis unreachable" in w]
         assert "calls timed out and none was answered" in warning, warning
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
-        wakeups.breaker.reset()
 
 
 def test_a_slow_redis_answer_costs_only_that_call(settings, caplog):
@@ -146,13 +155,8 @@ def test_a_slow_redis_answer_costs_only_that_call(settings, caplog):
     live-page update ("live updates after a request failed: ") turned every push off for
     BREAKER_SECONDS, and on a busy pool three confirmed applies in four went cold."""
     caplog.set_level(logging.INFO, logger="iacplatform.wakeups")
-    root = Path(tempfile.mkdtemp(prefix="iac-rs-"))
-    sock = embedded.ensure_redis(root)
-    pid = int((root / "redis" / "redis.pid").read_text())
-    settings.REDIS_URL = f"unix://{sock}"
-    wakeups.breaker.reset()
-    direct = redis.Redis.from_url(settings.REDIS_URL)
-    try:
+    with private_redis(settings):
+        direct = redis.Redis.from_url(settings.REDIS_URL)
         assert wakeups.publish("iac:test:slow", "warm-up") is True  # a pooled connection
         direct.execute_command("CLIENT", "PAUSE", 700, "ALL")  # Redis answers nobody for 0.7 s
         assert wakeups.publish("iac:test:slow", "late") is False  # this call times out...
@@ -165,10 +169,6 @@ def test_a_slow_redis_answer_costs_only_that_call(settings, caplog):
         slow = [r.getMessage() for r in caplog.records if "Redis slow" in r.getMessage()]
         assert slow and "TimeoutError" in slow[0], slow
         assert not any(m.rstrip().endswith(": )") for m in slow), slow
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
-        wakeups.breaker.reset()
 
 
 def test_an_empty_error_is_described_never_logged_empty(redis_gone, caplog):

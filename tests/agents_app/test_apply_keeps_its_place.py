@@ -67,10 +67,8 @@ def test_applies_go_in_the_order_their_runs_plans_were_queued(setup, client):
     assert b.claim()["task"]["id"] == first.id  # ...but the first run's plan was queued first
 
 
-def test_an_auto_apply_goes_to_its_plans_agent_in_the_answer_to_the_plans_result(setup, client):
-    """Auto-apply: the apply is confirmed with the plan's result and handed to the plan's
-    agent in that request's answer (FinishReply.jobs), on the slot the plan kept; it is not
-    pushed too, so nothing can hand it out twice."""
+def auto_apply_planned(setup, client) -> tuple[FakeAgent, Task, dict, dict]:
+    """An auto-apply workspace's run planned by a1: (a1, the run, the plan job, the answer)."""
     pool, token, ws = setup
     ws.auto_apply = True
     ws.save(update_fields=["auto_apply"])
@@ -78,7 +76,14 @@ def test_an_auto_apply_goes_to_its_plans_agent_in_the_answer_to_the_plans_result
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
     control.sweep()
     plan = a1.claim()
-    answer = a1.plan(plan)
+    return a1, task, plan, a1.plan(plan)
+
+
+def test_an_auto_apply_goes_to_its_plans_agent_in_the_answer_to_the_plans_result(setup, client):
+    """Auto-apply: the apply is confirmed with the plan's result and handed to the plan's
+    agent in that request's answer (FinishReply.jobs), on the slot the plan kept; it is not
+    pushed too, so nothing can hand it out twice."""
+    a1, task, plan, answer = auto_apply_planned(setup, client)
     assert answer["keep_dir"] is True
     [handed] = answer["jobs"]
     apply = Job.objects.get(task=task, kind="apply")
@@ -91,19 +96,13 @@ def test_an_apply_whose_handing_answer_was_lost_goes_back_to_the_queue(setup, cl
     """The agent never got the answer that carried its apply (the request failed after the
     commit): it never reports the apply, so two heartbeats later the apply goes back to the
     queue, cold, for any agent; the credential handed out in the lost answer is revoked."""
-    pool, token, ws = setup
-    ws.auto_apply = True
-    ws.save(update_fields=["auto_apply"])
-    a1 = FakeAgent(client, token, "a1")
-    task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
-    a1.plan(a1.claim())  # its answer, with the apply, is "lost": a1 never starts it
+    a1, task, _, _ = auto_apply_planned(setup, client)  # the answer, with the apply, is "lost"
     apply = Job.objects.get(task=task, kind="apply")
     Job.objects.filter(id=apply.id).update(claimed_at=timezone.now() - timedelta(seconds=30))
     for _ in range(2):
         assert a1.post("/agent/v1/heartbeat", {"running_jobs": []}).status_code == 200
     apply.refresh_from_db()
     assert apply.status == "queued" and apply.agent_id is None and apply.credential_hash == ""
-    a2 = FakeAgent(client, token, "a2")
+    a2 = FakeAgent(client, setup[1], "a2")
     again = a2.claim()
     assert again["id"] == apply.id and again["fence"] == 2 and "the apply had not started" in again["cold_reason"]

@@ -71,47 +71,43 @@ def test_it_still_orders_the_cancel_through_the_heartbeat_when_redis_is_down(set
     assert beat.json()["cancel"] == [{"id": job["id"], "force": True, "grace": None}]
 
 
+def take(agent_id: int, limit: int, poll: str) -> tuple[list[dict], list[dict]]:
+    """One poll's take (wakeups.take_all) on a client of its own."""
+    import asyncio
+
+    async def run():
+        client = wakeups.async_client()
+        try:
+            return await wakeups.take_all(client, agent_id, limit, poll)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
 def test_one_take_hands_out_the_pushed_jobs_then_the_orders_each_once():
     """A poll's take is one round trip: up to its free slots' worth of pushed jobs (a push
     whose payload expired is skipped), then every cancel order; nothing twice."""
-    import asyncio
-
     agent_id = 987654
     for job_id in (1, 2, 3):
         assert wakeups.push_job(agent_id, job_id, {"id": job_id})
     wakeups._client().delete(wakeups.pushed_key(1))  # expired: its id is still in the list
     assert wakeups.push_cancel(agent_id, {"id": 7, "force": False})
 
-    async def take(limit: int, poll: str):
-        client = wakeups.async_client()
-        try:
-            return await wakeups.take_all(client, agent_id, limit, poll)
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(take(1, "poll-a")) == ([{"id": 2}], [{"id": 7, "force": False}])
-    assert asyncio.run(take(3, "poll-b")) == ([{"id": 3}], [])
-    assert asyncio.run(take(3, "poll-c")) == ([], [])
+    assert take(agent_id, 1, "poll-a") == ([{"id": 2}], [{"id": 7, "force": False}])
+    assert take(agent_id, 3, "poll-b") == ([{"id": 3}], [])
+    assert take(agent_id, 3, "poll-c") == ([], [])
 
 
 def test_a_take_whose_answer_was_lost_is_handed_out_again_to_the_same_poll_only():
     """A take is a script: Redis runs it (the payload leaves the agent's list) even when its
     answer never reaches the web process (a read timeout under load). The poll tries again at
     once and gets the same job, with anything pushed since; another poll never gets it."""
-    import asyncio
-
     agent_id = 987655
     assert wakeups.push_job(agent_id, 11, {"id": 11})
 
-    async def take(limit: int, poll: str):
-        client = wakeups.async_client()
-        try:
-            return await wakeups.take_all(client, agent_id, limit, poll)
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(take(3, "lost-answer")) == ([{"id": 11}], [])  # pretend this answer was lost
+    assert take(agent_id, 3, "lost-answer") == ([{"id": 11}], [])  # pretend this answer was lost
     assert wakeups.push_job(agent_id, 12, {"id": 12})
-    assert asyncio.run(take(3, "another-poll")) == ([{"id": 12}], [])
-    assert asyncio.run(take(3, "lost-answer")) == ([{"id": 11}], [])  # the retry: the same job again
+    assert take(agent_id, 3, "another-poll") == ([{"id": 12}], [])
+    assert take(agent_id, 3, "lost-answer") == ([{"id": 11}], [])  # the retry: the same job again
     assert wakeups.take_back(agent_id, 11) is False  # taken: the sweep cannot send it elsewhere
