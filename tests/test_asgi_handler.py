@@ -111,12 +111,13 @@ def test_a_requests_live_updates_go_out_after_its_response_and_none_is_lost(monk
     """The live pages' group sends and the run's event publishes of a sync request's commits
     wait for its response (issue 12): queueing a run answers, then its run.changed updates go
     to the workspace's group and its status to the run's channel (the API's long-polls); the
-    agents' wake-up does not wait."""
+    agents' wake-up (of the pool's agents with an idle slot) does not wait."""
     from iacplatform import live, wakeups
     from iacplatform.asgi import application
-    from tests.factories import make_token
+    from tests.factories import make_agent, make_token
 
     token = make_token(alice)
+    make_agent(pool=workspace.pool, name="idle")  # its slots are idle: woken to claim the plan
     order: list[str] = []
     send_all = live._group_send_all
 
