@@ -239,12 +239,13 @@ def _paths(value: str) -> list[Path]:
     return [Path(p).absolute() for p in value.split(os.pathsep) if p]
 
 
-# Terraform runs below the platform's own processes: on a machine it shares with them (the
-# local pool beside web, PostgreSQL and Redis), plans and applies keep every core busy, and at
-# the default niceness the control plane (a Confirm's push, a claim's answer, a state call)
-# waited its turn behind them: the dispatch benchmark's hand-off from a plan's end to its
-# apply's start. Terraform still gets every cycle nobody else needs.
-DEFAULT_TERRAFORM_NICE = 10
+# Terraform may run below the platform's own processes (IAC_AGENT_TERRAFORM_NICE): on a machine
+# it shares with them (the local pool beside web, PostgreSQL and Redis), plans and applies keep
+# every core busy, and the control plane (a Confirm's push, a claim's answer, a state call)
+# waits its turn behind them. Off by default: measured on this project's 2-core machine, 10
+# cost the quiet path's apply 8-18 ms (bench/overhead.py, one alternating pair) and gained the
+# busy path nothing beyond the noise (bench/dispatch.py: hand-off p50 359 against 364 ms).
+DEFAULT_TERRAFORM_NICE = 0
 
 
 def terraform_nice(env: Mapping[str, str]) -> tuple[int, str]:
