@@ -4,13 +4,14 @@ this layer (tasks_app.services.control), which calls these functions."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, JSONField, Value
 from django.db.models.expressions import CombinedExpression
 from django.utils import timezone
@@ -20,6 +21,8 @@ from agents_app.models import POOL_LIMITS, Agent, AgentPool, DispatchEvent, Pod,
 from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registration, SlotState
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Gone, Invalid
+
+log = logging.getLogger(__name__)
 
 
 def pool_create(*, name: str, **fields: Any) -> tuple[AgentPool, str]:
@@ -60,11 +63,18 @@ def pool_wake(pool_id: int) -> list[int]:
     poll. On a busy pool most agents have none, and each such claim (every queued run woke
     every agent) took the agent's row lock and a database round trip while its pushed apply
     waited in Redis (issue 23). An agent whose slot frees later is woken by its own result.
-    Returns the agents woken."""
-    ids = list(
-        Agent.objects.filter(pool_id=pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
-        .values_list("id", flat=True).distinct()
-    )
+    Returns the agents woken. Runs after commits, where nothing may raise: when the query
+    fails (PostgreSQL restarting), every agent of the pool is woken instead."""
+    try:
+        ids = list(
+            Agent.objects.filter(pool_id=pool_id, status=AgentStatus.ONLINE, slots__state=SlotState.IDLE)
+            .values_list("id", flat=True).distinct()
+        )
+    except DatabaseError:
+        log.warning("pool %s: could not read which agents have an idle slot; waking them all", pool_id,
+                    exc_info=True)
+        wakeups.wake_pool(pool_id)
+        return []
     wakeups.wake_agents(ids)
     return ids
 
