@@ -754,6 +754,18 @@ def jobs_unacked_overdue() -> list[tuple[int, int]]:
     )
 
 
+def run_jobs_locked(task_id: int) -> None:
+    """The dispatch core's one lock order is a run's job rows before the run's row (a claim
+    locks the job it takes, then its run; a result, a log post, the sweep lock the job with
+    or before its run). A service that starts from the run (Cancel, Discard, Confirm, the
+    expiries) calls this first: it would otherwise hold the run and wait for a job that a
+    claim holds while waiting for the run, a deadlock PostgreSQL breaks by failing one side
+    (the person's Cancel, as a 500). A claim skips a job locked here (SKIP LOCKED) and takes
+    another. A job inserted after this (only under the run's lock) is the caller's own."""
+    list(Job.objects.select_for_update(no_key=True, of=("self",)).filter(task_id=task_id)
+         .order_by("id").values_list("id", flat=True))
+
+
 def job_locked(job_id: int) -> Job:
     return Job.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").get(id=job_id)
 
@@ -779,9 +791,6 @@ def jobs_request_cancel(*, task: Task, force: bool) -> bool:
     if not running.update(cancel_requested=True, force_cancel=force):
         return False
     for job in running.only("id", "agent_id", "cancel_grace_seconds"):
-        _cancel_push(job, force=force)
-    return True
-    for job in running:
         _cancel_push(job, force=force)
     return True
 

@@ -38,6 +38,7 @@ from tasks_app.services.jobs import (
     job_locked,
     jobs_cancel_queued,
     jobs_request_cancel,
+    run_jobs_locked,
     with_payload_variables,
 )
 from tasks_app.services.warmups import (
@@ -191,6 +192,12 @@ def _free(finished: Finished, message: str) -> None:
         slot_transition(finished.slot, SlotState.IDLE, message=message)
 
 
+def _cancelled_by_a_person(job: Job) -> bool:
+    """Cancel was requested through run_cancel (not the platform's stop at a freeze window,
+    which says why in cancel_message, nor a timeout, which sets timed_out_at)."""
+    return job.cancel_requested and not job.cancel_message and job.timed_out_at is None
+
+
 def run_plan_finished(finished: Finished) -> PlanEnded:
     """A plan job ended (caller's transaction; job, task and slot locked)."""
     task, result = finished.task, finished.result
@@ -198,6 +205,15 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
     if finished.job.timed_out_at is not None and outcome != JobOutcome.SUCCEEDED:
         _free(finished, "plan stopped at its bound")
         run_transition(task, RunStatus.ERRORED, message=_stopped_at_bound(finished))
+        return PlanEnded(keep_dir=False, follow_ups=())
+    if outcome != JobOutcome.CANCELLED and _cancelled_by_a_person(finished.job):
+        # A Cancel accepted while the plan ran wins over a result that arrives after it
+        # (terraform finished before the SIGINT reached it): the person pressed Cancel, so
+        # nothing is kept warm, confirmed or applied, whatever the plan found.
+        _free(finished, "plan cancelled")
+        run_transition(task, RunStatus.CANCELLED, message=(
+            f"cancelled while planning: the plan {'finished' if outcome == JobOutcome.SUCCEEDED else 'ended'} "
+            "after the Cancel was accepted; nothing is applied"))
         return PlanEnded(keep_dir=False, follow_ups=())
     if outcome == JobOutcome.CANCELLED:
         _free(finished, "plan cancelled")
@@ -364,6 +380,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
         # The configuration's sha256 goes into the pushed payload; its archive (up to
         # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
         # The workspace's variables too (the payload's), read with the lock: one round trip less.
+        run_jobs_locked(task_id)
         task = with_payload_variables(
             Task.objects.select_for_update(no_key=True, of=("self",))
             .select_related("workspace__pool", "configuration_version").defer("configuration_version__archive")
@@ -436,6 +453,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
 
 def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:
     with transaction.atomic():
+        run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be discarded")
@@ -451,6 +469,7 @@ def run_cancel(*, task_id: int, actor: Any, force: bool = False, comment: str = 
     within a second, repeated by every heartbeat until it stops (jobs_request_cancel); the
     run becomes `cancelled` when it does."""
     with transaction.atomic():
+        run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
         if task.status in FINAL:
             raise Conflict(f"run {task.id} is already '{task.status}'")
@@ -488,6 +507,7 @@ def run_apply_job_restore(*, task_id: int) -> bool:
     An apply job that ended without moving the run on may have run: the run errors instead
     (one apply per run, never a second). Idempotent: False when nothing was missing."""
     with transaction.atomic():
+        run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
         if task.status != RunStatus.APPLY_QUEUED:
             return False
@@ -540,6 +560,7 @@ def runs_apply_pending_past_bound(*, now: datetime) -> list[int]:
 def run_expire_pending(*, task_id: int, now: datetime) -> bool:
     """Discard a run that waited for Confirm past its pool's apply_pending bound."""
     with transaction.atomic():
+        run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             return False
