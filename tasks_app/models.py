@@ -342,9 +342,16 @@ class StateLock(models.Model):
     workspace = models.OneToOneField(Workspace, on_delete=models.CASCADE, related_name="state_lock")
     lock_id = models.CharField(max_length=200)
     info = models.JSONField(default=dict)
-    # The job whose terraform took the lock (None: a person's own terraform). Released when
-    # the job ends, however it ends: a killed terraform never unlocks.
+    # The holder: the job whose credential took the lock, or the user whose API token did.
+    # Only the holder may lock again, push under or unlock it, whatever lock ID anyone else
+    # presents (a refused LOCK shows the ID to whoever asks); anyone else needs `admin` and
+    # a force-unlock. Neither set (a lock whose taker is unknown or was deleted): nobody can
+    # prove it is theirs, and only a force-unlock releases it (services/state.py).
+    # A job's lock is released when the job ends, however it ends: a killed terraform
+    # never unlocks.
     job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
 

@@ -8,7 +8,14 @@ Protocol (what Terraform's http backend client sends and understands):
   "Version", "Created", "Path"}): 200 when taken; 423 with the holder's lock info as body
   when someone else holds it.
 - UNLOCK with the lock info (Terraform sends the ID it holds): 200, also when not locked.
-  An UNLOCK with an empty body, from a user token, is a force-unlock.
+- A lock belongs to the credential that took it (a job's, or a user's token: the same user
+  with any of their tokens). LOCK with the holder's ID from anyone else: 423 with the
+  holder's info, as for any taken lock; UNLOCK or POST ?ID= from anyone else: 409 / 423.
+- Force-unlock (`admin` on the workspace, audited as `state.force_unlock`): an UNLOCK from
+  a user token with an empty body (what `terraform force-unlock` sends through this
+  backend: it has no lock info of its own), or an UNLOCK from an admin that names the held
+  ID but does not hold the lock (newer clients, or `curl -X UNLOCK -d '{"ID": ...}'`).
+  A job's credential never force-unlocks.
 
 This is a plain Django view, not DRF: LOCK and UNLOCK are not HTTP methods DRF routes, and
 Terraform speaks HTTP Basic, not `Authorization: Token`. The password is either a running
@@ -144,6 +151,7 @@ def _post(request: HttpRequest, workspace: Workspace, client: StateClient) -> Ht
         lock_id=request.GET.get("ID") or None,
         actor=client.actor,
         task=client.job.task if client.job is not None else None,
+        job=client.job,
     )
     return JsonResponse(
         {"serial": version.serial, "lineage": version.lineage, "sha256": version.sha256},
@@ -163,12 +171,16 @@ def _unlock(request: HttpRequest, workspace: Workspace, client: StateClient) -> 
         # knows the ID it locked with, and must not break someone else's lock.
         if client.job is not None:
             return _error(400, "UNLOCK needs the lock info JSON with the lock ID")
-        unlocked = state_unlock(workspace=workspace, lock_id=None, actor=client.actor, force=True)
+        # `_dispatch` checked `admin` (Action.FORCE_UNLOCK) before coming here.
+        unlocked = state_unlock(workspace=workspace, lock_id=None, actor=client.actor, may_force=True)
     else:
         lock_id = _json_body(request).get("ID")
         if not isinstance(lock_id, str) or not lock_id:
             return _error(400, 'the lock info needs a non-empty string "ID"')
-        unlocked = state_unlock(workspace=workspace, lock_id=lock_id, actor=client.actor)
+        # Someone else's lock, named by its ID, is released only for an admin (a force-unlock).
+        may_force = client.user is not None and can(client.user, Action.FORCE_UNLOCK, workspace)
+        unlocked = state_unlock(workspace=workspace, lock_id=lock_id, actor=client.actor, job=client.job,
+                                may_force=may_force)
     return JsonResponse({"detail": "unlocked" if unlocked else "the state was not locked"})
 
 

@@ -24,7 +24,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents_app.protocol import PROTOCOL_VERSION
 from iacplatform.routing import websocket_urlpatterns
-from tasks_app.models import AccessLevel, StateLock, Task, Variable
+from tasks_app.models import AccessLevel, AuditEvent, StateLock, Task, Variable
 from tasks_app.services.runs import run_create
 from tests.factories import DEMO_MAIN_TF, grant, make_pool, make_token, make_workspace
 
@@ -407,6 +407,46 @@ def test_it_guards_the_state_backend_by_level(world):
     assert StateLock.objects.filter(workspace=world.a).exists()
     assert call("alice", "UNLOCK", url + "/lock") == 200
     assert not StateLock.objects.filter(workspace=world.a).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_a_state_lock_to_whoever_took_it(world):
+    """The lock ID is no secret (a refused LOCK shows it): only the holder, or an admin's
+    force-unlock, gets anywhere with it."""
+    _, agent_token = _agent(world.pool_token, "agent-a")
+    job = Client().post("/agent/v1/claim?wait=0", HTTP_AUTHORIZATION=f"Bearer {agent_token}").json()["jobs"][0]
+    job_password = job["state_backend"]["password"]
+    url = f"/api/v1/workspaces/{world.a.id}/state"
+    held = json.dumps({"ID": "job-lock", "Operation": "OperationTypePlan", "Who": "agent-a"})
+
+    def call(password: str, method: str, body: str = "", path: str = url + "/lock") -> Any:
+        return Client().generic(method, path, body, content_type="application/json",
+                                HTTP_AUTHORIZATION=_basic(password))
+
+    assert call(job_password, "LOCK", held).status_code == 200
+    refused = call(world.tokens["bob"], "LOCK", json.dumps({"ID": "bob-lock", "Who": "bob"}))
+    assert (refused.status_code, refused.json()["ID"]) == (423, "job-lock")
+    # bob (`write`) now knows the ID; presenting it is not holding the lock.
+    assert call(world.tokens["bob"], "LOCK", held).status_code == 423
+    unlock = call(world.tokens["bob"], "UNLOCK", held)
+    assert unlock.status_code == 409 and "only its holder can unlock it" in unlock.json()["detail"]
+    state = json.dumps({"version": 4, "serial": 1, "lineage": "l-1", "resources": []})
+    assert call(world.tokens["bob"], "POST", state, path=url + "?ID=job-lock").status_code == 423
+    assert StateLock.objects.get(workspace=world.a).job_id == job["id"]
+    assert call(job_password, "LOCK", held).status_code == 200, "the holder's retry"
+    # alice (`admin`) naming the held ID force-unlocks it, and the audit log says so.
+    assert call(world.tokens["alice"], "UNLOCK", held).status_code == 200
+    assert not StateLock.objects.filter(workspace=world.a).exists()
+    forced = AuditEvent.objects.get(action="state.force_unlock")
+    assert (forced.actor, forced.data["id"]) == (world.users["alice"], "job-lock")
+
+    # A user's lock is theirs alone too: a job credential cannot release it.
+    bobs = json.dumps({"ID": "bob-lock", "Who": "bob"})
+    assert call(world.tokens["bob"], "LOCK", bobs).status_code == 200
+    assert call(job_password, "UNLOCK", bobs).status_code == 409
+    assert call(job_password, "LOCK", bobs).status_code == 423
+    assert call(world.tokens["bob"], "UNLOCK", bobs).status_code == 200
+    assert AuditEvent.objects.filter(action="state.unlock", actor=world.users["bob"]).exists()
 
 
 def _agent(pool_token: str, name: str) -> tuple[int, str]:

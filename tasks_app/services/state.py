@@ -10,6 +10,10 @@ the agents' terraform and by a person's own `terraform` CLI. Invariants:
 - A state version's serial is unique per workspace and its bytes never change. A push of an
   existing serial is accepted only if it is byte-identical (an HTTP retry after a lost
   response); anything else means two writers diverged and is refused, never overwritten.
+- A lock belongs to whoever took it (StateLock.job or StateLock.user): only that caller may
+  lock again, push under or unlock it. Its ID is no secret (a refused LOCK shows it, as
+  Terraform expects), so the ID alone proves nothing; anyone else needs `admin` and a
+  force-unlock, which the audit log records as such.
 - A push never goes backwards (lower serial) or sideways (other lineage): Terraform's own
   checks can be overridden with `state push -force`, the server's cannot.
 """
@@ -73,50 +77,94 @@ def _lock_summary(info: dict[str, Any]) -> dict[str, Any]:
     return {key.lower(): info.get(key, "") for key in ("ID", "Operation", "Who", "Version", "Created", "Path")}
 
 
-def state_lock(*, workspace: Workspace, info: dict[str, Any], actor: Any, job: Any = None) -> StateLock:
-    """Take the workspace's state lock for the lock ID in `info["ID"]`.
+def _user(actor: Any) -> Any:
+    """The user behind `actor`, or None (a job's label, the system)."""
+    return actor if getattr(actor, "is_authenticated", False) else None
 
-    Locking again with the ID that already holds the lock succeeds (Terraform's HTTP client
-    retries requests whose response was lost). Raises StateLockedError with the holder's
-    info when another ID holds the lock."""
+
+def _held_by(lock: StateLock, *, job: Any, user: Any) -> bool:
+    """Whether the caller (a job's credential, else a user's token) is the lock's holder.
+
+    The lock ID proves nothing: a refused LOCK answers with the holder's info, ID included,
+    to anyone who may lock. A lock without a holder (its taker is unknown or was deleted) is
+    nobody's: only a force-unlock releases it."""
+    if lock.job_id is not None:
+        return job is not None and job.id == lock.job_id
+    if lock.user_id is not None:
+        return job is None and user is not None and user.pk == lock.user_id
+    return False
+
+
+def _holder_label(lock: StateLock) -> str:
+    if lock.job_id is not None:
+        return f"job {lock.job_id}"
+    if lock.user_id is not None:
+        return f"user '{lock.user}'"
+    return "an unknown holder"
+
+
+def state_lock(*, workspace: Workspace, info: dict[str, Any], actor: Any, job: Any = None) -> StateLock:
+    """Take the workspace's state lock for the lock ID in `info["ID"]`, held by `job` (a
+    job's credential) or else by the user `actor` (a user's token).
+
+    Locking again with the ID that already holds the lock succeeds for the holder only
+    (Terraform's HTTP client retries requests whose response was lost). Raises
+    StateLockedError with the holder's info when another ID, or another caller with the
+    same ID, holds the lock."""
     lock_id = info.get("ID") if isinstance(info, dict) else None
     if not isinstance(lock_id, str) or not lock_id:
         raise StateInvalidError('the lock info must be a JSON object with a non-empty string "ID"')
     if len(lock_id) > MAX_LOCK_ID_LENGTH:
         raise StateInvalidError(f"the lock ID is longer than {MAX_LOCK_ID_LENGTH} characters")
+    user = _user(actor)
     with transaction.atomic():
         _lock_workspace(workspace)
         # Read under the workspace row lock: a concurrent LOCK waits above until this
         # transaction commits, then sees our StateLock and gets StateLockedError.
         existing = StateLock.objects.filter(workspace=workspace).first()
         if existing is not None:
-            if existing.lock_id == lock_id:
+            if existing.lock_id == lock_id and _held_by(existing, job=job, user=user):
                 return existing
             raise StateLockedError(existing.info)
-        lock = StateLock.objects.create(workspace=workspace, lock_id=lock_id, info=info, job=job)
+        lock = StateLock.objects.create(workspace=workspace, lock_id=lock_id, info=info, job=job, user=user)
         audit_record(actor=actor, action="state.lock", obj=workspace, data=_lock_summary(info))
     return lock
 
 
-def state_unlock(*, workspace: Workspace, lock_id: str | None, actor: Any, force: bool = False) -> bool:
+def state_unlock(
+    *, workspace: Workspace, lock_id: str | None, actor: Any, job: Any = None, may_force: bool = False
+) -> bool:
     """Release the workspace's state lock. Returns False when it was not locked (unlock is
-    idempotent: a retried UNLOCK must not fail). Without `force`, `lock_id` must be the ID
-    that holds the lock, else StateConflictError."""
+    idempotent: a retried UNLOCK must not fail).
+
+    The holder (see state_lock) releases it with its lock ID. Anyone else is refused with
+    StateConflictError, even with the right ID, unless `may_force` (the caller has `admin`
+    on the workspace): then an UNLOCK naming the held ID, or naming none (`lock_id` None),
+    is a force-unlock, audited as `state.force_unlock`. A wrong ID is refused even then:
+    the caller meant another lock."""
+    user = _user(actor)
     with transaction.atomic():
         _lock_workspace(workspace)
-        existing = StateLock.objects.filter(workspace=workspace).first()
+        existing = StateLock.objects.filter(workspace=workspace).select_related("user").first()
         if existing is None:
             return False
-        if not force and existing.lock_id != lock_id:
+        if lock_id is not None and existing.lock_id != lock_id:
             raise StateConflictError(
-                f"the state is locked with ID {existing.lock_id}, not {lock_id or '(no ID given)'}; "
-                f"only the holder can unlock it",
+                f"the state is locked with ID {existing.lock_id}, not {lock_id}; only the holder can unlock it",
+                lock_info=existing.info,
+            )
+        force = lock_id is None or not _held_by(existing, job=job, user=user)
+        if force and not may_force:
+            raise StateConflictError(
+                f"the state lock {existing.lock_id} is held by {_holder_label(existing)}, not by you: only its "
+                f"holder can unlock it; someone with 'admin' on workspace '{workspace.name}' can force-unlock it",
                 lock_info=existing.info,
             )
         existing.delete()
         data = _lock_summary(existing.info)
         if force:
             data["requested_id"] = lock_id or ""
+            data["holder"] = _holder_label(existing)
         audit_record(actor=actor, action="state.force_unlock" if force else "state.unlock", obj=workspace, data=data)
     return True
 
@@ -150,13 +198,15 @@ def _parse_state(data: bytes) -> tuple[int, str]:
 
 
 def state_push(
-    *, workspace: Workspace, data: bytes, lock_id: str | None, actor: Any, task: Task | None = None
+    *, workspace: Workspace, data: bytes, lock_id: str | None, actor: Any, task: Task | None = None,
+    job: Any = None,
 ) -> tuple[StateVersion, bool]:
-    """Store `data` as the workspace's new state version. Returns (version, created):
-    created is False for a byte-identical retry of a serial that is already stored.
+    """Store `data` as the workspace's new state version, from `job` (a job's credential)
+    or else the user `actor`. Returns (version, created): created is False for a
+    byte-identical retry of a serial that is already stored.
 
-    Refused with StateLockedError while another lock ID (or any, when `lock_id` is None)
-    holds the lock, with StateConflictError for a serial that exists with other content, an
+    Refused with StateLockedError while the lock is held by another lock ID (or any, when
+    `lock_id` is None) or by another caller (see state_lock), with StateConflictError for a serial that exists with other content, an
     older serial or another lineage, with StateInvalidError/StateTooLargeError for a body
     that is not a state or is too big."""
     limit = settings.IAC_MAX_STATE_BYTES
@@ -164,14 +214,14 @@ def state_push(
         raise StateTooLargeError(f"the state is {len(data)} bytes; the limit is {limit}")
     serial, lineage = _parse_state(data)
     sha256 = hashlib.sha256(data).hexdigest()
-    user = actor if getattr(actor, "is_authenticated", False) else None
+    user = _user(actor)
     # Encrypt outside the transaction: it is CPU work that needs no row lock.
     encrypted = crypto.encrypt(data)
 
     with transaction.atomic():
         _lock_workspace(workspace)
         lock = StateLock.objects.filter(workspace=workspace).first()
-        if lock is not None and lock.lock_id != lock_id:
+        if lock is not None and (lock.lock_id != lock_id or not _held_by(lock, job=job, user=user)):
             raise StateLockedError(lock.info)
 
         # The newest version (without its bytes) answers the usual push, a new serial, in one
