@@ -141,6 +141,16 @@ try:
     IAC_TRUST_X_FORWARDED_FOR = env.bool("IAC_TRUST_X_FORWARDED_FOR", False)
     # A run's stored log; output beyond it is dropped (one marker line says so).
     IAC_MAX_LOG_BYTES = env.int("IAC_MAX_LOG_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
+    # Request bodies on every route but the uploads (configurations, state, agents' plans and
+    # logs: their own limits above) are refused past this, before anything reads them
+    # (iacplatform/limits.py): forms and JSON are small.
+    IAC_MAX_REQUEST_BYTES = env.int("IAC_MAX_REQUEST_BYTES", 1024 * 1024, validate=POSITIVE)
+    # Users' long-polls (`?wait=`) waiting at once in one web process: per user, and in all.
+    # Past either, 429 with Retry-After. The agents' claim long-poll is not counted.
+    IAC_LONGPOLL_MAX_PER_USER = env.int("IAC_LONGPOLL_MAX_PER_USER", 100, validate=POSITIVE)
+    IAC_LONGPOLL_MAX_PER_PROCESS = env.int("IAC_LONGPOLL_MAX_PER_PROCESS", 1000, validate=POSITIVE)
+    # The state diff page compares two versions only when neither is bigger than this.
+    IAC_STATE_DIFF_MAX_BYTES = env.int("IAC_STATE_DIFF_MAX_BYTES", 2 * 1024 * 1024, validate=POSITIVE)
     # /metrics: when set, scrapers send `Authorization: Bearer <token>`; when empty, only
     # loopback clients not behind a proxy are answered (iacplatform/views_metrics.py).
     IAC_METRICS_TOKEN = env.str("IAC_METRICS_TOKEN", "")
@@ -262,6 +272,8 @@ MIDDLEWARE = [
     "iacplatform.db_outage.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before the CSRF check, which reads a form's body: an oversized body is refused unread.
+    "iacplatform.limits.RequestBodyLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "iacplatform.middleware.RequestAddressMiddleware",
@@ -318,8 +330,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "workspace-list"
 LOGOUT_REDIRECT_URL = "login"
-# Plan files and state are posted by agents as JSON with base64 bodies.
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(IAC_MAX_PLAN_BYTES, IAC_MAX_STATE_BYTES, IAC_MAX_CONFIG_BYTES) * 2
+# Off: Django's check has one size for every route, too small for the uploads or too big for
+# the forms. Each route's own limit is enforced before any body is read (iacplatform.limits).
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -4,7 +4,9 @@ The claim long-poll subscribes to its agent's and its pool's channels, then trie
 then waits for a message: subscribing first means a wake-up published between the claim
 attempt and the wait is never lost. No polling interval sits on the Confirm -> apply path.
 
-Redis is an accelerator, never the record (PostgreSQL is): every call here is best effort.
+Redis is an accelerator, never the record (PostgreSQL is), and it holds no secret: a push
+names a job and its fence (`Pushed`), and the long-poll that takes it reads the payload from
+the database. Every call here is best effort.
 None raises because of Redis; each has short connect and read timeouts (`REDIS_TIMEOUT`), and
 a small circuit breaker skips Redis for `BREAKER_SECONDS` once it is found down (a refused
 connection, or timeouts that repeat with nothing answered: not one slow answer, which costs
@@ -27,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -315,22 +318,47 @@ def pushed_key(job_id: int) -> str:
 PUSH_KEEP_SECONDS = 120
 
 
-def push_job(agent_id: int, job_id: int, payload: dict) -> bool:
-    """Hand an assigned job to the agent's long-poll. Returns False only when the push
+@dataclass(frozen=True)
+class Pushed:
+    """What a push carries: which job, at which fence, and the platform's own note on how it
+    came to the agent (`JobPayload.note`: an apply that waited for the warmup, never a value
+    a user set). Never the payload: the long-poll that takes it builds that from the
+    database (jobs.jobs_pushed_payloads), so Redis never holds a variable's value or a state
+    credential. Anyone who can read Redis (MONITOR on a shared one) learns job ids."""
+
+    job_id: int
+    fence: int
+    note: str = ""
+
+    def dumps(self) -> str:
+        data: dict[str, Any] = {"id": self.job_id, "fence": self.fence}
+        if self.note:
+            data["note"] = self.note
+        return json.dumps(data)
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> Pushed:
+        data = json.loads(raw)
+        return cls(job_id=int(data["id"]), fence=int(data["fence"]), note=str(data.get("note", "")))
+
+
+def push_job(agent_id: int, job_id: int, fence: int, note: str = "") -> bool:
+    """Hand an assigned job (its id and fence: `Pushed`) to the agent's long-poll. Returns
+    False only when the push
     certainly did not reach Redis (the breaker is open, or no connection could be made:
     nothing was sent), so the agent cannot get the job this way and the caller sends it
     back to the queue at once (runs.apply_push). A push sent but not answered (a read
     timeout, the server dying mid-reply) may be in Redis and be taken: True, and late is not
     lost: the sweep takes an untaken push back, or the agent's heartbeats tell.
 
-    Keyed by job: the payload waits in its own key, and the agent's list holds the ids, so
+    Keyed by job: the push waits in its own key, and the agent's list holds the ids, so
     two applies confirmed a moment apart for runs warm on the same agent are both delivered
     (a single key per agent would let the second overwrite the first, which would then go
     cold)."""
     # The key outlives the ack timeout: the sweep takes an untaken push back (take_back) to
     # know for sure that the agent never got it; the TTL only collects what nobody took.
     ttl_ms = int((settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + PUSH_KEEP_SECONDS) * 1000)
-    data = json.dumps(payload)
+    data = Pushed(job_id=job_id, fence=fence, note=note).dumps()
     if not breaker.allows():
         return False
     client = _client()
@@ -360,23 +388,24 @@ def push_job(agent_id: int, job_id: int, payload: dict) -> bool:
     return True
 
 
-# A poll's take, in one round trip: pop job ids until `limit` payloads that are still there
-# (an expired one was re-queued; GETDEL hands each payload out once whatever races between
-# polls), then the cancel orders (read and deleted), after the jobs (see take_all).
-# The payloads taken are also kept under the poll's own key (KEYS[3], a token of the poll's)
-# for a short while, and a take by the same poll hands them out again first: a take whose
-# answer did not reach the web process (a read timeout on a busy machine) is not lost with
-# it, the poll's retry gets it. A poll that got its answer never takes again (it returns).
+# A poll's take, in one round trip: pop job ids until `limit` pushes that are still there
+# (an expired one was re-queued; GETDEL hands each push out once whatever races between
+# polls, or the sweep's take_back), then the cancel orders (read and deleted), after the
+# jobs (see take_all). The pushes taken are also kept under the poll's own key (KEYS[3], a
+# token of the poll's) for a short while, and a take by the same poll hands them out again
+# first: a take whose answer did not reach the web process (a read timeout on a busy
+# machine) is not lost with it, the poll's retry gets it. A poll that got its answer never
+# takes again (it returns).
 _TAKE_ALL = """
 local jobs = redis.call('LRANGE', KEYS[3], 0, -1)
 local limit = tonumber(ARGV[2])
 while #jobs < limit do
   local id = redis.call('LPOP', KEYS[1])
   if not id then break end
-  local payload = redis.call('GETDEL', ARGV[1] .. id)
-  if payload then
-    table.insert(jobs, payload)
-    redis.call('RPUSH', KEYS[3], payload)
+  local pushed = redis.call('GETDEL', ARGV[1] .. id)
+  if pushed then
+    table.insert(jobs, pushed)
+    redis.call('RPUSH', KEYS[3], pushed)
     redis.call('PEXPIRE', KEYS[3], ARGV[3])
   end
 end
@@ -384,7 +413,7 @@ local cancels = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
 return {jobs, cancels}
 """
-# How long a poll's taken payloads wait for its retry (longer than any retry of one poll).
+# How long a poll's taken pushes wait for its retry (longer than any retry of one poll).
 TAKEN_KEEP_MS = 60_000
 
 
@@ -434,17 +463,19 @@ def push_cancel(agent_id: int, order: dict) -> bool:
     return _best_effort("a cancel push", push)
 
 
-async def take_all(client: aredis.Redis, agent_id: int, limit: int, poll_token: str) -> tuple[list[dict], list[dict]]:
-    """Up to `limit` jobs pushed to the agent and the cancel orders pushed to it, each handed
-    out once, in one round trip (a script: all or nothing). The orders are taken after the
-    jobs: an agent starts the jobs of an answer before it acts on its orders, so an order for
-    a job pushed in the same moment finds it. `poll_token` names the poll (one per long-poll
-    request): the jobs it took in a call whose answer was lost come back in its next call.
+async def take_all(client: aredis.Redis, agent_id: int, limit: int,
+                   poll_token: str) -> tuple[list[Pushed], list[dict]]:
+    """Up to `limit` jobs pushed to the agent (`Pushed`: the caller builds their payloads from
+    the database) and the cancel orders pushed to it, each handed out once, in one round trip
+    (a script: all or nothing). The orders are taken after the jobs: an agent starts the jobs
+    of an answer before it acts on its orders, so an order for a job pushed in the same
+    moment finds it. `poll_token` names the poll (one per long-poll request): the jobs it
+    took in a call whose answer was lost come back in its next call.
     Raises REDIS_ERRORS: the long-poll tries again or falls back to the database, and the
     heartbeats carry the orders."""
     jobs, cancels = await client.eval(_TAKE_ALL, 3, pushed_list(agent_id), cancel_list(agent_id),
                                       taken_list(poll_token), "iac:push:job:", limit, TAKEN_KEEP_MS)
-    return [json.loads(j) for j in jobs], [json.loads(c) for c in cancels]
+    return [Pushed.loads(j) for j in jobs], [json.loads(c) for c in cancels]
 
 
 def async_client() -> aredis.Redis:

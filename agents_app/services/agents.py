@@ -12,15 +12,16 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, transaction
-from django.db.models import F, JSONField, Value
+from django.db.models import CharField, F, JSONField, Value
 from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from agents_app import events
 from agents_app.models import POOL_LIMITS, Agent, AgentPool, DispatchEvent, Pod, Slot, hash_token, new_token
 from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registration, SlotState
 from iacplatform import wakeups
-from iacplatform.errors import Conflict, Gone, Invalid
+from iacplatform.errors import Conflict, Gone, Invalid, PlatformError
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,36 @@ def pool_create(*, name: str, **fields: Any) -> tuple[AgentPool, str]:
     return pool, token
 
 
-def pool_rotate_token(*, pool: AgentPool) -> str:
+class PoolTokenRotated(PlatformError):
+    """The pool token an agent registers with was rotated meanwhile (401): the agent needs the
+    new token."""
+
+    status = 401
+
+
+# What a revoked agent token's hash becomes: never a SHA-256 hex digest, so no token matches it.
+REVOKED_TOKEN_HASH = "revoked:"
+
+
+def pool_rotate_token(*, pool: AgentPool) -> tuple[str, list[int]]:
+    """A new token for the pool; in the same transaction, under the pool's row lock, every
+    agent token of the pool is revoked (their next call is a 401: they must register again
+    with the new token). Registration takes the same lock and checks the token under it
+    (agent_register), so an agent registering with the old token meanwhile either finishes
+    first, and is revoked here, or comes second and is refused. Returns the new token and
+    the pool's agents, to be taken offline."""
     token, _ = new_token("pool")
-    pool.set_token(token)
-    pool.save(update_fields=["token_hash", "token_encrypted"])
-    return token
-
-
-def agent_revoke_token(agent: Agent) -> None:
-    """The agent's token stops working at once (its next call is a 401): it must register
-    again with its pool's token."""
-    _, agent.token_hash = new_token("revoked")
-    agent.save(update_fields=["token_hash"])
+    with transaction.atomic():
+        locked = AgentPool.objects.select_for_update(no_key=True).get(pk=pool.pk)
+        locked.set_token(token)
+        locked.save(update_fields=["token_hash", "token_encrypted"])
+        # A new statement, so a new snapshot (READ COMMITTED): it sees every agent whose
+        # registration committed before we had the pool's lock.
+        agents = Agent.objects.filter(pool=locked)
+        agent_ids = list(agents.values_list("id", flat=True))
+        agents.update(token_hash=Concat(Value(REVOKED_TOKEN_HASH), Cast("id", CharField())))
+    pool.token_hash, pool.token_encrypted = locked.token_hash, locked.token_encrypted
+    return token, agent_ids
 
 
 def pool_by_token(token: str) -> AgentPool | None:
@@ -131,6 +150,15 @@ def agent_register(*, pool: AgentPool, registration: Registration) -> Registered
         raise Conflict(f"pod {reg.name} of pool '{pool.name}' is {draining.phase}: it is being removed")
     now = timezone.now()
     with transaction.atomic():
+        # The pool's row lock, which token rotation takes too (pool_rotate_token): checked
+        # under it, the token `pool` was found by is still the pool's, and a rotation waiting
+        # for the lock revokes the agent this registers once we commit.
+        locked = AgentPool.objects.select_for_update(no_key=True).get(pk=pool.pk)
+        if locked.token_hash != pool.token_hash:
+            raise PoolTokenRotated(
+                f"the token of pool '{pool.name}' was rotated while this agent registered: "
+                f"register with the new pool token"
+            )
         if reg.credential:
             agent = (
                 Agent.objects.select_for_update(no_key=True)

@@ -40,7 +40,6 @@ from agents_app.services.agents import (
     agent_locked_online,
     agent_record_heartbeat,
     agent_register,
-    agent_revoke_token,
     agent_set_status,
     agents_silent,
     pool_rotate_token,
@@ -344,7 +343,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
                 else:
                     # A push that does not reach Redis sends the apply to the queue at once.
                     follow_ups.append(lambda: apply_push(agent_id=agent_id, agent_name=agent.name, job_id=apply_id,
-                                                         payload=payload))
+                                                         fence=payload["fence"], note=payload["note"]))
         else:
             run_apply_finished(finished)
             keep = False
@@ -415,15 +414,16 @@ def agent_set_offline(*, agent_id: int, reason: str) -> bool:
 
 def pool_token_rotate(*, pool: AgentPool, actor: Any) -> str:
     """A new pool token; the old one stops working, and so do the tokens of the agents that
-    registered with it: they are taken offline (their work is handled as for any offline
-    agent) and must register again with the new token. Returns the new token (shown once)."""
-    token = pool_rotate_token(pool=pool)
-    for agent_id in Agent.objects.filter(pool=pool).values_list("id", flat=True):
-        with transaction.atomic():
-            agent = Agent.objects.select_for_update(no_key=True, of=("self",)).get(id=agent_id)
-            agent_revoke_token(agent)
+    registered with it, in the same transaction (a registration racing it loses:
+    pool_rotate_token). Then they are taken offline (their work is handled as for any
+    offline agent) and must register again with the new token. Returns the new token
+    (shown once)."""
+    with transaction.atomic():
+        token, agent_ids = pool_rotate_token(pool=pool)
+        audit_record(actor=actor, action="pool.rotate_token", obj=pool, data={"agents_revoked": len(agent_ids)})
+    # Their tokens are dead already: what remains is what any agent's death means.
+    for agent_id in agent_ids:
         agent_set_offline(agent_id=agent_id, reason="its pool's token was rotated")
-    audit_record(actor=actor, action="pool.rotate_token", obj=pool, data={"agents_revoked": True})
     return token
 
 
