@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from iacplatform.errors import PlatformError
+from iacplatform.errors import Invalid, PlatformError
 from iacplatform.permissions import Action, can
 from tasks_app.models import (
     ApiToken,
@@ -37,6 +37,7 @@ from tasks_app.models import (
 )
 from tasks_app.services.audit import audit_record
 from tasks_app.services.runs import run_cancel, runs_start_next
+from tasks_app.services.variables import variable_check, variable_create, variable_delete, variable_update
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -97,9 +98,14 @@ class ConfigurationVersionAdmin(ReadOnlyAdmin):
 
 
 class VariableAdminForm(forms.ModelForm):
+    """The admin's door to variables, with the API's rules: the key is checked by the same
+    service function (a refused environment variable name, a key taken), and the change is
+    written by the variables service, which audits it (VariableAdmin)."""
+
     # Write-only for sensitive variables: the form never carries the stored secret back out.
     value = forms.CharField(
         required=False,
+        strip=False,
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text="For a sensitive variable, leave blank to keep the current value.",
     )
@@ -115,24 +121,22 @@ class VariableAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        was_sensitive = bool(self.instance.pk and self.instance.sensitive)
-        if was_sensitive and not data.get("sensitive") and not data.get("value"):
-            # Un-marking would need the secret decrypted into plain_value: require a new value.
-            self.add_error("value", "Enter a new value to make a sensitive variable non-sensitive.")
+        if self.instance.pk and self.instance.sensitive and "sensitive" in data and not data["sensitive"]:
+            self.add_error("sensitive", "a sensitive variable cannot be made non-sensitive: delete it and create "
+                                        "it again")
+        workspace = data.get("workspace") or (self.instance.workspace if self.instance.pk else None)
+        if workspace is not None and data.get("key") and data.get("category"):
+            try:
+                variable_check(workspace=workspace, key=data["key"], category=data["category"],
+                               exclude=self.instance.pk)
+            except Invalid as exc:
+                for field, errors in exc.fields.items():
+                    for error in errors:
+                        self.add_error(field if field in self.fields else None, error)
         return data
 
-    def save(self, commit: bool = True) -> Variable:
-        var: Variable = super().save(commit=False)  # workspace, key, category, sensitive
-        new_value = self.cleaned_data.get("value", "")
-        if new_value or not var.sensitive:
-            var.set_value(new_value)
-        elif var.plain_value:
-            # Just marked sensitive with the value left blank: encrypt the value it had.
-            var.set_value(var.plain_value)
-        # Otherwise: still sensitive, left blank, so the stored ciphertext is kept.
-        if commit:
-            var.save()
-        return var
+    def validate_unique(self) -> None:
+        """variable_check (clean) answers a taken key, in the API's words."""
 
 
 @admin.register(Variable)
@@ -142,9 +146,39 @@ class VariableAdmin(admin.ModelAdmin):
     list_filter = ["category", "sensitive", "workspace"]
     search_fields = ["key"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # A variable stays in its workspace (as through the API): another workspace's
+        # variables are created there.
+        return ["workspace"] if obj is not None else []
+
     @admin.display(description="value")
     def shown_value(self, obj: Variable) -> str:
         return "sensitive" if obj.sensitive else obj.plain_value
+
+    def save_model(self, request: HttpRequest, obj: Variable, form: forms.ModelForm, change: bool) -> None:
+        """Written by the variables service, as the API writes (its checks again, its audit
+        record), not by the form: `obj` only carries the form's fields."""
+        data = form.cleaned_data
+        value = data.get("value", "")
+        if change:
+            stored = Variable.objects.select_related("workspace").get(pk=obj.pk)
+            changes: dict[str, Any] = {"key": data["key"], "category": data["category"],
+                                       "sensitive": data["sensitive"]}
+            if value or not data["sensitive"]:
+                changes["value"] = value  # blank for a sensitive one: the value is kept
+            saved = variable_update(variable=stored, actor=request.user, changes=changes)
+        else:
+            saved = variable_create(workspace=data["workspace"], key=data["key"], value=value, actor=request.user,
+                                    category=data["category"], sensitive=data["sensitive"])
+        obj.pk = saved.pk
+        obj.id = saved.id
+
+    def delete_model(self, request: HttpRequest, obj: Variable) -> None:
+        variable_delete(variable=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Variable]) -> None:
+        for variable in queryset.select_related("workspace"):
+            variable_delete(variable=variable, actor=request.user)
 
 
 class TaskEventInline(admin.TabularInline):

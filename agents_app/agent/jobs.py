@@ -38,6 +38,7 @@ from agents_app.protocol import (
     PlanUpload,
     WarmOrigin,
 )
+from agents_app.variable_names import IDENTIFIER, env_name_problem
 
 # Overrides any backend block in the user's files; its settings come only from TF_HTTP_*
 # environment variables, so no credential lands in a file, in .terraform/ or in plan.out.
@@ -274,6 +275,7 @@ class JobRun:
         self.apply_path: tuple[ApplyPath, str, bool] | None = None
         self.start_error: Exception | None = None
         self.apply_started = 0.0  # when apply_begin started `terraform apply`
+        self._user_env: dict[str, str] | None = None  # see user_env()
 
     def start(self, *, on_this_thread: bool = True) -> None:
         """Start the job. A warm apply whose plan.out hashes right starts `terraform apply`
@@ -333,12 +335,39 @@ class JobRun:
     def call(self, method: str, path: str, **kw: Any) -> Any:
         return self.agent.client.call(method, f"/agent/v1/jobs/{self.id}/{path}", fence=self.fence, **kw)
 
+    def user_env(self) -> dict[str, str]:
+        """The job's variables as environment variables: TF_VAR_<key> for terraform variables,
+        the `env` ones as they are, except names the platform refuses (agents_app/
+        variable_names.py: rows stored before the rule, or written around the API), which
+        are left out with a line in the run's log (their name, never their value). Worked
+        out once per job: each terraform command of the job gets the same."""
+        if self._user_env is None:
+            variables = self.payload.variables
+            named = [(f"TF_VAR_{k}", v, "" if IDENTIFIER.match(k) else env_name_problem(k))
+                     for k, v in variables.terraform.items()]
+            named += [(k, v, env_name_problem(k)) for k, v in variables.env.items()]
+            self._user_env = {}
+            for name, value, problem in named:
+                if not problem and "\0" in value:
+                    problem = f"{name}: its value holds a NUL character, which no environment can carry"
+                if problem:
+                    self.log.write(f"Warning: {problem}; the variable was left out of this run.\n")
+                    continue
+                self._user_env[name] = value
+        return self._user_env
+
     def env(self) -> dict[str, str]:
         """Terraform's environment: an allowlist of the agent's (never its IAC_* settings, the
-        pool token among them), the state backend and the job's variables. HOME is the job
-        dir: nothing of the host's home (credentials) is meant for user code."""
+        pool token among them), the job's variables, and then the platform's own values,
+        which no variable overrides: HOME (the job dir: nothing of the host's home, its
+        credentials, is meant for user code), terraform's automation settings, the state
+        backend and its credential, and any registry token (TF_TOKEN_*) the agent was given.
+
+        This environment is terraform's, inside the sandbox: the processes that start it
+        outside (nice, bwrap) get only the agent's allowlist (Sandbox.popen)."""
         sb = self.payload.state_backend
-        env = job_environment()
+        agent_env = job_environment()
+        env = {**agent_env, **self.user_env()}
         env.update(
             HOME=str(self.dir.absolute()),
             TF_IN_AUTOMATION="1",
@@ -350,9 +379,7 @@ class JobRun:
             TF_HTTP_USERNAME=sb.username,
             TF_HTTP_PASSWORD=sb.password,
         )
-        for key, value in self.payload.variables.terraform.items():
-            env[f"TF_VAR_{key}"] = value
-        env.update(self.payload.variables.env)
+        env.update({k: v for k, v in agent_env.items() if k.startswith("TF_TOKEN_")})
         return env
 
     def terraform(self, *args: str, ok: tuple[int, ...] = (0,), on_start: Any = None, header: bool = True) -> int:
@@ -366,12 +393,11 @@ class JobRun:
         if header:
             self.log.write(f"\n$ terraform {' '.join(args)}\n")
         started = time.time()
-        self.proc = subprocess.Popen(
-            # The secrets (TF_HTTP_PASSWORD, sensitive TF_VAR_*) travel in the environment,
-            # never on this command line: /proc/<pid>/cmdline is readable by anyone.
-            self.agent.sandbox.command([self.agent.terraform, *args], self.dir),
-            cwd=self.dir,
-            env=self.env(),
+        self.proc = self.agent.sandbox.popen(
+            # The secrets (TF_HTTP_PASSWORD, sensitive TF_VAR_*) reach terraform through the
+            # sandbox's pipe (or, sandbox off, its environment), never a command line:
+            # /proc/<pid>/cmdline is readable by anyone.
+            [self.agent.terraform, *args], self.dir, self.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -496,14 +522,14 @@ class JobRun:
         rc = self.terraform(*args, ok=(0, 2))
         has_changes = rc == 2
         started = time.time()
-        show = subprocess.run(
-            self.agent.sandbox.command([self.agent.terraform, "show", "-json", "-no-color", "plan.out"], self.dir),
-            cwd=self.dir, env=self.env(), capture_output=True, check=False,
-        )
+        with self.agent.sandbox.popen([self.agent.terraform, "show", "-json", "-no-color", "plan.out"], self.dir,
+                                      self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL) as show:
+            show_out, show_err = show.communicate()
         self._ran("show", started, show.returncode)
         if show.returncode != 0:
-            raise JobError("terraform show -json failed: " + show.stderr.decode(errors="replace")[-2000:])
-        summary = plan_summary(json.loads(show.stdout))
+            raise JobError("terraform show -json failed: " + show_err.decode(errors="replace")[-2000:])
+        summary = plan_summary(json.loads(show_out))
         data = (self.dir / "plan.out").read_bytes()
         self.plan_hash = hashlib.sha256(data).hexdigest()
         upload = PlanUpload(plan_b64=base64.b64encode(data).decode(), sha256=self.plan_hash, summary=summary,

@@ -18,8 +18,11 @@ runs terraform directly. `IAC_AGENT_SANDBOX_BIND` and `IAC_AGENT_SANDBOX_BIND_RW
 separated by ":") add read-only and read-write binds, e.g. a terraform wrapper's real binary
 or a shared output dir; neither may contain the agent's work root.
 
-Secrets never go on a command line (anyone can read /proc/<pid>/cmdline): bwrap gets the
-job's environment through exec, not as `--setenv` arguments, and passes it on.
+Nothing of a job runs outside the sandbox: bwrap (and `nice` before it) starts with the
+agent's allowlisted environment only, and the job's environment (its variables and state
+credential) reaches terraform through a pipe bwrap reads its `--setenv` arguments from
+(`Sandbox.popen`). So secrets never go on a command line (anyone can read
+/proc/<pid>/cmdline), and no variable (LD_PRELOAD, ...) acts on a process outside.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents_app.protocol import SandboxMode
 
@@ -212,16 +216,59 @@ class Sandbox:
             args += ["--bind-try", str(path), str(path)]
         return args
 
-    def command(self, argv: list[str], job_dir: Path) -> list[str]:
-        """The command line that runs `argv` in `job_dir` (no secrets: those are in the
-        environment given to Popen), at the agent's niceness for terraform: `nice` execs
-        bwrap (or terraform) in place, so the process group, its leader's name and its
-        signals are as without it."""
+    def command(self, argv: list[str], job_dir: Path, args_fd: int | None = None) -> list[str]:
+        """The command line that runs `argv` in `job_dir` (no secrets: see popen), at the
+        agent's niceness for terraform: `nice` execs bwrap (or terraform) in place, so the
+        process group, its leader's name and its signals are as without it. `args_fd`: a
+        descriptor bwrap reads more of its arguments from (`--args`), the environment."""
         prefix = [self.nice_bin, "-n", str(self.nice)] if self.nice and self.nice_bin else []
         if self.mode != SandboxMode.BWRAP:
             return [*prefix, *argv]
         job_dir = job_dir.absolute()
-        return [*prefix, *self.base_args(), "--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir), *argv]
+        more = ["--args", str(args_fd)] if args_fd is not None else []
+        return [*prefix, *self.base_args(), "--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir), *more, *argv]
+
+    def popen(self, argv: list[str], job_dir: Path, env: Mapping[str, str], **kwargs: Any) -> subprocess.Popen:
+        """Start `argv` in `job_dir` with the environment `env` (a job's: its variables, its
+        state credential), which only the sandboxed process gets.
+
+        With bwrap, what runs outside the sandbox (nice, bwrap) starts with the agent's
+        allowlisted environment only: a job's variable in bwrap's own environment would act
+        on bwrap before any namespace exists (LD_PRELOAD of an uploaded library runs it as
+        the agent's user). The job's environment goes through a pipe instead, as bwrap
+        arguments (`--args FD`: --clearenv, then --setenv NAME VALUE for each), which bwrap
+        applies to what it starts: nothing of it is on a command line (/proc/<pid>/cmdline is
+        readable by anyone) nor in bwrap's /proc/<pid>/environ. Sandbox off, terraform gets
+        `env` directly (there is no wall then; the names the platform refuses are left out
+        either way, agents_app/variable_names.py)."""
+        if any("\0" in k or "=" in k or "\0" in v for k, v in env.items()):
+            # A NUL would shift the arguments that follow it: never let a value become one.
+            raise ValueError("an environment variable's name or value holds a NUL or its name an '='")
+        if self.mode != SandboxMode.BWRAP:
+            return subprocess.Popen(self.command(argv, job_dir), cwd=job_dir, env=dict(env), **kwargs)
+        args = ["--clearenv"]
+        for name, value in env.items():
+            args += ["--setenv", name, value]
+        data = "\0".join(args).encode() + b"\0"
+        read_fd, write_fd = os.pipe()
+        try:
+            # Its cwd is "/", not the job dir that holds the upload (bwrap's --chdir sets
+            # terraform's): nothing there is found by a relative path outside the sandbox.
+            proc = subprocess.Popen(self.command(argv, job_dir, args_fd=read_fd), cwd="/", env=job_environment(),
+                                    pass_fds=(read_fd,), **kwargs)
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        # Written once bwrap runs, which reads its arguments before anything else: a pipe holds
+        # 4-64 KiB, a job's environment may be more, and a write before the start would wait.
+        try:
+            with open(write_fd, "wb") as pipe:
+                pipe.write(data)
+        except BrokenPipeError:
+            pass  # bwrap is gone already: its exit status says why
+        return proc
 
     def probe(self) -> str:
         """"" when bwrap runs a command with these binds, else why not."""
