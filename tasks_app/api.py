@@ -42,7 +42,13 @@ from tasks_app.models import (
     Workspace,
     WorkspaceAccess,
 )
-from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read, state_outputs, state_tracks_resources
+from tasks_app.selectors import (
+    LOG_PAGE_BYTES,
+    masked_values_for,
+    run_log_read,
+    state_outputs,
+    state_tracks_resources,
+)
 from tasks_app.serializers import (
     RUN_WAIT_MAX_SECONDS,
     ConfigurationFilesSerializer,
@@ -101,9 +107,10 @@ def _run_queryset() -> QuerySet[Task]:
     )
 
 
-def _run_response(task_id: int, code: int = status.HTTP_200_OK) -> Response:
+def _run_response(request: Request, task_id: int, code: int = status.HTTP_200_OK) -> Response:
     # Re-read after the service: its on_commit follow-ups (queue start, warmups) may have moved the run.
-    return Response(RunSerializer(_run_queryset().get(id=task_id)).data, status=code)
+    # The request tells the serializer what the caller may see unmasked.
+    return Response(RunSerializer(_run_queryset().get(id=task_id), context={"request": request}).data, status=code)
 
 
 # Workspaces ---------------------------------------------------------------------------------
@@ -347,7 +354,7 @@ class RunListCreate(generics.ListAPIView):
             targets=params.validated_data["targets"],
             replace=params.validated_data["replace"],
         )
-        return _run_response(task.id, status.HTTP_201_CREATED)
+        return _run_response(request, task.id, status.HTTP_201_CREATED)
 
 
 def _status_reached(request: HttpRequest, first: dict, data: dict) -> bool:
@@ -431,7 +438,7 @@ class RunConfirm(_RunAction):
         if result.refused:
             # The service has already committed the discard; the 409 tells the caller no apply will run.
             raise Conflict(result.refused)
-        return _run_response(result.task.id)
+        return _run_response(request, result.task.id)
 
 
 class RunDiscard(_RunAction):
@@ -444,7 +451,7 @@ class RunDiscard(_RunAction):
         params = RunConfirmSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         task = run_discard(task_id=self._task_id(), actor=request.user, comment=params.validated_data["comment"])
-        return _run_response(task.id)
+        return _run_response(request, task.id)
 
 
 class RunCancel(_RunAction):
@@ -462,7 +469,7 @@ class RunCancel(_RunAction):
             force=params.validated_data["force"],
             comment=params.validated_data["comment"],
         )
-        return _run_response(task.id)
+        return _run_response(request, task.id)
 
 
 class RunPrepare(_RunAction):
@@ -474,7 +481,7 @@ class RunPrepare(_RunAction):
     )
     def post(self, request: Request, pk: int) -> Response:
         task = run_prepare(task_id=self._task_id())
-        return _run_response(task.id)
+        return _run_response(request, task.id)
 
 
 class RunLogs(generics.GenericAPIView):
@@ -521,9 +528,18 @@ class StateVersionList(generics.ListAPIView):
         workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
         return StateVersion.objects.filter(workspace=workspace).defer("encrypted_data").order_by("-serial", "-id")
 
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        if "workspace_id" in self.kwargs:  # (not while drf-spectacular inspects the view)
+            workspace = _workspace(self.request, self.kwargs["workspace_id"], Action.READ)
+            context["masked"] = masked_values_for(self.request.user, workspace)
+        return context
+
 
 class WorkspaceOutputs(generics.GenericAPIView):
-    """The outputs of the workspace's latest state, sensitive ones masked (value null)."""
+    """The outputs of the workspace's latest state, sensitive ones masked (value null). For a
+    caller who may not read the raw state, the workspace's sensitive variable values are
+    masked in every value too, whatever the configuration declares."""
 
     serializer_class = OutputSerializer
     queryset = Workspace.objects.none()
@@ -532,4 +548,5 @@ class WorkspaceOutputs(generics.GenericAPIView):
     @extend_schema(responses={200: OutputSerializer(many=True)})
     def get(self, request: Request, workspace_id: int) -> Response:
         workspace = _workspace(request, workspace_id, Action.READ)
-        return Response(OutputSerializer(state_outputs(workspace.id), many=True).data)
+        outputs = state_outputs(workspace.id, masked=masked_values_for(request.user, workspace))
+        return Response(OutputSerializer(outputs, many=True).data)

@@ -17,7 +17,8 @@ from django.utils import timezone
 from agents_app.models import Pod
 from iacplatform.permissions import Action, allowed_actions, run_for
 from tasks_app.models import Job, Plan, Task
-from tasks_app.selectors import duration_text, run_waiting_reason
+from tasks_app.redaction import plan_summary_masked
+from tasks_app.selectors import duration_text, run_waiting_reason, sensitive_values
 from tasks_app.services.retention import plan_pruned_note
 from tasks_app.states import FINAL, RunStatus
 from tasks_app.views_confirm import confirm_dialog_html, dialog_phase
@@ -101,8 +102,15 @@ def plan_groups(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def run_context(task: Task, allowed: set[str]) -> dict[str, Any]:
     """What the status, timeline, plan, jobs, waiting and apply partials need."""
     plan = Plan.objects.filter(task=task).only("sha256", "size", "summary", "created_at").first()
+    # A reader who may not read the raw state sees the workspace's sensitive values masked
+    # wherever the run shows text a configuration or a person wrote (the plan, messages,
+    # errors: the templates' `masked` filter), whatever the configuration declares.
+    masked = None if str(Action.READ_STATE) in allowed else sensitive_values(task.workspace_id)
     summary = plan.summary if plan else {}
+    if masked:
+        summary = plan_summary_masked(summary, masked)
     return {
+        "masked": masked,
         "task": task,
         "workspace": task.workspace,
         "allowed": allowed,

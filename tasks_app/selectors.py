@@ -13,8 +13,10 @@ from django.utils import timezone
 from agents_app.models import Agent, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState, WarmupStatus
 from agents_app.services.freeze import freeze_text, pool_freeze
+from iacplatform.permissions import Action, can
 from tasks_app.logrender import ansi_safe_cut, strip_ansi
-from tasks_app.models import Job, LogChunk, StateVersion, Task, TaskEvent
+from tasks_app.models import AuditEvent, Job, LogChunk, StateVersion, Task, TaskEvent, Variable, Workspace
+from tasks_app.redaction import MASK, redact_json
 from tasks_app.states import BLOCKING, Operation, RunStatus
 
 # The most of a run's log one API call or websocket message carries; clients page on with
@@ -318,9 +320,34 @@ def state_tracks_resources(workspace_id: int) -> bool:
     return any(r.get("instances") for r in state.get("resources") or [] if r.get("mode") != "data")
 
 
-def state_outputs(workspace_id: int) -> list[dict[str, Any]]:
+def sensitive_values(workspace_id: int) -> list[str]:
+    """The values of the workspace's sensitive variables (terraform and env), decrypted."""
+    return [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
+
+
+def masked_values_for(user: Any, workspace: Workspace) -> list[str] | None:
+    """What to mask by value in what `user` reads of the workspace (plan summaries, outputs,
+    messages): its sensitive values, whatever the configuration declares; None (nothing)
+    for a user who may read the raw state, which holds them all in clear anyway."""
+    return None if can(user, Action.READ_STATE, workspace) else sensitive_values(workspace.id)
+
+
+def sensitive_values_changed_since(workspace_id: int, moment: datetime) -> bool:
+    """Whether a sensitive variable of the workspace was changed or deleted after `moment`
+    (its audit record says so): what was written before may hold a value no longer known,
+    which therefore cannot be masked by value."""
+    return AuditEvent.objects.filter(
+        Q(action="variable.update", data__sensitive=True) | Q(action="variable.delete"),
+        object_type="workspace", object_id=str(workspace_id), created_at__gt=moment,
+    ).exists()
+
+
+def state_outputs(workspace_id: int, masked: list[str] | None = None) -> list[dict[str, Any]]:
     """The outputs of the workspace's latest state, by name; a sensitive output's value is
-    None (it never leaves the state). [] when there is no state yet."""
+    None (it never leaves the state). [] when there is no state yet. With `masked` (see
+    masked_values_for) those values are masked wherever they appear in a value, and every
+    value is masked when a sensitive variable changed since the state was written: the
+    state may hold its old value, which is known no more."""
     import json
 
     latest = StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial", "-id").first()
@@ -330,9 +357,16 @@ def state_outputs(workspace_id: int) -> list[dict[str, Any]]:
         outputs = json.loads(latest.data).get("outputs") or {}
     except (ValueError, AttributeError):
         return []
+    hidden = masked is not None and sensitive_values_changed_since(workspace_id, latest.created_at)
+
+    def shown(value: Any) -> Any:
+        if masked is None:
+            return value
+        return MASK if hidden else redact_json(value, masked)
+
     return [
         {"name": name, "sensitive": bool(out.get("sensitive")), "type": out.get("type"),
-         "value": None if out.get("sensitive") else out.get("value")}
+         "value": None if out.get("sensitive") else shown(out.get("value"))}
         for name, out in sorted(outputs.items())
         if isinstance(out, dict)
     ]

@@ -22,7 +22,8 @@ from tasks_app.models import (
     Variable,
     Workspace,
 )
-from tasks_app.selectors import ms_between, run_waiting_reason, run_warm_slot
+from tasks_app.redaction import plan_summary_masked, redact
+from tasks_app.selectors import masked_values_for, ms_between, run_waiting_reason, run_warm_slot
 from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
 
 # The bound of a long-poll on a run (`?wait=`): a pipeline asks again after it.
@@ -289,6 +290,29 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
         plan: Plan | None = getattr(task, "plan", None)  # reverse one-to-one: AttributeError when absent
         return plan.summary if plan is not None else None
 
+    # The fields that carry what a configuration or a person wrote: masked for the caller.
+    MASKED_TEXT = ("message", "warmup_message", "apply_path_reason", "plan_start_reason", "waiting_reason")
+
+    def _masked(self, task: Task) -> list[str] | None:
+        """The values to mask for the caller (selectors.masked_values_for), once per workspace
+        and answer; a serializer given no request masks them (nobody known may see them)."""
+        cache: dict[int, list[str] | None] = self.context.setdefault("masked_values", {})
+        if task.workspace_id not in cache:
+            request = self.context.get("request")
+            cache[task.workspace_id] = masked_values_for(getattr(request, "user", None), task.workspace)
+        return cache[task.workspace_id]
+
+    def to_representation(self, instance: Task) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        masked = self._masked(instance)
+        if masked:
+            data["plan_summary"] = plan_summary_masked(data["plan_summary"], masked)
+            for name in self.MASKED_TEXT:
+                if isinstance(data.get(name), str):
+                    data[name] = redact(data[name], masked)
+            data["events"] = [{**event, "message": redact(event["message"], masked)} for event in data["events"]]
+        return data
+
     def get_warmup_agent(self, task: Task) -> str | None:
         """The agent holding the run's warm dir, or running its warmup."""
         if task.warmup_status not in (WarmupStatus.READY, WarmupStatus.WARMING):
@@ -378,4 +402,13 @@ class StateVersionSerializer(serializers.ModelSerializer):
         # Never the state itself: it holds secrets (resource attributes, outputs).
         fields = ["id", "serial", "lineage", "sha256", "size", "created_at", "task"]
         read_only_fields = fields
+
+    def to_representation(self, instance: StateVersion) -> dict[str, Any]:
+        # The lineage is whatever the pushed state says: masked like any text a user wrote
+        # (`masked` in the context: see selectors.masked_values_for).
+        data = super().to_representation(instance)
+        masked = self.context.get("masked")
+        if masked:
+            data["lineage"] = redact(data["lineage"], masked)
+        return data
 

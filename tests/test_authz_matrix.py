@@ -544,3 +544,22 @@ def test_it_lets_a_team_allowed_to_create_workspaces_administer_its_own(world):
     other_pool, _ = make_pool()
     resp = bob.post("/api/v1/workspaces/", {"name": "bobs2", "pool": other_pool.id}, content_type="application/json")
     assert resp.status_code == 403 and "may use pool" in resp.json()["detail"]
+
+
+def test_it_masks_a_platform_sensitive_value_for_who_may_not_read_the_raw_state(world):
+    """A value marked sensitive on the platform, in an output the configuration does not mark
+    sensitive: in clear for `write` and above (they may pull the state anyway), masked for
+    `read`."""
+    secret = "s3cret-of-a"
+    variable = Variable(workspace=world.a, key="db_password", sensitive=True)
+    variable.set_value(secret)
+    variable.save()
+    state = json.dumps({"version": 4, "serial": 1, "lineage": "l-1", "resources": [],
+                        "outputs": {"dsn": {"value": f"pg://app:{secret}@db", "type": "string"}}})
+    pushed = Client().post(f"/api/v1/workspaces/{world.a.id}/state", state, content_type="application/json",
+                           HTTP_AUTHORIZATION=_basic(world.tokens["bob"]))
+    assert pushed.status_code in (200, 201, 204), pushed.content
+    seen = {u: world.api[u].get(f"/api/v1/workspaces/{world.a.id}/outputs/") for u in USERS}
+    assert [r.status_code for r in seen.values()] == [200, 200, 200, 404]
+    assert [secret in r.content.decode() for r in seen.values()] == [True, True, False, False]
+    assert seen["carol"].json() == [{"name": "dsn", "sensitive": False, "type": "string", "value": "pg://app:***@db"}]

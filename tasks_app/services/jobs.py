@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,8 +64,8 @@ from agents_app.states import JOB
 from iacplatform import crypto, metrics, wakeups
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
-from tasks_app.logrender import strip_ansi
 from tasks_app.models import ConfigurationVersion, Job, LogChunk, Plan, StateVersion, Task, Variable
+from tasks_app.redaction import plan_summary_masked, redact
 from tasks_app.services.state import state_locks_release_for_job
 from tasks_app.states import Operation
 
@@ -469,44 +467,6 @@ def _run_sensitive_values(task: Task) -> list[str]:
     return [v for v in values if v]
 
 
-# Platform tokens (job credentials, agent and pool tokens: agents_app.models.new_token) are
-# masked wherever they appear, whichever job's they are: the server keeps only their hashes.
-_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:job|agent|pool)-[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
-
-
-def _secret_forms(secrets_: list[str]) -> list[str]:
-    """Each value as it is and JSON-escaped (Python's and Go's escaping: terraform's JSON
-    output and user code printing JSON), longest first."""
-    forms: set[str] = set()
-    for value in secrets_:
-        if not value:
-            continue
-        go = json.dumps(value, ensure_ascii=False)[1:-1]
-        forms.update((value, json.dumps(value)[1:-1], go,
-                      go.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")))
-    return sorted(forms, key=len, reverse=True)
-
-
-def _redact_plain(text: str, forms: list[str]) -> str:
-    for secret in forms:
-        text = text.replace(secret, "***")
-    return _TOKEN.sub("***", text)
-
-
-def redact(text: str, secrets_: list[str]) -> str:
-    """`text` with the secrets (sensitive variable values) and platform tokens masked.
-    Terraform's output carries colour codes: a secret with a code in the middle of it (a
-    colour change inside a value) would escape a plain search, so if the text without its
-    codes still shows a secret, the text loses its colours and is masked without them."""
-    if not text:
-        return text
-    forms = _secret_forms(secrets_)
-    redacted = _redact_plain(text, forms)
-    if "\x1b" in redacted:
-        plain = strip_ansi(redacted)
-        if _redact_plain(plain, forms) != plain:
-            return _redact_plain(plain, forms)
-    return redacted
 
 
 @dataclass(frozen=True)
@@ -667,7 +627,11 @@ def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_cha
     # One INSERT … ON CONFLICT (a re-run plan job replaces the run's plan), not
     # update_or_create's savepoints, SELECT and INSERT: this is on the way to apply_pending.
     [plan] = Plan.objects.bulk_create(
-        [Plan(task=task, job=job, encrypted_data=crypto.encrypt(data), sha256=sha256, size=len(data), summary=summary)],
+        [Plan(task=task, job=job, encrypted_data=crypto.encrypt(data), sha256=sha256, size=len(data),
+              # Masked as the log is, with the values this run used: a configuration that does
+              # not declare a platform-sensitive variable `sensitive` shows it in its diff, and a
+              # value changed later would no longer be known to mask it when it is read.
+              summary=plan_summary_masked(summary, _run_sensitive_values(task)))],
         update_conflicts=True, unique_fields=["task"], update_fields=["job", "encrypted_data", "sha256", "size", "summary"],
     )
     task.plan_hash = sha256

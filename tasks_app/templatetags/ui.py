@@ -8,6 +8,8 @@
   whose `title` (shown on hover) is the exact time, in UTC.
 - `{{ job.commands|command_times }}`: the terraform commands a job ran and how long each
   took, as its agent timed them: "init 1.4 s · plan 93 ms · show 47 ms".
+- `{{ task.message|masked:masked }}`: the text with the values of `masked` (the context's
+  list from selectors.masked_values_for; None: nothing to mask) masked as the log is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince, timeuntil
 
+from tasks_app.redaction import redact
 from tasks_app.selectors import duration_text
 
 register = template.Library()
@@ -97,3 +100,9 @@ def command_times(commands: object) -> str:
             continue
         parts.append(text)
     return " · ".join(parts)
+
+
+@register.filter
+def masked(text: object, values: list[str] | None) -> object:
+    """`text` with `values` masked (tasks_app.redaction.redact); as it is without values."""
+    return redact(text, values) if values and isinstance(text, str) else text
