@@ -5,10 +5,15 @@ validates nothing it stores: the model classes are the check.
 
 The RBAC is checked against what the kubernetes pod backend really asks of the API: the
 requests it sends during create, list and delete (recorded by the emulator) must all be
-allowed by the Role, and the Role must allow nothing else."""
+allowed by the Role, and the Role must allow nothing else.
+
+Agent pods run user code: the NetworkPolicy of their namespace must keep them from the
+cluster's internal addresses (Redis, PostgreSQL, the API server, other pods) except web's pods
+and DNS, and let them reach the internet; Redis must ask for a password."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,7 +48,7 @@ def by_kind(kind: str) -> dict[str, dict]:
 
 def test_there_are_manifests_for_web_worker_beat_and_the_rbac():
     assert {"namespace.yaml", "rbac.yaml", "web.yaml", "worker.yaml", "beat.yaml", "config.yaml",
-            "secret.example.yaml", "migrate.yaml"} <= {p.name for p in MANIFESTS}
+            "secret.example.yaml", "migrate.yaml", "agent-network-policy.yaml"} <= {p.name for p in MANIFESTS}
     assert set(by_kind("Deployment")) == {"iac-web", "iac-worker", "iac-beat"}
     assert by_kind("Deployment")["iac-beat"]["spec"]["replicas"] == 1
 
@@ -82,6 +87,94 @@ def test_the_platform_gets_its_secrets_from_a_secret_and_probes_the_health_endpo
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz/live"
     assert web["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
     assert "daphne" in web["command"]
+
+
+def test_the_platform_reaches_redis_with_a_password():
+    redis_url = urlsplit(by_kind("Secret")["iac-platform"]["stringData"]["REDIS_URL"])
+    assert redis_url.scheme in ("redis", "rediss") and redis_url.hostname
+    assert redis_url.password, "REDIS_URL names no password: anything in the cluster could read or publish"
+    assert "REDIS_URL" not in by_kind("ConfigMap")["iac-platform"]["data"]
+
+
+# Addresses inside a cluster (Services, pods, the API server, the cloud's metadata endpoint)
+# and on the internet (cloud APIs, registries).
+INTERNAL = ["10.96.0.1", "10.96.0.10", "10.244.1.7", "10.42.0.5", "10.100.0.1", "172.20.0.1", "172.17.0.2",
+            "192.168.3.4", "100.64.0.9", "169.254.169.254", "fd00::1", "fd12:3456::10", "fe80::1"]
+INTERNET = ["8.8.8.8", "52.94.236.248", "142.250.74.46", "20.190.160.1", "151.101.1.69", "2606:4700::1111",
+            "2a00:1450:4001:80b::200e"]
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7",
+                  "fe80::/10"]
+
+
+def _ip_allowed(egress: list[dict], address: str) -> bool:
+    """Whether an egress rule lets a pod open a connection to `address` by its IP (ipBlock)."""
+    ip = ipaddress.ip_address(address)
+    for rule in egress:
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            cidr = ipaddress.ip_network(block["cidr"])
+            if ip.version == cidr.version and ip in cidr and not any(
+                    ip in ipaddress.ip_network(e) for e in block.get("except", [])):
+                return True
+    return False
+
+
+def test_agent_pods_reach_web_dns_and_the_internet_and_nothing_inside_the_cluster():
+    from agents_app.pods.backends import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+
+    policy = by_kind("NetworkPolicy")["iac-agents"]
+    spec = policy["spec"]
+    # It applies to the pods the pod backend makes, in the agents' namespace.
+    assert policy["metadata"]["namespace"] == by_kind("Role")["iac-pod-backend"]["metadata"]["namespace"]
+    assert spec["podSelector"] == {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+    # Egress is listed explicitly (else the policy restricts ingress only); nothing comes in.
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"} and not spec.get("ingress")
+    egress = spec["egress"]
+    assert all(rule.get("to") for rule in egress), "a rule without `to` allows every destination"
+
+    # By address: nothing internal, the internet yes.
+    for address in INTERNAL:
+        assert not _ip_allowed(egress, address), f"agent pods may connect to {address}"
+    for address in INTERNET:
+        assert _ip_allowed(egress, address), f"agent pods cannot reach {address} on the internet"
+    for rule in egress:
+        for peer in rule["to"]:
+            if "ipBlock" not in peer:
+                continue
+            cidr = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+            excepted = [ipaddress.ip_network(e) for e in peer["ipBlock"].get("except", [])]
+            assert all(e.subnet_of(cidr) for e in excepted), "the API refuses an `except` outside its cidr"
+            for private in map(ipaddress.ip_network, PRIVATE_RANGES):
+                if private.version == cidr.version:
+                    assert any(private.subnet_of(e) for e in excepted), f"{private} is open to agent pods"
+
+    # By selector: web's pods on their port, and the cluster DNS; no other pod.
+    web = by_kind("Deployment")["iac-web"]
+    web_port = web["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    selected = []
+    for rule in egress:
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                assert set(peer) == {"ipBlock"}
+                continue
+            # A podSelector alone would mean pods of the agents' own namespace.
+            assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+            namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            ports = sorted((p["protocol"], p["port"]) for p in rule["ports"])
+            selected.append((namespace, peer["podSelector"]["matchLabels"], ports))
+    web_labels = web["spec"]["template"]["metadata"]["labels"]
+    assert len(selected) == 2, selected
+    (web_ns, web_selector, web_ports), (dns_ns, dns_selector, dns_ports) = sorted(
+        selected, key=lambda s: s[0] != web["metadata"]["namespace"])
+    assert web_ns == web["metadata"]["namespace"] and web_selector.items() <= web_labels.items()
+    assert web_ports == [("TCP", web_port)]
+    assert dns_ns == "kube-system" and dns_selector == {"k8s-app": "kube-dns"}
+    assert dns_ports == [("TCP", 53), ("UDP", 53)]
+    # web's address as the agents use it is that Service, on that port.
+    service = by_kind("Service")["iac-web"]
+    assert service["spec"]["ports"][0]["targetPort"] in ("http", web_port)
 
 
 def test_what_the_manifests_refer_to_exists_in_them():
@@ -125,6 +218,9 @@ def test_every_manifest_is_created_against_the_api():
         assert [r.metadata.name for r in rbac.list_namespaced_role("iac-agents").items] == ["iac-pod-backend"]
         assert [b.metadata.name for b in rbac.list_namespaced_role_binding("iac-agents").items] == ["iac-pod-backend"]
         assert [j.metadata.name for j in batch.list_namespaced_job("iac").items] == ["iac-migrate"]
+        networking = k8s.NetworkingV1Api(api)
+        assert [p.metadata.name for p in networking.list_namespaced_network_policy("iac-agents").items] == [
+            "iac-agents"]
 
 
 @pytest.mark.django_db
