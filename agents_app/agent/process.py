@@ -25,7 +25,7 @@ import fasteners
 
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.jobs import WARM_MARKER, JobRun, WarmDir
-from agents_app.agent.sandbox import Sandbox
+from agents_app.agent.sandbox import Sandbox, job_environment
 from agents_app.agent.warmdirs import STORE_DIR, WarmPlans
 from agents_app.protocol import (
     PROTOCOL_VERSION,
@@ -49,7 +49,9 @@ LOCK_FILE = ".agent.lock"
 def terraform_version(terraform: str) -> str:
     """The version the terraform executable reports ("" when it cannot say)."""
     try:
-        out = subprocess.run([terraform, "version", "-json"], capture_output=True, timeout=60, check=True).stdout
+        # The agent's allowlisted environment, as for every job: not its own (the pool token).
+        out = subprocess.run([terraform, "version", "-json"], capture_output=True, timeout=60, check=True,
+                             env=job_environment()).stdout
         return str(json.loads(out)["terraform_version"])
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         log.warning("could not read the terraform version of %s: %s", terraform, exc)

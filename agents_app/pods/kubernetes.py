@@ -194,6 +194,11 @@ class KubernetesBackend:
                 containers=[container],
                 restart_policy="Never",
                 service_account_name=pool.k8s_service_account or None,
+                # The agent talks to the platform over HTTP, never to the Kubernetes API; a
+                # mounted service account token would be readable by terraform (user code)
+                # in the pod, and the NetworkPolicy lets it reach a public API endpoint.
+                # (Cloud identity, e.g. EKS's IRSA, injects its own projected token volume.)
+                automount_service_account_token=False,
                 node_selector=dict(pool.k8s_node_selector) or None,
                 # The agent stops claiming on SIGTERM and finishes what it runs; an apply
                 # is never deleted by the autoscaler, so this only bounds a plan's wind-down.

@@ -75,6 +75,8 @@ def test_it_creates_a_labelled_pod_with_the_pools_settings_and_the_token_only_in
     spec = pod.spec
     assert spec.restart_policy == "Never"
     assert spec.service_account_name == "iac-agent"
+    # Terraform in the pod runs user code: no Kubernetes API token is mounted for it to read.
+    assert spec.automount_service_account_token is False
     assert spec.node_selector == {"kubernetes.io/arch": "amd64"}
     (container,) = spec.containers
     assert container.image == "registry.example/iac-agent:1.4"

@@ -117,7 +117,8 @@ def test_it_redacts_the_job_error_and_the_state_credential_before_reporting(tmp_
 
 def test_it_keeps_secrets_off_the_terraform_command_line(tmp_path):
     """Anyone on the machine can read /proc/<pid>/cmdline; the environment of another user's
-    process they cannot. The secrets go to bwrap through the environment only."""
+    process they cannot. The secrets reach terraform inside bwrap through a pipe (`--args`),
+    neither on a command line nor in bwrap's own environment."""
     sandbox = Sandbox(SandboxMode.BWRAP, "/usr/bin/bwrap", [Path("/opt/terraform")])
     host = FakeHost(tmp_path, sandbox)
     job = JobRun(host, payload(variables={"terraform": {"password": SECRET}, "env": {"API_KEY": "k-" + SECRET}}))  # type: ignore[arg-type]
