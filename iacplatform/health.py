@@ -17,6 +17,13 @@ skip the check safely.
 The PostgreSQL and Redis probes are django-health-check's (`Database`, `Redis`); its view is
 not used because it knows only healthy / unhealthy (500), not "degraded with 200". Its check
 results carry the error and the time taken, which is what we report.
+
+Anyone may call ready, as often as they like: its answer is computed at most once a second
+per process (callers meanwhile share it, and callers during a computation wait for that
+one), its database checks take pooled connections, its Redis ping a connection of one small
+pool per process, and the migrations are compared with the code only until they are found
+applied, then again every MIGRATIONS_RECHECK_SECONDS (building Django's migration graph
+is the expensive part; applied migrations do not come undone under a running process).
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import math
 import time
+import typing
+import weakref
 from typing import Any
 
 from django.conf import settings
@@ -36,9 +46,15 @@ from health_check.base import HealthCheck, HealthCheckResult
 from health_check.checks import Database
 from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
+from redis.asyncio import ConnectionPool
 from redis.asyncio import Redis as RedisClient
 
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
+# How long one computed readiness answers every caller: a probe every few seconds sees a
+# change within a second, a caller hammering the endpoint costs one check a second.
+READY_CACHE_SECONDS = 1.0
+# Once every migration is applied, the check is repeated this rarely.
+MIGRATIONS_RECHECK_SECONDS = 300.0
 # A probe's whole budget is a few seconds (Kubernetes' default timeout is 1 s, people raise it
 # to a few): a check that hangs longer is reported as failed rather than hanging the probe.
 CHECK_TIMEOUT = datetime.timedelta(seconds=3)
@@ -60,12 +76,18 @@ class Migrations(HealthCheck):
     """Every migration on disk is applied: code newer than its schema fails in odd places."""
 
     timeout = CHECK_TIMEOUT
+    # When every migration was last found applied (monotonic); None: not yet, or not since.
+    applied_at: typing.ClassVar[float | None] = None
 
     def run(self) -> None:
+        applied_at = Migrations.applied_at
+        if applied_at is not None and time.monotonic() - applied_at < MIGRATIONS_RECHECK_SECONDS:
+            return
         connection = connections["default"]
         with connection.temporary_connection():
             executor = MigrationExecutor(connection)
             plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        Migrations.applied_at = None if plan else time.monotonic()
         if plan:
             names = ", ".join(f"{m.app_label}.{m.name}" for m, _ in plan[:5])
             raise ServiceUnavailable(f"{len(plan)} migration(s) not applied: {names}{', ...' if len(plan) > 5 else ''}")
@@ -116,8 +138,23 @@ def sweep_problem(finished_at: datetime.datetime | None, now: datetime.datetime,
     return f"last sweep {celery_age:.0f}s ago: are the Celery worker and beat running?"
 
 
+# One pool per event loop (a process serves from one; an asyncio connection belongs to its
+# loop): the ping reuses a connection instead of opening one per call.
+_redis_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = weakref.WeakKeyDictionary()
+
+
 def _redis_client() -> RedisClient:
-    return RedisClient.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # health-check's repr of the check, outside a loop
+        return RedisClient.from_url(settings.REDIS_URL)
+    pool = _redis_pools.get(loop)
+    if pool is None:
+        pool = _redis_pools[loop] = ConnectionPool.from_url(
+            settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2, max_connections=4)
+    # health-check closes the client after each ping: a client on a pool it was given does
+    # not close the pool.
+    return RedisClient(connection_pool=pool)
 
 
 def _entry(result: HealthCheckResult, failed: str) -> dict[str, Any]:
@@ -151,6 +188,35 @@ async def readiness() -> tuple[int, dict[str, Any]]:
     return (503 if overall == DOWN else 200), body
 
 
+@dataclasses.dataclass
+class _Answer:
+    at: float = -math.inf  # monotonic time it was computed
+    value: tuple[int, dict[str, Any]] | None = None
+    running: asyncio.Task | None = None
+
+
+_ready_answer = _Answer()
+
+
+async def _refresh() -> tuple[int, dict[str, Any]]:
+    value = await readiness()
+    _ready_answer.value, _ready_answer.at = value, time.monotonic()
+    return value
+
+
+async def cached_readiness() -> tuple[int, dict[str, Any]]:
+    """readiness(), computed at most once per READY_CACHE_SECONDS: callers meanwhile get the
+    last answer, callers during a computation share it."""
+    answer = _ready_answer
+    if answer.value is not None and time.monotonic() - answer.at < READY_CACHE_SECONDS:
+        return answer.value
+    running = answer.running
+    if running is None or running.done() or running.get_loop() is not asyncio.get_running_loop():
+        running = answer.running = asyncio.ensure_future(_refresh())
+    # Shielded: a caller that goes away does not cancel the others' answer.
+    return await asyncio.shield(running)
+
+
 def liveness() -> tuple[int, dict[str, Any]]:
     return 200, {"status": OK, "checks": {"process": {"status": OK, "ms": 0.0}}}
 
@@ -171,7 +237,7 @@ PATHS = ("/healthz/live", "/healthz/ready")
 async def health_asgi(scope: dict, receive: Any, send: Any) -> None:
     """Serves PATHS (any method but the body is ignored; HEAD answers headers only)."""
     if scope["path"].rstrip("/") == "/healthz/ready":
-        status, body = await readiness()
+        status, body = await cached_readiness()
     else:
         status, body = liveness()
     if scope.get("method") == "HEAD":
