@@ -20,7 +20,7 @@ async def _wake(kinds: frozenset[str], publish: list[str], wait: float = 10) -> 
     sent: list[str] = []
     task = next(_tasks)  # a channel of its own: a test's late messages never reach another
     async with RunEvents(task, kinds) as events:
-        assert events.pubsub is not None, "Redis is needed for this test"
+        assert events.subscribed, "Redis is needed for this test"
 
         def send() -> None:
             for what in publish:
@@ -53,7 +53,7 @@ def test_a_status_change_tells_the_long_poll_the_new_status():
     async def wake() -> str | None:
         task = next(_tasks)
         async with RunEvents(task, frozenset({"status"})) as events:
-            assert events.pubsub is not None, "Redis is needed for this test"
+            assert events.subscribed, "Redis is needed for this test"
             threading.Timer(0.2, wakeups.wake_run, args=(task, "status:apply_pending")).start()
             return await events.next(time.monotonic() + 10)
 
