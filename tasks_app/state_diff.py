@@ -8,7 +8,10 @@ steps (`{"type": "get_attr", "value": "password"}`, `{"type": "index", "value": 
 "type": "number"}}`). Neither is enough alone: an attribute computed from a secret is not
 always marked (terraform_data's `output` copies its `input`, password included, unmarked).
 So the values found at marked places, and the workspace's sensitive variable values, are
-also masked wherever else they appear."""
+also masked wherever else they appear.
+
+Only states up to IAC_STATE_DIFF_MAX_BYTES are compared: the work is done inside the page's
+request."""
 
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
+from iacplatform.errors import Invalid
 from tasks_app.models import StateVersion, Variable
 
 MASK = "(sensitive)"
@@ -117,6 +123,14 @@ def _lines(version: StateVersion, secrets: Sequence[str]) -> list[str]:
     return json.dumps(state_masked(state, secrets), indent=2, sort_keys=True, ensure_ascii=False).splitlines()
 
 
+class TooLargeToCompare(Invalid):
+    """A state version is bigger than IAC_STATE_DIFF_MAX_BYTES: the page does not diff it."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
 @dataclass(frozen=True)
 class StateDiff:
     old: StateVersion
@@ -131,12 +145,21 @@ def workspace_secrets(workspace_id: int) -> list[str]:
 
 def state_versions_diff(*, workspace_id: int, old_serial: int, new_serial: int) -> StateDiff | None:
     """The masked diff from serial `old_serial` to `new_serial`; None when either is not a
-    state version of the workspace."""
-    versions = {v.serial: v for v in StateVersion.objects.filter(workspace_id=workspace_id,
-                                                                 serial__in=[old_serial, new_serial])}
+    state version of the workspace. Raises TooLargeToCompare, before reading either state,
+    when one is bigger than IAC_STATE_DIFF_MAX_BYTES: parsing, masking and diffing two big
+    states (difflib is worse than linear in the lines) is seconds of a web process's CPU
+    and hundreds of MB for one page view."""
+    versions = {v.serial: v for v in StateVersion.objects.filter(
+        workspace_id=workspace_id, serial__in=[old_serial, new_serial]).defer("encrypted_data")}
     if old_serial not in versions or new_serial not in versions:
         return None
     old, new = versions[old_serial], versions[new_serial]
+    limit = settings.IAC_STATE_DIFF_MAX_BYTES
+    if max(old.size, new.size) > limit:
+        raise TooLargeToCompare(
+            f"Serials {old.serial} ({_mib(old.size)}) and {new.serial} ({_mib(new.size)}) are too large to compare "
+            f"here: this page compares states of up to {_mib(limit)} each (IAC_STATE_DIFF_MAX_BYTES). Compare them "
+            "on your own machine (terraform state pull gives the latest).")
     secrets = workspace_secrets(workspace_id)
     diff = list(difflib.unified_diff(_lines(old, secrets), _lines(new, secrets),
                                      fromfile=f"serial {old.serial}", tofile=f"serial {new.serial}", lineterm=""))

@@ -31,7 +31,7 @@ from tasks_app.services import variables
 from tasks_app.services.audit import audit_record
 from tasks_app.services.configs import configuration_create_from_archive
 from tasks_app.services.workspaces import workspace_access_remove, workspace_access_set, workspace_update
-from tasks_app.state_diff import state_versions_diff
+from tasks_app.state_diff import TooLargeToCompare, state_versions_diff
 
 
 def _back(workspace: Workspace, section: str) -> HttpResponse:
@@ -236,8 +236,11 @@ def state_diff(request: HttpRequest, workspace_id: int) -> HttpResponse:
     if old is None or new is None:
         error = "Choose two state serials to compare."
     else:
-        diff = state_versions_diff(workspace_id=ws.id, old_serial=old, new_serial=new)
-        if diff is None:
+        try:
+            diff = state_versions_diff(workspace_id=ws.id, old_serial=old, new_serial=new)
+        except TooLargeToCompare as exc:
+            error = str(exc)
+        if diff is None and not error:
             error = f"Serial {old} or {new} is not a state version of this workspace."
     serials = ws.state_versions.order_by("-serial").values_list("serial", flat=True)[:100]
     return render(request, "tasks_app/workspace_state_diff.html",
