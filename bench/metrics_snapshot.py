@@ -7,8 +7,8 @@
 There is no Grafana here, so this is how the README's picture of docs/grafana/iac-platform.json
 is made: it runs one of the benchmarks (bench.confirm_latency or bench.dispatch, unchanged, with
 the arguments given) and, while that benchmark's platform is up, scrapes its web's /metrics
-every --interval seconds (from 127.0.0.1, which /metrics answers without a token; with
-IAC_METRICS_TOKEN set, as its bearer token). Then it evaluates the dashboard's queries on
+every --interval seconds (with its bearer token: $IAC_METRICS_TOKEN, else the one the
+platform's web wrote into its var dir, `metrics_token`). Then it evaluates the dashboard's queries on
 those scrapes (`increase` over the same 5-minute window, `histogram_quantile` with
 Prometheus' linear interpolation inside a bucket) and draws the dashboard's time-series panels
 into one PNG. The numbers are the platform's own metrics; the rendering is not Grafana's.
@@ -66,10 +66,12 @@ class Recorder:
         self._t0 = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        token = os.environ.get("IAC_METRICS_TOKEN", "")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers: dict[str, str] = {}
 
-    def start(self, base_url: str) -> None:
+    def start(self, base_url: str, var_dir: Path) -> None:
+        # /metrics always needs its token; unset, the web wrote one into its var dir.
+        token = os.environ.get("IAC_METRICS_TOKEN") or (var_dir / "metrics_token").read_text().strip()
+        self._headers = {"Authorization": f"Bearer {token}"}
         self._url = base_url + "/metrics"
         self._t0 = time.monotonic()
         self.scrape()  # fails loudly (403/401) before the benchmark spends minutes
@@ -106,7 +108,7 @@ def recording(recorder: Recorder) -> Iterator[None]:
 
     def start_and_record(self: BenchPlatform) -> str:
         base = start_servers(self)
-        recorder.start(base)
+        recorder.start(base, self.var_dir)
         return base
 
     def record_and_stop(self: BenchPlatform) -> None:

@@ -3,6 +3,7 @@ SECRET_KEY). Defaults run locally with embedded PostgreSQL and Redis under ./var
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -151,8 +152,8 @@ try:
     IAC_LONGPOLL_MAX_PER_PROCESS = env.int("IAC_LONGPOLL_MAX_PER_PROCESS", 1000, validate=POSITIVE)
     # The state diff page compares two versions only when neither is bigger than this.
     IAC_STATE_DIFF_MAX_BYTES = env.int("IAC_STATE_DIFF_MAX_BYTES", 2 * 1024 * 1024, validate=POSITIVE)
-    # /metrics: when set, scrapers send `Authorization: Bearer <token>`; when empty, only
-    # loopback clients not behind a proxy are answered (iacplatform/views_metrics.py).
+    # /metrics: scrapers send `Authorization: Bearer <token>` (iacplatform/views_metrics.py).
+    # Unset: a random one kept in <var>/metrics_token (below; `manage.py up` says where).
     IAC_METRICS_TOKEN = env.str("IAC_METRICS_TOKEN", "")
     # The `kubernetes` pod backend (agents_app/pods/kubernetes.py). With an API URL, that server
     # (with the bearer token, if any); else the pod's service account when running in a
@@ -219,6 +220,25 @@ if not _secret_key:
         key_file.chmod(0o600)
     _secret_key = key_file.read_text().strip()
 SECRET_KEY = _secret_key
+
+if not IAC_METRICS_TOKEN:
+    # /metrics always needs a token: user code on an agent sharing this host reaches every
+    # address the web listens on, loopback included. Written 0600 from the start, whole,
+    # then linked into place: of processes sharing the var dir, the first one's token wins
+    # and nobody reads a half-written file.
+    token_file = VAR_DIR / "metrics_token"
+    if not token_file.exists():
+        draft = VAR_DIR / f".metrics_token.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+        try:
+            os.link(draft, token_file)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    IAC_METRICS_TOKEN = token_file.read_text().strip()
 
 if not _database_url:
     _database_url = embedded.ensure_postgres(VAR_DIR)

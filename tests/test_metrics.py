@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,9 +23,14 @@ from tests.agents_app.fakes import FakeAgent, apply_pending
 from tests.factories import DEMO_MAIN_TF, make_agent, make_pool, make_token, make_workspace
 
 
-def samples(client: Client, **headers: str) -> dict[tuple[str, frozenset], float]:
+def scrape(client: Client):
+    """GET /metrics as a scraper does: with the platform's metrics token."""
+    return client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {django_settings.IAC_METRICS_TOKEN}")
+
+
+def samples(client: Client) -> dict[tuple[str, frozenset], float]:
     """One scrape, as {(sample name, labels): value}."""
-    resp = client.get("/metrics", **headers)
+    resp = scrape(client)
     assert resp.status_code == 200, resp.content
     assert resp["Content-Type"].startswith("text/plain")
     out: dict[tuple[str, frozenset], float] = {}
@@ -43,7 +50,7 @@ def value(scraped: dict[tuple[str, frozenset], float], name: str, **labels: str)
 @pytest.mark.django_db
 def test_it_refuses_anonymous_access_when_a_token_is_set(client, settings):
     settings.IAC_METRICS_TOKEN = "s3cret-metrics"
-    assert client.get("/metrics").status_code == 401, "loopback is not enough once a token is set"
+    assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Basic s3cret-metrics").status_code == 401
     resp = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-metrics", REMOTE_ADDR="10.1.2.3")
@@ -52,14 +59,25 @@ def test_it_refuses_anonymous_access_when_a_token_is_set(client, settings):
 
 
 @pytest.mark.django_db
-def test_it_answers_only_local_clients_without_a_token(client, settings):
+def test_it_refuses_a_loopback_client_without_the_token(client):
+    """User code on an agent sharing the web's host reaches loopback too: being local is not
+    enough, there is always a token (a random one in <var>/metrics_token when unset)."""
+    for address in ("127.0.0.1", "::1"):
+        refused = client.get("/metrics", REMOTE_ADDR=address)
+        assert refused.status_code == 401, address
+        assert "metrics_token" in refused.json()["detail"]
+    if not os.environ.get("IAC_METRICS_TOKEN"):
+        token_file = django_settings.VAR_DIR / "metrics_token"
+        assert token_file.read_text().strip() == django_settings.IAC_METRICS_TOKEN
+        assert token_file.stat().st_mode & 0o077 == 0, "the token file is the owner's alone"
+    assert scrape(client).status_code == 200
+
+
+@pytest.mark.django_db
+def test_it_refuses_everyone_when_the_token_is_blank(client, settings):
     settings.IAC_METRICS_TOKEN = ""
-    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403
-    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.7").status_code == 403, (
-        "behind a proxy on the same host every client looks local"
-    )
-    assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
-    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 401
 
 
 @pytest.mark.django_db
@@ -212,6 +230,6 @@ def test_it_exports_every_metric_the_grafana_dashboard_queries(client):
     queried = {name for expr in exprs for name in re.findall(r"\biac_[a-z_]+", expr)}
     # Families, not samples: a labelled histogram without observations has no samples yet.
     suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",), "gauge": ("",)}
-    exported = {family.name + suffix for family in text_string_to_metric_families(client.get("/metrics").content.decode())
+    exported = {family.name + suffix for family in text_string_to_metric_families(scrape(client).content.decode())
                 for suffix in suffixes.get(family.type, ())}
     assert queried and queried <= exported, f"queried but not exported: {sorted(queried - exported)}"

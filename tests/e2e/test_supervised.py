@@ -136,6 +136,13 @@ def test_it_supervises_everything_and_stops_everything(up: Up):
     token = re.search(r"API token:\s+(\S+)", text).group(1)
     workspace = int(re.search(r"/workspaces/(\d+)/", text).group(1))
     assert up.conf.stat().st_mode & 0o077 == 0  # it holds the servers' environment
+    # /metrics always needs its token, loopback or not; `up` wrote one and says where.
+    token_file = Path(re.search(r"metrics: .* the token is in (\S+) \(mode 0600\)", text).group(1))
+    assert token_file == up.var / "metrics_token" and token_file.stat().st_mode & 0o077 == 0
+    assert requests.get(up.base + "/metrics", timeout=10).status_code == 401
+    scraped = requests.get(up.base + "/metrics", timeout=10,
+                           headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+    assert scraped.status_code == 200 and "iac_runs" in scraped.text
     for name in ("postgres", "redis", "web", "worker", "beat"):
         assert up.running(name), up.ctl("status")
     # The autoscaler started the local pool's one agent (min 1), in a session of its own.

@@ -370,12 +370,20 @@ class Command(BaseCommand):
             f"  API token:  {boot['api_token']}   (Authorization: Token <token>)\n"
             f"  demo:       {url}/workspaces/{boot['workspace']}/\n"
             f"  API schema: {url}/api/schema/\n"
+            f"  metrics:    {url}/metrics with Authorization: Bearer <token>; {self._metrics_token_where()}\n"
             f"  logs:       {logs}/<program>.log; restarts are logged here and in {logs / 'supervisord.log'}\n"
             f"  programs:   {self.ctl} status|stop|start|restart <name>\n"
             "Ctrl-C stops everything (PostgreSQL and Redis included).\n"
             f"The platform is up at {url}/"
         ))
         self._watch()
+
+    def _metrics_token_where(self) -> str:
+        """Where /metrics' token is: it always needs one (settings write a random one into
+        the var dir when IAC_METRICS_TOKEN is unset)."""
+        if os.environ.get("IAC_METRICS_TOKEN"):
+            return "the token is $IAC_METRICS_TOKEN"
+        return f"the token is in {self.var / 'metrics_token'} (mode 0600)"
 
     def _watch(self) -> None:
         """Until Ctrl-C: supervisord restarts what dies; a program it gave up on (FATAL, after
