@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live faults lint
+.PHONY: run test bench bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live bench-abuse faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -55,6 +55,11 @@ bench-plan-init: $(VENV)/.installed-dev
 # 200 websocket viewers of one run while its log grows by 5,000 lines (bench/live_viewers.py).
 bench-live: $(VENV)/.installed-dev
 	$(PY) -m bench.live_viewers
+
+# Cheap ways to make the server work hard, all at once, while a probe times the web (bench/abuse.py).
+# ABUSE_ARGS=--quick for a short run.
+bench-abuse: $(VENV)/.installed-dev
+	$(PY) -m bench.abuse $(ABUSE_ARGS)
 
 # The autoscaler with the local backend: a burst against a pool of min 1 / max 4 (bench/autoscale.py).
 bench-autoscale: $(VENV)/.installed-dev
