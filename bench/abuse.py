@@ -126,7 +126,13 @@ class Case:
         return sum(self.answers.values())
 
     def errors_5xx(self) -> int:
-        return sum(n for answer, n in self.answers.items() if answer.isdigit() and int(answer) >= 500)
+        """Server errors among the answers: an HTTP 5xx (of a request or a websocket's
+        handshake) or a websocket closed with 1011 (an error in the server)."""
+        def is_error(answer: str) -> bool:
+            code = answer.removeprefix("handshake ")
+            return (code.isdigit() and int(code) >= 500) or answer == "closed 1011"
+
+        return sum(n for answer, n in self.answers.items() if is_error(answer))
 
 
 def _timed(call: Callable[[], requests.Response]) -> tuple[int, float, requests.Response | None]:
@@ -375,7 +381,8 @@ def main() -> int:
 
         # The probe: a baseline first, then the whole window, then a moment after.
         baseline_s = 1.0 if args.quick else 3.0
-        stop_at = time.time() + baseline_s + args.seconds + 1.0
+        # (A few seconds past the window: the probe's own start and the cases' threads' take time.)
+        stop_at = time.time() + baseline_s + args.seconds + 3.0
         context = multiprocessing.get_context("spawn")
         receiver, sender = context.Pipe(duplex=False)
         probe = context.Process(target=probe_main, args=(base, stop_at, sender), daemon=True)
