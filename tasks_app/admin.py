@@ -37,6 +37,7 @@ from tasks_app.models import (
 )
 from tasks_app.services.audit import audit_record
 from tasks_app.services.runs import run_cancel, runs_start_next
+from tasks_app.services.state import state_unlock
 from tasks_app.services.variables import variable_check, variable_create, variable_delete, variable_update
 
 
@@ -274,8 +275,10 @@ class StateLockAdmin(ReadOnlyAdmin):
         return admin.ModelAdmin.has_delete_permission(self, request, obj)
 
     def delete_model(self, request: HttpRequest, obj: StateLock) -> None:
-        audit_record(actor=request.user, action="state.force_unlock", obj=obj.workspace, data={"lock_id": obj.lock_id})
-        super().delete_model(request, obj)
+        # Through the state service, as the backend's force-unlock: its audit record names
+        # the holder and the lock. (The admin is for site admins: `admin` everywhere.)
+        state_unlock(workspace=obj.workspace, lock_id=obj.lock_id, actor=request.user,
+                     may_force=can(request.user, Action.FORCE_UNLOCK, obj.workspace))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[StateLock]) -> None:
         for lock in queryset.select_related("workspace"):
