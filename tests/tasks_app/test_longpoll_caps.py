@@ -133,3 +133,38 @@ def test_many_waiting_polls_share_one_redis_subscription(run_and_users):
     # One subscriber for five waiting polls: they share the process's connection.
     assert subscribers[wakeups.run_channel(task.id).encode()] == 1
     assert [a[0] for a in answered] == [200] * 5
+
+
+def test_waiting_polls_still_answer_from_the_database_when_their_redis_dies(settings, run_and_users):
+    """Redis costs speed, never correctness: the shared subscription's failure reaches every
+    waiter, which then checks the run itself."""
+    import os
+    import shutil
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    from iacplatform import embedded
+    from tasks_app.models import Task
+
+    task, alice, _ = run_and_users
+    root = Path(tempfile.mkdtemp(prefix="iac-lp-"))
+    sock = embedded.ensure_redis(root)
+    settings.REDIS_URL = f"unix://{sock}"
+    wakeups.breaker.reset()
+    url = f"/api/v1/runs/{task.id}/?wait=30&until=cancelled"
+
+    async def scenario():
+        polls = [asyncio.ensure_future(_get(url, alice)) for _ in range(3)]
+        await _until_waiting(3)
+        os.kill(int((root / "redis" / "redis.pid").read_text()), signal.SIGKILL)
+        # The status changes while no event can be published about it.
+        await asyncio.to_thread(lambda: Task.objects.filter(id=task.id).update(status="cancelled"))
+        return await asyncio.gather(*polls)
+
+    try:
+        answered = asyncio.run(scenario())
+    finally:
+        wakeups.breaker.reset()
+        shutil.rmtree(root, ignore_errors=True)
+    assert [(status, body["status"]) for status, _, body in answered] == [(200, "cancelled")] * 3
