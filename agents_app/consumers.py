@@ -10,7 +10,10 @@ nothing but an update: the next render (or a reconnect) shows the truth.
 Bursts are coalesced: a run that starts marks its job, its slot and its warmup within a few
 milliseconds, and a re-render per event would read the database once per event per viewer.
 The first event after a quiet spell renders at once; the ones that follow within
-COALESCE_SECONDS of that render share a single render at its end."""
+COALESCE_SECONDS of that render share a single render at its end.
+
+A viewer who stops being a site admin is closed with 4403 at the next render or at once on
+the `access.changed` of the change (iacplatform/live_consumer.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest
@@ -28,7 +30,8 @@ from django.template.loader import render_to_string
 
 from agents_app.models import AgentPool
 from agents_app.selectors import pool_page
-from iacplatform.live import pool_group
+from iacplatform.live import Close, pool_group
+from iacplatform.live_consumer import LiveConsumer
 from iacplatform.permissions import is_site_admin
 
 log = logging.getLogger(__name__)
@@ -72,16 +75,18 @@ def render_pool_fragments(pool_id: int, csrf_token: str = "", *, user_id: int | 
     return "".join(render_to_string(name, context) for name in FRAGMENTS)
 
 
-class PoolConsumer(AsyncWebsocketConsumer):
+class PoolConsumer(LiveConsumer):
+    access_lost_reason = "you are no longer a site admin"
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=4401)
+            await self.close(code=Close.UNAUTHENTICATED)
             return
         self.pool_id = int(self.scope["url_route"]["kwargs"]["pool_id"])
         if not await database_sync_to_async(_may_watch)(user, self.pool_id):
             # The same answer for a pool that does not exist and a user who may not see pools.
-            await self.close(code=4404)
+            await self.close(code=Close.NOT_FOUND)
             return
         self.csrf_token = _csrf_token(self.scope)
         self.pending: asyncio.Task | None = None
@@ -100,6 +105,9 @@ class PoolConsumer(AsyncWebsocketConsumer):
         for task in (getattr(self, "pending", None), getattr(self, "refresher", None)):
             if task is not None:
                 task.cancel()
+
+    def may_watch(self, user: Any) -> bool:
+        return _may_watch(user, self.pool_id)
 
     async def dispatch_changed(self, event: dict) -> None:
         self._schedule()
@@ -124,7 +132,7 @@ class PoolConsumer(AsyncWebsocketConsumer):
         html = await database_sync_to_async(render_pool_fragments)(self.pool_id, self.csrf_token,
                                                                    user_id=self.scope["user"].id)
         if html is None:
-            await self.close(code=4404)
+            await self.close_access_lost()
             return
         await self.send(text_data=html)
 

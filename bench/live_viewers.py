@@ -269,8 +269,10 @@ def main() -> int:
     args = parse_args()
     var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
     # The platform's own timings: the one fake agent heartbeats every 2 s and nothing here
-    # waits on the control loop.
-    live = BenchPlatform(var_dir=var_dir, say=say, db_name="iac_bench_live", subdir="bench-live", server_timings={})
+    # waits on the control loop. The viewers share one session: the cap on one user's live
+    # sockets (IAC_WS_MAX_PER_USER, 50 by default) is raised to let them all in.
+    live = BenchPlatform(var_dir=var_dir, say=say, db_name="iac_bench_live", subdir="bench-live",
+                         server_timings={"IAC_WS_MAX_PER_USER": str(max(args.viewers, 50))})
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -8,6 +8,12 @@ Groups (the consumers of the live pages join these):
 - `workspaces`: `run.changed` for every run (the workspaces list; each consumer filters by
   what its user may read).
 - `pool-<pool id>`: `dispatch.changed` (jobs, slots, warmups, agents, pods of the pool).
+- `user-<user id>`: `access.changed` (what the user may read may have changed: every live
+  consumer of that user checks again, iacplatform/live_consumer.py).
+
+Messages carry data only (ids, states, offsets, the log's text), never markup: anyone who can
+publish to Redis can put anything in them, so the consumers render what the page shows from
+this data with Django's escaping, or from the database.
 
 Best effort, like every use of Redis from a request or a service (iacplatform/wakeups.py):
 the truth is already in PostgreSQL, and a browser that misses an update reads it on its next
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 from dataclasses import dataclass, field
 
 from asgiref.sync import async_to_sync
@@ -39,6 +46,22 @@ def workspace_group(workspace_id: int) -> str:
 
 def pool_group(pool_id: int) -> str:
     return f"pool-{pool_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user-{user_id}"
+
+
+class Close(enum.IntEnum):
+    """The application close codes (4000-4999) of the live pages' websockets; the pages say
+    what each means (static/js/live.js). The ws extension reconnects only after a drop
+    (1006, 1011-1013), never after one of these."""
+
+    BAD_REQUEST = 4400
+    UNAUTHENTICATED = 4401
+    ACCESS_LOST = 4403  # the viewer may no longer see what the socket shows
+    NOT_FOUND = 4404  # at connect: no such object, or one the user may not see (before the handshake)
+    TOO_MANY = 4429  # the user's live sockets in this process are at IAC_WS_MAX_PER_USER
 
 
 async def _group_send_all(layer, sends: list[tuple[str, dict]]) -> None:
@@ -116,9 +139,25 @@ def group_send(sends: list[tuple[str, dict]], label: str) -> None:
     _send_now(sends, label)
 
 
+# Sends started on a running loop (see _send_now), kept until done: the loop holds only weak
+# references to its tasks.
+_on_loop: set[asyncio.Task] = set()
+
+
 def _send_now(sends: list[tuple[str, dict]], label: str) -> None:
     layer = get_channel_layer()
     if layer is None or not sends or not wakeups.redis_available():
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        # Sync code called from a thread that runs an event loop (async_to_sync refuses to
+        # block it): the sends go out from that loop once it runs again.
+        task = loop.create_task(send_deferred(Deferred(sends=list(sends)), label))
+        _on_loop.add(task)
+        task.add_done_callback(_on_loop.discard)
         return
     try:
         async_to_sync(_group_send_all)(layer, sends)

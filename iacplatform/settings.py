@@ -121,6 +121,10 @@ try:
     # computes (a view building its answer) may keep the event loop waiting, which serves the
     # agents' claim long-polls (Confirm's push is answered there). Python's default is 5 ms.
     IAC_WEB_GIL_SWITCH_MS = env.float("IAC_WEB_GIL_SWITCH_MS", 0.5, validate=POSITIVE)
+    # Live-page websockets one user may hold open in one web process (iacplatform/live_consumer.py):
+    # past it a new one is closed with 4429. A person has a few tabs; bench/live_viewers.py's
+    # 200 viewers share one session and raise it for themselves.
+    IAC_WS_MAX_PER_USER = env.int("IAC_WS_MAX_PER_USER", 50, validate=POSITIVE)
     # The pool a workspace created without one gets (by name); unset: the only pool the
     # creator may use, when there is exactly one.
     IAC_DEFAULT_POOL = env.str("IAC_DEFAULT_POOL", "")

@@ -10,27 +10,47 @@ Two sockets share that logic (`_RunStream`):
   `run.changed` / `dispatch.changed` the status badge, waiting line, timeline, plan, jobs,
   apply facts, actions and the Confirm dialog.
 
-Fan-out: a `log.appended` message carries the chunk as the agent sent it, with its offsets
-and its HTML rendered once by the producer (tasks_app/events.py); each consumer forwards it.
+Fan-out: a `log.appended` message carries the chunk's text as the agent sent it (colour codes
+included) and its offsets: data, never markup (tasks_app/events.py). The page's consumer
+renders it (`logrender.log_html`: escaped, colours as classes) through a small per-process
+cache keyed by the text, so the viewers of a chunk in one process share one render: the first
+consumer to handle the message renders, the others (same event loop, right after) find it.
+Rendering only in the consumer means whatever reaches the channel layer is shown as text.
 A consumer reads from the database instead when the message does not continue exactly where
 it is (a gap: a message lost or overtaken; an overlap) or carries no chunk (too big, or a
-producer that only says the log grew)."""
+producer that only says the log grew).
+
+Access: see iacplatform/live_consumer.py (a change of the viewer's access closes the socket
+with 4403 before the next message; too many sockets of one user: 4429)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from iacplatform.errors import NotFound
+from iacplatform.live import Close
+from iacplatform.live_consumer import LiveConsumer
 from iacplatform.permissions import Action, run_for
 from tasks_app.events import run_group
-from tasks_app.logrender import log_html
+from tasks_app.logrender import log_html, strip_ansi
 from tasks_app.run_page import log_fragment, run_fragments_html
 from tasks_app.selectors import LOG_PAGE_BYTES, run_log_read
+
+# A chunk's renderings, shared by the viewers of one process: a message's viewers all handle
+# it within a pass of the event loop, so a few recent chunks are enough. A carried chunk is at
+# most events.LIVE_CHUNK_MAX_BYTES (agents post a few KiB): 64 of them, with their HTML, hold
+# at worst some 20 MiB.
+_chunk_html = functools.lru_cache(maxsize=64)(log_html)
+_chunk_plain = functools.lru_cache(maxsize=64)(strip_ansi)
+
+
+def _is_offset(value: object) -> bool:
+    return type(value) is int and value >= 0
 
 
 def _may_read_run(user: Any, task_id: int) -> bool:
@@ -50,20 +70,21 @@ def _offset_param(query_string: bytes) -> int | None:
     return int(value)
 
 
-class _RunStream(AsyncWebsocketConsumer):
+class _RunStream(LiveConsumer):
     offset: int
     # The database pages are read with the colour codes when the sender renders them.
     ansi = False
+    access_lost_reason = "you no longer have access to this run"
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=4401)
+            await self.close(code=Close.UNAUTHENTICATED)
             return
         self.task_id = int(self.scope["url_route"]["kwargs"]["task_id"])
         if not await database_sync_to_async(_may_read_run)(user, self.task_id):
             # The same answer for a run that does not exist and one the user may not read.
-            await self.close(code=4404)
+            await self.close(code=Close.NOT_FOUND)
             return
         offset = _offset_param(self.scope.get("query_string", b""))
         if offset is None:
@@ -71,7 +92,7 @@ class _RunStream(AsyncWebsocketConsumer):
             # the handshake reaches it as a bare HTTP 403). 4400: a bad request, in the
             # application range of close codes (4000-4999).
             await self.accept()
-            await self.close(code=4400, reason="offset must be a non-negative integer")
+            await self.close(code=Close.BAD_REQUEST, reason="offset must be a non-negative integer")
             return
         self.offset = offset
         await self.channel_layer.group_add(run_group(self.task_id), self.channel_name)
@@ -83,14 +104,17 @@ class _RunStream(AsyncWebsocketConsumer):
         if hasattr(self, "task_id"):
             await self.channel_layer.group_discard(run_group(self.task_id), self.channel_name)
 
+    def may_watch(self, user: Any) -> bool:
+        return _may_read_run(user, self.task_id)
+
     async def log_appended(self, event: dict) -> None:
         if not hasattr(self, "offset"):
             return
-        start, end = event.get("start"), event.get("end")
-        if isinstance(end, int) and end <= self.offset:
+        start, end, text = event.get("start"), event.get("end"), event.get("text")
+        if _is_offset(end) and end <= self.offset:
             return  # already sent (by a database read that overtook this message)
-        if start == self.offset and isinstance(end, int) and self._carried(event):
-            await self.send_chunk(event, end)
+        if start == self.offset and _is_offset(end) and isinstance(text, str):
+            await self.send_chunk(text, end)
             self.offset = end
             return
         await self._send_from_database()
@@ -104,10 +128,8 @@ class _RunStream(AsyncWebsocketConsumer):
     async def connected(self) -> None:
         """After the backfill: what else the socket sends first."""
 
-    def _carried(self, event: dict) -> bool:
-        raise NotImplementedError
-
-    async def send_chunk(self, event: dict, end: int) -> None:
+    async def send_chunk(self, text: str, end: int) -> None:
+        """A chunk from a group message: its text as stored (with colour codes)."""
         raise NotImplementedError
 
     async def send_page(self, text: str, next_offset: int) -> None:
@@ -128,11 +150,8 @@ class _RunStream(AsyncWebsocketConsumer):
 class RunLogConsumer(_RunStream):
     """The log as JSON messages `{"text", "next_offset"}`."""
 
-    def _carried(self, event: dict) -> bool:
-        return "text" in event
-
-    async def send_chunk(self, event: dict, end: int) -> None:
-        await self.send_json({"text": event["text"], "next_offset": end})
+    async def send_chunk(self, text: str, end: int) -> None:
+        await self.send_json({"text": _chunk_plain(text), "next_offset": end})
 
     async def send_page(self, text: str, next_offset: int) -> None:
         await self.send_json({"text": text, "next_offset": next_offset})
@@ -146,11 +165,8 @@ class RunPageConsumer(_RunStream):
 
     ansi = True
 
-    def _carried(self, event: dict) -> bool:
-        return "html" in event
-
-    async def send_chunk(self, event: dict, end: int) -> None:
-        await self.send(text_data=log_fragment(event["html"], end))
+    async def send_chunk(self, text: str, end: int) -> None:
+        await self.send(text_data=log_fragment(_chunk_html(text), end))
 
     async def send_page(self, text: str, next_offset: int) -> None:
         await self.send(text_data=log_fragment(log_html(text), next_offset))
@@ -166,8 +182,8 @@ class RunPageConsumer(_RunStream):
 
     async def _send_fragments(self) -> None:
         try:
-            html = await database_sync_to_async(run_fragments_html)(self.task_id, self.scope["user"])
+            html = await database_sync_to_async(run_fragments_html)(self.task_id, self.user)
         except NotFound:
-            await self.close(code=4404)  # the user lost access to the run meanwhile
+            await self.close_access_lost()  # lost access to the run meanwhile (or it was deleted)
             return
         await self.send(text_data=html)

@@ -9,17 +9,21 @@ gets: a fragment is the whole truth of its part of the page, so repeats are harm
   consumer re-checks, per event, that its user may read the workspace (access can be
   revoked while the page is open) and pushes that workspace's row only then.
 - `/ws/workspaces/<id>/`: group `workspace-<id>`; read permission is checked on connect and
-  again on each event; each run change re-renders the runs table."""
+  again on each event; each run change re-renders the runs table.
+
+Both close with 4403 when their user loses access (an `access.changed`, see
+iacplatform/live_consumer.py: the list when the account is deactivated, the workspace page
+when it may no longer be read). Messages carry ids only: an id that is not one is ignored."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
-from iacplatform.live import WORKSPACES_GROUP, workspace_group
+from iacplatform.live import WORKSPACES_GROUP, Close, workspace_group
+from iacplatform.live_consumer import LiveConsumer
 from iacplatform.permissions import Action, can
 from tasks_app.models import Workspace
 from tasks_app.selectors_workspaces import workspace_row, workspace_rows, workspace_runs
@@ -53,11 +57,12 @@ def _authenticated(user: Any) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_active)
 
 
-class WorkspacesConsumer(AsyncWebsocketConsumer):
+class WorkspacesConsumer(LiveConsumer):
+    access_lost_reason = "your account no longer has access"
+
     async def connect(self) -> None:
-        self.user = self.scope.get("user")
         if not _authenticated(self.user):
-            await self.close(code=4401)
+            await self.close(code=Close.UNAUTHENTICATED)
             return
         await self.channel_layer.group_add(WORKSPACES_GROUP, self.channel_name)
         self.joined = True
@@ -68,23 +73,30 @@ class WorkspacesConsumer(AsyncWebsocketConsumer):
         if getattr(self, "joined", False):
             await self.channel_layer.group_discard(WORKSPACES_GROUP, self.channel_name)
 
+    def may_watch(self, user: Any) -> bool:
+        return True  # an active account (checked by LiveConsumer); each row is checked as it changes
+
     async def run_changed(self, event: dict) -> None:
-        html = await database_sync_to_async(_row_html)(self.user, int(event["workspace_id"]))
+        workspace_id = event.get("workspace_id")
+        if type(workspace_id) is not int:
+            return
+        html = await database_sync_to_async(_row_html)(self.user, workspace_id)
         if html is not None:
             await self.send(text_data=html)
 
 
-class WorkspaceConsumer(AsyncWebsocketConsumer):
+class WorkspaceConsumer(LiveConsumer):
+    access_lost_reason = "you no longer have access to this workspace"
+
     async def connect(self) -> None:
-        self.user = self.scope.get("user")
         if not _authenticated(self.user):
-            await self.close(code=4401)
+            await self.close(code=Close.UNAUTHENTICATED)
             return
         self.workspace_id = int(self.scope["url_route"]["kwargs"]["workspace_id"])
         html = await database_sync_to_async(_runs_html)(self.user, self.workspace_id)
         if html is None:
             # The same answer for a workspace that does not exist and one the user may not read.
-            await self.close(code=4404)
+            await self.close(code=Close.NOT_FOUND)
             return
         await self.channel_layer.group_add(workspace_group(self.workspace_id), self.channel_name)
         self.joined = True
@@ -98,9 +110,13 @@ class WorkspaceConsumer(AsyncWebsocketConsumer):
         if getattr(self, "joined", False):
             await self.channel_layer.group_discard(workspace_group(self.workspace_id), self.channel_name)
 
+    def may_watch(self, user: Any) -> bool:
+        ws = Workspace.objects.filter(id=self.workspace_id).first()
+        return ws is not None and can(user, Action.READ, ws)
+
     async def run_changed(self, event: dict) -> None:
         html = await database_sync_to_async(_runs_html)(self.user, self.workspace_id)
         if html is None:  # access revoked (or the workspace deleted) while the page was open
-            await self.close(code=4404)
+            await self.close_access_lost()
             return
         await self.send(text_data=html)

@@ -78,7 +78,12 @@
     if (el) { el.textContent = text; el.className = "live-indicator " + cls; }
   }
   document.addEventListener("htmx:wsOpen", function () { setLive("● live", "on"); });
-  document.addEventListener("htmx:wsClose", function () { setLive("○ reconnecting…", "off"); });
+  document.addEventListener("htmx:wsClose", function (evt) {
+    var e = evt.detail && evt.detail.event;
+    // 4000-4999: closed by the server on purpose, no reconnect (static/js/live.js says why).
+    var stopped = e && e.code >= 4000 && e.code <= 4999;
+    setLive(stopped ? "○ stopped" : "○ reconnecting…", "off");
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     var log = logElement();

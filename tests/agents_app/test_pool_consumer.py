@@ -124,4 +124,5 @@ async def test_it_stops_a_live_page_when_its_viewer_is_no_longer_an_admin(pool):
     await sync_to_async(User.objects.filter(id=dora.id).update)(is_staff=False)
     await get_channel_layer().group_send(pool_group(pool.id), {
         "type": "dispatch.changed", "pool_id": pool.id, "subject": "agent", "id": 1, "state": "online", "task": None})
-    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4404}
+    assert await ws.receive_output(timeout=5) == {
+        "type": "websocket.close", "code": 4403, "reason": "you are no longer a site admin"}

@@ -149,23 +149,54 @@ async def test_it_backfills_the_page_then_sends_its_fragments(workspace, alice):
     await ws.disconnect()
 
 
-async def test_it_forwards_the_html_the_producer_rendered_once(workspace, alice):
-    """Each viewer forwards the chunk's HTML from the group message: nobody renders it again."""
+async def test_it_renders_each_chunk_once_for_all_the_viewers_of_a_process(workspace, alice):
+    """The group message carries the chunk's text, not markup; the consumers render it once
+    per process (a per-process cache), not once per viewer."""
+    from tasks_app import consumers
+
     task, job = await sync_to_async(make_run)(workspace)
     viewers = [await connect(f"/ws/runs/{task.id}/?offset=11", alice) for _ in range(3)]
     for ws in viewers:
         assert (await ws.connect())[0]
         await receive_fragments(ws)
-    start, end = await sync_to_async(store)(task, job, 2, "\x1b[32m+\x1b[0m create\n")
-    message = log_appended_message(start=start, end=end, text="\x1b[32m+\x1b[0m create\n")
-    assert message["html"] == '<span class="ansi32">+</span> create\n'
-    message["html"] = '<b class="marker">rendered by the producer</b>'  # what each viewer must pass on
+    text = "\x1b[32m+\x1b[0m create (once per process)\n"
+    start, end = await sync_to_async(store)(task, job, 2, text)
+    message = log_appended_message(start=start, end=end, text=text)
+    assert message == {"type": "log.appended", "start": start, "end": end, "text": text}
+    renders = consumers._chunk_html.cache_info().misses
     await get_channel_layer().group_send(run_group(task.id), message)
     for ws in viewers:
         raw = await ws.receive_from(timeout=5)
         assert raw == f'<div id="run-log" hx-swap-oob="beforeend"><span class="log-chunk" data-end="{end}">' \
-                      '<b class="marker">rendered by the producer</b></span></div>'
+                      '<span class="ansi32">+</span> create (once per process)\n</span></div>'
         await ws.disconnect()
+    assert consumers._chunk_html.cache_info().misses == renders + 1
+
+
+async def test_it_shows_markup_published_onto_the_layer_as_text(workspace, alice):
+    """Anyone who can publish to Redis (user code on a shared network) can put a message on a
+    run's group: whatever it carries reaches the page as escaped text, never as markup."""
+    task, job = await sync_to_async(make_run)(workspace)
+    page = await connect(f"/ws/runs/{task.id}/?offset=11", alice)
+    assert (await page.connect())[0]
+    await receive_fragments(page)
+    script = await connect(f"/ws/runs/{task.id}/log/?offset=11", alice)
+    assert (await script.connect())[0]
+    evil = '<img src=x onerror=alert(1)>'
+    start, end = await sync_to_async(store)(task, job, 2, "x\n")
+    await get_channel_layer().group_send(run_group(task.id), {
+        "type": "log.appended", "start": start, "end": start + len(evil) + 1, "text": evil + "\n", "html": evil})
+    raw = await page.receive_from(timeout=5)
+    assert "<img" not in raw and "onerror=alert(1)&gt;" in raw
+    assert log_piece(raw) == (start + len(evil) + 1, evil + "\n")  # shown as the text it is
+    assert await script.receive_json_from(timeout=5) == {"text": evil + "\n", "next_offset": start + len(evil) + 1}
+    # An offset that is not a number is not taken into the markup either: the database is read.
+    await get_channel_layer().group_send(run_group(task.id), {
+        "type": "log.appended", "start": start + len(evil) + 1, "end": '1"><img src=x onerror=alert(2)>',
+        "text": "y\n"})
+    assert await page.receive_nothing(timeout=1)
+    await page.disconnect()
+    await script.disconnect()
 
 
 async def test_it_reads_the_database_on_a_gap_and_drops_what_it_already_sent(workspace, alice):
@@ -185,7 +216,7 @@ async def test_it_reads_the_database_on_a_gap_and_drops_what_it_already_sent(wor
     big = "x" * (70 * 1024) + "\n"
     start, end = await sync_to_async(store)(task, job, 4, big)
     message = log_appended_message(start=start, end=end, text=big)
-    assert "html" not in message
+    assert "text" not in message
     await layer.group_send(run_group(task.id), message)
     assert await receive_log(ws) == (end, big)  # the late "two\n" was dropped, not repeated
     await ws.disconnect()

@@ -116,7 +116,7 @@ async def test_it_stops_pushing_once_access_is_revoked(workspace, bob):
     while output["type"] == "websocket.send":  # run_create's change may come first, before the revocation
         assert 'data-status="errored"' not in output.get("text", "")
         output = await ws.receive_output(timeout=5)
-    assert output == {"type": "websocket.close", "code": 4404}
+    assert output == {"type": "websocket.close", "code": 4403, "reason": "you no longer have access to this workspace"}
     assert await sync_to_async(lambda: Task.objects.get(id=task.id).status)() == RunStatus.ERRORED
 
 
