@@ -563,3 +563,35 @@ def test_it_masks_a_platform_sensitive_value_for_who_may_not_read_the_raw_state(
     assert [r.status_code for r in seen.values()] == [200, 200, 200, 404]
     assert [secret in r.content.decode() for r in seen.values()] == [True, True, False, False]
     assert seen["carol"].json() == [{"name": "dsn", "sensitive": False, "type": "string", "value": "pg://app:***@db"}]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("route", ["/ws/runs/{id}/log/", "/ws/runs/{id}/"])
+async def test_it_stops_a_run_log_at_once_when_its_reader_loses_access(world, route):
+    """carol watches run A's log; alice removes her team's access through the API: the next
+    line is not delivered and the socket closes with 4403 (the page says why)."""
+    from asgiref.sync import sync_to_async
+
+    from tasks_app.events import run_log_appended
+    from tasks_app.models import Job, LogChunk
+
+    ws = WebsocketCommunicator(URLRouter(websocket_urlpatterns), route.format(id=world.run_a.id) + "?offset=0")
+    ws.scope["user"] = world.users["carol"]
+    assert (await ws.connect())[0]
+    resp = await sync_to_async(world.api["alice"].delete)(f"/api/v1/workspaces/{world.a.id}/access/viewers/")
+    assert resp.status_code == 204
+
+    def log_line() -> None:
+        job = Job.objects.filter(task=world.run_a).first()
+        LogChunk.objects.create(task=world.run_a, job=job, seq=1, offset=0, text="after the removal\n")
+        Task.objects.filter(id=world.run_a.id).update(log_size=18)
+        run_log_appended(world.run_a.id, start=0, end=18, text="after the removal\n")
+
+    await sync_to_async(log_line)()
+    output = await ws.receive_output(timeout=5)
+    while output["type"] == "websocket.send":  # the page's own fragments, sent at connect
+        assert "after the removal" not in output["text"]
+        output = await ws.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": 4403, "reason": "you no longer have access to this run"}
+    assert await ws.receive_nothing(timeout=0.5)
