@@ -29,7 +29,6 @@ from iacplatform.db_outage import MESSAGE as DB_MESSAGE
 from iacplatform.db_outage import RETRY_AFTER_SECONDS, database_unavailable
 from iacplatform.errors import Gone, Invalid
 from tasks_app.services import control
-from tasks_app.services.jobs import jobs_pushed_payloads
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +117,9 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int, token: 
         await pubsub.subscribe(wakeups.agent_channel(agent.id), wakeups.pool_channel(agent.pool_id))
         wakeups.redis_ok()
         while True:
-            pushed, cancel = await wakeups.take_all(client, agent.id, limit, token)
-            answer = Claimed(jobs=await _pushed_payloads(agent, pushed) if pushed else [], cancel=cancel)
-            if answer:  # the hot path: answer at once, no claim
+            jobs, cancel = await wakeups.take_all(client, agent.id, limit, token)
+            answer = Claimed(jobs=jobs, cancel=cancel)
+            if answer:  # the hot path: answer at once, no database round
                 return answer
             answer.jobs = await database_sync_to_async(control.agent_claim_if_queued)(agent=agent, limit=limit,
                                                                                      woken=woken)
@@ -139,19 +138,6 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int, token: 
         # Closed after the answer is on its way (a task of its own): unsubscribing is a Redis
         # round trip the agent need not wait for.
         _background(_close(pubsub, client))
-
-
-async def _pushed_payloads(agent: Agent, pushed: list[wakeups.Pushed]) -> list[dict[str, Any]]:
-    """The payloads of the jobs just taken from Redis, built from the database in this request
-    (a push names only a job and its fence: Redis never holds a secret). A stale push (its job
-    moved on: sent back to the queue, assigned again, cancelled) gives nothing, and the poll
-    goes on as if it had found none."""
-    jobs = await database_sync_to_async(jobs_pushed_payloads)(agent_id=agent.id, pushed=pushed)
-    if len(jobs) < len(pushed):
-        handed = {job["id"] for job in jobs}
-        log.info("agent %s: stale push(es) of job(s) %s not handed out (the job moved on)", agent.name,
-                 ", ".join(str(p.job_id) for p in pushed if p.job_id not in handed))
-    return jobs
 
 
 async def _close(pubsub: Any, client: Any) -> None:

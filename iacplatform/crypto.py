@@ -49,6 +49,29 @@ def _fernets(keys: tuple[str, ...], secret_key: str) -> tuple[MultiFernet, Ferne
     return MultiFernet(fernets), fernets[0]
 
 
+@functools.cache
+def _transit(secret_key: str) -> Fernet:
+    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"iacplatform", info=b"in-transit").derive(
+        secret_key.encode())
+    return Fernet(base64.urlsafe_b64encode(raw))
+
+
+def seal(data: bytes) -> bytes:
+    """`data` encrypted for a short trip through Redis (a pushed job's payload): with a key
+    derived from SECRET_KEY, which every web process has and Redis never sees. Not the
+    at-rest keys: what is sealed here lives for seconds, and needs no rotation."""
+    return _transit(settings.SECRET_KEY).encrypt(data)
+
+
+def unseal(token: bytes, *, ttl: int) -> bytes:
+    """What `seal` sealed at most `ttl` seconds ago; ValueError for anything else (forged,
+    another platform's, too old)."""
+    try:
+        return _transit(settings.SECRET_KEY).decrypt(bytes(token), ttl=ttl)
+    except InvalidToken as exc:
+        raise ValueError("not sealed by this platform, or sealed too long ago") from exc
+
+
 def _keys() -> tuple[MultiFernet, Fernet]:
     return _fernets(_configured_keys(), settings.SECRET_KEY)
 

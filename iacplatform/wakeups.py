@@ -4,9 +4,9 @@ The claim long-poll subscribes to its agent's and its pool's channels, then trie
 then waits for a message: subscribing first means a wake-up published between the claim
 attempt and the wait is never lost. No polling interval sits on the Confirm -> apply path.
 
-Redis is an accelerator, never the record (PostgreSQL is), and it holds no secret: a push
-names a job and its fence (`Pushed`), and the long-poll that takes it reads the payload from
-the database. Every call here is best effort.
+Redis is an accelerator, never the record (PostgreSQL is), and it holds no secret in clear:
+a pushed job's payload (its variables, its state credential) is sealed with a key Redis never
+sees (`crypto.seal`) and opened by the long-poll that takes it. Every call here is best effort.
 None raises because of Redis; each has short connect and read timeouts (`REDIS_TIMEOUT`), and
 a small circuit breaker skips Redis for `BREAKER_SECONDS` once it is found down (a refused
 connection, or timeouts that repeat with nothing answered: not one slow answer, which costs
@@ -29,7 +29,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -38,6 +37,8 @@ from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from iacplatform import crypto
 
 log = logging.getLogger(__name__)
 
@@ -318,33 +319,10 @@ def pushed_key(job_id: int) -> str:
 PUSH_KEEP_SECONDS = 120
 
 
-@dataclass(frozen=True)
-class Pushed:
-    """What a push carries: which job, at which fence, and the platform's own note on how it
-    came to the agent (`JobPayload.note`: an apply that waited for the warmup, never a value
-    a user set). Never the payload: the long-poll that takes it builds that from the
-    database (jobs.jobs_pushed_payloads), so Redis never holds a variable's value or a state
-    credential. Anyone who can read Redis (MONITOR on a shared one) learns job ids."""
-
-    job_id: int
-    fence: int
-    note: str = ""
-
-    def dumps(self) -> str:
-        data: dict[str, Any] = {"id": self.job_id, "fence": self.fence}
-        if self.note:
-            data["note"] = self.note
-        return json.dumps(data)
-
-    @classmethod
-    def loads(cls, raw: str | bytes) -> Pushed:
-        data = json.loads(raw)
-        return cls(job_id=int(data["id"]), fence=int(data["fence"]), note=str(data.get("note", "")))
-
-
-def push_job(agent_id: int, job_id: int, fence: int, note: str = "") -> bool:
-    """Hand an assigned job (its id and fence: `Pushed`) to the agent's long-poll. Returns
-    False only when the push
+def push_job(agent_id: int, job_id: int, payload: dict) -> bool:
+    """Hand an assigned job to the agent's long-poll: its payload, sealed (`crypto.seal`:
+    whoever reads Redis, MONITOR on a shared one, learns nothing of its variables or its
+    state credential, and cannot forge a job). Returns False only when the push
     certainly did not reach Redis (the breaker is open, or no connection could be made:
     nothing was sent), so the agent cannot get the job this way and the caller sends it
     back to the queue at once (runs.apply_push). A push sent but not answered (a read
@@ -358,7 +336,7 @@ def push_job(agent_id: int, job_id: int, fence: int, note: str = "") -> bool:
     # The key outlives the ack timeout: the sweep takes an untaken push back (take_back) to
     # know for sure that the agent never got it; the TTL only collects what nobody took.
     ttl_ms = int((settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + PUSH_KEEP_SECONDS) * 1000)
-    data = Pushed(job_id=job_id, fence=fence, note=note).dumps()
+    data = crypto.seal(json.dumps(payload).encode())
     if not breaker.allows():
         return False
     client = _client()
@@ -464,9 +442,9 @@ def push_cancel(agent_id: int, order: dict) -> bool:
 
 
 async def take_all(client: aredis.Redis, agent_id: int, limit: int,
-                   poll_token: str) -> tuple[list[Pushed], list[dict]]:
-    """Up to `limit` jobs pushed to the agent (`Pushed`: the caller builds their payloads from
-    the database) and the cancel orders pushed to it, each handed out once, in one round trip
+                   poll_token: str) -> tuple[list[dict], list[dict]]:
+    """Up to `limit` jobs pushed to the agent (their payloads, opened) and the cancel orders
+    pushed to it, each handed out once, in one round trip
     (a script: all or nothing). The orders are taken after the jobs: an agent starts the jobs
     of an answer before it acts on its orders, so an order for a job pushed in the same
     moment finds it. `poll_token` names the poll (one per long-poll request): the jobs it
@@ -475,7 +453,18 @@ async def take_all(client: aredis.Redis, agent_id: int, limit: int,
     heartbeats carry the orders."""
     jobs, cancels = await client.eval(_TAKE_ALL, 3, pushed_list(agent_id), cancel_list(agent_id),
                                       taken_list(poll_token), "iac:push:job:", limit, TAKEN_KEEP_MS)
-    return [Pushed.loads(j) for j in jobs], [json.loads(c) for c in cancels]
+    return [job for job in map(_opened, jobs) if job is not None], [json.loads(c) for c in cancels]
+
+
+def _opened(sealed: bytes) -> dict | None:
+    """A pushed payload, opened; None (and a warning) for anything this platform did not seal
+    within the push's lifetime: written into Redis by someone else, or left over."""
+    ttl = int(settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + PUSH_KEEP_SECONDS + TAKEN_KEEP_MS / 1000)
+    try:
+        return json.loads(crypto.unseal(sealed, ttl=ttl))
+    except ValueError as exc:
+        log.warning("a pushed job was dropped: %s", exc)
+        return None
 
 
 def async_client() -> aredis.Redis:

@@ -78,13 +78,13 @@ def _warnings(caplog) -> list[str]:
 def test_wakeups_never_raise_and_cost_milliseconds_without_redis(redis_gone, caplog):
     caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
     start = time.monotonic()
-    assert wakeups.push_job(NO_AGENT, 2, 1) is False
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     first = time.monotonic() - start
     for _ in range(50):  # the breaker is open: no connection attempt at all
         wakeups.wake_agent(1)
         wakeups.wake_pool(1)
         assert wakeups.publish("iac:events:pool:1", "{}") is False
-        assert wakeups.push_job(NO_AGENT, 2, 1) is False
+        assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     total = time.monotonic() - start
     assert first < 0.5, f"a failed push took {first:.3f}s"
     assert total < 0.6, f"201 calls without Redis took {total:.3f}s"
@@ -108,12 +108,12 @@ def test_wakeups_try_redis_again_after_the_breaker_pause(redis_gone, settings, c
     caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
     # The push below reaches the shared test Redis: for an agent id no test database has, and
     # removed at the end (a live agent would take a stray push as a job).
-    assert wakeups.push_job(NO_AGENT, 2, 1) is False
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     # Redis is back (the shared test Redis), but the breaker skips it for a moment.
     settings.REDIS_URL = redis_gone
-    assert wakeups.push_job(NO_AGENT, 2, 1) is False
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is False
     time.sleep(wakeups.BREAKER_SECONDS + 0.1)
-    assert wakeups.push_job(NO_AGENT, 2, 1) is True
+    assert wakeups.push_job(NO_AGENT, 2, {"id": 2, "fence": 1}) is True
     assert wakeups.take_back(NO_AGENT, 2) is True
     assert any("Redis answers again" in w for w in _warnings(caplog))
 
@@ -126,20 +126,20 @@ def test_a_push_sent_to_a_hung_redis_is_not_reported_as_failed(settings, caplog)
     # HUNG_AFTER_SECONDS open the breaker, and only then are pushes not sent.
     caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
     with private_redis(settings) as pid:
-        assert wakeups.push_job(NO_AGENT, 101, 1) is True  # a pooled connection now
+        assert wakeups.push_job(NO_AGENT, 101, {"id": 101, "fence": 1}) is True  # a pooled connection now
         os.kill(pid, signal.SIGSTOP)
         start = time.monotonic()
-        assert wakeups.push_job(NO_AGENT, 102, 1) is True  # sent: may arrive
+        assert wakeups.push_job(NO_AGENT, 102, {"id": 102, "fence": 1}) is True  # sent: may arrive
         assert time.monotonic() - start < 1.5
         assert wakeups.redis_available(), "one timeout is a slow answer, not an outage"
         job_id = 103
         while wakeups.redis_available():  # pushes time out (sent or not: no connection could be made)
             assert time.monotonic() - start < wakeups.HUNG_AFTER_SECONDS + 2, "the breaker never opened"
-            wakeups.push_job(NO_AGENT, job_id, 1)
+            wakeups.push_job(NO_AGENT, job_id, {"id": job_id, "fence": 1})
             job_id += 1
         assert time.monotonic() - start >= wakeups.HUNG_AFTER_SECONDS
         unsent = job_id
-        assert wakeups.push_job(NO_AGENT, unsent, 1) is False  # the breaker: never sent
+        assert wakeups.push_job(NO_AGENT, unsent, {"id": unsent, "fence": 1}) is False  # the breaker: never sent
         os.kill(pid, signal.SIGCONT)
         direct = redis.Redis.from_url(settings.REDIS_URL)
         assert direct.get(wakeups.pushed_key(102)) is not None, "the unanswered push did arrive"
@@ -163,7 +163,7 @@ def test_a_slow_redis_answer_costs_only_that_call(settings, caplog):
         wakeups.redis_failed(TimeoutError(), "live updates after a request")  # ...as asyncio's wait_for does
         assert wakeups.redis_available(), "a slow answer opened the breaker"
         time.sleep(0.7)
-        assert wakeups.push_job(NO_AGENT, 201, 1) is True
+        assert wakeups.push_job(NO_AGENT, 201, {"id": 201, "fence": 1}) is True
         assert direct.get(wakeups.pushed_key(201)) is not None, "the push after a slow answer reached Redis"
         assert not [w for w in _warnings(caplog) if "Redis unreachable" in w]
         slow = [r.getMessage() for r in caplog.records if "Redis slow" in r.getMessage()]

@@ -343,7 +343,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
                 else:
                     # A push that does not reach Redis sends the apply to the queue at once.
                     follow_ups.append(lambda: apply_push(agent_id=agent_id, agent_name=agent.name, job_id=apply_id,
-                                                         fence=payload["fence"], note=payload["note"]))
+                                                         payload=payload))
         else:
             run_apply_finished(finished)
             keep = False

@@ -302,12 +302,11 @@ def _inline_configuration(job: Job, task: Task) -> str:
     return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
 
 
-def with_payload_variables(qs: QuerySet, workspace: str = "workspace_id") -> QuerySet:
+def with_payload_variables(qs: QuerySet[Task]) -> QuerySet[Task]:
     """Runs annotated with their workspace's variables (`payload_variables`), for job_payload:
     read with the locked run instead of a query of their own on the claim's and Confirm's
-    path. A sensitive value travels as its ciphertext (base64) and is decrypted here only.
-    `workspace`: the field naming the workspace (`task__workspace_id` for jobs)."""
-    rows = Variable.objects.filter(workspace_id=OuterRef(workspace)).order_by().values(row=JSONObject(
+    path. A sensitive value travels as its ciphertext (base64) and is decrypted here only."""
+    rows = Variable.objects.filter(workspace_id=OuterRef("workspace_id")).order_by().values(row=JSONObject(
         key="key", category="category", sensitive="sensitive", plain="plain_value",
         cipher=Func(F("encrypted_value"), Value("base64"), function="encode"),
     ))
@@ -356,42 +355,6 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
                                    unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),
     )
     return payload.model_dump(mode="json")
-
-
-def jobs_pushed_payloads(*, agent_id: int, pushed: list[wakeups.Pushed]) -> list[dict[str, Any]]:
-    """The payloads of the jobs pushed to the agent (Confirm's fast path, an apply handed over
-    by a warmup) that its long-poll has just taken from Redis. A push names only the job and
-    its fence, so no variable's value and no credential ever sits in Redis: the payload is
-    built here, as a claim's is (job_payload).
-
-    A push is handed out only while its job is still what the push named: assigned to this
-    agent at that fence, running, not acknowledged. Otherwise it is stale (the job was sent
-    back to the queue, perhaps assigned again, or cancelled) and gives nothing; the poll goes
-    on. The job's state credential is minted here, and only its hash kept (the one its
-    assignment minted never left that transaction), by the conditional UPDATE that checks
-    the push: one statement, no lock held across a round trip. Then one read for every
-    payload (run, workspace, pool, configuration, variables): two queries for one push."""
-    credentials: dict[int, str] = {}
-    for push in pushed:
-        credential, credential_hash = new_token(JOB_CREDENTIAL_PREFIX.rstrip("-"))
-        if Job.objects.filter(id=push.job_id, agent_id=agent_id, fence=push.fence, status=JobStatus.RUNNING,
-                              acked_at__isnull=True).update(credential_hash=credential_hash):
-            credentials[push.job_id] = credential
-    if not credentials:
-        return []
-    jobs = with_payload_variables(
-        Job.objects.select_related("task__workspace__pool", "task__configuration_version")
-        .defer("task__configuration_version__archive"), workspace="task__workspace_id",
-    ).in_bulk(list(credentials))
-    payloads = []
-    for push in pushed:
-        job = jobs.get(push.job_id)
-        if job is None or push.job_id not in credentials or job.fence != push.fence:
-            continue  # moved on between the two queries: its new owner's credential replaced ours
-        task = job.task
-        task.__dict__["payload_variables"] = job.__dict__.pop("payload_variables")
-        payloads.append(job_payload(job, task, credentials[push.job_id], note=push.note))
-    return payloads
 
 
 def job_running(job_id: int, agent: Agent, fence: int, *, lock: bool = False) -> Job:
@@ -722,6 +685,12 @@ def job_abandon(job: Job, *, why: str, avoid_agent: bool = False) -> Abandoned:
             job.avoid_agent_id = job.agent_id
             job.avoid_until = timezone.now() + timedelta(seconds=_avoid_seconds())
             fields += ("avoid_agent", "avoid_until")
+        if never_ran and job.agent_id is not None:
+            # A push of it still waiting in Redis (its agent's poll never took it: that is why
+            # it is lost) is withdrawn, so no poll hands out the superseded assignment. (One
+            # taken in the meantime fails at once: its fence and credential are revoked here.)
+            agent_id, job_id = job.agent_id, job.id
+            transaction.on_commit(lambda: wakeups.take_back(agent_id, job_id))
         job.agent = None
         job.credential_hash = ""  # revoked: a superseded terraform cannot lock the state
         if never_ran:

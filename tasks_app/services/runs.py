@@ -332,16 +332,15 @@ def _stopped_at_bound(finished: Finished) -> str:
             f"released); the apply is not re-run automatically")
 
 
-def apply_push(*, agent_id: int, agent_name: str, job_id: int, fence: int, note: str = "") -> bool:
-    """After commit: push an apply assigned to a warm agent to its long-poll (the job's id and
-    fence only: the long-poll builds the payload from the database, so no secret goes through
-    Redis; `note` as for JobPayload.note). When the push
+def apply_push(*, agent_id: int, agent_name: str, job_id: int, payload: dict[str, Any]) -> bool:
+    """After commit: push an apply assigned to a warm agent to its long-poll (sealed: no
+    secret goes through Redis in clear, wakeups.push_job). When the push
     did not reach Redis the agent cannot have the job, so it goes back to the queue at once
     (not after the acknowledgement timeout), cold, for any agent's claim, which falls back to
     the database while Redis is away. Returns whether the push reached Redis."""
-    if wakeups.push_job(agent_id, job_id, fence, note):
+    if wakeups.push_job(agent_id, job_id, payload):
         return True
-    run_apply_unpushed(job_id=job_id, fence=fence,
+    run_apply_unpushed(job_id=job_id, fence=payload["fence"],
                        why=f"the push to {agent_name} failed (Redis unreachable): the apply goes to the queue")
     return False
 
@@ -380,15 +379,13 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
     not pushed but returned (`handed`), for the caller to put in that request's answer."""
     with transaction.atomic(), rows_batched():
         run_jobs_locked(task_id)
-        # The configuration's archive (up to IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot
-        # path: an apply never gets it inline. A pushed apply's payload is built by the
-        # long-poll that takes the push (jobs.jobs_pushed_payloads); one handed to `hand_to`
-        # is built here, with the workspace's variables read with the lock: one round trip less.
-        qs = (
+        # The configuration's sha256 goes into the pushed payload; its archive (up to
+        # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
+        # The workspace's variables too (the payload's), read with the lock: one round trip less.
+        task = with_payload_variables(
             Task.objects.select_for_update(no_key=True, of=("self",))
             .select_related("workspace__pool", "configuration_version").defer("configuration_version__archive")
-        )
-        task = (with_payload_variables(qs) if hand_to is not None else qs).get(id=task_id)
+        ).get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
         pool = task.workspace.pool
@@ -424,9 +421,9 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
         pool_id = task.workspace.pool_id
         if target.slot is not None:
             # The hot path: the job is created assigned to the reserving agent and slot, and
-            # pushed (its id and fence) to its long-poll, which answers at once with the payload
-            # it builds in one function call (see agents_app.claim). (A ready run has no queued
-            # warmup: those exist only for runs whose warmup is none or expired.)
+            # pushed (sealed) to its long-poll, which returns it without a database round (see
+            # agents_app.claim). (A ready run has no queued warmup: those exist only for runs
+            # whose warmup is none or expired.)
             job = Job(task=task, pool_id=pool_id, kind=JobKind.APPLY, target_agent=target.slot.agent,
                       terraform_version=task.terraform_version)
             assigned = job_assign(job, target.slot.agent, target.slot, task, message="confirmed: warm dir reserved here")
@@ -434,7 +431,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
                 handed = assigned.payload()
             else:
                 push.update(agent_id=target.slot.agent_id, agent_name=target.slot.agent.name, job_id=job.id,
-                            fence=job.fence)
+                            payload=assigned.payload())
         elif target.wait_for is not None:
             # A warmup is running: the apply waits for it (bounded) and starts on its dir the
             # moment it is ready (see warmups.warmup_job_finished).

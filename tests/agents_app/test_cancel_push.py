@@ -11,7 +11,6 @@ import pytest
 from django.db import connection
 
 from iacplatform import wakeups
-from iacplatform.wakeups import Pushed
 from tasks_app.models import Job
 from tasks_app.services.runs import run_cancel, run_create
 from tests.agents_app.fakes import FakeAgent
@@ -72,7 +71,7 @@ def test_it_still_orders_the_cancel_through_the_heartbeat_when_redis_is_down(set
     assert beat.json()["cancel"] == [{"id": job["id"], "force": True, "grace": None}]
 
 
-def take(agent_id: int, limit: int, poll: str) -> tuple[list[Pushed], list[dict]]:
+def take(agent_id: int, limit: int, poll: str) -> tuple[list[dict], list[dict]]:
     """One poll's take (wakeups.take_all) on a client of its own."""
     import asyncio
 
@@ -88,15 +87,15 @@ def take(agent_id: int, limit: int, poll: str) -> tuple[list[Pushed], list[dict]
 
 def test_one_take_hands_out_the_pushed_jobs_then_the_orders_each_once():
     """A poll's take is one round trip: up to its free slots' worth of pushed jobs (a push
-    that expired is skipped), then every cancel order; nothing twice."""
+    whose payload expired is skipped), then every cancel order; nothing twice."""
     agent_id = 987654
     for job_id in (1, 2, 3):
-        assert wakeups.push_job(agent_id, job_id, 1)
+        assert wakeups.push_job(agent_id, job_id, {"id": job_id})
     wakeups._client().delete(wakeups.pushed_key(1))  # expired: its id is still in the list
     assert wakeups.push_cancel(agent_id, {"id": 7, "force": False})
 
-    assert take(agent_id, 1, "poll-a") == ([Pushed(2, 1)], [{"id": 7, "force": False}])
-    assert take(agent_id, 3, "poll-b") == ([Pushed(3, 1)], [])
+    assert take(agent_id, 1, "poll-a") == ([{"id": 2}], [{"id": 7, "force": False}])
+    assert take(agent_id, 3, "poll-b") == ([{"id": 3}], [])
     assert take(agent_id, 3, "poll-c") == ([], [])
 
 
@@ -105,10 +104,10 @@ def test_a_take_whose_answer_was_lost_is_handed_out_again_to_the_same_poll_only(
     answer never reaches the web process (a read timeout under load). The poll tries again at
     once and gets the same job, with anything pushed since; another poll never gets it."""
     agent_id = 987655
-    assert wakeups.push_job(agent_id, 11, 1)
+    assert wakeups.push_job(agent_id, 11, {"id": 11})
 
-    assert take(agent_id, 3, "lost-answer") == ([Pushed(11, 1)], [])  # pretend this answer was lost
-    assert wakeups.push_job(agent_id, 12, 1)
-    assert take(agent_id, 3, "another-poll") == ([Pushed(12, 1)], [])
-    assert take(agent_id, 3, "lost-answer") == ([Pushed(11, 1)], [])  # the retry: the same job again
+    assert take(agent_id, 3, "lost-answer") == ([{"id": 11}], [])  # pretend this answer was lost
+    assert wakeups.push_job(agent_id, 12, {"id": 12})
+    assert take(agent_id, 3, "another-poll") == ([{"id": 12}], [])
+    assert take(agent_id, 3, "lost-answer") == ([{"id": 11}], [])  # the retry: the same job again
     assert wakeups.take_back(agent_id, 11) is False  # taken: the sweep cannot send it elsewhere

@@ -1,13 +1,14 @@
 """Confirm's fast path hands the apply to its warm agent through Redis, and Redis never holds a
-secret: a push names the job and its fence, and the agent's long-poll builds the payload
-(sensitive variables decrypted, the job's state credential) from the database in the same
-request. Anyone who can read Redis (terraform in a Kubernetes agent pod running MONITOR
-against a shared Redis) learns job ids, nothing more. A push whose job moved on meanwhile
-hands out nothing; the poll goes on and claims what the database holds."""
+secret in clear: the pushed payload (sensitive variables, the job's state credential) is
+sealed with a key Redis never sees, and opened by the agent's long-poll that takes it.
+Anyone who can read Redis (terraform in a Kubernetes agent pod running MONITOR against a
+shared Redis) learns nothing of it, and cannot forge a job. A push whose job moved on
+meanwhile was withdrawn with it; the poll claims what the database holds."""
 
 from __future__ import annotations
 
 import base64
+import json
 import contextlib
 import threading
 import uuid
@@ -121,8 +122,8 @@ def test_a_confirmed_apply_reaches_its_warm_agent_without_a_secret_passing_throu
 
 def test_a_push_whose_job_moved_on_hands_out_nothing_and_the_poll_claims_from_the_database(setup, client):
     """The agent's heartbeats did not report the pushed apply (it never got it): it went back
-    to the queue, its push still in Redis. The poll that takes that push gets nothing for it,
-    then claims the apply from the queue, with a new fence, once."""
+    to the queue, and its push, still in Redis, with it. The poll claims the apply from the
+    queue, with a new fence, once."""
     _, token, ws = setup
     agent = FakeAgent(client, token, "warm")
     task = apply_pending(setup, agent)
@@ -138,3 +139,14 @@ def test_a_push_whose_job_moved_on_hands_out_nothing_and_the_poll_claims_from_th
     [got] = agent.claim_many(3)
     assert got["id"] == job.id and got["fence"] == job.fence + 1, "the stale push was handed out"
     assert agent.claim() is None, "handed out once"
+
+
+def test_a_push_this_platform_did_not_seal_is_dropped(setup, client, caplog):
+    """Someone who can write to Redis (a shared one) cannot hand an agent a job of their own."""
+    _, token, _ = setup
+    agent = FakeAgent(client, token, "warm")
+    forged = {"id": 1, "kind": "apply", "fence": 1}
+    wakeups._client().set(wakeups.pushed_key(424242), json.dumps(forged))
+    wakeups._client().rpush(wakeups.pushed_list(agent.id), 424242)
+    assert agent.claim() is None
+    assert "a pushed job was dropped" in caplog.text
