@@ -11,14 +11,14 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST
 
 from agents_app.models import AgentPool
 from iacplatform.api_errors import flatten_errors
-from iacplatform.errors import NotFound, PlatformError
+from iacplatform.errors import PlatformError
 from iacplatform.permissions import (
     Action,
     allowed_actions,
@@ -27,10 +27,9 @@ from iacplatform.permissions import (
     creating_team,
     is_site_admin,
     require,
-    run_for,
-    workspace_for,
 )
-from tasks_app.models import AccessLevel, ApiToken, Task, VariableCategory, Workspace, WorkspaceAccess
+from tasks_app.models import AccessLevel, ApiToken, VariableCategory, Workspace, WorkspaceAccess
+from tasks_app.page_access import readable_workspace
 from tasks_app.selectors_workspaces import SEARCH_MAX_LENGTH, workspace_rows, workspace_runs
 from tasks_app.serializers import RunCreateSerializer
 from tasks_app.services.runs import (
@@ -44,22 +43,6 @@ class WorkspaceCreateForm(forms.ModelForm):
     class Meta:
         model = Workspace
         fields = ["name", "pool", "auto_apply"]
-
-
-def _workspace(request: HttpRequest, workspace_id: int) -> Workspace:
-    """The workspace if the user may read it; a 404 page otherwise (its existence is not
-    revealed)."""
-    try:
-        return workspace_for(request.user, Action.READ, workspace_id)
-    except NotFound as exc:
-        raise Http404(str(exc)) from exc
-
-
-def _task(request: HttpRequest, task_id: int) -> Task:
-    try:
-        return run_for(request.user, Action.READ, task_id)
-    except NotFound as exc:
-        raise Http404(str(exc)) from exc
 
 
 @login_required
@@ -100,7 +83,7 @@ def workspace_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
-    ws = _workspace(request, workspace_id)
+    ws = readable_workspace(request, workspace_id)
     allowed = {str(a) for a in allowed_actions(request.user, ws)}
     context = {
         "workspace": ws,
@@ -128,7 +111,7 @@ def _lines(text: str) -> list[str]:
 @login_required
 @require_POST
 def workspace_run_create(request: HttpRequest, workspace_id: int) -> HttpResponse:
-    ws = _workspace(request, workspace_id)
+    ws = readable_workspace(request, workspace_id)
     operation = request.POST.get("operation", "")
     # The run options (the page's "Run options"), checked as the API checks them.
     options = RunCreateSerializer(data={

@@ -32,6 +32,7 @@ from django.views.decorators.http import require_GET, require_POST
 from iacplatform.errors import Forbidden, NotFound, PlatformError
 from iacplatform.permissions import Action, allowed_actions, require, run_for
 from tasks_app.models import Job, JobKind, JobStatus, Plan, Task
+from tasks_app.page_access import readable_run
 from tasks_app.selectors import ms_between
 from tasks_app.services.runs import run_cancel, run_confirm, run_discard, run_prepare
 from tasks_app.services.warmups import confirm_target
@@ -40,13 +41,6 @@ from tasks_app.states import FINAL, RunStatus
 # A response header the dialog's before-swap handler looks for: a 4xx carrying it is the
 # dialog with a refusal inside, to be swapped in; any other error response is left alone.
 DIALOG_HEADER = "X-Confirm-Dialog"
-
-
-def _task(request: HttpRequest, task_id: int) -> Task:
-    try:
-        return run_for(request.user, Action.READ, task_id)
-    except NotFound as exc:
-        raise Http404(str(exc)) from exc
 
 
 @dataclass
@@ -238,7 +232,7 @@ def _refused(request: HttpRequest, task: Task, exc: PlatformError) -> HttpRespon
 def run_confirm_dialog(request: HttpRequest, task_id: int) -> HttpResponse:
     """The dialog alone (its own `hx-get`). Opening it on a run waiting for Confirm asks for a
     warmup when the run is not warm, for those who may confirm (run_prepare, as the page)."""
-    task = _task(request, task_id)
+    task = readable_run(request, task_id)
     if task.status == RunStatus.APPLY_PENDING and str(Action.CONFIRM) in {
         str(a) for a in allowed_actions(request.user, task.workspace)
     }:
@@ -251,7 +245,7 @@ def run_confirm_dialog(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def run_confirm_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
+    task = readable_run(request, task_id)
     try:
         require(request.user, Action.CONFIRM, task.workspace)
         result = run_confirm(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
@@ -266,7 +260,7 @@ def run_confirm_view(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def run_discard_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
+    task = readable_run(request, task_id)
     try:
         require(request.user, Action.DISCARD, task.workspace)
         run_discard(task_id=task.id, actor=request.user, comment=request.POST.get("comment", ""))
@@ -278,7 +272,7 @@ def run_discard_view(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def run_cancel_view(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
+    task = readable_run(request, task_id)
     force = request.POST.get("force") == "1"
     try:
         require(request.user, Action.FORCE_CANCEL if force else Action.CANCEL, task.workspace)

@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.safestring import mark_safe
 
-from iacplatform.errors import NotFound
-from iacplatform.permissions import Action, allowed_actions, run_for
+from iacplatform.permissions import Action, allowed_actions
 from tasks_app.logrender import log_html
 from tasks_app.models import Task
+from tasks_app.page_access import readable_run
 from tasks_app.run_page import run_context
 from tasks_app.selectors import LOG_PAGE_BYTES, LOG_TAIL_BYTES, run_log_read, run_log_tail
 from tasks_app.services.retention import log_pruned_note
@@ -22,16 +22,9 @@ from tasks_app.states import RunStatus
 from tasks_app.views_confirm import confirm_dialog_context
 
 
-def _task(request: HttpRequest, task_id: int) -> Task:
-    try:
-        return run_for(request.user, Action.READ, task_id)
-    except NotFound as exc:
-        raise Http404(str(exc)) from exc
-
-
 @login_required
 def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = _task(request, task_id)
+    task = readable_run(request, task_id)
     allowed = {str(a) for a in allowed_actions(request.user, task.workspace)}
     if task.status == RunStatus.APPLY_PENDING and str(Action.CONFIRM) in allowed:
         # Opening the page of a run awaiting Confirm is the "Confirm dialog opened" trigger:
@@ -60,7 +53,7 @@ def run_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 @login_required
 def run_log_download(request: HttpRequest, task_id: int) -> StreamingHttpResponse:
     """The whole log of a run as text/plain, streamed a page at a time (never all in memory)."""
-    task = _task(request, task_id)
+    task = readable_run(request, task_id)
 
     def pages() -> Iterator[bytes]:
         offset = 0
