@@ -11,15 +11,12 @@ import re
 
 from ansi2html import Ansi2HTMLConverter
 
-# CSI sequences (colours, cursor moves) and the two-byte escapes: what terraform and the
-# programs it runs print. Terraform's colours are SGR (`ESC [ ... m`).
-ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+from agents_app.ansi import strip_ansi
+
+__all__ = ["ansi_safe_cut", "log_html", "strip_ansi"]
+
 # An escape sequence cut at the end of a piece (its rest in the next one).
 _PARTIAL_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*)?\Z")
-
-
-def strip_ansi(text: str) -> str:
-    return ANSI_RE.sub("", text) if "\x1b" in text else text
 
 
 def log_html(text: str) -> str:

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,9 +20,11 @@ from typing import Any, Protocol
 
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.logstream import LogStream
+from agents_app.agent.providers import sha256_file
 from agents_app.agent.redact import Redactor
 from agents_app.agent.sandbox import Sandbox, job_environment
 from agents_app.agent.warmdirs import StartDecision, WarmPlans
+from agents_app.ansi import strip_ansi
 from agents_app.protocol import (
     ApplyPath,
     CommandTime,
@@ -46,9 +47,6 @@ from agents_app.variable_names import IDENTIFIER, env_name_problem
 BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
 BACKEND_OVERRIDE_NAME = "zzz_iac_backend_override.tf"
 CANCEL_GRACE_SECONDS = 10
-# Terraform's colour codes (and any other CSI sequence): init, plan and apply run with colour
-# for the human-readable log; `show -json` keeps -no-color.
-ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
 
 # How long the warm apply's start event (ack, start time, path) waits at most for terraform's
@@ -140,14 +138,6 @@ class WarmDir:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return warm if (path / "plan.out").exists() else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan_option_args(options: PlanOptions) -> list[str]:
@@ -420,7 +410,7 @@ class JobRun:
         self._ran(command, started, rc)
         # The log keeps terraform's colours (the run page renders them); errors and the
         # checks on the output read it without them.
-        self.last_output = ANSI_RE.sub("", "".join(output))
+        self.last_output = strip_ansi("".join(output))
         if self.cancelled:
             raise Cancelled()
         if rc not in ok:
