@@ -67,7 +67,7 @@ RESULTS = ROOT / "bench" / "results"
 DB_NAME = "iac_bench_dispatch"
 TARGET_CLAIM_P50_MS = 50
 TARGET_CLAIM_P99_MS = 500
-# Auto-apply: the plan finished -> `terraform apply` running (issue 23's targets).
+# Auto-apply: the plan finished -> `terraform apply` running.
 TARGET_HANDOFF_P50_MS = 300
 TARGET_HANDOFF_P99_MS = 1500
 
@@ -269,8 +269,8 @@ def _epoch(dt: datetime | None) -> float | None:
 
 def load_rows(pool_id: int) -> tuple[list[ds.JobRow], list[ds.TaskRow]]:
     """Jobs and runs of the benchmark's pool as plain rows. Tolerates both the Slot-id and the
-    (agent, slot index) way of recording where a job ran: the dispatch core is being
-    reworked, and the benchmark must measure either."""
+    (agent, slot index) way of recording where a job ran, so that it can measure a
+    database of either schema."""
     from tasks_app.models import Job, Task
 
     job_fields = {f.name for f in Job._meta.get_fields()}

@@ -13,9 +13,8 @@ from iacplatform.asgi_handler import HybridASGIHandler  # noqa: E402
 
 # One process serves both: sync views on threads, and on the event loop the long-polls that
 # hand a confirmed apply to its agent. A view computing its answer right after Confirm held
-# the GIL for up to Python's 5 ms switch interval while the loop waited to answer the agent
-# (measured on the fast path at 0.5 ms against 5: confirm -> apply start median 0.3-2.4 ms and
-# p90 2-4 ms lower, three alternating pairs of 15 runs).
+# the GIL for up to Python's 5 ms switch interval while the loop waited to answer the agent;
+# a shorter interval (IAC_WEB_GIL_SWITCH_MS) lets the loop answer within about that much.
 sys.setswitchinterval(settings.IAC_WEB_GIL_SWITCH_MS / 1000)
 
 # Django's ASGI handler, except that sync views run as under WSGI: one thread hop, not one

@@ -106,7 +106,7 @@ try:
     # A queued plan waits this long for an agent that holds its workspace's warm plan dir
     # (and has a free slot) before any agent may take it (plan affinity).
     IAC_PLAN_AFFINITY_WAIT_SECONDS = env.float("IAC_PLAN_AFFINITY_WAIT_SECONDS", 2.0, validate=Range(min=0))
-    # A bound on every wait (issue 8): the defaults of a new pool's timeouts, each editable
+    # A bound on every wait: the defaults of a new pool's timeouts, each editable
     # per pool afterwards (AgentPool.*_seconds). A plan or apply running past its bound gets
     # SIGINT, then SIGKILL after its kill grace; a queued job with no online agent in its
     # pool errors after the no-agent bound; apply_pending is discarded after its bound (0: never).
@@ -395,12 +395,11 @@ CHANNEL_LAYERS = {
         # Redis pub/sub: a group message (a log chunk for 200 viewers of a run) is published
         # once and each web process receives it once and hands it to its own consumers in
         # memory. The core layer instead stores one copy per consumer and each process pops
-        # them one by one (three round trips each). bench/live_viewers.py (200 viewers): a
-        # quarter less web CPU here, the same p99 on a quiet machine and a lower one under
-        # load (333 against 399 ms at load 4, 728 against 1,136 ms at 11-15). Pub/sub keeps nothing
-        # for a process that is not listening, which the live pages do not need (a consumer
-        # that sees a gap in the log reads it from the database; the rest is re-rendered on
-        # the next event or reload).
+        # them one by one (three round trips each), which costs web CPU and, under load,
+        # latency (bench/live_viewers.py, 200 viewers). Pub/sub keeps nothing for a process
+        # that is not listening, which the live pages do not need (a consumer that sees a gap
+        # in the log reads it from the database; the rest is re-rendered on the next event or
+        # reload).
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         # redis-py 8 reads with a 5 s socket timeout by default, the same as channels_redis'
         # blocking BZPOPMIN (brpop_timeout 5 s): an idle consumer's receive then raised

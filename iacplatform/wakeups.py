@@ -52,8 +52,8 @@ BREAKER_SECONDS = 1.5
 # Redis itself is fine. It costs that call only. Timeouts open the breaker only when they
 # repeat (at least TIMEOUTS_TO_OPEN) and nothing has answered for HUNG_AFTER_SECONDS: a hung
 # server. A refused or dropped connection (the socket is gone, the port closed) opens it at
-# once. Opening it on one slow answer turned every push off for 1.5 s at a time on a busy
-# pool: three confirmed applies in four went cold (bench/dispatch.py, issue 23).
+# once. Opening it on one slow answer would turn every push off for BREAKER_SECONDS at a
+# time on a busy pool, and most confirmed applies would then start cold.
 TIMEOUTS_TO_OPEN = 3
 HUNG_AFTER_SECONDS = 2.0
 # A slow call is logged (INFO) at most this often, with how many there were since.

@@ -53,9 +53,9 @@ class _RunEventHub:
     """Every user long-poll of a process (of its event loop) shares one Redis connection:
     each subscribes its run's channel on it (counted: the second waiter on a run sends
     nothing) and gets the run's messages through a queue of its own, filled by one reader
-    task. A poll used to open a connection of its own; a thousand waiting polls were a
-    thousand connections. When the connection fails, every waiter is told (FAILED, it then
-    checks the run about once a second) and the next poll opens a new one."""
+    task, so a thousand waiting polls are one connection, not a thousand. When the
+    connection fails, every waiter is told (FAILED, it then checks the run about once a
+    second) and the next poll opens a new one."""
 
     def __init__(self) -> None:
         self.client: Any = None

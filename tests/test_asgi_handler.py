@@ -109,7 +109,7 @@ def test_an_async_view_answers_through_the_async_path(setup, django_user_model):
 
 def test_a_requests_live_updates_go_out_after_its_response_and_none_is_lost(monkeypatch, alice, workspace):
     """The live pages' group sends and the run's event publishes of a sync request's commits
-    wait for its response (issue 12): queueing a run answers, then its run.changed updates go
+    wait for its response: queueing a run answers, then its run.changed updates go
     to the workspace's group and its status to the run's channel (the API's long-polls); the
     agents' wake-up (of the pool's agents with an idle slot) does not wait."""
     from iacplatform import live, wakeups

@@ -206,8 +206,8 @@ def test_confirm_answers_200_and_queues_the_apply_when_the_push_cannot_reach_red
 @pytest.mark.django_db(transaction=True)
 def test_a_held_apply_is_handed_over_in_its_warmups_answer_without_redis(setup, client, settings, tmp_path):
     """The apply that waited for a warmup goes to that warmup's agent inside the answer to
-    the warmup's result: no push, so an unreachable Redis costs it nothing (it used to send
-    the apply to the queue, cold)."""
+    the warmup's result: no push, so an unreachable Redis costs it nothing (it is not sent
+    to the queue, cold)."""
     from tasks_app.services import control
     from tasks_app.services.runs import run_confirm
 

@@ -289,9 +289,9 @@ def _paths(value: str) -> list[Path]:
 # Terraform may run below the platform's own processes (IAC_AGENT_TERRAFORM_NICE): on a machine
 # it shares with them (the local pool beside web, PostgreSQL and Redis), plans and applies keep
 # every core busy, and the control plane (a Confirm's push, a claim's answer, a state call)
-# waits its turn behind them. Off by default: measured on this project's 2-core machine, 10
-# cost the quiet path's apply 8-18 ms (bench/overhead.py, one alternating pair) and gained the
-# busy path nothing beyond the noise (bench/dispatch.py: hand-off p50 359 against 364 ms).
+# waits its turn behind them. Off by default: on a 2-core machine a nice of 10 makes the quiet
+# path's apply slower (terraform yields to everything else) and gains the busy path nothing
+# beyond the noise (bench/overhead.py, bench/dispatch.py).
 DEFAULT_TERRAFORM_NICE = 0
 
 

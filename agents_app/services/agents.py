@@ -79,9 +79,9 @@ def pool_by_token(token: str) -> AgentPool | None:
 def pool_wake(pool_id: int) -> list[int]:
     """Work was queued (or a slot freed) in the pool: wake the long-polls of its online agents
     that have an idle slot to take it on, one query here instead of one claim in every agent's
-    poll. On a busy pool most agents have none, and each such claim (every queued run woke
-    every agent) took the agent's row lock and a database round trip while its pushed apply
-    waited in Redis (issue 23). An agent whose slot frees later is woken by its own result.
+    poll. On a busy pool most agents have none, and each such claim (if every queued run woke
+    every agent) would take the agent's row lock and a database round trip while a pushed
+    apply waits in Redis. An agent whose slot frees later is woken by its own result.
     Returns the agents woken. Runs after commits, where nothing may raise: when the query
     fails (PostgreSQL restarting), every agent of the pool is woken instead."""
     try:

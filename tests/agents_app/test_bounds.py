@@ -1,4 +1,4 @@
-"""A bound on every wait, and durable follow-ups (issue 8), through the real services on the
+"""A bound on every wait, and durable follow-ups, through the real services on the
 real database: agents are registered rows that claim, post plans and results the way the
 agent API does (no HTTP, no terraform). Time passes by moving a row's timestamps back.
 

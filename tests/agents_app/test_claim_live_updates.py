@@ -1,4 +1,4 @@
-"""The claim answers before its live-page updates are sent (issue 12): the agent waits for
+"""The claim answers before its live-page updates are sent: the agent waits for
 the answer to start terraform; the run, job and slot updates follow it, in order."""
 
 from __future__ import annotations

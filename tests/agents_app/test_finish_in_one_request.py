@@ -1,4 +1,4 @@
-"""Fewer round trips per job (issue 12): a plan job's configuration comes inside its claim
+"""Fewer round trips per job: a plan job's configuration comes inside its claim
 answer, and a job's last log text and its plan travel with its finish report, stored in one
 transaction. Driven through the agent HTTP endpoints (Django test client), and the agent's
 LogStream against a recording client."""

@@ -1,4 +1,4 @@
-"""Freeze windows on the real services and database (issue 9): nothing is dispatched while a
+"""Freeze windows on the real services and database: nothing is dispatched while a
 pool is frozen, queued runs say until when, Confirm is refused with the window's end, and
 entering a window stops plans and warmups but lets applies finish. Agents are registered
 rows that claim and report the way the agent API does (no HTTP, no terraform), as in

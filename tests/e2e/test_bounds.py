@@ -1,5 +1,5 @@
 """Bounds and state locks, end to end: real Daphne, real Celery sweep, real agent processes,
-real terraform (issue 8)."""
+real terraform."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Cancel reaches a running terraform through the push, not the heartbeat: a platform whose
 agents heartbeat once a minute, a plan that hangs until interrupted, real agent, real
-Daphne, real Redis (issue 10)."""
+Daphne, real Redis."""
 
 from __future__ import annotations
 

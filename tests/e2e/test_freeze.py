@@ -1,4 +1,4 @@
-"""A freeze window end to end (issue 9): real Daphne, real Celery sweep, a real agent running
+"""A freeze window end to end: real Daphne, real Celery sweep, a real agent running
 real terraform. The window starts while a plan runs and an apply runs: the plan is cancelled
 with the window's words, the apply finishes, nothing new starts, Confirm is refused naming
 the window's end; the window is lifted: the waiting run warms up again and applies."""

@@ -1,9 +1,9 @@
-"""One lock order for the dispatch core (issue 24, point 7).
+"""One lock order for the dispatch core.
 
 A claim locks the job it takes, then its run. Cancel, Discard, Confirm and the apply_pending
-expiry start from the run: before, they locked the run and then its queued jobs, so a Cancel
-that came while an agent claimed that run's job was a deadlock, which PostgreSQL broke by
-failing one side (the person saw a 500). Each pair is lined up the worst way on purpose: a
+expiry start from the run, and lock in the same order: had they locked the run and then its
+queued jobs, a Cancel that came while an agent claimed that run's job would deadlock, which
+PostgreSQL breaks by failing one side (the person sees a 500). Each pair is lined up the worst way on purpose: a
 third connection holds the run's row, the run-first service queues behind it, then the claim
 takes the job and queues behind it too; the holder lets go. Repeated, and nothing may fail.
 
