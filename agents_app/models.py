@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import zoneinfo
 from typing import Any
 
 from django.conf import settings
@@ -397,8 +398,6 @@ class FreezeWindow(models.Model):
         return f"{self.name} ({self.pool})"
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
         errors = freeze_window_errors(self)
         if errors:
             raise ValidationError(errors)
@@ -452,8 +451,6 @@ _TZ_CACHE: set[str] = set()
 
 def _time_zones() -> set[str]:
     if not _TZ_CACHE:
-        import zoneinfo
-
         _TZ_CACHE.update(zoneinfo.available_timezones())
     return _TZ_CACHE
 class Pod(models.Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -20,6 +21,7 @@ from agents_app.models import (
     pool_settings_problems,
 )
 from agents_app.pods.k8s_fields import resource_problems
+from agents_app.services.freeze import pool_frozen_until, window_active_occurrence
 from tasks_app.serializers import StrictModelSerializer
 
 # The pool's bounds on every wait, in seconds (defaults: the IAC_*_SECONDS settings).
@@ -66,8 +68,6 @@ class PoolSerializer(StrictModelSerializer):
         }
 
     def get_frozen_until(self, obj: AgentPool) -> str | None:
-        from agents_app.services.freeze import pool_frozen_until
-
         until = pool_frozen_until(obj)
         return serializers.DateTimeField().to_representation(until) if until else None
 
@@ -134,10 +134,6 @@ class FreezeWindowSerializer(StrictModelSerializer):
         extra_kwargs = {"time_zone": {"required": False}}
 
     def get_active_until(self, obj: FreezeWindow) -> str | None:
-        from django.utils import timezone
-
-        from agents_app.services.freeze import window_active_occurrence
-
         active = window_active_occurrence(obj, timezone.now()) if obj.enabled else None
         return serializers.DateTimeField().to_representation(active.end) if active else None
 

@@ -10,7 +10,7 @@ __all__ = ["celery_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "celery_app":
-        from .celery import app
+        from .celery import app  # Celery and Django only when asked for (see above)
 
         return app
     raise AttributeError(f"module 'iacplatform' has no attribute {name!r}")

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import JsonResponse
+from django.views.defaults import page_not_found
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -22,8 +25,6 @@ def flatten_errors(detail: Any) -> str:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
-    from django.core.exceptions import ValidationError as DjangoValidationError
-
     if isinstance(exc, Invalid) and exc.fields:
         return Response({"detail": str(exc), "errors": exc.fields}, status=exc.status)
     if isinstance(exc, PlatformError):
@@ -47,9 +48,6 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 def not_found(request: Any, exception: Exception | None = None) -> Any:
     """Django's 404 for a URL that matches no route (handler404): under /api/ the same JSON
     shape as every other API error (e.g. `/api/v1/runs/-1/`), elsewhere Django's page."""
-    from django.http import JsonResponse
-    from django.views.defaults import page_not_found
-
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": f"no such URL: {request.path}"}, status=404)
     return page_not_found(request, exception)

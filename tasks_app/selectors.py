@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -308,8 +309,6 @@ def state_serial_current(workspace_id: int) -> int | None:
 def state_tracks_resources(workspace_id: int) -> bool:
     """Whether the workspace's latest state still records resource instances (deleting the
     workspace would orphan real infrastructure)."""
-    import json
-
     latest = StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial", "-id").first()
     if latest is None:
         return False
@@ -348,8 +347,6 @@ def state_outputs(workspace_id: int, masked: list[str] | None = None) -> list[di
     masked_values_for) those values are masked wherever they appear in a value, and every
     value is masked when a sensitive variable changed since the state was written: the
     state may hold its old value, which is known no more."""
-    import json
-
     latest = StateVersion.objects.filter(workspace_id=workspace_id).order_by("-serial", "-id").first()
     if latest is None:
         return []

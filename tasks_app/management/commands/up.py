@@ -36,6 +36,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
+from supervisor.xmlrpc import SupervisorTransport
 
 from agents_app.agent.sandbox import agent_environment
 from agents_app.pods.local import pods_dir, stop_all
@@ -184,8 +185,6 @@ class Command(BaseCommand):
         tmp.replace(self.conf)
 
     def _rpc(self):
-        from supervisor.xmlrpc import SupervisorTransport
-
         transport = SupervisorTransport(self.rpc_user, self.rpc_password, f"unix://{self.sock}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
