@@ -32,7 +32,6 @@ import json
 import multiprocessing
 import os
 import platform as pyplatform
-import signal
 import statistics
 import threading
 import time
@@ -45,18 +44,15 @@ from typing import Any
 import requests
 
 from bench import report
-from bench.live import ROOT, BenchPlatform, failure_exit_code, wait_for
+from bench.live import RESULTS, PlatformRun, bench_admin, bench_platform, say, wait_for, write_results
 
-RESULTS = ROOT / "bench" / "results"
+# The platform's models and services are imported inside functions: only after django.setup().
+
 TARGET_P99_MS = 500.0
 TARGET_CASES = 5
 PROBE_INTERVAL_S = 0.05
 PROBE_PATHS = ("/healthz/live", "/accounts/login/")
 WS_CLOSE_TOO_MANY = 4429
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -295,7 +291,7 @@ def case_rows(cases: list[Case]) -> list[list[str]]:
 
 
 def plot(samples: list[tuple[str, float, float, int]], start: float, end: float, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -322,16 +318,8 @@ def plot(samples: list[tuple[str, float, float, int]], start: float, end: float,
 
 def main() -> int:
     args = parse_args()
-    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
     # The platform's own defaults ({}): the caps under test are not raised.
-    live = BenchPlatform(var_dir=var_dir, say=say, db_name="iac_bench_abuse", subdir="bench-abuse", server_timings={})
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    failure: BaseException | None = None
+    live = bench_platform(db_name="iac_bench_abuse", subdir="bench-abuse", server_timings={})
     stop = threading.Event()
     threads: list[threading.Thread] = []
     probe: multiprocessing.process.BaseProcess | None = None
@@ -341,13 +329,17 @@ def main() -> int:
     meta: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     peaks = {"longpolls_in_flight": 0, "websockets_open": 0}
-    try:
-        live.bootstrap_env()
-        import django
 
-        django.setup()
+    def stop_cases_and_probe() -> None:
+        stop.set()
+        if probe is not None and probe.is_alive():
+            probe.terminate()
+
+    run = PlatformRun(live, "==> stopping worker, web and the benchmark's redis")
+    run.on_stop(stop_cases_and_probe)
+    with run:
+        live.setup_django()
         from django.conf import settings
-        from django.contrib.auth.models import User
         from django.test import Client
 
         from agents_app.services.agents import pool_create
@@ -355,16 +347,13 @@ def main() -> int:
         from tasks_app.services.configs import configuration_create_from_files
         from tasks_app.services.runs import run_create
         from tasks_app.services.state import state_push
-        from tasks_app.services.tokens import token_create
 
-        live.migrate()
-        base = live.start_servers()
+        base = live.serve()
         limits = {name: getattr(settings, name, None) for name in (
             "IAC_MAX_REQUEST_BYTES", "IAC_LONGPOLL_MAX_PER_USER", "IAC_LONGPOLL_MAX_PER_PROCESS",
             "IAC_WS_MAX_PER_USER", "IAC_STATE_DIFF_MAX_BYTES")}
         say(f"==> the platform's limits: {limits}")
-        user = User.objects.create_superuser("bench", password="bench-password-1")
-        token = token_create(user=user, name="bench")[1]
+        user, token = bench_admin()
         pool, _ = pool_create(name="bench-abuse", warm_apply=False, backend="static")
         workspace = Workspace.objects.create(name="bench-abuse", pool=pool)
         configuration_create_from_files(workspace=workspace, files={"main.tf": 'resource "terraform_data" "x" {}\n'},
@@ -444,34 +433,21 @@ def main() -> int:
             "python": pyplatform.python_version(),
             "window_s": round(window[1] - window[0], 1),
         }
-    except KeyboardInterrupt as exc:
-        failure = exc
-        say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping the platform")
-    except Exception as exc:  # noqa: BLE001 - reported below, after cleanup
-        failure = exc
-    finally:
-        stop.set()
-        if probe is not None and probe.is_alive():
-            probe.terminate()
-        say("==> stopping worker, web and the benchmark's redis")
-        live.stop()
-
-    if failure is not None:
-        return failure_exit_code(failure, live.log_dir)
+    if run.failure is not None:
+        return run.exit_code()
 
     stats = probe_stats(samples, *window)
     probe_5xx = sum(n for s, n in stats["statuses"].items() if s.isdigit() and int(s) >= 500)
     errors_5xx = sum(c.errors_5xx() for c in cases) + probe_5xx
     ran = sum(1 for c in cases if c.attempts() > 0)
     web_p99 = stats["all"]["p99"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = RESULTS / f"{args.name}.json", RESULTS / f"{args.name}.png"
-    json_path.write_text(json.dumps({
+    json_path = write_results(args.name, {
         "meta": meta, "probe": stats,
         "cases": {c.name: {"answers": dict(c.answers), "wanted": c.wanted, "note": c.note,
                            "median_ms": statistics.median(c.latencies_ms) if c.latencies_ms else None}
                   for c in cases},
-        "samples": samples}, indent=1))
+        "samples": samples}, indent=1)
+    png_path = RESULTS / f"{args.name}.png"
     plot(samples, *window, png_path, f"health probe while {ran} abuse cases run ({meta['window_s']:g} s)")
 
     say("")

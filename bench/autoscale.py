@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -27,10 +28,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.api import Api
-from bench.live import ROOT, SERVER_TIMINGS, BenchPlatform, wait_for
+import django
 
-RESULTS = ROOT / "bench" / "results"
+from bench.api import Api
+from bench.live import RESULTS, ROOT, SERVER_TIMINGS, BenchPlatform, bench_admin, say, wait_for
+
+# The platform's models and services are imported inside functions: only after django.setup().
+
 MAIN_TF = """
 resource "terraform_data" "burst" {
   input = "burst"
@@ -38,10 +42,6 @@ resource "terraform_data" "burst" {
 """
 FINAL = {"applied", "errored", "discarded", "cancelled", "planned", "planned_no_changes"}
 REMOVED = "removed by the autoscaler"
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 class Sampler(threading.Thread):
@@ -69,7 +69,7 @@ class Sampler(threading.Thread):
 
 
 def plot(samples: list[tuple[float, int, int, int]], path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,27 +100,19 @@ def main() -> int:
     live = BenchPlatform(var_dir=var, say=say, db_name="iac_bench_autoscale", subdir="bench-autoscale",
                          server_timings=timings)
     live.bootstrap_env()
-    import os
-
     os.environ["IAC_AGENT_WORK_ROOT"] = str(live.dir / "agents")  # the pods' work roots
     live.migrate()
-    import django
-
     django.setup()
-    from django.contrib.auth.models import User
-
     from agents_app.models import DispatchEvent, Pod, ScalingDecision
     from agents_app.pods.local import LocalBackend
     from agents_app.services.agents import pool_create
     from tasks_app.models import Job
-    from tasks_app.services.tokens import token_create
 
     pool = None
     sampler = None
     try:
         base = live.start_servers()
-        user = User.objects.create_superuser("bench", password="bench-password-1")
-        api = Api(base, token_create(user=user, name="bench")[1])
+        api = Api(base, bench_admin()[1])
         pool, _ = pool_create(
             name="burst", backend="local", min_replicas=1, max_replicas=4, slots_per_pod=3, scale_up_delay_seconds=5,
             scale_down_delay_seconds=args.scale_down_delay, cooldown_seconds=5,

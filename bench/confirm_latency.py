@@ -31,7 +31,6 @@ import json
 import os
 import platform as pyplatform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,14 +41,19 @@ from typing import Any
 
 from bench import report
 from bench.api import Api, RunFailed, ms_between
-from bench.live import ROOT, BenchPlatform, failure_exit_code
+from bench.live import (
+    RESULTS,
+    BenchPlatform,
+    PlatformRun,
+    bench_admin,
+    bench_platform,
+    say,
+    say_markdown,
+    write_results,
+)
 from bench.terraform_fixture import MAIN_TF, ensure_mirror, write_cli_config
 
-RESULTS = ROOT / "bench" / "results"
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
+# The platform's models and services are imported inside functions: only after django.setup().
 
 
 def parse_args() -> argparse.Namespace:
@@ -400,28 +404,16 @@ class Bench:
 
 def main() -> int:
     args = parse_args()
-    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
-    live = BenchPlatform(var_dir=var_dir, shared_redis=args.shared_redis, say=say)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    # Ctrl-C stops everything, also when started from a shell that ignores SIGINT for it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    live = bench_platform(shared_redis=args.shared_redis)
+    var_dir = live.var_dir
     bench: Bench | None = None
     meta: dict[str, Any] = {}
-    failure: BaseException | None = None
     started = time.monotonic()
-    try:
-        live.bootstrap_env()
-        import django
-
-        django.setup()
-        from django.contrib.auth.models import User
-
-        from tasks_app.services.tokens import token_create
-
+    run = PlatformRun(
+        live, "==> stopping agents, worker, web" + ("" if args.shared_redis else " and the benchmark's redis")
+    )
+    with run:
+        live.setup_django()
         mirror = ensure_mirror(live.dir / "provider-mirror")
         cli_config = write_cli_config(live.dir / "terraform.tfrc", mirror)
         tf_env, tf_exe = terraform_for_agents(var_dir, args.terraform)
@@ -431,10 +423,8 @@ def main() -> int:
             f"(v{terraform_version(tf_exe)}), TF_CLI_CONFIG_FILE={cli_config}"
         )
 
-        live.migrate()
-        base = live.start_servers()
-        user = User.objects.create_superuser("bench", password="bench-password-1")
-        token = token_create(user=user, name="bench")[1]
+        base = live.serve()
+        token = bench_admin()[1]
         api = Api(base, token)
         bench = Bench(args, live, api, agent_env)
         bench.tf_exe = tf_exe
@@ -468,28 +458,15 @@ def main() -> int:
             "applies_counted": applies,
             "wall_s": round(time.monotonic() - started, 1),
         }
-    except KeyboardInterrupt as exc:
-        failure = exc
-        say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping the platform")
-    except Exception as exc:  # noqa: BLE001 - reported below, after cleanup
-        failure = exc
-    finally:
-        say("==> stopping agents, worker, web" + ("" if args.shared_redis else " and the benchmark's redis"))
-        live.stop()
-
-    if failure is not None:
-        return failure_exit_code(failure, live.log_dir)
+    if run.failure is not None:
+        return run.exit_code()
 
     assert bench is not None
     summary = report.summarize(bench.runs)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / f"{args.name}.json"
-    png_path = RESULTS / f"{args.name}.png"
-    json_path.write_text(
-        json.dumps(
-            {"meta": meta, "summary": summary, "runs": bench.runs, "warmup_runs": bench.warmups}, indent=2, default=str
-        )
+    json_path = write_results(
+        args.name, {"meta": meta, "summary": summary, "runs": bench.runs, "warmup_runs": bench.warmups}
     )
+    png_path = RESULTS / f"{args.name}.png"
     report.plot(
         bench.runs,
         summary,
@@ -503,11 +480,7 @@ def main() -> int:
     say("")
     say("where the time goes (medians, server/agent timestamps):")
     say(report.phase_table(summary))
-    say("")
-    say("Markdown:")
-    say("")
-    say(report.markdown_table(header, rows))
-    say("")
+    say_markdown(report.markdown_table(header, rows))
     say(f"raw: {json_path}")
     say(f"plot: {png_path}")
 

@@ -47,23 +47,37 @@ import json
 import math
 import os
 import platform as pyplatform
-import signal
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import django
+
 from bench import dispatch_stats as ds
 from bench.api import FINAL, Api
-from bench.live import ROOT, BenchPlatform, failure_exit_code, wait_for
+from bench.live import (
+    RESULTS,
+    BenchPlatform,
+    PlatformRun,
+    bench_admin,
+    bench_platform,
+    say,
+    say_markdown,
+    wait_for,
+    write_results,
+)
 from bench.querylog import StatementCount, StatementLog, silence_this_process
 from bench.report import markdown_table, text_table
 
-RESULTS = ROOT / "bench" / "results"
+# The platform's models and services are imported inside functions: only after django.setup().
+
 DB_NAME = "iac_bench_dispatch"
 TARGET_CLAIM_P50_MS = 50
 TARGET_CLAIM_P99_MS = 500
@@ -117,10 +131,6 @@ TF_CLI_CONFIG = """provider_installation {{
   }}
 }}
 """
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -245,8 +255,6 @@ def write_terraform_tools(bench_dir: Path, var_dir: Path) -> tuple[dict[str, str
 
 
 def terraform_version(exe: str, cli_config: str) -> str:
-    import subprocess
-
     try:
         out = subprocess.run(
             [exe, "version", "-json"],
@@ -435,8 +443,6 @@ class Dispatch:
         """POST every run, from --clients threads (each with its own HTTP session). Two runs
         of one workspace are `workspaces` positions apart in the order, so they are not in
         flight together when clients < workspaces; the platform's FIFO is by run id anyway."""
-        from concurrent.futures import ThreadPoolExecutor
-
         order = self.queue_order()
         local = threading.local()
 
@@ -537,8 +543,6 @@ class Humans:
             self.thread.start()
 
     def _run(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         from django.db import connection
 
         from tasks_app.models import Task
@@ -1040,27 +1044,22 @@ def machine_idle_check() -> tuple[float, float]:
 def main() -> int:
     args = parse_args()
     idle_before = machine_idle_check()
-    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
-    live = BenchPlatform(
-        var_dir=var_dir,
-        shared_redis=args.shared_redis,
-        say=say,
+    live = bench_platform(
         db_name=DB_NAME,
         subdir="bench-dispatch",
         server_timings=None if args.short_timings else {},
+        shared_redis=args.shared_redis,
     )
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    var_dir = live.var_dir
     cpu = CpuSampler()
     bench: Dispatch | None = None
     qlog: StatementLog | None = None
-    failure: BaseException | None = None
     meta: dict[str, Any] = {}
-    try:
+    run = PlatformRun(
+        live, "==> stopping agents, worker, web" + ("" if args.shared_redis else " and the benchmark's redis")
+    )
+    run.on_stop(cpu.stop)
+    with run:
         external_db = bool(os.environ.get("DATABASE_URL"))
         live.bootstrap_env()
         if args.no_query_log:
@@ -1070,14 +1069,8 @@ def main() -> int:
         else:
             # pgserver starts postgres with `pg_ctl -l <data dir>/log`.
             qlog = StatementLog(live.server_url, DB_NAME, var_dir / "pg" / "log")
-        import django
-
         django.setup()
         silence_this_process()
-        from django.contrib.auth.models import User
-
-        from tasks_app.services.tokens import token_create
-
         agent_env, tf_real, tf_times = write_terraform_tools(live.dir, var_dir)
         tf_version = terraform_version(tf_real, agent_env["TF_CLI_CONFIG_FILE"])
         say(f"==> agents run terraform {tf_real} (v{tf_version}) through a timing wrapper")
@@ -1089,8 +1082,7 @@ def main() -> int:
             else:
                 qlog.enable()
         base = live.start_servers()
-        user = User.objects.create_superuser("bench", password="bench-password-1")
-        api = Api(base, token_create(user=user, name="bench")[1])
+        api = Api(base, bench_admin()[1])
         bench = Dispatch(args, live, api, agent_env)
         bench.idle_before = idle_before
         bench.setup()
@@ -1124,18 +1116,8 @@ def main() -> int:
             "redis": "shared" if args.shared_redis else "own",
             "query_count": "log_statement=all on the benchmark database" if qlog else "off",
         }
-    except KeyboardInterrupt as exc:
-        failure = exc
-        say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping the platform")
-    except Exception as exc:  # noqa: BLE001 - reported below, after cleanup
-        failure = exc
-    finally:
-        cpu.stop()
-        say("==> stopping agents, worker, web" + ("" if args.shared_redis else " and the benchmark's redis"))
-        live.stop()
-
-    if failure is not None:
-        return failure_exit_code(failure, live.log_dir)
+    if run.failure is not None:
+        return run.exit_code()
 
     assert bench is not None
     stmts = qlog.count() if qlog is not None else None
@@ -1144,26 +1126,22 @@ def main() -> int:
     summary["human_confirm_errors"] = humans.errors[:20]
     summary["min_fast_share"] = args.min_fast_share
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / f"{args.name}.json"
-    png_path = RESULTS / f"{args.name}.png"
     jobs, tasks = load_rows(bench.pool_id)
     plan_created = {j.task: j.created for j in jobs if j.kind == "plan"}
-    json_path.write_text(
-        json.dumps(
-            {
-                "meta": meta,
-                "args": vars(args),
-                "t0": bench.t0,
-                "summary": summary,
-                "jobs": [asdict(j) for j in jobs],
-                "runs": [asdict(t) for t in tasks],
-                "cpu": cpu.samples,
-            },
-            indent=1,
-            default=str,
-        )
+    json_path = write_results(
+        args.name,
+        {
+            "meta": meta,
+            "args": vars(args),
+            "t0": bench.t0,
+            "summary": summary,
+            "jobs": [asdict(j) for j in jobs],
+            "runs": [asdict(t) for t in tasks],
+            "cpu": cpu.samples,
+        },
+        indent=1,
     )
+    png_path = RESULTS / f"{args.name}.png"
     free = summary["claim_free_slot_ms"]
     ds.plot_queue(
         png_path,
@@ -1229,11 +1207,7 @@ def main() -> int:
         say(f"double-applied runs (run -> applies): {summary['double_applied_runs']}")
     if summary["never_claimed"]:
         say(f"queued jobs never claimed: {summary['never_claimed']}")
-    say("")
-    say("Markdown:")
-    say("")
-    say(markdown_table(header, rows, TABLE_ALIGN))
-    say("")
+    say_markdown(markdown_table(header, rows, TABLE_ALIGN))
     say(f"raw: {json_path}")
     say(f"plot: {png_path}")
     say(f"logs: {live.log_dir}")

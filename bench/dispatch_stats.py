@@ -329,7 +329,7 @@ def plot_queue(
     title: str,
     subtitle: str,
 ) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -46,7 +46,7 @@ from typing import Any
 import requests
 
 from bench.api import FINAL, Api
-from bench.live import ROOT, free_port, wait_for
+from bench.live import ROOT, free_port, say, wait_for
 
 VAR = ROOT / "var" / "bench-faults"
 SHARED = VAR / "shared"  # wrapper, markers, phase log: bound read-write into the sandbox
@@ -104,10 +104,6 @@ resource "terraform_data" "fault" {
   }
 }
 """ % {"sleep": APPLY_SLEEP}
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 # --- the platform ----------------------------------------------------------------------------

@@ -7,19 +7,34 @@ process and the servers it starts see the same platform."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import django
+import psycopg
 import requests
+from django.conf import settings
+
+from agents_app.agent.sandbox import agent_environment, executable_paths
+from agents_app.agent.terraform import resolve_terraform
+from iacplatform import embedded
+
+# The platform's models and services are imported inside functions: they can be imported only
+# after bootstrap_env() has pointed the settings at the benchmark's database and django.setup().
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 BENCH_DB = "iac_bench"
 
 # Short control-loop timings so a killed agent is noticed within seconds.
@@ -28,6 +43,10 @@ SERVER_TIMINGS = {
     "IAC_AGENT_OFFLINE_AFTER_SECONDS": "3",
     "IAC_SWEEP_INTERVAL_SECONDS": "1",
 }
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
 def free_port() -> int:
@@ -131,10 +150,6 @@ class BenchPlatform:
 
     def bootstrap_env(self) -> None:
         """A fresh database (`iac_bench`); a Redis of our own; export both for django.setup()."""
-        import psycopg
-
-        from iacplatform import embedded
-
         self.dir.mkdir(parents=True, exist_ok=True)
         for old in self.log_dir.glob("*.log"):
             old.unlink()
@@ -164,9 +179,17 @@ class BenchPlatform:
 
     # --- servers -----------------------------------------------------------------------------
 
-    def server_env(self) -> dict[str, str]:
-        from django.conf import settings
+    def setup_django(self) -> None:
+        """bootstrap_env(), then django.setup() on the benchmark's database and Redis."""
+        self.bootstrap_env()
+        django.setup()
 
+    def serve(self) -> str:
+        """Migrate the fresh database and start the servers; returns the base URL."""
+        self.migrate()
+        return self.start_servers()
+
+    def server_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             DATABASE_URL=self.database_url,
@@ -270,9 +293,6 @@ class BenchPlatform:
             "--slots",
             str(slots),
         ]
-        from agents_app.agent.sandbox import agent_environment, executable_paths
-        from agents_app.agent.terraform import resolve_terraform
-
         # As the platform starts agents: an allowlist of this environment (not the database's
         # and Redis' URLs), the pool token in the environment (not on the command line, which
         # ps shows). The sandbox lets terraform write the benchmarks' marker files and the
@@ -317,14 +337,87 @@ class BenchPlatform:
                 pass
 
 
-def bench_platform(*, db_name: str, subdir: str, say: Callable[[str], None],
-                   server_timings: dict[str, str] | None = None) -> BenchPlatform:
+def bench_platform(*, db_name: str = BENCH_DB, subdir: str = "bench", say: Callable[[str], None] = say,
+                   server_timings: dict[str, str] | None = None, shared_redis: bool = False) -> BenchPlatform:
     """The platform a benchmark brings up (under $IAC_VAR_DIR or var/), with SIGTERM turned
-    into KeyboardInterrupt so the benchmark's `finally` stops everything it started.
+    into KeyboardInterrupt so the benchmark's cleanup stops everything it started, and Ctrl-C
+    stopping it also when started from a shell that ignores SIGINT for it.
     `server_timings`: as BenchPlatform's (None: the short control loops; {}: the defaults)."""
     var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {signum}")))
-    return BenchPlatform(var_dir=var_dir, say=say, db_name=db_name, subdir=subdir, server_timings=server_timings)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return BenchPlatform(var_dir=var_dir, say=say, db_name=db_name, subdir=subdir, server_timings=server_timings,
+                         shared_redis=shared_redis)
+
+
+def bench_admin() -> tuple[Any, str]:
+    """The benchmark's superuser ("bench") and an API token of theirs. After django.setup()."""
+    from django.contrib.auth.models import User
+
+    from tasks_app.services.tokens import token_create
+
+    user = User.objects.create_superuser("bench", password="bench-password-1")
+    return user, token_create(user=user, name="bench")[1]
+
+
+class PlatformRun:
+    """The body of a benchmark, with the platform stopped however it ends:
+
+        with PlatformRun(live) as run:
+            ...  # bring the platform up, measure
+        if run.failure is not None:
+            return run.exit_code()
+
+    An error or Ctrl-C (SIGTERM) in the body is kept in `failure`, not raised: the platform
+    is stopped first (after the callbacks given to `on_stop`, e.g. the benchmark's own
+    threads), then `exit_code()` reports it."""
+
+    def __init__(self, live: BenchPlatform, stopping: str = "==> stopping the platform") -> None:
+        self.live = live
+        self.stopping = stopping
+        self.failure: BaseException | None = None
+        self._on_stop: list[Callable[[], object]] = []
+
+    def on_stop(self, callback: Callable[[], object]) -> None:
+        self._on_stop.append(callback)
+
+    def __enter__(self) -> PlatformRun:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if isinstance(exc, KeyboardInterrupt):
+            self.live.say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping the platform")
+        try:
+            for callback in self._on_stop:
+                callback()
+        finally:
+            self.live.say(self.stopping)
+            self.live.stop()
+        if isinstance(exc, KeyboardInterrupt | Exception):
+            self.failure = exc
+            return True
+        return False
+
+    def exit_code(self) -> int:
+        assert self.failure is not None
+        return failure_exit_code(self.failure, self.live.log_dir)
+
+
+def write_results(name: str, data: Any, *, indent: int = 2) -> Path:
+    """bench/results/<name>.json; returns its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=indent, default=str))
+    return path
+
+
+def say_markdown(markdown: str) -> None:
+    """The Markdown copy of a benchmark's table, after its text table."""
+    say("")
+    say("Markdown:")
+    say("")
+    say(markdown)
+    say("")
 
 
 def failure_exit_code(failure: BaseException, log_dir: Path) -> int:
@@ -332,8 +425,6 @@ def failure_exit_code(failure: BaseException, log_dir: Path) -> int:
     130 for Ctrl-C or SIGTERM, 1 for an error, with the traceback and where the logs are."""
     if isinstance(failure, KeyboardInterrupt):
         return 130
-    import traceback
-
     traceback.print_exception(failure)
     print(f"FAILED: {failure.__class__.__name__}; server and agent logs: {log_dir}", flush=True)
     return 1

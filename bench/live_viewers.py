@@ -23,11 +23,9 @@ machine-readable: `viewers=200 p99_ms=… lost=0 dup=0`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform as pyplatform
 import re
-import signal
 import statistics
 import threading
 import time
@@ -38,16 +36,13 @@ from typing import Any
 import requests
 
 from bench import report
-from bench.live import ROOT, BenchPlatform, failure_exit_code, wait_for
+from bench.live import RESULTS, PlatformRun, bench_admin, bench_platform, say, wait_for, write_results
 
-RESULTS = ROOT / "bench" / "results"
+# The platform's models and services are imported inside functions: only after django.setup().
+
 LOG_PREFIX = '<div id="run-log" hx-swap-oob="beforeend"><span class="log-chunk" data-end="'
 LINE = re.compile(r"L(\d{6}) ")
 TARGET_P99_MS = 250
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -228,7 +223,7 @@ def spread(per_viewer: list[dict[str, float]], key: str) -> list[str]:
 
 def plot(result: dict[str, Any], posted: list[dict[str, Any]], viewers: list[Viewer], received_at: dict[int, float],
          path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -267,32 +262,29 @@ def plot(result: dict[str, Any], posted: list[dict[str, Any]], viewers: list[Vie
 
 def main() -> int:
     args = parse_args()
-    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
     # The platform's own timings: the one fake agent heartbeats every 2 s and nothing here
     # waits on the control loop. The viewers share one session: the cap on one user's live
     # sockets (IAC_WS_MAX_PER_USER, 50 by default) is raised to let them all in.
-    live = BenchPlatform(var_dir=var_dir, say=say, db_name="iac_bench_live", subdir="bench-live",
-                         server_timings={"IAC_WS_MAX_PER_USER": str(max(args.viewers, 50))})
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    failure: BaseException | None = None
+    live = bench_platform(db_name="iac_bench_live", subdir="bench-live",
+                          server_timings={"IAC_WS_MAX_PER_USER": str(max(args.viewers, 50))})
     viewers: list[Viewer] = []
     agent: FakeAgent | None = None
     result: dict[str, Any] = {}
     posted: list[dict[str, Any]] = []
     received_at: dict[int, float] = {}
     meta: dict[str, Any] = {}
-    try:
-        live.bootstrap_env()
-        import django
 
-        django.setup()
+    def close_viewers_and_agent() -> None:
+        for viewer in viewers:
+            viewer.close()
+        if agent is not None:
+            agent.stop()
+
+    run = PlatformRun(live, "==> stopping worker, web and the benchmark's redis")
+    run.on_stop(close_viewers_and_agent)
+    with run:
+        live.setup_django()
         from django.conf import settings
-        from django.contrib.auth.models import User
         from django.test import Client
 
         from agents_app.services.agents import pool_create
@@ -300,9 +292,8 @@ def main() -> int:
         from tasks_app.services.configs import configuration_create_from_files
         from tasks_app.services.runs import run_create
 
-        live.migrate()
-        base = live.start_servers()
-        user = User.objects.create_superuser("bench", password="bench-password-1")
+        base = live.serve()
+        user = bench_admin()[0]
         pool, pool_token = pool_create(name="bench-live", warm_apply=False, backend="static")
         workspace = Workspace.objects.create(name="bench-live", pool=pool)
         configuration_create_from_files(workspace=workspace, files={"main.tf": 'resource "terraform_data" "x" {}\n'}, actor=user)
@@ -366,26 +357,11 @@ def main() -> int:
             "window_s": round(window, 2),
             "python": pyplatform.python_version(),
         }
-    except KeyboardInterrupt as exc:
-        failure = exc
-        say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping the platform")
-    except Exception as exc:  # noqa: BLE001 - reported below, after cleanup
-        failure = exc
-    finally:
-        for viewer in viewers:
-            viewer.close()
-        if agent is not None:
-            agent.stop()
-        say("==> stopping worker, web and the benchmark's redis")
-        live.stop()
+    if run.failure is not None:
+        return run.exit_code()
 
-    if failure is not None:
-        return failure_exit_code(failure, live.log_dir)
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = RESULTS / f"{args.name}.json", RESULTS / f"{args.name}.png"
-    json_path.write_text(json.dumps({"meta": meta, **{k: v for k, v in result.items() if k != "latencies_ms"}},
-                                    indent=2))
+    json_path = write_results(args.name, {"meta": meta, **{k: v for k, v in result.items() if k != "latencies_ms"}})
+    png_path = RESULTS / f"{args.name}.png"
     header = ["latency (ms)", "min", "median", "p99", "max"]
     rows = [[f"per-viewer {key}", *spread(result["per_viewer"], key)] for key in ("median", "p99", "max")]
     say("")

@@ -35,16 +35,12 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.live import ROOT, BenchPlatform
+from bench.live import ROOT, BenchPlatform, say
 
 Labels = tuple[tuple[str, str], ...]
 Scrape = dict[tuple[str, Labels], float]
 WINDOW_S = 300.0  # the dashboard's [5m]
 PATH_COLORS = {"fast": "tab:green", "rewarmed": "tab:orange", "cold": "tab:blue"}
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def parse(text: str) -> Scrape:
@@ -191,7 +187,7 @@ def _histogram_quantile(q: float, cumulative: list[tuple[float, float]]) -> floa
 
 
 def render(recorder: Recorder, png: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -37,7 +37,6 @@ bare-http against bare-local, per phase, averaged over plan and apply).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -47,14 +46,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agents_app.agent.terraform import resolve_terraform
 from bench.api import Api
 from bench.dispatch import MAIN_TF as DATA_TF  # one terraform_data, a change in every plan
-from bench.live import ROOT, BenchPlatform, bench_platform, failure_exit_code
+from bench.live import RESULTS, BenchPlatform, PlatformRun, bench_admin, bench_platform, say, write_results
 from bench.report import percentile
 from bench.terraform_fixture import MAIN_TF as PROVIDER_TF
 from bench.terraform_fixture import ensure_mirror, write_cli_config
 
-RESULTS = ROOT / "bench" / "results"
+# The platform's models and services are imported inside functions: only after django.setup().
+
 DB_NAME = "iac_bench_overhead"
 
 CONFIGS = {"data": DATA_TF, "provider": PROVIDER_TF}
@@ -80,10 +81,6 @@ APPLY_HOPS = (
     ("apply_to_finished", "apply end → finish reported"),
     ("finished_to_applied", "finish → applied committed"),
 )
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def ms(a: float | None, b: float | None) -> float | None:
@@ -296,7 +293,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -337,49 +334,30 @@ def main() -> int:
     # The platform's own control-loop timings (heartbeat every 10 s, sweep every 5 s), as a
     # user runs it: this bench kills no agent, and a heartbeat and sweep every second put
     # extra work on the server and the database during the measured runs.
-    live = bench_platform(db_name=DB_NAME, subdir="bench-overhead", say=say, server_timings={})
-    failure: BaseException | None = None
+    live = bench_platform(db_name=DB_NAME, subdir="bench-overhead", server_timings={})
     bench: Overhead | None = None
     started = time.monotonic()
-    try:
-        live.bootstrap_env()
-        import django
-
-        django.setup()
-        from django.contrib.auth.models import User
-
-        from agents_app.agent.terraform import resolve_terraform
-        from tasks_app.services.tokens import token_create
-
+    with PlatformRun(live) as run:
+        live.setup_django()
         mirror = ensure_mirror(live.dir / "provider-mirror")
         cli_config = write_cli_config(live.dir / "terraform.tfrc", mirror)
-        live.migrate()
-        base = live.start_servers()
-        User.objects.create_superuser("bench", password="bench-password-1")
-        token = token_create(user=User.objects.get(username="bench"), name="bench")[1]
+        base = live.serve()
+        token = bench_admin()[1]
         api = Api(base, token)
         bench = Overhead(args, live, api, token, resolve_terraform(live.var_dir), cli_config)
         bench.setup()
         say(f"==> {args.warmup_runs}+{args.runs} runs per configuration ({', '.join(CONFIGS)}) and way "
             f"({', '.join(WAYS)}), interleaved")
         bench.measure()
-    except KeyboardInterrupt as exc:
-        failure = exc
-    except Exception as exc:  # noqa: BLE001 - reported after cleanup
-        failure = exc
-    finally:
-        say("==> stopping the platform")
-        live.stop()
-    if failure is not None:
-        return failure_exit_code(failure, live.log_dir)
+    if run.failure is not None:
+        return run.exit_code()
     assert bench is not None
     summary = summarize(bench.rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps({
+    write_results("overhead", {
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "runs": args.runs, "cpus": os.cpu_count(),
         "loadavg_end": os.getloadavg(), "wall_s": round(time.monotonic() - started, 1),
         "summary": summary, "rows": bench.rows,
-    }, indent=2, default=str))
+    })
     plot(summary, RESULTS / "overhead.png")
     say("")
     say(markdown(summary))

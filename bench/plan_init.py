@@ -34,7 +34,6 @@ Targets: warm_inits=0, warm ≤ cold − 0.8 × cold_init, 0 failures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -43,19 +42,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agents_app.agent.terraform import resolve_terraform
 from bench.api import Api
 from bench.dispatch import TF_WRAPPER  # one line per terraform process: start end rc subcommand dir
-from bench.live import ROOT, BenchPlatform, bench_platform, failure_exit_code
+from bench.live import RESULTS, BenchPlatform, PlatformRun, bench_admin, bench_platform, say, write_results
 from bench.report import percentile
 from bench.terraform_fixture import MAIN_TF, PROVIDER_REL, ensure_packed_mirror
 
-RESULTS = ROOT / "bench" / "results"
+# The platform's models and services are imported inside functions: only after django.setup().
+
 DB_NAME = "iac_bench_plan_init"
 MODES = ("cold", "cached", "warm")
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 class PlanInit:
@@ -228,7 +225,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -264,50 +261,30 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20, help="rounds of three concurrent inits (default 20)")
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args()
-    live = bench_platform(db_name=DB_NAME, subdir="bench-plan-init", say=say)
-    failure: BaseException | None = None
+    live = bench_platform(db_name=DB_NAME, subdir="bench-plan-init")
     bench: PlanInit | None = None
     started = time.monotonic()
-    try:
-        live.bootstrap_env()
-        import django
-
-        django.setup()
-        from django.contrib.auth.models import User
-
-        from agents_app.agent.terraform import resolve_terraform
-        from tasks_app.services.tokens import token_create
-
+    with PlatformRun(live) as run:
+        live.setup_django()
         say("==> building the packed provider mirror (once)")
         mirror, lock = ensure_packed_mirror(live.dir / "packed-mirror")
-        live.migrate()
-        base = live.start_servers()
-        User.objects.create_superuser("bench", password="bench-password-1")
-        token = token_create(user=User.objects.get(username="bench"), name="bench")[1]
-        api = Api(base, token)
+        base = live.serve()
+        api = Api(base, bench_admin()[1])
         bench = PlanInit(args, live, api, resolve_terraform(live.var_dir), mirror, lock)
         bench.setup()
         say(f"==> {args.warmup_runs}+{args.runs} plans per mode ({', '.join(MODES)}), interleaved")
         bench.measure()
         say(f"==> 3 concurrent inits of one provider on a fresh agent, {args.rounds} rounds")
         bench.concurrent()
-    except KeyboardInterrupt as exc:
-        failure = exc
-    except Exception as exc:  # noqa: BLE001 - reported after cleanup
-        failure = exc
-    finally:
-        say("==> stopping the platform")
-        live.stop()
-    if failure is not None:
-        return failure_exit_code(failure, live.log_dir)
+    if run.failure is not None:
+        return run.exit_code()
     assert bench is not None
     summary = summarize(bench.rows, bench.rounds)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "plan_init.json").write_text(json.dumps({
+    write_results("plan_init", {
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "runs": args.runs, "rounds": args.rounds,
         "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "wall_s": round(time.monotonic() - started, 1),
         "summary": summary, "rows": bench.rows, "concurrent_rounds": bench.rounds,
-    }, indent=2, default=str))
+    })
     plot(summary, bench.rows, RESULTS / "plan_init.png")
     say("")
     say(markdown(summary))

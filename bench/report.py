@@ -121,7 +121,7 @@ def phase_table(summary: dict[str, Any]) -> str:
 
 
 def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: loaded only to plot, and Agg chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -7,8 +7,11 @@ installs it and plan/apply start it for its schema, which works offline."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import shutil
 import stat
+import zipfile
 from pathlib import Path
 
 PROVIDER_SOURCE = "local/workato"
@@ -91,10 +94,6 @@ def ensure_packed_mirror(mirror: Path) -> tuple[Path, str]:
     `mirror`, and the lock file text that pins it (its h1: and zh: hashes): installing from
     it does real work (unpack, checksum), as from a registry. On the unpacked mirror an init
     is only a symlink and proves nothing."""
-    import base64
-    import hashlib
-    import zipfile
-
     source = payload_dir() / PROVIDER_REL
     archive = mirror / PROVIDER_REL.parent.parent / f"terraform-provider-workato_{PROVIDER_VERSION}_linux_amd64.zip"
     if not archive.exists():

@@ -13,32 +13,26 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import platform as pyplatform
-import signal
 import statistics
 import tarfile
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import requests
 
 from bench.api import Api, RunFailed
-from bench.live import ROOT, BenchPlatform, failure_exit_code
+from bench.live import PlatformRun, bench_admin, bench_platform, say, write_results
 from bench.report import percentile
 
-RESULTS = ROOT / "bench" / "results"
+# The platform's models and services are imported inside functions: only after django.setup().
+
 TARGET_REFUSAL_MS = 2000
 TARGET_LOGIN_MS = 1000
 HEADERS_PER_GZIP_MEMBER = 4096
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,29 +150,17 @@ def table(summary: dict[str, float], result: dict[str, Any], meta: dict[str, Any
 
 def main() -> int:
     args = parse_args()
-    var_dir = Path(os.environ.get("IAC_VAR_DIR") or ROOT / "var").resolve()
-    live = BenchPlatform(var_dir=var_dir, shared_redis=args.shared_redis, say=say, db_name="iac_bench_bomb",
-                         subdir="bench-bomb", server_timings={})
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    failure: BaseException | None = None
+    live = bench_platform(db_name="iac_bench_bomb", subdir="bench-bomb", server_timings={},
+                          shared_redis=args.shared_redis)
     result: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     started = time.monotonic()
-    try:
-        live.bootstrap_env()
-        import django
-
-        django.setup()
+    run = PlatformRun(live, "==> stopping worker and web" + ("" if args.shared_redis else " and the benchmark's redis"))
+    with run:
+        live.setup_django()
         from django.conf import settings
-        from django.contrib.auth.models import User
 
         from agents_app.services.agents import pool_create
-        from tasks_app.services.tokens import token_create
 
         limit = settings.IAC_MAX_CONFIG_BYTES
         bomb, headers = build_bomb(min(int(args.size_mib * 2**20), limit))
@@ -187,10 +169,8 @@ def main() -> int:
         say(f"==> bomb: {len(bomb):,} bytes gzipped, {headers:,} empty headers "
             f"({headers * tarfile.BLOCKSIZE / 2**30:.1f} GiB unpacked)")
 
-        live.migrate()
-        base = live.start_servers()
-        user = User.objects.create_superuser("bench", password="bench-password-1")
-        api = Api(base, token_create(user=user, name="bench")[1])
+        base = live.serve()
+        api = Api(base, bench_admin()[1])
         pool, _ = pool_create(name="bench-bomb", backend="static")
         ws = api.request("POST", "/api/v1/workspaces/", json={"name": "bomb", "pool": pool.id}, expect=201).json()
 
@@ -205,22 +185,11 @@ def main() -> int:
             "python": pyplatform.python_version(),
             "wall_s": round(time.monotonic() - started, 1),
         })
-    except KeyboardInterrupt as exc:
-        failure = exc
-        say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping the platform")
-    except Exception as exc:  # noqa: BLE001 - reported below, after cleanup
-        failure = exc
-    finally:
-        say("==> stopping worker and web" + ("" if args.shared_redis else " and the benchmark's redis"))
-        live.stop()
-
-    if failure is not None:
-        return failure_exit_code(failure, live.log_dir)
+    if run.failure is not None:
+        return run.exit_code()
 
     summary = summarize(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / "upload_bomb.json"
-    json_path.write_text(json.dumps({"meta": meta, "summary": summary, "raw": result}, indent=1))
+    json_path = write_results("upload_bomb", {"meta": meta, "summary": summary, "raw": result}, indent=1)
     say("")
     say(table(summary, result, meta))
     say(f"\nresults: {json_path}")
