@@ -26,8 +26,10 @@ from agents_app.services.freeze_windows import (
     freeze_window_lift,
     freeze_window_update,
 )
+from agents_app.services.pool_settings import pool_token_rotate
 from iacplatform.errors import PlatformError
-from tasks_app.services.control import agent_set_offline, pool_freeze_changed, pool_token_rotate
+from tasks_app.services.agent_reports import agent_set_offline
+from tasks_app.services.sweep import pool_freeze_changed
 
 
 class AgentPoolForm(forms.ModelForm):

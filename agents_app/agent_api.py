@@ -23,7 +23,7 @@ from agents_app.claim import NO_TOKEN, claim_longpoll, parse_max, parse_wait
 from agents_app.protocol import Heartbeat, JobResult, LogPost, PlanUpload, Registration
 from agents_app.services.agents import agent_by_token, pool_by_token
 from iacplatform.errors import Gone, Invalid, PlatformError
-from tasks_app.services import control, jobs
+from tasks_app.services import agent_reports, job_output, jobs
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -91,7 +91,7 @@ def register(request: HttpRequest) -> HttpResponse:
         return _error(401, "unknown or missing pool token (Authorization: Bearer <pool token>)")
     try:
         registration = parse(Registration, request.body)
-        reply = control.agent_join(pool=pool, registration=registration)
+        reply = agent_reports.agent_join(pool=pool, registration=registration)
     except PlatformError as exc:
         return error_response(exc)
     return _reply(reply, status=201)
@@ -99,7 +99,7 @@ def register(request: HttpRequest) -> HttpResponse:
 
 @agent_view
 def heartbeat(request: HttpRequest, agent: Any) -> HttpResponse:
-    return _reply(control.agent_heartbeat(agent=agent, heartbeat=parse(Heartbeat, request.body)))
+    return _reply(agent_reports.agent_heartbeat(agent=agent, heartbeat=parse(Heartbeat, request.body)))
 
 
 def _fence(request: HttpRequest) -> int:
@@ -123,7 +123,7 @@ def plan_file(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 
 @agent_view
 def logs(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
-    control.job_log(agent=agent, job_id=job_id, fence=_fence(request), post=parse(LogPost, request.body))
+    agent_reports.job_log(agent=agent, job_id=job_id, fence=_fence(request), post=parse(LogPost, request.body))
     return JsonResponse({"ok": True})
 
 
@@ -137,7 +137,7 @@ def _plan_bytes(upload: PlanUpload, field: str = "plan_b64") -> bytes:
 @agent_view
 def plan_upload(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     upload = parse(PlanUpload, request.body)
-    jobs.job_upload_plan(
+    job_output.job_upload_plan(
         agent=agent, job_id=job_id, fence=_fence(request), data=_plan_bytes(upload), sha256=upload.sha256,
         summary=upload.summary, has_changes=upload.has_changes,
     )
@@ -148,7 +148,7 @@ def plan_upload(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 def finish(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     result = parse(JobResult, request.body)
     plan = _plan_bytes(result.plan, "plan.plan_b64") if result.plan is not None else None
-    reply = control.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result, plan=plan)
+    reply = agent_reports.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result, plan=plan)
     # `jobs` only when there are some: {"keep_dir": ...} as before otherwise.
     return JsonResponse(reply.model_dump(mode="json", exclude_defaults=True))
 

@@ -33,7 +33,7 @@ from agents_app.services.freeze_windows import (
 )
 from iacplatform.permissions import is_site_admin
 from tasks_app.services.audit import audit_record
-from tasks_app.services.control import pool_freeze_changed
+from tasks_app.services.sweep import pool_freeze_changed
 
 
 class IsSiteAdminOrReadOnly(permissions.BasePermission):

@@ -28,7 +28,7 @@ from iacplatform import live, wakeups
 from iacplatform.db_outage import MESSAGE as DB_MESSAGE
 from iacplatform.db_outage import RETRY_AFTER_SECONDS, database_unavailable
 from iacplatform.errors import Gone, Invalid
-from tasks_app.services import control
+from tasks_app.services import agent_reports
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ async def claim_longpoll(agent: Agent, wait: float, limit: int = 1) -> Claimed:
     again whenever the breaker allows (iacplatform.wakeups), going back to wake-ups once it
     answers. Never an error because of Redis."""
     deadline = time.monotonic() + wait
-    claim = database_sync_to_async(control.agent_claim_if_queued)
+    claim = database_sync_to_async(agent_reports.agent_claim_if_queued)
     token = uuid.uuid4().hex  # this poll's, for wakeups.take_all
     while True:
         if wakeups.redis_available():
@@ -121,7 +121,7 @@ async def _claim_with_wakeups(agent: Agent, deadline: float, limit: int, token: 
             answer = Claimed(jobs=jobs, cancel=cancel)
             if answer:  # the hot path: answer at once, no database round
                 return answer
-            answer.jobs = await database_sync_to_async(control.agent_claim_if_queued)(agent=agent, limit=limit,
+            answer.jobs = await database_sync_to_async(agent_reports.agent_claim_if_queued)(agent=agent, limit=limit,
                                                                                      woken=woken)
             if answer:
                 return answer

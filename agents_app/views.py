@@ -20,7 +20,7 @@ from agents_app.services.freeze_windows import freeze_window_lift
 from agents_app.services.pool_settings import PAGE_FIELDS, pool_settings_update
 from iacplatform.errors import Invalid, PlatformError
 from iacplatform.permissions import is_site_admin
-from tasks_app.services.control import pool_freeze_changed
+from tasks_app.services.sweep import pool_freeze_changed
 
 
 def _site_admin_only(request: HttpRequest) -> None:

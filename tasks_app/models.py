@@ -377,7 +377,7 @@ class SweepHeartbeat(models.Model):
     the loop going. In the database, not Redis: Redis may be down while the sweep still
     needs watching.
 
-    Two more rows serve liveness (control.step_offline): `WEB_SEEN` (id 3), when a web
+    Two more rows serve liveness (sweep.step_offline): `WEB_SEEN` (id 3), when a web
     process last ticked, and `HEARD_SINCE` (id 4), since when the platform has been able to
     hear agents without a break (a web process (re)started or came back, or the sweep itself
     resumed after a gap: a database outage). An agent's silence counts only from then: a

@@ -13,11 +13,12 @@ from django.utils import timezone
 
 from agents_app.models import Agent, Slot
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState, WarmupStatus
+from agents_app.redaction import MASK, redact_json
 from agents_app.services.freeze import freeze_text, pool_freeze
 from iacplatform.permissions import Action, can
 from tasks_app.logrender import ansi_safe_cut, strip_ansi
-from tasks_app.models import AuditEvent, Job, LogChunk, StateVersion, Task, TaskEvent, Variable, Workspace
-from tasks_app.redaction import MASK, redact_json
+from tasks_app.models import AuditEvent, Job, LogChunk, StateVersion, Task, TaskEvent, Workspace
+from tasks_app.redaction import sensitive_values
 from tasks_app.states import BLOCKING, Operation, RunStatus
 
 # The most of a run's log one API call or websocket message carries; clients page on with
@@ -317,11 +318,6 @@ def state_tracks_resources(workspace_id: int) -> bool:
     except ValueError:
         return True  # unreadable: assume the worst
     return any(r.get("instances") for r in state.get("resources") or [] if r.get("mode") != "data")
-
-
-def sensitive_values(workspace_id: int) -> list[str]:
-    """The values of the workspace's sensitive variables (terraform and env), decrypted."""
-    return [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
 
 
 def masked_values_for(user: Any, workspace: Workspace) -> list[str] | None:

@@ -13,6 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents_app.protocol import JobKind, PlanMode, PlanStart
+from agents_app.redaction import plan_summary_masked, redact
 from tasks_app.models import (
     ConfigurationVersion,
     Plan,
@@ -22,7 +23,6 @@ from tasks_app.models import (
     Variable,
     Workspace,
 )
-from tasks_app.redaction import plan_summary_masked, redact
 from tasks_app.selectors import masked_values_for, ms_between, run_waiting_reason, run_warm_slot
 from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
 

@@ -5,8 +5,8 @@ is down, nothing would declare agents offline, expire leases, re-derive follow-u
 queues. So every web process runs a daemon thread (started by iacplatform/asgi.py, never by
 manage.py commands or tests) that, every IAC_SWEEP_INTERVAL_SECONDS, reads when the last
 *Celery* sweep completed (`SweepHeartbeat.CELERY`) and, when that is older than
-IAC_SWEEP_FALLBACK_AFTER_SECONDS, runs `control.sweep` itself, recording its own heartbeat
-(`SweepHeartbeat.WEB`). The sweep's PostgreSQL advisory try-lock keeps several web processes
+IAC_SWEEP_FALLBACK_AFTER_SECONDS, runs the sweep (tasks_app.services.sweep) itself,
+recording its own heartbeat (`SweepHeartbeat.WEB`). The sweep's PostgreSQL advisory try-lock keeps several web processes
 and Celery from sweeping at once. Celery stays the normal path: as soon as its heartbeat is
 fresh again, web stops. One log line when web takes over, one when Celery is back.
 """
@@ -22,7 +22,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from tasks_app.models import SweepHeartbeat
-from tasks_app.services import control
+from tasks_app.services import sweep
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ class FallbackSweeper:
         self.ticks = 0
 
     def tick(self) -> dict | None:
-        """Say this web process is up (agents can reach the platform: control.web_alive);
+        """Say this web process is up (agents can reach the platform: sweep.web_alive);
         sweep if Celery's sweep is stale; the sweep's result, or None when not due."""
-        control.web_alive(starting=self.ticks == 0)
+        sweep.web_alive(starting=self.ticks == 0)
         self.ticks += 1
         rows = dict(SweepHeartbeat.objects.values_list("id", "finished_at"))
         interval = settings.IAC_SWEEP_INTERVAL_SECONDS
@@ -63,7 +63,7 @@ class FallbackSweeper:
                 self.active = False
                 log.warning("the Celery sweep runs again: this web process stops its fallback sweep")
             return None
-        result = control.sweep(runner=SweepHeartbeat.WEB)
+        result = sweep.sweep(runner=SweepHeartbeat.WEB)
         # Skipped: someone holds the sweep's lock (a long Celery sweep, whose heartbeat comes
         # at its end, or another web process): nothing taken over, nothing to say.
         if not result.get("skipped") and not self.active:

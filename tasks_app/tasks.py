@@ -5,14 +5,14 @@ from __future__ import annotations
 from celery import shared_task
 
 from agents_app.services import autoscaler
-from tasks_app.services import control
+from tasks_app.services import sweep as control_loop
 
 
 @shared_task
 def sweep() -> dict:
-    """The control loop tick (see control.SWEEP_STEPS): liveness, leases, warmup expiry,
+    """The control loop tick (see tasks_app.services.sweep.SWEEP_STEPS): liveness, leases, warmup expiry,
     warmups, room in full pools, the queue safety net, wake-ups. Steps are independent."""
-    return control.sweep()
+    return control_loop.sweep()
 
 
 @shared_task

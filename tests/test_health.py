@@ -82,7 +82,7 @@ def test_it_is_ready_once_a_sweep_has_completed(transactional_db):
     # "late" verdicts are checked on the decision itself, below.)
     from iacplatform.health import readiness
     from tasks_app.models import SweepHeartbeat
-    from tasks_app.services.control import sweep
+    from tasks_app.services.sweep import sweep
 
     before = timezone.now()
     # That worker's sweep holds the sweep lock for a moment: this one is then skipped, and
@@ -237,7 +237,7 @@ def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_server
     env = _env(own_servers, own_servers.database_url("platform"), port)
     _manage(env, "migrate", "--no-input")
     # One control-loop tick, as the Celery worker runs it: the sweep's time is recorded.
-    _manage(env, "shell", "-c", "from tasks_app.services.control import sweep; sweep()")
+    _manage(env, "shell", "-c", "from tasks_app.services.sweep import sweep; sweep()")
     with _daphne(env, port) as base:
         status, body = _ready(base)
         assert (status, body["status"]) == (200, "ok"), body

@@ -208,13 +208,13 @@ def test_a_held_apply_is_handed_over_in_its_warmups_answer_without_redis(setup, 
     """The apply that waited for a warmup goes to that warmup's agent inside the answer to
     the warmup's result: no push, so an unreachable Redis costs it nothing (it is not sent
     to the queue, cold)."""
-    from tasks_app.services import control
+    from tasks_app.services import agent_reports
     from tasks_app.services.runs import run_confirm
 
     _pool, token, _ws = setup
     a1 = FakeAgent(client, token, "a1")
     task = apply_pending(setup, a1)
-    control.agent_set_offline(agent_id=a1.id, reason="test")
+    agent_reports.agent_set_offline(agent_id=a1.id, reason="test")
     a2 = FakeAgent(client, token, "a2")
     warmup = a2.claim()
     assert warmup["kind"] == "warmup"

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.logstream import LogStream
 from agents_app.agent.providers import sha256_file
-from agents_app.agent.redact import Redactor
 from agents_app.agent.sandbox import Sandbox, job_environment
 from agents_app.agent.warmdirs import StartDecision, WarmPlans
 from agents_app.ansi import strip_ansi
@@ -39,6 +38,7 @@ from agents_app.protocol import (
     PlanUpload,
     WarmOrigin,
 )
+from agents_app.redaction import Redactor
 from agents_app.variable_names import IDENTIFIER, env_name_problem
 
 # Overrides any backend block in the user's files; its settings come only from TF_HTTP_*

@@ -22,7 +22,7 @@ there, terraform needing 180-220 ms to its first line); what follows gathers as 
 text post. A plan's first text waits a fixed time (`hold()`, an empty event held): a short
 plan's whole log travels inside its finish report.
 
-Secrets are masked before text is queued (agents_app.agent.redact): a secret split across
+Secrets are masked before text is queued (agents_app.redaction): a secret split across
 two writes is still masked, because the end of a write that could be the start of a secret
 waits for the next write (or an event, or close).
 """
@@ -35,8 +35,8 @@ import time
 from collections.abc import Callable
 
 from agents_app.agent.client import Client, ServerError
-from agents_app.agent.redact import Redactor
 from agents_app.protocol import LogEvents, LogPost
+from agents_app.redaction import Redactor
 
 # After a post with text, the next text waits this long for more to join it: terraform
 # writes in bursts, and every post is a request (and a transaction) on the server that also

@@ -1,6 +1,6 @@
 """Pools and agents: tokens, registration and liveness of the agent row. The one owner of
 `Agent.status`. What an agent's arrival or death means for jobs and runs is decided above
-this layer (tasks_app.services.control), which calls these functions."""
+this layer (tasks_app.services.agent_reports), which calls these functions."""
 
 from __future__ import annotations
 

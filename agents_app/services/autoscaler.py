@@ -3,8 +3,8 @@ pods that never registered, decide how many pods the pool needs (agents_app/scal
 and act, storing every decision with its inputs and reason (ScalingDecision).
 
 It runs as a Celery beat task, once across replicas (a PostgreSQL advisory lock, like the
-sweep's). It sits above `control` because a pod that vanished takes its agent offline
-through `control.agent_set_offline` (its jobs and reservations handled as for any dead agent).
+sweep's). It sits above `agent_reports` because a pod that vanished takes its agent offline
+through `agent_reports.agent_set_offline` (its jobs and reservations handled as for any dead agent).
 
 Removing a pod is safe against a claim racing it: in one transaction the agent row is locked
 (claims lock it too), its slots are checked all idle, the pod becomes `draining` and the
@@ -32,7 +32,7 @@ from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.pods import LIVE, pod_create_row, pod_locked, pod_new_name, pod_transition
 from iacplatform.pglock import try_advisory_lock
 from tasks_app.models import Job
-from tasks_app.services.control import agent_set_offline
+from tasks_app.services.agent_reports import agent_set_offline
 
 log = logging.getLogger(__name__)
 

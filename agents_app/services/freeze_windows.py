@@ -1,7 +1,7 @@
 """Freeze windows, managed: create, change, delete and lift early (site admins, through the
 API and the admin). Each change is checked (agents_app.models.freeze_window_errors) and is
 an audit event. What a change does to the pool's work (entering or leaving the freeze) is
-the caller's after-commit call to tasks_app.services.control.pool_freeze_changed, and the
+the caller's after-commit call to tasks_app.services.sweep.pool_freeze_changed, and the
 sweep's `freeze` step in any case. Each change is also published to the pool's live page
 (agents_app.events.dispatch_changed, subject "freeze", after commit)."""
 

@@ -1,4 +1,6 @@
-"""Jobs: the dispatch layer's owner of `Job.status` (agents_app.states.JOB).
+"""Jobs: the dispatch layer's owner of `Job.status` (agents_app.states.JOB): the job's
+lifecycle (created, claimed, assigned, leased, finished, abandoned), and the reads a running
+job makes of its inputs (plan, configuration).
 
 Claiming is a row lock with SKIP LOCKED plus a status check, so two agents racing for one
 job never both get it; losing that race is normal and returns nothing. Each assignment
@@ -7,28 +9,25 @@ an agent that was declared dead and comes back cannot write logs, plans or resul
 that has moved on.
 
 This layer never changes a run: it returns what happened (`Assigned`, `Finished`,
-`Abandoned`, `LogAppended`) and tasks_app.services.control moves the run on.
+`Abandoned`) and tasks_app.services.agent_reports (or the sweep) moves the run on. Beside it:
+job_payloads (what a job is given), job_output (its log and plan), job_cancels (stopping it).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
 from django.db.models import (
-    BinaryField,
     Case,
     DateTimeField,
     Exists,
     ExpressionWrapper,
     F,
-    Func,
     IntegerField,
     OuterRef,
     Q,
@@ -37,37 +36,22 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import JSONObject
 from django.utils import timezone
 
 from agents_app import events as dispatch_events
-from agents_app.models import Agent, DispatchEvent, Slot, hash_token, new_token
-from agents_app.protocol import (
-    AgentStatus,
-    CancelOrder,
-    JobKind,
-    JobOutcome,
-    JobPayload,
-    JobResult,
-    JobStatus,
-    LogPost,
-    PlanOptions,
-    SlotState,
-    StateBackend,
-    TaskRef,
-    Variables,
-)
+from agents_app.models import Agent, Slot, hash_token, new_token
+from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobResult, JobStatus, SlotState
+from agents_app.redaction import redact
 from agents_app.services.dispatch_log import dispatch_event
 from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.slots import slot_of_job, slot_transition
 from agents_app.states import JOB
-from iacplatform import crypto, metrics, wakeups
-from iacplatform.errors import Conflict, Invalid
-from tasks_app import events
-from tasks_app.models import ConfigurationVersion, Job, LogChunk, Plan, StateVersion, Task, Variable
-from tasks_app.redaction import plan_summary_masked, redact
+from iacplatform import metrics, wakeups
+from iacplatform.errors import Conflict
+from tasks_app.models import Job, LogChunk, Plan, Task, Variable
+from tasks_app.redaction import run_sensitive_values
+from tasks_app.services.job_payloads import job_payload, task_locked_for_payload
 from tasks_app.services.state import state_locks_release_for_job
-from tasks_app.states import Operation
 
 # What every job credential starts with (agents_app.models.new_token); API tokens are hex.
 JOB_CREDENTIAL_PREFIX = "job-"
@@ -223,29 +207,6 @@ def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
         Q(avoid_until__isnull=True) | Q(avoid_until__lte=now))
 
 
-def task_locked_for_payload(task_id: int, *, inline_archive: bool = False, state_serial: bool = False) -> Task:
-    """The run, locked, with what a job's payload reads. `inline_archive`: with its
-    configuration archive when it is small enough to travel inside the payload (one query
-    for both; `_inline_configuration`); a larger one is never read here. `state_serial`: with
-    its workspace's current state serial (`current_state_serial`, for run_plan_started)."""
-    qs = (
-        Task.objects.select_for_update(no_key=True, of=("self",))
-        .select_related("workspace__pool", "configuration_version")
-        .defer("configuration_version__archive")
-    )
-    qs = with_payload_variables(qs)
-    if inline_archive:
-        qs = qs.annotate(inline_archive=Case(
-            When(configuration_version__size__lte=INLINE_CONFIGURATION_BYTES, then=F("configuration_version__archive")),
-            default=Value(None), output_field=BinaryField(),
-        ))
-    if state_serial:
-        qs = qs.annotate(current_state_serial=Subquery(
-            StateVersion.objects.filter(workspace_id=OuterRef("workspace_id")).order_by("-serial").values("serial")[:1]
-        ))
-    return qs.get(id=task_id)
-
-
 def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str = "", note: str = "") -> Assigned:
     """Give `job` to `agent` on `slot` (job, slot and task locked by the caller; the slot is
     idle, or reserved for this task when a confirmed apply takes its warm dir). A new fence
@@ -283,78 +244,6 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
         job_transition(job, JobStatus.RUNNING, message=message or f"assigned to {agent.name}#{slot.index}", fields=fields)
     slot_transition(slot, SlotState.RUNNING, job=job, task=task)
     return Assigned(job=job, task=task, slot=slot, credential=credential, note=note)
-
-
-# Configuration archives up to this size travel inside a plan's or warmup's payload: the
-# agent starts `terraform init` without a `GET configuration` round trip. Larger ones, and
-# applies (Confirm's hot path reads no archive; a warm apply needs none), are fetched.
-INLINE_CONFIGURATION_BYTES = 256 * 1024
-
-
-def _inline_configuration(job: Job, task: Task) -> str:
-    cv = task.configuration_version
-    if job.kind == JobKind.APPLY or cv.size > INLINE_CONFIGURATION_BYTES:
-        return ""
-    if hasattr(task, "inline_archive"):  # read with the run (task_locked_for_payload)
-        archive = task.inline_archive
-    else:
-        archive = ConfigurationVersion.objects.filter(id=cv.id).values_list("archive", flat=True).first()
-    return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
-
-
-def with_payload_variables(qs: QuerySet[Task]) -> QuerySet[Task]:
-    """Runs annotated with their workspace's variables (`payload_variables`), for job_payload:
-    read with the locked run instead of a query of their own on the claim's and Confirm's
-    path. A sensitive value travels as its ciphertext (base64) and is decrypted here only."""
-    rows = Variable.objects.filter(workspace_id=OuterRef("workspace_id")).order_by().values(row=JSONObject(
-        key="key", category="category", sensitive="sensitive", plain="plain_value",
-        cipher=Func(F("encrypted_value"), Value("base64"), function="encode"),
-    ))
-    return qs.annotate(payload_variables=ArraySubquery(rows))
-
-
-def _payload_variables(task: Task) -> list[Variable]:
-    """The workspace's variables: from `with_payload_variables` when the run came with them."""
-    rows = task.__dict__.get("payload_variables")
-    if rows is None:
-        return list(Variable.objects.filter(workspace_id=task.workspace_id))
-    return [Variable(workspace_id=task.workspace_id, key=r["key"], category=r["category"], sensitive=r["sensitive"],
-                     plain_value=r["plain"], encrypted_value=base64.b64decode(r["cipher"]) if r["cipher"] else None)
-            for r in rows]
-
-
-def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
-    by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
-    sensitive: list[str] = []
-    for var in _payload_variables(task):
-        by_category[var.category][var.key] = var.value
-        if var.sensitive and var.value:
-            sensitive.append(var.value)
-    variables = Variables(**by_category)
-    # Terraform runs beside the agent: it reaches web the way agents do (IAC_AGENT_URL).
-    state_url = f"{settings.IAC_AGENT_URL}/api/v1/workspaces/{task.workspace_id}/state"
-    pool = task.workspace.pool
-    payload = JobPayload(
-        id=job.id,
-        kind=JobKind(job.kind),
-        fence=job.fence,
-        task=TaskRef(id=task.id, workspace=task.workspace_id, workspace_name=task.workspace.name,
-                     operation=task.operation, plan_hash=task.plan_hash),
-        configuration_sha256=task.configuration_version.sha256,
-        configuration_b64=_inline_configuration(job, task),
-        # Keep the dir after a plan of a run that can apply, on a warm pool.
-        keep_dir=job.kind == JobKind.PLAN and task.can_apply and pool.warm_apply,
-        speculative=task.operation == Operation.PLAN,
-        cold_reason=job.cold_reason,
-        note=note,
-        variables=variables,
-        sensitive_values=sensitive,  # the agent redacts them before sending anything
-        plan_options=PlanOptions(mode=task.plan_mode, targets=task.plan_targets, replace=task.plan_replace),
-        # Credentials reach terraform only through TF_HTTP_* environment variables.
-        state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",
-                                   unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),
-    )
-    return payload.model_dump(mode="json")
 
 
 def job_running(job_id: int, agent: Agent, fence: int, *, lock: bool = False) -> Job:
@@ -406,7 +295,7 @@ MISSED_HEARTBEATS_LOST = 2
 
 def jobs_missed_by_heartbeat(*, agent: Agent, job_ids: list[int]) -> list[int]:
     """Count a heartbeat that does not report a running job assigned to the agent before it;
-    returns the jobs missing from MISSED_HEARTBEATS_LOST heartbeats (for control.job_lost).
+    returns the jobs missing from MISSED_HEARTBEATS_LOST heartbeats (for agent_reports.job_lost).
     (A counter, not a status: a bulk update is fine.)"""
     missing = Job.objects.filter(agent=agent, status=JobStatus.RUNNING, claimed_at__lt=timezone.now()).exclude(
         id__in=job_ids
@@ -415,49 +304,6 @@ def jobs_missed_by_heartbeat(*, agent: Agent, job_ids: list[int]) -> list[int]:
     return list(
         missing.filter(missed_heartbeats__gte=MISSED_HEARTBEATS_LOST).order_by("id").values_list("id", flat=True)
     )
-
-
-def _sensitive_values(workspace_id: int) -> list[str]:
-    return [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
-
-
-def _run_sensitive_values(task: Task) -> list[str]:
-    """The sensitive values of the run's workspace: read with the locked run when
-    job_locked_with_run did (`sensitive_ciphertexts`), else queried."""
-    if "sensitive_ciphertexts" not in task.__dict__:
-        return _sensitive_values(task.workspace_id)
-    values = (Variable(sensitive=True, encrypted_value=c).value for c in task.__dict__["sensitive_ciphertexts"])
-    return [v for v in values if v]
-
-
-
-
-@dataclass(frozen=True)
-class LogAppended:
-    job: Job
-    task: Task
-    acked_now: bool  # this post acknowledged an apply: the run becomes `applying`
-
-
-def _size_label(size: int) -> str:
-    mib = size / (1024 * 1024)
-    return f"{mib:g} MiB" if mib >= 1 and mib == int(mib) else f"{size} bytes"
-
-
-def _log_capped(text: str, log_size: int) -> str:
-    """What of `text` a log already `log_size` bytes long may store under IAC_MAX_LOG_BYTES:
-    all of it, the part that fits plus one marker line (the first time the cap is reached),
-    or nothing. The marker is the only thing ever stored past the cap, so `log_size` over the
-    cap means the marker is already there."""
-    cap: int = settings.IAC_MAX_LOG_BYTES
-    data = text.encode()
-    if log_size + len(data) <= cap:
-        return text
-    if log_size > cap:
-        return ""
-    kept = data[: cap - log_size].decode(errors="ignore")  # a character cut in two is dropped
-    newline = "" if not kept or kept.endswith("\n") else "\n"
-    return f"{kept}{newline}[log truncated at {_size_label(cap)}: the rest of this run's output was not stored]\n"
 
 
 def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int | None = None) -> tuple[Job, Task]:
@@ -481,129 +327,6 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int |
     task = job.task
     task.__dict__["sensitive_ciphertexts"] = job.__dict__.pop("sensitive_ciphertexts")
     return job, task
-
-
-def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
-                   locked: tuple[Job, Task] | None = None, defer_saves: bool = False) -> LogAppended | None:
-    """Append one chunk of a job's output to its run's log (caller's transaction; `locked`:
-    the job and run as job_locked_with_run gave them). Idempotent per (job, seq), so an agent
-    that retries a post never duplicates lines. Returns None for a seq already stored.
-    `defer_saves` (with `locked`): the run's fields are left to Task.save_pending and the
-    job's acknowledgement to the caller's save of the job (a result: job_finish)."""
-    ev = post.events
-    job = locked[0] if locked else job_running(job_id, agent, fence, lock=ev.ack)
-    stored = job.__dict__.get("log_chunks_stored", {}).get(post.seq)  # read with the lock (a result)
-    if stored is None:
-        stored = LogChunk.objects.filter(job=job, seq=post.seq).exists()
-    if stored:
-        return None
-    task = locked[1] if locked else Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
-    acked_now = False
-    if ev.ack and job.kind == JobKind.APPLY and job.acked_at is None:
-        # Until now the apply provably has not run, so a claim whose answer was lost can go
-        # elsewhere; from now on a dead agent means an errored run (see job_abandon).
-        job.acked_at = timezone.now()
-        if not defer_saves:
-            job.save(update_fields=["acked_at"])
-        acked_now = True
-    now = timezone.now()
-    fields = ["log_size"]
-    had_start, had_first_log = task.apply_started_at is not None, task.first_apply_log_at is not None
-    text = post.text
-    if text:
-        text = _log_capped(redact(text, _run_sensitive_values(task)), task.log_size)
-    if text:
-        LogChunk.objects.create(task=task, job=job, seq=post.seq, offset=task.log_size, text=text)
-        task.log_size += len(text.encode())
-        if job.kind == JobKind.APPLY and task.first_apply_log_at is None and task.apply_started_at:
-            task.first_apply_log_at = now
-            fields.append("first_apply_log_at")
-    if job.kind == JobKind.APPLY and ev.apply_started_at is not None:
-        task.apply_started_at = datetime.fromtimestamp(ev.apply_started_at, tz=UTC)
-        task.apply_path = ev.apply_path or ""
-        task.apply_path_reason = ev.apply_path_reason
-        fields += ["apply_started_at", "apply_path", "apply_path_reason"]
-        if text and task.first_apply_log_at is None:
-            task.first_apply_log_at = now
-            fields.append("first_apply_log_at")
-    if defer_saves:
-        task.save_later(*fields)
-    else:
-        task.save(update_fields=fields)
-    if text:
-        task_id, end = task.id, task.log_size
-        start = end - len(text.encode())
-        # The chunk travels to the run page's viewers as it was stored, rendered once there.
-        transaction.on_commit(lambda: events.run_log_appended(task_id, start=start, end=end, text=text))
-    if task.confirmed_at is not None and (not had_start or not had_first_log):
-        _observe_confirm_latencies(task, start=not had_start, first_log=not had_first_log)
-    return LogAppended(job=job, task=task, acked_now=acked_now)
-
-
-def _observe_confirm_latencies(task: Task, *, start: bool, first_log: bool) -> None:
-    """Confirm → apply start and → first log line, once each per run, after commit: the
-    moments the server learns them (the same numbers the run page shows)."""
-    path, confirmed = task.apply_path, task.confirmed_at
-    started = task.apply_started_at if start else None
-    first = task.first_apply_log_at if first_log else None
-    if started is None and first is None:
-        return
-
-    def observe() -> None:
-        if started is not None:
-            metrics.observe_confirm_latency(path, (started - confirmed).total_seconds())
-        if first is not None:
-            metrics.observe_confirm_first_log(path, (first - confirmed).total_seconds())
-
-    transaction.on_commit(observe)
-
-
-def job_upload_plan(
-    *, agent: Agent, job_id: int, fence: int, data: bytes, sha256: str, summary: dict, has_changes: bool
-) -> Plan:
-    job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
-    plan_check(data, sha256)
-    with transaction.atomic():
-        return job_store_plan(job_running(job_id, agent, fence), data=data, sha256=sha256, summary=summary,
-                              has_changes=has_changes)
-
-
-def plan_check(data: bytes, sha256: str) -> None:
-    """Refuse a plan file over the size limit or not matching the sha256 the agent sent
-    (outside any transaction: hashing a large plan holds no lock)."""
-    if len(data) > settings.IAC_MAX_PLAN_BYTES:
-        raise Invalid(f"plan file is {len(data)} bytes; the limit is {settings.IAC_MAX_PLAN_BYTES}")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise Invalid(f"plan file sha256 is {actual}, not the {sha256} the agent sent: upload corrupted")
-
-
-def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool,
-                   task: Task | None = None, defer_saves: bool = False) -> Plan:
-    """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
-    the caller ran plan_check; `task`: the job's run, locked by the caller; `defer_saves`:
-    the run's plan_hash and has_changes are left to Task.save_pending)."""
-    if job.kind != JobKind.PLAN:
-        raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
-    if task is None:
-        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
-    # One INSERT … ON CONFLICT (a re-run plan job replaces the run's plan), not
-    # update_or_create's savepoints, SELECT and INSERT: this is on the way to apply_pending.
-    [plan] = Plan.objects.bulk_create(
-        [Plan(task=task, job=job, encrypted_data=crypto.encrypt(data), sha256=sha256, size=len(data),
-              # Masked as the log is, with the values this run used: a configuration that does
-              # not declare a platform-sensitive variable `sensitive` shows it in its diff, and a
-              # value changed later would no longer be known to mask it when it is read.
-              summary=plan_summary_masked(summary, _run_sensitive_values(task)))],
-        update_conflicts=True, unique_fields=["task"], update_fields=["job", "encrypted_data", "sha256", "size", "summary"],
-    )
-    task.plan_hash = sha256
-    task.has_changes = has_changes
-    if defer_saves:
-        task.save_later("plan_hash", "has_changes")
-    else:
-        task.save(update_fields=["plan_hash", "has_changes"])
-    return plan
 
 
 def job_plan_bytes(*, agent: Agent, job_id: int, fence: int) -> bytes:
@@ -645,7 +368,7 @@ def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult,
     # the error becomes the job's error, the run's message and event rows (run_*_finished and
     # the warmup services read it from the returned result).
     if result.error:  # (a job that succeeded has none: no query for the values)
-        result = result.model_copy(update={"error": redact(result.error, _run_sensitive_values(task))})
+        result = result.model_copy(update={"error": redact(result.error, run_sensitive_values(task))})
     job.error = result.error
     job.sandbox = result.sandbox or ""
     job.plan_start = result.plan_start or "" if job.kind == JobKind.PLAN else ""
@@ -738,150 +461,6 @@ def run_jobs_locked(task_id: int) -> None:
 
 def job_locked(job_id: int) -> Job:
     return Job.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").get(id=job_id)
-
-
-def jobs_cancel_queued(*, task: Task, message: str, kind: JobKind | None = None) -> int:
-    """Queued jobs of a run that nobody needs any more (run cancelled, discarded, confirmed)."""
-    qs = Job.objects.select_for_update(no_key=True, of=("self",)).filter(task=task, status=JobStatus.QUEUED)
-    if kind is not None:
-        qs = qs.filter(kind=kind)
-    count = 0
-    for job in qs:
-        job_transition(job, JobStatus.CANCELLED, message=message)
-        count += 1
-    return count
-
-
-def jobs_request_cancel(*, task: Task, force: bool) -> bool:
-    """Ask the agents running the run's plan or apply to stop: the order is pushed to each
-    agent's claim long-poll after commit (terraform gets SIGINT within a second) and repeated
-    in every heartbeat answer until the job ends (the way it arrives while Redis is down).
-    Returns whether any such job runs. (A cancel request is not a status change.)"""
-    running = Job.objects.filter(task=task, status=JobStatus.RUNNING).exclude(kind=JobKind.WARMUP)
-    if not running.update(cancel_requested=True, force_cancel=force):
-        return False
-    for job in running.only("id", "agent_id", "cancel_grace_seconds"):
-        _cancel_push(job, force=force)
-    return True
-
-
-def _cancel_push(job: Job, *, force: bool) -> None:
-    """After commit: the job's cancel order to its agent's long-poll (best effort)."""
-    if job.agent_id is None:
-        return
-    agent_id = job.agent_id
-    order = CancelOrder(id=job.id, force=force, grace=job.cancel_grace_seconds).model_dump(mode="json")
-    transaction.on_commit(lambda: wakeups.push_cancel(agent_id, order))
-
-
-def jobs_to_stop_for_freeze(*, pool_id: int) -> list[int]:
-    """Running plans and warmups of the pool not yet told to stop (applies always finish)."""
-    return list(
-        Job.objects.filter(pool_id=pool_id, status=JobStatus.RUNNING, cancel_requested=False,
-                           kind__in=[JobKind.PLAN, JobKind.WARMUP])
-        .order_by("id").values_list("id", flat=True)
-    )
-
-
-def job_stop(job: Job, *, message: str, grace: int) -> None:
-    """Tell the (locked, running) job's agent to stop it, through a cancel order (pushed
-    now, repeated by every heartbeat: SIGINT, SIGKILL after `grace` seconds), because of the platform, not a user: the
-    run or warmup ends with `message`. Not a status change; the DispatchEvent records it."""
-    job.cancel_requested = True
-    job.cancel_grace_seconds = grace
-    job.cancel_message = message
-    job.save(update_fields=["cancel_requested", "cancel_grace_seconds", "cancel_message"])
-    _cancel_push(job, force=job.force_cancel)
-    DispatchEvent.objects.create(
-        subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
-        from_state=job.status, to_state=job.status, message=message,
-    )
-
-
-def jobs_cancel_queued_of_pool(*, pool_id: int, kind: JobKind, message: str) -> list[int]:
-    """Cancel the pool's queued jobs of one kind (queued warmups when it enters a freeze)."""
-    cancelled = []
-    for job in Job.objects.select_for_update(no_key=True, skip_locked=True, of=("self",)).filter(
-        pool_id=pool_id, kind=kind, status=JobStatus.QUEUED
-    ).order_by("id"):
-        job_transition(job, JobStatus.CANCELLED, message=message)
-        cancelled.append(job.task_id)
-    return cancelled
-
-
-def jobs_to_cancel(*, agent: Agent) -> list[CancelOrder]:
-    """The agent's jobs it must stop, as the heartbeat's answer orders them (repeated until
-    they end), with the kill grace of a bound that fired."""
-    rows = Job.objects.filter(agent=agent, status=JobStatus.RUNNING, cancel_requested=True).order_by("id")
-    return [CancelOrder(id=job_id, force=force, grace=grace)
-            for job_id, force, grace in rows.values_list("id", "force_cancel", "cancel_grace_seconds")]
-
-
-# --- bounds (the sweep's `bounds` step, tasks_app.services.control) -----------------------
-
-
-def jobs_running_past_bound(*, now: datetime) -> list[int]:
-    """Running plans and acknowledged applies that ran past their pool's bound and have not
-    been told to stop for it yet (a plan's clock starts at its claim, an apply's at its
-    acknowledgement: an unacknowledged apply has its own, much shorter bound)."""
-    running = (
-        Job.objects.filter(status=JobStatus.RUNNING, timed_out_at__isnull=True)
-        .exclude(kind=JobKind.WARMUP).select_related("pool")
-    )
-    due = []
-    for job in running.only("id", "kind", "claimed_at", "acked_at", "pool__plan_timeout_seconds",
-                            "pool__apply_timeout_seconds"):
-        if job.kind == JobKind.PLAN and job.claimed_at is not None:
-            if job.claimed_at + timedelta(seconds=job.pool.plan_timeout_seconds) <= now:
-                due.append(job.id)
-        elif job.kind == JobKind.APPLY and job.acked_at is not None:
-            if job.acked_at + timedelta(seconds=job.pool.apply_timeout_seconds) <= now:
-                due.append(job.id)
-    return due
-
-
-def job_time_out(job: Job, *, grace: int, message: str) -> None:
-    """The (locked, running) job ran past its bound: its agent is told to stop it, through
-    the heartbeat's cancel orders: SIGINT, then SIGKILL after `grace` seconds. Not a status
-    change (the job ends when the agent reports it, or when the sweep gives up on it); the
-    DispatchEvent records it. `message` is what the run will end with."""
-    job.cancel_requested = True
-    job.cancel_grace_seconds = grace
-    job.timed_out_at = timezone.now()
-    job.timeout_message = message
-    job.save(update_fields=["cancel_requested", "cancel_grace_seconds", "timed_out_at", "timeout_message"])
-    DispatchEvent.objects.create(
-        subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
-        from_state=job.status, to_state=job.status, message=message,
-    )
-
-
-def jobs_timed_out_unstopped(*, now: datetime) -> list[int]:
-    """Timed-out jobs still running after their kill grace plus the offline timeout: their
-    agent heartbeats but does not stop them (or cannot), and the server gives up on them."""
-    offline = settings.IAC_AGENT_OFFLINE_AFTER_SECONDS
-    rows = Job.objects.filter(status=JobStatus.RUNNING, timed_out_at__isnull=False)
-    return [
-        job_id for job_id, at, grace in rows.order_by("id").values_list("id", "timed_out_at", "cancel_grace_seconds")
-        if at + timedelta(seconds=(grace or 0) + offline) <= now
-    ]
-
-
-def jobs_timed_out_to_kill(*, now: datetime) -> list[int]:
-    """Timed-out jobs past their kill grace not yet ordered killed: the heartbeat's order
-    becomes SIGKILL (the agent's own timer does the same; this covers an agent that missed
-    the first order)."""
-    rows = Job.objects.filter(status=JobStatus.RUNNING, timed_out_at__isnull=False, force_cancel=False)
-    return [
-        job_id for job_id, at, grace in rows.order_by("id").values_list("id", "timed_out_at", "cancel_grace_seconds")
-        if at + timedelta(seconds=grace or 0) <= now
-    ]
-
-
-def job_kill(job: Job) -> None:
-    """Order the (locked) job's agent to SIGKILL it (a cancel request, not a status change)."""
-    job.force_cancel = True
-    job.save(update_fields=["force_cancel"])
 
 
 def jobs_running_of_agent(*, agent_id: int) -> list[int]:

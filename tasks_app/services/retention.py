@@ -8,7 +8,7 @@ state versions and audit events (never deleted here). The run records when each 
 an empty log. Finished work dirs on agents have their own retention, on the agent:
 IAC_AGENT_FINISHED_TTL_SECONDS (1 h).
 
-Called by the control loop's `retention` step (tasks_app.services.control). Each batch is its
+Called by the control loop's `retention` step (tasks_app.services.sweep). Each batch is its
 own short transaction; rows another transaction holds are skipped until the next pass.
 """
 

@@ -30,17 +30,9 @@ from tasks_app import events
 from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
 from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
 from tasks_app.services.audit import audit_record
-from tasks_app.services.jobs import (
-    Finished,
-    job_abandon,
-    job_assign,
-    job_create,
-    job_locked,
-    jobs_cancel_queued,
-    jobs_request_cancel,
-    run_jobs_locked,
-    with_payload_variables,
-)
+from tasks_app.services.job_cancels import jobs_cancel_queued, jobs_request_cancel
+from tasks_app.services.job_payloads import with_payload_variables
+from tasks_app.services.jobs import Finished, job_abandon, job_assign, job_create, job_locked, run_jobs_locked
 from tasks_app.services.warmups import (
     confirm_target,
     pool_make_room,
@@ -348,7 +340,7 @@ def apply_push(*, agent_id: int, agent_name: str, job_id: int, payload: dict[str
 def run_apply_unpushed(*, job_id: int, fence: int, why: str) -> bool:
     """An apply assigned to an agent whose push never reached Redis (own transaction): back
     to the queue the way the sweep sends back an unacknowledged apply (job_abandon, then the
-    run as in control.job_lost), with a new fence when it is taken again. Nothing happens if
+    run as in agent_reports.job_lost), with a new fence when it is taken again. Nothing happens if
     the job moved on meanwhile (acknowledged, re-assigned, finished): False."""
     with transaction.atomic():
         job = job_locked(job_id)
@@ -490,7 +482,7 @@ def run_prepare(*, task_id: int) -> Task:
     return task
 
 
-# --- durable follow-ups and bounds (the sweep: tasks_app.services.control) ---------------
+# --- durable follow-ups and bounds (the sweep: tasks_app.services.sweep) -----------------
 
 
 def runs_confirmed_without_apply() -> list[int]:

@@ -22,7 +22,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince, timeuntil
 
-from tasks_app.redaction import redact
+from agents_app.redaction import redact
 from tasks_app.selectors import duration_text
 
 register = template.Library()

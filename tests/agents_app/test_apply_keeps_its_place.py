@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from tasks_app.models import Job, Task
-from tasks_app.services import control
+from tasks_app.services import sweep
 from tasks_app.services.runs import run_confirm, run_create
 from tests.agents_app.fakes import FakeAgent, apply_pending
 from tests.factories import DEMO_MAIN_TF, make_workspace
@@ -32,13 +32,13 @@ def test_a_requeued_apply_is_taken_before_the_plans_queued_after_its_run(setup, 
     assert resp.status_code == 200, resp.content
     run_create(workspace=held, operation="plan", actor="test")
     run_create(workspace=fresh, operation="plan", actor="test")
-    control.sweep()  # run_create's start is an after-commit callback
+    sweep.sweep()  # run_create's start is an after-commit callback
 
     run_confirm(task_id=task.id, actor="test")  # pushed to `warm`, which never takes it
     apply = Job.objects.get(task=task, kind="apply")
     assert apply.agent_id == warm.id
     Job.objects.filter(id=apply.id).update(claimed_at=timezone.now() - timedelta(seconds=10))
-    assert apply.id in control.step_leases()  # taken back from Redis: `warm` never got it
+    assert apply.id in sweep.step_leases()  # taken back from Redis: `warm` never got it
 
     taken = other.claim()  # the next free slot
     assert taken["id"] == apply.id and taken["kind"] == "apply", "the apply lost its place to a plan"
@@ -56,7 +56,7 @@ def test_applies_go_in_the_order_their_runs_plans_were_queued(setup, client):
     second_ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
     first = run_create(workspace=ws, operation="plan_and_apply", actor="test")
     second = run_create(workspace=second_ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     plans = [a.claim(), a.claim()]
     assert [p["task"]["id"] for p in plans] == [first.id, second.id]
     for plan in plans:
@@ -74,7 +74,7 @@ def auto_apply_planned(setup, client) -> tuple[FakeAgent, Task, dict, dict]:
     ws.save(update_fields=["auto_apply"])
     a1 = FakeAgent(client, token, "a1")
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     plan = a1.claim()
     return a1, task, plan, a1.plan(plan)
 

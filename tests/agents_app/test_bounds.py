@@ -19,8 +19,8 @@ from agents_app.protocol import PROTOCOL_VERSION, Heartbeat, JobResult, LogEvent
 from tasks_app.models import Job, StateLock, Task, TaskEvent
 from tasks_app.selectors import duration_text
 from tasks_app.serializers import RunSerializer
-from tasks_app.services import control
-from tasks_app.services.jobs import job_upload_plan
+from tasks_app.services import agent_reports, sweep
+from tasks_app.services.job_output import job_upload_plan
 from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard, run_transition
 from tasks_app.services.state import state_lock
 from tasks_app.states import RunStatus
@@ -32,7 +32,7 @@ PLAN = b"PK-fake-plan-bytes"
 
 
 def claim(agent: Agent) -> dict | None:
-    jobs = control.agent_claim(agent_id=agent.id, limit=1)
+    jobs = agent_reports.agent_claim(agent_id=agent.id, limit=1)
     return jobs[0] if jobs else None
 
 
@@ -43,16 +43,16 @@ def plan(agent: Agent, job: dict, *, changes: bool = True, keep: bool = True) ->
 
 
 def finish(agent: Agent, job: dict, outcome: str = "succeeded", **result):
-    return control.job_result(agent=agent, job_id=job["id"], fence=job["fence"],
+    return agent_reports.job_result(agent=agent, job_id=job["id"], fence=job["fence"],
                               result=JobResult(outcome=outcome, **result))
 
 
 def ack(agent: Agent, job: dict) -> None:
-    control.job_log(agent=agent, job_id=job["id"], fence=job["fence"], post=LogPost(seq=1, events=LogEvents(ack=True)))
+    agent_reports.job_log(agent=agent, job_id=job["id"], fence=job["fence"], post=LogPost(seq=1, events=LogEvents(ack=True)))
 
 
 def heartbeat(agent: Agent, *jobs: dict):
-    return control.agent_heartbeat(agent=agent, heartbeat=Heartbeat(running_jobs=[j["id"] for j in jobs]))
+    return agent_reports.agent_heartbeat(agent=agent, heartbeat=Heartbeat(running_jobs=[j["id"] for j in jobs]))
 
 
 def back(job: dict | int, **fields) -> None:
@@ -92,7 +92,7 @@ def agent(pool):
 def applying(ws, agent) -> tuple[Task, dict]:
     """A run whose apply runs on `agent`, acknowledged (terraform started)."""
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()  # run_create's start was an after-commit callback
+    sweep.sweep()  # run_create's start was an after-commit callback
     job = claim(agent)
     assert plan(agent, job)
     run_confirm(task_id=task.id, actor="test")
@@ -109,35 +109,35 @@ def applying(ws, agent) -> tuple[Task, dict]:
 def test_one_sweep_starts_a_run_whose_start_was_lost_after_its_commit(ws):
     task = run_create(workspace=ws, operation="plan", actor="test")
     assert status(task) == RunStatus.PENDING, "the start is an after-commit callback, never run here"
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.PLAN_QUEUED
     assert Job.objects.filter(task=task, kind="plan", status="queued").count() == 1
-    control.sweep()
+    sweep.sweep()
     assert Job.objects.filter(task=task, kind="plan").count() == 1, "idempotent"
 
 
 def test_one_sweep_starts_the_next_run_when_the_workspace_freed_but_its_callback_was_lost(ws, agent):
     first = run_create(workspace=ws, operation="plan_and_apply", actor="test")
     second = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert (status(first), status(second)) == (RunStatus.PLAN_QUEUED, RunStatus.PENDING)
     assert plan(agent, claim(agent))
     run_discard(task_id=first.id, actor="test")  # frees the workspace; its start-next callback is lost
     assert status(second) == RunStatus.PENDING
-    control.sweep()
+    sweep.sweep()
     assert status(second) == RunStatus.PLAN_QUEUED
 
 
 def test_one_sweep_requests_the_warmup_a_plan_without_a_kept_dir_lost_after_its_commit(ws, agent):
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent), keep=False) is False
     assert status(task) == RunStatus.APPLY_PENDING
     assert not Job.objects.filter(task=task, kind="warmup").exists(), "warmups_ensure was an after-commit callback"
     assert reason(task) == "apply_pending: waiting for confirmation (not warm yet)"
-    control.sweep()
+    sweep.sweep()
     assert Job.objects.filter(task=task, kind="warmup", status="queued").count() == 1
-    control.sweep()
+    sweep.sweep()
     assert Job.objects.filter(task=task, kind="warmup").count() == 1, "idempotent"
 
 
@@ -145,7 +145,7 @@ def test_an_auto_apply_run_is_confirmed_in_the_plans_own_commit_and_its_lost_pus
     ws.auto_apply = True
     ws.save()
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent))
     # Committed with the plan's result: nothing after the commit is needed to confirm it.
     assert status(task) == RunStatus.APPLY_QUEUED
@@ -153,13 +153,13 @@ def test_an_auto_apply_run_is_confirmed_in_the_plans_own_commit_and_its_lost_pus
     assert apply.status == "running" and apply.agent_id == agent.id  # pushed after commit: lost here
     assert reason(task) == "queued: handed to a1, waiting for it to start"
     back(apply.id, claimed_at=ago(settings.IAC_TARGET_CLAIM_TIMEOUT_SECONDS + 1))
-    control.sweep()
+    sweep.sweep()
     apply.refresh_from_db()
     # Late is not lost: no push to take back, so the server cannot tell whether the agent has
     # the apply (taken, its ack lost) until the agent's heartbeats say it does not.
     assert apply.status == "running"
     for _ in range(2):
-        control.agent_heartbeat(agent=agent, heartbeat=Heartbeat(running_jobs=[]))
+        agent_reports.agent_heartbeat(agent=agent, heartbeat=Heartbeat(running_jobs=[]))
     apply.refresh_from_db()
     assert apply.status == "queued" and apply.agent_id is None, "the unacknowledged apply goes back to the pool"
     assert claim(agent)["id"] == apply.id
@@ -167,27 +167,27 @@ def test_an_auto_apply_run_is_confirmed_in_the_plans_own_commit_and_its_lost_pus
 
 def test_one_sweep_confirms_an_auto_apply_run_still_waiting_for_confirmation(ws, agent):
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent))
     ws.auto_apply = True  # e.g. the plan's own confirm failed, or the workspace became auto-apply
     ws.save()
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.APPLY_QUEUED
     assert [e.actor for e in TaskEvent.objects.filter(task=task, to_status="apply_queued")] == ["auto-apply"]
 
 
 def test_one_sweep_gives_a_confirmed_run_without_an_apply_job_its_job(ws, agent):
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent))
     # Confirm's status change committed, and the process died before the apply job existed.
     locked = Task.objects.select_for_update().get(id=task.id)
     run_transition(locked, RunStatus.APPLY_QUEUED, actor="test")
     assert reason(task) == "queued: no job yet (the sweep creates it)"
-    assert control.sweep()["apply_jobs"] == [task.id]
+    assert sweep.sweep()["apply_jobs"] == [task.id]
     job = Job.objects.get(task=task, kind="apply")
     assert job.status == "queued" and "the sweep queued it" in job.cold_reason
-    assert control.sweep()["apply_jobs"] == [], "idempotent"
+    assert sweep.sweep()["apply_jobs"] == [], "idempotent"
     taken = claim(agent)
     assert taken["id"] == job.id and taken["kind"] == "apply"
     assert not Slot.objects.filter(task=task, state="reserved").exists(), "the warm dir is of no use to a cold apply"
@@ -198,14 +198,14 @@ def test_one_sweep_gives_a_confirmed_run_without_an_apply_job_its_job(ws, agent)
 
 def test_a_plan_past_its_bound_is_interrupted_and_the_run_errors_with_the_bound(ws, pool, agent):
     task = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     job = claim(agent)
     back(job, claimed_at=ago(3599))
-    control.sweep()
+    sweep.sweep()
     assert heartbeat(agent, job).cancel == [], "within its bound"
 
     back(job, claimed_at=ago(3601))
-    assert control.sweep()["bounds"]["stopped"] == [job["id"]]
+    assert sweep.sweep()["bounds"]["stopped"] == [job["id"]]
     order = heartbeat(agent, job).cancel
     assert [(o.id, o.force, o.grace) for o in order] == [(job["id"], False, 30)]  # SIGINT, SIGKILL after 30s
     message = f"the plan ran past its 1h bound (pool {pool.name}); terraform was interrupted"
@@ -213,7 +213,7 @@ def test_a_plan_past_its_bound_is_interrupted_and_the_run_errors_with_the_bound(
     task.refresh_from_db()
     assert (task.status, task.message) == (RunStatus.PLANNING, message), "the run says so at once"
     assert TaskEvent.objects.filter(task=task, from_status="planning", to_status="planning", message=message).exists()
-    control.sweep()
+    sweep.sweep()
     assert heartbeat(agent, job).cancel == order, "fired once, repeated to the agent until the job ends"
 
     finish(agent, job, "cancelled", error="cancelled while terraform was running")
@@ -227,7 +227,7 @@ def test_an_apply_past_its_bound_gets_sigint_with_the_long_grace_and_the_run_say
     task, apply = applying(ws, agent)
     state_lock(workspace=ws, info={"ID": "tf-lock"}, actor="test", job=Job.objects.get(id=apply["id"]))
     back(apply, acked_at=ago(7201))
-    control.sweep()
+    sweep.sweep()
     assert [(o.force, o.grace) for o in heartbeat(agent, apply).cancel] == [(False, 900)]
 
     finish(agent, apply, "cancelled", error="cancelled while terraform was running")
@@ -245,14 +245,14 @@ def test_a_timed_out_job_its_agent_does_not_stop_is_killed_after_the_grace_then_
     task, apply = applying(ws, agent)
     state_lock(workspace=ws, info={"ID": "tf-lock"}, actor="test", job=Job.objects.get(id=apply["id"]))
     back(apply, acked_at=ago(7201))
-    control.sweep()
+    sweep.sweep()
     back(apply, timed_out_at=ago(901))
-    assert control.sweep()["bounds"]["killed"] == [apply["id"]]
+    assert sweep.sweep()["bounds"]["killed"] == [apply["id"]]
     assert [(o.force, o.grace) for o in heartbeat(agent, apply).cancel] == [(True, 900)]
     assert status(task) == RunStatus.APPLYING, "the agent still heartbeats the job: it is not lost yet"
 
     back(apply, timed_out_at=ago(900 + settings.IAC_AGENT_OFFLINE_AFTER_SECONDS + 1))
-    assert control.sweep()["bounds"]["given_up"] == [apply["id"]]
+    assert sweep.sweep()["bounds"]["given_up"] == [apply["id"]]
     task.refresh_from_db()
     assert task.status == RunStatus.ERRORED
     offline = duration_text(settings.IAC_AGENT_OFFLINE_AFTER_SECONDS)
@@ -264,11 +264,11 @@ def test_a_timed_out_job_its_agent_does_not_stop_is_killed_after_the_grace_then_
 
 def test_a_timed_out_plan_whose_agent_dies_is_not_planned_again(ws, agent):
     task = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     job = claim(agent)
     back(job, claimed_at=ago(3601))
-    control.sweep()
-    control.agent_set_offline(agent_id=agent.id, reason="test")
+    sweep.sweep()
+    agent_reports.agent_set_offline(agent_id=agent.id, reason="test")
     task.refresh_from_db()
     assert task.status == RunStatus.ERRORED and "ran past its 1h bound" in task.message
     assert Job.objects.get(id=job["id"]).status == "failed"
@@ -279,16 +279,16 @@ def test_a_timed_out_plan_whose_agent_dies_is_not_planned_again(ws, agent):
 
 def test_a_queued_plan_with_no_agent_online_errors_after_the_no_agent_bound(ws, pool):
     task = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     job = Job.objects.get(task=task)
     gives_up = timezone.localtime(job.created_at + timedelta(seconds=1800)).strftime("%H:%M:%S")
     assert reason(task) == f"queued: no agent of pool '{pool.name}' is online (gives up at {gives_up})"
 
     back(job.id, created_at=ago(1799))
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.PLAN_QUEUED
     back(job.id, created_at=ago(1801))
-    assert control.sweep()["no_agent"] == [task.id]
+    assert sweep.sweep()["no_agent"] == [task.id]
     task.refresh_from_db()
     assert (task.status, task.message) == (RunStatus.ERRORED, f"no agent of pool {pool.name} came online within 30 min")
     assert Job.objects.get(id=job.id).status == "cancelled"
@@ -297,34 +297,34 @@ def test_a_queued_plan_with_no_agent_online_errors_after_the_no_agent_bound(ws, 
 def test_the_no_agent_bound_counts_from_the_last_agent_going_offline_and_not_while_one_is_online(ws, pool):
     agent = make_agent(pool=pool, name="a1", slots=1)[0]
     run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}), operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     claim(agent)
     task = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     job = Job.objects.get(task=task)
     back(job.id, created_at=ago(4000))
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.PLAN_QUEUED, "an agent is online: the job waits for a slot, not for an agent"
     assert reason(task) == f"queued: the one slot of pool '{pool.name}' is busy (1 running)"
 
     Agent.objects.filter(id=agent.id).update(last_heartbeat_at=ago(3600))
-    control.sweep()  # the agent is declared offline now
+    sweep.sweep()  # the agent is declared offline now
     assert status(task) == RunStatus.PLAN_QUEUED, "the bound counts from the moment the last agent went away"
     Agent.objects.filter(id=agent.id).update(offline_at=ago(1801))
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.ERRORED
 
 
 def test_a_confirmed_apply_with_no_agent_online_errors_after_the_no_agent_bound(ws, pool, agent):
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent), keep=False) is False
-    control.agent_set_offline(agent_id=agent.id, reason="test")
+    agent_reports.agent_set_offline(agent_id=agent.id, reason="test")
     run_confirm(task_id=task.id, actor="test")
     assert reason(task).startswith(f"queued: no agent of pool '{pool.name}' is online (gives up at ")
     Agent.objects.filter(id=agent.id).update(offline_at=ago(1801))
     back(Job.objects.get(task=task, kind="apply").id, created_at=ago(1801))
-    control.sweep()
+    sweep.sweep()
     task.refresh_from_db()
     assert (task.status, task.message) == (RunStatus.ERRORED, f"no agent of pool {pool.name} came online within 30 min")
 
@@ -334,20 +334,20 @@ def test_a_confirmed_apply_with_no_agent_online_errors_after_the_no_agent_bound(
 
 def test_apply_pending_waits_forever_by_default_and_is_discarded_past_the_pools_bound(ws, pool, agent):
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent))
     TaskEvent.objects.filter(task=task, to_status="apply_pending").update(created_at=ago(30 * 24 * 3600))
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.APPLY_PENDING, "off by default"
 
     pool.apply_pending_timeout_seconds = 3600
     pool.save()
     TaskEvent.objects.filter(task=task, to_status="apply_pending").update(created_at=ago(3599))
     assert "; discarded at " in reason(task)
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.APPLY_PENDING
     TaskEvent.objects.filter(task=task, to_status="apply_pending").update(created_at=ago(3601))
-    assert control.sweep()["apply_pending_bound"] == [task.id]
+    assert sweep.sweep()["apply_pending_bound"] == [task.id]
     task.refresh_from_db()
     assert task.status == RunStatus.DISCARDED
     assert task.message == f"not confirmed within its 1h bound (pool {pool.name}): discarded; queue a new run to apply"
@@ -360,7 +360,7 @@ def test_apply_pending_waits_forever_by_default_and_is_discarded_past_the_pools_
 def test_every_waiting_run_says_why_it_waits(ws, pool, agent):
     first = run_create(workspace=ws, operation="plan_and_apply", actor="test")
     second = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert reason(second) == f"pending: run #{first.id} (plan_queued) holds the workspace"
     assert reason(first) == f"queued: waiting for an agent of pool '{pool.name}' to take it (3 free slots)"
     ws.locked = True
@@ -375,9 +375,9 @@ def test_every_waiting_run_says_why_it_waits(ws, pool, agent):
     slot = Slot.objects.get(task=first, state="reserved")
     assert reason(first) == f"apply_pending: waiting for confirmation (warm on a1 slot {slot.index} until {until})"
 
-    control.agent_set_offline(agent_id=agent.id, reason="test")
+    agent_reports.agent_set_offline(agent_id=agent.id, reason="test")
     a2 = make_agent(pool=pool, name="a2")[0]
-    control.sweep()  # the warmup is requested again
+    sweep.sweep()  # the warmup is requested again
     assert claim(a2)["kind"] == "warmup"
     assert reason(first) == "apply_pending: waiting for confirmation (warming up on a2)"
 
@@ -407,18 +407,18 @@ def _end(how: str, agent: Agent, token: str, task: Task, job: dict, settings) ->
         assert [o.force for o in heartbeat(agent, job).cancel] == [how == "force_cancelled"]
         finish(agent, job, "cancelled", error="cancelled while terraform was running")
     elif how == "agent_offline":
-        control.agent_set_offline(agent_id=agent.id, reason="test")
+        agent_reports.agent_set_offline(agent_id=agent.id, reason="test")
     elif how == "lease_expired":
         back(job, lease_expires_at=ago(1))
-        control.sweep()
+        sweep.sweep()
     elif how == "agent_restarted":
-        control.agent_join(pool=agent.pool, registration=Registration(
+        agent_reports.agent_join(pool=agent.pool, registration=Registration(
             name=agent.name, credential=token, protocol_version=PROTOCOL_VERSION))
     elif how == "timed_out":
         back(job, claimed_at=ago(30 * 24 * 3600), acked_at=ago(30 * 24 * 3600))
-        control.sweep()
+        sweep.sweep()
         back(job, timed_out_at=ago(3600 + settings.IAC_AGENT_OFFLINE_AFTER_SECONDS))
-        control.sweep()
+        sweep.sweep()
     else:
         raise AssertionError(how)
 
@@ -431,7 +431,7 @@ ENDS = ["succeeded", "failed", "cancelled", "force_cancelled", "agent_offline", 
 def test_a_plans_state_lock_is_released_however_the_plan_ends(ws, pool, how, settings):
     agent, token = make_agent(pool=pool, name="a1")
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     job = claim(agent)
     state_lock(workspace=ws, info={"ID": "plan-lock"}, actor="test", job=Job.objects.get(id=job["id"]))
     _end(how, agent, token, task, job, settings)
@@ -452,10 +452,10 @@ def test_an_applys_state_lock_is_released_however_the_apply_ends(ws, pool, how, 
 
 def test_a_run_whose_warmups_failed_says_confirm_runs_cold(ws, agent, settings):
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent), keep=False) is False
     for _ in range(settings.IAC_WARMUP_MAX_RETRIES):
-        control.sweep()  # requests the next warmup
+        sweep.sweep()  # requests the next warmup
         warmup = claim(agent)
         assert warmup["kind"] == "warmup"
         finish(agent, warmup, "failed", error="init failed")

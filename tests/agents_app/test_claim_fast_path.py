@@ -9,7 +9,7 @@ import pytest
 from agents_app.protocol import AgentStatus
 from agents_app.services.agents import agent_set_status
 from iacplatform.errors import Gone
-from tasks_app.services import control
+from tasks_app.services import agent_reports, sweep
 from tasks_app.services.runs import run_create
 from tests.factories import make_agent
 
@@ -20,17 +20,17 @@ def test_it_answers_nothing_with_one_query_when_the_pool_has_nothing_queued(setu
     pool, _, _ = setup
     agent, _ = make_agent(pool=pool, name="a1")
     with django_assert_num_queries(1):
-        assert control.agent_claim_if_queued(agent=agent, limit=3) == []
+        assert agent_reports.agent_claim_if_queued(agent=agent, limit=3) == []
 
 
 def test_it_claims_what_is_queued(setup):
     pool, _, ws = setup
     agent, _ = make_agent(pool=pool, name="a1")
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()  # run_create's start is an after-commit callback (never run in these tests)
-    [job] = control.agent_claim_if_queued(agent=agent, limit=3)
+    sweep.sweep()  # run_create's start is an after-commit callback (never run in these tests)
+    [job] = agent_reports.agent_claim_if_queued(agent=agent, limit=3)
     assert job["kind"] == "plan" and job["task"]["id"] == task.id
-    assert control.agent_claim_if_queued(agent=agent, limit=3) == []
+    assert agent_reports.agent_claim_if_queued(agent=agent, limit=3) == []
 
 
 def test_an_agent_marked_offline_hears_gone_even_with_nothing_queued(setup):
@@ -38,7 +38,7 @@ def test_an_agent_marked_offline_hears_gone_even_with_nothing_queued(setup):
     agent, _ = make_agent(pool=pool, name="a1")
     agent_set_status(agent, AgentStatus.OFFLINE, reason="test: silent")
     with pytest.raises(Gone):
-        control.agent_claim_if_queued(agent=agent, limit=1)
+        agent_reports.agent_claim_if_queued(agent=agent, limit=1)
 
 
 def test_a_claimed_plan_records_the_state_serial_it_is_made_against(setup):
@@ -49,14 +49,14 @@ def test_a_claimed_plan_records_the_state_serial_it_is_made_against(setup):
     pool, _, ws = setup
     agent, _ = make_agent(pool=pool, name="a1")
     first = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
-    control.agent_claim_if_queued(agent=agent, limit=1)
+    sweep.sweep()
+    agent_reports.agent_claim_if_queued(agent=agent, limit=1)
     for serial in (3, 7, 5):  # the newest is the highest serial, whatever the insert order
         StateVersion.objects.create(workspace=ws, serial=serial, lineage="l", sha256="0" * 64, size=0,
                                     encrypted_data=b"")
     second = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
-    control.agent_claim_if_queued(agent=agent, limit=1)
+    sweep.sweep()
+    agent_reports.agent_claim_if_queued(agent=agent, limit=1)
     assert Task.objects.get(id=first.id).base_state_serial is None
     assert Task.objects.get(id=second.id).base_state_serial == 7
 
@@ -75,9 +75,9 @@ def test_a_woken_poll_that_takes_the_only_queued_job_asks_the_queue_nothing_more
     pool, _, ws = setup
     agent, _ = make_agent(pool=pool, name="a1")
     task = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     with CaptureQueriesContext(connection) as queries:
-        [job] = control.agent_claim_if_queued(agent=agent, limit=3, woken=True)
+        [job] = agent_reports.agent_claim_if_queued(agent=agent, limit=3, woken=True)
     assert job["task"]["id"] == task.id
     assert _queue_checks(queries.captured_queries) == []
 
@@ -89,6 +89,6 @@ def test_one_claim_still_fills_its_free_slots_when_more_is_queued(setup):
     agent, _ = make_agent(pool=pool, name="a1")
     other = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
     tasks = {run_create(workspace=w, operation="plan", actor="test").id for w in (ws, other)}
-    control.sweep()
-    jobs = control.agent_claim_if_queued(agent=agent, limit=3, woken=True)
+    sweep.sweep()
+    jobs = agent_reports.agent_claim_if_queued(agent=agent, limit=3, woken=True)
     assert {j["task"]["id"] for j in jobs} == tasks

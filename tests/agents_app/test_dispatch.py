@@ -13,7 +13,7 @@ from agents_app.models import Agent, DispatchEvent, Slot
 from agents_app.protocol import PROTOCOL_VERSION
 from tasks_app.models import Job, Task
 from tasks_app.serializers import RunSerializer
-from tasks_app.services import control
+from tasks_app.services import agent_reports, sweep
 from tasks_app.services.runs import run_confirm, run_create
 from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
 from tests.factories import DEMO_MAIN_TF, make_workspace
@@ -55,7 +55,7 @@ def test_it_answers_a_bug_with_a_500_not_a_client_error(setup, client, monkeypat
     def broken(**kwargs):
         raise ValueError("a bug in the server")
 
-    monkeypatch.setattr(control, "job_log", broken)
+    monkeypatch.setattr(agent_reports, "job_log", broken)
     client.raise_request_exception = False
     resp = a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "x"}, fence=job["fence"])
     assert resp.status_code == 500
@@ -149,7 +149,7 @@ def test_it_refuses_a_second_process_with_the_same_name_but_no_credential(setup,
     assert Agent.objects.filter(name="a1").count() == 1
 
     # Once the old record is offline, the name is free: a new agent, never a merge.
-    control.agent_set_offline(agent_id=a1.id, reason="test")
+    agent_reports.agent_set_offline(agent_id=a1.id, reason="test")
     resp = a1.register()
     assert resp.status_code == 201 and resp.json()["agent_id"] != a1.id and resp.json()["resumed"] is False
 
@@ -192,14 +192,14 @@ def test_a_full_pool_keeps_a_fresh_reservation_for_its_grace_then_releases_it(se
     pending = apply_pending(setup, a1)
     plan_run = run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}),
                           operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert a1.claim() is None, "a 0 s old reservation was given away"
     assert reservation(pending) is not None
     plan_run.refresh_from_db()
     assert "released for this run once its run has waited 30s for Confirm" in run_waiting_reason(plan_run)
 
     Task.objects.filter(id=pending.id).update(warmup_at=timezone.now() - timedelta(seconds=31))
-    control.sweep()
+    sweep.sweep()
     pending.refresh_from_db()
     assert reservation(pending) is None and "released to make room" in pending.warmup_message
     job = a1.claim()
@@ -229,7 +229,7 @@ def test_it_sends_a_plans_warmup_and_apply_only_to_agents_with_its_terraform_ver
     task = apply_pending(setup, a1)
     task.refresh_from_db()
     assert task.terraform_version == "1.11.4", "the plan records the version it was made with"
-    control.agent_set_offline(agent_id=a1.id, reason="test")
+    agent_reports.agent_set_offline(agent_id=a1.id, reason="test")
 
     other = FakeAgent(client, token, "other", terraform_version="1.9.0")
     assert other.claim() is None, "a warmup on another version is never attempted"
@@ -262,7 +262,7 @@ def warming(setup, client):
     _, token, _ = setup
     a1 = FakeAgent(client, token, "a1")
     task = apply_pending(setup, a1)
-    control.agent_set_offline(agent_id=a1.id, reason="test")
+    agent_reports.agent_set_offline(agent_id=a1.id, reason="test")
     a2 = FakeAgent(client, token, "a2")
     warmup = a2.claim()
     assert warmup["kind"] == "warmup"
@@ -333,7 +333,7 @@ def test_it_runs_every_sweep_step_even_when_one_fails(db, caplog):
     def broken():
         raise RuntimeError("boom")
 
-    result = control.sweep([("first", broken), ("second", lambda: ran.append(1) or "ok")])
+    result = sweep.sweep([("first", broken), ("second", lambda: ran.append(1) or "ok")])
     assert result == {"first": "error: boom", "second": "ok"}
     assert ran == [1]
     assert "sweep step first failed" in caplog.text

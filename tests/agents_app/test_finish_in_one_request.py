@@ -14,10 +14,10 @@ import pytest
 from django.db import transaction
 
 from agents_app.agent.logstream import LogStream
-from agents_app.agent.redact import Redactor
+from agents_app.redaction import Redactor
 from tasks_app.models import Job, LogChunk, Plan, Task
 from tasks_app.selectors import run_log_read
-from tasks_app.services import jobs as job_services
+from tasks_app.services import job_output, job_payloads
 from tasks_app.services.runs import run_confirm, run_create
 from tests.agents_app.fakes import PLAN, FakeAgent, apply_pending
 
@@ -60,7 +60,7 @@ def test_it_leaves_large_configurations_and_applies_to_be_fetched(setup, client,
     assert not [q["sql"] for q in confirm.captured_queries if '"archive"' in q["sql"]]  # not even read
     apply = a1.claim()
     assert apply["kind"] == "apply" and apply["configuration_b64"] == ""  # Confirm's hot path reads no archive
-    monkeypatch.setattr(job_services, "INLINE_CONFIGURATION_BYTES", 10)
+    monkeypatch.setattr(job_payloads, "INLINE_CONFIGURATION_BYTES", 10)
     run_create(workspace=setup[2], operation="plan", actor="test")
     a2 = FakeAgent(client, setup[1], "a2")
     plan = a2.claim()
@@ -144,10 +144,10 @@ def test_a_plan_stored_again_for_its_run_replaces_the_first(setup, client):
     task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
     claimed = Job.objects.get(id=a1.claim()["id"])
     with transaction.atomic():
-        first = job_services.job_store_plan(claimed, data=b"first", sha256="a" * 64, summary={"add": 1},
+        first = job_output.job_store_plan(claimed, data=b"first", sha256="a" * 64, summary={"add": 1},
                                             has_changes=True)
     with transaction.atomic():
-        second = job_services.job_store_plan(claimed, data=b"second", sha256="b" * 64, summary={"add": 2},
+        second = job_output.job_store_plan(claimed, data=b"second", sha256="b" * 64, summary={"add": 2},
                                              has_changes=False)
     assert second.pk == first.pk
     stored = Plan.objects.get(task=task)

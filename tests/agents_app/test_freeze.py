@@ -16,7 +16,7 @@ from agents_app.services.freeze import moment_text, pool_frozen_until
 from agents_app.services.freeze_windows import freeze_window_lift
 from iacplatform.errors import Conflict
 from tasks_app.models import Job, Task
-from tasks_app.services import control
+from tasks_app.services import sweep
 from tasks_app.services.runs import run_confirm, run_create
 from tasks_app.states import RunStatus
 from tests.agents_app.test_bounds import ack, ago, claim, finish, heartbeat, plan, reason, status
@@ -57,7 +57,7 @@ def another_workspace(pool):
 
 def apply_pending(ws, agent, *, keep: bool = True) -> Task:
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent), keep=keep) is keep
     assert status(task) == RunStatus.APPLY_PENDING
     return task
@@ -67,7 +67,7 @@ def test_a_frozen_pool_dispatches_nothing_and_its_queued_runs_say_until_when(ws,
     window = freeze(pool)
     assert pool_frozen_until(pool) == window.ends_at
     task = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.PLAN_QUEUED, "the queue rule still starts it: it waits for the window"
     assert claim(agent) is None
     assert reason(task) == f"queued: frozen until {until(window)} (maintenance)"
@@ -92,7 +92,7 @@ def test_confirm_is_refused_with_a_409_naming_the_windows_end_and_nothing_change
 def test_entering_a_window_releases_reservations_stops_plans_and_warmups_and_lets_applies_finish(pool, agent):
     reserved = apply_pending(another_workspace(pool), agent)
     warming = apply_pending(another_workspace(pool), agent, keep=False)
-    control.sweep()  # queues warmups (an after-commit callback here)
+    sweep.sweep()  # queues warmups (an after-commit callback here)
     applying_ws = another_workspace(pool)
     applying = apply_pending(applying_ws, agent)
     run_confirm(task_id=applying.id, actor="test")
@@ -104,13 +104,13 @@ def test_entering_a_window_releases_reservations_stops_plans_and_warmups_and_let
     assert Slot.objects.filter(agent=agent, state="idle").count() == 0, "a1: a reservation, the apply, the warmup"
     a2 = make_agent(pool=pool, name="a2")[0]
     planning = run_create(workspace=another_workspace(pool), operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     plan_job = claim(a2)
     assert plan_job["kind"] == "plan"
 
     window = freeze(pool)
     entered = f"the pool entered freeze window 'maintenance' until {until(window)}"
-    done = control.sweep()["freeze"][pool.id]
+    done = sweep.sweep()["freeze"][pool.id]
     assert done["released"] == [reserved.id]
     assert sorted(done["stopped"]) == sorted([warmup["id"], plan_job["id"]])
     reserved.refresh_from_db()
@@ -121,7 +121,7 @@ def test_entering_a_window_releases_reservations_stops_plans_and_warmups_and_let
     orders = heartbeat(agent, apply_job, warmup).cancel
     assert [o.id for o in orders] == [warmup["id"]], "the apply is never interrupted"
     assert [o.id for o in heartbeat(a2, plan_job).cancel] == [plan_job["id"]]
-    assert control.sweep()["freeze"] == {}, "idempotent: nothing left to undo"
+    assert sweep.sweep()["freeze"] == {}, "idempotent: nothing left to undo"
 
     finish(a2, plan_job, "cancelled", error="cancelled while terraform was running")
     planning.refresh_from_db()
@@ -132,13 +132,13 @@ def test_entering_a_window_releases_reservations_stops_plans_and_warmups_and_let
     finish(agent, apply_job)
     assert status(applying) == RunStatus.APPLIED
 
-    control.sweep()
+    sweep.sweep()
     assert not Job.objects.filter(kind="warmup", status="queued").exists(), "no warmup while frozen"
     assert claim(agent) is None
 
     # Leaving: the runs are warmed up again and work is dispatched.
     freeze_window_lift(window_id=window.id, actor="test", reason="done early")
-    control.sweep()
+    sweep.sweep()
     assert set(Job.objects.filter(kind="warmup", status="queued").values_list("task_id", flat=True)) == {
         reserved.id, warming.id}
     assert claim(agent)["kind"] == "warmup"
@@ -146,7 +146,7 @@ def test_entering_a_window_releases_reservations_stops_plans_and_warmups_and_let
 
 def test_a_plan_that_finishes_as_the_pool_freezes_keeps_no_warm_dir(ws, pool, agent):
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     job = claim(agent)
     freeze(pool)
     assert plan(agent, job) is False
@@ -156,7 +156,7 @@ def test_a_plan_that_finishes_as_the_pool_freezes_keeps_no_warm_dir(ws, pool, ag
 
 def test_a_warmup_that_succeeds_during_a_freeze_reserves_nothing_and_counts_no_retry(ws, pool, agent):
     task = apply_pending(ws, agent, keep=False)
-    control.sweep()
+    sweep.sweep()
     warmup = claim(agent)
     freeze(pool)
     assert finish(agent, warmup, kept_dir=True).keep_dir is False
@@ -169,29 +169,29 @@ def test_an_auto_apply_run_waits_for_the_window_to_end(ws, pool, agent):
     ws.auto_apply = True
     ws.save()
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     job = claim(agent)
     window = freeze(pool)
     plan(agent, job)
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.APPLY_PENDING
     freeze_window_lift(window_id=window.id, actor="test", reason="ok")
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.APPLY_QUEUED
 
 
 def test_the_no_agent_bound_is_suspended_while_frozen_and_counts_from_the_freezes_end(ws, pool):
     task = run_create(workspace=ws, operation="plan", actor="test")
-    control.sweep()
+    sweep.sweep()
     Job.objects.filter(task=task).update(created_at=ago(4000))
     window = freeze(pool, minutes=10)
     FreezeWindow.objects.filter(id=window.id).update(starts_at=ago(3900))
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.PLAN_QUEUED
     assert reason(task).startswith("queued: frozen until ")
 
     freeze_window_lift(window_id=window.id, actor="test", reason="over")
-    control.sweep()
+    sweep.sweep()
     assert status(task) == RunStatus.PLAN_QUEUED, "pods need time to come back after a freeze"
     assert reason(task).startswith(f"queued: no agent of pool '{pool.name}' is online (gives up at ")
 
@@ -211,11 +211,11 @@ def test_lifting_needs_a_reason_and_an_active_window(pool):
 
 def test_an_apply_confirmed_during_a_warmup_is_not_handed_over_while_frozen_and_goes_after_the_window(ws, pool, agent):
     task = apply_pending(ws, agent, keep=False)
-    control.sweep()
+    sweep.sweep()
     warmup = claim(agent)
     run_confirm(task_id=task.id, actor="test")  # waits for the warmup (held)
     window = freeze(pool)
-    control.sweep()
+    sweep.sweep()
     assert [o.id for o in heartbeat(agent, warmup).cancel] == [warmup["id"]]
     assert finish(agent, warmup, kept_dir=True).keep_dir is False, "it finished before the order: nothing kept"
     apply = Job.objects.get(task=task, kind="apply")

@@ -13,7 +13,7 @@ from django.utils import timezone
 from agents_app.models import FreezeWindow
 from agents_app.services.freeze import moment_text
 from tasks_app.models import AuditEvent
-from tasks_app.services import control
+from tasks_app.services import sweep
 from tasks_app.services.runs import run_create
 from tests.agents_app.test_bounds import claim, plan
 from tests.factories import make_agent
@@ -119,7 +119,7 @@ def test_confirm_through_the_api_is_a_409_that_names_the_windows_end(api, setup)
     pool, _, ws = setup
     agent = make_agent(pool=pool, name="a1")[0]
     task = run_create(workspace=ws, operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent))
     window = active_one_off(api, pool)
     resp = api.post(f"/api/v1/runs/{task.id}/confirm/", {}, format="json")

@@ -25,8 +25,8 @@ from agents_app.services.agents import agent_register
 from agents_app.services.pods import pod_new_name
 from iacplatform.errors import Conflict, Invalid
 from tasks_app.models import Job
-from tasks_app.services import control
-from tasks_app.services.control import agent_join
+from tasks_app.services import sweep
+from tasks_app.services.agent_reports import agent_join
 from tasks_app.services.runs import run_create
 from tests.agents_app.test_bounds import claim, plan
 from tests.factories import DEMO_MAIN_TF, make_pool, make_workspace
@@ -138,7 +138,7 @@ def test_a_tick_scales_up_records_the_decision_and_never_removes_a_reserved_pod(
     agent = Agent.objects.get(name=first)
     task = run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}),
                       operation="plan_and_apply", actor="test")
-    control.sweep()
+    sweep.sweep()
     assert plan(agent, claim(agent), keep=True) is True
     assert Slot.objects.get(agent=agent, state=SlotState.RESERVED).task_id == task.id
     Job.objects.filter(pool=pool).update(finished_at=timezone.now() - timedelta(seconds=10))

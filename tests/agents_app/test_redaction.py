@@ -11,10 +11,10 @@ from typing import Any
 
 from agents_app.agent.jobs import JobRun
 from agents_app.agent.logstream import LogStream
-from agents_app.agent.redact import MASK, Redactor
 from agents_app.agent.sandbox import Sandbox, agent_environment, job_environment
 from agents_app.agent.warmdirs import WarmPlans
 from agents_app.protocol import JobOutcome, JobPayload, SandboxMode
+from agents_app.redaction import MASK, Redactor
 
 SECRET = 's3cr3t-"quoted"-\\back'
 CREDENTIAL = "job-" + "C" * 43

@@ -824,7 +824,7 @@ def test_only_a_get_waits(api, workspace):
 
 
 def test_a_run_takes_plan_options_that_reach_the_agents_payload(api, workspace, pool, django_capture_on_commit_callbacks):
-    from tasks_app.services import control
+    from tasks_app.services import agent_reports
 
     agent, _ = make_agent(pool=pool)
     with django_capture_on_commit_callbacks(execute=True):
@@ -833,7 +833,7 @@ def test_a_run_takes_plan_options_that_reach_the_agents_payload(api, workspace, 
         }, format="json").json()
     assert (run["plan_mode"], run["plan_targets"], run["plan_replace"]) == (
         "destroy", ['module.net.aws_subnet.a["x y"]', "terraform_data.b"], [])
-    [job] = control.agent_claim(agent_id=agent.id, limit=1)
+    [job] = agent_reports.agent_claim(agent_id=agent.id, limit=1)
     assert job["plan_options"] == {"mode": "destroy", "targets": ['module.net.aws_subnet.a["x y"]', "terraform_data.b"],
                                    "replace": []}
 

@@ -174,7 +174,7 @@ def test_it_stores_a_log_up_to_its_cap_then_one_marker_line(settings, client):
 
 
 def test_it_labels_the_default_cap_in_mib():
-    from tasks_app.services.jobs import _size_label
+    from tasks_app.services.job_output import _size_label
 
     assert _size_label(50 * 1024 * 1024) == "50 MiB"
     assert _size_label(1000) == "1000 bytes"

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from tasks_app.models import SweepHeartbeat
-from tasks_app.services import control
+from tasks_app.services import sweep
 from tests.factories import make_agent, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -45,37 +45,37 @@ def status(agent: Agent) -> str:
 def test_a_silent_agent_goes_offline_while_web_is_up(silent):
     mark(SweepHeartbeat.WEB_SEEN, ago(0.5))
     mark(SweepHeartbeat.HEARD_SINCE, ago(60))
-    assert control.step_offline() == [silent.id]
+    assert sweep.step_offline() == [silent.id]
     assert status(silent) == "offline"
 
 
 def test_without_web_ticks_recorded_every_silence_counts(silent):
-    assert control.step_offline() == [silent.id]
+    assert sweep.step_offline() == [silent.id]
 
 
 def test_no_agent_goes_offline_while_no_web_process_is_up(silent):
     mark(SweepHeartbeat.WEB_SEEN, ago(5))  # web stopped ticking: killed, or being deployed
     mark(SweepHeartbeat.HEARD_SINCE, ago(60))
-    assert control.step_offline() == []
+    assert sweep.step_offline() == []
     assert status(silent) == "online"
 
 
 def test_silence_counts_from_the_moment_web_came_back(silent):
     mark(SweepHeartbeat.WEB_SEEN, ago(5))
-    control.web_alive()  # web is back after a gap: agents get the full timeout to reach it
+    sweep.web_alive()  # web is back after a gap: agents get the full timeout to reach it
     heard_since = SweepHeartbeat.objects.get(id=SweepHeartbeat.HEARD_SINCE).finished_at
     assert (timezone.now() - heard_since).total_seconds() < 1
-    assert control.step_offline() == []
+    assert sweep.step_offline() == []
     mark(SweepHeartbeat.HEARD_SINCE, ago(4.5))  # the timeout passed since, still silent
-    assert control.step_offline() == [silent.id]
+    assert sweep.step_offline() == [silent.id]
 
 
 def test_a_web_process_starting_restarts_the_count_and_a_steady_tick_does_not(silent):
     mark(SweepHeartbeat.WEB_SEEN, ago(0.5))
     mark(SweepHeartbeat.HEARD_SINCE, ago(60))
-    control.web_alive()
+    sweep.web_alive()
     assert SweepHeartbeat.objects.get(id=SweepHeartbeat.HEARD_SINCE).finished_at < ago(59)
-    control.web_alive(starting=True)
+    sweep.web_alive(starting=True)
     assert SweepHeartbeat.objects.get(id=SweepHeartbeat.HEARD_SINCE).finished_at > ago(1)
 
 
@@ -84,16 +84,16 @@ def test_a_sweep_after_a_database_outage_does_not_count_the_outage(silent):
     mark(SweepHeartbeat.HEARD_SINCE, ago(60))
     mark(SweepHeartbeat.CELERY, ago(30))  # nothing swept for 30 s: PostgreSQL was down
     mark(SweepHeartbeat.WEB, ago(30))
-    control.sweep_resumed()  # what every sweep does first
+    sweep.sweep_resumed()  # what every sweep does first
     assert SweepHeartbeat.objects.get(id=SweepHeartbeat.HEARD_SINCE).finished_at > ago(1)
-    assert control.step_offline() == []
+    assert sweep.step_offline() == []
     assert status(silent) == "online"
 
 
 def test_a_sweep_without_a_gap_leaves_the_count_alone(silent):
     mark(SweepHeartbeat.HEARD_SINCE, ago(60))
     mark(SweepHeartbeat.CELERY, ago(1))
-    control.sweep_resumed()
+    sweep.sweep_resumed()
     assert SweepHeartbeat.objects.get(id=SweepHeartbeat.HEARD_SINCE).finished_at < ago(59)
 
 
@@ -111,10 +111,10 @@ def test_a_lease_that_ran_out_while_agents_could_not_reach_the_platform_is_kept(
     Job.objects.filter(id=job["id"]).update(lease_expires_at=ago(1))
     mark(SweepHeartbeat.WEB_SEEN, ago(5))  # web is down: the heartbeats that renew leases cannot arrive
     mark(SweepHeartbeat.HEARD_SINCE, ago(60))
-    assert control.step_leases() == []
+    assert sweep.step_leases() == []
     mark(SweepHeartbeat.WEB_SEEN, ago(0.5))
     mark(SweepHeartbeat.HEARD_SINCE, ago(2))  # web came back 2 s ago: agents get the full timeout
-    assert control.step_leases() == []
+    assert sweep.step_leases() == []
     mark(SweepHeartbeat.HEARD_SINCE, ago(60))
-    assert control.step_leases() == [job["id"]]
+    assert sweep.step_leases() == [job["id"]]
     assert Job.objects.get(id=job["id"]).status == "queued"  # a plan goes back to the queue

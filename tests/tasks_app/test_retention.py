@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from iacplatform import crypto
 from tasks_app.models import AuditEvent, Job, LogChunk, Plan, StateVersion, Task
-from tasks_app.services import control, retention
+from tasks_app.services import retention, sweep
 from tasks_app.states import Operation, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -93,9 +93,9 @@ def test_it_runs_as_a_sweep_step(settings, workspace, monkeypatch):
     monkeypatch.setattr(retention, "_last_pass", None)
     old = _run(workspace, status=RunStatus.APPLIED, ended_days_ago=2)
 
-    results = control.sweep([step for step in control.SWEEP_STEPS if step[0] == "retention"])
+    results = sweep.sweep([step for step in sweep.SWEEP_STEPS if step[0] == "retention"])
 
     assert results == {"retention": {"plans": 1, "logs": 0}}
     assert Task.objects.get(id=old.id).plan_pruned_at is not None
     # The next tick within the hour does nothing (no scan of the runs table every 5 s).
-    assert control.sweep([("retention", retention.step_retention)]) == {"retention": None}
+    assert sweep.sweep([("retention", retention.step_retention)]) == {"retention": None}

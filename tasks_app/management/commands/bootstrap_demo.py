@@ -14,10 +14,10 @@ from django.db import transaction
 
 from agents_app.models import AgentPool
 from agents_app.services.agents import pool_by_token, pool_create
+from agents_app.services.pool_settings import pool_token_rotate
 from iacplatform.env import env
 from tasks_app.models import ApiToken, Variable, Workspace
 from tasks_app.services.configs import configuration_create_from_files
-from tasks_app.services.control import pool_token_rotate
 from tasks_app.services.tokens import token_create
 
 RUN_TOKEN_NAME = "make run"

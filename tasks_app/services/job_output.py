@@ -1,0 +1,175 @@
+"""What a running job sends besides its result: its log (appended in order, idempotent per
+chunk, redacted, capped at IAC_MAX_LOG_BYTES) and its plan file (checked, stored masked).
+Returns what happened (`LogAppended`); the caller moves the run on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents_app.models import Agent
+from agents_app.protocol import JobKind, LogPost
+from agents_app.redaction import plan_summary_masked, redact
+from iacplatform import crypto, metrics
+from iacplatform.errors import Conflict, Invalid
+from tasks_app import events
+from tasks_app.models import Job, LogChunk, Plan, Task
+from tasks_app.redaction import run_sensitive_values
+from tasks_app.services.jobs import job_running
+
+
+@dataclass(frozen=True)
+class LogAppended:
+    job: Job
+    task: Task
+    acked_now: bool  # this post acknowledged an apply: the run becomes `applying`
+
+
+def _size_label(size: int) -> str:
+    mib = size / (1024 * 1024)
+    return f"{mib:g} MiB" if mib >= 1 and mib == int(mib) else f"{size} bytes"
+
+
+def _log_capped(text: str, log_size: int) -> str:
+    """What of `text` a log already `log_size` bytes long may store under IAC_MAX_LOG_BYTES:
+    all of it, the part that fits plus one marker line (the first time the cap is reached),
+    or nothing. The marker is the only thing ever stored past the cap, so `log_size` over the
+    cap means the marker is already there."""
+    cap: int = settings.IAC_MAX_LOG_BYTES
+    data = text.encode()
+    if log_size + len(data) <= cap:
+        return text
+    if log_size > cap:
+        return ""
+    kept = data[: cap - log_size].decode(errors="ignore")  # a character cut in two is dropped
+    newline = "" if not kept or kept.endswith("\n") else "\n"
+    return f"{kept}{newline}[log truncated at {_size_label(cap)}: the rest of this run's output was not stored]\n"
+
+
+def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
+                   locked: tuple[Job, Task] | None = None, defer_saves: bool = False) -> LogAppended | None:
+    """Append one chunk of a job's output to its run's log (caller's transaction; `locked`:
+    the job and run as job_locked_with_run gave them). Idempotent per (job, seq), so an agent
+    that retries a post never duplicates lines. Returns None for a seq already stored.
+    `defer_saves` (with `locked`): the run's fields are left to Task.save_pending and the
+    job's acknowledgement to the caller's save of the job (a result: job_finish)."""
+    ev = post.events
+    job = locked[0] if locked else job_running(job_id, agent, fence, lock=ev.ack)
+    stored = job.__dict__.get("log_chunks_stored", {}).get(post.seq)  # read with the lock (a result)
+    if stored is None:
+        stored = LogChunk.objects.filter(job=job, seq=post.seq).exists()
+    if stored:
+        return None
+    task = locked[1] if locked else Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    acked_now = False
+    if ev.ack and job.kind == JobKind.APPLY and job.acked_at is None:
+        # Until now the apply provably has not run, so a claim whose answer was lost can go
+        # elsewhere; from now on a dead agent means an errored run (see job_abandon).
+        job.acked_at = timezone.now()
+        if not defer_saves:
+            job.save(update_fields=["acked_at"])
+        acked_now = True
+    now = timezone.now()
+    fields = ["log_size"]
+    had_start, had_first_log = task.apply_started_at is not None, task.first_apply_log_at is not None
+    text = post.text
+    if text:
+        text = _log_capped(redact(text, run_sensitive_values(task)), task.log_size)
+    if text:
+        LogChunk.objects.create(task=task, job=job, seq=post.seq, offset=task.log_size, text=text)
+        task.log_size += len(text.encode())
+        if job.kind == JobKind.APPLY and task.first_apply_log_at is None and task.apply_started_at:
+            task.first_apply_log_at = now
+            fields.append("first_apply_log_at")
+    if job.kind == JobKind.APPLY and ev.apply_started_at is not None:
+        task.apply_started_at = datetime.fromtimestamp(ev.apply_started_at, tz=UTC)
+        task.apply_path = ev.apply_path or ""
+        task.apply_path_reason = ev.apply_path_reason
+        fields += ["apply_started_at", "apply_path", "apply_path_reason"]
+        if text and task.first_apply_log_at is None:
+            task.first_apply_log_at = now
+            fields.append("first_apply_log_at")
+    if defer_saves:
+        task.save_later(*fields)
+    else:
+        task.save(update_fields=fields)
+    if text:
+        task_id, end = task.id, task.log_size
+        start = end - len(text.encode())
+        # The chunk travels to the run page's viewers as it was stored, rendered once there.
+        transaction.on_commit(lambda: events.run_log_appended(task_id, start=start, end=end, text=text))
+    if task.confirmed_at is not None and (not had_start or not had_first_log):
+        _observe_confirm_latencies(task, start=not had_start, first_log=not had_first_log)
+    return LogAppended(job=job, task=task, acked_now=acked_now)
+
+
+def _observe_confirm_latencies(task: Task, *, start: bool, first_log: bool) -> None:
+    """Confirm → apply start and → first log line, once each per run, after commit: the
+    moments the server learns them (the same numbers the run page shows)."""
+    path, confirmed = task.apply_path, task.confirmed_at
+    started = task.apply_started_at if start else None
+    first = task.first_apply_log_at if first_log else None
+    if started is None and first is None:
+        return
+
+    def observe() -> None:
+        if started is not None:
+            metrics.observe_confirm_latency(path, (started - confirmed).total_seconds())
+        if first is not None:
+            metrics.observe_confirm_first_log(path, (first - confirmed).total_seconds())
+
+    transaction.on_commit(observe)
+
+
+def job_upload_plan(
+    *, agent: Agent, job_id: int, fence: int, data: bytes, sha256: str, summary: dict, has_changes: bool
+) -> Plan:
+    job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
+    plan_check(data, sha256)
+    with transaction.atomic():
+        return job_store_plan(job_running(job_id, agent, fence), data=data, sha256=sha256, summary=summary,
+                              has_changes=has_changes)
+
+
+def plan_check(data: bytes, sha256: str) -> None:
+    """Refuse a plan file over the size limit or not matching the sha256 the agent sent
+    (outside any transaction: hashing a large plan holds no lock)."""
+    if len(data) > settings.IAC_MAX_PLAN_BYTES:
+        raise Invalid(f"plan file is {len(data)} bytes; the limit is {settings.IAC_MAX_PLAN_BYTES}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise Invalid(f"plan file sha256 is {actual}, not the {sha256} the agent sent: upload corrupted")
+
+
+def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool,
+                   task: Task | None = None, defer_saves: bool = False) -> Plan:
+    """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
+    the caller ran plan_check; `task`: the job's run, locked by the caller; `defer_saves`:
+    the run's plan_hash and has_changes are left to Task.save_pending)."""
+    if job.kind != JobKind.PLAN:
+        raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
+    if task is None:
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    # One INSERT … ON CONFLICT (a re-run plan job replaces the run's plan), not
+    # update_or_create's savepoints, SELECT and INSERT: this is on the way to apply_pending.
+    [plan] = Plan.objects.bulk_create(
+        [Plan(task=task, job=job, encrypted_data=crypto.encrypt(data), sha256=sha256, size=len(data),
+              # Masked as the log is, with the values this run used: a configuration that does
+              # not declare a platform-sensitive variable `sensitive` shows it in its diff, and a
+              # value changed later would no longer be known to mask it when it is read.
+              summary=plan_summary_masked(summary, run_sensitive_values(task)))],
+        update_conflicts=True, unique_fields=["task"], update_fields=["job", "encrypted_data", "sha256", "size", "summary"],
+    )
+    task.plan_hash = sha256
+    task.has_changes = has_changes
+    if defer_saves:
+        task.save_later("plan_hash", "has_changes")
+    else:
+        task.save(update_fields=["plan_hash", "has_changes"])
+    return plan

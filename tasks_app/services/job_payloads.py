@@ -1,0 +1,114 @@
+"""A job's payload: what an agent is given with a job (agents_app.protocol.JobPayload): the
+run, its workspace's variables (sensitive ones decrypted here only), the configuration when
+small enough to travel inline, and the job's state credential. Reads only: the run is read
+(and locked) with what the payload needs in one query.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from django.conf import settings
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db.models import BinaryField, Case, F, Func, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models.functions import JSONObject
+
+from agents_app.protocol import JobKind, JobPayload, PlanOptions, StateBackend, TaskRef, Variables
+from tasks_app.models import ConfigurationVersion, Job, StateVersion, Task, Variable
+from tasks_app.states import Operation
+
+
+def task_locked_for_payload(task_id: int, *, inline_archive: bool = False, state_serial: bool = False) -> Task:
+    """The run, locked, with what a job's payload reads. `inline_archive`: with its
+    configuration archive when it is small enough to travel inside the payload (one query
+    for both; `_inline_configuration`); a larger one is never read here. `state_serial`: with
+    its workspace's current state serial (`current_state_serial`, for run_plan_started)."""
+    qs = (
+        Task.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("workspace__pool", "configuration_version")
+        .defer("configuration_version__archive")
+    )
+    qs = with_payload_variables(qs)
+    if inline_archive:
+        qs = qs.annotate(inline_archive=Case(
+            When(configuration_version__size__lte=INLINE_CONFIGURATION_BYTES, then=F("configuration_version__archive")),
+            default=Value(None), output_field=BinaryField(),
+        ))
+    if state_serial:
+        qs = qs.annotate(current_state_serial=Subquery(
+            StateVersion.objects.filter(workspace_id=OuterRef("workspace_id")).order_by("-serial").values("serial")[:1]
+        ))
+    return qs.get(id=task_id)
+
+
+# Configuration archives up to this size travel inside a plan's or warmup's payload: the
+# agent starts `terraform init` without a `GET configuration` round trip. Larger ones, and
+# applies (Confirm's hot path reads no archive; a warm apply needs none), are fetched.
+INLINE_CONFIGURATION_BYTES = 256 * 1024
+
+
+def _inline_configuration(job: Job, task: Task) -> str:
+    cv = task.configuration_version
+    if job.kind == JobKind.APPLY or cv.size > INLINE_CONFIGURATION_BYTES:
+        return ""
+    if hasattr(task, "inline_archive"):  # read with the run (task_locked_for_payload)
+        archive = task.inline_archive
+    else:
+        archive = ConfigurationVersion.objects.filter(id=cv.id).values_list("archive", flat=True).first()
+    return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
+
+
+def with_payload_variables(qs: QuerySet[Task]) -> QuerySet[Task]:
+    """Runs annotated with their workspace's variables (`payload_variables`), for job_payload:
+    read with the locked run instead of a query of their own on the claim's and Confirm's
+    path. A sensitive value travels as its ciphertext (base64) and is decrypted here only."""
+    rows = Variable.objects.filter(workspace_id=OuterRef("workspace_id")).order_by().values(row=JSONObject(
+        key="key", category="category", sensitive="sensitive", plain="plain_value",
+        cipher=Func(F("encrypted_value"), Value("base64"), function="encode"),
+    ))
+    return qs.annotate(payload_variables=ArraySubquery(rows))
+
+
+def _payload_variables(task: Task) -> list[Variable]:
+    """The workspace's variables: from `with_payload_variables` when the run came with them."""
+    rows = task.__dict__.get("payload_variables")
+    if rows is None:
+        return list(Variable.objects.filter(workspace_id=task.workspace_id))
+    return [Variable(workspace_id=task.workspace_id, key=r["key"], category=r["category"], sensitive=r["sensitive"],
+                     plain_value=r["plain"], encrypted_value=base64.b64decode(r["cipher"]) if r["cipher"] else None)
+            for r in rows]
+
+
+def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
+    by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
+    sensitive: list[str] = []
+    for var in _payload_variables(task):
+        by_category[var.category][var.key] = var.value
+        if var.sensitive and var.value:
+            sensitive.append(var.value)
+    variables = Variables(**by_category)
+    # Terraform runs beside the agent: it reaches web the way agents do (IAC_AGENT_URL).
+    state_url = f"{settings.IAC_AGENT_URL}/api/v1/workspaces/{task.workspace_id}/state"
+    pool = task.workspace.pool
+    payload = JobPayload(
+        id=job.id,
+        kind=JobKind(job.kind),
+        fence=job.fence,
+        task=TaskRef(id=task.id, workspace=task.workspace_id, workspace_name=task.workspace.name,
+                     operation=task.operation, plan_hash=task.plan_hash),
+        configuration_sha256=task.configuration_version.sha256,
+        configuration_b64=_inline_configuration(job, task),
+        # Keep the dir after a plan of a run that can apply, on a warm pool.
+        keep_dir=job.kind == JobKind.PLAN and task.can_apply and pool.warm_apply,
+        speculative=task.operation == Operation.PLAN,
+        cold_reason=job.cold_reason,
+        note=note,
+        variables=variables,
+        sensitive_values=sensitive,  # the agent redacts them before sending anything
+        plan_options=PlanOptions(mode=task.plan_mode, targets=task.plan_targets, replace=task.plan_replace),
+        # Credentials reach terraform only through TF_HTTP_* environment variables.
+        state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",
+                                   unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),
+    )
+    return payload.model_dump(mode="json")
