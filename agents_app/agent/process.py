@@ -342,7 +342,7 @@ class AgentProcess:
                 reply = ClaimReply.model_validate(data)
             except Exception:  # noqa: BLE001 - one bad answer must not end the claim loop
                 # Jobs we cannot read are never reported in our heartbeats, so the server
-                # takes them back after two heartbeats (control.agent_heartbeat).
+                # takes them back after two heartbeats (agent_reports.agent_heartbeat).
                 log.exception("unreadable claim answer; ignoring it")
                 self.stopping.wait(1)
                 continue
