@@ -27,10 +27,14 @@ run: $(VENV)/.installed-runtime
 	-$(PY) scripts/test_prereqs.py bubblewrap  # the terraform sandbox; without it agents run unsandboxed, loudly
 	$(PY) manage.py up
 
+# Three pytest-xdist workers on the two cores (the e2e tests mostly wait on terraform, sweeps and
+# servers), each with its own test database, Redis, ports and work roots
+# (tests/env_plugin.py, tests/live.py); TEST_WORKERS=0 runs the suite serially.
+TEST_WORKERS ?= 3
 test: $(VENV)/.installed-dev
 	$(PY) scripts/test_prereqs.py
 	$(VENV)/bin/lint-imports --no-logo
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m bench.confirm_latency

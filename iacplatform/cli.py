@@ -99,7 +99,10 @@ def follow(client: Client, run_id: int, offset: int, stop: set[str], out: Any) -
     """Print the run's log from `offset` until the run reaches one of `stop`; returns the run
     then and the offset reached. The log is long-polled (`?wait=`): no sleep loop."""
     while True:
-        page = client.call("GET", f"/runs/{run_id}/logs/", params={"offset": offset, "wait": WAIT_SECONDS})
+        # `until`: the poll also answers when the run reaches `stop` (apply_pending: no more
+        # log until Confirm), not after its whole wait.
+        page = client.call("GET", f"/runs/{run_id}/logs/",
+                           params={"offset": offset, "wait": WAIT_SECONDS, "until": sorted(stop)})
         out.write(page["text"])
         out.flush()
         offset = page["next_offset"]

@@ -388,6 +388,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # One enum for a run's status wherever it appears (a run, its log page, the filters).
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "tasks_app.states.RunStatus"},
 }
 
 CHANNEL_LAYERS = {

@@ -369,7 +369,7 @@ def _status_may_answer(request: HttpRequest, first: dict, status: str) -> bool:
 
 
 def _log_ready(request: HttpRequest, first: dict, data: dict) -> bool:
-    return bool(data["text"]) or data["complete"]
+    return bool(data["text"]) or data["complete"] or data.get("status") in request.GET.getlist("until")
 
 
 class RunDetail(generics.RetrieveAPIView):
@@ -514,7 +514,8 @@ class RunLogs(generics.GenericAPIView):
         complete = is_final(task.status) and next_offset >= task.log_size
         if task.log_pruned_at is not None:  # retention deleted it: say so, not an empty log
             text, next_offset, complete = log_pruned_note(task) or "", 0, True
-        return Response(RunLogSerializer({"text": text, "next_offset": next_offset, "complete": complete}).data)
+        return Response(RunLogSerializer({"text": text, "next_offset": next_offset, "complete": complete,
+                                          "status": task.status}).data)
 
 
 # State versions -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The REST API's long-polls on a run: `GET /api/v1/runs/<id>/?wait=S&until=...` answers once
 the run is in one of `until` (or, without it, once its status changes), and
-`GET /api/v1/runs/<id>/logs/?offset=N&wait=S` once there is log past N or the run has ended;
+`GET /api/v1/runs/<id>/logs/?offset=N&wait=S` once there is log past N, the run has ended or
+(`&until=...`) is in one of `until`;
 either after S seconds (at most 60) at the latest.
 
 Served asynchronously, like the agents' claim long-poll (agents_app/claim.py): the DRF view

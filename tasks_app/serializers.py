@@ -375,6 +375,7 @@ class RunLogSerializer(serializers.Serializer):
     text = serializers.CharField()
     next_offset = serializers.IntegerField()
     complete = serializers.BooleanField(help_text="the run is final: no more log will come")
+    status = serializers.ChoiceField(choices=RunStatus.choices, help_text="the run's status when the log was read")
 
 
 class RunLogQuerySerializer(serializers.Serializer):
@@ -383,6 +384,12 @@ class RunLogQuerySerializer(serializers.Serializer):
         required=False, min_value=0, max_value=RUN_WAIT_MAX_SECONDS, default=0,
         help_text="follow: when nothing lies past `offset` yet and the run is not final, answer once more log "
                   f"comes, the run ends, or after this many seconds (at most {RUN_WAIT_MAX_SECONDS:g})",
+    )
+    until = serializers.MultipleChoiceField(
+        choices=RunStatus.choices, required=False,
+        help_text="`wait` also answers once the run is in one of these statuses (repeat the parameter: "
+                  "?until=apply_pending&until=errored): a follower learns at once that no more log comes "
+                  "until someone acts",
     )
 
 

@@ -26,9 +26,15 @@ TEST_ENV = {
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)
 
+# pytest-xdist's worker id ("gw0", "gw1", ...; set before this plugin loads), or "" in a
+# serial session. Each worker has its own test database (pytest-django suffixes its name),
+# Redis (below), agent work roots, live-server ports and log dir (tests/live.py).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
 # Agents the live worker's local backend starts (tests/e2e/test_autoscale.py) keep their work
 # roots here, not under the user's ~/.local/state.
-os.environ.setdefault("IAC_AGENT_WORK_ROOT", os.path.join(tempfile.gettempdir(), "iac-test-pods"))
+os.environ.setdefault("IAC_AGENT_WORK_ROOT",
+                      os.path.join(tempfile.gettempdir(), "iac-test-pods" + (f"-{WORKER}" if WORKER else "")))
 
 # The web processes' fallback sweep (tasks_app/sweep_fallback.py) never runs in the test
 # process itself, which imports iacplatform.asgi; the servers it starts turn it back on
@@ -41,9 +47,22 @@ from iacplatform import embedded  # noqa: E402
 VAR_DIR = Path(os.environ.get("IAC_VAR_DIR") or Path(__file__).resolve().parent.parent / "var").resolve()
 _users = embedded.hold_users_lock(VAR_DIR)
 
+# An xdist worker gets a redis-server of its own (var/xdist/<worker>/redis): the workers'
+# databases have the same ids (agent 1, run 1, ...), and Redis keys (iac:push:agent:1),
+# pub/sub wake-up channels (which no database index separates) and the Channels layer's
+# groups named after them would otherwise reach the other worker's processes. Set as
+# REDIS_URL before Django reads its settings, so the live servers get it too.
+_worker_redis = None
+if WORKER and not os.environ.get("REDIS_URL"):
+    _worker_redis = VAR_DIR / "xdist" / WORKER
+    os.environ["REDIS_URL"] = "unix://" + str(embedded.ensure_redis(_worker_redis))
+
 
 def pytest_unconfigure(config) -> None:
-    global _users
+    global _users, _worker_redis
+    if _worker_redis is not None:
+        embedded.stop_redis(_worker_redis)
+        _worker_redis = None
     if _users is not None:
         embedded.leave(VAR_DIR, _users, postgres=not os.environ.get("DATABASE_URL"),
                        redis=not os.environ.get("REDIS_URL"))

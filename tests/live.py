@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,13 +24,30 @@ from tests.e2e.apiclient import PlatformUser
 from tests.factories import DEMO_MAIN_TF, make_pool, make_token
 
 ROOT = Path(__file__).resolve().parent.parent
-LOG_DIR = settings.VAR_DIR / "test-logs"
+# pytest-xdist's worker id ("gw0", ...), "" in a serial session: each worker its own logs,
+# beat schedule and ports.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+LOG_DIR = settings.VAR_DIR / "test-logs" / WORKER if WORKER else settings.VAR_DIR / "test-logs"
+
+# Servers' ports: a block of its own per xdist worker, below the kernel's ephemeral range
+# (32768-60999 by default), so that neither the other worker's servers nor any client
+# socket takes a port between this check and the server's bind. A random start within the
+# block: another session on the machine (another checkout's suite) rarely walks the same ports.
+_PORT_BLOCK = 2000
+_port_base = 20000 + (_PORT_BLOCK * int(WORKER[2:]) if WORKER[2:].isdigit() else 0) % 10000
+_next_port = itertools.count(random.randrange(_PORT_BLOCK))
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(_PORT_BLOCK):
+        port = _port_base + next(_next_port) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {_port_base}-{_port_base + _PORT_BLOCK - 1}")
 
 
 def _database_url() -> str:
@@ -116,7 +134,7 @@ def start_platform(*, redis_url: str | None = None, tag: str = "") -> Platform:
                                   "iacplatform.asgi:application"], env)
     worker = _spawn(f"celery{tag}", [sys.executable, "-m", "celery", "-A", "iacplatform", "worker", "-B",
                                      "--pool", "threads", "-c", "4", "-l", "info",
-                                     "-s", str(settings.VAR_DIR / f"test-beat-schedule{tag}")], env)
+                                     "-s", str(settings.VAR_DIR / f"test-beat-schedule{WORKER}{tag}")], env)
     platform = Platform(base, web, worker)
     try:
         def up() -> bool:

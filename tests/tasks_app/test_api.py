@@ -671,13 +671,14 @@ def logged_run(ws: Workspace, *chunks: str, status: RunStatus = RunStatus.PLANNI
 def test_it_reads_the_log_from_an_offset(api, workspace):
     task = logged_run(workspace, "Initializing...\n", "Plan: 1 to add.\n")
     whole = api.get(f"/api/v1/runs/{task.id}/logs/").json()
-    assert whole == {"text": "Initializing...\nPlan: 1 to add.\n", "next_offset": 32, "complete": False}
+    assert whole == {"text": "Initializing...\nPlan: 1 to add.\n", "next_offset": 32, "complete": False,
+                     "status": task.status}
 
     middle = api.get(f"/api/v1/runs/{task.id}/logs/?offset=22").json()  # inside the second chunk
     assert middle["text"] == "1 to add.\n" and middle["next_offset"] == 32
 
     caught_up = api.get(f"/api/v1/runs/{task.id}/logs/?offset=32").json()
-    assert caught_up == {"text": "", "next_offset": 32, "complete": False}
+    assert caught_up == {"text": "", "next_offset": 32, "complete": False, "status": task.status}
 
 
 def test_it_counts_the_offset_in_bytes(api, workspace):

@@ -221,7 +221,7 @@ def test_it_does_not_call_a_log_complete_before_its_last_page(monkeypatch, works
     monkeypatch.setattr("tasks_app.api.LOG_PAGE_BYTES", 4)
     task = _logged_run(workspace, "0123456789\n")
     first = _client(alice).get(f"/api/v1/runs/{task.id}/logs/").json()
-    assert first == {"text": "0123", "next_offset": 4, "complete": False}
+    assert first == {"text": "0123", "next_offset": 4, "complete": False, "status": task.status}
 
 
 def test_it_refuses_a_log_offset_beyond_64_bits(workspace, alice):
