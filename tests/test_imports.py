@@ -58,9 +58,9 @@ FUNCTION_LEVEL_IMPORTS = {
 }
 
 
-def _function_level_imports() -> list[tuple[str, str, int]]:
-    """(file, top-level package, line) of every import inside a function."""
-    found = []
+def _nodes_in_functions():
+    """(file, enclosing function, node) for every AST node inside a function of the project's
+    packages (migrations aside)."""
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             if "migrations" in path.parts:
@@ -69,11 +69,18 @@ def _function_level_imports() -> list[tuple[str, str, int]]:
             tree = ast.parse(path.read_text())
             for func in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]:
                 for node in ast.walk(func):
-                    if isinstance(node, ast.Import):
-                        found += [(rel, alias.name.split(".")[0], node.lineno) for alias in node.names]
-                    elif isinstance(node, ast.ImportFrom):
-                        top = rel.split("/")[0] if node.level else (node.module or "").split(".")[0]
-                        found.append((rel, top, node.lineno))
+                    yield rel, func, node
+
+
+def _function_level_imports() -> list[tuple[str, str, int]]:
+    """(file, top-level package, line) of every import inside a function."""
+    found = []
+    for rel, _func, node in _nodes_in_functions():
+        if isinstance(node, ast.Import):
+            found += [(rel, alias.name.split(".")[0], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            top = rel.split("/")[0] if node.level else (node.module or "").split(".")[0]
+            found.append((rel, top, node.lineno))
     return sorted(set(found))
 
 
@@ -107,21 +114,14 @@ OWNERS = {
 def _status_writes() -> list[tuple[str, str, int]]:
     """(file, enclosing function, line) of every `x.status = ...` and `.update(status=...)`."""
     found = []
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            if "migrations" in path.parts:
-                continue
-            rel = str(path.relative_to(ROOT))
-            tree = ast.parse(path.read_text())
-            for func in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]:
-                for node in ast.walk(func):
-                    targets = []
-                    if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
-                        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                    hits = [t for t in targets if isinstance(t, ast.Attribute) and t.attr in STATUS_FIELDS]
-                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
-                        hits += [k for k in node.keywords if k.arg in STATUS_FIELDS]
-                    found += [(rel, func.name, node.lineno) for _ in hits]
+    for rel, func, node in _nodes_in_functions():
+        targets = []
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        hits = [t for t in targets if isinstance(t, ast.Attribute) and t.attr in STATUS_FIELDS]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+            hits += [k for k in node.keywords if k.arg in STATUS_FIELDS]
+        found += [(rel, func.name, node.lineno) for _ in hits]
     return sorted(set(found))
 
 
