@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from agents_app.models import Agent, AgentPool, DispatchEvent, FreezeWindow, Pod, ScalingDecision, Slot, new_token
+from agents_app.models import Agent, AgentPool, FreezeWindow, Pod, ScalingDecision, new_token
 from agents_app.services.freeze import moment_text, pool_freeze
 from agents_app.services.freeze_windows import (
     EDITABLE,
@@ -28,7 +28,8 @@ from agents_app.services.freeze_windows import (
 )
 from agents_app.services.pool_settings import pool_token_rotate
 from iacplatform.errors import PlatformError
-from tasks_app.services.agent_reports import agent_set_offline
+from tasks_app.dispatch.agent_reports import agent_set_offline
+from tasks_app.dispatch.models import DispatchEvent, Slot
 from tasks_app.services.sweep import pool_freeze_changed
 
 

@@ -1,6 +1,6 @@
 """The live pool page over a websocket (site admins only): join the pool's group, send the
 page's live fragments at once (the backfill: the whole current state), then re-render them
-on each `dispatch.changed` of the pool (agents_app/events.py).
+on each `dispatch.changed` of the pool (iacplatform/pool_events.py).
 
 The fragments are server-rendered HTML whose root elements carry an `id` and
 `hx-swap-oob="true"`: the htmx websocket extension swaps each one by id. A fragment is the

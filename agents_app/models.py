@@ -9,7 +9,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
 
 from agents_app.pods.k8s_fields import (
     resource_problems,
@@ -19,7 +18,7 @@ from agents_app.pods.k8s_fields import (
     validate_node_selector,
     validate_quantity,
 )
-from agents_app.protocol import AgentStatus, PodPhase, SlotState, choices
+from agents_app.protocol import AgentStatus, PodPhase, choices
 from iacplatform import crypto
 
 
@@ -293,62 +292,6 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.pool})"
-
-
-class Slot(models.Model):
-    """One of an agent's job places. The source of truth for a run's warm reservation: a
-    slot `reserved` for a task holds that task's warm dir on its agent. Nothing else stores
-    the reservation; the constraints below keep a slot's state and its links consistent.
-    Changed only by agents_app.services.slots.slot_transition."""
-
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="slots")
-    index = models.PositiveSmallIntegerField()
-    state = models.CharField(max_length=20, choices=choices(SlotState), default=SlotState.IDLE)
-    job = models.ForeignKey("tasks_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="slots")
-    task = models.ForeignKey("tasks_app.Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="slots")
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["agent", "index"], name="slot_agent_index"),
-            # idle: nothing; running: a job (of a task); reserved: a task's warm dir, no job.
-            models.CheckConstraint(
-                condition=(
-                    Q(state=SlotState.IDLE, job__isnull=True, task__isnull=True)
-                    | Q(state=SlotState.RUNNING, job__isnull=False, task__isnull=False)
-                    | Q(state=SlotState.RESERVED, job__isnull=True, task__isnull=False)
-                ),
-                name="slot_state_links",
-            ),
-            # A run is reserved in at most one slot, and a job runs in at most one.
-            models.UniqueConstraint(fields=["task"], condition=Q(state=SlotState.RESERVED), name="one_reservation_per_task"),
-            models.UniqueConstraint(fields=["job"], condition=Q(job__isnull=False), name="one_slot_per_job"),
-        ]
-        ordering = ["agent_id", "index"]
-        indexes = [models.Index(fields=["agent", "state"], name="slot_agent_state")]
-
-    def __str__(self) -> str:
-        return f"{self.agent.name}#{self.index} {self.state}"
-
-
-class DispatchEvent(models.Model):
-    """One row per state change of a job, slot or warmup (the run's are TaskEvents)."""
-
-    subject = models.CharField(max_length=20)  # "job", "slot", "warmup"
-    subject_id = models.PositiveBigIntegerField()
-    task = models.ForeignKey("tasks_app.Task", null=True, blank=True, on_delete=models.CASCADE, related_name="dispatch_events")
-    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    from_state = models.CharField(max_length=30, blank=True)
-    to_state = models.CharField(max_length=30)
-    message = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["id"]
-        indexes = [models.Index(fields=["subject", "subject_id"], name="dispatch_event_subject")]
-
-    def __str__(self) -> str:
-        return f"{self.subject} {self.subject_id}: {self.from_state} -> {self.to_state}"
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()

@@ -11,9 +11,10 @@ from typing import Any
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from agents_app.models import Agent, AgentPool, FreezeWindow, Pod, ScalingDecision, Slot
+from agents_app.models import Agent, AgentPool, FreezeWindow, Pod, ScalingDecision
 from agents_app.protocol import PodPhase
 from agents_app.services.freeze import Freeze, freeze_text, pool_freeze, window_active_occurrence
+from tasks_app.dispatch.models import Slot
 
 # Decisions that changed something, newest first. The autoscaler records one decision per
 # pool each tick (IAC_AUTOSCALE_INTERVAL_SECONDS), mostly "none": the page shows the latest

@@ -17,11 +17,11 @@ from agents_app.models import (
     FreezeWindow,
     Pod,
     ScalingDecision,
-    Slot,
     pool_settings_problems,
 )
 from agents_app.pods.k8s_fields import resource_problems
 from agents_app.services.freeze import pool_frozen_until, window_active_occurrence
+from tasks_app.dispatch.models import Slot
 from tasks_app.serializers import StrictModelSerializer
 
 # The pool's bounds on every wait, in seconds (defaults: the IAC_*_SECONDS settings).

@@ -14,7 +14,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from agents_app.models import AgentPool, AgentStatus, FreezeWindow, SlotState
+from agents_app.models import AgentPool, AgentStatus, FreezeWindow
+from agents_app.protocol import SlotState
 from agents_app.selectors import pool_page
 from agents_app.services.freeze_windows import freeze_window_lift
 from agents_app.services.pool_settings import PAGE_FIELDS, pool_settings_update

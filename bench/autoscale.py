@@ -103,10 +103,10 @@ def main() -> int:
     os.environ["IAC_AGENT_WORK_ROOT"] = str(live.dir / "agents")  # the pods' work roots
     live.migrate()
     django.setup()
-    from agents_app.models import DispatchEvent, Pod, ScalingDecision
+    from agents_app.models import Pod, ScalingDecision
     from agents_app.pods.local import LocalBackend
     from agents_app.services.agents import pool_create
-    from tasks_app.models import Job
+    from tasks_app.dispatch.models import DispatchEvent, Job
 
     pool = None
     sampler = None

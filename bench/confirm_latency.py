@@ -129,7 +129,8 @@ def terraform_version(exe: str) -> str:
 
 def server_breakdown(run: dict) -> dict[str, Any]:
     """Where the time went, from the server's rows (same machine, same clock as the agent)."""
-    from tasks_app.models import Job, LogChunk
+    from tasks_app.dispatch.models import Job
+    from tasks_app.models import LogChunk
 
     job = Job.objects.select_related("agent").get(task_id=run["id"], kind="apply")
     chunks = list(LogChunk.objects.filter(job=job).order_by("seq").values_list("created_at", "text"))
@@ -324,7 +325,7 @@ class Bench:
                 f"{done['apply_path_reason']}\n--- log ---\n{api.log(rid)[-3000:]}"
             )
         check_apply_log(path, rid)
-        from tasks_app.models import Job
+        from tasks_app.dispatch.models import Job
 
         commands = Job.objects.get(task_id=rid, kind="apply").commands or []
         extra["apply_cmd_ms"] = next((round((c["ended_at"] - c["started_at"]) * 1000, 1)

@@ -279,7 +279,8 @@ def load_rows(pool_id: int) -> tuple[list[ds.JobRow], list[ds.TaskRow]]:
     """Jobs and runs of the benchmark's pool as plain rows. Tolerates both the Slot-id and the
     (agent, slot index) way of recording where a job ran, so that it can measure a
     database of either schema."""
-    from tasks_app.models import Job, Task
+    from tasks_app.dispatch.models import Job
+    from tasks_app.models import Task
 
     job_fields = {f.name for f in Job._meta.get_fields()}
     slot_field = "slot_index" if "slot_index" in job_fields else ("slot_id" if "slot" in job_fields else None)
@@ -351,7 +352,8 @@ def load_rows(pool_id: int) -> tuple[list[ds.JobRow], list[ds.TaskRow]]:
 def progress_counts(pool_id: int) -> tuple[Counter[str], Counter[str]]:
     from django.db.models import Count
 
-    from tasks_app.models import Job, Task
+    from tasks_app.dispatch.models import Job
+    from tasks_app.models import Task
 
     runs = Counter(
         {

@@ -126,7 +126,8 @@ class Overhead:
     # --- the three ways -------------------------------------------------------------------------
 
     def platform(self, config: str) -> dict[str, Any]:
-        from tasks_app.models import Job, Plan, Task, TaskEvent
+        from tasks_app.dispatch.models import Job
+        from tasks_app.models import Plan, Task, TaskEvent
 
         ws = self.workspaces[config]["platform"]
         run = self.api.queue(ws)

@@ -114,7 +114,8 @@ class PlanInit:
                                 expect=201).json()["id"]
 
     def plan(self, mode: str) -> dict[str, Any]:
-        from tasks_app.models import Job, Task, TaskEvent
+        from tasks_app.dispatch.models import Job
+        from tasks_app.models import Task, TaskEvent
 
         ws = self.workspaces[mode]
         rid = self.queue_plan(ws)

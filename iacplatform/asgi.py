@@ -31,11 +31,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from agents_app.claim import claim_asgi  # noqa: E402
 from iacplatform.health import PATHS as HEALTH_PATHS  # noqa: E402
 from iacplatform.health import health_asgi  # noqa: E402
 from iacplatform.routing import websocket_urlpatterns  # noqa: E402
 from tasks_app import sweep_fallback  # noqa: E402
+from tasks_app.dispatch.claim import claim_asgi  # noqa: E402
 
 # The control loop keeps running while Celery's broker (Redis), worker or beat is down: every
 # web process sweeps when the last Celery sweep is stale (tasks_app/sweep_fallback.py). Off
@@ -45,7 +45,7 @@ sweep_fallback.start()
 
 async def http_router(scope: dict, receive, send) -> None:
     # The agent's claim long-poll skips Django's middleware: it is the Confirm -> apply hot
-    # path (see agents_app/claim.py). Everything else goes through Django.
+    # path (see tasks_app/dispatch/claim.py). Everything else goes through Django.
     if scope["path"] == "/agent/v1/claim":
         await claim_asgi(scope, receive, send)
     elif scope["path"].rstrip("/") in HEALTH_PATHS:

@@ -9,7 +9,7 @@ request for a sync view (all but the long-polls) here runs Django's sync handler
 middleware and view, in one thread hop. Async views (the run long-polls) keep the async path.
 
 The live pages' group sends a sync request makes at its commits (iacplatform/live.py) go out
-after its response, from the event loop, as the agent's claim does (agents_app/claim.py):
+after its response, from the event loop, as the agent's claim does (tasks_app/dispatch/claim.py):
 each is a hop to the event loop and a few Redis round trips, and they were taken before the
 answer and before the wake-ups and pushes registered after them (Confirm's push to the warm
 agent, a run's dispatch to the claim long-polls). The wake-ups themselves stay immediate.

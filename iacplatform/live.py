@@ -1,5 +1,5 @@
 """The live UI's Channels groups and a best-effort sender, shared by the producers
-(tasks_app/events.py, agents_app/events.py) and the websocket consumers.
+(tasks_app/events.py, iacplatform/pool_events.py) and the websocket consumers.
 
 Groups (the consumers of the live pages join these):
 - `run-<task id>`: `log.appended` (the log grew), `run.changed` (status), `dispatch.changed`
@@ -97,7 +97,7 @@ def defer_sends() -> Deferred:
     each group_send at a commit is a hop to the event loop and a few Redis round trips
     (12-260 ms for an agent claim's after-commit sends on a loaded machine), taken before
     the wake-ups and pushes registered after it; collected, they go out together once
-    the answer (agents_app.claim; every request for a sync view: iacplatform.asgi_handler)."""
+    the answer (tasks_app.dispatch.claim; every request for a sync view: iacplatform.asgi_handler)."""
     deferred = Deferred()
     deferred.token = _deferred.set(deferred)
     deferred.publishes_token = wakeups.defer_publishes(deferred.publishes)

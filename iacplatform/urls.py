@@ -32,7 +32,7 @@ urlpatterns = [
     path("api/v1/", include("tasks_app.state_urls")),
     path("api/v1/", include("tasks_app.api_urls")),
     path("api/v1/", include("agents_app.api_urls")),
-    path("agent/v1/", include("agents_app.agent_urls")),
+    path("agent/v1/", include("tasks_app.dispatch.agent_urls")),
     path("pools/", include("agents_app.urls")),
     path("", include("tasks_app.urls")),
 ]

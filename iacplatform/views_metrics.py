@@ -28,10 +28,11 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agents_app.models import Agent, AgentPool, Slot
+from agents_app.models import Agent, AgentPool
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState
 from iacplatform.metrics import REGISTRY
-from tasks_app.models import Job, Task
+from tasks_app.dispatch.models import Job, Slot
+from tasks_app.models import Task
 from tasks_app.states import RunStatus
 
 

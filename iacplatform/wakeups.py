@@ -61,7 +61,7 @@ SLOW_LOG_SECONDS = 30.0
 
 
 class RedisUnavailable(redis.ConnectionError):
-    """Raised by our own code when the breaker says Redis is away (agents_app.claim)."""
+    """Raised by our own code when the breaker says Redis is away (tasks_app.dispatch.claim)."""
 
 
 # What "Redis is unreachable" looks like (OSError: a socket error redis-py did not wrap).

@@ -19,11 +19,11 @@ from django.http import HttpRequest
 
 from iacplatform.errors import Invalid, PlatformError
 from iacplatform.permissions import Action, can
+from tasks_app.dispatch.models import Job
 from tasks_app.models import (
     ApiToken,
     AuditEvent,
     ConfigurationVersion,
-    Job,
     LogChunk,
     Plan,
     StateLock,

@@ -4,7 +4,7 @@ the run is in one of `until` (or, without it, once its status changes), and
 (`&until=...`) is in one of `until`;
 either after S seconds (at most 60) at the latest.
 
-Served asynchronously, like the agents' claim long-poll (agents_app/claim.py): the DRF view
+Served asynchronously, like the agents' claim long-poll (tasks_app/dispatch/claim.py): the DRF view
 (authentication, permissions, validation, rendering) runs in a thread for each check, and
 between checks the request awaits the run's events holding no thread and no database
 connection (it is handed back to the pool after each check). A check runs at the start and
@@ -19,7 +19,7 @@ the polls that wait are capped: IAC_LONGPOLL_MAX_PER_USER per user and
 IAC_LONGPOLL_MAX_PER_PROCESS in all, in each web process; past either the poll answers 429
 with Retry-After (after its first check, which authenticates the caller: a caller who may
 not read the run gets its 401/403/404 as before, and a run already there answers at once,
-counted nowhere). The agents' claim long-poll (agents_app/claim.py) is not a user long-poll
+counted nowhere). The agents' claim long-poll (tasks_app/dispatch/claim.py) is not a user long-poll
 and is not counted."""
 
 from __future__ import annotations

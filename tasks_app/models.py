@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 from django.db import models
 from knox.models import AbstractAuthToken
 
-from agents_app.protocol import ApplyPath, JobKind, JobStatus, PlanMode, PlanStart, SandboxMode, WarmupStatus, choices
+from agents_app.protocol import ApplyPath, PlanMode, WarmupStatus, choices
 from iacplatform import crypto
 from tasks_app.states import Operation, RunStatus
 
@@ -213,86 +213,9 @@ class TaskEvent(models.Model):
         ordering = ["id"]
 
 
-class Job(models.Model):
-    """One unit of agent work. Claimed with a conditional update; every agent call about it
-    carries the fencing token (`fence`), so an agent that lost the job cannot write to it."""
-
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="jobs")
-    pool = models.ForeignKey("agents_app.AgentPool", on_delete=models.CASCADE, related_name="jobs")
-    kind = models.CharField(max_length=20, choices=choices(JobKind))
-    status = models.CharField(max_length=20, choices=choices(JobStatus), default=JobStatus.QUEUED)
-    # Only agents running this terraform version may take the job (blank: any).
-    terraform_version = models.CharField(max_length=50, blank=True)
-    # An apply confirmed while its run's warmup was still running waits for that warmup
-    # (it is handed to the warmup's agent the moment the dir is ready) until this moment;
-    # after it any agent may take it, cold.
-    hold_until = models.DateTimeField(null=True, blank=True)
-    # The agent Confirm pushed the apply to (the one holding the run warm), for the record.
-    target_agent = models.ForeignKey(
-        "agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="targeted_jobs"
-    )
-    agent = models.ForeignKey("agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
-    # A job taken back from an agent that lost it (its lease ran out, its heartbeats stopped
-    # reporting it, it did not take a pushed apply) goes to another agent first: this one may
-    # take it again only from `avoid_until` on (an agent that can claim but not report
-    # would otherwise win the job back each time, the workspace's warm plan dir being there).
-    avoid_agent = models.ForeignKey("agents_app.Agent", null=True, blank=True, on_delete=models.SET_NULL,
-                                    related_name="+")
-    avoid_until = models.DateTimeField(null=True, blank=True)
-    # Which of its agent's slots ran it, for the record (the live link is Slot.job).
-    slot_index = models.PositiveSmallIntegerField(null=True, blank=True)
-    fence = models.PositiveIntegerField(default=0)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    credential_hash = models.CharField(max_length=64, blank=True, db_index=True)
-    cold_reason = models.TextField(blank=True)
-    cancel_requested = models.BooleanField(default=False)
-    force_cancel = models.BooleanField(default=False)
-    # SIGINT, then SIGKILL after this many seconds (null: the agent's default); set when a
-    # bound fires, sent with the cancel order.
-    cancel_grace_seconds = models.PositiveIntegerField(null=True, blank=True)
-    # When the job ran past its pool's bound, and the words the run ends with because of it.
-    timed_out_at = models.DateTimeField(null=True, blank=True)
-    timeout_message = models.TextField(blank=True)
-    # Why the platform told the agent to stop the job although nobody cancelled the run (its
-    # pool entered a freeze window): the run (or the warmup) ends with these words.
-    cancel_message = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    # How the agent ran terraform (bwrap: sandboxed; off: directly), as it reported with the
-    # result; blank until then.
-    sandbox = models.CharField(max_length=10, choices=choices(SandboxMode), blank=True)
-    # A plan job: warm (the workspace's checked init output on its agent, no init) or cold,
-    # and why, as the agent reported with the result; blank until then (or from an older agent).
-    plan_start = models.CharField(max_length=10, choices=choices(PlanStart), blank=True)
-    plan_start_reason = models.TextField(blank=True)
-    # The terraform commands the job ran, as its agent timed them (start to exit, sandbox
-    # start included) and reported with the result: [{"command", "started_at", "ended_at",
-    # "exit_code"}] (epoch seconds); empty until then or from an older agent.
-    commands = models.JSONField(default=list, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    claimed_at = models.DateTimeField(null=True, blank=True)
-    # An apply is acknowledged by its agent before terraform starts; an unacknowledged one
-    # provably never ran and may be handed to another agent.
-    acked_at = models.DateTimeField(null=True, blank=True)
-    # Heartbeats of its agent in a row that did not report this running job (see
-    # jobs.jobs_missed_by_heartbeat): two mean the agent does not have it.
-    missed_heartbeats = models.PositiveSmallIntegerField(default=0)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["id"]
-        indexes = [models.Index(fields=["pool", "status"], name="job_pool_status")]
-        constraints = [
-            # Exactly once: a run has at most one apply job, whatever happens to confirm requests.
-            models.UniqueConstraint(fields=["task"], condition=models.Q(kind="apply"), name="one_apply_job_per_task"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind} job {self.pk} of run {self.task_id} ({self.status})"
-
-
 class LogChunk(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_chunks")
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_chunks")
+    job = models.ForeignKey("tasks_app.Job", on_delete=models.CASCADE, related_name="log_chunks")
     seq = models.PositiveIntegerField()
     offset = models.PositiveBigIntegerField()  # byte offset of this chunk in the run's log
     text = models.TextField()
@@ -306,7 +229,7 @@ class LogChunk(models.Model):
 
 class Plan(models.Model):
     task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="plan")
-    job = models.ForeignKey(Job, null=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey("tasks_app.Job", null=True, on_delete=models.SET_NULL, related_name="+")
     encrypted_data = models.BinaryField()
     sha256 = models.CharField(max_length=64)  # of the plaintext plan.out
     size = models.PositiveIntegerField()
@@ -349,7 +272,7 @@ class StateLock(models.Model):
     # prove it is theirs, and only a force-unlock releases it (services/state.py).
     # A job's lock is released when the job ends, however it ends: a killed terraform
     # never unlocks.
-    job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey("tasks_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                              related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -390,3 +313,8 @@ class SweepHeartbeat(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     finished_at = models.DateTimeField()
+
+
+# Dispatch's models (Job, Slot, DispatchEvent) live beside their services in tasks_app/dispatch/;
+# imported here so that Django registers them with this app when it loads its models.
+from tasks_app.dispatch import models as _dispatch_models  # noqa: E402,F401

@@ -17,7 +17,8 @@ from django.utils import timezone
 from agents_app.models import Pod
 from agents_app.redaction import plan_summary_masked
 from iacplatform.permissions import Action, allowed_actions, run_for
-from tasks_app.models import Job, Plan, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Plan, Task
 from tasks_app.redaction import sensitive_values
 from tasks_app.selectors import duration_text, run_waiting_reason
 from tasks_app.services.retention import plan_pruned_note

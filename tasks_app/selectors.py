@@ -11,13 +11,14 @@ from django.conf import settings
 from django.db.models import Count, Exists, Max, Q
 from django.utils import timezone
 
-from agents_app.models import Agent, Slot
+from agents_app.models import Agent
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState, WarmupStatus
 from agents_app.redaction import MASK, redact_json
 from agents_app.services.freeze import freeze_text, pool_freeze
 from iacplatform.permissions import Action, can
+from tasks_app.dispatch.models import Job, Slot
 from tasks_app.logrender import ansi_safe_cut, strip_ansi
-from tasks_app.models import AuditEvent, Job, LogChunk, StateVersion, Task, TaskEvent, Workspace
+from tasks_app.models import AuditEvent, LogChunk, StateVersion, Task, TaskEvent, Workspace
 from tasks_app.redaction import sensitive_values
 from tasks_app.states import BLOCKING, Operation, RunStatus
 

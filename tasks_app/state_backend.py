@@ -39,11 +39,13 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from agents_app.protocol import JobKind
 from iacplatform import metrics
 from iacplatform.auth import user_by_token
 from iacplatform.permissions import REQUIRED, Action, Level, can, level
-from tasks_app.models import Job, JobKind, Workspace
-from tasks_app.services.jobs import JOB_CREDENTIAL_PREFIX, job_by_credential
+from tasks_app.dispatch.jobs import JOB_CREDENTIAL_PREFIX, job_by_credential
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Workspace
 from tasks_app.services.state import (
     StateConflictError,
     StateInvalidError,

@@ -29,13 +29,15 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from agents_app.protocol import JobKind, JobStatus
 from iacplatform.errors import Forbidden, NotFound, PlatformError
 from iacplatform.permissions import Action, allowed_actions, require, run_for
-from tasks_app.models import Job, JobKind, JobStatus, Plan, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.dispatch.warmups import confirm_target
+from tasks_app.models import Plan, Task
 from tasks_app.page_access import readable_run
 from tasks_app.selectors import ms_between
 from tasks_app.services.runs import run_cancel, run_confirm, run_discard, run_prepare
-from tasks_app.services.warmups import confirm_target
 from tasks_app.states import FINAL, RunStatus
 
 # A response header the dialog's before-swap handler looks for: a 4xx carrying it is the

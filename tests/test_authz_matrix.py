@@ -573,8 +573,9 @@ async def test_it_stops_a_run_log_at_once_when_its_reader_loses_access(world, ro
     line is not delivered and the socket closes with 4403 (the page says why)."""
     from asgiref.sync import sync_to_async
 
+    from tasks_app.dispatch.models import Job
     from tasks_app.events import run_log_appended
-    from tasks_app.models import Job, LogChunk
+    from tasks_app.models import LogChunk
 
     ws = WebsocketCommunicator(URLRouter(websocket_urlpatterns), route.format(id=world.run_a.id) + "?offset=0")
     ws.scope["user"] = world.users["carol"]

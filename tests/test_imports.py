@@ -102,10 +102,10 @@ STATUS_FIELDS = {"status", "state", "warmup_status"}
 # The one writer of each status (see docs/architecture.md, "Layers, owners and errors").
 OWNERS = {
     ("tasks_app/services/runs.py", "run_transition"),
-    ("tasks_app/services/jobs.py", "job_transition"),
-    ("tasks_app/services/jobs.py", "job_assign"),  # inserts Confirm's apply already running
-    ("tasks_app/services/warmups.py", "warmup_transition"),
-    ("agents_app/services/slots.py", "slot_transition"),
+    ("tasks_app/dispatch/jobs.py", "job_transition"),
+    ("tasks_app/dispatch/jobs.py", "job_assign"),  # inserts Confirm's apply already running
+    ("tasks_app/dispatch/warmups.py", "warmup_transition"),
+    ("tasks_app/dispatch/slots.py", "slot_transition"),
     ("agents_app/services/agents.py", "agent_set_status"),
     ("agents_app/agent/client.py", "__init__"),  # ServerError.status: an HTTP status, not a state
 }

@@ -13,7 +13,8 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from iacplatform.routing import websocket_urlpatterns
-from tasks_app.models import AccessLevel, Job, LogChunk, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import AccessLevel, LogChunk, Task
 from tasks_app.services.runs import run_create
 from tests.factories import grant, make_token, make_workspace
 from tests.tasks_app.test_log_consumer import append, receive_fragments

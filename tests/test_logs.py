@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from iacplatform.logs import bound, logging_config
-from tasks_app.services.agent_reports import agent_set_offline
+from tasks_app.dispatch.agent_reports import agent_set_offline
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent
 
@@ -58,7 +58,7 @@ def test_it_logs_an_agent_going_offline_as_one_json_object_with_its_ids(setup, c
     offline = next(line for line in lines if line["event"].startswith("agent a1 offline"))
     assert offline["level"] == "info"
     assert offline["agent_id"] == agent.id
-    assert offline["logger"] == "tasks_app.services.agent_reports"
+    assert offline["logger"] == "tasks_app.dispatch.agent_reports"
     assert offline["timestamp"].endswith("Z")
     lost = next(line for line in lines if "lost" in line["event"])
     assert (lost["agent_id"], lost["job_id"], lost["run_id"]) == (agent.id, job["id"], run.id)

@@ -17,7 +17,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents_app.models import Agent
-from tasks_app.models import Job
+from tasks_app.dispatch.models import Job
 from tasks_app.services.runs import run_confirm, run_create, run_discard
 from tests.agents_app.fakes import FakeAgent, apply_pending
 from tests.factories import DEMO_MAIN_TF, make_agent, make_pool, make_token, make_workspace

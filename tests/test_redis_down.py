@@ -25,10 +25,11 @@ import redis
 from django.db import connection
 from django.utils import timezone
 
-from agents_app.claim import claim_longpoll
 from agents_app.models import Agent
 from iacplatform import embedded, wakeups
-from tasks_app.models import Job, SweepHeartbeat, Task
+from tasks_app.dispatch.claim import claim_longpoll
+from tasks_app.dispatch.models import Job
+from tasks_app.models import SweepHeartbeat, Task
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
 from tests.live import wait_for
@@ -208,7 +209,7 @@ def test_a_held_apply_is_handed_over_in_its_warmups_answer_without_redis(setup, 
     """The apply that waited for a warmup goes to that warmup's agent inside the answer to
     the warmup's result: no push, so an unreachable Redis costs it nothing (it is not sent
     to the queue, cold)."""
-    from tasks_app.services import agent_reports
+    from tasks_app.dispatch import agent_reports
     from tasks_app.services.runs import run_confirm
 
     _pool, token, _ws = setup

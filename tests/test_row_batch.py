@@ -8,9 +8,9 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from agents_app.models import DispatchEvent
-from agents_app.services.dispatch_log import dispatch_event
 from iacplatform.row_batch import rows_batched
+from tasks_app.dispatch.dispatch_log import dispatch_event
+from tasks_app.dispatch.models import DispatchEvent
 
 pytestmark = pytest.mark.django_db
 

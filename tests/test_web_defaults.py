@@ -168,7 +168,7 @@ def test_it_locks_a_login_after_repeated_failures_until_the_cool_off(settings, a
 
 READ_ONLY_MODELS = ["tasks_app.StateVersion", "tasks_app.TaskEvent", "tasks_app.AuditEvent", "tasks_app.LogChunk",
                     "tasks_app.Plan", "tasks_app.Job", "tasks_app.Task", "tasks_app.ConfigurationVersion",
-                    "agents_app.DispatchEvent", "agents_app.Slot", "agents_app.Agent"]
+                    "tasks_app.DispatchEvent", "tasks_app.Slot", "agents_app.Agent"]
 
 
 @pytest.mark.django_db

@@ -1,6 +1,6 @@
 """Pools and agents: tokens, registration and liveness of the agent row. The one owner of
 `Agent.status`. What an agent's arrival or death means for jobs and runs is decided above
-this layer (tasks_app.services.agent_reports), which calls these functions."""
+this layer (tasks_app.dispatch.agent_reports), which calls these functions."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
-from agents_app import events
-from agents_app.models import POOL_LIMITS, Agent, AgentPool, DispatchEvent, Pod, Slot, hash_token, new_token
+from agents_app.models import POOL_LIMITS, Agent, AgentPool, Pod, hash_token, new_token
 from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registration, SlotState
+from iacplatform import pool_events as events
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Gone, Invalid, PlatformError
+from tasks_app.dispatch.models import DispatchEvent, Slot
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,16 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from agents_app import events
-from agents_app.models import Agent, AgentPool, Pod, ScalingDecision, Slot
+from agents_app.models import Agent, AgentPool, Pod, ScalingDecision
 from agents_app.pods.backends import PodBackend, PodBackendError, backend_for, carries_our_labels
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, PodPhase, SlotState, WarmupStatus
 from agents_app.scaling import DOWN, UP, PodView, ScalingInputs, decide
 from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.pods import LIVE, pod_create_row, pod_locked, pod_new_name, pod_transition
+from iacplatform import pool_events as events
 from iacplatform.pglock import try_advisory_lock
-from tasks_app.models import Job
-from tasks_app.services.agent_reports import agent_set_offline
+from tasks_app.dispatch.agent_reports import agent_set_offline
+from tasks_app.dispatch.models import Job, Slot
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ API and the admin). Each change is checked (agents_app.models.freeze_window_erro
 an audit event. What a change does to the pool's work (entering or leaving the freeze) is
 the caller's after-commit call to tasks_app.services.sweep.pool_freeze_changed, and the
 sweep's `freeze` step in any case. Each change is also published to the pool's live page
-(agents_app.events.dispatch_changed, subject "freeze", after commit)."""
+(iacplatform.pool_events.dispatch_changed, subject "freeze", after commit)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app import events
 from agents_app.models import AgentPool, FreezeWindow, freeze_window_errors
 from agents_app.services.freeze import moment_text, window_active_occurrence
+from iacplatform import pool_events as events
 from iacplatform.errors import Conflict, Invalid
 from tasks_app.services.audit import audit_record
 

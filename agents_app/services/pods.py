@@ -9,10 +9,11 @@ import secrets
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app import events
-from agents_app.models import Agent, AgentPool, DispatchEvent, Pod
+from agents_app.models import Agent, AgentPool, Pod
 from agents_app.protocol import PodPhase
 from agents_app.states import POD
+from iacplatform import pool_events as events
+from tasks_app.dispatch.models import DispatchEvent
 
 LIVE = [PodPhase.PENDING, PodPhase.RUNNING]  # what counts as the pool's pods
 

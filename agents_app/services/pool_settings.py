@@ -11,11 +11,11 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from agents_app import events
 from agents_app.models import AgentPool
 from agents_app.services.agents import pool_rotate_token
+from iacplatform import pool_events as events
 from iacplatform.errors import Invalid
-from tasks_app.services.agent_reports import agent_set_offline
+from tasks_app.dispatch.agent_reports import agent_set_offline
 from tasks_app.services.audit import audit_record
 
 # What the pool page's form edits: sizing and scaling. The rest (bounds, Kubernetes, teams)

@@ -22,24 +22,25 @@ from agents_app.models import Agent
 from agents_app.protocol import JobKind, JobOutcome, JobStatus, PlanMode, SlotState, WarmupStatus
 from agents_app.services.agents import pool_wake
 from agents_app.services.freeze import freeze_text, pool_freeze
-from agents_app.services.slots import slot_transition
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Invalid, PlatformError, invalid_field
 from iacplatform.row_batch import insert, rows_batched
 from tasks_app import events
-from tasks_app.models import ConfigurationVersion, Job, Task, TaskEvent, Workspace
-from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
-from tasks_app.services.audit import audit_record
-from tasks_app.services.job_cancels import jobs_cancel_queued, jobs_request_cancel
-from tasks_app.services.job_payloads import with_payload_variables
-from tasks_app.services.jobs import Finished, job_abandon, job_assign, job_create, job_locked, run_jobs_locked
-from tasks_app.services.warmups import (
+from tasks_app.dispatch.job_cancels import jobs_cancel_queued, jobs_request_cancel
+from tasks_app.dispatch.job_payloads import with_payload_variables
+from tasks_app.dispatch.jobs import Finished, job_abandon, job_assign, job_create, job_locked, run_jobs_locked
+from tasks_app.dispatch.models import Job
+from tasks_app.dispatch.slots import slot_transition
+from tasks_app.dispatch.warmups import (
     confirm_target,
     pool_make_room,
     warmup_release,
     warmup_reserve,
     warmups_ensure,
 )
+from tasks_app.models import ConfigurationVersion, Task, TaskEvent, Workspace
+from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
+from tasks_app.services.audit import audit_record
 from tasks_app.states import BLOCKING, FINAL, Operation, RunStatus, check_transition
 
 log = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
         if target.slot is not None:
             # The hot path: the job is created assigned to the reserving agent and slot, and
             # pushed (sealed) to its long-poll, which returns it without a database round (see
-            # agents_app.claim). (A ready run has no queued warmup: those exist only for runs
+            # tasks_app.dispatch.claim). (A ready run has no queued warmup: those exist only for runs
             # whose warmup is none or expired.)
             job = Job(task=task, pool_id=pool_id, kind=JobKind.APPLY, target_agent=target.slot.agent,
                       terraform_version=task.terraform_version)

@@ -28,10 +28,8 @@ from iacplatform import wakeups
 from iacplatform.errors import PlatformError
 from iacplatform.logs import bound
 from iacplatform.pglock import try_advisory_lock
-from tasks_app.models import Job, SweepHeartbeat, Task
-from tasks_app.selectors import NoAgent, duration_text, job_no_agent_since, jobs_waiting_for_an_agent, pool_no_agent
-from tasks_app.services.agent_reports import agent_set_offline, job_lost, task_locked
-from tasks_app.services.job_cancels import (
+from tasks_app.dispatch.agent_reports import agent_set_offline, job_lost, task_locked
+from tasks_app.dispatch.job_cancels import (
     job_kill,
     job_stop,
     job_time_out,
@@ -41,7 +39,17 @@ from tasks_app.services.job_cancels import (
     jobs_timed_out_unstopped,
     jobs_to_stop_for_freeze,
 )
-from tasks_app.services.jobs import job_locked, jobs_lease_expired, jobs_unacked_overdue
+from tasks_app.dispatch.jobs import job_locked, jobs_lease_expired, jobs_unacked_overdue
+from tasks_app.dispatch.models import Job
+from tasks_app.dispatch.warmups import (
+    pool_make_room,
+    warmup_expire,
+    warmups_ensure,
+    warmups_expired,
+    warmups_release_for_freeze,
+)
+from tasks_app.models import SweepHeartbeat, Task
+from tasks_app.selectors import NoAgent, duration_text, job_no_agent_since, jobs_waiting_for_an_agent, pool_no_agent
 from tasks_app.services.retention import step_retention
 from tasks_app.services.runs import (
     run_apply_job_restore,
@@ -53,13 +61,6 @@ from tasks_app.services.runs import (
     runs_auto_apply_due,
     runs_confirmed_without_apply,
     runs_start_next,
-)
-from tasks_app.services.warmups import (
-    pool_make_room,
-    warmup_expire,
-    warmups_ensure,
-    warmups_expired,
-    warmups_release_for_freeze,
 )
 from tasks_app.states import RunStatus
 

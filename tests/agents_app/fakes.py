@@ -9,8 +9,8 @@ import json
 
 from django.test import Client
 
-from agents_app.models import Slot
 from agents_app.protocol import PROTOCOL_VERSION
+from tasks_app.dispatch.models import Slot
 from tasks_app.models import Task
 from tasks_app.services.runs import run_create
 

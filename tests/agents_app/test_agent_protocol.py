@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents_app.models import Agent, Slot
-from tasks_app.models import Job
-from tasks_app.services.agent_reports import agent_set_offline
+from agents_app.models import Agent
+from tasks_app.dispatch.agent_reports import agent_set_offline
+from tasks_app.dispatch.models import Job, Slot
 from tasks_app.services.runs import run_confirm, run_create
 from tasks_app.tasks import sweep
 from tests.agents_app.fakes import FakeAgent, apply_pending, reservation

@@ -7,7 +7,8 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from agents_app.models import AgentPool, AgentStatus, SlotState
+from agents_app.models import AgentPool, AgentStatus
+from agents_app.protocol import SlotState
 from agents_app.services.agents import pool_by_token
 from tasks_app.models import AuditEvent, Task
 from tasks_app.states import Operation, RunStatus

@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tasks_app.models import Job, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Task
 from tasks_app.services import sweep
 from tasks_app.services.runs import run_confirm, run_create
 from tests.agents_app.fakes import FakeAgent, apply_pending

@@ -14,13 +14,15 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents_app.models import Agent, DispatchEvent, Slot
+from agents_app.models import Agent
 from agents_app.protocol import PROTOCOL_VERSION, Heartbeat, JobResult, LogEvents, LogPost, Registration
-from tasks_app.models import Job, StateLock, Task, TaskEvent
+from tasks_app.dispatch import agent_reports
+from tasks_app.dispatch.job_output import job_upload_plan
+from tasks_app.dispatch.models import DispatchEvent, Job, Slot
+from tasks_app.models import StateLock, Task, TaskEvent
 from tasks_app.selectors import duration_text
 from tasks_app.serializers import RunSerializer
-from tasks_app.services import agent_reports, sweep
-from tasks_app.services.job_output import job_upload_plan
+from tasks_app.services import sweep
 from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard, run_transition
 from tasks_app.services.state import state_lock
 from tasks_app.states import RunStatus

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 
 from iacplatform import wakeups
-from tasks_app.models import Job
+from tasks_app.dispatch.models import Job
 from tasks_app.services.runs import run_cancel, run_create
 from tests.agents_app.fakes import FakeAgent
 

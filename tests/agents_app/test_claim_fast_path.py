@@ -9,7 +9,8 @@ import pytest
 from agents_app.protocol import AgentStatus
 from agents_app.services.agents import agent_set_status
 from iacplatform.errors import Gone
-from tasks_app.services import agent_reports, sweep
+from tasks_app.dispatch import agent_reports
+from tasks_app.services import sweep
 from tasks_app.services.runs import run_create
 from tests.factories import make_agent
 

@@ -12,8 +12,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator
 
-from agents_app.claim import claim_asgi
 from iacplatform import live
+from tasks_app.dispatch.claim import claim_asgi
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent
 

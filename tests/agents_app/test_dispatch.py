@@ -9,11 +9,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents_app.models import Agent, DispatchEvent, Slot
+from agents_app.models import Agent
 from agents_app.protocol import PROTOCOL_VERSION
-from tasks_app.models import Job, Task
+from tasks_app.dispatch import agent_reports
+from tasks_app.dispatch.models import DispatchEvent, Job, Slot
+from tasks_app.models import Task
 from tasks_app.serializers import RunSerializer
-from tasks_app.services import agent_reports, sweep
+from tasks_app.services import sweep
 from tasks_app.services.runs import run_confirm, run_create
 from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
 from tests.factories import DEMO_MAIN_TF, make_workspace

@@ -15,9 +15,10 @@ from django.db import transaction
 
 from agents_app.agent.logstream import LogStream
 from agents_app.redaction import Redactor
-from tasks_app.models import Job, LogChunk, Plan, Task
+from tasks_app.dispatch import job_output, job_payloads
+from tasks_app.dispatch.models import Job
+from tasks_app.models import LogChunk, Plan, Task
 from tasks_app.selectors import run_log_read
-from tasks_app.services import job_output, job_payloads
 from tasks_app.services.runs import run_confirm, run_create
 from tests.agents_app.fakes import PLAN, FakeAgent, apply_pending
 

@@ -11,11 +11,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents_app.models import FreezeKind, FreezeWindow, Slot
+from agents_app.models import FreezeKind, FreezeWindow
 from agents_app.services.freeze import moment_text, pool_frozen_until
 from agents_app.services.freeze_windows import freeze_window_lift
 from iacplatform.errors import Conflict
-from tasks_app.models import Job, Task
+from tasks_app.dispatch.models import Job, Slot
+from tasks_app.models import Task
 from tasks_app.services import sweep
 from tasks_app.services.runs import run_confirm, run_create
 from tasks_app.states import RunStatus

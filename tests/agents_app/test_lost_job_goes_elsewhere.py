@@ -10,8 +10,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tasks_app.models import Job
-from tasks_app.services import agent_reports, sweep
+from tasks_app.dispatch import agent_reports
+from tasks_app.dispatch.models import Job
+from tasks_app.services import sweep
 from tasks_app.services.runs import run_create
 from tests.factories import make_agent
 

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from agents_app.models import Agent
-from tasks_app.models import Job
+from tasks_app.dispatch.models import Job
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent
 from tests.factories import DEMO_MAIN_TF, make_workspace

@@ -16,7 +16,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from agents_app.admin import AgentPoolAdmin
-from agents_app.models import Agent, AgentPool, DispatchEvent, Pod, ScalingDecision, Slot
+from agents_app.models import Agent, AgentPool, Pod, ScalingDecision
 from agents_app.pods.backends import BackendPod, PodBackendError, backend_for, pod_labels
 from agents_app.pods.local import LocalBackend, stop_all
 from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registration, SlotState
@@ -24,9 +24,9 @@ from agents_app.services import autoscaler
 from agents_app.services.agents import agent_register
 from agents_app.services.pods import pod_new_name
 from iacplatform.errors import Conflict, Invalid
-from tasks_app.models import Job
+from tasks_app.dispatch.agent_reports import agent_join
+from tasks_app.dispatch.models import DispatchEvent, Job, Slot
 from tasks_app.services import sweep
-from tasks_app.services.agent_reports import agent_join
 from tasks_app.services.runs import run_create
 from tests.agents_app.test_bounds import claim, plan
 from tests.factories import DEMO_MAIN_TF, make_pool, make_workspace

@@ -16,13 +16,13 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app.models import FreezeWindow, Slot
+from agents_app.models import FreezeWindow
 from agents_app.protocol import SlotState
 from agents_app.services.freeze_windows import freeze_window_lift
-from agents_app.services.slots import slot_transition
 from iacplatform.live import pool_group
 from iacplatform.routing import websocket_urlpatterns
-from tasks_app.models import Job
+from tasks_app.dispatch.models import Job, Slot
+from tasks_app.dispatch.slots import slot_transition
 from tasks_app.services.runs import run_create
 from tests.factories import make_agent
 

@@ -8,8 +8,8 @@ meanwhile was withdrawn with it; the poll claims what the database holds."""
 from __future__ import annotations
 
 import base64
-import json
 import contextlib
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,9 +18,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from agents_app.models import DispatchEvent
 from iacplatform import wakeups
-from tasks_app.models import Job
+from tasks_app.dispatch.models import DispatchEvent, Job
 from tasks_app.services.runs import run_confirm
 from tests.agents_app.fakes import FakeAgent, apply_pending
 

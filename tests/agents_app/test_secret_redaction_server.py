@@ -10,8 +10,8 @@ import json
 import pytest
 from django.test import Client
 
-from agents_app.models import DispatchEvent
-from tasks_app.models import Job, Task, TaskEvent, Variable
+from tasks_app.dispatch.models import DispatchEvent, Job
+from tasks_app.models import Task, TaskEvent, Variable
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents_app.protocol import JobStatus, SlotState, WarmupStatus
-from agents_app.states import JOB, SLOT, WARMUP, IllegalTransition
+from tasks_app.dispatch.states import JOB, SLOT, WARMUP, IllegalTransition
 
 J, S, W = JobStatus, SlotState, WarmupStatus
 

@@ -9,7 +9,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tasks_app.models import AuditEvent, Job, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import AuditEvent, Task
 from tests.browser.conftest import SCREENSHOTS, log_in
 from tests.factories import grant
 from tests.live import wait_for

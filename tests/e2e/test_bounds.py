@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents_app.models import Slot
-from tasks_app.models import Job, StateLock
+from tasks_app.dispatch.models import Job, Slot
+from tasks_app.models import StateLock
 from tests.e2e.test_dispatch import wrapper
 from tests.live import wait_for
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tasks_app.models import Job, TaskEvent
+from tasks_app.dispatch.models import Job
+from tasks_app.models import TaskEvent
 from tests.e2e.apiclient import PlatformUser
 from tests.e2e.test_dispatch import wrapper
 from tests.factories import make_token

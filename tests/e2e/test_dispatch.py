@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings
 
 from agents_app.agent.terraform import resolve_terraform
-from tasks_app.models import Job
+from tasks_app.dispatch.models import Job
 from tasks_app.selectors import run_log_read
 from tests.factories import DEMO_MAIN_TF
 from tests.live import LOG_DIR, wait_for

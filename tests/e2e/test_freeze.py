@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from agents_app.models import FreezeWindow
 from agents_app.services.freeze import moment_text
-from tasks_app.models import Job, StateLock
+from tasks_app.dispatch.models import Job
+from tasks_app.models import StateLock
 from tests.e2e.test_dispatch import wrapper
 from tests.live import wait_for
 

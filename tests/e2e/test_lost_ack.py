@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tasks_app.models import Job, StateLock
+from tasks_app.dispatch.models import Job
+from tasks_app.models import StateLock
 from tests.factories import DEMO_MAIN_TF
 from tests.netfault import LossyProxy
 

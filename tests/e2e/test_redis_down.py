@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from iacplatform import embedded
-from tasks_app.models import Job, SweepHeartbeat
+from tasks_app.dispatch.models import Job
+from tasks_app.models import SweepHeartbeat
 from tests.e2e.apiclient import PlatformUser
 from tests.factories import make_token
 from tests.live import LOG_DIR, AgentStarter, Scenario, _stop, start_platform, wait_for

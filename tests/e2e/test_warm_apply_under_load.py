@@ -13,7 +13,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from tasks_app.models import Job, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Task
 from tests.live import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

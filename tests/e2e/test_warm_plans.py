@@ -14,7 +14,8 @@ from django.conf import settings
 from agents_app.agent.terraform import resolve_terraform
 from agents_app.models import Agent
 from bench.terraform_fixture import PROVIDER_SOURCE, PROVIDER_VERSION, ensure_packed_mirror
-from tasks_app.models import Job, Plan
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Plan
 from tests.live import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

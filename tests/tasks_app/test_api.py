@@ -12,13 +12,12 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from agents_app.protocol import JobKind, JobStatus
 from iacplatform import crypto
+from tasks_app.dispatch.models import Job
 from tasks_app.models import (
     AuditEvent,
     ConfigurationVersion,
-    Job,
-    JobKind,
-    JobStatus,
     LogChunk,
     Plan,
     StateVersion,
@@ -825,7 +824,7 @@ def test_only_a_get_waits(api, workspace):
 
 
 def test_a_run_takes_plan_options_that_reach_the_agents_payload(api, workspace, pool, django_capture_on_commit_callbacks):
-    from tasks_app.services import agent_reports
+    from tasks_app.dispatch import agent_reports
 
     agent, _ = make_agent(pool=pool)
     with django_capture_on_commit_callbacks(execute=True):

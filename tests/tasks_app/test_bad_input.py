@@ -174,14 +174,16 @@ def test_it_stores_a_log_up_to_its_cap_then_one_marker_line(settings, client):
 
 
 def test_it_labels_the_default_cap_in_mib():
-    from tasks_app.services.job_output import _size_label
+    from tasks_app.dispatch.job_output import _size_label
 
     assert _size_label(50 * 1024 * 1024) == "50 MiB"
     assert _size_label(1000) == "1000 bytes"
 
 
 def _logged_run(workspace: Any, *chunks: str, final: bool = True) -> Any:
-    from tasks_app.models import Job, JobKind, JobStatus, LogChunk, Task
+    from agents_app.protocol import JobKind, JobStatus
+    from tasks_app.dispatch.models import Job
+    from tasks_app.models import LogChunk, Task
     from tasks_app.states import Operation, RunStatus
 
     task = Task.objects.create(

@@ -16,8 +16,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agents_app.models import Agent, AgentPool, FreezeWindow
+from agents_app.protocol import JobKind, JobStatus
 from iacplatform import crypto
-from tasks_app.models import Job, JobKind, JobStatus, StateVersion, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import StateVersion, Task
 from tasks_app.states import ApplyPath, RunStatus, WarmupStatus
 from tasks_app.views_confirm import confirm_dialog_html
 from tests.factories import grant, make_agent

@@ -98,7 +98,7 @@ def test_a_sweep_without_a_gap_leaves_the_count_alone(silent):
 
 
 def test_a_lease_that_ran_out_while_agents_could_not_reach_the_platform_is_kept(silent):
-    from tasks_app.models import Job
+    from tasks_app.dispatch.models import Job
     from tasks_app.services.runs import run_create, runs_start_next
     from tests.agents_app.test_bounds import claim
     from tests.factories import DEMO_MAIN_TF, make_workspace

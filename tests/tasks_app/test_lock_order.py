@@ -22,7 +22,8 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tasks_app.models import Job, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import Task
 from tasks_app.services.runs import run_create, run_expire_pending
 from tests.agents_app.fakes import FakeAgent
 from tests.factories import DEMO_MAIN_TF, make_token, make_workspace

@@ -15,8 +15,9 @@ from django.contrib.auth.models import AnonymousUser, User
 
 from iacplatform.live import run_group
 from iacplatform.routing import websocket_urlpatterns
+from tasks_app.dispatch.models import Job
 from tasks_app.events import log_appended_message, run_log_appended
-from tasks_app.models import Job, LogChunk, Task
+from tasks_app.models import LogChunk, Task
 from tasks_app.services.runs import run_cancel, run_create
 from tests.factories import grant
 

@@ -17,9 +17,11 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from agents_app.models import Agent, AgentPool, Slot, SlotState
+from agents_app.models import Agent, AgentPool
+from agents_app.protocol import JobKind, JobStatus, SlotState
 from iacplatform import crypto
-from tasks_app.models import Job, JobKind, JobStatus, Plan, StateVersion, Task, TaskEvent, Variable, Workspace
+from tasks_app.dispatch.models import Job, Slot
+from tasks_app.models import Plan, StateVersion, Task, TaskEvent, Variable, Workspace
 from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
 from tests.factories import make_agent, make_workspace
 

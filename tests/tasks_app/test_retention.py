@@ -9,7 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from iacplatform import crypto
-from tasks_app.models import AuditEvent, Job, LogChunk, Plan, StateVersion, Task
+from tasks_app.dispatch.models import Job
+from tasks_app.models import AuditEvent, LogChunk, Plan, StateVersion, Task
 from tasks_app.services import retention, sweep
 from tasks_app.states import Operation, RunStatus
 

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.services.pool_settings import pool_token_rotate
+from tasks_app.dispatch.agent_reports import agent_set_offline
 from tasks_app.models import ApiToken, AuditEvent, StateLock, StateVersion
-from tasks_app.services.agent_reports import agent_set_offline
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent
 from tests.factories import make_token

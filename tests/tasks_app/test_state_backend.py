@@ -17,7 +17,9 @@ from django.db import connection
 from django.test import Client
 
 from agents_app.models import hash_token
-from tasks_app.models import AuditEvent, Job, JobKind, JobStatus, StateLock, StateVersion, Task, Workspace
+from agents_app.protocol import JobKind, JobStatus
+from tasks_app.dispatch.models import Job
+from tasks_app.models import AuditEvent, StateLock, StateVersion, Task, Workspace
 from tasks_app.services.state import StateLockedError, state_lock
 from tasks_app.states import Operation, RunStatus
 from tests.factories import make_token, make_workspace

@@ -1,4 +1,4 @@
-"""Slots: the one owner of `Slot.state` (agents_app.states.SLOT).
+"""Slots: the one owner of `Slot.state` (tasks_app.dispatch.states.SLOT).
 
 A slot is the source of truth for a warm reservation (state `reserved`, `task` set): the
 run's warmup fields describe the warmup's lifecycle, never where the dir is. Callers hold
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents_app import events
-from agents_app.models import Slot
 from agents_app.protocol import SlotState
-from agents_app.services.dispatch_log import dispatch_event
-from agents_app.states import SLOT
+from iacplatform import pool_events as events
+from tasks_app.dispatch.dispatch_log import dispatch_event
+from tasks_app.dispatch.models import Slot
+from tasks_app.dispatch.states import SLOT
 
 
 def slot_transition(slot: Slot, to: SlotState, *, job: Any = None, task: Any = None, message: str = "") -> None:

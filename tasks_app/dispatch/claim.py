@@ -28,7 +28,7 @@ from iacplatform import live, wakeups
 from iacplatform.db_outage import MESSAGE as DB_MESSAGE
 from iacplatform.db_outage import RETRY_AFTER_SECONDS, database_unavailable
 from iacplatform.errors import Gone, Invalid
-from tasks_app.services import agent_reports
+from tasks_app.dispatch import agent_reports
 
 log = logging.getLogger(__name__)
 

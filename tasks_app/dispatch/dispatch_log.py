@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents_app.models import DispatchEvent
 from iacplatform.row_batch import insert
+from tasks_app.dispatch.models import DispatchEvent
 
 
 def dispatch_event(**fields: Any) -> None:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from agents_app import agent_api
+from tasks_app.dispatch import agent_api
 
 urlpatterns = [
     path("register", agent_api.register, name="agent-register"),

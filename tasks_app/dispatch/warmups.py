@@ -1,5 +1,5 @@
-"""Warmups: the one owner of a run's warmup lifecycle (agents_app.states.WARMUP) and of its
-reservation, which is the Slot reserved for the run (agents_app.services.slots).
+"""Warmups: the one owner of a run's warmup lifecycle (tasks_app.dispatch.states.WARMUP) and of its
+reservation, which is the Slot reserved for the run (tasks_app.dispatch.slots).
 
 One mechanism serves every trigger named in the design (plan finished without a
 reservation, reserving agent offline, agent registered, warmup expired, reservation
@@ -17,18 +17,19 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app import events as dispatch_events
-from agents_app.models import Agent, AgentPool, Pod, Slot
+from agents_app.models import Agent, AgentPool, Pod
 from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobStatus, PodPhase, SlotState, WarmupStatus
 from agents_app.services.agents import pool_wake
-from agents_app.services.dispatch_log import dispatch_event
 from agents_app.services.freeze import freeze_text, pool_freeze
-from agents_app.services.slots import slot_reserved_for, slot_transition
-from agents_app.states import WARMUP
 from iacplatform import metrics
-from tasks_app.models import Job, Task
+from iacplatform import pool_events as dispatch_events
+from tasks_app.dispatch.dispatch_log import dispatch_event
+from tasks_app.dispatch.jobs import Finished, job_assign, job_create
+from tasks_app.dispatch.models import Job, Slot
+from tasks_app.dispatch.slots import slot_reserved_for, slot_transition
+from tasks_app.dispatch.states import WARMUP
+from tasks_app.models import Task
 from tasks_app.selectors import pool_slot_counts
-from tasks_app.services.jobs import Finished, job_assign, job_create
 from tasks_app.states import RunStatus
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from django.db.models import BinaryField, Case, F, Func, OuterRef, QuerySet, Sub
 from django.db.models.functions import JSONObject
 
 from agents_app.protocol import JobKind, JobPayload, PlanOptions, StateBackend, TaskRef, Variables
-from tasks_app.models import ConfigurationVersion, Job, StateVersion, Task, Variable
+from tasks_app.dispatch.models import Job
+from tasks_app.models import ConfigurationVersion, StateVersion, Task, Variable
 from tasks_app.states import Operation
 
 

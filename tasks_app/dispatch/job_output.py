@@ -19,9 +19,10 @@ from agents_app.redaction import plan_summary_masked, redact
 from iacplatform import crypto, metrics
 from iacplatform.errors import Conflict, Invalid
 from tasks_app import events
-from tasks_app.models import Job, LogChunk, Plan, Task
+from tasks_app.dispatch.jobs import job_running
+from tasks_app.dispatch.models import Job
+from tasks_app.models import LogChunk, Plan, Task
 from tasks_app.redaction import run_sensitive_values
-from tasks_app.services.jobs import job_running
 
 
 @dataclass(frozen=True)

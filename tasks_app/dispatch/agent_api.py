@@ -1,7 +1,7 @@
 """The agent protocol: JSON over HTTP with bearer tokens (pool token to register, agent
 token afterwards). Payloads are the typed messages of agents_app.protocol; the project's
 errors map to status codes here, in one place (`agent_view`). Plain Django views: `claim`
-is an async long-poll served by a bare ASGI app (agents_app.claim)."""
+is an async long-poll served by a bare ASGI app (tasks_app.dispatch.claim)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from agents_app.claim import NO_TOKEN, claim_longpoll, parse_max, parse_wait
 from agents_app.protocol import Heartbeat, JobResult, LogPost, PlanUpload, Registration
 from agents_app.services.agents import agent_by_token, pool_by_token
 from iacplatform.errors import Gone, Invalid, PlatformError
-from tasks_app.services import agent_reports, job_output, jobs
+from tasks_app.dispatch import agent_reports, job_output, jobs
+from tasks_app.dispatch.claim import NO_TOKEN, claim_longpoll, parse_max, parse_wait
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -155,7 +155,7 @@ def finish(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 
 @csrf_exempt
 async def claim(request: HttpRequest) -> HttpResponse:
-    """Long-poll for a job (see agents_app.claim; in production `claim_asgi` serves this URL
+    """Long-poll for a job (see tasks_app.dispatch.claim; in production `claim_asgi` serves this URL
     without Django's middleware)."""
     if request.method != "POST":
         return _error(405, "use POST")

@@ -13,11 +13,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app.models import Agent, DispatchEvent
+from agents_app.models import Agent
 from agents_app.protocol import CancelOrder, JobKind, JobStatus
 from iacplatform import wakeups
-from tasks_app.models import Job, Task
-from tasks_app.services.jobs import job_transition
+from tasks_app.dispatch.jobs import job_transition
+from tasks_app.dispatch.models import DispatchEvent, Job
+from tasks_app.models import Task
 
 
 def jobs_cancel_queued(*, task: Task, message: str, kind: JobKind | None = None) -> int:

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app.models import Agent, AgentPool, Slot
+from agents_app.models import Agent, AgentPool
 from agents_app.protocol import (
     AgentStatus,
     FinishReply,
@@ -41,15 +41,12 @@ from agents_app.services.agents import (
     pool_wake,
 )
 from agents_app.services.pods import pod_agent_registered
-from agents_app.services.slots import slot_idle_of_agent, slot_transition
 from iacplatform import wakeups
 from iacplatform.logs import bound
 from iacplatform.row_batch import rows_batched
-from tasks_app.models import Task
-from tasks_app.selectors import agent_could_claim, pool_has_queued_jobs
-from tasks_app.services.job_cancels import jobs_to_cancel
-from tasks_app.services.job_output import job_append_log, job_store_plan, plan_check
-from tasks_app.services.jobs import (
+from tasks_app.dispatch.job_cancels import jobs_to_cancel
+from tasks_app.dispatch.job_output import job_append_log, job_store_plan, plan_check
+from tasks_app.dispatch.jobs import (
     Assigned,
     job_abandon,
     job_claim,
@@ -63,6 +60,17 @@ from tasks_app.services.jobs import (
     jobs_renew_leases,
     jobs_running_of_agent,
 )
+from tasks_app.dispatch.models import Slot
+from tasks_app.dispatch.slots import slot_idle_of_agent, slot_transition
+from tasks_app.dispatch.warmups import (
+    warmup_job_finished,
+    warmup_job_lost,
+    warmup_release,
+    warmup_started,
+    warmups_ensure,
+)
+from tasks_app.models import Task
+from tasks_app.selectors import agent_could_claim, pool_has_queued_jobs
 from tasks_app.services.runs import (
     apply_push,
     run_apply_acked,
@@ -70,13 +78,6 @@ from tasks_app.services.runs import (
     run_job_lost,
     run_plan_finished,
     run_plan_started,
-)
-from tasks_app.services.warmups import (
-    warmup_job_finished,
-    warmup_job_lost,
-    warmup_release,
-    warmup_started,
-    warmups_ensure,
 )
 from tasks_app.states import RunStatus
 

@@ -1,4 +1,4 @@
-"""Jobs: the dispatch layer's owner of `Job.status` (agents_app.states.JOB): the job's
+"""Jobs: the dispatch layer's owner of `Job.status` (tasks_app.dispatch.states.JOB): the job's
 lifecycle (created, claimed, assigned, leased, finished, abandoned), and the reads a running
 job makes of its inputs (plan, configuration).
 
@@ -9,7 +9,7 @@ an agent that was declared dead and comes back cannot write logs, plans or resul
 that has moved on.
 
 This layer never changes a run: it returns what happened (`Assigned`, `Finished`,
-`Abandoned`) and tasks_app.services.agent_reports (or the sweep) moves the run on. Beside it:
+`Abandoned`) and tasks_app.dispatch.agent_reports (or the sweep) moves the run on. Beside it:
 job_payloads (what a job is given), job_output (its log and plan), job_cancels (stopping it).
 """
 
@@ -38,19 +38,20 @@ from django.db.models import (
 )
 from django.utils import timezone
 
-from agents_app import events as dispatch_events
-from agents_app.models import Agent, Slot, hash_token, new_token
+from agents_app.models import Agent, hash_token, new_token
 from agents_app.protocol import AgentStatus, JobKind, JobOutcome, JobResult, JobStatus, SlotState
 from agents_app.redaction import redact
-from agents_app.services.dispatch_log import dispatch_event
 from agents_app.services.freeze import pool_frozen_until
-from agents_app.services.slots import slot_of_job, slot_transition
-from agents_app.states import JOB
 from iacplatform import metrics, wakeups
+from iacplatform import pool_events as dispatch_events
 from iacplatform.errors import Conflict
-from tasks_app.models import Job, LogChunk, Plan, Task, Variable
+from tasks_app.dispatch.dispatch_log import dispatch_event
+from tasks_app.dispatch.job_payloads import job_payload, task_locked_for_payload
+from tasks_app.dispatch.models import Job, Slot
+from tasks_app.dispatch.slots import slot_of_job, slot_transition
+from tasks_app.dispatch.states import JOB
+from tasks_app.models import LogChunk, Plan, Task, Variable
 from tasks_app.redaction import run_sensitive_values
-from tasks_app.services.job_payloads import job_payload, task_locked_for_payload
 from tasks_app.services.state import state_locks_release_for_job
 
 # What every job credential starts with (agents_app.models.new_token); API tokens are hex.
