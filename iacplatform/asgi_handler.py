@@ -8,8 +8,9 @@ log posts and a page's long-poll at once) that is most of a request's time and C
 request for a sync view (all but the long-polls) here runs Django's sync handler, the same
 middleware and view, in one thread hop. Async views (the run long-polls) keep the async path.
 
-The live pages' group sends a sync request makes at its commits (iacplatform/live.py) go out
-after its response, from the event loop, as the agent's claim does (tasks_app/dispatch/claim.py):
+The live pages' group sends and the event publishes a sync request's units of work make at
+their commits (iacplatform/unit_of_work.py) wait in the request's outbox (iacplatform/live.py)
+and go out after its response, from the event loop, as the agent's claim does (tasks_app/dispatch/claim.py):
 each is a hop to the event loop and a few Redis round trips, and they were taken before the
 answer and before the wake-ups and pushes registered after them (Confirm's push to the warm
 agent, a run's dispatch to the claim long-polls). The wake-ups themselves stay immediate.
@@ -43,16 +44,14 @@ class HybridASGIHandler(ASGIHandler):
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         if serves_sync(request):
-            deferred = live.defer_sends()
+            outbox = live.open_outbox()
             try:
                 # The request's own thread (Django gives each request a ThreadSensitiveContext).
                 response = await sync_to_async(self.sync_handler.get_response, thread_sensitive=True)(request)
             except BaseException:
-                live.stop_deferring(deferred)
-                await live.send_deferred(deferred)
+                await live.close_outbox(outbox)
                 raise
-            live.stop_deferring(deferred)
-            response._live_deferred = deferred  # sent by send_response, once the answer is out
+            response._live_outbox = outbox  # sent by send_response, once the answer is out
             return response
         return await super().get_response_async(request)
 
@@ -60,6 +59,6 @@ class HybridASGIHandler(ASGIHandler):
         try:
             await super().send_response(response, send)
         finally:
-            deferred = getattr(response, "_live_deferred", None)
-            if deferred is not None:
-                await live.send_deferred(deferred)
+            outbox = getattr(response, "_live_outbox", None)
+            if outbox is not None:
+                await live.close_outbox(outbox)

@@ -73,54 +73,67 @@ async def _group_send_all(layer, sends: list[tuple[str, dict]]) -> None:
 
 
 @dataclass
-class Deferred:
-    """The group sends and the Redis publishes (run and pool events, wakeups.defer_publishes)
-    a request collected (see defer_sends), each in order."""
+class Outbox:
+    """A request's after-commit sends and publishes (its units of work hand them over at their
+    commits, iacplatform/unit_of_work.py), sent together once its answer is out: each group
+    send is a hop to the event loop and a few Redis round trips (12-260 ms for an agent
+    claim's on a loaded machine) that the answer, and the wake-ups and pushes registered
+    after them, need not wait for. Made by the request's edge: every sync view
+    (iacplatform/asgi_handler.py) and the agents' claim (tasks_app/dispatch/claim.py)."""
 
     sends: list[tuple[str, dict]] = field(default_factory=list)
-    publishes: wakeups.Collected = field(default_factory=wakeups.Collected)
+    publishes: list[tuple[str, str | bytes]] = field(default_factory=list)
     token: contextvars.Token | None = None
-    publishes_token: contextvars.Token | None = None
-    # Set when they are sent: what comes later (a view's thread that outlived its request)
-    # is sent at once, not collected for nobody.
+    # Set once it is being sent: what comes later (a view's thread that outlived its request)
+    # is sent at once, not kept for nobody.
     closed: bool = False
 
 
-# Set by `defer_sends` for one request: group_send collects instead of sending.
-_deferred: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar("iac_live_deferred", default=None)
+# The outbox of the request being answered in this context (and the threads it starts).
+_outbox: contextvars.ContextVar[Outbox | None] = contextvars.ContextVar("iac_request_outbox", default=None)
 
 
-def defer_sends() -> Deferred:
-    """From now on in this context (and the threads and tasks it starts), group_send (and
-    wakeups.publish / wake_run: the run and pool event channels) only collects, in order,
-    until `stop_deferring`; `send_deferred` sends them. For requests:
-    each group_send at a commit is a hop to the event loop and a few Redis round trips
-    (12-260 ms for an agent claim's after-commit sends on a loaded machine), taken before
-    the wake-ups and pushes registered after it; collected, they go out together once
-    the answer (tasks_app.dispatch.claim; every request for a sync view: iacplatform.asgi_handler)."""
-    deferred = Deferred()
-    deferred.token = _deferred.set(deferred)
-    deferred.publishes_token = wakeups.defer_publishes(deferred.publishes)
-    return deferred
+def open_outbox() -> Outbox:
+    """The request's outbox, from now on in this context, until `close_outbox`."""
+    outbox = Outbox()
+    outbox.token = _outbox.set(outbox)
+    return outbox
 
 
-def stop_deferring(deferred: Deferred) -> None:
-    if deferred.token is not None:
-        _deferred.reset(deferred.token)
-        deferred.token = None
-    if deferred.publishes_token is not None:
-        wakeups.stop_deferring(deferred.publishes_token)
-        deferred.publishes_token = None
+def request_outbox() -> Outbox | None:
+    """The outbox of the request this code answers, if its edge made one."""
+    return _outbox.get()
 
 
-async def send_deferred(deferred: Deferred, label: str = "live updates after a request") -> None:
-    """Send what was collected, in order, from the event loop: the publishes in one round
-    trip, then the group sends; never raises."""
-    deferred.closed = deferred.publishes.closed = True
-    publishes = list(deferred.publishes)
-    deferred.publishes.clear()
+def send_after(sends: list[tuple[list[tuple[str, dict]], str]], publishes: list[tuple[str, str | bytes, str]],
+               outbox: Outbox | None) -> None:
+    """A committed unit's sends and publishes, each with the label its outbox warning would
+    name: into `outbox` while its request is answered, else out now (the publishes first, as
+    a request's go); never raises."""
+    if outbox is not None and not outbox.closed:
+        outbox.publishes.extend((channel, message) for channel, message, _ in publishes)
+        for group_sends, _ in sends:
+            outbox.sends.extend(group_sends)
+        return
+    for channel, message, label in publishes:
+        wakeups.publish(channel, message, label)
+    for group_sends, label in sends:
+        group_send(group_sends, label)
+
+
+async def close_outbox(outbox: Outbox, label: str = "live updates after a request") -> None:
+    """Stop collecting and send what was collected, in order, from the event loop: the
+    publishes in one round trip, then the group sends; never raises."""
+    if outbox.token is not None:
+        try:
+            _outbox.reset(outbox.token)
+        except ValueError:  # closed from another context (the request's is gone with it)
+            pass
+        outbox.token = None
+    outbox.closed = True
+    publishes, outbox.publishes = outbox.publishes, []
     await wakeups.publish_all(publishes, label)
-    sends, deferred.sends = deferred.sends, []
+    sends, outbox.sends = outbox.sends, []
     layer = get_channel_layer()
     if layer is None or not sends or not wakeups.redis_available():
         return
@@ -131,11 +144,7 @@ async def send_deferred(deferred: Deferred, label: str = "live updates after a r
 
 
 def group_send(sends: list[tuple[str, dict]], label: str) -> None:
-    """Send each (group, message) now (or collect them, see defer_sends); never raises."""
-    deferred = _deferred.get()
-    if deferred is not None and not deferred.closed:
-        deferred.sends.extend(sends)
-        return
+    """Send each (group, message) now; never raises."""
     _send_now(sends, label)
 
 
@@ -155,7 +164,7 @@ def _send_now(sends: list[tuple[str, dict]], label: str) -> None:
     if loop is not None:
         # Sync code called from a thread that runs an event loop (async_to_sync refuses to
         # block it): the sends go out from that loop once it runs again.
-        task = loop.create_task(send_deferred(Deferred(sends=list(sends)), label))
+        task = loop.create_task(close_outbox(Outbox(sends=list(sends)), label))
         _on_loop.add(task)
         task.add_done_callback(_on_loop.discard)
         return

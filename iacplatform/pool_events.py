@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 
-from django.db import transaction
-
-from iacplatform import live, wakeups
+from iacplatform import live
+from iacplatform.unit_of_work import UnitOfWork
 
 
 def pool_events_channel(pool_id: int) -> str:
     return f"iac:events:pool:{pool_id}"
 
 
-def dispatch_changed(*, pool_id: int | None, subject: str, subject_id: int, state: str, task_id: int | None) -> None:
-    """Publish once the current transaction commits (at once outside one)."""
+def dispatch_changed(uow: UnitOfWork, *, pool_id: int | None, subject: str, subject_id: int, state: str,
+                     task_id: int | None) -> None:
+    """Published by the unit after its commit (wakeups.publish and group_send never raise, and
+    log one line per Redis outage)."""
     if pool_id is None:
         return
     payload = {"subject": subject, "id": subject_id, "state": state, "task": task_id}
@@ -27,10 +28,5 @@ def dispatch_changed(*, pool_id: int | None, subject: str, subject_id: int, stat
     sends = [(live.pool_group(pool_id), event)]
     if task_id is not None:
         sends.append((live.run_group(task_id), event))
-
-    def publish() -> None:
-        # wakeups.publish and group_send never raise (and log one line per Redis outage).
-        wakeups.publish(pool_events_channel(pool_id), message)
-        live.group_send(sends, "a live pool update")
-
-    transaction.on_commit(publish)
+    uow.publish(pool_events_channel(pool_id), message, "a live pool update")
+    uow.send(sends, "a live pool update")

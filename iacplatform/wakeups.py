@@ -15,15 +15,14 @@ call. One warning is logged when
 an outage starts and one when Redis answers again, not one per call. Callers that must know
 (Confirm's push) get a boolean and take the slow path through the database themselves.
 
-Inside a request that defers them (`defer_publishes`, set with the live pages' sends by
-`live.defer_sends`: the agent's claim, every sync view), the run and pool event publishes
-are collected and go out after the answer, together (`publish_all`). The wake-ups of agents
-and pools and the pushes never wait: they start work.
+The run and pool event publishes a unit of work makes (iacplatform/unit_of_work.py) go out
+after its commit, after the answer of the request it belongs to (`publish_all`, from the
+request's outbox: iacplatform/live.py). The wake-ups of agents and pools and the pushes never
+wait: they start work.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import json
 import logging
@@ -237,33 +236,7 @@ def wake_agents(agent_ids: list[int]) -> None:
     _best_effort("a wake-up", publish)
 
 
-class Collected(list):
-    """The (channel, message) publishes a request collected (defer_publishes). Once `closed`
-    (they are being sent), a publish made in a context that still holds it goes out at once:
-    a view's thread that outlives its request (the client went away) loses nothing."""
-
-    closed = False
-
-
-# Set by `defer_publishes` for one request: publish and wake_run collect (channel, message).
-_deferred: contextvars.ContextVar[Collected | None] = contextvars.ContextVar("iac_wakeups_deferred", default=None)
-
-
-def defer_publishes(collected: Collected) -> contextvars.Token:
-    """From now on in this context, `publish` and `wake_run` append to `collected` instead of
-    publishing (until `stop_deferring(token)` or `collected.closed`); `publish_all` sends them."""
-    return _deferred.set(collected)
-
-
-def stop_deferring(token: contextvars.Token) -> None:
-    _deferred.reset(token)
-
-
 def _publish(channel: str, message: str | bytes, label: str) -> bool:
-    deferred = _deferred.get()
-    if deferred is not None and not deferred.closed:
-        deferred.append((channel, message))
-        return True
     return _best_effort(label, lambda c: c.publish(channel, message))
 
 
@@ -292,8 +265,9 @@ async def publish_all(messages: list[tuple[str, str | bytes]], label: str = "pub
     return True
 
 
-def publish(channel: str, message: str | bytes) -> bool:
-    return _publish(channel, message, "a publish")
+def publish(channel: str, message: str | bytes, label: str = "a publish") -> bool:
+    """`label` names the call in the outage warning."""
+    return _publish(channel, message, label)
 
 
 def run_channel(task_id: int) -> str:

@@ -14,6 +14,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_de
 
 from iacplatform import wakeups
 from iacplatform.live import WORKSPACES_GROUP, group_send, run_group, user_group, workspace_group
+from iacplatform.unit_of_work import UnitOfWork
 from tasks_app.models import WorkspaceAccess
 
 __all__ = ["access_changed", "connect_access_signals", "run_changed", "run_group", "run_log_appended"]
@@ -39,20 +40,20 @@ def log_appended_message(*, start: int | None = None, end: int | None = None, te
     return message
 
 
-def run_log_appended(task_id: int, *, start: int | None = None, end: int | None = None, text: str | None = None) -> None:
-    """The run's log grew by `text` at [start, end) (after the commit that stored it)."""
-    wakeups.wake_run(task_id, "log", "a live log update")  # the API's log long-polls (`GET /runs/<id>/logs/?wait=`)
-    message = log_appended_message(start=start, end=end, text=text)
-    group_send([(run_group(task_id), message)], "a live log update")
+def run_log_appended(uow: UnitOfWork, task_id: int, *, start: int | None = None, end: int | None = None,
+                     text: str | None = None) -> None:
+    """The run's log grew by `text` at [start, end): told by the unit after its commit."""
+    # The API's log long-polls (`GET /runs/<id>/logs/?wait=`), and the run page.
+    uow.publish(wakeups.run_channel(task_id), "log", "a live log update")
+    uow.send([(run_group(task_id), log_appended_message(start=start, end=end, text=text))], "a live log update")
 
 
-def run_changed(*, task_id: int, workspace_id: int, status: str) -> None:
-    """A run's status changed: published once the current transaction commits (at once
-    outside one). Called by the one owner of run status, `runs.run_transition`, and by
-    `run_create`."""
+def run_changed(uow: UnitOfWork, *, task_id: int, workspace_id: int, status: str) -> None:
+    """A run's status changed: sent by the unit after its commit. Called by the one owner of
+    run status, `runs.run_transition`, and by `run_create`."""
     message = {"type": "run.changed", "task_id": task_id, "workspace_id": workspace_id, "status": status}
-    sends = [(run_group(task_id), message), (workspace_group(workspace_id), message), (WORKSPACES_GROUP, message)]
-    transaction.on_commit(lambda: group_send(sends, "a live run update"))
+    uow.send([(run_group(task_id), message), (workspace_group(workspace_id), message), (WORKSPACES_GROUP, message)],
+             "a live run update")
 
 
 def access_changed(user_ids: Iterable[int]) -> None:

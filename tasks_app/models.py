@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
@@ -177,28 +175,6 @@ class Task(models.Model):
     @property
     def can_apply(self) -> bool:
         return self.operation == Operation.PLAN_AND_APPLY
-
-    # Fields set on a locked run that a later save in the same transaction writes: a job's
-    # result stores its log and plan on the run, then moves the run on (run_transition saves
-    # the whole row), so one UPDATE instead of three. `save_pending()` before the end of the
-    # transaction writes whatever no later save did.
-    def save_later(self, *fields: str) -> None:
-        self.__dict__.setdefault("_save_later", set()).update(fields)
-
-    def save_pending(self) -> None:
-        fields = self.__dict__.pop("_save_later", None)
-        if fields:
-            self.save(update_fields=sorted(fields))
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        pending = self.__dict__.get("_save_later")
-        if pending:
-            update_fields = kwargs.get("update_fields")
-            if update_fields is None:
-                pending.clear()  # the whole row is written
-            else:
-                pending.difference_update(update_fields)
-        super().save(*args, **kwargs)
 
 
 class TaskEvent(models.Model):

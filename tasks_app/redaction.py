@@ -12,10 +12,10 @@ def sensitive_values(workspace_id: int) -> list[str]:
     return [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
 
 
-def run_sensitive_values(task: Task) -> list[str]:
-    """The sensitive values of the run's workspace: read with the locked run when
-    job_locked_with_run did (`sensitive_ciphertexts`), else queried."""
-    if "sensitive_ciphertexts" not in task.__dict__:
+def run_sensitive_values(task: Task, ciphertexts: list[bytes] | None = None) -> list[str]:
+    """The sensitive values of the run's workspace: from their `ciphertexts` when the caller
+    read them with the locked run (jobs.job_locked_with_run), else queried."""
+    if ciphertexts is None:
         return sensitive_values(task.workspace_id)
-    values = (Variable(sensitive=True, encrypted_value=c).value for c in task.__dict__["sensitive_ciphertexts"])
+    values = (Variable(sensitive=True, encrypted_value=c).value for c in ciphertexts)
     return [v for v in values if v]

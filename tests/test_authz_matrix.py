@@ -24,6 +24,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents_app.protocol import PROTOCOL_VERSION
 from iacplatform.routing import websocket_urlpatterns
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.models import AccessLevel, AuditEvent, StateLock, Task, Variable
 from tasks_app.services.runs import run_create
 from tests.factories import DEMO_MAIN_TF, grant, make_pool, make_token, make_workspace
@@ -587,7 +588,8 @@ async def test_it_stops_a_run_log_at_once_when_its_reader_loses_access(world, ro
         job = Job.objects.filter(task=world.run_a).first()
         LogChunk.objects.create(task=world.run_a, job=job, seq=1, offset=0, text="after the removal\n")
         Task.objects.filter(id=world.run_a.id).update(log_size=18)
-        run_log_appended(world.run_a.id, start=0, end=18, text="after the removal\n")
+        with unit_of_work() as uow:
+            run_log_appended(uow, world.run_a.id, start=0, end=18, text="after the removal\n")
 
     await sync_to_async(log_line)()
     output = await ws.receive_output(timeout=5)

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from iacplatform import embedded, wakeups
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch.claim import claim_longpoll
 from tasks_app.dispatch.models import Job
 from tasks_app.models import SweepHeartbeat, Task
@@ -94,12 +95,14 @@ def test_wakeups_never_raise_and_cost_milliseconds_without_redis(redis_gone, cap
     assert "Redis unreachable" in warnings[0]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_live_log_update_without_redis_neither_raises_nor_waits(redis_gone, caplog):
     from tasks_app import events
 
     caplog.set_level(logging.WARNING, logger="iacplatform.wakeups")
     start = time.monotonic()
-    events.run_log_appended(1)  # the Channels layer's group_send fails: logged, not raised
+    with unit_of_work() as uow:  # after its commit, the Channels layer's group_send fails: logged, not raised
+        events.run_log_appended(uow, 1)
     assert time.monotonic() - start < 1.0
     assert not wakeups.redis_available()  # and the next calls skip Redis
     assert "a live log update" in _warnings(caplog)[0]

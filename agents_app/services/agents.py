@@ -22,6 +22,7 @@ from agents_app.protocol import PROTOCOL_VERSION, AgentStatus, PodPhase, Registr
 from iacplatform import pool_events as events
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Gone, Invalid, PlatformError
+from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app.dispatch.models import DispatchEvent, Slot
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,9 @@ def agent_by_token(token: str) -> Agent | None:
     return Agent.objects.select_related("pool").filter(token_hash=hash_token(token)).first() if token else None
 
 
-def agent_set_status(agent: Agent, to: AgentStatus, *, reason: str) -> None:
-    """Move a locked agent between online and offline, with an event row."""
+def agent_set_status(agent: Agent, to: AgentStatus, *, uow: UnitOfWork, reason: str) -> None:
+    """Move a locked agent between online and offline, saved now with its event row; the
+    live update goes through `uow`."""
     if agent.status == to:
         return
     before = agent.status
@@ -114,7 +116,7 @@ def agent_set_status(agent: Agent, to: AgentStatus, *, reason: str) -> None:
     DispatchEvent.objects.create(
         subject="agent", subject_id=agent.id, agent=agent, from_state=before, to_state=to, message=reason
     )
-    events.dispatch_changed(pool_id=agent.pool_id, subject="agent", subject_id=agent.id, state=to, task_id=None)
+    events.dispatch_changed(uow, pool_id=agent.pool_id, subject="agent", subject_id=agent.id, state=to, task_id=None)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def agent_register(*, pool: AgentPool, registration: Registration) -> Registered
         # taken offline): it must not come back and claim work it would be killed during.
         raise Conflict(f"pod {reg.name} of pool '{pool.name}' is {draining.phase}: it is being removed")
     now = timezone.now()
-    with transaction.atomic():
+    with unit_of_work() as uow:
         # The pool's row lock, which token rotation takes too (pool_rotate_token): checked
         # under it, the token `pool` was found by is still the pool's, and a rotation waiting
         # for the lock revokes the agent this registers once we commit.
@@ -174,7 +176,7 @@ def agent_register(*, pool: AgentPool, registration: Registration) -> Registered
                 if agent.status == AgentStatus.ONLINE:
                     agent.save(update_fields=["last_heartbeat_at", "version", "terraform_version", "slot_count"])
                 else:
-                    agent_set_status(agent, AgentStatus.ONLINE, reason="registered again with its credential")
+                    agent_set_status(agent, AgentStatus.ONLINE, uow=uow, reason="registered again with its credential")
                 have = set(agent.slots.values_list("index", flat=True))
                 Slot.objects.bulk_create([Slot(agent=agent, index=i) for i in range(agent.slot_count) if i not in have])
                 return Registered(agent=agent, token=reg.credential, resumed=True)

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -31,6 +30,7 @@ from agents_app.services.freeze import pool_frozen_until
 from agents_app.services.pods import LIVE, pod_create_row, pod_locked, pod_new_name, pod_transition
 from iacplatform import pool_events as events
 from iacplatform.pglock import try_advisory_lock
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch.agent_reports import agent_set_offline
 from tasks_app.dispatch.models import Job, Slot
 
@@ -46,11 +46,11 @@ LIST_GRACE_SECONDS = 10
 
 
 def _pod_gone(pod_id: int, *, message: str) -> None:
-    with transaction.atomic():
+    with unit_of_work() as uow:
         pod = pod_locked(pod_id)
         if pod.phase == PodPhase.GONE:
             return
-        pod_transition(pod, PodPhase.GONE, message=message)
+        pod_transition(pod, PodPhase.GONE, uow=uow, message=message)
         agent_id = pod.agent_id
     if agent_id is not None:
         agent_set_offline(agent_id=agent_id, reason=message)
@@ -159,8 +159,8 @@ def pod_start(pool: AgentPool, backend: PodBackend, *, token: str, message: str)
     """A new pod: its row first (pending, no backend id), then the backend's create, then
     the id. A crash in between leaves a row the reconciler adopts, or deletes as vanished."""
     name = pod_new_name(pool)
-    with transaction.atomic():
-        pod = pod_create_row(pool, name=name, backend_id="", message=message)
+    with unit_of_work() as uow:
+        pod = pod_create_row(pool, uow=uow, name=name, backend_id="", message=message)
     try:
         created = backend.create(pool, name, pool_token=token)
     except PodBackendError as exc:
@@ -173,7 +173,7 @@ def pod_start(pool: AgentPool, backend: PodBackend, *, token: str, message: str)
 def pod_remove(pool: AgentPool, backend: PodBackend, name: str, *, reason: str) -> bool:
     """Remove a pod whose slots are all idle; False (nothing done) when it is not idle any
     more. Busy and reserved pods are never removed."""
-    with transaction.atomic():
+    with unit_of_work() as uow:
         pod = Pod.objects.select_for_update(no_key=True, of=("self",)).filter(pool=pool, name=name, phase__in=LIVE).first()
         if pod is None:
             return False
@@ -183,12 +183,12 @@ def pod_remove(pool: AgentPool, backend: PodBackend, name: str, *, reason: str) 
             agent = Agent.objects.select_for_update(no_key=True, of=("self",)).get(id=pod.agent_id)
             if Slot.objects.filter(agent=agent).exclude(state=SlotState.IDLE).exists():
                 return False
-        pod_transition(pod, PodPhase.DRAINING, message=reason)
+        pod_transition(pod, PodPhase.DRAINING, uow=uow, message=reason)
         if pod.agent_id is not None:
             agent_set_offline(agent_id=pod.agent_id, reason=f"pod {name} removed by the autoscaler")
     backend.delete(pool, name)
-    with transaction.atomic():
-        pod_transition(pod_locked(pod.id), PodPhase.GONE, message=reason)
+    with unit_of_work() as uow:
+        pod_transition(pod_locked(pod.id), PodPhase.GONE, uow=uow, message=reason)
     return True
 
 
@@ -261,12 +261,14 @@ def autoscale_pool(pool_id: int, *, now: datetime | None = None, frozen: bool = 
 
 def _record(pool: AgentPool, action: str, before: int, desired: int, inputs: dict, created: list[str],
             deleted: list[str], reason: str, *, demand: int = 0) -> ScalingDecision:
-    decision = ScalingDecision.objects.create(
-        pool=pool, action=action, pods_before=before, desired=desired, demand=demand, inputs=inputs,
-        pods_created=created, pods_deleted=deleted, reason=reason,
-    )
-    # The pool page shows the latest decision and its reason, live.
-    events.dispatch_changed(pool_id=pool.id, subject="decision", subject_id=decision.id, state=action, task_id=None)
+    with unit_of_work() as uow:
+        decision = ScalingDecision.objects.create(
+            pool=pool, action=action, pods_before=before, desired=desired, demand=demand, inputs=inputs,
+            pods_created=created, pods_deleted=deleted, reason=reason,
+        )
+        # The pool page shows the latest decision and its reason, live.
+        events.dispatch_changed(uow, pool_id=pool.id, subject="decision", subject_id=decision.id, state=action,
+                                task_id=None)
     return decision
 
 

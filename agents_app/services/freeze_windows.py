@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import AgentPool, FreezeWindow, freeze_window_errors
 from agents_app.services.freeze import moment_text, window_active_occurrence
 from iacplatform import pool_events as events
 from iacplatform.errors import Conflict, Invalid
+from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app.services.audit import audit_record
 
 EDITABLE = ("name", "reason", "kind", "enabled", "weekdays", "start_time", "end_time", "time_zone", "starts_at",
@@ -28,8 +28,8 @@ def _audit_data(window: FreezeWindow, fields: dict[str, Any]) -> dict[str, Any]:
             **{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in fields.items()}}
 
 
-def _published(window: FreezeWindow, state: str) -> None:
-    events.dispatch_changed(pool_id=window.pool_id, subject="freeze", subject_id=window.id, state=state, task_id=None)
+def _published(window: FreezeWindow, state: str, *, uow: UnitOfWork) -> None:
+    events.dispatch_changed(uow, pool_id=window.pool_id, subject="freeze", subject_id=window.id, state=state, task_id=None)
 
 
 def _check(window: FreezeWindow) -> None:
@@ -44,10 +44,10 @@ def freeze_window_create(*, pool: AgentPool, actor: Any, fields: dict[str, Any])
         raise Invalid(fields={name: ["not a field of a freeze window"] for name in sorted(unknown)})
     window = FreezeWindow(pool=pool, **fields)
     _check(window)
-    with transaction.atomic():
+    with unit_of_work() as uow:
         window.save()
         audit_record(actor=actor, action="freeze_window.create", obj=window, data=_audit_data(window, fields))
-        _published(window, "created")
+        _published(window, "created", uow=uow)
     return window
 
 
@@ -55,21 +55,21 @@ def freeze_window_update(*, window: FreezeWindow, actor: Any, fields: dict[str, 
     unknown = set(fields) - set(EDITABLE)
     if unknown:
         raise Invalid(fields={name: ["not a field of a freeze window"] for name in sorted(unknown)})
-    with transaction.atomic():
+    with unit_of_work() as uow:
         window = FreezeWindow.objects.select_for_update().select_related("pool").get(id=window.id)
         for name, value in fields.items():
             setattr(window, name, value)
         _check(window)
         window.save()
         audit_record(actor=actor, action="freeze_window.update", obj=window, data=_audit_data(window, fields))
-        _published(window, "updated")
+        _published(window, "updated", uow=uow)
     return window
 
 
 def freeze_window_delete(*, window: FreezeWindow, actor: Any) -> None:
-    with transaction.atomic():
+    with unit_of_work() as uow:
         audit_record(actor=actor, action="freeze_window.delete", obj=window, data=_audit_data(window, {}))
-        _published(window, "deleted")
+        _published(window, "deleted", uow=uow)
         window.delete()
 
 
@@ -80,7 +80,7 @@ def freeze_window_lift(*, window_id: int, actor: Any, reason: str, now: datetime
     if not reason:
         raise Invalid(fields={"reason": ["lifting a freeze window needs a reason (it is audited)"]})
     now = now or timezone.now()
-    with transaction.atomic():
+    with unit_of_work() as uow:
         window = FreezeWindow.objects.select_for_update().select_related("pool").get(id=window_id)
         occurrence = window_active_occurrence(window, now) if window.enabled else None
         if occurrence is None:
@@ -94,5 +94,5 @@ def freeze_window_lift(*, window_id: int, actor: Any, reason: str, now: datetime
             "pool": window.pool.name, "name": window.name, "reason": reason,
             "would_have_ended": moment_text(occurrence.end),
         })
-        _published(window, "lifted")
+        _published(window, "lifted", uow=uow)
     return window

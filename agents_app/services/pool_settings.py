@@ -15,6 +15,7 @@ from agents_app.models import AgentPool
 from agents_app.services.agents import pool_rotate_token
 from iacplatform import pool_events as events
 from iacplatform.errors import Invalid
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch.agent_reports import agent_set_offline
 from tasks_app.services.audit import audit_record
 
@@ -30,7 +31,7 @@ def pool_settings_update(*, pool_id: int, actor: Any, fields: dict[str, Any]) ->
     unknown = set(fields) - set(PAGE_FIELDS)
     if unknown:
         raise Invalid(fields={name: ["not a setting of the pool page"] for name in sorted(unknown)})
-    with transaction.atomic():
+    with unit_of_work() as uow:
         pool = AgentPool.objects.select_for_update().get(id=pool_id)
         changed = {name: value for name, value in fields.items() if getattr(pool, name) != value}
         for name, value in changed.items():
@@ -44,7 +45,7 @@ def pool_settings_update(*, pool_id: int, actor: Any, fields: dict[str, Any]) ->
         pool.save(update_fields=list(changed))
         audit_record(actor=actor, action="pool.update", obj=pool, data=changed)
         # The autoscaler reads the new bounds on its next tick; the pool's live pages now.
-        events.dispatch_changed(pool_id=pool.id, subject="pool", subject_id=pool.id, state="updated", task_id=None)
+        events.dispatch_changed(uow, pool_id=pool.id, subject="pool", subject_id=pool.id, state="updated", task_id=None)
     return pool
 
 

@@ -43,7 +43,7 @@ from agents_app.services.agents import (
 from agents_app.services.pods import pod_agent_registered
 from iacplatform import wakeups
 from iacplatform.logs import bound
-from iacplatform.row_batch import rows_batched
+from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app.dispatch.job_cancels import jobs_to_cancel
 from tasks_app.dispatch.job_output import job_append_log, job_store_plan, plan_check
 from tasks_app.dispatch.jobs import (
@@ -102,9 +102,9 @@ def agent_join(*, pool: AgentPool, registration: Registration) -> RegistrationRe
         # child). Its warm dirs are on disk: those the server still reserves stay.
         for job_id in jobs_running_of_agent(agent_id=agent.id):
             job_lost(job_id=job_id, why=f"{agent.name} restarted")
-        with transaction.atomic():
+        with unit_of_work() as uow:
             agent = agent_locked_online(agent.id)
-            release = warm_dirs_reconcile(agent, reported, grace=False)
+            release = warm_dirs_reconcile(agent, reported, uow=uow, grace=False)
     pool_id = pool.id
     transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
     return RegistrationReply(
@@ -113,7 +113,7 @@ def agent_join(*, pool: AgentPool, registration: Registration) -> RegistrationRe
     )
 
 
-def warm_dirs_reconcile(agent: Agent, reported: set[int], *, grace: bool) -> list[int]:
+def warm_dirs_reconcile(agent: Agent, reported: set[int], *, uow: UnitOfWork, grace: bool) -> list[int]:
     """Hold the server's reservations for a (locked) agent to the dirs it reports. Returns
     the task ids whose dirs it should delete (it holds them, the server does not reserve
     them). A reservation whose dir the agent no longer has is released and warmed up
@@ -126,17 +126,17 @@ def warm_dirs_reconcile(agent: Agent, reported: set[int], *, grace: bool) -> lis
         lost = lost.filter(updated_at__lt=cutoff)
     lost_tasks = list(lost.values_list("task_id", flat=True))
     for task_id in lost_tasks:
-        warmup_release(task_locked(task_id), message=f"{agent.name} no longer holds the warm dir")
+        warmup_release(task_locked(task_id), uow=uow, message=f"{agent.name} no longer holds the warm dir")
     if lost_tasks:
         pool_id = agent.pool_id
-        transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
+        uow.on_commit(lambda: warmups_ensure(pool_id=pool_id))
     return sorted(reported - held)
 
 
 def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
     """Renew the agent's leases and reconcile the server's reservations with its disk; the
     answer lists the dirs to delete and the jobs to stop."""
-    with bound(agent_id=agent.id), transaction.atomic():
+    with bound(agent_id=agent.id), unit_of_work() as uow:
         agent = agent_locked_online(agent.id)
         agent_record_heartbeat(
             agent, warm_dirs=[d.model_dump() for d in heartbeat.warm_dirs],
@@ -147,11 +147,11 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
         for job in jobs_ack_reported(agent=agent, job_ids=heartbeat.running_jobs):
             with bound(job_id=job.id, run_id=job.task_id):
                 log.info("apply job %s acknowledged by %s's heartbeat", job.id, agent.name)
-                run_apply_acked(task_locked(job.task_id))
+                run_apply_acked(task_locked(job.task_id), uow=uow)
         for job_id in jobs_missed_by_heartbeat(agent=agent, job_ids=heartbeat.running_jobs):
             job_lost(job_id=job_id, why=f"{agent.name} does not report it in its heartbeats (it never got the job, "
                                         "or no longer has it)")
-        release = warm_dirs_reconcile(agent, {d.task for d in heartbeat.warm_dirs}, grace=True)
+        release = warm_dirs_reconcile(agent, {d.task for d in heartbeat.warm_dirs}, uow=uow, grace=True)
         cancel = jobs_to_cancel(agent=agent)
     return HeartbeatReply(release=release, cancel=cancel, heartbeat_interval=settings.IAC_AGENT_HEARTBEAT_SECONDS)
 
@@ -177,18 +177,18 @@ def agent_claim(*, agent_id: int, limit: int = 1) -> list[dict[str, Any]]:
             # the only one queued, not even the small query: the answer goes at once (a job
             # queued since then wakes the agent's next poll, made as soon as it has this one).
             break
-        with bound(agent_id=agent_id), transaction.atomic(), rows_batched():
+        with bound(agent_id=agent_id), unit_of_work() as uow:
             agent = agent_locked_online(agent_id)
             pool_id = agent.pool_id
             slot = slot_idle_of_agent(agent.id)
             if slot is None:
                 break
-            assigned = job_claim(agent=agent, slot=slot)
+            assigned = job_claim(uow=uow, agent=agent, slot=slot)
             if assigned is None:
                 break
             others_queued = getattr(assigned.job, "others_queued", True)
             with bound(job_id=assigned.job.id, run_id=assigned.task.id):
-                taken = _on_assigned(assigned)
+                taken = _on_assigned(assigned, uow=uow)
             if taken:
                 payloads.append(assigned.payload())
     return payloads
@@ -210,21 +210,21 @@ def agent_claim_if_queued(*, agent: Agent, limit: int = 1, woken: bool = False) 
     return agent_claim(agent_id=agent.id, limit=limit)
 
 
-def _on_assigned(assigned: Assigned) -> bool:
+def _on_assigned(assigned: Assigned, *, uow: UnitOfWork) -> bool:
     """Move the run on for a job an agent just took; False: the job was not needed."""
     job, task, agent = assigned.job, assigned.task, assigned.slot.agent
     if job.kind == JobKind.PLAN:
-        run_plan_started(task, agent)
+        run_plan_started(task, agent, uow=uow, reads=assigned.reads)
     elif job.kind == JobKind.WARMUP:
         if task.status != RunStatus.APPLY_PENDING or task.warmup_status not in (WarmupStatus.NONE, WarmupStatus.EXPIRED):
-            job_transition(job, JobStatus.CANCELLED, message="the run no longer needs a warmup")
-            slot_transition(assigned.slot, SlotState.IDLE, message="warmup not needed")
+            job_transition(job, JobStatus.CANCELLED, uow=uow, message="the run no longer needs a warmup")
+            slot_transition(assigned.slot, SlotState.IDLE, uow=uow, message="warmup not needed")
             return False
-        warmup_started(task, agent)
+        warmup_started(task, agent, uow=uow)
     else:
         # A cold apply: a warm dir elsewhere is of no use to this agent. (The run becomes
         # `applying` when the agent acknowledges the job, see job_log.)
-        warmup_release(task, message=f"the apply went cold on {agent.name}")
+        warmup_release(task, uow=uow, message=f"the apply went cold on {agent.name}")
     return True
 
 
@@ -234,14 +234,12 @@ def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
     row is written once: the warm apply's first line comes with its start and acknowledgement
     while terraform is making its state calls to this same web process, so the post must be
     cheap (one query to lock and read, the chunk, the job's ack, one UPDATE of the run)."""
-    with bound(agent_id=agent.id, job_id=job_id), transaction.atomic(), rows_batched():
+    with bound(agent_id=agent.id, job_id=job_id), unit_of_work() as uow:
         locked = job_locked_with_run(job_id, agent, fence, log_seq=post.seq)
-        appended = job_append_log(agent=agent, job_id=job_id, fence=fence, post=post, locked=locked,
-                                  defer_saves=True)
+        appended = job_append_log(uow=uow, locked=locked, post=post)
         if appended is not None and appended.acked_now:
             appended.job.save(update_fields=["acked_at"])
-            run_apply_acked(appended.task, save=False)
-        locked[1].save_pending()
+            run_apply_acked(appended.task, uow=uow)
 
 
 # Plans up to this size are hashed while the result holds its locks (well under a millisecond).
@@ -261,22 +259,22 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
     if check_first:
         job_running(job_id, agent, fence)
         plan_check(plan or b"", result.plan.sha256)
-    with bound(agent_id=agent.id, job_id=job_id) as bind, transaction.atomic(), rows_batched():
+    with bound(agent_id=agent.id, job_id=job_id) as bind, unit_of_work() as uow:
         # The job and its run, locked once (the job's lock before the run's) for the log, the
         # plan and the result alike.
         locked = job_locked_with_run(job_id, agent, fence, log_seq=result.log.seq if result.log is not None else None)
-        job, task = locked
+        job = locked.job
         if result.plan is not None and not check_first:
             plan_check(plan or b"", result.plan.sha256)
-        # Their fields on the run are written by the run's next save in this transaction (the
-        # run moves on below), or by save_pending at the end: one UPDATE of the run, not three.
+        # The run's fields they set are saved by the unit, merged with the run's move below:
+        # one UPDATE of the run, not three.
         if result.log is not None:
-            job_append_log(agent=agent, job_id=job_id, fence=fence, post=result.log, locked=locked, defer_saves=True)
+            job_append_log(uow=uow, locked=locked, post=result.log)
         if result.plan is not None:
             up = result.plan
-            job_store_plan(job, data=plan or b"", sha256=up.sha256, summary=up.summary, has_changes=up.has_changes,
-                           task=task, defer_saves=True)
-        finished = job_finish(agent=agent, job_id=job_id, fence=fence, result=result, locked=locked)
+            job_store_plan(job, uow=uow, data=plan or b"", sha256=up.sha256, summary=up.summary,
+                           has_changes=up.has_changes, locked=locked)
+        finished = job_finish(uow=uow, agent=agent, job_id=job_id, fence=fence, result=result, locked=locked)
         bind(run_id=finished.job.task_id)
         if result.warm_plan_kept:
             # Now, not at the next heartbeat: the workspace's next plan prefers this agent.
@@ -285,13 +283,13 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
         kind = finished.job.kind
         handed: list[dict[str, Any]] = []  # jobs for this agent, in this answer (FinishReply.jobs)
         if kind == JobKind.PLAN:
-            ended = run_plan_finished(finished)
+            ended = run_plan_finished(finished, uow=uow)
             keep = ended.keep_dir
             follow_ups += ended.follow_ups
             if ended.handed is not None:
                 handed.append(ended.handed)
         elif kind == JobKind.WARMUP:
-            warm = warmup_job_finished(finished)
+            warm = warmup_job_finished(finished, uow=uow)
             keep = warm.keep_dir
             if warm.handed_over is not None:
                 agent_id, apply_id, payload = warm.handed_over
@@ -302,13 +300,12 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
                     follow_ups.append(lambda: apply_push(agent_id=agent_id, agent_name=agent.name, job_id=apply_id,
                                                          payload=payload))
         else:
-            run_apply_finished(finished)
+            run_apply_finished(finished, uow=uow)
             keep = False
         # The agent's slot may be free now: wake its long-poll to take queued work at once.
         agent_id_ = agent.id
         follow_ups.append(lambda: wakeups.wake_agent(agent_id_))
-        transaction.on_commit(lambda: _run_follow_ups(follow_ups))
-        task.save_pending()
+        uow.on_commit(lambda: _run_follow_ups(follow_ups))
     return FinishReply(keep_dir=keep, jobs=handed)
 
 
@@ -329,20 +326,20 @@ def _run_follow_ups(follow_ups: list[Callable[[], Any]]) -> None:
 def job_lost(*, job_id: int, why: str) -> bool:
     """A running job's agent died or stopped reporting it: abandon the job and move its run
     on. Returns False when the job had already moved on."""
-    with bound(job_id=job_id) as bind, transaction.atomic():
+    with bound(job_id=job_id) as bind, unit_of_work() as uow:
         job = job_locked(job_id)
         bind(run_id=job.task_id)
         if job.status != JobStatus.RUNNING:
             return False
         log.info("%s job %s of run %s lost: %s", job.kind, job.id, job.task_id, why)
         task = task_locked(job.task_id)
-        abandoned = job_abandon(job, why=why, avoid_agent=True)
+        abandoned = job_abandon(job, uow=uow, why=why, avoid_agent=True)
         if job.kind == JobKind.WARMUP:
-            warmup_job_lost(task, job)
+            warmup_job_lost(task, job, uow=uow)
         else:
-            run_job_lost(task, job, requeued=abandoned.requeued, why=why)
+            run_job_lost(task, job, uow=uow, requeued=abandoned.requeued, why=why)
         pool_id = job.pool_id
-        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
+        uow.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
     return True
 
 
@@ -351,22 +348,23 @@ def agent_set_offline(*, agent_id: int, reason: str) -> bool:
     failed attempts, its running applies become errored (an interrupted apply may have
     half-written state, so it is never re-run automatically), and its reservations are
     released and warmed up elsewhere."""
-    with bound(agent_id=agent_id), transaction.atomic():
+    with bound(agent_id=agent_id), unit_of_work() as uow:
         agent = Agent.objects.select_for_update(no_key=True, of=("self",)).filter(id=agent_id, status=AgentStatus.ONLINE).first()
         if agent is None:
             return False
         log.info("agent %s offline: %s", agent.name, reason)
-        agent_set_status(agent, AgentStatus.OFFLINE, reason=reason)
+        agent_set_status(agent, AgentStatus.OFFLINE, uow=uow, reason=reason)
         pool_id = agent.pool_id
         for job_id in jobs_running_of_agent(agent_id=agent.id):
             job_lost(job_id=job_id, why=f"{agent.name} went offline ({reason})")
         # Each run's row before its slot, the order Confirm takes them in.
         reserved = Slot.objects.filter(agent=agent, state=SlotState.RESERVED).values_list("task_id", flat=True)
         for task_id in list(reserved):
-            warmup_release(task_locked(task_id), message=f"{agent.name} went offline ({reason}); warming up elsewhere")
+            warmup_release(task_locked(task_id), uow=uow,
+                           message=f"{agent.name} went offline ({reason}); warming up elsewhere")
         for slot in Slot.objects.select_for_update(no_key=True, of=("self",)).select_related("agent").filter(
             agent=agent, state=SlotState.RUNNING
         ):  # a job that was not `running` any more
-            slot_transition(slot, SlotState.IDLE, message=f"{agent.name} went offline")
-        transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
+            slot_transition(slot, SlotState.IDLE, uow=uow, message=f"{agent.name} went offline")
+        uow.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
     return True

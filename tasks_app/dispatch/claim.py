@@ -201,7 +201,7 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
     async with ThreadSensitiveContext():
         # The claim's live-page updates (run planning, job and slot running) go out after
         # the answer: the agent waits for the answer before it starts terraform.
-        deferred = live.defer_sends()
+        outbox = live.open_outbox()
         try:
             await _claim_asgi(scope, receive, send)
         except Exception as exc:
@@ -213,8 +213,7 @@ async def claim_asgi(scope: dict, receive: Any, send: Any) -> None:
             await _send_json(send, 503, {"detail": DB_MESSAGE},
                              extra_headers=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
         finally:
-            live.stop_deferring(deferred)
-            await live.send_deferred(deferred, "live updates after an agent's claim")
+            await live.close_outbox(outbox, "live updates after an agent's claim")
 
 
 async def _claim_asgi(scope: dict, receive: Any, send: Any) -> None:

@@ -10,30 +10,31 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.protocol import CancelOrder, JobKind, JobStatus
 from iacplatform import wakeups
+from iacplatform.unit_of_work import UnitOfWork
+from tasks_app.dispatch.dispatch_log import dispatch_event
 from tasks_app.dispatch.jobs import job_transition
-from tasks_app.dispatch.models import DispatchEvent, Job
+from tasks_app.dispatch.models import Job
 from tasks_app.models import Task
 
 
-def jobs_cancel_queued(*, task: Task, message: str, kind: JobKind | None = None) -> int:
+def jobs_cancel_queued(*, task: Task, uow: UnitOfWork, message: str, kind: JobKind | None = None) -> int:
     """Queued jobs of a run that nobody needs any more (run cancelled, discarded, confirmed)."""
     qs = Job.objects.select_for_update(no_key=True, of=("self",)).filter(task=task, status=JobStatus.QUEUED)
     if kind is not None:
         qs = qs.filter(kind=kind)
     count = 0
     for job in qs:
-        job_transition(job, JobStatus.CANCELLED, message=message)
+        job_transition(job, JobStatus.CANCELLED, uow=uow, message=message)
         count += 1
     return count
 
 
-def jobs_request_cancel(*, task: Task, force: bool) -> bool:
+def jobs_request_cancel(*, task: Task, uow: UnitOfWork, force: bool) -> bool:
     """Ask the agents running the run's plan or apply to stop: the order is pushed to each
     agent's claim long-poll after commit (terraform gets SIGINT within a second) and repeated
     in every heartbeat answer until the job ends (the way it arrives while Redis is down).
@@ -42,17 +43,17 @@ def jobs_request_cancel(*, task: Task, force: bool) -> bool:
     if not running.update(cancel_requested=True, force_cancel=force):
         return False
     for job in running.only("id", "agent_id", "cancel_grace_seconds"):
-        _cancel_push(job, force=force)
+        _cancel_push(job, uow=uow, force=force)
     return True
 
 
-def _cancel_push(job: Job, *, force: bool) -> None:
+def _cancel_push(job: Job, *, uow: UnitOfWork, force: bool) -> None:
     """After commit: the job's cancel order to its agent's long-poll (best effort)."""
     if job.agent_id is None:
         return
     agent_id = job.agent_id
     order = CancelOrder(id=job.id, force=force, grace=job.cancel_grace_seconds).model_dump(mode="json")
-    transaction.on_commit(lambda: wakeups.push_cancel(agent_id, order))
+    uow.on_commit(lambda: wakeups.push_cancel(agent_id, order))
 
 
 def jobs_to_stop_for_freeze(*, pool_id: int) -> list[int]:
@@ -64,7 +65,7 @@ def jobs_to_stop_for_freeze(*, pool_id: int) -> list[int]:
     )
 
 
-def job_stop(job: Job, *, message: str, grace: int) -> None:
+def job_stop(job: Job, *, uow: UnitOfWork, message: str, grace: int) -> None:
     """Tell the (locked, running) job's agent to stop it, through a cancel order (pushed
     now, repeated by every heartbeat: SIGINT, SIGKILL after `grace` seconds), because of the platform, not a user: the
     run or warmup ends with `message`. Not a status change; the DispatchEvent records it."""
@@ -72,20 +73,20 @@ def job_stop(job: Job, *, message: str, grace: int) -> None:
     job.cancel_grace_seconds = grace
     job.cancel_message = message
     job.save(update_fields=["cancel_requested", "cancel_grace_seconds", "cancel_message"])
-    _cancel_push(job, force=job.force_cancel)
-    DispatchEvent.objects.create(
-        subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
+    _cancel_push(job, uow=uow, force=job.force_cancel)
+    dispatch_event(
+        uow, subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
         from_state=job.status, to_state=job.status, message=message,
     )
 
 
-def jobs_cancel_queued_of_pool(*, pool_id: int, kind: JobKind, message: str) -> list[int]:
+def jobs_cancel_queued_of_pool(*, pool_id: int, uow: UnitOfWork, kind: JobKind, message: str) -> list[int]:
     """Cancel the pool's queued jobs of one kind (queued warmups when it enters a freeze)."""
     cancelled = []
     for job in Job.objects.select_for_update(no_key=True, skip_locked=True, of=("self",)).filter(
         pool_id=pool_id, kind=kind, status=JobStatus.QUEUED
     ).order_by("id"):
-        job_transition(job, JobStatus.CANCELLED, message=message)
+        job_transition(job, JobStatus.CANCELLED, uow=uow, message=message)
         cancelled.append(job.task_id)
     return cancelled
 
@@ -121,7 +122,7 @@ def jobs_running_past_bound(*, now: datetime) -> list[int]:
     return due
 
 
-def job_time_out(job: Job, *, grace: int, message: str) -> None:
+def job_time_out(job: Job, *, uow: UnitOfWork, grace: int, message: str) -> None:
     """The (locked, running) job ran past its bound: its agent is told to stop it, through
     the heartbeat's cancel orders: SIGINT, then SIGKILL after `grace` seconds. Not a status
     change (the job ends when the agent reports it, or when the sweep gives up on it); the
@@ -131,8 +132,8 @@ def job_time_out(job: Job, *, grace: int, message: str) -> None:
     job.timed_out_at = timezone.now()
     job.timeout_message = message
     job.save(update_fields=["cancel_requested", "cancel_grace_seconds", "timed_out_at", "timeout_message"])
-    DispatchEvent.objects.create(
-        subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
+    dispatch_event(
+        uow, subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
         from_state=job.status, to_state=job.status, message=message,
     )
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
@@ -18,8 +17,9 @@ from agents_app.protocol import JobKind, LogPost
 from agents_app.redaction import plan_summary_masked, redact
 from iacplatform import crypto, metrics
 from iacplatform.errors import Conflict, Invalid
+from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app import events
-from tasks_app.dispatch.jobs import job_running
+from tasks_app.dispatch.jobs import LockedJob, job_running
 from tasks_app.dispatch.models import Job
 from tasks_app.models import LogChunk, Plan, Task
 from tasks_app.redaction import run_sensitive_values
@@ -53,35 +53,32 @@ def _log_capped(text: str, log_size: int) -> str:
     return f"{kept}{newline}[log truncated at {_size_label(cap)}: the rest of this run's output was not stored]\n"
 
 
-def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
-                   locked: tuple[Job, Task] | None = None, defer_saves: bool = False) -> LogAppended | None:
+def job_append_log(*, uow: UnitOfWork, locked: LockedJob, post: LogPost) -> LogAppended | None:
     """Append one chunk of a job's output to its run's log (caller's transaction; `locked`:
-    the job and run as job_locked_with_run gave them). Idempotent per (job, seq), so an agent
-    that retries a post never duplicates lines. Returns None for a seq already stored.
-    `defer_saves` (with `locked`): the run's fields are left to Task.save_pending and the
-    job's acknowledgement to the caller's save of the job (a result: job_finish)."""
+    the job and run as job_locked_with_run gave them, with whether this seq is stored).
+    Idempotent per (job, seq), so an agent that retries a post never duplicates lines.
+    Returns None for a seq already stored. The chunk is inserted now; the run's fields are
+    saved by `uow`; an acknowledgement sets the job's `acked_at`, which the caller saves with
+    the job (`acked_now`)."""
     ev = post.events
-    job = locked[0] if locked else job_running(job_id, agent, fence, lock=ev.ack)
-    stored = job.__dict__.get("log_chunks_stored", {}).get(post.seq)  # read with the lock (a result)
+    job, task = locked.job, locked.task
+    stored = locked.log_chunk_stored
     if stored is None:
         stored = LogChunk.objects.filter(job=job, seq=post.seq).exists()
     if stored:
         return None
-    task = locked[1] if locked else Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
     acked_now = False
     if ev.ack and job.kind == JobKind.APPLY and job.acked_at is None:
         # Until now the apply provably has not run, so a claim whose answer was lost can go
         # elsewhere; from now on a dead agent means an errored run (see job_abandon).
         job.acked_at = timezone.now()
-        if not defer_saves:
-            job.save(update_fields=["acked_at"])
         acked_now = True
     now = timezone.now()
     fields = ["log_size"]
     had_start, had_first_log = task.apply_started_at is not None, task.first_apply_log_at is not None
     text = post.text
     if text:
-        text = _log_capped(redact(text, run_sensitive_values(task)), task.log_size)
+        text = _log_capped(redact(text, run_sensitive_values(task, locked.sensitive_ciphertexts)), task.log_size)
     if text:
         LogChunk.objects.create(task=task, job=job, seq=post.seq, offset=task.log_size, text=text)
         task.log_size += len(text.encode())
@@ -96,21 +93,17 @@ def job_append_log(*, agent: Agent, job_id: int, fence: int, post: LogPost,
         if text and task.first_apply_log_at is None:
             task.first_apply_log_at = now
             fields.append("first_apply_log_at")
-    if defer_saves:
-        task.save_later(*fields)
-    else:
-        task.save(update_fields=fields)
+    uow.save(task, *fields)
     if text:
-        task_id, end = task.id, task.log_size
-        start = end - len(text.encode())
+        end = task.log_size
         # The chunk travels to the run page's viewers as it was stored, rendered once there.
-        transaction.on_commit(lambda: events.run_log_appended(task_id, start=start, end=end, text=text))
+        events.run_log_appended(uow, task.id, start=end - len(text.encode()), end=end, text=text)
     if task.confirmed_at is not None and (not had_start or not had_first_log):
-        _observe_confirm_latencies(task, start=not had_start, first_log=not had_first_log)
+        _observe_confirm_latencies(task, uow=uow, start=not had_start, first_log=not had_first_log)
     return LogAppended(job=job, task=task, acked_now=acked_now)
 
 
-def _observe_confirm_latencies(task: Task, *, start: bool, first_log: bool) -> None:
+def _observe_confirm_latencies(task: Task, *, uow: UnitOfWork, start: bool, first_log: bool) -> None:
     """Confirm → apply start and → first log line, once each per run, after commit: the
     moments the server learns them (the same numbers the run page shows)."""
     path, confirmed = task.apply_path, task.confirmed_at
@@ -125,7 +118,7 @@ def _observe_confirm_latencies(task: Task, *, start: bool, first_log: bool) -> N
         if first is not None:
             metrics.observe_confirm_first_log(path, (first - confirmed).total_seconds())
 
-    transaction.on_commit(observe)
+    uow.on_commit(observe)
 
 
 def job_upload_plan(
@@ -133,8 +126,8 @@ def job_upload_plan(
 ) -> Plan:
     job_running(job_id, agent, fence)  # whose job it is comes first: another agent learns nothing more
     plan_check(data, sha256)
-    with transaction.atomic():
-        return job_store_plan(job_running(job_id, agent, fence), data=data, sha256=sha256, summary=summary,
+    with unit_of_work() as uow:
+        return job_store_plan(job_running(job_id, agent, fence), uow=uow, data=data, sha256=sha256, summary=summary,
                               has_changes=has_changes)
 
 
@@ -148,15 +141,15 @@ def plan_check(data: bytes, sha256: str) -> None:
         raise Invalid(f"plan file sha256 is {actual}, not the {sha256} the agent sent: upload corrupted")
 
 
-def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_changes: bool,
-                   task: Task | None = None, defer_saves: bool = False) -> Plan:
+def job_store_plan(job: Job, *, uow: UnitOfWork, data: bytes, sha256: str, summary: dict, has_changes: bool,
+                   locked: LockedJob | None = None) -> Plan:
     """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
-    the caller ran plan_check; `task`: the job's run, locked by the caller; `defer_saves`:
-    the run's plan_hash and has_changes are left to Task.save_pending)."""
+    the caller ran plan_check; `locked`: the job and its run, locked by the caller). The plan
+    row is written now; the run's plan_hash and has_changes are saved by `uow`."""
     if job.kind != JobKind.PLAN:
         raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
-    if task is None:
-        task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    task = locked.task if locked else Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
+    sensitive = run_sensitive_values(task, locked.sensitive_ciphertexts if locked else None)
     # One INSERT … ON CONFLICT (a re-run plan job replaces the run's plan), not
     # update_or_create's savepoints, SELECT and INSERT: this is on the way to apply_pending.
     [plan] = Plan.objects.bulk_create(
@@ -164,13 +157,10 @@ def job_store_plan(job: Job, *, data: bytes, sha256: str, summary: dict, has_cha
               # Masked as the log is, with the values this run used: a configuration that does
               # not declare a platform-sensitive variable `sensitive` shows it in its diff, and a
               # value changed later would no longer be known to mask it when it is read.
-              summary=plan_summary_masked(summary, run_sensitive_values(task)))],
+              summary=plan_summary_masked(summary, sensitive))],
         update_conflicts=True, unique_fields=["task"], update_fields=["job", "encrypted_data", "sha256", "size", "summary"],
     )
     task.plan_hash = sha256
     task.has_changes = has_changes
-    if defer_saves:
-        task.save_later("plan_hash", "has_changes")
-    else:
-        task.save(update_fields=["plan_hash", "has_changes"])
+    uow.save(task, "plan_hash", "has_changes")
     return plan

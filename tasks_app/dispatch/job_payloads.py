@@ -7,6 +7,7 @@ small enough to travel inline, and the job's state credential. Reads only: the r
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -20,11 +21,26 @@ from tasks_app.models import ConfigurationVersion, StateVersion, Task, Variable
 from tasks_app.states import Operation
 
 
-def task_locked_for_payload(task_id: int, *, inline_archive: bool = False, state_serial: bool = False) -> Task:
-    """The run, locked, with what a job's payload reads. `inline_archive`: with its
-    configuration archive when it is small enough to travel inside the payload (one query
-    for both; `_inline_configuration`); a larger one is never read here. `state_serial`: with
-    its workspace's current state serial (`current_state_serial`, for run_plan_started)."""
+@dataclass(frozen=True)
+class PayloadReads:
+    """What a job's payload needs beside the run, when it was read with the locked run in one
+    query (task_locked_for_payload, Confirm's lock): the workspace's variables, the
+    configuration archive small enough to travel inline, the workspace's current state serial
+    (for run_plan_started; None also when it has no state yet, see `state_serial_read`).
+    None: not read with the run (queried when needed)."""
+
+    variables: list[Variable] | None = None
+    inline_archive: bytes | None = None
+    state_serial: int | None = None
+    state_serial_read: bool = False
+
+
+def task_locked_for_payload(task_id: int, *, inline_archive: bool = False,
+                            state_serial: bool = False) -> tuple[Task, PayloadReads]:
+    """The run, locked, with what a job's payload reads, in one query. `inline_archive`:
+    with its configuration archive when it is small enough to travel inside the payload
+    (`_inline_configuration`); a larger one is never read here. `state_serial`: with its
+    workspace's current state serial."""
     qs = (
         Task.objects.select_for_update(no_key=True, of=("self",))
         .select_related("workspace__pool", "configuration_version")
@@ -40,7 +56,12 @@ def task_locked_for_payload(task_id: int, *, inline_archive: bool = False, state
         qs = qs.annotate(current_state_serial=Subquery(
             StateVersion.objects.filter(workspace_id=OuterRef("workspace_id")).order_by("-serial").values("serial")[:1]
         ))
-    return qs.get(id=task_id)
+    task = qs.get(id=task_id)
+    return task, PayloadReads(
+        variables=payload_variables(task),
+        inline_archive=task.inline_archive if inline_archive else None,
+        state_serial=task.current_state_serial if state_serial else None, state_serial_read=state_serial,
+    )
 
 
 # Configuration archives up to this size travel inside a plan's or warmup's payload: the
@@ -49,13 +70,12 @@ def task_locked_for_payload(task_id: int, *, inline_archive: bool = False, state
 INLINE_CONFIGURATION_BYTES = 256 * 1024
 
 
-def _inline_configuration(job: Job, task: Task) -> str:
+def _inline_configuration(job: Job, task: Task, reads: PayloadReads) -> str:
     cv = task.configuration_version
     if job.kind == JobKind.APPLY or cv.size > INLINE_CONFIGURATION_BYTES:
         return ""
-    if hasattr(task, "inline_archive"):  # read with the run (task_locked_for_payload)
-        archive = task.inline_archive
-    else:
+    archive = reads.inline_archive
+    if archive is None:
         archive = ConfigurationVersion.objects.filter(id=cv.id).values_list("archive", flat=True).first()
     return base64.b64encode(bytes(archive)).decode() if archive is not None else ""
 
@@ -71,20 +91,20 @@ def with_payload_variables(qs: QuerySet[Task]) -> QuerySet[Task]:
     return qs.annotate(payload_variables=ArraySubquery(rows))
 
 
-def _payload_variables(task: Task) -> list[Variable]:
-    """The workspace's variables: from `with_payload_variables` when the run came with them."""
-    rows = task.__dict__.get("payload_variables")
-    if rows is None:
-        return list(Variable.objects.filter(workspace_id=task.workspace_id))
+def payload_variables(task: Task) -> list[Variable]:
+    """The workspace's variables, as a run read `with_payload_variables` carries them."""
     return [Variable(workspace_id=task.workspace_id, key=r["key"], category=r["category"], sensitive=r["sensitive"],
                      plain_value=r["plain"], encrypted_value=base64.b64decode(r["cipher"]) if r["cipher"] else None)
-            for r in rows]
+            for r in task.payload_variables]
 
 
-def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dict[str, Any]:
+def job_payload(job: Job, task: Task, credential: str, *, reads: PayloadReads, note: str = "") -> dict[str, Any]:
     by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
     sensitive: list[str] = []
-    for var in _payload_variables(task):
+    variables_read = reads.variables
+    if variables_read is None:
+        variables_read = list(Variable.objects.filter(workspace_id=task.workspace_id))
+    for var in variables_read:
         by_category[var.category][var.key] = var.value
         if var.sensitive and var.value:
             sensitive.append(var.value)
@@ -99,7 +119,7 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
         task=TaskRef(id=task.id, workspace=task.workspace_id, workspace_name=task.workspace.name,
                      operation=task.operation, plan_hash=task.plan_hash),
         configuration_sha256=task.configuration_version.sha256,
-        configuration_b64=_inline_configuration(job, task),
+        configuration_b64=_inline_configuration(job, task, reads),
         # Keep the dir after a plan of a run that can apply, on a warm pool.
         keep_dir=job.kind == JobKind.PLAN and task.can_apply and pool.warm_apply,
         speculative=task.operation == Operation.PLAN,

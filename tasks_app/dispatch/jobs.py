@@ -21,7 +21,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db import transaction
 from django.db.models import (
     Case,
     DateTimeField,
@@ -45,8 +44,9 @@ from agents_app.services.freeze import pool_frozen_until
 from iacplatform import metrics, wakeups
 from iacplatform import pool_events as dispatch_events
 from iacplatform.errors import Conflict
+from iacplatform.unit_of_work import UnitOfWork
 from tasks_app.dispatch.dispatch_log import dispatch_event
-from tasks_app.dispatch.job_payloads import job_payload, task_locked_for_payload
+from tasks_app.dispatch.job_payloads import PayloadReads, job_payload, task_locked_for_payload
 from tasks_app.dispatch.models import Job, Slot
 from tasks_app.dispatch.slots import slot_of_job, slot_transition
 from tasks_app.dispatch.states import JOB
@@ -62,9 +62,9 @@ def _lease() -> datetime:
     return timezone.now() + timedelta(seconds=settings.IAC_AGENT_OFFLINE_AFTER_SECONDS)
 
 
-def job_transition(job: Job, to: JobStatus, *, message: str = "", fields: tuple[str, ...] = ()) -> None:
-    """Move a locked job to `to` and save it with `fields`; checks the table, writes a
-    DispatchEvent and publishes after commit. The only writer of Job.status."""
+def job_transition(job: Job, to: JobStatus, *, uow: UnitOfWork, message: str = "", fields: tuple[str, ...] = ()) -> None:
+    """Move a locked job to `to` and save it with `fields` now; checks the table; the
+    DispatchEvent and the live update go through `uow`. The only writer of Job.status."""
     JOB.check(job.status, to)
     before = job.status
     job.status = to
@@ -79,17 +79,19 @@ def job_transition(job: Job, to: JobStatus, *, message: str = "", fields: tuple[
         state_locks_release_for_job(job=job)
     job.save(update_fields=["status", *fields])
     dispatch_event(
-        subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
+        uow, subject="job", subject_id=job.id, task_id=job.task_id, agent_id=job.agent_id,
         from_state=before, to_state=to, message=message,
     )
-    dispatch_events.dispatch_changed(pool_id=job.pool_id, subject="job", subject_id=job.id, state=to, task_id=job.task_id)
+    dispatch_events.dispatch_changed(uow, pool_id=job.pool_id, subject="job", subject_id=job.id, state=to,
+                                     task_id=job.task_id)
 
 
-def job_create(*, task: Task, kind: JobKind, pool_id: int, message: str = "", **fields: Any) -> Job:
-    """A new queued job (the caller wakes the pool after commit)."""
+def job_create(*, uow: UnitOfWork, task: Task, kind: JobKind, pool_id: int, message: str = "", **fields: Any) -> Job:
+    """A new queued job, inserted now (the caller wakes the pool after commit)."""
     job = Job.objects.create(task=task, pool_id=pool_id, kind=kind, status=JobStatus.QUEUED, **fields)
-    dispatch_event(subject="job", subject_id=job.id, task=task, to_state=JobStatus.QUEUED, message=message)
-    dispatch_events.dispatch_changed(pool_id=pool_id, subject="job", subject_id=job.id, state=JobStatus.QUEUED, task_id=task.id)
+    dispatch_event(uow, subject="job", subject_id=job.id, task=task, to_state=JobStatus.QUEUED, message=message)
+    dispatch_events.dispatch_changed(uow, pool_id=pool_id, subject="job", subject_id=job.id, state=JobStatus.QUEUED,
+                                     task_id=task.id)
     return job
 
 
@@ -100,12 +102,13 @@ class Assigned:
     slot: Slot
     credential: str
     note: str = ""
+    reads: PayloadReads = PayloadReads()  # what was read with the locked run for the payload
 
     def payload(self) -> dict[str, Any]:
-        return job_payload(self.job, self.task, self.credential, note=self.note)
+        return job_payload(self.job, self.task, self.credential, reads=self.reads, note=self.note)
 
 
-def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
+def job_claim(*, uow: UnitOfWork, agent: Agent, slot: Slot) -> Assigned | None:
     """Give the (locked, online) agent its next queued job on its (locked, idle) slot: one not
     held for a running warmup, for any terraform version or the agent's. Plans and applies go
     before warmups: a warmup is worth a slot only when nobody is waiting for one. Nothing
@@ -162,9 +165,9 @@ def job_claim(*, agent: Agent, slot: Slot) -> Assigned | None:
     )
     if job is None:
         return None
-    task = task_locked_for_payload(job.task_id, inline_archive=job.kind != JobKind.APPLY,
+    task, reads = task_locked_for_payload(job.task_id, inline_archive=job.kind != JobKind.APPLY,
                                    state_serial=job.kind == JobKind.PLAN)
-    return job_assign(job, agent, slot, task)
+    return job_assign(job, agent, slot, task, uow=uow, reads=reads)
 
 
 def _affinity_head_start() -> timedelta:
@@ -208,7 +211,8 @@ def _plans_waiting_for_affinity(agent: Agent, mine: list[int]) -> Q | None:
         Q(avoid_until__isnull=True) | Q(avoid_until__lte=now))
 
 
-def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str = "", note: str = "") -> Assigned:
+def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, uow: UnitOfWork, message: str = "",
+               note: str = "", reads: PayloadReads | None = None) -> Assigned:
     """Give `job` to `agent` on `slot` (job, slot and task locked by the caller; the slot is
     idle, or reserved for this task when a confirmed apply takes its warm dir). A new fence
     and a new state credential each time: whoever held the job before can no longer report
@@ -225,7 +229,7 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
     job.claimed_at = timezone.now()
     if was_queued:
         pool, kind, waited = task.workspace.pool.name, job.kind, (job.claimed_at - job.created_at).total_seconds()
-        transaction.on_commit(lambda: metrics.observe_queue_wait(pool, kind, waited))
+        uow.on_commit(lambda: metrics.observe_queue_wait(pool, kind, waited))
     job.lease_expires_at = _lease()
     job.credential_hash = credential_hash
     job.hold_until = None
@@ -236,15 +240,16 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, message: str =
         job.status = JobStatus.RUNNING
         job.save()
         dispatch_event(
-            subject="job", subject_id=job.id, task=task, agent=agent, to_state=JobStatus.RUNNING,
+            uow, subject="job", subject_id=job.id, task=task, agent=agent, to_state=JobStatus.RUNNING,
             message=message or f"assigned to {agent.name}#{slot.index}",
         )
-        dispatch_events.dispatch_changed(pool_id=job.pool_id, subject="job", subject_id=job.id,
+        dispatch_events.dispatch_changed(uow, pool_id=job.pool_id, subject="job", subject_id=job.id,
                                          state=JobStatus.RUNNING, task_id=task.id)
     else:
-        job_transition(job, JobStatus.RUNNING, message=message or f"assigned to {agent.name}#{slot.index}", fields=fields)
-    slot_transition(slot, SlotState.RUNNING, job=job, task=task)
-    return Assigned(job=job, task=task, slot=slot, credential=credential, note=note)
+        job_transition(job, JobStatus.RUNNING, uow=uow, message=message or f"assigned to {agent.name}#{slot.index}",
+                       fields=fields)
+    slot_transition(slot, SlotState.RUNNING, uow=uow, job=job, task=task)
+    return Assigned(job=job, task=task, slot=slot, credential=credential, note=note, reads=reads or PayloadReads())
 
 
 def job_running(job_id: int, agent: Agent, fence: int, *, lock: bool = False) -> Job:
@@ -307,13 +312,24 @@ def jobs_missed_by_heartbeat(*, agent: Agent, job_ids: list[int]) -> list[int]:
     )
 
 
-def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int | None = None) -> tuple[Job, Task]:
+@dataclass(frozen=True)
+class LockedJob:
+    """A job and its run, locked together (job_locked_with_run), with what the same query read:
+    the ciphertexts of the workspace's sensitive values (to redact the log and the error a
+    result carries) and, when a log chunk's seq was asked for, whether it is stored already
+    (job_append_log's idempotency; None: not asked)."""
+
+    job: Job
+    task: Task
+    sensitive_ciphertexts: list[bytes]
+    log_chunk_stored: bool | None = None
+
+
+def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int | None = None) -> LockedJob:
     """The job (still this agent's at this fence) and its run, both locked (in that order, as
     job_running then a lock of the run would), for a caller that passes them to several of
     the services below (a result: its log, plan and finish) instead of each fetching and
-    locking them again. One query: with the ciphertexts of the workspace's sensitive values
-    (the redaction of the log and error the result carries) and, for `log_seq`, whether that
-    chunk of the log is stored already (job_append_log's idempotency: `log_chunks_stored`)."""
+    locking them again. One query (see LockedJob)."""
     sensitive = Variable.objects.filter(workspace_id=OuterRef("task__workspace_id"), sensitive=True)
     qs = (
         Job.objects.select_for_update(no_key=True, of=("self", "task")).select_related("task__workspace__pool")
@@ -323,11 +339,8 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int |
         qs = qs.annotate(log_seq_stored=Exists(LogChunk.objects.filter(job=OuterRef("id"), seq=log_seq)))
     job = qs.filter(id=job_id, agent=agent).first()
     _check_running(job, job_id, fence)
-    if log_seq is not None:
-        job.__dict__["log_chunks_stored"] = {log_seq: job.__dict__.pop("log_seq_stored")}
-    task = job.task
-    task.__dict__["sensitive_ciphertexts"] = job.__dict__.pop("sensitive_ciphertexts")
-    return job, task
+    return LockedJob(job=job, task=job.task, sensitive_ciphertexts=job.sensitive_ciphertexts,
+                     log_chunk_stored=job.log_seq_stored if log_seq is not None else None)
 
 
 def job_plan_bytes(*, agent: Agent, job_id: int, fence: int) -> bytes:
@@ -359,24 +372,27 @@ class Finished:
     result: JobResult
 
 
-def job_finish(*, agent: Agent, job_id: int, fence: int, result: JobResult,
-               locked: tuple[Job, Task] | None = None) -> Finished:
-    """Record a job's result (caller's transaction; `locked` as for job_append_log). The slot
-    is left running for the caller, which frees it or keeps it as the run's reservation."""
-    job, task = locked if locked else job_locked_with_run(job_id, agent, fence)
+def job_finish(*, uow: UnitOfWork, agent: Agent, job_id: int, fence: int, result: JobResult,
+               locked: LockedJob | None = None) -> Finished:
+    """Record a job's result (caller's transaction; `locked` as for job_append_log). The job
+    is saved now (with an acknowledgement that came with the result, job_append_log). The
+    slot is left running for the caller, which frees it or keeps it as the run's reservation."""
+    locked = locked or job_locked_with_run(job_id, agent, fence)
+    job, task = locked.job, locked.task
     slot = slot_of_job(job.id)
     # The agent redacts too; this is the server's own pass (an older or broken agent), before
     # the error becomes the job's error, the run's message and event rows (run_*_finished and
     # the warmup services read it from the returned result).
     if result.error:  # (a job that succeeded has none: no query for the values)
-        result = result.model_copy(update={"error": redact(result.error, run_sensitive_values(task))})
+        sensitive = run_sensitive_values(task, locked.sensitive_ciphertexts)
+        result = result.model_copy(update={"error": redact(result.error, sensitive)})
     job.error = result.error
     job.sandbox = result.sandbox or ""
     job.plan_start = result.plan_start or "" if job.kind == JobKind.PLAN else ""
     job.plan_start_reason = result.plan_start_reason if job.plan_start else ""
     job.commands = [command.model_dump(mode="json") for command in result.commands]
     # (acked_at: an apply's acknowledgement that came with its result, job_append_log)
-    job_transition(job, _FINAL_STATUS[result.outcome], message=result.outcome,
+    job_transition(job, _FINAL_STATUS[result.outcome], uow=uow, message=result.outcome,
                    fields=("error", "sandbox", "plan_start", "plan_start_reason", "commands", "acked_at"))
     return Finished(job=job, task=task, slot=slot, result=result)
 
@@ -392,7 +408,7 @@ def _avoid_seconds() -> float:
     return 2 * settings.IAC_AGENT_HEARTBEAT_SECONDS
 
 
-def job_abandon(job: Job, *, why: str, avoid_agent: bool = False) -> Abandoned:
+def job_abandon(job: Job, *, uow: UnitOfWork, why: str, avoid_agent: bool = False) -> Abandoned:
     """The job's agent died or lost the job (caller holds the job row lock). A plan, and an
     apply the agent never acknowledged, go back to the queue (they changed nothing); the
     rest fail. Frees the slot. The caller moves the run on. `avoid_agent`: the agent lost
@@ -400,7 +416,7 @@ def job_abandon(job: Job, *, why: str, avoid_agent: bool = False) -> Abandoned:
     free slot get it first (Job.avoid_agent, job_claim)."""
     slot = slot_of_job(job.id)
     if slot is not None:
-        slot_transition(slot, SlotState.IDLE, message=why)
+        slot_transition(slot, SlotState.IDLE, uow=uow, message=why)
     never_ran = job.kind == JobKind.APPLY and job.acked_at is None
     # A job that ran past its bound is never run again: the bound would only fire again.
     if job.timed_out_at is None and (job.kind == JobKind.PLAN or never_ran):
@@ -414,17 +430,17 @@ def job_abandon(job: Job, *, why: str, avoid_agent: bool = False) -> Abandoned:
             # it is lost) is withdrawn, so no poll hands out the superseded assignment. (One
             # taken in the meantime fails at once: its fence and credential are revoked here.)
             agent_id, job_id = job.agent_id, job.id
-            transaction.on_commit(lambda: wakeups.take_back(agent_id, job_id))
+            uow.on_commit(lambda: wakeups.take_back(agent_id, job_id))
         job.agent = None
         job.credential_hash = ""  # revoked: a superseded terraform cannot lock the state
         if never_ran:
             # Any agent may take it now, on the cold path (the warm dir was on the lost agent).
             job.cold_reason = f"{why}; the apply had not started"
             fields += ("cold_reason",)
-        job_transition(job, JobStatus.QUEUED, message=why, fields=fields)
+        job_transition(job, JobStatus.QUEUED, uow=uow, message=why, fields=fields)
         return Abandoned(job=job, requeued=True)
     job.error = f"{job.timeout_message}; {why}" if job.timed_out_at is not None else f"{why} during the {job.kind}"
-    job_transition(job, JobStatus.FAILED, message=why, fields=("error",))
+    job_transition(job, JobStatus.FAILED, uow=uow, message=why, fields=("error",))
     return Abandoned(job=job, requeued=False)
 
 

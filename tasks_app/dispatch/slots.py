@@ -11,14 +11,17 @@ from typing import Any
 
 from agents_app.protocol import SlotState
 from iacplatform import pool_events as events
+from iacplatform.unit_of_work import UnitOfWork
 from tasks_app.dispatch.dispatch_log import dispatch_event
 from tasks_app.dispatch.models import Slot
 from tasks_app.dispatch.states import SLOT
 
 
-def slot_transition(slot: Slot, to: SlotState, *, job: Any = None, task: Any = None, message: str = "") -> None:
-    """Move a locked slot to `to`: running needs the job (and its task), reserved the task
-    whose dir it keeps; idle clears both. Checks the table and writes a DispatchEvent."""
+def slot_transition(slot: Slot, to: SlotState, *, uow: UnitOfWork, job: Any = None, task: Any = None,
+                    message: str = "") -> None:
+    """Move a locked slot to `to` and save it now: running needs the job (and its task),
+    reserved the task whose dir it keeps; idle clears both. Checks the table; the
+    DispatchEvent and the live update go through `uow`."""
     SLOT.check(slot.state, to)
     before = slot.state
     task_id = slot.task_id
@@ -33,11 +36,11 @@ def slot_transition(slot: Slot, to: SlotState, *, job: Any = None, task: Any = N
     slot.state = to
     slot.save(update_fields=["state", "job", "task", "updated_at"])
     dispatch_event(
-        subject="slot", subject_id=slot.id, task_id=slot.task_id or task_id, agent_id=slot.agent_id,
+        uow, subject="slot", subject_id=slot.id, task_id=slot.task_id or task_id, agent_id=slot.agent_id,
         from_state=before, to_state=to, message=message,
     )
     events.dispatch_changed(
-        pool_id=getattr(getattr(slot, "agent", None), "pool_id", None), subject="slot", subject_id=slot.id,
+        uow, pool_id=getattr(getattr(slot, "agent", None), "pool_id", None), subject="slot", subject_id=slot.id,
         state=to, task_id=slot.task_id or task_id,
     )
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import Agent, AgentPool, Pod
@@ -23,6 +22,7 @@ from agents_app.services.agents import pool_wake
 from agents_app.services.freeze import freeze_text, pool_freeze
 from iacplatform import metrics
 from iacplatform import pool_events as dispatch_events
+from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app.dispatch.dispatch_log import dispatch_event
 from tasks_app.dispatch.jobs import Finished, job_assign, job_create
 from tasks_app.dispatch.models import Job, Slot
@@ -37,12 +37,12 @@ W = WarmupStatus
 
 
 def warmup_transition(
-    task: Task, to: WarmupStatus, *, message: str, agent: Agent | None = None, retry_count: int | None = None,
-    save: bool = True,
+    task: Task, to: WarmupStatus, *, uow: UnitOfWork, message: str, agent: Agent | None = None,
+    retry_count: int | None = None,
 ) -> None:
-    """Move a locked run's warmup to `to`; checks the table, writes a DispatchEvent, saves
-    the warmup fields (`save=False`: the caller saves the whole run next, Task.save_later).
-    The only writer of Task.warmup_*."""
+    """Move a locked run's warmup to `to`; checks the table. The warmup fields are saved by
+    `uow` (merged with the unit's other saves of the run: one UPDATE), with a DispatchEvent
+    and the live update. The only writer of Task.warmup_*."""
     WARMUP.check(task.warmup_status, to)
     before = task.warmup_status
     now = timezone.now()
@@ -59,50 +59,46 @@ def warmup_transition(
         task.warmup_expires_at = None
     if retry_count is not None:
         task.warmup_retry_count = retry_count
-    if save:
-        task.save(update_fields=fields)
-    else:
-        task.save_later(*fields)
+    uow.save(task, *fields)
     dispatch_event(
-        subject="warmup", subject_id=task.id, task=task, agent=agent, from_state=before, to_state=to, message=message
+        uow, subject="warmup", subject_id=task.id, task=task, agent=agent, from_state=before, to_state=to, message=message
     )
     dispatch_events.dispatch_changed(
-        pool_id=task.workspace.pool_id, subject="warmup", subject_id=task.id, state=to, task_id=task.id
+        uow, pool_id=task.workspace.pool_id, subject="warmup", subject_id=task.id, state=to, task_id=task.id
     )
 
 
-def warmup_reserve(task: Task, slot: Slot, *, message: str, save: bool = True) -> None:
+def warmup_reserve(task: Task, slot: Slot, *, uow: UnitOfWork, message: str) -> None:
     """The job that just finished in `slot` kept its dir for `task`: reserve the slot and the
-    run is ready, on that agent, at once. `save=False`: as for warmup_transition."""
-    slot_transition(slot, SlotState.RESERVED, task=task, message=message)
-    warmup_transition(task, W.READY, message=message, agent=slot.agent, save=save)
+    run is ready, on that agent, at once."""
+    slot_transition(slot, SlotState.RESERVED, uow=uow, task=task, message=message)
+    warmup_transition(task, W.READY, uow=uow, message=message, agent=slot.agent)
 
 
-def warmup_release(task: Task, *, message: str, to: WarmupStatus = W.NONE, save: bool = True) -> bool:
+def warmup_release(task: Task, *, uow: UnitOfWork, message: str, to: WarmupStatus = W.NONE) -> bool:
     """Drop the run's reservation (the agent deletes the dir when its heartbeat learns of
-    it). A ready warmup becomes `to` (none, or expired). Returns whether a slot was held.
-    `save=False`: as for warmup_transition."""
+    it). A ready warmup becomes `to` (none, or expired). Returns whether a slot was held."""
     slot = slot_reserved_for(task.id, lock=True)
     if slot is not None:
-        slot_transition(slot, SlotState.IDLE, message=message)
+        slot_transition(slot, SlotState.IDLE, uow=uow, message=message)
     if task.warmup_status == W.READY or (task.warmup_status == W.EXPIRED and to == W.NONE and slot is not None):
-        warmup_transition(task, to, message=message, agent=slot.agent if slot else None, save=save)
+        warmup_transition(task, to, uow=uow, message=message, agent=slot.agent if slot else None)
     return slot is not None
 
 
-def warmup_started(task: Task, agent: Agent) -> None:
-    warmup_transition(task, W.WARMING, message=f"warming up on {agent.name}", agent=agent)
+def warmup_started(task: Task, agent: Agent, *, uow: UnitOfWork) -> None:
+    warmup_transition(task, W.WARMING, uow=uow, message=f"warming up on {agent.name}", agent=agent)
 
 
-def warmup_failed(task: Task, message: str) -> bool:
+def warmup_failed(task: Task, message: str, *, uow: UnitOfWork) -> bool:
     """Count a failed warmup attempt; returns whether another attempt is allowed. At the
     limit the warmup is `failed` for good: no loop of agents warming a broken run."""
     count = task.warmup_retry_count + 1
     failed = count >= task.workspace.pool.warmup_max_retries
     if task.warmup_status == W.READY:
-        warmup_release(task, message=message)
+        warmup_release(task, uow=uow, message=message)
     warmup_transition(
-        task, W.FAILED if failed else W.NONE, retry_count=count,
+        task, W.FAILED if failed else W.NONE, uow=uow, retry_count=count,
         message=message + (" (giving up: Confirm will take the cold path)" if failed else ""),
     )
     return not failed
@@ -117,33 +113,33 @@ def held_apply(task: Task) -> Job | None:
     )
 
 
-def _release_hold(held: Job, cold_reason: str) -> None:
+def _release_hold(held: Job, cold_reason: str, *, uow: UnitOfWork) -> None:
     """The warmup a confirmed apply waited for is not coming: any agent takes it now, cold."""
     held.hold_until = None
     held.cold_reason = cold_reason
     held.save(update_fields=["hold_until", "cold_reason"])
     pool_id = held.pool_id
-    transaction.on_commit(lambda: pool_wake(pool_id))
+    uow.on_commit(lambda: pool_wake(pool_id))
 
 
-def _observe_warmup_end(task: Task, outcome: str) -> None:
+def _observe_warmup_end(task: Task, outcome: str, *, uow: UnitOfWork) -> None:
     """Count the warmup's end after commit, with its duration when the run was warming
     (warmup_at is then when it started)."""
     started = task.warmup_at if task.warmup_status == W.WARMING else None
     seconds = (timezone.now() - started).total_seconds() if started is not None else None
-    transaction.on_commit(lambda: metrics.observe_warmup_end(outcome, seconds))
+    uow.on_commit(lambda: metrics.observe_warmup_end(outcome, seconds))
 
 
-def warmup_job_lost(task: Task, job: Job) -> None:
+def warmup_job_lost(task: Task, job: Job, *, uow: UnitOfWork) -> None:
     """A running warmup's agent died or stopped reporting it (job already abandoned)."""
     # Usually the sweep, in the Celery worker: this count stays in the worker's registry
     # (see iacplatform.metrics); /metrics shows lost warmups among iac_jobs' failed ones.
-    _observe_warmup_end(task, "lost")
+    _observe_warmup_end(task, "lost", uow=uow)
     if task.warmup_status == W.WARMING:
-        warmup_failed(task, job.error or "warmup lost")
+        warmup_failed(task, job.error or "warmup lost", uow=uow)
     held = held_apply(task) if task.status == RunStatus.APPLY_QUEUED else None
     if held is not None:
-        _release_hold(held, f"the warmup it waited for was lost: {job.error}")
+        _release_hold(held, f"the warmup it waited for was lost: {job.error}", uow=uow)
 
 
 @dataclass(frozen=True)
@@ -153,11 +149,11 @@ class WarmupEnded:
     handed_over: tuple[int, int, dict] | None = None  # (agent id, job id, payload)
 
 
-def warmup_job_finished(finished: Finished) -> WarmupEnded:
+def warmup_job_finished(finished: Finished, *, uow: UnitOfWork) -> WarmupEnded:
     """A warmup job ended (caller's transaction, job/task/slot locked)."""
     job, task, slot, result = finished.job, finished.task, finished.slot, finished.result
     ok = result.outcome == JobOutcome.SUCCEEDED and result.kept_dir
-    _observe_warmup_end(task, "succeeded" if ok else "failed")
+    _observe_warmup_end(task, "succeeded" if ok else "failed", uow=uow)
     agent = slot.agent if slot is not None else job.agent
     held = held_apply(task) if task.status == RunStatus.APPLY_QUEUED else None
     freeze = pool_freeze(job.pool_id)
@@ -166,40 +162,40 @@ def warmup_job_finished(finished: Finished) -> WarmupEnded:
         # (the warmup did nothing wrong), and a held apply waits for the window's end, cold.
         why = job.cancel_message or f"the pool is {freeze_text(freeze)}: no warm dir is kept"
         if slot is not None:
-            slot_transition(slot, SlotState.IDLE, message=why)
+            slot_transition(slot, SlotState.IDLE, uow=uow, message=why)
         if task.warmup_status == W.WARMING:
-            warmup_transition(task, W.NONE, message=why, agent=agent)
+            warmup_transition(task, W.NONE, uow=uow, message=why, agent=agent)
         if held is not None:
-            _release_hold(held, why)
+            _release_hold(held, why, uow=uow)
         return WarmupEnded(keep_dir=False)
     if held is not None and slot is not None:
         if ok:
             # Confirm came while this warmup ran: the apply starts here now, on the warm dir.
-            warmup_reserve(task, slot, message=f"warmed up on {agent.name}")
+            warmup_reserve(task, slot, uow=uow, message=f"warmed up on {agent.name}")
             waited = (timezone.now() - task.confirmed_at).total_seconds() if task.confirmed_at else 0.0
             note = f"Confirm came during the warmup on {agent.name}; the apply waited {waited:.1f}s for it"
             held.cold_reason = ""
-            assigned = job_assign(held, agent, slot, task, message=note, note=note)
+            assigned = job_assign(held, agent, slot, task, uow=uow, message=note, note=note)
             return WarmupEnded(keep_dir=True, handed_over=(agent.id, held.id, assigned.payload()))
-        slot_transition(slot, SlotState.IDLE, message="warmup failed")
-        warmup_failed(task, result.error or "warmup failed")
-        _release_hold(held, f"the warmup it waited for failed on {agent.name}: {result.error or 'no reason given'}")
+        slot_transition(slot, SlotState.IDLE, uow=uow, message="warmup failed")
+        warmup_failed(task, result.error or "warmup failed", uow=uow)
+        _release_hold(held, f"the warmup it waited for failed on {agent.name}: {result.error or 'no reason given'}", uow=uow)
         return WarmupEnded(keep_dir=False)
     if slot is None:
         return WarmupEnded(keep_dir=False)
     if task.status != RunStatus.APPLY_PENDING or task.warmup_status != W.WARMING:
         # Confirmed, discarded or re-assigned meanwhile: this dir is not needed.
-        slot_transition(slot, SlotState.IDLE, message="the run moved on during its warmup")
+        slot_transition(slot, SlotState.IDLE, uow=uow, message="the run moved on during its warmup")
         if task.warmup_status == W.WARMING:
-            warmup_transition(task, W.NONE, message="the run moved on during its warmup", agent=agent)
+            warmup_transition(task, W.NONE, uow=uow, message="the run moved on during its warmup", agent=agent)
         return WarmupEnded(keep_dir=False)
     if ok:
-        warmup_reserve(task, slot, message=f"warmed up on {agent.name}")
+        warmup_reserve(task, slot, uow=uow, message=f"warmed up on {agent.name}")
         return WarmupEnded(keep_dir=True)
-    slot_transition(slot, SlotState.IDLE, message="warmup failed")
-    if warmup_failed(task, result.error or "warmup failed"):
+    slot_transition(slot, SlotState.IDLE, uow=uow, message="warmup failed")
+    if warmup_failed(task, result.error or "warmup failed", uow=uow):
         pool_id = job.pool_id
-        transaction.on_commit(lambda: warmups_ensure(pool_id=pool_id))
+        uow.on_commit(lambda: warmups_ensure(pool_id=pool_id))
     return WarmupEnded(keep_dir=False)
 
 
@@ -209,7 +205,7 @@ def warmups_ensure(*, pool_id: int) -> list[int]:
     if not pool.warm_apply or pool_freeze(pool_id).frozen:
         return []  # frozen: the sweep's `warmups` step asks again once the window ends
     created: list[int] = []
-    with transaction.atomic():
+    with unit_of_work() as uow:
         candidates = (
             Task.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
             .select_related("workspace")
@@ -223,11 +219,11 @@ def warmups_ensure(*, pool_id: int) -> list[int]:
             .order_by("id")
         )
         for task in candidates:
-            job_create(task=task, kind=JobKind.WARMUP, pool_id=pool_id, terraform_version=task.terraform_version,
+            job_create(uow=uow, task=task, kind=JobKind.WARMUP, pool_id=pool_id, terraform_version=task.terraform_version,
                        message=task.warmup_message)
             created.append(task.id)
         if created:
-            transaction.on_commit(lambda: pool_wake(pool_id))
+            uow.on_commit(lambda: pool_wake(pool_id))
     return created
 
 
@@ -243,7 +239,7 @@ def warmup_expire(*, task_id: int) -> int | None:
     """A ready warm dir past its expiry is released and warmed up again (not discarded).
     Returns the pool to re-warm in, or None when it was no longer due."""
     now = timezone.now()
-    with transaction.atomic():
+    with unit_of_work() as uow:
         task = (
             Task.objects.select_for_update(no_key=True, skip_locked=True, of=("self",)).select_related("workspace")
             .filter(id=task_id, status=RunStatus.APPLY_PENDING, warmup_status=W.READY, warmup_expires_at__lte=now)
@@ -251,7 +247,7 @@ def warmup_expire(*, task_id: int) -> int | None:
         )
         if task is None:
             return None
-        warmup_release(task, to=W.EXPIRED, message=f"warm dir expired at {now:%H:%M:%S}; warming up again")
+        warmup_release(task, uow=uow, to=W.EXPIRED, message=f"warm dir expired at {now:%H:%M:%S}; warming up again")
         return task.workspace.pool_id
 
 
@@ -312,7 +308,7 @@ def pool_make_room(*, pool_id: int) -> list[int]:
         return released  # nothing to release (the common case: one query after each dispatch)
     if pool_freeze(pool_id).frozen:
         return released  # nothing waiting can start; the freeze released the reservations
-    with transaction.atomic():
+    with unit_of_work() as uow:
         pool = AgentPool.objects.get(id=pool_id)
         now = timezone.now()
         queued = (
@@ -351,13 +347,13 @@ def pool_make_room(*, pool_id: int) -> list[int]:
             if task is None:
                 continue
             if warmup_release(
-                task,
+                task, uow=uow,
                 message=(f"reservation released to make room: pool {pool.name} was full "
                          f"({counts.running} running, {counts.reserved} reserved, 0 free)"),
             ):
                 released.append(task.id)
         if released:
-            transaction.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
+            uow.on_commit(lambda: (warmups_ensure(pool_id=pool_id), pool_wake(pool_id)))
     return released
 
 
@@ -367,11 +363,11 @@ def warmups_release_for_freeze(*, pool_id: int, message: str) -> list[int]:
     released: list[int] = []
     reserved = Slot.objects.filter(agent__pool_id=pool_id, state=SlotState.RESERVED).values_list("task_id", flat=True)
     for task_id in list(reserved):
-        with transaction.atomic():
+        with unit_of_work() as uow:
             task = (
                 Task.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
                 .select_related("workspace").filter(id=task_id).first()
             )
-            if task is not None and warmup_release(task, message=message):
+            if task is not None and warmup_release(task, uow=uow, message=message):
                 released.append(task_id)
     return released

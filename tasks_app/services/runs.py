@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
@@ -24,10 +23,10 @@ from agents_app.services.agents import pool_wake
 from agents_app.services.freeze import freeze_text, pool_freeze
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Invalid, PlatformError, invalid_field
-from iacplatform.row_batch import insert, rows_batched
+from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app import events
 from tasks_app.dispatch.job_cancels import jobs_cancel_queued, jobs_request_cancel
-from tasks_app.dispatch.job_payloads import with_payload_variables
+from tasks_app.dispatch.job_payloads import PayloadReads, payload_variables, with_payload_variables
 from tasks_app.dispatch.jobs import Finished, job_abandon, job_assign, job_create, job_locked, run_jobs_locked
 from tasks_app.dispatch.models import Job
 from tasks_app.dispatch.slots import slot_transition
@@ -51,33 +50,29 @@ def _actor_label(actor: Any) -> str:
 
 
 def run_transition(
-    task: Task, to: RunStatus, *, message: str = "", actor: Any = "system", event_only: bool = False,
-    save: bool = True,
+    task: Task, to: RunStatus, *, uow: UnitOfWork, message: str = "", actor: Any = "system", event_only: bool = False,
 ) -> None:
-    """Move a locked task to `to`. Callers hold the row lock and save other fields themselves.
-    `message` goes on the TaskEvent and (unless `event_only`) becomes the run's message.
-    `save=False`: the caller moves the run again in this transaction, whose save writes this
-    one too (Task.save_later; Task.save_pending writes it if none does)."""
+    """Move a locked task to `to`: the whole row is saved by `uow` (merged with the unit's
+    other saves of the run: a result moves its run and stores its log and plan in one
+    UPDATE), with a TaskEvent, the run's wake-up and the live updates. `message` goes on the
+    TaskEvent and (unless `event_only`) becomes the run's message."""
     check_transition(task.status, to)
-    insert(TaskEvent(task=task, from_status=task.status, to_status=to, message=message, actor=_actor_label(actor)))
+    uow.insert(TaskEvent(task=task, from_status=task.status, to_status=to, message=message, actor=_actor_label(actor)))
     task.status = to
     if message and not event_only:
         task.message = message
     # Wakes the API's long-polls on this run (`GET /runs/<id>/?wait=`); best effort, after commit.
     # The new status rides along: a long-poll waiting for another one need not check the run.
     task_id = task.id
-    transaction.on_commit(lambda: wakeups.wake_run(task_id, f"status:{to}"))
-    events.run_changed(task_id=task_id, workspace_id=task.workspace_id, status=to)
+    uow.publish(wakeups.run_channel(task_id), f"status:{to}", "a run wake-up")
+    events.run_changed(uow, task_id=task_id, workspace_id=task.workspace_id, status=to)
     if to in FINAL:
         task.finished_at = timezone.now()
-        warmup_release(task, message=f"run {task.id} is {to}", save=False)  # written by the save below
+        warmup_release(task, uow=uow, message=f"run {task.id} is {to}")
         # Final runs free the workspace queue.
         workspace_id = task.workspace_id
-        transaction.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
-    if save:
-        task.save()
-    else:
-        task.save_later(*(f.attname for f in Task._meta.concrete_fields if not f.primary_key))
+        uow.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
+    uow.save(task, *(f.attname for f in Task._meta.concrete_fields if not f.primary_key))
 
 
 def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "",
@@ -94,10 +89,10 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
     cv = ConfigurationVersion.objects.filter(workspace=workspace).order_by("-id").only("id").first()
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
-    with transaction.atomic():
-        # The start first after commit (it queues the plan and wakes the agents), the live
-        # pages' updates after it: those are Redis round trips the plan need not wait for.
-        transaction.on_commit(lambda: runs_start_next(workspace_id=workspace.id))
+    with unit_of_work() as uow:
+        # The start after commit (it queues the plan and wakes the agents), before the live
+        # pages' updates: those are Redis round trips the plan need not wait for.
+        uow.on_commit(lambda: runs_start_next(workspace_id=workspace.id))
         task = Task.objects.create(
             workspace=workspace,
             configuration_version=cv,
@@ -112,7 +107,7 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
         if getattr(actor, "is_authenticated", False):  # a person queued it (not auto-apply, not a test)
             options = {"mode": mode, "targets": list(targets), "replace": list(replace)}
             audit_record(actor=actor, action="run.create", obj=task, data={"operation": operation, **options})
-        events.run_changed(task_id=task.id, workspace_id=workspace.id, status=RunStatus.PENDING)
+        events.run_changed(uow, task_id=task.id, workspace_id=workspace.id, status=RunStatus.PENDING)
     return task
 
 
@@ -124,11 +119,11 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
     pending. A started run is `plan_queued` until an agent claims its plan job.
     """
     started: list[int] = []
-    with transaction.atomic():
-        # Registered first, so that after commit the agents are woken before the live pages'
-        # updates of the transitions below go out (as Confirm pushes first).
+    with unit_of_work() as uow:
+        # After commit the agents are woken before the live pages' updates of the transitions
+        # below go out (the unit's sends come after its on_commit work).
         dispatch: list[int] = []
-        transaction.on_commit(lambda: dispatch and _dispatch_queued(dispatch[0]))
+        uow.on_commit(lambda: dispatch and _dispatch_queued(dispatch[0]))
         # The workspace row lock serialises concurrent callers for one workspace.
         ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace_id)
         if ws.locked:
@@ -142,8 +137,8 @@ def runs_start_next(*, workspace_id: int) -> list[int]:
                 if blocked:
                     continue
                 blocked = True
-            run_transition(task, RunStatus.PLAN_QUEUED)
-            job_create(task=task, kind=JobKind.PLAN, pool_id=ws.pool_id, terraform_version=ws.terraform_version)
+            run_transition(task, RunStatus.PLAN_QUEUED, uow=uow)
+            job_create(uow=uow, task=task, kind=JobKind.PLAN, pool_id=ws.pool_id, terraform_version=ws.terraform_version)
             started.append(task.id)
         if started:
             dispatch.append(ws.pool_id)
@@ -157,20 +152,20 @@ def _dispatch_queued(pool_id: int) -> None:
     pool_make_room(pool_id=pool_id)
 
 
-def run_plan_started(task: Task, agent: Agent) -> None:
-    """An agent claimed the run's plan job (task locked)."""
-    # The state serial the plan is made against: a different serial at Confirm = stale plan
-    # (read with the locked run when the claim did: jobs.task_locked_for_payload).
-    task.base_state_serial = (task.__dict__["current_state_serial"] if "current_state_serial" in task.__dict__
+def run_plan_started(task: Task, agent: Agent, *, uow: UnitOfWork, reads: PayloadReads | None = None) -> None:
+    """An agent claimed the run's plan job (task locked); `reads`: what the claim read with
+    the locked run (the workspace's current state serial among it)."""
+    # The state serial the plan is made against: a different serial at Confirm = stale plan.
+    task.base_state_serial = (reads.state_serial if reads is not None and reads.state_serial_read
                               else state_serial_current(task.workspace_id))
     task.terraform_version = agent.terraform_version
-    run_transition(task, RunStatus.PLANNING, message=f"planning on {agent.name}", event_only=True)
+    run_transition(task, RunStatus.PLANNING, uow=uow, message=f"planning on {agent.name}", event_only=True)
 
 
-def run_plan_requeued(task: Task, *, why: str) -> None:
+def run_plan_requeued(task: Task, *, uow: UnitOfWork, why: str) -> None:
     """The plan's agent died before the plan finished: the job is queued again."""
     if task.status == RunStatus.PLANNING:
-        run_transition(task, RunStatus.PLAN_QUEUED, message=f"{why}; the plan is queued again")
+        run_transition(task, RunStatus.PLAN_QUEUED, uow=uow, message=f"{why}; the plan is queued again")
 
 
 @dataclass(frozen=True)
@@ -180,9 +175,9 @@ class PlanEnded:
     handed: dict[str, Any] | None = None  # the auto-apply, for the plan's agent in its answer
 
 
-def _free(finished: Finished, message: str) -> None:
+def _free(finished: Finished, message: str, *, uow: UnitOfWork) -> None:
     if finished.slot is not None:
-        slot_transition(finished.slot, SlotState.IDLE, message=message)
+        slot_transition(finished.slot, SlotState.IDLE, uow=uow, message=message)
 
 
 def _cancelled_by_a_person(job: Job) -> bool:
@@ -191,49 +186,48 @@ def _cancelled_by_a_person(job: Job) -> bool:
     return job.cancel_requested and not job.cancel_message and job.timed_out_at is None
 
 
-def run_plan_finished(finished: Finished) -> PlanEnded:
+def run_plan_finished(finished: Finished, *, uow: UnitOfWork) -> PlanEnded:
     """A plan job ended (caller's transaction; job, task and slot locked)."""
     task, result = finished.task, finished.result
     outcome = result.outcome
     if finished.job.timed_out_at is not None and outcome != JobOutcome.SUCCEEDED:
-        _free(finished, "plan stopped at its bound")
-        run_transition(task, RunStatus.ERRORED, message=_stopped_at_bound(finished))
+        _free(finished, "plan stopped at its bound", uow=uow)
+        run_transition(task, RunStatus.ERRORED, uow=uow, message=_stopped_at_bound(finished))
         return PlanEnded(keep_dir=False, follow_ups=())
     if outcome != JobOutcome.CANCELLED and _cancelled_by_a_person(finished.job):
         # A Cancel accepted while the plan ran wins over a result that arrives after it
         # (terraform finished before the SIGINT reached it): the person pressed Cancel, so
         # nothing is kept warm, confirmed or applied, whatever the plan found.
-        _free(finished, "plan cancelled")
-        run_transition(task, RunStatus.CANCELLED, message=(
+        _free(finished, "plan cancelled", uow=uow)
+        run_transition(task, RunStatus.CANCELLED, uow=uow, message=(
             f"cancelled while planning: the plan {'finished' if outcome == JobOutcome.SUCCEEDED else 'ended'} "
             "after the Cancel was accepted; nothing is applied"))
         return PlanEnded(keep_dir=False, follow_ups=())
     if outcome == JobOutcome.CANCELLED:
-        _free(finished, "plan cancelled")
+        _free(finished, "plan cancelled", uow=uow)
         # A plan the platform stopped (its pool entered a freeze window) ends with that reason.
         message = finished.job.cancel_message or result.error or "plan cancelled"
-        run_transition(task, RunStatus.CANCELLED, message=message)
+        run_transition(task, RunStatus.CANCELLED, uow=uow, message=message)
         return PlanEnded(keep_dir=False, follow_ups=())
     if outcome != JobOutcome.SUCCEEDED:
-        _free(finished, "plan failed")
-        run_transition(task, RunStatus.ERRORED, message=result.error or "plan failed")
+        _free(finished, "plan failed", uow=uow)
+        run_transition(task, RunStatus.ERRORED, uow=uow, message=result.error or "plan failed")
         return PlanEnded(keep_dir=False, follow_ups=())
     if not task.plan_hash:
-        _free(finished, "plan failed")
-        run_transition(task, RunStatus.ERRORED, message="the agent finished the plan without uploading plan.out")
+        _free(finished, "plan failed", uow=uow)
+        run_transition(task, RunStatus.ERRORED, uow=uow, message="the agent finished the plan without uploading plan.out")
         return PlanEnded(keep_dir=False, follow_ups=())
     if not task.has_changes:
-        _free(finished, "no changes")
-        run_transition(task, RunStatus.PLANNED_NO_CHANGES, message="no changes: nothing to apply")
+        _free(finished, "no changes", uow=uow)
+        run_transition(task, RunStatus.PLANNED_NO_CHANGES, uow=uow, message="no changes: nothing to apply")
         return PlanEnded(keep_dir=False, follow_ups=())
     if task.operation == Operation.PLAN:
-        _free(finished, "plan-only run planned")
-        run_transition(task, RunStatus.PLANNED)
+        _free(finished, "plan-only run planned", uow=uow)
+        run_transition(task, RunStatus.PLANNED, uow=uow)
         return PlanEnded(keep_dir=False, follow_ups=())
 
-    # The run's row is written once, with the warm dir's reservation below (or by the
-    # result's save_pending): Task.save_later.
-    run_transition(task, RunStatus.APPLY_PENDING, save=False)
+    # The run's row is written once, with the warm dir's reservation below, at the unit's flush.
+    run_transition(task, RunStatus.APPLY_PENDING, uow=uow)
     pool = task.workspace.pool
     follow_ups: list = []
     # A plan that finished as its pool froze keeps no warm dir: nothing is reserved while
@@ -242,9 +236,9 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
     keep = result.kept_dir and pool.warm_apply and finished.slot is not None and not frozen
     if keep:
         # The plan's own dir is the warm dir: ready at once, on this agent and slot.
-        warmup_reserve(task, finished.slot, message=f"plan dir kept on {finished.slot.agent.name}", save=False)
+        warmup_reserve(task, finished.slot, uow=uow, message=f"plan dir kept on {finished.slot.agent.name}")
     else:
-        _free(finished, "plan done; dir not kept")
+        _free(finished, "plan done; dir not kept", uow=uow)
         pool_id = pool.id
         follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
     handed = None
@@ -253,7 +247,7 @@ def run_plan_finished(finished: Finished) -> PlanEnded:
         # is ready but unconfirmed (a full pool could release the reservation then), and
         # no after-commit step to lose. The apply takes the slot the plan just reserved, and
         # goes to the plan's agent in the answer to this very result (no push, no poll).
-        task.save_pending()  # run_confirm reads the run from the database
+        uow.flush()  # run_confirm reads the run from the database
         try:
             confirmed = run_confirm(task_id=task.id, actor="auto-apply",
                                     hand_to=finished.slot.agent_id if keep else None)
@@ -271,42 +265,42 @@ def runs_auto_apply_due() -> list[int]:
     )
 
 
-def run_apply_acked(task: Task, *, save: bool = True) -> None:
-    """The agent has the apply and is starting terraform (`save`: as for run_transition)."""
+def run_apply_acked(task: Task, *, uow: UnitOfWork) -> None:
+    """The agent has the apply and is starting terraform."""
     if task.status == RunStatus.APPLY_QUEUED:
-        run_transition(task, RunStatus.APPLYING, save=save)
+        run_transition(task, RunStatus.APPLYING, uow=uow)
 
 
-def run_apply_finished(finished: Finished) -> None:
+def run_apply_finished(finished: Finished, *, uow: UnitOfWork) -> None:
     """An apply job ended (caller's transaction; job, task and slot locked)."""
     task, result = finished.task, finished.result
-    _free(finished, f"apply {result.outcome}")
-    run_apply_acked(task, save=False)  # normally done already; a result implies it (saved below)
+    _free(finished, f"apply {result.outcome}", uow=uow)
+    run_apply_acked(task, uow=uow)  # normally done already; a result implies it
     if finished.job.timed_out_at is not None and result.outcome not in (JobOutcome.SUCCEEDED, JobOutcome.STALE):
-        run_transition(task, RunStatus.ERRORED, message=_stopped_at_bound(finished))
+        run_transition(task, RunStatus.ERRORED, uow=uow, message=_stopped_at_bound(finished))
     elif result.outcome == JobOutcome.SUCCEEDED:
-        run_transition(task, RunStatus.APPLIED)
+        run_transition(task, RunStatus.APPLIED, uow=uow)
     elif result.outcome == JobOutcome.CANCELLED:
-        run_transition(task, RunStatus.CANCELLED, message=result.error or "apply cancelled")
+        run_transition(task, RunStatus.CANCELLED, uow=uow, message=result.error or "apply cancelled")
     elif result.outcome == JobOutcome.STALE:
-        run_transition(task, RunStatus.DISCARDED, message=f"stale plan: {result.error}")
+        run_transition(task, RunStatus.DISCARDED, uow=uow, message=f"stale plan: {result.error}")
     else:
-        run_transition(task, RunStatus.ERRORED, message=result.error or "apply failed")
+        run_transition(task, RunStatus.ERRORED, uow=uow, message=result.error or "apply failed")
 
 
-def run_job_lost(task: Task, job: Job, *, requeued: bool, why: str) -> None:
+def run_job_lost(task: Task, job: Job, *, uow: UnitOfWork, requeued: bool, why: str) -> None:
     """A job of the run was abandoned (its agent died or stopped reporting it)."""
     if job.kind == JobKind.PLAN and requeued:
-        run_plan_requeued(task, why=why)
+        run_plan_requeued(task, uow=uow, why=why)
     elif job.kind == JobKind.PLAN and task.status not in FINAL:
         # A plan that ran past its bound is not run again.
-        run_transition(task, RunStatus.ERRORED, message=job.error)
+        run_transition(task, RunStatus.ERRORED, uow=uow, message=job.error)
     elif job.kind == JobKind.APPLY and requeued:
         # The apply never started: it goes cold to any agent; a warm dir elsewhere is no use.
-        warmup_release(task, message=f"{why}; the apply goes cold")
+        warmup_release(task, uow=uow, message=f"{why}; the apply goes cold")
     elif job.kind == JobKind.APPLY and task.status not in FINAL:
         run_transition(
-            task, RunStatus.ERRORED,
+            task, RunStatus.ERRORED, uow=uow,
             message=job.error + "; the state may be partially written, so the apply is not re-run automatically",
         )
 
@@ -343,16 +337,16 @@ def run_apply_unpushed(*, job_id: int, fence: int, why: str) -> bool:
     to the queue the way the sweep sends back an unacknowledged apply (job_abandon, then the
     run as in agent_reports.job_lost), with a new fence when it is taken again. Nothing happens if
     the job moved on meanwhile (acknowledged, re-assigned, finished): False."""
-    with transaction.atomic():
+    with unit_of_work() as uow:
         job = job_locked(job_id)
         if job.status != JobStatus.RUNNING or job.fence != fence or job.acked_at is not None:
             return False
         log.warning("apply job %s of run %s: %s", job.id, job.task_id, why)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
-        abandoned = job_abandon(job, why=why)
-        run_job_lost(task, job, requeued=abandoned.requeued, why=why)
+        abandoned = job_abandon(job, uow=uow, why=why)
+        run_job_lost(task, job, uow=uow, requeued=abandoned.requeued, why=why)
         pool_id = job.pool_id
-        transaction.on_commit(lambda: _dispatch_queued(pool_id))
+        uow.on_commit(lambda: _dispatch_queued(pool_id))
     return True
 
 
@@ -370,7 +364,7 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
 
     `hand_to`: the agent whose request this is (a plan's result): an apply assigned to it is
     not pushed but returned (`handed`), for the caller to put in that request's answer."""
-    with transaction.atomic(), rows_batched():
+    with unit_of_work() as uow:
         run_jobs_locked(task_id)
         # The configuration's sha256 goes into the pushed payload; its archive (up to
         # IAC_MAX_CONFIG_BYTES) is not read on Confirm's hot path: an apply never gets it inline.
@@ -394,8 +388,8 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
                 f"stale plan: the workspace state changed after the plan (serial {task.base_state_serial} "
                 f"at plan time, now {serial}); the run was discarded, queue a new run"
             )
-            run_transition(task, RunStatus.DISCARDED, message=reason, actor=actor)
-            audit_record(actor=actor, action="run.discard_stale", obj=task, data={"reason": reason})
+            run_transition(task, RunStatus.DISCARDED, uow=uow, message=reason, actor=actor)
+            audit_record(actor=actor, action="run.discard_stale", obj=task, data={"reason": reason}, uow=uow)
             return ConfirmResult(task=task, refused=reason)
 
         now = timezone.now()
@@ -404,13 +398,13 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
         task.confirmed_by = actor if getattr(actor, "is_authenticated", False) else None
         # The push (the hot path, below) is registered before anything else so that it is the
         # first thing done after commit: the run's wake-up and the live-view publishes that
-        # the transition and the assignment register come after it.
+        # the transition and the assignment make come after it (the unit's sends go last).
         push: dict[str, Any] = {}
         hand = target.slot is not None and hand_to is not None and target.slot.agent_id == hand_to
         handed = None
         if target.slot is not None and not hand:
-            transaction.on_commit(lambda: apply_push(**push))
-        run_transition(task, RunStatus.APPLY_QUEUED, actor=actor)  # saves the task
+            uow.on_commit(lambda: apply_push(**push))
+        run_transition(task, RunStatus.APPLY_QUEUED, uow=uow, actor=actor)
         pool_id = task.workspace.pool_id
         if target.slot is not None:
             # The hot path: the job is created assigned to the reserving agent and slot, and
@@ -419,7 +413,9 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
             # whose warmup is none or expired.)
             job = Job(task=task, pool_id=pool_id, kind=JobKind.APPLY, target_agent=target.slot.agent,
                       terraform_version=task.terraform_version)
-            assigned = job_assign(job, target.slot.agent, target.slot, task, message="confirmed: warm dir reserved here")
+            assigned = job_assign(job, target.slot.agent, target.slot, task, uow=uow,
+                                  message="confirmed: warm dir reserved here",
+                                  reads=PayloadReads(variables=payload_variables(task)))
             if hand:
                 handed = assigned.payload()
             else:
@@ -430,29 +426,30 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
             # moment it is ready (see warmups.warmup_job_finished).
             wait = settings.IAC_WARMUP_WAIT_SECONDS
             job = job_create(
-                task=task, kind=JobKind.APPLY, pool_id=pool_id, target_agent=target.wait_for,
+                uow=uow, task=task, kind=JobKind.APPLY, pool_id=pool_id, target_agent=target.wait_for,
                 terraform_version=task.terraform_version, hold_until=now + timedelta(seconds=wait),
                 cold_reason=f"the warmup on {target.wait_for.name} did not finish within {wait:g}s of Confirm",
                 message=f"waiting for the warmup on {target.wait_for.name}",
             )
         else:
             # A queued warmup is pointless now; a running one finishes and sees the run moved on.
-            jobs_cancel_queued(task=task, kind=JobKind.WARMUP, message="the run was confirmed: it applies cold")
-            job = job_create(task=task, kind=JobKind.APPLY, pool_id=pool_id, cold_reason=target.cold_reason,
+            jobs_cancel_queued(task=task, uow=uow, kind=JobKind.WARMUP, message="the run was confirmed: it applies cold")
+            job = job_create(uow=uow, task=task, kind=JobKind.APPLY, pool_id=pool_id, cold_reason=target.cold_reason,
                              terraform_version=task.terraform_version, message=target.cold_reason)
-            transaction.on_commit(lambda: _dispatch_queued(pool_id))
-        audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id})
+            uow.on_commit(lambda: _dispatch_queued(pool_id))
+        audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id}, uow=uow)
     return ConfirmResult(task=task, handed=handed)
 
 
 def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:
-    with transaction.atomic():
+    with unit_of_work() as uow:
         run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be discarded")
-        run_transition(task, RunStatus.DISCARDED, actor=actor, message=comment or "discarded by " + _actor_label(actor))
-        jobs_cancel_queued(task=task, message="the run was discarded")
+        run_transition(task, RunStatus.DISCARDED, uow=uow, actor=actor,
+                       message=comment or "discarded by " + _actor_label(actor))
+        jobs_cancel_queued(task=task, uow=uow, message="the run was discarded")
         audit_record(actor=actor, action="run.discard", obj=task, data={"comment": comment})
     return task
 
@@ -462,14 +459,14 @@ def run_cancel(*, task_id: int, actor: Any, force: bool = False, comment: str = 
     with force) through a cancel order pushed to its agent's claim long-poll after commit,
     within a second, repeated by every heartbeat until it stops (jobs_request_cancel); the
     run becomes `cancelled` when it does."""
-    with transaction.atomic():
+    with unit_of_work() as uow:
         run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
         if task.status in FINAL:
             raise Conflict(f"run {task.id} is already '{task.status}'")
-        jobs_cancel_queued(task=task, message="the run was cancelled")
-        if not jobs_request_cancel(task=task, force=force):
-            run_transition(task, RunStatus.CANCELLED, actor=actor, message=comment or "cancelled by " + _actor_label(actor))
+        jobs_cancel_queued(task=task, uow=uow, message="the run was cancelled")
+        if not jobs_request_cancel(task=task, uow=uow, force=force):
+            run_transition(task, RunStatus.CANCELLED, uow=uow, actor=actor, message=comment or "cancelled by " + _actor_label(actor))
         audit_record(actor=actor, action="run.cancel", obj=task, data={"force": force, "comment": comment})
     return task
 
@@ -500,7 +497,7 @@ def run_apply_job_restore(*, task_id: int) -> bool:
     """Give a confirmed run without an apply job one (queued, cold, for any agent of its pool).
     An apply job that ended without moving the run on may have run: the run errors instead
     (one apply per run, never a second). Idempotent: False when nothing was missing."""
-    with transaction.atomic():
+    with unit_of_work() as uow:
         run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
         if task.status != RunStatus.APPLY_QUEUED:
@@ -509,16 +506,16 @@ def run_apply_job_restore(*, task_id: int) -> bool:
         if apply is not None and apply.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             return False
         if apply is not None:
-            run_transition(task, RunStatus.ERRORED, message=(
+            run_transition(task, RunStatus.ERRORED, uow=uow, message=(
                 f"apply job {apply.id} ended ({apply.status}: {apply.error or 'no reason given'}) without moving "
                 f"the run on; the apply is not re-run automatically"))
             return True
         reason = "the confirmed run had no apply job (the process died after Confirm): the sweep queued it, cold"
-        warmup_release(task, message=reason)
+        warmup_release(task, uow=uow, message=reason)
         pool_id = task.workspace.pool_id
-        job_create(task=task, kind=JobKind.APPLY, pool_id=pool_id, cold_reason=reason,
+        job_create(uow=uow, task=task, kind=JobKind.APPLY, pool_id=pool_id, cold_reason=reason,
                    terraform_version=task.terraform_version, message=reason)
-        transaction.on_commit(lambda: _dispatch_queued(pool_id))
+        uow.on_commit(lambda: _dispatch_queued(pool_id))
     return True
 
 
@@ -531,11 +528,11 @@ def run_note(task: Task, *, message: str) -> None:
     task.save(update_fields=["message"])
 
 
-def run_no_agent(task: Task, job: Job, *, message: str) -> None:
+def run_no_agent(task: Task, job: Job, *, uow: UnitOfWork, message: str) -> None:
     """No agent came online for the run's queued job within the pool's bound (task and job
     locked, the job queued): the queued work is dropped and the run errors."""
-    jobs_cancel_queued(task=task, message=message)
-    run_transition(task, RunStatus.ERRORED, message=message)
+    jobs_cancel_queued(task=task, uow=uow, message=message)
+    run_transition(task, RunStatus.ERRORED, uow=uow, message=message)
 
 
 def runs_apply_pending_past_bound(*, now: datetime) -> list[int]:
@@ -553,7 +550,7 @@ def runs_apply_pending_past_bound(*, now: datetime) -> list[int]:
 
 def run_expire_pending(*, task_id: int, now: datetime) -> bool:
     """Discard a run that waited for Confirm past its pool's apply_pending bound."""
-    with transaction.atomic():
+    with unit_of_work() as uow:
         run_jobs_locked(task_id)
         task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace__pool").get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
@@ -565,6 +562,6 @@ def run_expire_pending(*, task_id: int, now: datetime) -> bool:
             return False
         message = (f"not confirmed within its {duration_text(bound)} bound (pool {pool.name}): discarded; "
                    f"queue a new run to apply")
-        run_transition(task, RunStatus.DISCARDED, message=message)
-        jobs_cancel_queued(task=task, message=message)
+        run_transition(task, RunStatus.DISCARDED, uow=uow, message=message)
+        jobs_cancel_queued(task=task, uow=uow, message=message)
     return True

@@ -28,6 +28,7 @@ from iacplatform import wakeups
 from iacplatform.errors import PlatformError
 from iacplatform.logs import bound
 from iacplatform.pglock import try_advisory_lock
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch.agent_reports import agent_set_offline, job_lost, task_locked
 from tasks_app.dispatch.job_cancels import (
     job_kill,
@@ -234,7 +235,7 @@ def step_bounds() -> dict[str, list[int]]:
     now = timezone.now()
     stopped, killed, given_up = [], [], []
     for job_id in jobs_running_past_bound(now=now):
-        with bound(job_id=job_id), transaction.atomic():
+        with bound(job_id=job_id), unit_of_work() as uow:
             job = job_locked(job_id)
             if job.status != JobStatus.RUNNING or job.timed_out_at is not None:
                 continue
@@ -242,7 +243,7 @@ def step_bounds() -> dict[str, list[int]]:
             grace = pool.plan_kill_grace_seconds if job.kind == JobKind.PLAN else pool.apply_kill_grace_seconds
             message = _bound_message(job)
             log.info("%s job %s of run %s: %s", job.kind, job.id, job.task_id, message)
-            job_time_out(job, grace=grace, message=message)
+            job_time_out(job, uow=uow, grace=grace, message=message)
             run_note(task_locked(job.task_id), message=message)  # the run ends when the job does
             stopped.append(job_id)
     for job_id in jobs_timed_out_to_kill(now=now):
@@ -279,7 +280,7 @@ def step_no_agent() -> list[int]:
         limit = waiting.pool.no_agent_timeout_seconds
         if since is None or since + timedelta(seconds=limit) > now:
             continue
-        with bound(job_id=waiting.id, run_id=waiting.task_id), transaction.atomic():
+        with bound(job_id=waiting.id, run_id=waiting.task_id), unit_of_work() as uow:
             job = job_locked(waiting.id)
             task = task_locked(job.task_id)
             if job.status != JobStatus.QUEUED or job_no_agent_since(job) is None:
@@ -288,7 +289,7 @@ def step_no_agent() -> list[int]:
             version = f" with terraform {job.terraform_version}" if job.terraform_version else ""
             message = f"no agent of pool {pool.name}{version} came online within {duration_text(limit)}"
             log.info("run %s: %s", task.id, message)
-            run_no_agent(task, job, message=message)
+            run_no_agent(task, job, uow=uow, message=message)
             errored.append(task.id)
     return errored
 
@@ -315,17 +316,18 @@ def pool_freeze_enter(pool_id: int, freeze: Freeze) -> dict[str, list[int]]:
     pool = AgentPool.objects.get(id=pool_id)
     entered = f"the pool entered freeze window '{freeze.window.name}' until {moment_text(freeze.until)}"
     released = warmups_release_for_freeze(pool_id=pool_id, message=f"released: {entered}; warmed up after it")
-    with transaction.atomic():
-        dropped = jobs_cancel_queued_of_pool(pool_id=pool_id, kind=JobKind.WARMUP, message=f"cancelled: {entered}")
+    with unit_of_work() as uow:
+        dropped = jobs_cancel_queued_of_pool(pool_id=pool_id, uow=uow, kind=JobKind.WARMUP,
+                                             message=f"cancelled: {entered}")
     stopped = []
     for job_id in jobs_to_stop_for_freeze(pool_id=pool_id):
-        with bound(job_id=job_id), transaction.atomic():
+        with bound(job_id=job_id), unit_of_work() as uow:
             job = job_locked(job_id)
             if job.status != JobStatus.RUNNING or job.cancel_requested or job.kind == JobKind.APPLY:
                 continue
             message = f"cancelled: {entered}"
             log.info("%s job %s of run %s: %s", job.kind, job.id, job.task_id, message)
-            job_stop(job, message=message, grace=pool.plan_kill_grace_seconds)
+            job_stop(job, uow=uow, message=message, grace=pool.plan_kill_grace_seconds)
             if job.kind == JobKind.PLAN:
                 run_note(task_locked(job.task_id), message=message)  # the run ends when the job does
             stopped.append(job_id)

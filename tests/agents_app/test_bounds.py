@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from agents_app.protocol import PROTOCOL_VERSION, Heartbeat, JobResult, LogEvents, LogPost, Registration
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch import agent_reports
 from tasks_app.dispatch.job_output import job_upload_plan
 from tasks_app.dispatch.models import DispatchEvent, Job, Slot
@@ -183,8 +184,9 @@ def test_one_sweep_gives_a_confirmed_run_without_an_apply_job_its_job(ws, agent)
     sweep.sweep()
     assert plan(agent, claim(agent))
     # Confirm's status change committed, and the process died before the apply job existed.
-    locked = Task.objects.select_for_update().get(id=task.id)
-    run_transition(locked, RunStatus.APPLY_QUEUED, actor="test")
+    with unit_of_work() as uow:
+        locked = Task.objects.select_for_update().get(id=task.id)
+        run_transition(locked, RunStatus.APPLY_QUEUED, uow=uow, actor="test")
     assert reason(task) == "queued: no job yet (the sweep creates it)"
     assert sweep.sweep()["apply_jobs"] == [task.id]
     job = Job.objects.get(task=task, kind="apply")

@@ -9,6 +9,7 @@ import pytest
 from agents_app.protocol import AgentStatus
 from agents_app.services.agents import agent_set_status
 from iacplatform.errors import Gone
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch import agent_reports
 from tasks_app.services import sweep
 from tasks_app.services.runs import run_create
@@ -37,7 +38,8 @@ def test_it_claims_what_is_queued(setup):
 def test_an_agent_marked_offline_hears_gone_even_with_nothing_queued(setup):
     pool, _, _ = setup
     agent, _ = make_agent(pool=pool, name="a1")
-    agent_set_status(agent, AgentStatus.OFFLINE, reason="test: silent")
+    with unit_of_work() as uow:
+        agent_set_status(agent, AgentStatus.OFFLINE, uow=uow, reason="test: silent")
     with pytest.raises(Gone):
         agent_reports.agent_claim_if_queued(agent=agent, limit=1)
 

@@ -13,6 +13,7 @@ from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator
 
 from iacplatform import live
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch.claim import claim_asgi
 from tasks_app.services.runs import run_create
 from tests.agents_app.fakes import FakeAgent
@@ -27,7 +28,13 @@ async def _listen(group: str) -> str:
     return channel
 
 
-async def test_it_collects_live_sends_until_the_deferred_ones_are_sent():
+def _unit_sends(sends: list) -> None:
+    """A unit of work that sends these after its commit (as the claim's units do)."""
+    with unit_of_work() as uow:
+        uow.send(sends)
+
+
+async def test_a_requests_units_send_after_the_answer_from_its_outbox():
     layer = get_channel_layer()
     channel = await _listen("run-424242")
     # A second member only for the "nothing sent yet" check: the pub/sub channel layer drops
@@ -35,21 +42,20 @@ async def test_it_collects_live_sends_until_the_deferred_ones_are_sent():
     probe = await _listen("run-424242")
 
     async def request() -> list:
-        deferred = live.defer_sends()  # as the claim app does
-        await sync_to_async(live.group_send)([("run-424242", {"type": "run.changed", "status": "planning"})], "t")
-        await sync_to_async(live.group_send)([("run-424242", {"type": "dispatch.changed", "state": "running"})], "t")
+        outbox = live.open_outbox()  # as the claim app does
+        await sync_to_async(_unit_sends)([("run-424242", {"type": "run.changed", "status": "planning"})])
+        await sync_to_async(_unit_sends)([("run-424242", {"type": "dispatch.changed", "state": "running"})])
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(layer.receive(probe), 0.3)  # nothing sent yet
-        live.stop_deferring(deferred)
-        await live.send_deferred(deferred)
-        return deferred.sends
+        await live.close_outbox(outbox)
+        return outbox.sends
 
     assert await asyncio.create_task(request()) == []
     first = await asyncio.wait_for(layer.receive(channel), 5)
     second = await asyncio.wait_for(layer.receive(channel), 5)
     assert (first["type"], second["type"]) == ("run.changed", "dispatch.changed")
-    # Outside a deferring request, group_send sends at once, as before.
-    await sync_to_async(live.group_send)([("run-424242", {"type": "log.appended"})], "t")
+    # Outside a request with an outbox, a unit sends at its commit.
+    await sync_to_async(_unit_sends)([("run-424242", {"type": "log.appended"})])
     assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "log.appended"
 
 
@@ -69,29 +75,29 @@ async def test_the_claim_answers_and_then_publishes_the_runs_planning(setup, cli
     assert any(m["type"] == "dispatch.changed" and m["subject"] == "job" and m["state"] == "running" for m in seen)
 
 
-async def test_what_a_request_sends_after_its_deferred_sends_went_out_is_sent_at_once():
-    """A view's thread can outlive its request (the client went away while it ran): what it
-    sends after the request sent its collected updates goes out at once, not to a list
-    nobody sends any more."""
+async def test_what_a_request_sends_after_its_outbox_went_out_is_sent_at_once():
+    """A view's thread can outlive its request (the client went away while it ran): what its
+    units send after the request sent its outbox goes out at once, not to a list nobody
+    sends any more."""
     from iacplatform import wakeups
 
     layer = get_channel_layer()
     channel = await _listen("run-434343")
     published: list = []
-    deferred = live.defer_sends()
+    outbox = live.open_outbox()
     context = contextvars.copy_context()  # as the view's thread got it
-    live.stop_deferring(deferred)
-    await live.send_deferred(deferred)  # the request is over
+    await live.close_outbox(outbox)  # the request is over
 
     def late_thread() -> None:
-        live.group_send([("run-434343", {"type": "run.changed", "status": "late"})], "t")
         original = wakeups._best_effort
         wakeups._best_effort = lambda what, call: published.append(what) or original(what, call)
         try:
-            wakeups.wake_run(434343, "status:late")
+            with unit_of_work() as uow:
+                uow.send([("run-434343", {"type": "run.changed", "status": "late"})])
+                uow.publish(wakeups.run_channel(434343), "status:late", "a run wake-up")
         finally:
             wakeups._best_effort = original
 
     await sync_to_async(context.run)(late_thread)
     assert (await asyncio.wait_for(layer.receive(channel), 5))["status"] == "late"
-    assert published == ["a run wake-up"] and deferred.publishes == []
+    assert published == ["a run wake-up"] and outbox.publishes == [] and outbox.sends == []

@@ -11,10 +11,10 @@ import io
 import tarfile
 
 import pytest
-from django.db import transaction
 
 from agents_app.agent.logstream import LogStream
 from agents_app.redaction import Redactor
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch import job_output, job_payloads
 from tasks_app.dispatch.models import Job
 from tasks_app.models import LogChunk, Plan, Task
@@ -144,12 +144,12 @@ def test_a_plan_stored_again_for_its_run_replaces_the_first(setup, client):
     a1 = FakeAgent(client, setup[1], "a1")
     task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
     claimed = Job.objects.get(id=a1.claim()["id"])
-    with transaction.atomic():
-        first = job_output.job_store_plan(claimed, data=b"first", sha256="a" * 64, summary={"add": 1},
-                                            has_changes=True)
-    with transaction.atomic():
-        second = job_output.job_store_plan(claimed, data=b"second", sha256="b" * 64, summary={"add": 2},
-                                             has_changes=False)
+    with unit_of_work() as uow:
+        first = job_output.job_store_plan(claimed, uow=uow, data=b"first", sha256="a" * 64, summary={"add": 1},
+                                          has_changes=True)
+    with unit_of_work() as uow:
+        second = job_output.job_store_plan(claimed, uow=uow, data=b"second", sha256="b" * 64, summary={"add": 2},
+                                           has_changes=False)
     assert second.pk == first.pk
     stored = Plan.objects.get(task=task)
     assert (stored.data, stored.sha256, stored.summary) == (b"second", "b" * 64, {"add": 2})
@@ -417,7 +417,8 @@ def test_an_empty_hold_posts_nothing():
 
 def test_a_plans_result_writes_its_run_row_in_one_update(setup, client):
     """The log and the plan a result carries, the run's move to apply_pending and its warm
-    dir's reservation all set fields of the run (Task.save_later): one UPDATE for all four."""
+    dir's reservation all set fields of the run (saved by the result's unit of work): one UPDATE for
+    all four."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -431,19 +432,3 @@ def test_a_plans_result_writes_its_run_row_in_one_update(setup, client):
     task.refresh_from_db()
     assert (task.status, task.log_size, task.plan_hash, task.has_changes, task.warmup_status) == (
         "apply_pending", len("Plan: 1 to add\n"), hashlib.sha256(PLAN).hexdigest(), True, "ready")
-
-
-def test_fields_left_for_later_are_written_by_the_next_whole_save_or_by_save_pending(setup):
-    task = run_create(workspace=setup[2], operation="plan_and_apply", actor="test")
-    task.log_size, task.plan_hash = 10, "a" * 64
-    task.save_later("log_size", "plan_hash")
-    task.save(update_fields=["log_size"])  # one of them written by another save
-    assert Task.objects.get(id=task.id).plan_hash == ""
-    task.save_pending()  # the other one now
-    assert Task.objects.values_list("log_size", "plan_hash").get(id=task.id) == (10, "a" * 64)
-    task.has_changes = True
-    task.save_later("has_changes")
-    task.save()  # a whole save writes it: nothing is left pending
-    task.has_changes = False
-    task.save_pending()
-    assert Task.objects.get(id=task.id).has_changes is True

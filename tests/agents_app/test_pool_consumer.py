@@ -13,7 +13,6 @@ from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import FreezeWindow
@@ -21,6 +20,7 @@ from agents_app.protocol import SlotState
 from agents_app.services.freeze_windows import freeze_window_lift
 from iacplatform.live import pool_group
 from iacplatform.routing import websocket_urlpatterns
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch.models import Job, Slot
 from tasks_app.dispatch.slots import slot_transition
 from tasks_app.services.runs import run_create
@@ -39,9 +39,9 @@ def start_plan_in_slot(workspace, agent):
     """A plan run taking the agent's slot #0, through the slots' owner (as a claim does)."""
     task = run_create(workspace=workspace, operation="plan", actor="test")
     job = Job.objects.get(task=task)
-    with transaction.atomic():
+    with unit_of_work() as uow:
         slot = Slot.objects.select_for_update().select_related("agent").get(agent=agent, index=0)
-        slot_transition(slot, SlotState.RUNNING, job=job, task=task, message="claimed")
+        slot_transition(slot, SlotState.RUNNING, uow=uow, job=job, task=task, message="claimed")
     return task
 
 

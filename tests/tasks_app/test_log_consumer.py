@@ -15,6 +15,7 @@ from django.contrib.auth.models import AnonymousUser, User
 
 from iacplatform.live import run_group
 from iacplatform.routing import websocket_urlpatterns
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.dispatch.models import Job
 from tasks_app.events import log_appended_message, run_log_appended
 from tasks_app.models import LogChunk, Task
@@ -48,7 +49,8 @@ def store(task: Task, job: Job, seq: int, text: str) -> tuple[int, int]:
 def append(task: Task, job: Job, seq: int, text: str) -> None:
     """Stored and published, as the agent log endpoint does after its commit."""
     start, end = store(task, job, seq, text)
-    run_log_appended(task.id, start=start, end=end, text=text)
+    with unit_of_work() as uow:
+        run_log_appended(uow, task.id, start=start, end=end, text=text)
 
 
 async def connect(path: str, user) -> WebsocketCommunicator:
@@ -93,7 +95,12 @@ async def test_it_streams_the_log_from_the_clients_offset(workspace, alice):
     assert await ws.receive_json_from(timeout=5) == {"text": "second line\n", "next_offset": 23}
     # A producer that only says the log grew (no chunk in the message): read from the database.
     await sync_to_async(store)(task, job, 3, "third\n")
-    await sync_to_async(run_log_appended)(task.id)
+
+    def grew() -> None:
+        with unit_of_work() as uow:
+            run_log_appended(uow, task.id)
+
+    await sync_to_async(grew)()
     assert await ws.receive_json_from(timeout=5) == {"text": "third\n", "next_offset": 29}
     await ws.disconnect()
 

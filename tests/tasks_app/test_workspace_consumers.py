@@ -10,9 +10,9 @@ from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import transaction
 
 from iacplatform.routing import websocket_urlpatterns
+from iacplatform.unit_of_work import unit_of_work
 from tasks_app.models import AccessLevel, Task
 from tasks_app.services.runs import run_create, run_transition
 from tasks_app.states import RunStatus
@@ -41,9 +41,9 @@ async def nothing_within(ws: WebsocketCommunicator, seconds: float = 1.0) -> boo
 def error_run(task_id: int) -> None:
     """A run errors through the one owner of run status, which publishes run.changed after
     commit (the way an agent's failed plan ends)."""
-    with transaction.atomic():
+    with unit_of_work() as uow:
         task = Task.objects.select_for_update().get(id=task_id)
-        run_transition(task, RunStatus.ERRORED, actor="test", message="boom")
+        run_transition(task, RunStatus.ERRORED, uow=uow, actor="test", message="boom")
 
 
 async def test_it_refuses_anonymous_viewers_and_charlie(workspace, charlie):
