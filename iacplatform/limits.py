@@ -65,6 +65,7 @@ def _agent_finish(s: Any) -> int:
 UPLOAD_ROUTES: dict[str, tuple[str, Callable[[Any], int]]] = {
     "workspace-configuration-upload": ("IAC_MAX_CONFIG_BYTES", _config_form),
     "api-configuration-version-list": ("IAC_MAX_CONFIG_BYTES", _config_api),
+    "tfe-configuration-upload": ("IAC_MAX_CONFIG_BYTES", _config_api),
     "state-backend": ("IAC_MAX_STATE_BYTES", _state),
     "agent-job-plan": ("IAC_MAX_PLAN_BYTES", _agent_plan),
     "agent-job-finish": ("IAC_MAX_PLAN_BYTES and IAC_MAX_LOG_BYTES", _agent_finish),

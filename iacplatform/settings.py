@@ -4,6 +4,7 @@ SECRET_KEY). Defaults run locally with embedded PostgreSQL and Redis under ./var
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -128,6 +129,8 @@ try:
     # The pool a workspace created without one gets (by name); unset: the only pool the
     # creator may use, when there is exactly one.
     IAC_DEFAULT_POOL = env.str("IAC_DEFAULT_POOL", "")
+    # The platform is one organization to terraform's `cloud {}` block (tasks_app/tfe/).
+    IAC_ORGANIZATION = env.str("IAC_ORGANIZATION", "iac", validate=lambda v: bool(re.fullmatch(r"[A-Za-z0-9_-]{1,40}", v)))
     IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
     # When the last Celery sweep is older than this (the broker, Redis, is down, or the
     # worker or beat), every web process runs the sweep itself at the normal interval

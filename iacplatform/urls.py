@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from iacplatform.views_metrics import metrics_view
+from tasks_app.tfe import views as tfe_views
 
 
 class OfflineRedocView(SpectacularRedocView):
@@ -32,6 +33,8 @@ urlpatterns = [
     path("api/v1/", include("tasks_app.state_urls")),
     path("api/v1/", include("tasks_app.api_urls")),
     path("api/v1/", include("agents_app.api_urls")),
+    path("api/v2/", include("tasks_app.tfe.urls")),
+    path(".well-known/terraform.json", tfe_views.well_known, name="tfe-discovery"),
     path("agent/v1/", include("agents_app.agent_urls")),
     path("pools/", include("agents_app.urls")),
     path("", include("tasks_app.urls")),

@@ -87,6 +87,7 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
         by_category[var.category][var.key] = var.value
         if var.sensitive and var.value:
             sensitive.append(var.value)
+    by_category["terraform"].update(task.run_variables)  # the run's own (the CLI's -var) win
     variables = Variables(**by_category)
     # Terraform runs beside the agent: it reaches web the way agents do (IAC_AGENT_URL).
     state_url = f"{settings.IAC_AGENT_URL}/api/v1/workspaces/{task.workspace_id}/state"

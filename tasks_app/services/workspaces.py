@@ -7,18 +7,61 @@ actor's teams may use; team access is `admin`."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 
+from agents_app.models import AgentPool
 from iacplatform.errors import Forbidden, NotFound, invalid_field
-from iacplatform.permissions import Action, can_use_pool, require
+from iacplatform.permissions import Action, can_create_workspace, can_use_pool, creating_team, is_site_admin, require
 from tasks_app.models import AccessLevel, Workspace, WorkspaceAccess
 from tasks_app.services.audit import audit_record
 from tasks_app.services.runs import runs_start_next
 
 SETTINGS_FIELDS = ("name", "pool", "auto_apply", "locked", "terraform_version")
+
+
+def workspace_default_pool(user: Any) -> AgentPool:
+    """The pool of a workspace created without one: IAC_DEFAULT_POOL, else the only pool the
+    user may use. Invalid (naming `pool`) when there is no such single pool."""
+    if settings.IAC_DEFAULT_POOL:
+        pool = AgentPool.objects.filter(name=settings.IAC_DEFAULT_POOL).first()
+        if pool is None:
+            raise invalid_field("pool", f"required: the default pool '{settings.IAC_DEFAULT_POOL}' does not exist")
+        return pool
+    pools = AgentPool.objects.order_by("id")
+    if not is_site_admin(user):
+        pools = pools.filter(teams__user=user).distinct()
+    usable = list(pools[:2])
+    if len(usable) != 1:
+        raise invalid_field("pool", "required: there is no single pool to default to (set IAC_DEFAULT_POOL)")
+    return usable[0]
+
+
+def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None) -> Workspace:
+    """A new workspace (site admins, and teams allowed to create workspaces); the creating
+    team administers it, as in HCP Terraform. On the default pool unless `pool` is given."""
+    if not can_create_workspace(actor):
+        raise Forbidden("only site admins and teams allowed to create workspaces can create one")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", name or ""):
+        raise invalid_field("name", "1 to 100 letters, digits, '-' or '_'")
+    pool = pool or workspace_default_pool(actor)
+    if not can_use_pool(actor, pool):
+        raise Forbidden(f"none of your teams may use pool '{pool.name}'")
+    team = None if is_site_admin(actor) else creating_team(actor)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():  # a savepoint: the name's uniqueness is the database's call
+                ws = Workspace.objects.create(name=name, pool=pool)
+        except IntegrityError as exc:
+            raise invalid_field("name", "a workspace with this name already exists") from exc
+        if team is not None:
+            WorkspaceAccess.objects.create(workspace=ws, team=team, level=AccessLevel.ADMIN)
+        audit_record(actor=actor, action="workspace.create", obj=ws, data={"name": ws.name})
+    return ws
 
 
 def workspace_update(*, workspace: Workspace, actor: Any, changes: dict[str, Any]) -> Workspace:

@@ -1,0 +1,32 @@
+"""/api/v2/: the TFE API subset (tasks_app/tfe/views.py); anything else under it is a
+JSON:API 404, not the site's HTML one."""
+
+from django.urls import path, re_path
+
+from tasks_app.tfe import views
+
+urlpatterns = [
+    path("ping", views.ping, name="tfe-ping"),
+    path("organizations/<str:org>", views.organization, name="tfe-organization"),
+    path("organizations/<str:org>/entitlement-set", views.entitlement_set, name="tfe-entitlement-set"),
+    path("organizations/<str:org>/runs/queue", views.run_queue, name="tfe-run-queue"),
+    path("organizations/<str:org>/workspaces", views.organization_workspaces, name="tfe-workspaces"),
+    path("organizations/<str:org>/workspaces/<str:name>", views.organization_workspace, name="tfe-workspace-by-name"),
+    path("workspaces/<str:ident>", views.workspace, name="tfe-workspace"),
+    path("workspaces/<str:ident>/actions/<str:action>", views.workspace_action, name="tfe-workspace-action"),
+    path("workspaces/<str:ident>/configuration-versions", views.configuration_versions,
+         name="tfe-configuration-versions"),
+    path("workspaces/<str:ident>/runs", views.workspace_runs, name="tfe-workspace-runs"),
+    path("configuration-versions/<str:ident>", views.configuration_version, name="tfe-configuration-version"),
+    path("configuration-versions/<str:ident>/upload/<str:token>", views.configuration_upload,
+         name="tfe-configuration-upload"),
+    path("runs", views.runs, name="tfe-runs"),
+    path("runs/<str:ident>", views.run, name="tfe-run"),
+    path("runs/<str:ident>/actions/<str:action>", views.run_action, name="tfe-run-action"),
+    path("runs/<str:ident>/run-events", views.run_events, name="tfe-run-events"),
+    path("plans/<str:ident>", views.plan, name="tfe-plan"),
+    path("plans/<str:ident>/logs/<str:token>", views.plan_log, name="tfe-plan-log"),
+    path("applies/<str:ident>", views.apply, name="tfe-apply"),
+    path("applies/<str:ident>/logs/<str:token>", views.apply_log, name="tfe-apply-log"),
+    re_path(r"^.*$", views.not_found),
+]
