@@ -3,7 +3,7 @@ JSON:API 404, not the site's HTML one."""
 
 from django.urls import path, re_path
 
-from tasks_app.tfe import views
+from tasks_app.tfe import views, views_state
 
 urlpatterns = [
     path("ping", views.ping, name="tfe-ping"),
@@ -28,5 +28,13 @@ urlpatterns = [
     path("plans/<str:ident>/logs/<str:token>", views.plan_log, name="tfe-plan-log"),
     path("applies/<str:ident>", views.apply, name="tfe-apply"),
     path("applies/<str:ident>/logs/<str:token>", views.apply_log, name="tfe-apply-log"),
+    path("workspaces/<str:ident>/current-state-version", views_state.current_state_version,
+         name="tfe-current-state-version"),
+    path("workspaces/<str:ident>/current-state-version-outputs", views_state.current_state_version_outputs,
+         name="tfe-current-state-version-outputs"),
+    path("workspaces/<str:ident>/state-versions", views_state.state_versions, name="tfe-state-versions"),
+    path("state-versions/<str:ident>", views_state.state_version, name="tfe-state-version"),
+    path("state-versions/<str:ident>/download/<str:token>", views_state.state_download, name="tfe-state-download"),
+    path("state-version-outputs/<str:ident>", views_state.state_version_output, name="tfe-state-version-output"),
     re_path(r"^.*$", views.not_found),
 ]

