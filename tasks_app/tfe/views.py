@@ -17,6 +17,7 @@ from agents_app.protocol import JobKind, PlanMode
 from iacplatform.errors import Conflict, Invalid, NotFound
 from iacplatform.permissions import Action, readable_workspaces, require, run_for, workspace_for
 from tasks_app.models import ConfigurationUpload, LogChunk, Task, Workspace
+from tasks_app.serializers import ADDRESS_PATTERN
 from tasks_app.services.configuration_uploads import configuration_upload_create, configuration_upload_receive
 from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard
 from tasks_app.services.workspaces import workspace_create, workspace_update
@@ -225,6 +226,15 @@ def _run_variables(raw: Any) -> dict[str, str]:
     return variables
 
 
+def _addresses(data: Any, name: str) -> list[str]:
+    """-target / -replace addresses, as the REST API takes them (tasks_app/serializers.py)."""
+    addresses = data.str_list(name, max_items=100)
+    for address in addresses:
+        if len(address) > 1000 or not re.fullmatch(ADDRESS_PATTERN.replace("$", r"\Z"), address):
+            raise Invalid(fields={name: ["resource addresses (not options, no control characters)"]})
+    return addresses
+
+
 def _run_document(request: HttpRequest, task_id: int, status: int = 200) -> HttpResponse:
     task = Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data").get(id=task_id)
     upload_id = ConfigurationUpload.objects.filter(configuration_version_id=task.configuration_version_id) \
@@ -264,8 +274,9 @@ def runs(request: HttpRequest) -> HttpResponse:
     require(request.user, Action.QUEUE_PLAN if plan_only else Action.QUEUE_APPLY, ws)
     task = run_create(
         workspace=ws, operation=operation, actor=request.user,
-        message=data.str("message", "Queued through the TFE API", max_length=2000),
-        mode=mode, targets=data.str_list("target-addrs"), replace=data.str_list("replace-addrs"),
+        # Not the request's `message`: a run's message is the platform's word on it (tasks_app/serializers.py).
+        message="queued by terraform through the TFE API",
+        mode=mode, targets=_addresses(data, "target-addrs"), replace=_addresses(data, "replace-addrs"),
         configuration_version=upload.configuration_version if upload else None,
         auto_apply=data.bool("auto-apply") and not plan_only,
         variables=_run_variables(data.attributes.get("variables")),
@@ -363,24 +374,36 @@ APPLY_LOG_HEADER = "Applying the confirmed plan.\n\n\n"
 LOG_READ_MAX_BYTES = 1024 * 1024
 
 
-def _phase_log(task_id: int, kind: JobKind) -> bytes:
-    text = "".join(LogChunk.objects.filter(task_id=task_id, job__kind=kind).order_by("offset")
-                   .values_list("text", flat=True))
-    return strip_ansi(text).encode()
+def _phase_log(task_id: int, kind: JobKind, *, upto: int) -> bytes:
+    """The phase's log, without colour codes (the CLI prints it as it is, `-no-color` or
+    not), its first `upto` bytes at least. Read from its start on every call: offsets count
+    the stripped text, which no stored offset does (fine for the logs of a plan; a log of
+    tens of MiB costs a scan per 64 KiB read, see docs/architecture.md)."""
+    out = bytearray()
+    for text in (LogChunk.objects.filter(task_id=task_id, job__kind=kind).order_by("offset")
+                 .values_list("text", flat=True).iterator(chunk_size=200)):
+        out += strip_ansi(text).encode()
+        if len(out) >= upto:
+            break
+    return bytes(out)
 
 
 def _log_answer(request: HttpRequest, log: bytes, done: bool) -> HttpResponse:
     """The phase's log framed as go-tfe's LogReader reads it: STX, the log, and ETX once the
     phase is over; `offset` and `limit` count bytes of that framed stream."""
+    offset, limit = _window(request)
+    stream = b"\x02" + log + (b"\x03" if done else b"")
+    return HttpResponse(stream[offset:offset + limit], content_type="text/plain; charset=utf-8")
+
+
+def _window(request: HttpRequest) -> tuple[int, int]:
     def number(name: str, default: int) -> int:
         raw = request.GET.get(name, "")
-        if raw and not raw.isdigit():
+        if raw and (not raw.isdigit() or len(raw) > 15):
             raise Invalid(fields={name: ["a non-negative integer"]})
         return int(raw) if raw else default
 
-    offset, limit = number("offset", 0), min(number("limit", LOG_READ_MAX_BYTES), LOG_READ_MAX_BYTES)
-    stream = b"\x02" + log + (b"\x03" if done else b"")
-    return HttpResponse(stream[offset:offset + limit], content_type="text/plain; charset=utf-8")
+    return number("offset", 0), min(number("limit", LOG_READ_MAX_BYTES), LOG_READ_MAX_BYTES)
 
 
 @endpoint("GET", public=True)
@@ -391,7 +414,8 @@ def plan_log(request: HttpRequest, ident: str, token: str) -> HttpResponse:
     # The status first: a plan that was over then has all of its log written.
     task = Task.objects.only("id", "status", "plan_hash").get(id=task_id)
     done = phase_done(plan_status(task.status, plan_done=bool(task.plan_hash)))
-    return _log_answer(request, _phase_log(task_id, JobKind.PLAN), done)
+    offset, limit = _window(request)
+    return _log_answer(request, _phase_log(task_id, JobKind.PLAN, upto=offset + limit), done)
 
 
 @endpoint("GET", public=True)
@@ -401,7 +425,9 @@ def apply_log(request: HttpRequest, ident: str, token: str) -> HttpResponse:
         raise NotFound("this URL is invalid or has expired")
     task = Task.objects.only("id", "status", "confirmed_at").get(id=task_id)
     done = phase_done(apply_status(task.status, confirmed=task.confirmed_at is not None))
-    return _log_answer(request, APPLY_LOG_HEADER.encode() + _phase_log(task_id, JobKind.APPLY), done)
+    offset, limit = _window(request)
+    return _log_answer(request, APPLY_LOG_HEADER.encode() + _phase_log(task_id, JobKind.APPLY, upto=offset + limit),
+                       done)
 
 
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

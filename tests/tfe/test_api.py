@@ -254,3 +254,12 @@ def test_it_lists_an_empty_queue_with_the_pagination_go_tfe_needs(tfe):
 def test_it_answers_unknown_routes_with_a_jsonapi_404(tfe):
     response = tfe.get("no/such/thing")
     assert response.status_code == 404 and errors(response)
+
+
+def test_it_refuses_an_address_that_reads_as_an_option_and_ignores_a_forged_message(tfe, workspace):
+    up = _upload(tfe, workspace, {"main.tf": DEMO_MAIN_TF})
+    refused = _run(tfe, workspace, up["cv"]["id"], **{"target-addrs": ["-lock=false"]})
+    assert refused.status_code == 422 and "target-addrs" in errors(refused)[0]["source"]["pointer"]
+    assert not Task.objects.exists()
+    data = _run(tfe, workspace, up["cv"]["id"], message="discarded by alice").json()["data"]
+    assert Task.objects.get(id=int(data["id"][4:])).message == "queued by terraform through the TFE API"
