@@ -71,7 +71,8 @@ def _platform_error(exc: PlatformError) -> HttpResponse:
 def bearer_user(request: HttpRequest) -> Any | None:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    # Bearer: what terraform and the SDKs send; Token: what our REST API's clients send.
+    if scheme.lower() not in ("bearer", "token") or not token.strip():
         return None
     return user_by_token(token.strip())
 

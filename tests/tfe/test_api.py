@@ -263,3 +263,13 @@ def test_it_refuses_an_address_that_reads_as_an_option_and_ignores_a_forged_mess
     assert not Task.objects.exists()
     data = _run(tfe, workspace, up["cv"]["id"], message="discarded by alice").json()["data"]
     assert Task.objects.get(id=int(data["id"][4:])).message == "queued by terraform through the TFE API"
+
+
+def test_it_refuses_a_forged_or_foreign_log_url(tfe, workspace):
+    task = Task.objects.create(workspace=workspace, configuration_version=workspace.configuration_versions.first(),
+                               operation="plan", status="planning")
+    good = tfe.get(f"plans/plan-{task.id}").json()["data"]["attributes"]["log-read-url"]
+    assert Client().get("/" + good.split("/", 3)[3]).content == b"\x02"
+    for path in (f"plans/plan-{task.id}/logs/forged", f"plans/plan-{task.id + 1}/logs/{good.rsplit('/', 1)[1]}",
+                 f"applies/apply-{task.id}/logs/{good.rsplit('/', 1)[1]}"):
+        assert Client().get(f"/api/v2/{path}").status_code == 404, path
