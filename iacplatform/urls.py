@@ -3,6 +3,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
@@ -35,6 +36,8 @@ urlpatterns = [
     path("api/v1/", include("agents_app.api_urls")),
     path("api/v2/", include("tasks_app.tfe.urls")),
     path(".well-known/terraform.json", tfe_views.well_known, name="tfe-discovery"),
+    # Where `terraform login` sends people for a token (it has no login.v1 flow to use here).
+    path("app/settings/tokens", RedirectView.as_view(pattern_name="tokens"), name="tfe-token-page"),
     path("agent/v1/", include("agents_app.agent_urls")),
     path("pools/", include("agents_app.urls")),
     path("", include("tasks_app.urls")),

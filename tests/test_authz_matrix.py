@@ -348,6 +348,8 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/state-versions", _expect(422, 422, 403, 404),
              body=lambda w, u: {"data": {"type": "state-versions", "attributes": {"serial": 1}}}),
     ],
+    # `terraform login`'s token page: our tokens page, whose own rule is below.
+    "tfe-token-page": [Case("GET", lambda w, u: "/app/settings/tokens", _expect(302, 302, 302, 302), api=False)],
     "tokens": [Case("GET", lambda w, u: "/tokens/", _expect(200, 200, 200, 200), api=False)],
     "token-revoke": [
         Case("POST", lambda w, u: f"/tokens/{w.tokens[u][:15]}/revoke/", _expect(302, 302, 302, 302), api=False),

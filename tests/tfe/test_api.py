@@ -273,3 +273,17 @@ def test_it_refuses_a_forged_or_foreign_log_url(tfe, workspace):
     for path in (f"plans/plan-{task.id}/logs/forged", f"plans/plan-{task.id + 1}/logs/{good.rsplit('/', 1)[1]}",
                  f"applies/apply-{task.id}/logs/{good.rsplit('/', 1)[1]}"):
         assert Client().get(f"/api/v2/{path}").status_code == 404, path
+
+
+def test_it_sends_terraform_login_to_the_tokens_page(client):
+    response = client.get("/app/settings/tokens?source=terraform-login")
+    assert response.status_code == 302 and response["Location"] == "/tokens/"
+
+
+def test_it_writes_a_cli_config_naming_the_host_by_its_port():
+    from tasks_app.tfe.cli_config import cli_config, cli_hostname
+
+    assert cli_hostname("http://127.0.0.1:8000") == "127.0.0.1:8000"
+    text = cli_config("http://127.0.0.1:8000", 'a"b')
+    assert 'host "127.0.0.1:8000"' in text and '"tfe.v2" = "http://127.0.0.1:8000/api/v2/"' in text
+    assert 'token = "a\\"b"' in text

