@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.utils import timezone
@@ -251,3 +252,19 @@ def test_it_serves_outputs_and_the_state_and_takes_a_pushed_state(cloud, tmp_pat
     assert json.loads(latest.data)["outputs"]["greeting"]["value"] == "pushed"
     ws.refresh_from_db()
     assert not ws.locked  # terraform locked the workspace for the push and unlocked it
+
+
+def test_it_lets_the_browsers_confirm_answer_the_waiting_cli(cloud, live_url, alice):
+    """One run for every door: confirmed through the REST API (the dialog's service) while
+    terraform waits at its prompt, the CLI notices within its poll and streams the apply."""
+    term = cloud.terminal("apply")
+    term.expect(r"Enter a value:")
+    [run] = cloud.runs()
+    confirmed = requests.post(f"{live_url}/api/v1/runs/{run.id}/confirm/", json={},
+                              headers={"Authorization": f"Token {make_token(alice)}"}, timeout=10)
+    assert confirmed.status_code == 200, confirmed.text
+    term.expect(r"approved using the UI or API")
+    term.expect(r"Apply complete! Resources: 2 added")
+    assert term.wait() == 0
+    run.refresh_from_db()
+    assert run.status == "applied" and run.apply_path == "fast"
