@@ -287,3 +287,24 @@ def test_it_writes_a_cli_config_naming_the_host_by_its_port():
     text = cli_config("http://127.0.0.1:8000", 'a"b')
     assert 'host "127.0.0.1:8000"' in text and '"tfe.v2" = "http://127.0.0.1:8000/api/v2/"' in text
     assert 'token = "a\\"b"' in text
+
+
+def test_it_refuses_a_link_in_the_clis_archive_with_words_terraform_prints(tfe, workspace):
+    """go-slug packs a link inside the configuration as a link; ours refuses every link (none
+    may point outside, and an in-tree one is refused too, saying so), leaving no configuration."""
+    cv = tfe.send("post", f"workspaces/ws-{workspace.id}/configuration-versions",
+                  {"data": {"type": "configuration-versions"}}).json()["data"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        main = tarfile.TarInfo("main.tf")
+        main.size = len(DEMO_MAIN_TF)
+        tar.addfile(main, io.BytesIO(DEMO_MAIN_TF.encode()))
+        link = tarfile.TarInfo("alias.tf")
+        link.type, link.linkname = tarfile.SYMTYPE, "main.tf"
+        tar.addfile(link)
+    before = workspace.configuration_versions.count()
+    response = Client().put("/" + cv["attributes"]["upload-url"].split("/", 3)[3], data=buf.getvalue(),
+                            content_type="application/octet-stream")
+    assert response.status_code == 422
+    assert errors(response)[0]["detail"] == "archive: links are not supported in configurations: alias.tf"
+    assert workspace.configuration_versions.count() == before

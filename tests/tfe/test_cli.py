@@ -268,3 +268,14 @@ def test_it_lets_the_browsers_confirm_answer_the_waiting_cli(cloud, live_url, al
     assert term.wait() == 0
     run.refresh_from_db()
     assert run.status == "applied" and run.apply_path == "fast"
+
+
+def test_it_destroys_through_the_cloud_block(cloud):
+    assert cloud.run("apply", "-auto-approve").returncode == 0
+
+    destroyed = cloud.run("destroy", "-auto-approve")
+
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert "Resources: 0 added, 0 changed, 2 destroyed." in destroyed.stdout  # a saved destroy plan, applied
+    last = cloud.runs()[-1]
+    assert last.plan_mode == "destroy" and last.status == "applied"
