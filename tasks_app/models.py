@@ -19,6 +19,10 @@ class Workspace(models.Model):
     locked = models.BooleanField(default=False)
     # Pin: the workspace's jobs go only to agents running this terraform version (blank: any).
     terraform_version = models.CharField(max_length=50, blank=True)
+    # Remote state sharing, as HCP Terraform has it: the workspaces whose runs may read this
+    # one's state and outputs (`terraform_remote_state`, backend "remote"). Default: none.
+    remote_state_consumers = models.ManyToManyField("self", symmetrical=False, blank=True,
+                                                    related_name="remote_state_sources")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

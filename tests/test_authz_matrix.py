@@ -316,6 +316,12 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/actions/force-unlock",
              _expect(409, 403, 403, 404)),
     ],
+    "tfe-remote-state-consumers": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/remote-state-consumers",
+             _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/remote-state-consumers",
+             _expect(204, 403, 403, 404), body=lambda w, u: {"data": [{"type": "workspaces", "id": f"ws-{w.a.id}"}]}),
+    ],
     "tfe-configuration-versions": [
         Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/configuration-versions", _expect(200, 200, 200, 404)),
         Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/configuration-versions",

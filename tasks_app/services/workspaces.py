@@ -125,3 +125,25 @@ def workspace_access_remove(*, workspace: Workspace, team_name: str, actor: Any)
         if not deleted:
             raise NotFound(f"team '{team_name}' has no access to workspace '{workspace.name}'")
         audit_record(actor=actor, action="access.remove", obj=workspace, data={"team": team_name})
+
+
+def workspace_remote_state_consumers_change(*, workspace: Workspace, actor: Any, consumers: list[Workspace],
+                                            mode: str) -> None:
+    """Remote state sharing (`admin` on the workspace): `mode` "add", "remove" or "replace"
+    the workspaces whose runs may read this one's state and outputs. A consumer the actor
+    cannot read does not exist for them (NotFound), as everywhere."""
+    require(actor, Action.SETTINGS, workspace)
+    if mode not in ("add", "remove", "replace"):
+        raise invalid_field("mode", "add, remove or replace")
+    for consumer in consumers:
+        require(actor, Action.READ, consumer)
+    with transaction.atomic():
+        ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
+        if mode == "add":
+            ws.remote_state_consumers.add(*consumers)
+        elif mode == "remove":
+            ws.remote_state_consumers.remove(*consumers)
+        else:
+            ws.remote_state_consumers.set(consumers)
+        audit_record(actor=actor, action="workspace.remote_state_consumers", obj=ws,
+                     data={"mode": mode, "workspaces": sorted(c.name for c in consumers)})

@@ -14,11 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from iacplatform.auth import user_by_token
 from iacplatform.errors import Invalid, NotFound, PlatformError
+from tasks_app.services.jobs import JOB_CREDENTIAL_PREFIX, job_by_credential
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +70,46 @@ def _platform_error(exc: PlatformError) -> HttpResponse:
     return error(exc.status, str(exc))
 
 
-def bearer_user(request: HttpRequest) -> Any | None:
+def _token(request: HttpRequest) -> str | None:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
     # Bearer: what terraform and the SDKs send; Token: what our REST API's clients send.
     if scheme.lower() not in ("bearer", "token") or not token.strip():
         return None
-    return user_by_token(token.strip())
+    return token.strip()
 
 
-def endpoint(*methods: str, public: bool = False) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+def bearer_user(request: HttpRequest) -> Any | None:
+    token = _token(request)
+    return user_by_token(token) if token else None
+
+
+def _authenticate(request: HttpRequest, *, jobs: bool) -> bool:
+    """Sets request.user (an API token's user) or, on `jobs` routes, request.tfe_job (a
+    running job's credential, with an anonymous user: it passes no `can()` check). A job
+    credential says what it is ("job-..."): one lookup, not two."""
+    token = _token(request)
+    if token is None:
+        return False
+    if token.startswith(JOB_CREDENTIAL_PREFIX):
+        job = job_by_credential(token) if jobs else None
+        if job is None:
+            return False
+        request.user = AnonymousUser()
+        request.tfe_job = job  # type: ignore[attr-defined]
+        return True
+    user = user_by_token(token)
+    if user is None:
+        return False
+    request.user = user
+    return True
+
+
+def endpoint(*methods: str, public: bool = False,
+             jobs: bool = False) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """A TFE API view answering `methods`; `public`: no token (the signed URLs carry their
-    own grant, the ping carries none)."""
+    own grant, the ping carries none); `jobs`: a running job's credential is accepted too
+    (the reads terraform_remote_state makes: tasks_app/tfe/sharing.py)."""
 
     def wrap(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @csrf_exempt
@@ -87,11 +117,8 @@ def endpoint(*methods: str, public: bool = False) -> Callable[[Callable[..., Htt
         def handler(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
                 return error(405, f"{request.method} is not allowed here")
-            if not public:
-                user = bearer_user(request)
-                if user is None:
-                    return error(401, "a valid API token is required: Authorization: Bearer <token>")
-                request.user = user
+            if not public and not _authenticate(request, jobs=jobs):
+                return error(401, "a valid API token is required: Authorization: Bearer <token>")
             try:
                 return view(request, *args, **kwargs)
             except PlatformError as exc:

@@ -20,10 +20,15 @@ from tasks_app.models import ConfigurationUpload, LogChunk, Task, Workspace
 from tasks_app.serializers import ADDRESS_PATTERN
 from tasks_app.services.configuration_uploads import configuration_upload_create, configuration_upload_receive
 from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard
-from tasks_app.services.workspaces import workspace_create, workspace_update
+from tasks_app.services.workspaces import (
+    workspace_create,
+    workspace_remote_state_consumers_change,
+    workspace_update,
+)
 from tasks_app.states import Operation
 from tasks_app.tfe import resources, signing
 from tasks_app.tfe.jsonapi import body, document, endpoint, error, no_content, page, parse_id
+from tasks_app.tfe.sharing import job_may_read_state, request_job
 from tasks_app.tfe.statuses import RUN_STATUS_BACK, TfeRunStatus, apply_status, phase_done, plan_status
 
 # --- meta ------------------------------------------------------------------------------------
@@ -47,13 +52,13 @@ def _organization(name: str) -> None:
         raise NotFound(f"no organization '{name}'")
 
 
-@endpoint("GET")
+@endpoint("GET", jobs=True)
 def organization(request: HttpRequest, org: str) -> HttpResponse:
     _organization(org)
     return document(resources.organization())
 
 
-@endpoint("GET")
+@endpoint("GET", jobs=True)
 def entitlement_set(request: HttpRequest, org: str) -> HttpResponse:
     _organization(org)
     return document(resources.entitlement_set())
@@ -94,13 +99,19 @@ def organization_workspaces(request: HttpRequest, org: str) -> HttpResponse:
     return document([resources.workspace(ws, request.user) for ws in workspaces[window]], meta=meta)
 
 
-@endpoint("GET")
+@endpoint("GET", jobs=True)
 def organization_workspace(request: HttpRequest, org: str, name: str) -> HttpResponse:
     _organization(org)
     ws = Workspace.objects.select_related("pool").filter(name=name).first()
     if ws is None:
         raise NotFound("no such workspace")
-    require(request.user, Action.READ, ws)
+    job = request_job(request)
+    if job is not None:
+        if not job_may_read_state(job, ws):
+            raise NotFound(f"no such workspace (or it does not share its state with workspace "
+                           f"'{job.task.workspace.name}')")
+    else:
+        require(request.user, Action.READ, ws)
     return document(resources.workspace(ws, request.user))
 
 
@@ -138,6 +149,35 @@ def workspace_action(request: HttpRequest, ident: str, action: str) -> HttpRespo
     else:
         raise NotFound(f"no workspace action '{action}'")
     return document(resources.workspace(ws, request.user))
+
+
+@endpoint("GET", "POST", "PATCH", "DELETE")
+def remote_state_consumers(request: HttpRequest, ident: str) -> HttpResponse:
+    """The workspaces whose runs may read this one's state (remote state sharing): GET lists
+    them (`read`); POST adds, PATCH replaces, DELETE removes the ones in the body
+    (`{"data": [{"type": "workspaces", "id": "ws-…"}]}`; `admin`)."""
+    ws = _workspace_by_id(request, ident, Action.READ)
+    if request.method == "GET":
+        consumers = ws.remote_state_consumers.select_related("pool").order_by("name")
+        window, meta = page(request, consumers.count())
+        return document([resources.workspace(c, request.user) for c in consumers[window]], meta=meta)
+    try:
+        doc = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("the body is not JSON") from None
+    items = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or len(items) > 1000 or not all(
+            isinstance(i, dict) and i.get("type") == "workspaces" and isinstance(i.get("id"), str) for i in items):
+        raise Invalid("the body must be {\"data\": [{\"type\": \"workspaces\", \"id\": \"ws-…\"}, …]}")
+    consumers = []
+    for item in items:
+        consumer = Workspace.objects.filter(id=parse_id("ws", item["id"])).first()
+        if consumer is None:
+            raise NotFound("no such workspace")
+        consumers.append(consumer)
+    mode = {"POST": "add", "PATCH": "replace", "DELETE": "remove"}[request.method]
+    workspace_remote_state_consumers_change(workspace=ws, actor=request.user, consumers=consumers, mode=mode)
+    return no_content()
 
 
 # --- configuration versions ------------------------------------------------------------------

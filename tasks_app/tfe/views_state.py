@@ -25,6 +25,7 @@ from tasks_app.selectors import masked_values_for, state_outputs
 from tasks_app.services.state import state_push
 from tasks_app.tfe import resources, signing
 from tasks_app.tfe.jsonapi import body, document, endpoint, page, parse_id
+from tasks_app.tfe.sharing import job_may_read_state, request_job
 
 
 def _workspace(request: HttpRequest, ident: str, action: Action) -> Workspace:
@@ -35,15 +36,29 @@ def _current(ws: Workspace) -> StateVersion | None:
     return StateVersion.objects.filter(workspace=ws).defer("encrypted_data").order_by("-serial", "-id").first()
 
 
-@endpoint("GET")
+def _readable_state(request: HttpRequest, ident: str) -> Workspace:
+    """The workspace whose raw state the caller reads: `write` for a user (below it, a 404
+    that init takes as no state: see current_state_version); for a job's credential, its
+    own workspace or one that shares its state with it."""
+    job = request_job(request)
+    if job is None:
+        ws = _workspace(request, ident, Action.READ)
+        if not can(request.user, Action.READ_STATE, ws):
+            raise NotFound(f"no state of workspace '{ws.name}' that you may read (that needs 'write')")
+        return ws
+    ws = Workspace.objects.filter(id=parse_id("ws", ident)).first()
+    if ws is None or not job_may_read_state(job, ws):
+        raise NotFound("no such workspace")
+    return ws
+
+
+@endpoint("GET", jobs=True)
 def current_state_version(request: HttpRequest, ident: str) -> HttpResponse:
     """The current version and its download URL. `terraform init` reads it (for the
     providers the state needs); a caller below `write`, who may plan but not read the raw
     state, is told there is none that they may read: a 404, which init takes as "no state"
     (a 403 would stop their init, and with it their speculative plans)."""
-    ws = _workspace(request, ident, Action.READ)
-    if not can(request.user, Action.READ_STATE, ws):
-        raise NotFound(f"no state of workspace '{ws.name}' that you may read (that needs 'write')")
+    ws = _readable_state(request, ident)
     sv = _current(ws)
     if sv is None:
         raise NotFound(f"workspace '{ws.name}' has no state yet")
@@ -122,19 +137,20 @@ def _output(sv_id: int, index: int, out: dict[str, Any]) -> dict[str, Any]:
                            "value": out["value"], "detailed-type": out["type"]}}
 
 
-@endpoint("GET")
+@endpoint("GET", jobs=True)
 def current_state_version_outputs(request: HttpRequest, ident: str) -> HttpResponse:
-    ws = _workspace(request, ident, Action.READ)
+    # A job reads the raw state it may read anyway: its outputs unmasked.
+    ws = _readable_state(request, ident) if request_job(request) else _workspace(request, ident, Action.READ)
     sv = _current(ws)
     if sv is None:
         raise NotFound(f"workspace '{ws.name}' has no state yet")
-    outputs = state_outputs(ws.id, masked=masked_values_for(request.user, ws))
+    outputs = state_outputs(ws.id, masked=None if request_job(request) else masked_values_for(request.user, ws))
     items = [_output(sv.id, i, out) for i, out in enumerate(outputs)]
     window, meta = page(request, len(items), default_size=100)
     return document(items[window], meta=meta)
 
 
-@endpoint("GET")
+@endpoint("GET", jobs=True)
 def state_version_output(request: HttpRequest, ident: str) -> HttpResponse:
     """One output with its value, sensitive or not (terraform reads sensitive ones one by one)."""
     head, _, rest = ident.partition("-")
@@ -144,6 +160,17 @@ def state_version_output(request: HttpRequest, ident: str) -> HttpResponse:
     sv = StateVersion.objects.select_related("workspace").filter(id=int(sv_part)).first()
     if sv is None:
         raise NotFound("no such output")
+    job = request_job(request)
+    if job is not None:
+        if not job_may_read_state(job, sv.workspace):
+            raise NotFound("no such output")
+        outputs = json.loads(sv.data).get("outputs") or {}
+        named = sorted((name, out) for name, out in outputs.items() if isinstance(out, dict))
+        if int(index) >= len(named):
+            raise NotFound("no such output")
+        name, out = named[int(index)]
+        return document(_output(sv.id, int(index), {"name": name, "sensitive": bool(out.get("sensitive")),
+                                                     "type": out.get("type"), "value": out.get("value")}))
     require(request.user, Action.READ, sv.workspace)
     outputs = json.loads(sv.data).get("outputs") or {}
     named = sorted((name, out) for name, out in outputs.items() if isinstance(out, dict))
