@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
@@ -108,6 +109,8 @@ def job_payload(job: Job, task: Task, credential: str, *, note: str = "") -> dic
         variables=variables,
         sensitive_values=sensitive,  # the agent redacts them before sending anything
         plan_options=PlanOptions(mode=task.plan_mode, targets=task.plan_targets, replace=task.plan_replace),
+        # terraform_remote_state names the platform by its public host (tasks_app/tfe/sharing.py).
+        tfe_hostname=urlsplit(settings.IAC_PUBLIC_URL).netloc,
         # Credentials reach terraform only through TF_HTTP_* environment variables.
         state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",
                                    unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),

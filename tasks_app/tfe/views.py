@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from agents_app.ansi import strip_ansi
 from agents_app.protocol import JobKind, PlanMode
-from iacplatform.errors import Conflict, Invalid, NotFound
+from iacplatform.errors import Conflict, Forbidden, Invalid, NotFound
 from iacplatform.permissions import Action, readable_workspaces, require, run_for, workspace_for
 from tasks_app.models import ConfigurationUpload, LogChunk, Task, Workspace
 from tasks_app.serializers import ADDRESS_PATTERN
@@ -80,9 +80,14 @@ def _workspace_by_id(request: HttpRequest, ident: str, action: Action) -> Worksp
     return workspace_for(request.user, action, parse_id("ws", ident))
 
 
-@endpoint("GET", "POST")
+@endpoint("GET", "POST", jobs=True)
 def organization_workspaces(request: HttpRequest, org: str) -> HttpResponse:
     _organization(org)
+    job = request_job(request)
+    if job is not None:
+        # terraform_remote_state's backend creates a workspace it cannot read: say why instead.
+        raise Forbidden(f"a run of workspace '{job.task.workspace.name}' may read only the state of workspaces "
+                        f"that share theirs with it (remote state sharing, set by their admins)")
     if request.method == "POST":
         data = body(request, "workspaces")
         name = data.str("name", max_length=100)

