@@ -100,3 +100,17 @@ def test_it_refuses_a_malformed_consumer_list(alice, net):
         response = tfe.send("post", f"workspaces/ws-{net.id}/relationships/remote-state-consumers", raw=raw)
         assert 400 <= response.status_code < 500
     assert not net.remote_state_consumers.exists()
+
+
+def test_it_shows_the_sharing_read_only_in_the_admin(alice, net, app):
+    from django.test import Client
+
+    _consumers(Tfe(make_token(alice)), net, "post", app)
+    admin = Client()
+    admin.force_login(alice)
+    page = admin.get(f"/admin/tasks_app/workspace/{net.id}/change/")
+    assert page.status_code == 200 and b"app" in page.content
+    admin.post(f"/admin/tasks_app/workspace/{net.id}/change/", {
+        "name": net.name, "pool": net.pool_id, "terraform_version": "", "remote_state_consumers": [],
+        "access-TOTAL_FORMS": "0", "access-INITIAL_FORMS": "0"})
+    assert list(net.remote_state_consumers.all()) == [app]
