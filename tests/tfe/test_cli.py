@@ -322,3 +322,18 @@ def test_it_lets_a_run_read_a_workspace_that_shares_its_state(cloud, live_url, a
     assert applied.returncode == 0, applied.stdout + applied.stderr
     out = d.run("output", "-json")
     assert json.loads(out.stdout)["from_net"]["value"] == "hello"
+
+
+def test_it_applies_a_saved_cloud_plan_later(cloud):
+    planned = cloud.run("plan", "-out=tfplan")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    [run] = cloud.runs()
+    assert run.operation == "plan_and_apply"
+    wait_for(lambda: Task.objects.get(id=run.id).status == "apply_pending", 30, "the saved plan to wait")
+
+    applied = cloud.run("apply", "tfplan")
+
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "Apply complete! Resources: 2 added" in applied.stdout
+    run.refresh_from_db()
+    assert run.status == "applied" and run.apply_path == "fast"
