@@ -23,6 +23,8 @@ class Workspace(models.Model):
     # one's state and outputs (`terraform_remote_state`, backend "remote"). Default: none.
     remote_state_consumers = models.ManyToManyField("self", symmetrical=False, blank=True,
                                                     related_name="remote_state_sources")
+    # Tags, as terraform's `cloud { workspaces { tags = [...] } }` selects workspaces by them.
+    tags = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -316,6 +316,11 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/actions/force-unlock",
              _expect(409, 403, 403, 404)),
     ],
+    "tfe-workspace-tags": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/tags", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/tags", _expect(204, 403, 403, 404),
+             body=lambda w, u: {"data": [{"type": "tags", "attributes": {"name": "app"}}]}),
+    ],
     "tfe-remote-state-consumers": [
         Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/remote-state-consumers",
              _expect(200, 200, 200, 404)),

@@ -41,7 +41,32 @@ def workspace_default_pool(user: Any) -> AgentPool:
     return usable[0]
 
 
-def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None) -> Workspace:
+TAG = re.compile(r"[a-z0-9][a-z0-9:_-]{0,254}")
+
+
+def _checked_tags(tags: list[str]) -> list[str]:
+    if len(tags) > 100 or not all(isinstance(t, str) and TAG.fullmatch(t) for t in tags):
+        raise invalid_field("tags", "at most 100 tags of lowercase letters, digits, ':', '-' and '_' "
+                                    "(up to 255 characters, starting with a letter or digit)")
+    return sorted(set(tags))
+
+
+def workspace_tags_change(*, workspace: Workspace, actor: Any, tags: list[str], mode: str) -> Workspace:
+    """Add or remove tags (`admin`: a setting), audited."""
+    require(actor, Action.SETTINGS, workspace)
+    tags = _checked_tags(tags)
+    with transaction.atomic():
+        ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
+        before = set(ws.tags)
+        after = before | set(tags) if mode == "add" else before - set(tags)
+        if after != before:
+            ws.tags = sorted(after)
+            ws.save(update_fields=["tags"])
+            audit_record(actor=actor, action="workspace.tags", obj=ws, data={"mode": mode, "tags": tags})
+    return ws
+
+
+def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None, tags: list[str] | None = None) -> Workspace:
     """A new workspace (site admins, and teams allowed to create workspaces); the creating
     team administers it, as in HCP Terraform. On the default pool unless `pool` is given."""
     if not can_create_workspace(actor):
@@ -55,7 +80,7 @@ def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None) ->
     with transaction.atomic():
         try:
             with transaction.atomic():  # a savepoint: the name's uniqueness is the database's call
-                ws = Workspace.objects.create(name=name, pool=pool)
+                ws = Workspace.objects.create(name=name, pool=pool, tags=_checked_tags(tags or []))
         except IntegrityError as exc:
             raise invalid_field("name", "a workspace with this name already exists") from exc
         if team is not None:

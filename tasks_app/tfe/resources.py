@@ -59,6 +59,7 @@ def workspace(ws: Workspace, user: Any) -> dict[str, Any]:
         "id": f"ws-{ws.id}", "type": "workspaces",
         "attributes": {
             "name": ws.name,
+            "tag-names": ws.tags,
             "execution-mode": "remote",
             "operations": True,
             "auto-apply": ws.auto_apply,

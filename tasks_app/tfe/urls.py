@@ -17,6 +17,7 @@ urlpatterns = [
     path("workspaces/<str:ident>/configuration-versions", views.configuration_versions,
          name="tfe-configuration-versions"),
     path("workspaces/<str:ident>/runs", views.workspace_runs, name="tfe-workspace-runs"),
+    path("workspaces/<str:ident>/relationships/tags", views.workspace_tags, name="tfe-workspace-tags"),
     path("workspaces/<str:ident>/relationships/remote-state-consumers", views.remote_state_consumers,
          name="tfe-remote-state-consumers"),
     path("configuration-versions/<str:ident>", views.configuration_version, name="tfe-configuration-version"),

@@ -23,6 +23,7 @@ from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_dis
 from tasks_app.services.workspaces import (
     workspace_create,
     workspace_remote_state_consumers_change,
+    workspace_tags_change,
     workspace_update,
 )
 from tasks_app.states import Operation
@@ -94,12 +95,15 @@ def organization_workspaces(request: HttpRequest, org: str) -> HttpResponse:
         mode = data.str("execution-mode", "remote", max_length=20)
         if mode not in ("remote", "agent"):
             raise Invalid(fields={"execution-mode": ["only remote execution (on the platform's agents) is offered"]})
-        ws = workspace_create(name=name, actor=request.user)
+        ws = workspace_create(name=name, actor=request.user, tags=_tag_names(data))
         return document(resources.workspace(ws, request.user), status=201)
     workspaces = readable_workspaces(request.user).select_related("pool").order_by("name")
     search = request.GET.get("search[name]", "")
     if search:
         workspaces = workspaces.filter(name__icontains=search)
+    # `cloud { workspaces { tags = [...] } }`: the workspaces that have all of them.
+    for tag in filter(None, request.GET.get("search[tags]", "").split(",")):
+        workspaces = workspaces.filter(tags__contains=[tag.strip()])
     window, meta = page(request, workspaces.count())
     return document([resources.workspace(ws, request.user) for ws in workspaces[window]], meta=meta)
 
@@ -154,6 +158,40 @@ def workspace_action(request: HttpRequest, ident: str, action: str) -> HttpRespo
     else:
         raise NotFound(f"no workspace action '{action}'")
     return document(resources.workspace(ws, request.user))
+
+
+def _tag_names(data: Any) -> list[str]:
+    """Tag names of a workspace create: `tag-names`, or go-tfe's `tags` relationship."""
+    names = data.str_list("tag-names", max_items=100)
+    rel = data.relationships.get("tags")
+    items = rel.get("data") if isinstance(rel, dict) else None
+    for item in items if isinstance(items, list) else []:
+        name = (item.get("attributes") or {}).get("name") if isinstance(item, dict) else None
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+@endpoint("GET", "POST", "DELETE")
+def workspace_tags(request: HttpRequest, ident: str) -> HttpResponse:
+    """GET the workspace's tags; POST adds, DELETE removes those in the body
+    (`{"data": [{"type": "tags", "attributes": {"name": "…"}}]}`; `admin`)."""
+    ws = _workspace_by_id(request, ident, Action.READ)
+    if request.method != "GET":
+        try:
+            doc = json.loads(request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise Invalid("the body is not JSON") from None
+        items = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(items, list) or not all(
+                isinstance(i, dict) and isinstance((i.get("attributes") or {}).get("name"), str) for i in items):
+            raise Invalid("the body must be {\"data\": [{\"type\": \"tags\", \"attributes\": {\"name\": …}}, …]}")
+        ws = workspace_tags_change(workspace=ws, actor=request.user, tags=[i["attributes"]["name"] for i in items],
+                                   mode="add" if request.method == "POST" else "remove")
+        return no_content()
+    window, meta = page(request, len(ws.tags), default_size=100)
+    return document([{"id": f"tag-{name}", "type": "tags", "attributes": {"name": name}}
+                     for name in ws.tags[window]], meta=meta)
 
 
 @endpoint("GET", "POST", "PATCH", "DELETE")

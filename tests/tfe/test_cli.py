@@ -337,3 +337,28 @@ def test_it_applies_a_saved_cloud_plan_later(cloud):
     assert "Apply complete! Resources: 2 added" in applied.stdout
     run.refresh_from_db()
     assert run.status == "applied" and run.apply_path == "fast"
+
+
+def test_it_selects_and_creates_workspaces_by_tags(live_url, tmp_path, terraform):
+    pool, pool_token = make_pool()
+    team = Group.objects.create(name=f"tagged-{pool.id}")
+    team.permissions.add(Permission.objects.get(codename="add_workspace", content_type__app_label="tasks_app"))
+    pool.teams.add(team)
+    erin = User.objects.create_user(f"erin-{pool.id}", password="erin-password-1")
+    erin.groups.add(team)
+    tag = f"app-{pool.id}"
+    d = CloudDir(tmp_path / "tf", live_url, "unused", make_token(erin), terraform)
+    (d.path / "main.tf").write_text(
+        cloud_block(live_url, settings.IAC_ORGANIZATION, "x").replace('name = "x"', f'tags = ["{tag}"]') + MAIN_TF)
+    name = _name()
+
+    term = d.terminal("init")
+    term.expect(r"Enter a value:")  # no workspace has the tag yet: terraform asks for a new one's name
+    term.send(f"{name}\n")
+    term.expect(r"initialized")
+    assert term.wait() == 0
+
+    ws = Workspace.objects.get(name=name)
+    assert ws.tags == [tag] and ws.pool == pool
+    listed = d.run("workspace", "list")
+    assert name in listed.stdout, listed.stdout + listed.stderr
