@@ -291,6 +291,7 @@ RULES: dict[str, list[Case]] = {
              api=False, body=lambda w, u: {"reason": "forged"}),
     ],
     # --- the TFE API (tasks_app/tfe/): the same levels through terraform's door -------------
+    "tfe-account-details": [Case("GET", lambda w, u: "/api/v2/account/details", _expect(200, 200, 200, 200))],
     "tfe-organization": [Case("GET", lambda w, u: "/api/v2/organizations/iac", _expect(200, 200, 200, 200))],
     "tfe-entitlement-set": [
         Case("GET", lambda w, u: "/api/v2/organizations/iac/entitlement-set", _expect(200, 200, 200, 200)),

@@ -7,6 +7,7 @@ from tasks_app.tfe import views, views_state
 
 urlpatterns = [
     path("ping", views.ping, name="tfe-ping"),
+    path("account/details", views.account_details, name="tfe-account-details"),
     path("organizations/<str:org>", views.organization, name="tfe-organization"),
     path("organizations/<str:org>/entitlement-set", views.entitlement_set, name="tfe-entitlement-set"),
     path("organizations/<str:org>/runs/queue", views.run_queue, name="tfe-run-queue"),

@@ -48,6 +48,15 @@ def well_known(request: HttpRequest) -> HttpResponse:
                          "state.v2": "/api/v2/"})
 
 
+@endpoint("GET")
+def account_details(request: HttpRequest) -> HttpResponse:
+    """Whose token this is: `terraform login` shows the name after checking a pasted token."""
+    user = request.user
+    return document({"id": f"user-{user.pk}", "type": "users",
+                     "attributes": {"username": user.get_username(), "email": user.email or "",
+                                    "is-service-account": False}})
+
+
 def _organization(name: str) -> None:
     if name != resources.organization_name():
         raise NotFound(f"no organization '{name}'")

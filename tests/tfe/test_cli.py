@@ -362,3 +362,34 @@ def test_it_selects_and_creates_workspaces_by_tags(live_url, tmp_path, terraform
     assert ws.tags == [tag] and ws.pool == pool
     listed = d.run("workspace", "list")
     assert name in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_it_logs_in_through_the_token_page_fallback(live_url, alice, start_agent, tmp_path, terraform):
+    """`terraform login`: no login.v1 here, so terraform sends the person to the tokens page
+    and takes the token they paste, checking it (account/details) before storing it."""
+    pool, pool_token = make_pool()
+    start_agent(pool_token, f"login-{pool.id}")
+    ws = make_workspace(pool=pool, name=_name())
+    d = CloudDir(tmp_path / "tf", live_url, ws.name, token="", terraform=terraform)
+    # The host block in ~/.terraformrc, not TF_CLI_CONFIG_FILE: with that variable set,
+    # terraform reads no credentials.tfrc.json, where `terraform login` stores the token.
+    home = tmp_path / "home"
+    (home / ".terraform.d").mkdir(parents=True)
+    (home / ".terraformrc").write_text(cli_config(live_url))
+    d.env["HOME"] = str(home)
+    del d.env["TF_CLI_CONFIG_FILE"]
+
+    term = d.terminal("login", cli_hostname(live_url))
+    term.expect(r"Enter a value:")
+    term.send("yes\n")
+    term.expect(r"app/settings/tokens")
+    term.expect(r"Enter a value:")
+    term.send(make_token(alice) + "\n")
+    term.expect(r"Retrieved token for user alice")
+    assert term.wait() == 0, term.output
+
+    assert '"token"' in (home / ".terraform.d" / "credentials.tfrc.json").read_text()
+    init = d.run("init")
+    assert init.returncode == 0, init.stdout + init.stderr
+    planned = d.run("plan")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
