@@ -308,3 +308,35 @@ def test_it_refuses_a_link_in_the_clis_archive_with_words_terraform_prints(tfe, 
     assert response.status_code == 422
     assert errors(response)[0]["detail"] == "archive: links are not supported in configurations: alias.tf"
     assert workspace.configuration_versions.count() == before
+
+
+@pytest.mark.parametrize("attributes,status", [
+    ({"variables": "greeting=hi"}, 422),
+    ({"variables": [{"key": "bad key", "value": '"x"'}]}, 422),
+    ({"variables": [{"key": "ok", "value": 5}]}, 422),
+    ({"refresh": False}, 422),
+    ({"is-destroy": True, "refresh-only": True}, 422),
+    ({"auto-apply": "yes"}, 422),
+    ({"target-addrs": "terraform_data.demo"}, 422),
+    ({"replace-addrs": ["a\nb"]}, 422),
+])
+def test_it_refuses_a_hostile_run_and_writes_nothing(tfe, workspace, attributes, status):
+    up = _upload(tfe, workspace, {"main.tf": DEMO_MAIN_TF})
+    before = Task.objects.count()
+    response = _run(tfe, workspace, up["cv"]["id"], **attributes)
+    assert response.status_code == status, response.content
+    assert set(errors(response)[0]) >= {"status", "title", "detail"}
+    assert Task.objects.count() == before
+
+
+def test_it_refuses_a_configuration_that_is_not_the_workspaces_or_not_uploaded(tfe, workspace, pool):
+    other = Workspace.objects.create(name="other", pool=pool)
+    foreign = ConfigurationUpload.objects.create(workspace=other)
+    pending = ConfigurationUpload.objects.create(workspace=workspace)
+    assert _run(tfe, workspace, f"cv-{foreign.id}").status_code == 404
+    assert _run(tfe, workspace, f"cv-{pending.id}").status_code == 409
+    assert _run(tfe, workspace, "cv-x").status_code == 404
+    response = tfe.send("post", "runs", {"data": {"type": "runs", "relationships": {
+        "workspace": {"data": {"type": "workspaces", "id": "../1"}}}}})
+    assert response.status_code == 404
+    assert not Task.objects.exists()
