@@ -95,9 +95,11 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
         raise invalid_field("mode", f"must be one of {', '.join(PlanMode)}")
     if replace and mode != PlanMode.NORMAL:
         raise invalid_field("replace", f"terraform cannot replace resources in a {mode} plan")
-    # (Not its archive: the run only points at it.)
+    # (Not its archive: the run only points at it.) A speculative plan's configuration (the
+    # TFE API's, which `plan` may upload) never becomes the one the workspace applies.
     cv = configuration_version or (
-        ConfigurationVersion.objects.filter(workspace=workspace).order_by("-id").only("id").first())
+        ConfigurationVersion.objects.filter(workspace=workspace).exclude(upload__speculative=True)
+        .order_by("-id").only("id").first())
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
     if cv.workspace_id != workspace.id:

@@ -249,8 +249,10 @@ def configuration_versions(request: HttpRequest, ident: str) -> HttpResponse:
         ws = _workspace_by_id(request, ident, Action.READ)
         data = body(request, "configuration-versions", required=False)
         speculative = data.bool("speculative")
-        # A speculative plan needs `plan`; anything that can apply needs `write`.
-        require(request.user, Action.QUEUE_PLAN if speculative else Action.UPLOAD_CONFIGURATION, ws)
+        # `write`, even for a speculative plan (HCP Terraform lets `plan` do that): a plan of
+        # configuration of one's own runs with the workspace's variables, sensitive ones
+        # included, and a credential of its state, so it is as good as uploading one.
+        require(request.user, Action.UPLOAD_CONFIGURATION, ws)
         upload = configuration_upload_create(workspace=ws, actor=request.user, speculative=speculative,
                                              auto_queue_runs=False)
         return document(resources.configuration_version(upload), status=201)

@@ -213,16 +213,16 @@ def test_it_makes_a_speculative_configuration_a_plan_only_run(tfe, workspace):
     assert Task.objects.get(id=int(data["id"][4:])).operation == "plan"
 
 
-def test_it_lets_a_plan_level_member_plan_but_not_apply(workspace, bob):
+def test_it_keeps_a_plan_level_member_from_planning_a_configuration_of_their_own(workspace, bob):
     tfe = Tfe(make_token(bob))
     ws = tfe.get(f"workspaces/ws-{workspace.id}").json()["data"]["attributes"]["permissions"]
     assert ws["can-queue-run"] and not ws["can-queue-apply"] and not ws["can-update"]
-    refused = tfe.send("post", f"workspaces/ws-{workspace.id}/configuration-versions",
-                       {"data": {"type": "configuration-versions", "attributes": {"speculative": False}}})
-    assert refused.status_code == 403
-    assert "you need 'write'" in errors(refused)[0]["detail"]
-    up = _upload(tfe, workspace, {"main.tf": DEMO_MAIN_TF}, speculative=True)
-    assert _run(tfe, workspace, up["cv"]["id"]).status_code == 201
+    for speculative in (False, True):
+        refused = tfe.send("post", f"workspaces/ws-{workspace.id}/configuration-versions",
+                           {"data": {"type": "configuration-versions", "attributes": {"speculative": speculative}}})
+        assert refused.status_code == 403
+        assert "you need 'write'" in errors(refused)[0]["detail"]
+    assert not ConfigurationUpload.objects.exists()
 
 
 def test_it_frames_a_phase_log_with_stx_and_etx(tfe, workspace):
@@ -340,3 +340,16 @@ def test_it_refuses_a_configuration_that_is_not_the_workspaces_or_not_uploaded(t
         "workspace": {"data": {"type": "workspaces", "id": "../1"}}}}})
     assert response.status_code == 404
     assert not Task.objects.exists()
+
+
+def test_it_never_applies_a_speculative_configuration_for_a_later_run(tfe, workspace, alice):
+    """A speculative configuration (`terraform plan`'s): a run queued later without naming
+    one (the run page's, the REST API's) still applies the workspace's own."""
+    from tasks_app.services.runs import run_create
+
+    own = workspace.configuration_versions.get()
+    up = _upload(tfe, workspace, {"main.tf": 'resource "terraform_data" "other" {}\n'}, speculative=True)
+    assert up["put"].status_code == 200
+    assert workspace.configuration_versions.count() == 2
+    task = run_create(workspace=workspace, operation="plan_and_apply", actor=alice)
+    assert task.configuration_version == own

@@ -199,7 +199,9 @@ def test_it_refuses_a_user_without_write_with_the_clis_own_words(cloud, live_url
     assert refused.returncode != 0
     assert "Insufficient rights to apply changes" in refused.stderr
     assert not d.runs()
-    assert d.run("plan").returncode == 0  # `plan` is enough for a speculative plan
+    # Nor a speculative plan: it would run configuration of bob's with the workspace's secrets.
+    planned = d.run("plan")
+    assert planned.returncode != 0 and "you need 'write'" in planned.stderr
 
 
 def test_it_cancels_the_remote_plan_on_ctrl_c(cloud, start_agent, tmp_path):
