@@ -353,3 +353,11 @@ def test_it_never_applies_a_speculative_configuration_for_a_later_run(tfe, works
     assert workspace.configuration_versions.count() == 2
     task = run_create(workspace=workspace, operation="plan_and_apply", actor=alice)
     assert task.configuration_version == own
+
+
+def test_it_refuses_an_organization_name_terraform_could_not_use():
+    from tests.test_settings_env import load_settings
+
+    result = load_settings(IAC_ORGANIZATION="acme corp")
+    assert result.returncode != 0
+    assert 'Environment variable "IAC_ORGANIZATION" invalid' in result.stderr
