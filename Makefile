@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live bench-abuse faults lint
+.PHONY: run test bench bench-cli bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live bench-abuse faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -51,6 +51,10 @@ bench-dispatch-guard: $(VENV)/.installed-dev
 
 bench-overhead: $(VENV)/.installed-dev
 	$(PY) -m bench.overhead
+
+# terraform apply through a cloud {} block (yes typed into a pty) against the bare CLI (bench/cli_apply.py).
+bench-cli: $(VENV)/.installed-dev
+	$(PY) -m bench.cli_apply
 
 # Plans cold / with the provider cache / warm (no init), and 3 concurrent inits × 20 rounds.
 bench-plan-init: $(VENV)/.installed-dev

@@ -240,6 +240,10 @@ class JobPayload(_Message):
     sensitive_values: list[str] = []
     # Optional: an older server sends none (a normal plan).
     plan_options: PlanOptions = Field(default_factory=PlanOptions)
+    # The platform's host as a `terraform_remote_state` (backend "remote") names it: the
+    # agent points it at the server with the job's credential (agents_app/agent/remote_state.py).
+    # Optional: an older server sends none (no remote state through the platform).
+    tfe_hostname: str = ""
 
 
 class ClaimReply(_Message):

@@ -45,6 +45,11 @@ def _state(s: Any) -> int:
     return s.IAC_MAX_STATE_BYTES
 
 
+def _state_inline(s: Any) -> int:
+    # The TFE API's state version: the state in base64 (4/3 of it) inside JSON.
+    return 2 * s.IAC_MAX_STATE_BYTES + s.IAC_MAX_REQUEST_BYTES
+
+
 def _agent_plan(s: Any) -> int:
     # JSON with the plan in base64 (4/3 of it) and its summary.
     return 2 * s.IAC_MAX_PLAN_BYTES
@@ -65,6 +70,8 @@ def _agent_finish(s: Any) -> int:
 UPLOAD_ROUTES: dict[str, tuple[str, Callable[[Any], int]]] = {
     "workspace-configuration-upload": ("IAC_MAX_CONFIG_BYTES", _config_form),
     "api-configuration-version-list": ("IAC_MAX_CONFIG_BYTES", _config_api),
+    "tfe-configuration-upload": ("IAC_MAX_CONFIG_BYTES", _config_api),
+    "tfe-state-versions": ("IAC_MAX_STATE_BYTES", _state_inline),
     "state-backend": ("IAC_MAX_STATE_BYTES", _state),
     "agent-job-plan": ("IAC_MAX_PLAN_BYTES", _agent_plan),
     "agent-job-finish": ("IAC_MAX_PLAN_BYTES and IAC_MAX_LOG_BYTES", _agent_finish),

@@ -13,7 +13,7 @@ import dj_database_url
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from marshmallow import ValidationError
-from marshmallow.validate import OneOf, Range
+from marshmallow.validate import OneOf, Range, Regexp
 
 from iacplatform import embedded, logs
 from iacplatform.env import EnvError, env
@@ -128,6 +128,9 @@ try:
     # The pool a workspace created without one gets (by name); unset: the only pool the
     # creator may use, when there is exactly one.
     IAC_DEFAULT_POOL = env.str("IAC_DEFAULT_POOL", "")
+    # The platform is one organization to terraform's `cloud {}` block (tasks_app/tfe/).
+    IAC_ORGANIZATION = env.str("IAC_ORGANIZATION", "iac", validate=Regexp(
+        r"^[A-Za-z0-9_-]{1,40}\Z", error="letters, digits, '-' and '_', 1 to 40 of them"))
     IAC_SWEEP_INTERVAL_SECONDS = env.float("IAC_SWEEP_INTERVAL_SECONDS", 5.0, validate=POSITIVE)
     # When the last Celery sweep is older than this (the broker, Redis, is down, or the
     # worker or beat), every web process runs the sweep itself at the normal interval

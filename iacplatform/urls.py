@@ -3,10 +3,12 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from iacplatform.views_metrics import metrics_view
+from tasks_app.tfe import views as tfe_views
 
 
 class OfflineRedocView(SpectacularRedocView):
@@ -32,6 +34,10 @@ urlpatterns = [
     path("api/v1/", include("tasks_app.state_urls")),
     path("api/v1/", include("tasks_app.api_urls")),
     path("api/v1/", include("agents_app.api_urls")),
+    path("api/v2/", include("tasks_app.tfe.urls")),
+    path(".well-known/terraform.json", tfe_views.well_known, name="tfe-discovery"),
+    # Where `terraform login` sends people for a token (it has no login.v1 flow to use here).
+    path("app/settings/tokens", RedirectView.as_view(pattern_name="tokens"), name="tfe-token-page"),
     path("agent/v1/", include("tasks_app.dispatch.agent_urls")),
     path("pools/", include("agents_app.urls")),
     path("", include("tasks_app.urls")),

@@ -23,6 +23,7 @@ from tasks_app.dispatch.models import Job
 from tasks_app.models import (
     ApiToken,
     AuditEvent,
+    ConfigurationUpload,
     ConfigurationVersion,
     LogChunk,
     Plan,
@@ -69,6 +70,8 @@ class WorkspaceAdmin(admin.ModelAdmin):
     list_filter = ["pool", "auto_apply", "locked"]
     search_fields = ["name"]
     inlines = [WorkspaceAccessInline]
+    # Changed through the TFE API's relationships/remote-state-consumers, which audits it.
+    readonly_fields = ["remote_state_consumers"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         allowed = super().has_change_permission(request, obj)
@@ -96,6 +99,14 @@ class ConfigurationVersionAdmin(ReadOnlyAdmin):
     # The archive bytes are not shown: they are large and may hold secrets.
     fields = ["workspace", "files", "sha256", "size", "created_by", "created_at"]
     readonly_fields = fields
+
+
+@admin.register(ConfigurationUpload)
+class ConfigurationUploadAdmin(ReadOnlyAdmin):
+    """Configuration versions announced through the TFE API, before and after their upload."""
+
+    list_display = ["id", "workspace", "speculative", "configuration_version", "error", "created_by", "created_at"]
+    list_filter = ["workspace"]
 
 
 class VariableAdminForm(forms.ModelForm):

@@ -17,6 +17,12 @@ class Workspace(models.Model):
     locked = models.BooleanField(default=False)
     # Pin: the workspace's jobs go only to agents running this terraform version (blank: any).
     terraform_version = models.CharField(max_length=50, blank=True)
+    # Remote state sharing, as HCP Terraform has it: the workspaces whose runs may read this
+    # one's state and outputs (`terraform_remote_state`, backend "remote"). Default: none.
+    remote_state_consumers = models.ManyToManyField("self", symmetrical=False, blank=True,
+                                                    related_name="remote_state_sources")
+    # Tags, as terraform's `cloud { workspaces { tags = [...] } }` selects workspaces by them.
+    tags = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -123,6 +129,12 @@ class Task(models.Model):
     plan_mode = models.CharField(max_length=20, choices=choices(PlanMode), default=PlanMode.NORMAL)
     plan_targets = models.JSONField(default=list, blank=True)
     plan_replace = models.JSONField(default=list, blank=True)
+    # Apply without a Confirm once planned (`terraform apply -auto-approve` through the TFE
+    # API), whatever the workspace's own auto_apply says.
+    auto_apply = models.BooleanField(default=False)
+    # Terraform variables given for this run only ({key: value}; the CLI's `-var`), over the
+    # workspace's: values as terraform reads them from TF_VAR_<key>.
+    run_variables = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=30, choices=RunStatus.choices, default=RunStatus.PENDING)
     message = models.TextField(blank=True)  # why it errored / was discarded, shown to the user
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -289,6 +301,26 @@ class SweepHeartbeat(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     finished_at = models.DateTimeField()
+
+
+class ConfigurationUpload(models.Model):
+    """A configuration version announced through the TFE API (tasks_app/tfe/), before its
+    archive arrives at the signed upload URL: the CLI creates it, uploads, then polls it until
+    it is uploaded. `configuration_version` is set by the upload (once); `error` says why an
+    upload was refused. `speculative`: its runs are plan-only (`terraform plan`)."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="configuration_uploads")
+    speculative = models.BooleanField(default=False)
+    auto_queue_runs = models.BooleanField(default=False)
+    configuration_version = models.OneToOneField(ConfigurationVersion, null=True, blank=True,
+                                                 on_delete=models.CASCADE, related_name="upload")
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
 
 
 # Dispatch's models (Job, Slot, DispatchEvent) live beside their services in tasks_app/dispatch/;

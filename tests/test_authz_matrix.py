@@ -93,6 +93,13 @@ def _window(w: World):
     return window
 
 
+def _upload(w: World):
+    """A configuration version of workspace A announced through the TFE API."""
+    from tasks_app.models import ConfigurationUpload
+
+    return ConfigurationUpload.objects.filter(workspace=w.a).first() or ConfigurationUpload.objects.create(workspace=w.a)
+
+
 def _expect(alice: int, bob: int, carol: int, dave: int) -> dict[str, int]:
     return {"alice": alice, "bob": bob, "carol": carol, "dave": dave}
 
@@ -284,6 +291,78 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/pools/{w.pool.id}/freeze-windows/{_window(w).id}/lift/", _expect(409, 403, 403, 403),
              api=False, body=lambda w, u: {"reason": "forged"}),
     ],
+    # --- the TFE API (tasks_app/tfe/): the same levels through terraform's door -------------
+    "tfe-account-details": [Case("GET", lambda w, u: "/api/v2/account/details", _expect(200, 200, 200, 200))],
+    "tfe-organization": [Case("GET", lambda w, u: "/api/v2/organizations/iac", _expect(200, 200, 200, 200))],
+    "tfe-entitlement-set": [
+        Case("GET", lambda w, u: "/api/v2/organizations/iac/entitlement-set", _expect(200, 200, 200, 200)),
+    ],
+    "tfe-run-queue": [Case("GET", lambda w, u: "/api/v2/organizations/iac/runs/queue", _expect(200, 200, 200, 200))],
+    "tfe-workspaces": [
+        Case("GET", lambda w, u: "/api/v2/organizations/iac/workspaces", _expect(200, 200, 200, 200)),
+        Case("POST", lambda w, u: "/api/v2/organizations/iac/workspaces", _expect(201, 403, 403, 403),
+             body=lambda w, u: {"data": {"type": "workspaces", "attributes": {"name": f"tfe-{u}"}}}),
+    ],
+    "tfe-workspace-by-name": [
+        Case("GET", lambda w, u: f"/api/v2/organizations/iac/workspaces/{w.a.name}", _expect(200, 200, 200, 404)),
+        Case("GET", lambda w, u: f"/api/v2/organizations/iac/workspaces/{w.b.name}", _expect(200, 404, 404, 404)),
+    ],
+    "tfe-workspace": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}", _expect(200, 200, 200, 404)),
+        Case("PATCH", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}", _expect(200, 403, 403, 404),
+             body=lambda w, u: {"data": {"type": "workspaces", "attributes": {"auto-apply": True}}}),
+    ],
+    "tfe-workspace-action": [
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/actions/lock", _expect(200, 200, 403, 404)),
+        # Nothing to force-unlock: who may gets the 409, who may not never reaches it.
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/actions/force-unlock",
+             _expect(409, 403, 403, 404)),
+    ],
+    "tfe-workspace-tags": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/tags", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/tags", _expect(204, 403, 403, 404),
+             body=lambda w, u: {"data": [{"type": "tags", "attributes": {"name": "app"}}]}),
+    ],
+    "tfe-remote-state-consumers": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/remote-state-consumers",
+             _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/remote-state-consumers",
+             _expect(204, 403, 403, 404), body=lambda w, u: {"data": [{"type": "workspaces", "id": f"ws-{w.a.id}"}]}),
+    ],
+    "tfe-configuration-versions": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/configuration-versions", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/configuration-versions",
+             _expect(201, 201, 403, 404), body=lambda w, u: {"data": {"type": "configuration-versions"}}),
+    ],
+    "tfe-configuration-version": [
+        Case("GET", lambda w, u: f"/api/v2/configuration-versions/cv-{_upload(w).id}", _expect(200, 200, 200, 404)),
+    ],
+    "tfe-runs": [
+        Case("POST", lambda w, u: "/api/v2/runs", _expect(201, 201, 403, 404), body=lambda w, u: {"data": {
+            "type": "runs", "attributes": {"plan-only": True},
+            "relationships": {"workspace": {"data": {"type": "workspaces", "id": f"ws-{w.a.id}"}}}}}),
+    ],
+    "tfe-run": [Case("GET", lambda w, u: f"/api/v2/runs/run-{w.run_a.id}", _expect(200, 200, 200, 404))],
+    "tfe-run-action": [
+        Case("POST", lambda w, u: f"/api/v2/runs/run-{w.run_a.id}/actions/apply", _expect(409, 409, 403, 404)),
+        Case("POST", lambda w, u: f"/api/v2/runs/run-{w.run_a.id}/actions/force-cancel", _expect(202, 403, 403, 404)),
+    ],
+    "tfe-run-events": [
+        Case("GET", lambda w, u: f"/api/v2/runs/run-{w.run_a.id}/run-events", _expect(200, 200, 200, 404)),
+    ],
+    "tfe-workspace-runs": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/runs", _expect(200, 200, 200, 404)),
+    ],
+    "tfe-plan": [Case("GET", lambda w, u: f"/api/v2/plans/plan-{w.run_a.id}", _expect(200, 200, 200, 404))],
+    "tfe-apply": [Case("GET", lambda w, u: f"/api/v2/applies/apply-{w.run_a.id}", _expect(200, 200, 200, 404))],
+    "tfe-state-versions": [
+        # The raw state is `write`; alice and bob get the refusal go-tfe needs to send it inline.
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/state-versions", _expect(200, 200, 403, 404)),
+        Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/state-versions", _expect(422, 422, 403, 404),
+             body=lambda w, u: {"data": {"type": "state-versions", "attributes": {"serial": 1}}}),
+    ],
+    # `terraform login`'s token page: our tokens page, whose own rule is below.
+    "tfe-token-page": [Case("GET", lambda w, u: "/app/settings/tokens", _expect(302, 302, 302, 302), api=False)],
     "tokens": [Case("GET", lambda w, u: "/tokens/", _expect(200, 200, 200, 200), api=False)],
     "token-revoke": [
         Case("POST", lambda w, u: f"/tokens/{w.tokens[u][:15]}/revoke/", _expect(302, 302, 302, 302), api=False),
@@ -302,6 +381,18 @@ SPECIAL = {
     "agent-job-logs": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
     "agent-job-plan": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
     "agent-job-finish": "test_it_keeps_a_pool_a_agent_from_pool_b_jobs",
+    # The TFE API's signed URLs: the URL is the grant (tests/tfe/test_api.py, test_state.py).
+    "tfe-configuration-upload": "tests/tfe/test_api.py::test_it_refuses_a_forged_or_foreign_upload_url",
+    "tfe-plan-log": "tests/tfe/test_api.py::test_it_refuses_a_forged_or_foreign_log_url",
+    "tfe-apply-log": "tests/tfe/test_api.py::test_it_refuses_a_forged_or_foreign_log_url",
+    "tfe-state-download": "tests/tfe/test_state.py::test_it_serves_the_current_state_at_a_signed_url",
+    "tfe-current-state-version": "tests/tfe/test_state.py::test_it_hides_the_raw_state_below_write",
+    "tfe-current-state-version-outputs": "tests/tfe/test_state.py::test_it_hides_the_raw_state_below_write",
+    "tfe-state-version": "tests/tfe/test_state.py::test_it_hides_the_raw_state_below_write",
+    "tfe-state-version-output": "tests/tfe/test_state.py::test_it_gives_a_sensitive_output_to_write",
+    # Public on purpose: the API version header, and service discovery.
+    "tfe-ping": "tests/tfe/test_api.py::test_it_answers_ping_with_the_api_version_terraform_needs",
+    "tfe-discovery": "tests/tfe/test_api.py::test_it_offers_service_discovery",
     # A scraper's bearer token (always; loopback is not enough), not a user: tests/test_metrics.py.
     "metrics": "tests/test_metrics.py::test_it_refuses_anonymous_access_when_a_token_is_set",
 }

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from agents_app.agent.client import Client, ServerError
 from agents_app.agent.logstream import LogStream
 from agents_app.agent.providers import sha256_file
+from agents_app.agent.remote_state import remote_state_env
 from agents_app.agent.sandbox import Sandbox, job_environment
 from agents_app.agent.warmdirs import StartDecision, WarmPlans
 from agents_app.ansi import strip_ansi
@@ -369,6 +370,13 @@ class JobRun:
             TF_HTTP_USERNAME=sb.username,
             TF_HTTP_PASSWORD=sb.password,
         )
+        if self.payload.tfe_hostname and self.dir.is_dir():
+            # terraform_remote_state (backend "remote") against the platform, with this job's
+            # credential. Written for each command: a cold start replaces the dir.
+            env.update(remote_state_env(
+                job_dir=self.dir, hostname=self.payload.tfe_hostname,
+                server_url=sb.address.split("/api/v1/", 1)[0], credential=sb.password,
+                base_cli_config=agent_env.get("TF_CLI_CONFIG_FILE")))
         env.update({k: v for k, v in agent_env.items() if k.startswith("TF_TOKEN_")})
         return env
 

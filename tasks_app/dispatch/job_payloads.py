@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
@@ -108,6 +109,7 @@ def job_payload(job: Job, task: Task, credential: str, *, reads: PayloadReads, n
         by_category[var.category][var.key] = var.value
         if var.sensitive and var.value:
             sensitive.append(var.value)
+    by_category["terraform"].update(task.run_variables)  # the run's own (the CLI's -var) win
     variables = Variables(**by_category)
     # Terraform runs beside the agent: it reaches web the way agents do (IAC_AGENT_URL).
     state_url = f"{settings.IAC_AGENT_URL}/api/v1/workspaces/{task.workspace_id}/state"
@@ -128,6 +130,8 @@ def job_payload(job: Job, task: Task, credential: str, *, reads: PayloadReads, n
         variables=variables,
         sensitive_values=sensitive,  # the agent redacts them before sending anything
         plan_options=PlanOptions(mode=task.plan_mode, targets=task.plan_targets, replace=task.plan_replace),
+        # terraform_remote_state names the platform by its public host (tasks_app/tfe/sharing.py).
+        tfe_hostname=urlsplit(settings.IAC_PUBLIC_URL).netloc,
         # Credentials reach terraform only through TF_HTTP_* environment variables.
         state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",
                                    unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from agents_app.models import Agent
@@ -76,19 +77,29 @@ def run_transition(
 
 
 def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "",
-               mode: str = PlanMode.NORMAL, targets: Sequence[str] = (), replace: Sequence[str] = ()) -> Task:
+               mode: str = PlanMode.NORMAL, targets: Sequence[str] = (), replace: Sequence[str] = (),
+               configuration_version: ConfigurationVersion | None = None, auto_apply: bool = False,
+               variables: dict[str, str] | None = None) -> Task:
     """Queue a run. `mode`, `targets` and `replace` become terraform plan's -destroy /
-    -refresh-only, -target=… and -replace=… (agents_app.protocol.PlanOptions)."""
+    -refresh-only, -target=… and -replace=… (agents_app.protocol.PlanOptions). Of the
+    workspace's latest configuration unless `configuration_version` names one (the TFE API's
+    runs do). `auto_apply`: applies once planned, without a Confirm; `variables`: terraform
+    variables of this run only, over the workspace's."""
     if operation not in Operation.values:
         raise Invalid(f"operation must be one of {', '.join(Operation.values)}")
     if mode not in PlanMode.__members__.values():
         raise invalid_field("mode", f"must be one of {', '.join(PlanMode)}")
     if replace and mode != PlanMode.NORMAL:
         raise invalid_field("replace", f"terraform cannot replace resources in a {mode} plan")
-    # (Not its archive: the run only points at it.)
-    cv = ConfigurationVersion.objects.filter(workspace=workspace).order_by("-id").only("id").first()
+    # (Not its archive: the run only points at it.) A speculative plan's configuration (the
+    # TFE API's, which `plan` may upload) never becomes the one the workspace applies.
+    cv = configuration_version or (
+        ConfigurationVersion.objects.filter(workspace=workspace).exclude(upload__speculative=True)
+        .order_by("-id").only("id").first())
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
+    if cv.workspace_id != workspace.id:
+        raise invalid_field("configuration_version", f"not a configuration of workspace '{workspace.name}'")
     with unit_of_work() as uow:
         # The start after commit (it queues the plan and wakes the agents), before the live
         # pages' updates: those are Redis round trips the plan need not wait for.
@@ -102,6 +113,8 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
             plan_mode=mode,
             plan_targets=list(targets),
             plan_replace=list(replace),
+            auto_apply=auto_apply,
+            run_variables=dict(variables or {}),
         )
         TaskEvent.objects.create(task=task, to_status=RunStatus.PENDING, actor=_actor_label(actor), message=message)
         if getattr(actor, "is_authenticated", False):  # a person queued it (not auto-apply, not a test)
@@ -242,7 +255,7 @@ def run_plan_finished(finished: Finished, *, uow: UnitOfWork) -> PlanEnded:
         pool_id = pool.id
         follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
     handed = None
-    if task.workspace.auto_apply and not frozen:
+    if (task.workspace.auto_apply or task.auto_apply) and not frozen:
         # Confirmed in the same transaction as the plan's result: no moment where the run
         # is ready but unconfirmed (a full pool could release the reservation then), and
         # no after-commit step to lose. The apply takes the slot the plan just reserved, and
@@ -260,7 +273,7 @@ def run_plan_finished(finished: Finished, *, uow: UnitOfWork) -> PlanEnded:
 def runs_auto_apply_due() -> list[int]:
     """Runs of auto-apply workspaces waiting for a Confirm nobody will click."""
     return list(
-        Task.objects.filter(status=RunStatus.APPLY_PENDING, workspace__auto_apply=True)
+        Task.objects.filter(Q(workspace__auto_apply=True) | Q(auto_apply=True), status=RunStatus.APPLY_PENDING)
         .order_by("id").values_list("id", flat=True)
     )
 

@@ -7,18 +7,86 @@ actor's teams may use; team access is `admin`."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 
+from agents_app.models import AgentPool
 from iacplatform.errors import Forbidden, NotFound, invalid_field
-from iacplatform.permissions import Action, can_use_pool, require
+from iacplatform.permissions import Action, can_create_workspace, can_use_pool, creating_team, is_site_admin, require
 from tasks_app.models import AccessLevel, Workspace, WorkspaceAccess
 from tasks_app.services.audit import audit_record
 from tasks_app.services.runs import runs_start_next
 
 SETTINGS_FIELDS = ("name", "pool", "auto_apply", "locked", "terraform_version")
+
+
+def workspace_default_pool(user: Any) -> AgentPool:
+    """The pool of a workspace created without one: IAC_DEFAULT_POOL, else the only pool the
+    user may use. Invalid (naming `pool`) when there is no such single pool."""
+    if settings.IAC_DEFAULT_POOL:
+        pool = AgentPool.objects.filter(name=settings.IAC_DEFAULT_POOL).first()
+        if pool is None:
+            raise invalid_field("pool", f"required: the default pool '{settings.IAC_DEFAULT_POOL}' does not exist")
+        return pool
+    pools = AgentPool.objects.order_by("id")
+    if not is_site_admin(user):
+        pools = pools.filter(teams__user=user).distinct()
+    usable = list(pools[:2])
+    if len(usable) != 1:
+        raise invalid_field("pool", "required: there is no single pool to default to (set IAC_DEFAULT_POOL)")
+    return usable[0]
+
+
+TAG = re.compile(r"[a-z0-9][a-z0-9:_-]{0,254}")
+
+
+def _checked_tags(tags: list[str]) -> list[str]:
+    if len(tags) > 100 or not all(isinstance(t, str) and TAG.fullmatch(t) for t in tags):
+        raise invalid_field("tags", "at most 100 tags of lowercase letters, digits, ':', '-' and '_' "
+                                    "(up to 255 characters, starting with a letter or digit)")
+    return sorted(set(tags))
+
+
+def workspace_tags_change(*, workspace: Workspace, actor: Any, tags: list[str], mode: str) -> Workspace:
+    """Add or remove tags (`admin`: a setting), audited."""
+    require(actor, Action.SETTINGS, workspace)
+    tags = _checked_tags(tags)
+    with transaction.atomic():
+        ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
+        before = set(ws.tags)
+        after = before | set(tags) if mode == "add" else before - set(tags)
+        if after != before:
+            ws.tags = sorted(after)
+            ws.save(update_fields=["tags"])
+            audit_record(actor=actor, action="workspace.tags", obj=ws, data={"mode": mode, "tags": tags})
+    return ws
+
+
+def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None, tags: list[str] | None = None) -> Workspace:
+    """A new workspace (site admins, and teams allowed to create workspaces); the creating
+    team administers it, as in HCP Terraform. On the default pool unless `pool` is given."""
+    if not can_create_workspace(actor):
+        raise Forbidden("only site admins and teams allowed to create workspaces can create one")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", name or ""):
+        raise invalid_field("name", "1 to 100 letters, digits, '-' or '_'")
+    pool = pool or workspace_default_pool(actor)
+    if not can_use_pool(actor, pool):
+        raise Forbidden(f"none of your teams may use pool '{pool.name}'")
+    team = None if is_site_admin(actor) else creating_team(actor)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():  # a savepoint: the name's uniqueness is the database's call
+                ws = Workspace.objects.create(name=name, pool=pool, tags=_checked_tags(tags or []))
+        except IntegrityError as exc:
+            raise invalid_field("name", "a workspace with this name already exists") from exc
+        if team is not None:
+            WorkspaceAccess.objects.create(workspace=ws, team=team, level=AccessLevel.ADMIN)
+        audit_record(actor=actor, action="workspace.create", obj=ws, data={"name": ws.name})
+    return ws
 
 
 def workspace_update(*, workspace: Workspace, actor: Any, changes: dict[str, Any]) -> Workspace:
@@ -82,3 +150,25 @@ def workspace_access_remove(*, workspace: Workspace, team_name: str, actor: Any)
         if not deleted:
             raise NotFound(f"team '{team_name}' has no access to workspace '{workspace.name}'")
         audit_record(actor=actor, action="access.remove", obj=workspace, data={"team": team_name})
+
+
+def workspace_remote_state_consumers_change(*, workspace: Workspace, actor: Any, consumers: list[Workspace],
+                                            mode: str) -> None:
+    """Remote state sharing (`admin` on the workspace): `mode` "add", "remove" or "replace"
+    the workspaces whose runs may read this one's state and outputs. A consumer the actor
+    cannot read does not exist for them (NotFound), as everywhere."""
+    require(actor, Action.SETTINGS, workspace)
+    if mode not in ("add", "remove", "replace"):
+        raise invalid_field("mode", "add, remove or replace")
+    for consumer in consumers:
+        require(actor, Action.READ, consumer)
+    with transaction.atomic():
+        ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
+        if mode == "add":
+            ws.remote_state_consumers.add(*consumers)
+        elif mode == "remove":
+            ws.remote_state_consumers.remove(*consumers)
+        else:
+            ws.remote_state_consumers.set(consumers)
+        audit_record(actor=actor, action="workspace.remote_state_consumers", obj=ws,
+                     data={"mode": mode, "workspaces": sorted(c.name for c in consumers)})

@@ -41,6 +41,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from agents_app.agent.sandbox import agent_environment
 from agents_app.pods.local import pods_dir, stop_all
 from iacplatform import embedded
+from tasks_app.tfe.cli_config import cli_config, cli_hostname
 
 # A program that dies within `startsecs` of its start counts as a failed start: supervisord
 # retries it after 1 s, 2 s, 3 s ... (`startretries` times), then marks it FATAL. This
@@ -364,9 +365,12 @@ class Command(BaseCommand):
         self.step(f"the autoscaler starts pool '{boot['pool']}' ({boot['agents']} agent(s) at least; their logs: "
                   f"{pods_dir(var)}/<pod>.log)")
 
+        tfrc = self._write_terraform_config(url, boot["api_token"])
         self.stdout.write(self.style.SUCCESS(
             f"\n  login:      {boot['username']} / {boot['password']}\n"
             f"  API token:  {boot['api_token']}   (Authorization: Token <token>)\n"
+            f"  terraform:  export TF_CLI_CONFIG_FILE={tfrc}   then a cloud {{}} block with hostname = "
+            f"\"{cli_hostname(url)}\", organization = \"{settings.IAC_ORGANIZATION}\" (README: From the terraform CLI)\n"
             f"  demo:       {url}/workspaces/{boot['workspace']}/\n"
             f"  API schema: {url}/api/schema/\n"
             f"  metrics:    {url}/metrics with Authorization: Bearer <token>; {self._metrics_token_where()}\n"
@@ -376,6 +380,15 @@ class Command(BaseCommand):
             f"The platform is up at {url}/"
         ))
         self._watch()
+
+    def _write_terraform_config(self, url: str, token: str) -> Path:
+        """The terraform CLI configuration for this platform, with this run's token (0600):
+        terraform's `cloud {}` block reaches it over plain http (tasks_app/tfe/cli_config.py)."""
+        path = self.var / "terraform.tfrc"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(cli_config(url, token))
+        return path
 
     def _metrics_token_where(self) -> str:
         """Where /metrics' token is: it always needs one (settings write a random one into
