@@ -18,8 +18,7 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agents_app.models import AgentPool
-from iacplatform.errors import Conflict, Forbidden, invalid_field
+from iacplatform.errors import Conflict, Forbidden
 from iacplatform.pagination import NewestFirst, StateVersionsNewestFirst
 from iacplatform.permissions import (
     Action,
@@ -80,7 +79,7 @@ from tasks_app.services.runs import (
     run_prepare,
 )
 from tasks_app.services.variables import variable_create, variable_delete, variable_update
-from tasks_app.services.workspaces import workspace_update
+from tasks_app.services.workspaces import workspace_default_pool, workspace_update
 from tasks_app.states import FINAL, Operation, RunStatus, is_final
 
 # JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
@@ -121,23 +120,6 @@ def _workspace_queryset() -> QuerySet[Workspace]:
     return Workspace.objects.annotate(latest_cv_id=Subquery(latest)).order_by("name")
 
 
-def _default_pool(user: Any) -> AgentPool:
-    """The pool of a workspace created without one: IAC_DEFAULT_POOL, else the only pool the
-    user may use. Invalid (400, naming `pool`) when there is no such single pool."""
-    if settings.IAC_DEFAULT_POOL:
-        pool = AgentPool.objects.filter(name=settings.IAC_DEFAULT_POOL).first()
-        if pool is None:
-            raise invalid_field("pool", f"required: the default pool '{settings.IAC_DEFAULT_POOL}' does not exist")
-        return pool
-    pools = AgentPool.objects.order_by("id")
-    if not is_site_admin(user):
-        pools = pools.filter(teams__user=user).distinct()
-    usable = list(pools[:2])
-    if len(usable) != 1:
-        raise invalid_field("pool", "required: there is no single pool to default to (set IAC_DEFAULT_POOL)")
-    return usable[0]
-
-
 class WorkspaceListCreate(generics.ListCreateAPIView):
     serializer_class = WorkspaceSerializer
     parser_classes = JSON_ONLY
@@ -149,7 +131,7 @@ class WorkspaceListCreate(generics.ListCreateAPIView):
         user = self.request.user
         if not can_create_workspace(user):
             raise Forbidden("only site admins and teams allowed to create workspaces can create one")
-        pool = serializer.validated_data.get("pool") or _default_pool(user)
+        pool = serializer.validated_data.get("pool") or workspace_default_pool(user)
         if not can_use_pool(user, pool):
             raise Forbidden(f"none of your teams may use pool '{pool.name}'")
         team = None if is_site_admin(user) else creating_team(user)
