@@ -271,15 +271,10 @@ def publish(channel: str, message: str | bytes, label: str = "a publish") -> boo
 
 
 def run_channel(task_id: int) -> str:
-    """A run's events for the API's long-polls (`?wait=`): its status changed, its log grew."""
+    """A run's events for the API's long-polls (`?wait=`): "log" (its log grew) or
+    "status:<new status>" (a long-poll waiting for another status skips its check),
+    published by the run's unit of work after its commit (runs.run_transition, events.run_log_appended)."""
     return f"iac:run:{task_id}"
-
-
-def wake_run(task_id: int, what: str, label: str = "a run wake-up") -> None:
-    """Publish `what` on the run's channel: "log", or "status:<new status>" (a long-poll
-    waiting for another status skips its check). `label` names the call in the outage
-    warning (e.g. "a live log update")."""
-    _publish(run_channel(task_id), what, label)
 
 
 def pushed_list(agent_id: int) -> str:

@@ -26,7 +26,7 @@ async def _wake(kinds: frozenset[str], publish: list[str], wait: float = 10) -> 
             for what in publish:
                 time.sleep(0.2)
                 sent.append(what)  # before the publish: it is in the list when next() returns
-                wakeups.wake_run(task, what)
+                wakeups.publish(wakeups.run_channel(task), what)
 
         threading.Thread(target=send, daemon=True).start()
         started = time.monotonic()
@@ -54,7 +54,7 @@ def test_a_status_change_tells_the_long_poll_the_new_status():
         task = next(_tasks)
         async with RunEvents(task, frozenset({"status"})) as events:
             assert events.subscribed, "Redis is needed for this test"
-            threading.Timer(0.2, wakeups.wake_run, args=(task, "status:apply_pending")).start()
+            threading.Timer(0.2, wakeups.publish, args=(wakeups.run_channel(task), "status:apply_pending")).start()
             return await events.next(time.monotonic() + 10)
 
     assert asyncio.run(wake()) == "apply_pending"
@@ -82,7 +82,7 @@ def test_the_run_detail_long_poll_checks_the_run_only_for_a_status_that_can_answ
         for status in ("planning", "apply_pending"):
             time.sleep(0.3)
             current[0] = status  # committed, then published
-            wakeups.wake_run(task, f"status:{status}")
+            wakeups.publish(wakeups.run_channel(task), f"status:{status}")
 
     waiting = long_polling(view, bound=60, ready=_status_reached, wake_on=frozenset({"status"}),
                            may_answer=_status_may_answer)

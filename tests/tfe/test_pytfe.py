@@ -8,24 +8,23 @@ import json
 import uuid
 
 import pytest
+import pytfe
 from django.contrib.auth.models import Group, Permission, User
-
-from tasks_app.models import Task, Workspace
-from tasks_app.services.state import state_push
-from tests.factories import DEMO_MAIN_TF, make_pool, make_token, make_workspace
-from tests.live import wait_for
-from tests.tfe.test_api import archive
-
-pytfe = pytest.importorskip("pytfe")
-from pytfe.errors import NotFound  # noqa: E402
-from pytfe.models import (  # noqa: E402
+from pytfe.errors import NotFound
+from pytfe.models import (
     ConfigurationVersion,
     ConfigurationVersionCreateOptions,
     RunCreateOptions,
     WorkspaceCreateOptions,
     WorkspaceLockOptions,
 )
-from pytfe.models import Workspace as SdkWorkspace  # noqa: E402
+from pytfe.models import Workspace as SdkWorkspace
+
+from tasks_app.models import Task, Workspace
+from tasks_app.services.state import state_push
+from tests.factories import DEMO_MAIN_TF, make_pool, make_token, make_workspace
+from tests.live import wait_for
+from tests.tfe.test_api import archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
