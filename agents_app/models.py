@@ -286,6 +286,9 @@ class Agent(models.Model):
     provider_cache = models.JSONField(default=dict, blank=True)
     # The workspaces whose warm plan dirs it holds: a queued plan of one of them prefers it.
     warm_plan_workspaces = models.JSONField(default=list, blank=True)
+    # The agent's version of that list (it bumps it with every change; 0 at registration):
+    # a report older than the one recorded does not overwrite it.
+    warm_plans_version = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         indexes = [models.Index(fields=["status", "last_heartbeat_at"])]

@@ -156,6 +156,9 @@ class Heartbeat(_Message):
     # (a queued plan of one of them prefers this agent: plan affinity).
     provider_cache: ProviderCacheReport | None = None
     warm_plan_workspaces: list[int] | None = Field(default=None, max_length=10000)
+    # The version of that list (the agent bumps it with every change): the server keeps the
+    # newest it was sent, by a heartbeat or a job's result, whichever arrives last.
+    warm_plans_version: int | None = Field(default=None, ge=0)
 
 
 class CancelOrder(_Message):
@@ -302,8 +305,13 @@ class JobResult(_Message):
     # A plan job: warm (no init) or cold, and why. None from an agent that does not say.
     plan_start: PlanStart | None = None
     plan_start_reason: str = Field(default="", max_length=2000)
-    # The job's init output became its workspace's warm plan dir on this agent.
+    # The job's init output became its workspace's warm plan dir on this agent; with it, the
+    # agent's warm plan workspaces and their version (as in a heartbeat), recorded before
+    # the run moves on: the workspace's next plan, queued the moment this one shows
+    # planned, prefers this agent.
     warm_plan_kept: bool = False
+    warm_plan_workspaces: list[int] | None = Field(default=None, max_length=10000)
+    warm_plans_version: int | None = Field(default=None, ge=0)
     # The job's last log text (the post after the last one sent), stored with the result in
     # one transaction: no separate log post at the end of every job.
     log: LogPost | None = None

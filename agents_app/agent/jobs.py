@@ -468,6 +468,7 @@ class JobRun:
         warm_kept = self.agent.warm_plans.finished(
             self.dir, self.payload.task.workspace, reserved=kept_dir,
             keep=outcome == JobOutcome.SUCCEEDED and self.kind in (JobKind.PLAN, JobKind.APPLY))
+        warm_version, warm_workspaces = self.agent.warm_plans.snapshot() if warm_kept else (None, None)
         rest = self.log.rest()  # the posts before it (the ack among them) are done
         if self.lost:
             return False
@@ -477,6 +478,7 @@ class JobRun:
         result = JobResult(outcome=outcome, error=self.redactor.redact(error), kept_dir=kept_dir,
                            sandbox=self.agent.sandbox.mode, plan_start=start.kind if start else None,
                            plan_start_reason=start.reason if start else "", warm_plan_kept=warm_kept,
+                           warm_plan_workspaces=warm_workspaces, warm_plans_version=warm_version,
                            log=rest, plan=plan, commands=self.commands)
         try:
             reply = FinishReply.model_validate(self.call("POST", "finish", json=result.model_dump(mode="json")))

@@ -276,10 +276,11 @@ class AgentProcess:
                 warm_dirs = [WarmDirReport(task=w.task_id, plan_hash=w.plan_hash) for w in self.warm.values()]
                 running = list(self.running)
             cache = self.warm_plans.stats()
+            warm_version, warm_workspaces = self.warm_plans.snapshot()
             beat = Heartbeat(
                 warm_dirs=warm_dirs, running_jobs=running,
                 provider_cache=ProviderCacheReport(**cache) if cache is not None else None,
-                warm_plan_workspaces=self.warm_plans.workspaces(),
+                warm_plan_workspaces=warm_workspaces, warm_plans_version=warm_version,
             )
             try:
                 data = self.client.call(

@@ -240,6 +240,10 @@ class WarmPlans:
         # into), by path: the plan's dir is applied later by another JobRun.
         self.records: dict[Path, tuple[dict[str, str], dict[str, str]]] = {}
         self.index: dict[int, float] = {}  # workspace -> last used
+        # Bumped with every change of `index` (under the lock): the server keeps the list of
+        # the newest version it was sent, so a heartbeat built before a plan kept its dir
+        # cannot overwrite, arriving after, the list that plan's result sent.
+        self.version = 0
         # The cache entries each running job uses (by job dir), released when it ends.
         self.leases: dict[Path, list[LockedProvider]] = {}
         # Fingerprints by (configuration archive sha256, terraform version): a job dir holds
@@ -260,8 +264,12 @@ class WarmPlans:
                     child.unlink(missing_ok=True)
 
     def workspaces(self) -> list[int]:
+        return self.snapshot()[1]
+
+    def snapshot(self) -> tuple[int, list[int]]:
+        """The version of the warm plan dirs' list, and the list (workspace ids)."""
         with self.lock:
-            return sorted(self.index)
+            return self.version, sorted(self.index)
 
     # --- the job's start ------------------------------------------------------------------
 
@@ -388,6 +396,7 @@ class WarmPlans:
         with self.lock:
             if self.index.pop(workspace, None) is None:
                 return None
+            self.version += 1
             src, meta_path = self.root / str(workspace), self.root / f"{workspace}.json"
             taken = self.root / f".tmp-{uuid.uuid4().hex}"
             try:
@@ -425,6 +434,7 @@ class WarmPlans:
                 os.rename(staging, old)
                 (self.root / f"{workspace}.json").write_text(json.dumps(meta))
                 self.index[workspace] = meta["last_used"]
+                self.version += 1
                 self.kept += 1
                 evict = sorted(self.index, key=self.index.__getitem__)[: max(0, len(self.index) - self.budget)]
                 for ws in evict:
@@ -460,6 +470,7 @@ class WarmPlans:
         with self.lock:
             workspaces = list(self.index)
             self.index.clear()
+            self.version += 1
             for ws in workspaces:
                 (self.root / f"{ws}.json").unlink(missing_ok=True)
                 shutil.rmtree(self.root / str(ws), ignore_errors=True)

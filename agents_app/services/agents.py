@@ -173,8 +173,11 @@ def agent_register(*, pool: AgentPool, registration: Registration) -> Registered
                 agent.version = reg.version
                 agent.terraform_version = reg.terraform_version
                 agent.slot_count = max(agent.slot_count, slot_count)
+                # A restarted process counts its warm plan list's versions from 0 again.
+                agent.warm_plans_version = 0
                 if agent.status == AgentStatus.ONLINE:
-                    agent.save(update_fields=["last_heartbeat_at", "version", "terraform_version", "slot_count"])
+                    agent.save(update_fields=["last_heartbeat_at", "version", "terraform_version", "slot_count",
+                                              "warm_plans_version"])
                 else:
                     agent_set_status(agent, AgentStatus.ONLINE, uow=uow, reason="registered again with its credential")
                 have = set(agent.slots.values_list("index", flat=True))
@@ -210,26 +213,43 @@ def agent_locked_online(agent_id: int) -> Agent:
 
 
 def agent_record_heartbeat(agent: Agent, *, warm_dirs: list[dict], provider_cache: dict | None = None,
-                           warm_plan_workspaces: list[int] | None = None) -> None:
-    """What the agent's heartbeat says it holds; an older agent sends no cache counters or
-    warm plan workspaces (None), which then stay as they were."""
+                           warm_plan_workspaces: list[int] | None = None,
+                           warm_plans_version: int | None = None) -> None:
+    """What the (locked) agent's heartbeat says it holds; an older agent sends no cache
+    counters or warm plan workspaces (None), which then stay as they were. A list older than
+    the recorded one (a job's result sent a newer one while this heartbeat travelled) is
+    left out."""
     agent.last_heartbeat_at = timezone.now()
     agent.warm_dirs = warm_dirs
     fields = ["last_heartbeat_at", "warm_dirs"]
     if provider_cache is not None:
         agent.provider_cache = provider_cache
         fields.append("provider_cache")
-    if warm_plan_workspaces is not None:
+    if warm_plan_workspaces is not None and (warm_plans_version is None
+                                             or warm_plans_version >= agent.warm_plans_version):
         agent.warm_plan_workspaces = sorted(set(warm_plan_workspaces))
         fields.append("warm_plan_workspaces")
+        if warm_plans_version is not None:
+            agent.warm_plans_version = warm_plans_version
+            fields.append("warm_plans_version")
     agent.save(update_fields=fields)
 
 
+def agent_record_warm_plans(agent: Agent, *, workspaces: list[int], version: int) -> None:
+    """The agent's warm plan workspaces as a job's result sent them, unless a newer list is
+    recorded. One conditional UPDATE in its own transaction, before the result takes its
+    job and run locks: the run shows its plan only after its workspace's next plan can
+    find this agent, and no lock is held that a heartbeat (agent row, then its jobs) waits
+    for."""
+    Agent.objects.filter(id=agent.id, warm_plans_version__lte=version).update(
+        warm_plan_workspaces=sorted(set(workspaces)), warm_plans_version=version)
+
+
 def agent_add_warm_plan(agent: Agent, *, workspace_id: int) -> None:
-    """The agent kept the workspace's warm plan dir (it said so with a job's result)."""
-    # One UPDATE appending to the jsonb list (a heartbeat may rewrite it meanwhile: fine, it
-    # reports the same dirs). Run after the result's commit: its job and task locks are gone,
-    # so it cannot deadlock with a heartbeat (agent row, then its jobs).
+    """The agent kept the workspace's warm plan dir (an agent that sends no list with its
+    result said so)."""
+    # One UPDATE appending to the jsonb list. Run after the result's commit: its job and task
+    # locks are gone, so it cannot deadlock with a heartbeat (agent row, then its jobs).
     Agent.objects.filter(id=agent.id).exclude(warm_plan_workspaces__contains=[workspace_id]).update(
         warm_plan_workspaces=CombinedExpression(F("warm_plan_workspaces"), "||",
                                                 Value([workspace_id], output_field=JSONField()),

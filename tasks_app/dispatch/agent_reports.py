@@ -36,6 +36,7 @@ from agents_app.services.agents import (
     agent_add_warm_plan,
     agent_locked_online,
     agent_record_heartbeat,
+    agent_record_warm_plans,
     agent_register,
     agent_set_status,
     pool_wake,
@@ -141,7 +142,7 @@ def agent_heartbeat(*, agent: Agent, heartbeat: Heartbeat) -> HeartbeatReply:
         agent_record_heartbeat(
             agent, warm_dirs=[d.model_dump() for d in heartbeat.warm_dirs],
             provider_cache=heartbeat.provider_cache.model_dump() if heartbeat.provider_cache is not None else None,
-            warm_plan_workspaces=heartbeat.warm_plan_workspaces,
+            warm_plan_workspaces=heartbeat.warm_plan_workspaces, warm_plans_version=heartbeat.warm_plans_version,
         )
         jobs_renew_leases(agent=agent, job_ids=heartbeat.running_jobs)
         for job in jobs_ack_reported(agent=agent, job_ids=heartbeat.running_jobs):
@@ -259,6 +260,9 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
     if check_first:
         job_running(job_id, agent, fence)
         plan_check(plan or b"", result.plan.sha256)
+    if result.warm_plan_kept and result.warm_plans_version is not None and result.warm_plan_workspaces is not None:
+        # Recorded before the run moves on (the workspace's next plan prefers this agent).
+        agent_record_warm_plans(agent, workspaces=result.warm_plan_workspaces, version=result.warm_plans_version)
     with bound(agent_id=agent.id, job_id=job_id) as bind, unit_of_work() as uow:
         # The job and its run, locked once (the job's lock before the run's) for the log, the
         # plan and the result alike.
@@ -276,7 +280,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
                            has_changes=up.has_changes, locked=locked)
         finished = job_finish(uow=uow, agent=agent, job_id=job_id, fence=fence, result=result, locked=locked)
         bind(run_id=finished.job.task_id)
-        if result.warm_plan_kept:
+        if result.warm_plan_kept and result.warm_plans_version is None:
             # Now, not at the next heartbeat: the workspace's next plan prefers this agent.
             workspace_id = finished.task.workspace_id
             follow_ups.append(lambda: agent_add_warm_plan(agent, workspace_id=workspace_id))

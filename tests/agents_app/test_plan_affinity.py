@@ -93,6 +93,36 @@ def test_it_records_the_cache_counters_and_a_kept_warm_plan_dir(setup, client, a
     assert "provider cache 23.8 MB, 1 entry, 4 hits, 1 miss · 1 warm plan dir" in pool_page
 
 
+def test_a_heartbeat_built_before_a_plan_kept_its_dir_does_not_undo_it(setup, client):
+    """The agent's heartbeat thread builds a heartbeat (list version 4, without the
+    workspace), then a plan keeps its dir (version 5) and its result lands first: the late
+    heartbeat must not take the workspace off the list, or its next plan goes cold
+    elsewhere. The list is recorded before the run shows its plan."""
+    _, token, ws = setup
+    a1, a2 = FakeAgent(client, token, "a1"), FakeAgent(client, token, "a2")
+    run_create(workspace=ws, operation="plan", actor="test")
+    job = a1.claim()
+    resp = a1.post(f"/agent/v1/jobs/{job['id']}/finish", {
+        "outcome": "failed", "error": "x", "warm_plan_kept": True, "warm_plan_workspaces": [ws.id],
+        "warm_plans_version": 5}, fence=job["fence"])
+    assert resp.status_code == 200, resp.content
+    late = a1.post("/agent/v1/heartbeat", {"warm_plan_workspaces": [], "warm_plans_version": 4})
+    assert late.status_code == 200, late.content
+    assert Agent.objects.get(id=a1.id).warm_plan_workspaces == [ws.id]
+
+    run_create(workspace=ws, operation="plan", actor="test")
+    assert a2.claim() is None  # left to a1, which holds it warm
+    assert a1.claim()["task"]["workspace"] == ws.id
+
+    # A newer heartbeat (the dir evicted since) is the truth again; an older result is not.
+    assert a1.post("/agent/v1/heartbeat", {"warm_plan_workspaces": [], "warm_plans_version": 6}).status_code == 200
+    assert Agent.objects.get(id=a1.id).warm_plan_workspaces == []
+    assert a1.post("/agent/v1/jobs/0/finish", {"outcome": "failed", "warm_plan_kept": True,
+                                               "warm_plan_workspaces": [ws.id], "warm_plans_version": 3},
+                   fence=1).status_code == 409  # not its job; its (older) list is not taken either
+    assert Agent.objects.get(id=a1.id).warm_plan_workspaces == []
+
+
 def test_it_refuses_a_bad_plan_start_and_changes_nothing(setup, client):
     _, token, ws = setup
     a1 = FakeAgent(client, token, "a1")
