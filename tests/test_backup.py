@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pgserver
@@ -37,9 +39,14 @@ def _suite_database_url() -> str:
 
 
 @pytest.fixture
-def new_postgres(tmp_path, request) -> pgserver.PostgresServer:
-    """A PostgreSQL of the test's own, stopped and deleted at the end."""
-    server = pgserver.get_server(tmp_path / "restored-pg", cleanup_mode="delete")
+def new_postgres(request) -> pgserver.PostgresServer:
+    """A PostgreSQL of the test's own, stopped and deleted at the end. Not under tmp_path:
+    its server runs as another user, which needs every parent dir traversable, and another
+    pytest session on the machine resets /tmp/pytest-of-<user> to 0700 at any time."""
+    root = Path(tempfile.mkdtemp(prefix="iac-restored-pg-"))
+    root.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+    server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
     request.addfinalizer(server.cleanup)
     return server
 
