@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from datetime import timedelta
 
 from django.test import Client
+from django.utils import timezone
 
+from agents_app.models import Agent
 from agents_app.protocol import PROTOCOL_VERSION
 from tasks_app.dispatch.models import Slot
 from tasks_app.models import Task
@@ -31,6 +34,11 @@ class FakeAgent:
         assert resp.status_code == 201, resp.content
         self.token = resp.json()["token"]
         self.id = resp.json()["agent_id"]
+        # As good as heartbeating for the next ten minutes: it sends no heartbeats of its own,
+        # and the sweep of a live platform sharing the test database (the worker's e2e
+        # session) declares an agent silent after 4 s, which a slow test on a loaded machine
+        # outlasts. Tests of silence set the time themselves, or take the agent offline.
+        Agent.objects.filter(id=self.id).update(last_heartbeat_at=timezone.now() + timedelta(minutes=10))
 
     def register(self, **extra):
         body = {"name": self.name, "slots": self.slots, "protocol_version": PROTOCOL_VERSION,

@@ -30,6 +30,7 @@ from tasks_app.services import sweep
 from tasks_app.services.runs import run_create
 from tests.agents_app.test_bounds import claim, plan
 from tests.factories import DEMO_MAIN_TF, make_pool, make_workspace
+from tests.live import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -224,6 +225,18 @@ def test_pods_and_decisions_in_the_api(api):
 # --- the local backend, with real processes -------------------------------------------------
 
 
+def _cmdline_once_exec(pid: int, marker: bytes) -> bytes | None:
+    cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+    return cmdline if marker in cmdline else None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"  # a zombie: exited
+    except FileNotFoundError:
+        return True
+
+
 def test_the_local_backend_starts_lists_and_stops_agent_processes(settings, tmp_path, monkeypatch):
     settings.VAR_DIR = tmp_path
     settings.IAC_AGENT_URL = "http://127.0.0.1:9"  # nobody listens: the agent keeps retrying
@@ -234,9 +247,8 @@ def test_the_local_backend_starts_lists_and_stops_agent_processes(settings, tmp_
         backend = LocalBackend()
         created = backend.create(pool, "lb-1", pool_token=token)
         pid = int(created.backend_id)
-        # The token is in the environment, never on the command line.
-        time.sleep(0.5)
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        # The token is in the environment, never on the command line (once it exec'd the agent).
+        cmdline = wait_for(lambda: _cmdline_once_exec(pid, b"lb-1"), 10, "the agent's process to start")
         assert token.encode() not in cmdline and b"lb-1" in cmdline
         assert token.encode() in open(f"/proc/{pid}/environ", "rb").read()
         assert os.getsid(pid) == pid  # its own session: a worker restart does not take it down
@@ -245,8 +257,7 @@ def test_the_local_backend_starts_lists_and_stops_agent_processes(settings, tmp_
         assert backend.list(other) == []
         backend.delete(pool, "lb-1")
         assert backend.list(pool) == []
-        time.sleep(0.2)
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+        wait_for(lambda: _gone(pid), 10, "the deleted pod's process to exit")
         backend.delete(pool, "lb-1")  # idempotent
         backend.create(pool, "lb-2", pool_token=token)
         assert stop_all(tmp_path, grace=5) == ["lb-2"]

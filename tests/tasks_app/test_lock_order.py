@@ -152,11 +152,8 @@ def _claim_as(agent: FakeAgent):
 
 
 @pytest.mark.parametrize("service", ["discard", "confirm", "expire"])
-def test_discard_confirm_and_the_expiry_while_an_agent_claims_the_runs_warmup(setup, alice, service, settings):
+def test_discard_confirm_and_the_expiry_while_an_agent_claims_the_runs_warmup(setup, alice, service):
     pool, token, _ = setup
-    # The fake agents send no heartbeats: on a loaded machine the four rounds outlast the
-    # suite's 4 s offline window, and an offline warmer is not what this test is about.
-    settings.IAC_AGENT_OFFLINE_AFTER_SECONDS = 120
     pool.apply_pending_timeout_seconds = 3600
     pool.save(update_fields=["apply_pending_timeout_seconds"])
     planner = FakeAgent(Client(), token, "planner", slots=1)
