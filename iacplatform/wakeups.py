@@ -214,6 +214,19 @@ def _best_effort(what: str, call) -> bool:
     return True
 
 
+def mark(key: str, seconds: int) -> bool:
+    """Set a short-lived flag (best effort: False when Redis is unreachable)."""
+    return _best_effort("a mark", lambda c: c.set(key, b"1", ex=seconds))
+
+
+def marked(key: str) -> bool | None:
+    """Whether the flag is set; None when Redis cannot tell."""
+    found: list[bool] = []
+    if not _best_effort("a mark's read", lambda c: found.append(bool(c.exists(key)))):
+        return None
+    return found[0]
+
+
 def wake_agent(agent_id: int) -> None:
     _best_effort("a wake-up", lambda c: c.publish(agent_channel(agent_id), b"1"))
 

@@ -11,9 +11,11 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 
 from agents_app.ansi import strip_ansi
 from agents_app.protocol import JobKind, PlanMode
+from iacplatform import wakeups
 from iacplatform.errors import Conflict, Forbidden, Invalid, NotFound
 from iacplatform.permissions import Action, readable_workspaces, require, run_for, workspace_for
 from tasks_app.models import ConfigurationUpload, LogChunk, Task, Workspace
@@ -30,7 +32,14 @@ from tasks_app.states import Operation
 from tasks_app.tfe import resources, signing
 from tasks_app.tfe.jsonapi import body, document, endpoint, error, no_content, page, parse_id
 from tasks_app.tfe.sharing import job_may_read_state, request_job
-from tasks_app.tfe.statuses import RUN_STATUS_BACK, TfeRunStatus, apply_status, phase_done, plan_status
+from tasks_app.tfe.statuses import (
+    RUN_STATUS_BACK,
+    TfePhaseStatus,
+    TfeRunStatus,
+    apply_status,
+    phase_done,
+    plan_status,
+)
 
 # --- meta ------------------------------------------------------------------------------------
 
@@ -453,14 +462,38 @@ def _phase_run(request: HttpRequest, prefix: str, ident: str) -> Task:
     return Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data").get(id=task.id)
 
 
+# A phase that ended this recently reads as running until its log's end (ETX) was served.
+LOG_END_GRACE_SECONDS = 2.0
+
+
+def _log_end_key(phase: str, task_id: int) -> str:
+    return f"tfe-log-end:{phase}:{task_id}"
+
+
+def _until_log_end(doc: dict[str, Any], phase: str, task: Task) -> dict[str, Any]:
+    """go-tfe's LogReader, on every tenth read that brings nothing new, asks the phase's
+    status and stops reading once it is over. A read answered just before the log's last
+    lines and the status were committed (one transaction), then the status asked just after,
+    lost the end of the log ("Apply complete!") in the terminal. So a phase over for less
+    than LOG_END_GRACE_SECONDS reads as running until its log's end was served to a reader:
+    that reader then reads the rest. Any other reader sees the status at most that late."""
+    status = doc["attributes"]["status"]
+    recent = (timezone.now() - task.updated_at).total_seconds() < LOG_END_GRACE_SECONDS
+    if recent and phase_done(TfePhaseStatus(status)) and wakeups.marked(_log_end_key(phase, task.id)) is False:
+        doc["attributes"]["status"] = TfePhaseStatus.RUNNING.value
+    return doc
+
+
 @endpoint("GET")
 def plan(request: HttpRequest, ident: str) -> HttpResponse:
-    return document(resources.plan(_phase_run(request, "plan", ident)))
+    task = _phase_run(request, "plan", ident)
+    return document(_until_log_end(resources.plan(task), "plan", task))
 
 
 @endpoint("GET")
 def apply(request: HttpRequest, ident: str) -> HttpResponse:
-    return document(resources.apply(_phase_run(request, "apply", ident)))
+    task = _phase_run(request, "apply", ident)
+    return document(_until_log_end(resources.apply(task), "apply", task))
 
 
 # terraform skips the first three lines of an apply's log (TFE's own header lines there).
@@ -482,11 +515,14 @@ def _phase_log(task_id: int, kind: JobKind, *, upto: int) -> bytes:
     return bytes(out)
 
 
-def _log_answer(request: HttpRequest, log: bytes, done: bool) -> HttpResponse:
+def _log_answer(request: HttpRequest, log: bytes, done: bool, *, end_key: str) -> HttpResponse:
     """The phase's log framed as go-tfe's LogReader reads it: STX, the log, and ETX once the
-    phase is over; `offset` and `limit` count bytes of that framed stream."""
+    phase is over; `offset` and `limit` count bytes of that framed stream. Serving the ETX
+    is noted (`end_key`): the phase's status may read as over from then on (_until_log_end)."""
     offset, limit = _window(request)
     stream = b"\x02" + log + (b"\x03" if done else b"")
+    if done and offset < len(stream) <= offset + limit:
+        wakeups.mark(end_key, 600)
     return HttpResponse(stream[offset:offset + limit], content_type="text/plain; charset=utf-8")
 
 
@@ -509,7 +545,8 @@ def plan_log(request: HttpRequest, ident: str, token: str) -> HttpResponse:
     task = Task.objects.only("id", "status", "plan_hash").get(id=task_id)
     done = phase_done(plan_status(task.status, plan_done=bool(task.plan_hash)))
     offset, limit = _window(request)
-    return _log_answer(request, _phase_log(task_id, JobKind.PLAN, upto=offset + limit), done)
+    return _log_answer(request, _phase_log(task_id, JobKind.PLAN, upto=offset + limit), done,
+                       end_key=_log_end_key("plan", task_id))
 
 
 @endpoint("GET", public=True)
@@ -521,7 +558,7 @@ def apply_log(request: HttpRequest, ident: str, token: str) -> HttpResponse:
     done = phase_done(apply_status(task.status, confirmed=task.confirmed_at is not None))
     offset, limit = _window(request)
     return _log_answer(request, APPLY_LOG_HEADER.encode() + _phase_log(task_id, JobKind.APPLY, upto=offset + limit),
-                       done)
+                       done, end_key=_log_end_key("apply", task_id))
 
 
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

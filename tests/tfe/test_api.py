@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core import signing as django_signing
 from django.test import Client
+from django.utils import timezone
 
 from tasks_app.models import AccessLevel, ConfigurationUpload, Task, Workspace, WorkspaceAccess
 from tasks_app.tfe import signing
@@ -231,10 +233,10 @@ def test_it_frames_a_phase_log_with_stx_and_etx(tfe, workspace):
     class Request:
         GET = {"offset": "0", "limit": "100"}
 
-    assert _log_answer(Request(), b"hello\n", done=False).content == b"\x02hello\n"
-    assert _log_answer(Request(), b"hello\n", done=True).content == b"\x02hello\n\x03"
+    assert _log_answer(Request(), b"hello\n", done=False, end_key="tfe-log-end:test").content == b"\x02hello\n"
+    assert _log_answer(Request(), b"hello\n", done=True, end_key="tfe-log-end:test").content == b"\x02hello\n\x03"
     Request.GET = {"offset": "3", "limit": "2"}
-    assert _log_answer(Request(), b"hello\n", done=True).content == b"ll"
+    assert _log_answer(Request(), b"hello\n", done=True, end_key="tfe-log-end:test").content == b"ll"
 
 
 def test_it_answers_run_actions_on_the_wrong_status_with_our_words(tfe, workspace):
@@ -361,3 +363,21 @@ def test_it_refuses_an_organization_name_terraform_could_not_use():
     result = load_settings(IAC_ORGANIZATION="acme corp")
     assert result.returncode != 0
     assert 'Environment variable "IAC_ORGANIZATION" invalid' in result.stderr
+
+
+def test_a_phase_just_over_reads_as_running_until_a_reader_got_its_logs_end(tfe, workspace):
+    """go-tfe's log reader asks the phase's status after reads that bring nothing: had it
+    read just before the last lines and the status were committed, "errored"/"finished"
+    would make it stop without them. For a moment after the end, the phase reads as running
+    until its log's end (ETX) has been served."""
+    cv = workspace.configuration_versions.first()
+    task = Task.objects.create(workspace=workspace, configuration_version=cv, operation="plan", status="errored")
+    assert tfe.get(f"plans/plan-{task.id}").json()["data"]["attributes"]["status"] == "running"
+    url = tfe.get(f"plans/plan-{task.id}").json()["data"]["attributes"]["log-read-url"]
+    assert Client().get("/" + url.split("/", 3)[3], {"offset": 0, "limit": 65536}).content.endswith(b"\x03")
+    assert tfe.get(f"plans/plan-{task.id}").json()["data"]["attributes"]["status"] == "errored"
+
+    # Over for longer than the grace: over, reader or not.
+    older = Task.objects.create(workspace=workspace, configuration_version=cv, operation="plan", status="errored")
+    Task.objects.filter(id=older.id).update(updated_at=timezone.now() - timedelta(seconds=5))
+    assert tfe.get(f"plans/plan-{older.id}").json()["data"]["attributes"]["status"] == "errored"
