@@ -127,3 +127,16 @@ def django_db_setup(django_db_setup, django_db_blocker):
         )
     if hasattr(connection, "close_pool"):
         connection.close_pool()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The longest tests first, then the other end-to-end ones, then the rest (a stable sort:
+    each group keeps its order). pytest-xdist hands tests out one by one as workers free up,
+    in this order: a minute-long test taken last would leave the other workers idle while
+    it runs."""
+    def rank(item) -> int:
+        if item.get_closest_marker("longest"):
+            return 0
+        return 1 if item.get_closest_marker("e2e") else 2
+
+    items.sort(key=rank)

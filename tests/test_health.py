@@ -214,6 +214,7 @@ def _ready_once(base: str, reached, what: str) -> tuple[int, dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.longest
 def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
     port = free_port()
     env = _env(own_servers, own_servers.database_url("fresh"), port)
@@ -232,6 +233,7 @@ def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
 
 
 @pytest.mark.e2e
+@pytest.mark.longest
 def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_servers):
     port = free_port()
     env = _env(own_servers, own_servers.database_url("platform"), port)
@@ -259,6 +261,7 @@ def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_server
 
 
 @pytest.mark.e2e
+@pytest.mark.longest
 def test_it_reports_a_late_sweep_as_degraded(own_servers):
     port = free_port()
     env = _env(own_servers, own_servers.database_url("nosweep"), port)

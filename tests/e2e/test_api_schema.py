@@ -14,7 +14,7 @@ import pytest
 from tasks_app.models import AuditEvent
 from tests.live import LOG_DIR
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.longest, pytest.mark.django_db(transaction=True)]
 
 SEED = 20261128
 

@@ -26,7 +26,7 @@ from iacplatform import embedded
 from tests.e2e.apiclient import PlatformUser
 from tests.live import LOG_DIR, ROOT, free_port, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.longest]
 
 
 @dataclass
