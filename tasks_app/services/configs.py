@@ -44,7 +44,7 @@ def _pack(entries: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def _store(workspace: Workspace, entries: list[tuple[str, bytes]], actor: Any) -> ConfigurationVersion:
+def _store(workspace: Workspace, entries: list[tuple[str, bytes]], actor: Any, **fields: Any) -> ConfigurationVersion:
     names = [n for n, _ in entries]
     _check_terraform_present(names)
     total = sum(len(d) for _, d in entries)
@@ -58,7 +58,15 @@ def _store(workspace: Workspace, entries: list[tuple[str, bytes]], actor: Any) -
         size=len(archive),
         files=sorted(names),
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        **fields,
     )
+
+
+def configuration_create_from_commit(*, workspace: Workspace, entries: list[tuple[str, bytes]],
+                                     **commit: Any) -> ConfigurationVersion:
+    """A configuration made from a git commit (tasks_app/vcs/): `entries` already read through
+    archive_read_entries' checks; `commit` names it (vcs_sha, vcs_branch, ..., speculative)."""
+    return _store(workspace, entries, None, **commit)
 
 
 def configuration_create_from_files(*, workspace: Workspace, files: Any, actor: Any) -> ConfigurationVersion:
