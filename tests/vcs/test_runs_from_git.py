@@ -67,7 +67,7 @@ def vcs(scenario, tmp_path):
     v.stop()
 
 
-def test_it_plans_a_push_waits_for_confirm_and_applies_that_commit(vcs):
+def test_it_plans_a_push_waits_for_confirm_and_applies_that_commit(vcs, client, alice):
     vcs.s.agent("a1")
     sha, answer = vcs.push({"infra/main.tf": CHANGED_TF}, "Say hello again\n\nwith a body")
     assert answer.status_code == 202, answer.text
@@ -79,6 +79,12 @@ def test_it_plans_a_push_waits_for_confirm_and_applies_that_commit(vcs):
     assert commit["message"].startswith("Say hello again") and commit["author"] == "dana"
     assert commit["newer_commit"] is None and commit["fetched_by"] == "sha"
     assert vcs.s.applies() == 0
+    # The run page and its Confirm dialog say which commit Confirm applies.
+    client.force_login(alice)
+    page = client.get(f"/runs/{run['id']}/").content.decode()
+    assert sha[:12] in page and "Say hello again" in page and REPO in page
+    dialog = client.get(f"/runs/{run['id']}/confirm-dialog/").content.decode()
+    assert sha[:12] in dialog and "newer commit" not in dialog
 
     assert vcs.user.confirm(run["id"]).status_code == 200
     vcs.user.wait(run["id"], "applied")
@@ -134,6 +140,23 @@ def test_it_discards_the_run_waiting_for_confirm_when_a_newer_push_arrives(vcs):
     new_run = vcs.run_for(new)
     vcs.user.wait(new_run["id"], "apply_pending")
     assert vcs.s.applies() == 0
+
+
+def test_it_keeps_the_waiting_run_when_the_workspace_says_so_and_the_dialog_names_the_newer_commit(
+        vcs, client, alice):
+    vcs.user.request("PUT", f"/api/v1/workspaces/{vcs.ws['id']}/vcs/", expect=200, json={
+        "connection": vcs.connection, "repository": REPO, "working_directory": "infra", "keep_pending_runs": True})
+    vcs.s.agent("a1")
+    old, _ = vcs.push({"infra/main.tf": CHANGED_TF}, "First change")
+    old_run = vcs.run_for(old)
+    vcs.user.wait(old_run["id"], "apply_pending")
+    new, _ = vcs.push({"infra/main.tf": CHANGED_TF.replace("hello again", "hello thrice")}, "Second change")
+    vcs.run_for(new)
+    kept = vcs.user.run(old_run["id"])
+    assert kept["status"] == "apply_pending" and kept["commit"]["newer_commit"] == new
+    client.force_login(alice)
+    dialog = client.get(f"/runs/{old_run['id']}/confirm-dialog/").content.decode()
+    assert "A newer commit" in dialog and new[:12] in dialog
 
 
 def test_it_plans_a_pull_request_and_keeps_one_comment_updated(vcs):
