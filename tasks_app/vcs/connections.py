@@ -82,40 +82,49 @@ VCS_FIELDS = ("vcs_connection", "vcs_repository", "vcs_branch", "vcs_working_dir
               "vcs_tag_regex", "vcs_keep_pending_runs")
 
 
+def follow_values(*, connection: str | None, repository: str = "", branch: str = "", working_directory: str = "",
+                  trigger_patterns: list[str] | None = None, tag_regex: str = "",
+                  keep_pending_runs: bool = False) -> dict[str, Any]:
+    """The workspace fields that make it follow a repository (or nothing: `connection`
+    None), checked; Invalid / NotFound naming what is wrong. Writes nothing."""
+    if connection is None:
+        return {"vcs_connection": None, "vcs_repository": "", "vcs_branch": "", "vcs_working_directory": "",
+                "vcs_trigger_patterns": [], "vcs_tag_regex": "", "vcs_keep_pending_runs": False}
+    conn = VcsConnection.objects.filter(name=connection).first()
+    if conn is None:
+        raise NotFound(f"no VCS connection '{connection}' (site admins create them)")
+    if conn.kind != VcsKind.GIT or repository:
+        if not isinstance(repository, str) or not REPOSITORY.fullmatch(repository) or ".." in repository:
+            raise invalid_field("repository", "a repository path such as owner/name")
+    if branch and (not isinstance(branch, str) or not BRANCH.fullmatch(branch)):
+        raise invalid_field("branch", "a branch name")
+    wd = _text(working_directory, "working_directory", limit=300).strip("/")
+    if wd and (not REPOSITORY.fullmatch(wd) or any(p in ("..", ".") for p in wd.split("/"))):
+        raise invalid_field("working_directory", "a directory of the repository, such as envs/prod")
+    patterns = trigger_patterns or []
+    if not isinstance(patterns, list) or len(patterns) > 100 or not all(
+            isinstance(p, str) and PATTERN.fullmatch(p) for p in patterns):
+        raise invalid_field("trigger_patterns", "at most 100 path patterns such as modules/** or envs/prod/*.tf")
+    if tag_regex:
+        try:
+            re.compile(_text(tag_regex, "tag_regex", limit=200))
+        except re.error as exc:
+            raise invalid_field("tag_regex", f"not a regular expression: {exc}") from exc
+    return {"vcs_connection": conn, "vcs_repository": repository, "vcs_branch": branch or "main",
+            "vcs_working_directory": wd, "vcs_trigger_patterns": patterns, "vcs_tag_regex": tag_regex,
+            "vcs_keep_pending_runs": bool(keep_pending_runs)}
+
+
 def workspace_follow_repository(*, workspace: Workspace, actor: Any, connection: str | None, repository: str = "",
                                 branch: str = "", working_directory: str = "",
                                 trigger_patterns: list[str] | None = None, tag_regex: str = "",
                                 keep_pending_runs: bool = False) -> Workspace:
-    """Make the workspace follow a repository (or nothing: `connection` None). `admin` on it."""
+    """Make the workspace follow a repository (or nothing: `connection` None). `admin` on it;
+    audited. The branch's last seen commit is forgotten: the next push starts afresh."""
     require(actor, Action.SETTINGS, workspace)
-    conn = None
-    if connection is not None:
-        conn = VcsConnection.objects.filter(name=connection).first()
-        if conn is None:
-            raise NotFound(f"no VCS connection '{connection}' (site admins create them)")
-        if conn.kind != VcsKind.GIT or repository:
-            if not isinstance(repository, str) or not REPOSITORY.fullmatch(repository) or ".." in repository:
-                raise invalid_field("repository", "a repository path such as owner/name")
-        if branch and (not isinstance(branch, str) or not BRANCH.fullmatch(branch)):
-            raise invalid_field("branch", "a branch name")
-        wd = _text(working_directory, "working_directory", limit=300).strip("/")
-        if wd and (not REPOSITORY.fullmatch(wd) or any(p in ("..", ".") for p in wd.split("/"))):
-            raise invalid_field("working_directory", "a directory of the repository, such as envs/prod")
-        patterns = trigger_patterns or []
-        if not isinstance(patterns, list) or len(patterns) > 100 or not all(
-                isinstance(p, str) and PATTERN.fullmatch(p) for p in patterns):
-            raise invalid_field("trigger_patterns", "at most 100 path patterns such as modules/** or envs/prod/*.tf")
-        if tag_regex:
-            try:
-                re.compile(_text(tag_regex, "tag_regex", limit=200))
-            except re.error as exc:
-                raise invalid_field("tag_regex", f"not a regular expression: {exc}") from exc
-        values = {"vcs_connection": conn, "vcs_repository": repository, "vcs_branch": branch or "main",
-                  "vcs_working_directory": wd, "vcs_trigger_patterns": patterns, "vcs_tag_regex": tag_regex,
-                  "vcs_keep_pending_runs": bool(keep_pending_runs)}
-    else:
-        values = {"vcs_connection": None, "vcs_repository": "", "vcs_branch": "", "vcs_working_directory": "",
-                  "vcs_trigger_patterns": [], "vcs_tag_regex": "", "vcs_keep_pending_runs": False}
+    values = follow_values(connection=connection, repository=repository, branch=branch,
+                           working_directory=working_directory, trigger_patterns=trigger_patterns,
+                           tag_regex=tag_regex, keep_pending_runs=keep_pending_runs)
     with transaction.atomic():
         ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
         for key, value in values.items():
@@ -125,5 +134,5 @@ def workspace_follow_repository(*, workspace: Workspace, actor: Any, connection:
         audit_record(actor=actor, action="workspace.vcs", obj=ws, data={
             "connection": connection, "repository": ws.vcs_repository, "branch": ws.vcs_branch,
             "working_directory": ws.vcs_working_directory, "trigger_patterns": ws.vcs_trigger_patterns,
-            "tag_regex": ws.vcs_tag_regex})
+            "tag_regex": ws.vcs_tag_regex, "keep_pending_runs": ws.vcs_keep_pending_runs})
     return ws

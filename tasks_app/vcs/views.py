@@ -10,17 +10,20 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from iacplatform.celery import app as celery_app
-from iacplatform.errors import Forbidden, Invalid, PlatformError
+from iacplatform.errors import Forbidden, PlatformError
 from iacplatform.permissions import Action, is_site_admin, workspace_for
+from tasks_app.api import JSON_ONLY
 from tasks_app.models import Workspace
+from tasks_app.serializers import StrictBooleanField, StrictCharField, StrictChoiceField
 from tasks_app.vcs.connections import vcs_connection_create, workspace_follow_repository
-from tasks_app.vcs.models import HeldPullRequest, VcsConnection
+from tasks_app.vcs.models import HeldPullRequest, VcsConnection, VcsKind
 from tasks_app.vcs.webhooks import delivery_receive, held_allow
 
 log = logging.getLogger(__name__)
@@ -59,26 +62,34 @@ def connection_json(c: VcsConnection) -> dict[str, Any]:
 
 
 class ConnectionCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    kind = serializers.CharField(max_length=10)
-    url = serializers.CharField(max_length=500)
-    api_url = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
-    token = serializers.CharField(max_length=2000, required=False, default="", allow_blank=True, trim_whitespace=False)
-    ssh_key = serializers.CharField(max_length=20000, required=False, default="", allow_blank=True,
-                                    trim_whitespace=False)
-    webhook_secret = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
-    poll_interval_seconds = serializers.IntegerField(required=False, default=0)
-    trusted_authors = serializers.ListField(child=serializers.CharField(max_length=100), required=False, default=list)
+    name = StrictCharField(max_length=100, help_text="lowercase letters, digits, '-' or '_'")
+    kind = StrictChoiceField(choices=VcsKind.choices)
+    url = StrictCharField(max_length=500, help_text="https or ssh: where repositories are fetched from")
+    api_url = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+    token = StrictCharField(max_length=2000, required=False, default="", allow_blank=True, trim_whitespace=False)
+    ssh_key = StrictCharField(max_length=20000, required=False, default="", allow_blank=True, trim_whitespace=False)
+    webhook_secret = StrictCharField(max_length=200, required=False, default="", allow_blank=True)
+    poll_interval_seconds = serializers.IntegerField(required=False, default=0, min_value=0, max_value=86400)
+    trusted_authors = serializers.ListField(child=StrictCharField(max_length=100), required=False, default=list,
+                                            max_length=1000)
+
+
+OBJECT = {"type": "object", "additionalProperties": True}
+LIST = {"type": "array", "items": OBJECT}
 
 
 class ConnectionList(APIView):
     """Site admins only: list, or create (the answer carries the webhook secret, once)."""
 
+    parser_classes = JSON_ONLY
+
+    @extend_schema(responses={200: LIST})
     def get(self, request: Request) -> Response:
         if not is_site_admin(request.user):
             raise Forbidden("only site admins manage VCS connections")
         return Response([connection_json(c) for c in VcsConnection.objects.all()])
 
+    @extend_schema(request=ConnectionCreateSerializer, responses={201: OBJECT})
     def post(self, request: Request) -> Response:
         if not is_site_admin(request.user):
             raise Forbidden("only site admins manage VCS connections")
@@ -89,14 +100,14 @@ class ConnectionList(APIView):
 
 
 class FollowSerializer(serializers.Serializer):
-    connection = serializers.CharField(max_length=100, allow_null=True)
-    repository = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
-    branch = serializers.CharField(max_length=250, required=False, default="", allow_blank=True)
-    working_directory = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
-    trigger_patterns = serializers.ListField(child=serializers.CharField(max_length=300), required=False,
-                                             default=list)
-    tag_regex = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
-    keep_pending_runs = serializers.BooleanField(required=False, default=False)
+    connection = StrictCharField(max_length=100, allow_null=True, help_text="null: follow nothing")
+    repository = StrictCharField(max_length=300, required=False, default="", allow_blank=True)
+    branch = StrictCharField(max_length=250, required=False, default="", allow_blank=True)
+    working_directory = StrictCharField(max_length=300, required=False, default="", allow_blank=True)
+    trigger_patterns = serializers.ListField(child=StrictCharField(max_length=300), required=False, default=list,
+                                             max_length=100)
+    tag_regex = StrictCharField(max_length=200, required=False, default="", allow_blank=True)
+    keep_pending_runs = StrictBooleanField(required=False, default=False)
 
 
 def workspace_vcs_json(ws: Workspace) -> dict[str, Any] | None:
@@ -111,10 +122,14 @@ def workspace_vcs_json(ws: Workspace) -> dict[str, Any] | None:
 class WorkspaceVcs(APIView):
     """`GET` what the workspace follows; `PUT` it (`admin`): {"connection": null} stops."""
 
+    parser_classes = JSON_ONLY
+
+    @extend_schema(responses={200: OBJECT})
     def get(self, request: Request, workspace_id: int) -> Response:
         ws = workspace_for(request.user, Action.READ, workspace_id)
         return Response({"vcs": workspace_vcs_json(ws)})
 
+    @extend_schema(request=FollowSerializer, responses={200: OBJECT})
     def put(self, request: Request, workspace_id: int) -> Response:
         ws = workspace_for(request.user, Action.READ, workspace_id)
         data = FollowSerializer(data=request.data)
@@ -123,18 +138,25 @@ class WorkspaceVcs(APIView):
         return Response({"vcs": workspace_vcs_json(ws)})
 
 
+class HeldAllowSerializer(serializers.Serializer):
+    sha = serializers.RegexField(r"^[0-9a-f]{40}([0-9a-f]{24})?$", help_text="the held commit's id")
+
+
 class HeldAllow(APIView):
     """`GET` the held pull request commits; `POST {"sha": ...}` plans one (`write`)."""
 
+    parser_classes = JSON_ONLY
+
+    @extend_schema(responses={200: LIST})
     def get(self, request: Request, workspace_id: int) -> Response:
         ws = workspace_for(request.user, Action.READ, workspace_id)
         return Response([{"sha": h.sha, "pull_request": h.number, "reason": h.reason, "run": h.allowed_run_id,
                           "created_at": h.created_at} for h in HeldPullRequest.objects.filter(workspace=ws)])
 
+    @extend_schema(request=HeldAllowSerializer, responses={201: OBJECT})
     def post(self, request: Request, workspace_id: int) -> Response:
         ws = workspace_for(request.user, Action.QUEUE_APPLY, workspace_id)
-        sha = request.data.get("sha") if isinstance(request.data, dict) else None
-        if not isinstance(sha, str) or not sha:
-            raise Invalid(fields={"sha": ["the held commit's id"]})
-        task = held_allow(workspace=ws, sha=sha, actor=request.user)
+        data = HeldAllowSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        task = held_allow(workspace=ws, sha=data.validated_data["sha"], actor=request.user)
         return Response({"run": task.id}, status=201)
