@@ -107,7 +107,8 @@ class WorkspaceAdmin(admin.ModelAdmin):
     form = WorkspaceAdminForm
     # Changed through the TFE API's relationships/remote-state-consumers, which audits it;
     # the last commit seen on the branch is the webhooks' record.
-    readonly_fields = ["remote_state_consumers", "vcs_last_sha", "vcs_last_delivery_id", "vcs_polled_at"]
+    readonly_fields = ["remote_state_consumers", "vcs_last_sha", "vcs_seen_delivery_id", "vcs_last_delivery_id",
+                       "vcs_polled_at"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         allowed = super().has_change_permission(request, obj)

@@ -36,10 +36,12 @@ class Workspace(models.Model):
     vcs_tag_regex = models.CharField(max_length=200, blank=True)
     # Keep runs waiting for Confirm when a newer push arrives (default: discard them, naming it).
     vcs_keep_pending_runs = models.BooleanField(default=False)
-    # The newest commit seen on the tracked branch, and the delivery that brought it: a
-    # delivery older than the one that made a run is superseded, never run after it.
+    # The newest commit seen on the tracked branch (the Confirm dialog's "newer commit", the
+    # poll's last answer), and the delivery that made the last run: a delivery older than
+    # that one is superseded, never run after it.
     vcs_last_sha = models.CharField(max_length=64, blank=True)
-    vcs_last_delivery_id = models.BigIntegerField(null=True, blank=True)
+    vcs_seen_delivery_id = models.BigIntegerField(null=True, blank=True)  # the delivery that brought vcs_last_sha
+    vcs_last_delivery_id = models.BigIntegerField(null=True, blank=True)  # the delivery that made the last run
     vcs_polled_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -129,8 +129,9 @@ def workspace_follow_repository(*, workspace: Workspace, actor: Any, connection:
         ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
         for key, value in values.items():
             setattr(ws, key, value)
-        ws.vcs_last_sha, ws.vcs_last_delivery_id, ws.vcs_polled_at = "", None, None
-        ws.save(update_fields=[*values, "vcs_last_sha", "vcs_last_delivery_id", "vcs_polled_at"])
+        ws.vcs_last_sha, ws.vcs_last_delivery_id, ws.vcs_seen_delivery_id, ws.vcs_polled_at = "", None, None, None
+        ws.save(update_fields=[*values, "vcs_last_sha", "vcs_last_delivery_id", "vcs_seen_delivery_id",
+                               "vcs_polled_at"])
         audit_record(actor=actor, action="workspace.vcs", obj=ws, data={
             "connection": connection, "repository": ws.vcs_repository, "branch": ws.vcs_branch,
             "working_directory": ws.vcs_working_directory, "trigger_patterns": ws.vcs_trigger_patterns,

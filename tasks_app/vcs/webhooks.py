@@ -196,6 +196,11 @@ def _process(delivery: WebhookDelivery) -> str:
     if not candidates:
         return _finish(delivery, f"no workspace follows {change.repository or connection.url} "
                                  f"{change.kind} {change.ref_name}")
+    if change.kind == "branch":
+        # The branch's newest commit, whatever it starts (a newer delivery may have come first).
+        Workspace.objects.filter(id__in=[ws.id for ws in candidates]).filter(
+            Q(vcs_seen_delivery_id=None) | Q(vcs_seen_delivery_id__lt=delivery.id)).update(
+            vcs_last_sha=change.sha, vcs_seen_delivery_id=delivery.id)
     url = git.clone_url(connection, change.repository)
     with git.git_dir(connection) as (repo, env):
         commit = git.fetch_commit(repo, env, url=url, sha=change.sha,
@@ -266,10 +271,8 @@ def _make_runs(delivery: WebhookDelivery, change: Change, commit: git.Commit, co
                     workspace=ws, entries=files,
                     **({"vcs_tag": change.ref_name} if change.kind == "tag" else {"vcs_branch": change.ref_name}),
                     **ingress)
-                if change.kind == "branch":
-                    ws.vcs_last_sha = change.sha
                 ws.vcs_last_delivery_id = delivery.id
-                ws.save(update_fields=["vcs_last_sha", "vcs_last_delivery_id"])
+                ws.save(update_fields=["vcs_last_delivery_id"])
                 task = run_create(workspace=ws, operation=Operation.PLAN_AND_APPLY, configuration_version=cv,
                                   actor=f"git push {change.sha[:7]}",
                                   message=f"{change.kind} {change.ref_name} at {change.sha[:7]}: "

@@ -4,13 +4,16 @@ terraform, and a local GitHub API that checks and records the statuses and comme
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tasks_app.models import Task
 from tasks_app.vcs.models import VcsConnection, WebhookDelivery
+from tasks_app.vcs.webhooks import delivery_receive
 from tests.factories import DEMO_MAIN_TF
 from tests.live import wait_for
-from tests.vcs.forge import FakeGitHub, pull_request_payload, push_payload, send
+from tests.vcs.forge import FakeGitHub, pull_request_payload, push_payload, send, sign
 from tests.vcs.gitserver import GitHttpServer, Repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -223,3 +226,48 @@ def test_it_holds_a_pull_request_from_a_fork_until_a_writer_allows_it(vcs):
     allowed = vcs.user.request("POST", f"/api/v1/workspaces/{vcs.ws['id']}/vcs/held/", expect=201,
                                json={"sha": head}).json()
     vcs.user.wait(allowed["run"], "planned")
+
+
+def test_it_polls_a_plain_git_server_and_runs_new_commits_that_touch_the_patterns(scenario, tmp_path):
+    git_server = GitHttpServer(tmp_path / "git-root")
+    try:
+        repo = Repo(tmp_path / "git-root", "team/plain", tmp_path / "work")
+        repo.commit({"README.md": "# plain\n"}, "Start")
+        s = scenario()
+        s.agent("a1")
+        s.user.request("POST", "/api/v1/vcs-connections/", expect=201, json={
+            "name": f"plain{s.pool.id}", "kind": "git", "url": git_server.url, "poll_interval_seconds": 1})
+        s.user.request("PUT", f"/api/v1/workspaces/{s.workspace['id']}/vcs/", expect=200, json={
+            "connection": f"plain{s.pool.id}", "repository": "team/plain.git", "working_directory": "infra"})
+        wait_for(lambda: WebhookDelivery.objects.filter(event="poll", processed_at__isnull=False).exists(), 30,
+                 "the first poll")
+
+        sha = repo.commit({"infra/main.tf": CHANGED_TF}, "Add infra")
+        run = wait_for(lambda: Task.objects.filter(workspace_id=s.workspace["id"],
+                                                   configuration_version__vcs_sha=sha).first(), 30, "the polled run")
+        pending = s.user.wait(run.id, "apply_pending")
+        assert pending["commit"]["branch"] == "main" and pending["commit"]["message"] == "Add infra"
+
+        docs = repo.commit({"docs/x.md": "docs\n"}, "Docs only")
+        wait_for(lambda: WebhookDelivery.objects.filter(event="poll", processed_at__isnull=False,
+                                                        payload__after=docs).exists(), 30, "the docs commit polled")
+        assert not Task.objects.filter(configuration_version__vcs_sha=docs).exists()
+        assert s.user.run(run.id)["commit"]["newer_commit"] == docs
+    finally:
+        git_server.stop()
+
+
+def test_it_processes_a_stored_delivery_whose_enqueue_was_lost(vcs):
+    """A delivery stored but never handed to a worker (Redis away at the answer, the worker
+    restarted): the VCS tick finds it and makes its one run."""
+    vcs.s.agent("a1")
+    sha = vcs.repo.commit({"infra/main.tf": CHANGED_TF}, "Stored, not enqueued")
+    payload = push_payload(REPO, before=vcs.base_sha, after=sha, message="Stored, not enqueued",
+                           files={"modified": ["infra/main.tf"]})
+    body = json.dumps(payload).encode()
+    received = delivery_receive(connection_name=vcs.connection, body=body, headers={
+        "x-hub-signature-256": sign(vcs.secret, body), "x-github-event": "push", "x-github-delivery": "lost-1"})
+    assert received.delivery is not None
+    run = vcs.run_for(sha, timeout=60)
+    vcs.user.wait(run["id"], "apply_pending")
+    assert WebhookDelivery.objects.get(delivery_id="lost-1").runs == [run["id"]]
