@@ -201,6 +201,12 @@ def _process(delivery: WebhookDelivery) -> str:
         Workspace.objects.filter(id__in=[ws.id for ws in candidates]).filter(
             Q(vcs_seen_delivery_id=None) | Q(vcs_seen_delivery_id__lt=delivery.id)).update(
             vcs_last_sha=change.sha, vcs_seen_delivery_id=delivery.id)
+    if change.changed is not None and change.kind != "tag" and not any(
+            vcs_events.matches(ws.vcs_trigger_patterns, ws.vcs_working_directory, change.changed)
+            for ws in candidates):
+        # The push lists its paths: nothing to fetch when none concerns a workspace.
+        return _finish(delivery, f"the change touches no workspace's trigger patterns "
+                                 f"({', '.join(ws.name for ws in candidates)})")
     url = git.clone_url(connection, change.repository)
     with git.git_dir(connection) as (repo, env):
         commit = git.fetch_commit(repo, env, url=url, sha=change.sha,
