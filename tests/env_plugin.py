@@ -24,7 +24,7 @@ TEST_ENV = {
     "IAC_RESERVATION_GRACE_SECONDS": "0",
     # The tests' git servers and forge APIs listen on the loopback.
     "IAC_VCS_ALLOW_LOCAL_HOSTS": "true",
-    "IAC_VCS_TICK_SECONDS": "0.5",
+    "IAC_VCS_TICK_SECONDS": "1",
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)

@@ -122,3 +122,27 @@ def test_it_checks_gitlabs_token(api, client):
     again = client.generic("POST", "/webhooks/gl/", body, content_type="application/json",
                            HTTP_X_GITLAB_TOKEN="gl-secret-1", **headers)
     assert again.status_code == 200 and WebhookDelivery.objects.count() == 1
+
+
+def test_it_sets_the_repository_from_the_workspace_page(api, client, alice, charlie, workspace):
+    assert _create(api).status_code == 201
+    client.force_login(alice)
+    page = client.get(f"/workspaces/{workspace.id}/").content.decode()
+    assert 'id="vcs-form"' in page and '<option value="gh"' in page
+    saved = client.post(f"/workspaces/{workspace.id}/vcs/", {
+        "connection": "gh", "repository": "acme/infra", "branch": "prod", "working_directory": "envs/prod",
+        "trigger_patterns": "envs/prod/**\nmodules/**"})
+    assert saved.status_code == 302
+    workspace.refresh_from_db()
+    assert (workspace.vcs_connection.name, workspace.vcs_repository, workspace.vcs_branch) == ("gh", "acme/infra", "prod")
+    assert workspace.vcs_trigger_patterns == ["envs/prod/**", "modules/**"]
+    assert AuditEvent.objects.filter(action="workspace.vcs", actor=alice).exists()
+    assert "Follows <strong>acme/infra</strong>" in client.get(f"/workspaces/{workspace.id}/").content.decode()
+
+    bad = client.post(f"/workspaces/{workspace.id}/vcs/", {"connection": "gh", "repository": "../x"}, follow=True)
+    assert "Repository not saved" in bad.content.decode()
+    workspace.refresh_from_db()
+    assert workspace.vcs_repository == "acme/infra"
+
+    client.force_login(charlie)
+    assert client.post(f"/workspaces/{workspace.id}/vcs/", {"connection": ""}).status_code == 404
