@@ -65,6 +65,8 @@ def delivery_receive(*, connection_name: str, headers: dict[str, str], body: byt
     if len(body) > settings.IAC_VCS_MAX_WEBHOOK_BYTES:
         raise Invalid(f"the body is larger than {settings.IAC_VCS_MAX_WEBHOOK_BYTES} bytes")
     secret = connection.webhook_secret.encode()
+    if not secret:  # an HMAC under an empty key proves nothing
+        raise _refuse(connection, "the connection has no webhook secret: nothing can be verified")
     if connection.kind == VcsKind.GITHUB:
         signature = headers.get("x-hub-signature-256", "")
         if not signature:
