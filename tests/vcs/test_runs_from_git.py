@@ -5,6 +5,9 @@ terraform, and a local GitHub API that checks and records the statuses and comme
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -88,6 +91,11 @@ def test_it_plans_a_push_waits_for_confirm_and_applies_that_commit(vcs, client, 
     assert sha[:12] in page and "Say hello again" in page and REPO in page
     dialog = client.get(f"/runs/{run['id']}/confirm-dialog/").content.decode()
     assert sha[:12] in dialog and "newer commit" not in dialog
+    # And the command-line client.
+    token = vcs.user.s.headers["Authorization"].split()[1]
+    shown = subprocess.run([sys.executable, "-m", "iacplatform.cli", "status", str(run["id"])], capture_output=True,
+                           text=True, env={**os.environ, "IAC_URL": vcs.user.base, "IAC_TOKEN": token}, timeout=60)
+    assert f"commit {sha[:12]} of {REPO} (main) by dana: Say hello again" in shown.stdout, shown.stdout + shown.stderr
 
     assert vcs.user.confirm(run["id"]).status_code == 200
     vcs.user.wait(run["id"], "applied")
