@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-cli bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live bench-abuse faults lint
+.PHONY: run test bench bench-cli bench-webhook bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live bench-abuse faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -55,6 +55,10 @@ bench-overhead: $(VENV)/.installed-dev
 # terraform apply through a cloud {} block (yes typed into a pty) against the bare CLI (bench/cli_apply.py).
 bench-cli: $(VENV)/.installed-dev
 	$(PY) -m bench.cli_apply
+
+# 100 pushes to 20 workspaces through signed webhooks: one run per push, none lost, none twice.
+bench-webhook: $(VENV)/.installed-dev
+	$(PY) -m bench.webhook
 
 # Plans cold / with the provider cache / warm (no init), and 3 concurrent inits × 20 rounds.
 bench-plan-init: $(VENV)/.installed-dev

@@ -255,10 +255,19 @@ def discard(client: Client, run_id: int, comment: str) -> None:
 @click.argument("run_id", type=int)
 @click.pass_obj
 def status(client: Client, run_id: int) -> None:
-    """A run's status, message and plan summary."""
+    """A run's status, message, plan summary and the commit it is (a run from git)."""
     current = client.call("GET", f"/runs/{run_id}/")
     click.echo(f"run {run_id}: {current['status']}  {current['message']}".rstrip())
     click.echo(plan_summary_line(current.get("plan_summary")))
+    commit = current.get("commit")
+    if commit:
+        ref = f"tag {commit['tag']}" if commit.get("tag") else commit.get("branch") or ""
+        pr = f", pull request #{commit['pull_request']}" if commit.get("pull_request") else ""
+        subject = (commit.get("message") or "").splitlines()[0] if commit.get("message") else ""
+        click.echo(f"commit {commit['sha'][:12]} of {commit['repository']} ({ref}{pr}) by {commit.get('author') or '?'}:"
+                   f" {subject}".rstrip())
+        if commit.get("newer_commit"):
+            click.echo(f"a newer commit is on {commit.get('branch')}: {commit['newer_commit'][:12]}")
 
 
 if __name__ == "__main__":

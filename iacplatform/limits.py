@@ -76,6 +76,7 @@ UPLOAD_ROUTES: dict[str, tuple[str, Callable[[Any], int]]] = {
     "agent-job-plan": ("IAC_MAX_PLAN_BYTES", _agent_plan),
     "agent-job-finish": ("IAC_MAX_PLAN_BYTES and IAC_MAX_LOG_BYTES", _agent_finish),
     "agent-job-logs": ("IAC_MAX_LOG_BYTES", _agent_log),
+    "vcs-webhook": ("IAC_VCS_MAX_WEBHOOK_BYTES", lambda s: s.IAC_VCS_MAX_WEBHOOK_BYTES),
 }
 
 

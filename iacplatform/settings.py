@@ -141,6 +141,15 @@ try:
     IAC_MAX_CONFIG_BYTES = env.int("IAC_MAX_CONFIG_BYTES", 10 * 1024 * 1024, validate=POSITIVE)
     # Entries in an uploaded configuration (files and directories), checked while unpacking.
     IAC_MAX_CONFIG_FILES = env.int("IAC_MAX_CONFIG_FILES", 1000, validate=POSITIVE)
+    # Runs from git (tasks_app/vcs/): connections may point at loopback / link-local hosts
+    # (and plain http) only when this is on: a self-hosted forge on the same host, the tests.
+    IAC_VCS_ALLOW_LOCAL_HOSTS = env.bool("IAC_VCS_ALLOW_LOCAL_HOSTS", False)
+    # The biggest webhook body accepted (GitHub caps its own at 25 MB; a push's is far smaller).
+    IAC_VCS_MAX_WEBHOOK_BYTES = env.int("IAC_VCS_MAX_WEBHOOK_BYTES", 5 * 1024 * 1024, validate=POSITIVE)
+    # How often the VCS tick runs (stalled deliveries, ls-remote polls, reports to the forges).
+    IAC_VCS_TICK_SECONDS = env.float("IAC_VCS_TICK_SECONDS", 2.0, validate=POSITIVE)
+    # How long a git fetch or a forge call may take.
+    IAC_VCS_TIMEOUT_SECONDS = env.int("IAC_VCS_TIMEOUT_SECONDS", 60, validate=POSITIVE)
     IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
     DB_POOL = env.bool("IAC_DB_POOL", True)
     IAC_MAX_STATE_BYTES = env.int("IAC_MAX_STATE_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
@@ -421,6 +430,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "tasks_app.tasks.sweep", "schedule": IAC_SWEEP_INTERVAL_SECONDS},
     "autoscale": {"task": "tasks_app.tasks.autoscale", "schedule": IAC_AUTOSCALE_INTERVAL_SECONDS},
+    "vcs": {"task": "tasks_app.tasks.vcs_tick", "schedule": IAC_VCS_TICK_SECONDS},
 }
 
 # IAC_LOG_FORMAT: `text` (the message alone, as always) or `json` (one object per line with

@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from iacplatform.views_metrics import metrics_view
 from tasks_app.tfe import views as tfe_views
+from tasks_app.vcs import views as vcs_views
 
 
 class OfflineRedocView(SpectacularRedocView):
@@ -38,6 +39,8 @@ urlpatterns = [
     path(".well-known/terraform.json", tfe_views.well_known, name="tfe-discovery"),
     # Where `terraform login` sends people for a token (it has no login.v1 flow to use here).
     path("app/settings/tokens", RedirectView.as_view(pattern_name="tokens"), name="tfe-token-page"),
+    # Forges' webhooks: unauthenticated, proved by their signature (tasks_app/vcs/webhooks.py).
+    path("webhooks/<slug:connection>/", vcs_views.webhook, name="vcs-webhook"),
     path("agent/v1/", include("tasks_app.dispatch.agent_urls")),
     path("pools/", include("agents_app.urls")),
     path("", include("tasks_app.urls")),

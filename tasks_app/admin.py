@@ -40,6 +40,8 @@ from tasks_app.services.audit import audit_record
 from tasks_app.services.runs import run_cancel, runs_start_next
 from tasks_app.services.state import state_unlock
 from tasks_app.services.variables import variable_check, variable_create, variable_delete, variable_update
+from tasks_app.vcs.connections import follow_values, vcs_connection_create, workspace_follow_repository
+from tasks_app.vcs.models import HeldPullRequest, PullRequestComment, VcsConnection, VcsReport, WebhookDelivery
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -56,6 +58,38 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+VCS_FORM_FIELDS = ["vcs_connection", "vcs_repository", "vcs_branch", "vcs_working_directory", "vcs_trigger_patterns",
+                   "vcs_tag_regex", "vcs_keep_pending_runs"]
+
+
+class WorkspaceAdminForm(forms.ModelForm):
+    """The repository a workspace follows is checked by the service the API uses
+    (tasks_app/vcs/connections.py follow_values) and written by it, audited (save_model)."""
+
+    class Meta:
+        model = Workspace
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if set(VCS_FORM_FIELDS) & set(self.changed_data):
+            conn = data.get("vcs_connection")
+            try:
+                follow_values(connection=conn.name if conn else None, repository=data.get("vcs_repository") or "",
+                              branch=data.get("vcs_branch") or "",
+                              working_directory=data.get("vcs_working_directory") or "",
+                              trigger_patterns=data.get("vcs_trigger_patterns") or [],
+                              tag_regex=data.get("vcs_tag_regex") or "")
+            except Invalid as exc:
+                for field, errors in exc.fields.items():
+                    self.add_error(f"vcs_{field}" if f"vcs_{field}" in self.fields else None, errors)
+                if not exc.fields:
+                    raise forms.ValidationError(str(exc)) from exc
+            except PlatformError as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        return data
+
+
 class WorkspaceAccessInline(admin.TabularInline):
     model = WorkspaceAccess
     extra = 0
@@ -70,8 +104,11 @@ class WorkspaceAdmin(admin.ModelAdmin):
     list_filter = ["pool", "auto_apply", "locked"]
     search_fields = ["name"]
     inlines = [WorkspaceAccessInline]
-    # Changed through the TFE API's relationships/remote-state-consumers, which audits it.
-    readonly_fields = ["remote_state_consumers"]
+    form = WorkspaceAdminForm
+    # Changed through the TFE API's relationships/remote-state-consumers, which audits it;
+    # the last commit seen on the branch is the webhooks' record.
+    readonly_fields = ["remote_state_consumers", "vcs_last_sha", "vcs_seen_delivery_id", "vcs_last_delivery_id",
+                       "vcs_polled_at"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         allowed = super().has_change_permission(request, obj)
@@ -82,7 +119,20 @@ class WorkspaceAdmin(admin.ModelAdmin):
         return allowed and (obj is None or can(request.user, Action.DELETE, obj))
 
     def save_model(self, request: HttpRequest, obj: Workspace, form: forms.ModelForm, change: bool) -> None:
+        follow = None
+        if change and set(VCS_FORM_FIELDS) & set(form.changed_data):
+            conn = obj.vcs_connection
+            follow = {"connection": conn.name if conn else None, "repository": obj.vcs_repository,
+                      "branch": obj.vcs_branch, "working_directory": obj.vcs_working_directory,
+                      "trigger_patterns": obj.vcs_trigger_patterns, "tag_regex": obj.vcs_tag_regex,
+                      "keep_pending_runs": obj.vcs_keep_pending_runs}
+            # Written by the service below (checked, audited), not by the form's save.
+            for name in VCS_FORM_FIELDS:
+                setattr(obj, name, form.initial.get(name) if name != "vcs_connection" else
+                        VcsConnection.objects.filter(id=form.initial.get(name)).first())
         super().save_model(request, obj, form, change)
+        if follow is not None:
+            workspace_follow_repository(workspace=obj, actor=request.user, **follow)
         if change and "locked" in form.changed_data:
             # Lock changes are audited wherever they are made.
             audit_record(actor=request.user, action="workspace.lock" if obj.locked else "workspace.unlock", obj=obj)
@@ -348,3 +398,86 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
         audit_record(actor=request.user, action="token.revoke", obj=obj.user, data={"name": obj.name, "key": obj.token_key})
         super().delete_model(request, obj)
+
+
+class VcsConnectionAdminForm(forms.ModelForm):
+    """A new connection, made by the service the API uses (checked URLs, encrypted
+    credentials, audited). The credentials are write-only: never shown again."""
+
+    token = forms.CharField(required=False, strip=False, widget=forms.PasswordInput(render_value=False))
+    ssh_key = forms.CharField(required=False, strip=False, widget=forms.Textarea(attrs={"autocomplete": "off"}))
+    webhook_secret = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
+                                     help_text="blank: one is generated and shown once")
+
+    class Meta:
+        model = VcsConnection
+        fields = ["name", "kind", "url", "api_url", "poll_interval_seconds", "trusted_authors"]
+
+
+@admin.register(VcsConnection)
+class VcsConnectionAdmin(admin.ModelAdmin):
+    """Site admins only (staff); added here or through the API, then read-only: a changed
+    URL or credential is a new connection."""
+
+    list_display = ["name", "kind", "url", "api_url", "poll_interval_seconds", "refused_deliveries", "created_at"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = VcsConnectionAdminForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return []
+        return ["name", "kind", "url", "api_url", "poll_interval_seconds", "trusted_authors", "refused_deliveries",
+                "created_at"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["name", "kind", "url", "api_url", "token", "ssh_key", "webhook_secret", "poll_interval_seconds",
+                    "trusted_authors"]
+        return self.get_readonly_fields(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_staff)
+
+    def save_model(self, request: HttpRequest, obj: VcsConnection, form: forms.ModelForm, change: bool) -> None:
+        data = form.cleaned_data
+        try:
+            made, secret = vcs_connection_create(
+                actor=request.user, name=data["name"], kind=data["kind"], url=data["url"],
+                api_url=data.get("api_url") or "", token=data.get("token") or "", ssh_key=data.get("ssh_key") or "",
+                webhook_secret=data.get("webhook_secret") or "",
+                poll_interval_seconds=data.get("poll_interval_seconds") or 0,
+                trusted_authors=data.get("trusted_authors") or [])
+        except PlatformError as exc:
+            messages.error(request, f"Connection not created: {exc}")
+            return
+        obj.pk = made.pk
+        if secret:
+            messages.warning(request, f"Webhook secret for {made.name} (shown once): {secret}")
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "connection", "event", "delivery_id", "received_at", "processed_at", "attempts", "result"]
+    list_filter = ["connection", "event"]
+    exclude = ["payload"]
+
+
+@admin.register(VcsReport)
+class VcsReportAdmin(ReadOnlyAdmin):
+    list_display = ["id", "task", "held", "sent_status", "attempts", "next_attempt_at", "last_error", "last_sent_at"]
+
+
+@admin.register(HeldPullRequest)
+class HeldPullRequestAdmin(ReadOnlyAdmin):
+    list_display = ["id", "workspace", "number", "sha", "reason", "allowed_run", "created_at"]
+
+
+@admin.register(PullRequestComment)
+class PullRequestCommentAdmin(ReadOnlyAdmin):
+    list_display = ["id", "connection", "repository", "number", "workspace", "comment_id"]

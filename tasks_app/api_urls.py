@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from tasks_app import api, api_access
+from tasks_app.vcs import views as vcs_views
 
 urlpatterns = [
     path("audit-events/", api_access.AuditEventList.as_view(), name="api-audit-list"),
@@ -16,6 +17,9 @@ urlpatterns = [
         api_access.WorkspaceAccessRemove.as_view(),
         name="api-access-detail",
     ),
+    path("vcs-connections/", vcs_views.ConnectionList.as_view(), name="api-vcs-connection-list"),
+    path("workspaces/<int:workspace_id>/vcs/", vcs_views.WorkspaceVcs.as_view(), name="api-workspace-vcs"),
+    path("workspaces/<int:workspace_id>/vcs/held/", vcs_views.HeldAllow.as_view(), name="api-workspace-vcs-held"),
     path("workspaces/", api.WorkspaceListCreate.as_view(), name="api-workspace-list"),
     path("workspaces/<int:pk>/", api.WorkspaceDetail.as_view(), name="api-workspace-detail"),
     path(

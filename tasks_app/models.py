@@ -23,10 +23,34 @@ class Workspace(models.Model):
                                                     related_name="remote_state_sources")
     # Tags, as terraform's `cloud { workspaces { tags = [...] } }` selects workspaces by them.
     tags = models.JSONField(default=list, blank=True)
+    # A workspace that follows a repository (tasks_app/vcs/): its applies come from git only.
+    vcs_connection = models.ForeignKey("tasks_app.VcsConnection", null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="workspaces")
+    vcs_repository = models.CharField(max_length=300, blank=True)  # owner/name on a forge; a path on plain git
+    vcs_branch = models.CharField(max_length=250, blank=True)  # blank: the repository's default, "main"
+    vcs_working_directory = models.CharField(max_length=300, blank=True)
+    # Only changes under these paths (gitignore-style, from the repository root) start a run;
+    # empty: the working directory.
+    vcs_trigger_patterns = models.JSONField(default=list, blank=True)
+    # Runs from tags matching this regular expression (blank: tags start nothing).
+    vcs_tag_regex = models.CharField(max_length=200, blank=True)
+    # Keep runs waiting for Confirm when a newer push arrives (default: discard them, naming it).
+    vcs_keep_pending_runs = models.BooleanField(default=False)
+    # The newest commit seen on the tracked branch (the Confirm dialog's "newer commit", the
+    # poll's last answer), and the delivery that made the last run: a delivery older than
+    # that one is superseded, never run after it.
+    vcs_last_sha = models.CharField(max_length=64, blank=True)
+    vcs_seen_delivery_id = models.BigIntegerField(null=True, blank=True)  # the delivery that brought vcs_last_sha
+    vcs_last_delivery_id = models.BigIntegerField(null=True, blank=True)  # the delivery that made the last run
+    vcs_polled_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def follows_repository(self) -> bool:
+        return self.vcs_connection_id is not None
 
 
 class AccessLevel(models.TextChoices):
@@ -78,6 +102,21 @@ class ConfigurationVersion(models.Model):
     files = models.JSONField(default=list)  # the file names, for display
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Made from a pull request's commit: plan-only, never the configuration a later run applies.
+    speculative = models.BooleanField(default=False)
+    # The commit it was made from (HCP Terraform's ingress attributes); blank for uploads.
+    vcs_repository = models.CharField(max_length=300, blank=True)
+    vcs_branch = models.CharField(max_length=250, blank=True)
+    vcs_tag = models.CharField(max_length=250, blank=True)
+    vcs_sha = models.CharField(max_length=64, blank=True)
+    vcs_message = models.TextField(blank=True)
+    vcs_author = models.CharField(max_length=200, blank=True)
+    vcs_commit_url = models.CharField(max_length=500, blank=True)
+    vcs_pr_number = models.PositiveIntegerField(null=True, blank=True)
+    vcs_pr_url = models.CharField(max_length=500, blank=True)
+    # How the commit was fetched: "sha" (a shallow fetch of the exact commit) or "branch" (the
+    # server refused that: the branch was fetched and the commit found in it).
+    vcs_fetched_by = models.CharField(max_length=10, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -326,3 +365,11 @@ class ConfigurationUpload(models.Model):
 # Dispatch's models (Job, Slot, DispatchEvent) live beside their services in tasks_app/dispatch/;
 # imported here so that Django registers them with this app when it loads its models.
 from tasks_app.dispatch import models as _dispatch_models  # noqa: E402,F401
+from tasks_app.vcs.models import (  # noqa: E402,F401
+    HeldPullRequest,
+    PullRequestComment,
+    VcsConnection,
+    VcsKind,
+    VcsReport,
+    WebhookDelivery,
+)

@@ -23,6 +23,7 @@ from tasks_app.redaction import sensitive_values
 from tasks_app.selectors import duration_text, run_waiting_reason
 from tasks_app.services.retention import plan_pruned_note
 from tasks_app.states import FINAL, RunStatus
+from tasks_app.vcs.commit import run_commit, run_report
 from tasks_app.views_confirm import confirm_dialog_html, dialog_phase
 
 # Which jobs ran which phase: the plan job runs `planning` (terraform init + plan), warmups run
@@ -127,6 +128,8 @@ def run_context(task: Task, allowed: set[str]) -> dict[str, Any]:
         # While the Confirm dialog shows (apply_pending, the apply, a confirmed run's end) it
         # carries the apply's path, its timings and Cancel: the page does not repeat them.
         "dialog_phase": dialog_phase(task),
+        "commit": run_commit(task),
+        "vcs_report": run_report(task),
     }
 
 

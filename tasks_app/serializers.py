@@ -25,6 +25,7 @@ from tasks_app.models import (
 )
 from tasks_app.selectors import masked_values_for, ms_between, run_waiting_reason, run_warm_slot
 from tasks_app.states import ApplyPath, Operation, RunStatus, WarmupStatus
+from tasks_app.vcs.commit import run_commit, run_report
 
 # The bound of a long-poll on a run (`?wait=`): a pipeline asks again after it.
 RUN_WAIT_MAX_SECONDS = 60.0
@@ -271,6 +272,8 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
     plan_targets = serializers.ListField(child=serializers.CharField(), read_only=True)
     plan_replace = serializers.ListField(child=serializers.CharField(), read_only=True)
     events = TaskEventSerializer(many=True, read_only=True)
+    commit = serializers.SerializerMethodField()
+    vcs_report = serializers.SerializerMethodField()
 
     class Meta:
         model = Task
@@ -281,7 +284,7 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
             "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
             "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "sandbox",
-            "plan_start", "plan_start_reason", "events",
+            "plan_start", "plan_start_reason", "events", "commit", "vcs_report",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -312,6 +315,16 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
                     data[name] = redact(data[name], masked)
             data["events"] = [{**event, "message": redact(event["message"], masked)} for event in data["events"]]
         return data
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_commit(self, task: Task) -> dict | None:
+        """The commit the run is (repository, branch, sha, message, author, pull request)."""
+        return run_commit(task)
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_vcs_report(self, task: Task) -> dict | None:
+        """Reporting the run back to the forge: what was sent, the last failure, the next try."""
+        return run_report(task)
 
     def get_warmup_agent(self, task: Task) -> str | None:
         """The agent holding the run's warm dir, or running its warmup."""

@@ -6,6 +6,8 @@ from celery import shared_task
 
 from agents_app.services import autoscaler
 from tasks_app.services import sweep as control_loop
+from tasks_app.vcs import tick as vcs_loop
+from tasks_app.vcs import webhooks
 
 
 @shared_task
@@ -20,3 +22,15 @@ def autoscale() -> dict:
     """The autoscaler tick (agents_app.services.autoscaler): reconcile pods, replace pods that
     never registered, scale each managed pool, record every decision."""
     return autoscaler.autoscale()
+
+
+@shared_task
+def vcs_tick() -> dict:
+    """Deliveries nobody is processing, ls-remote polls due, reports the forges lack."""
+    return vcs_loop.vcs_tick()
+
+
+@shared_task
+def vcs_delivery_process(delivery_id: int) -> str:
+    """A webhook delivery, stored and answered: make its runs (at most once)."""
+    return webhooks.delivery_process(delivery_id=delivery_id)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("workspaces/<int:workspace_id>/", views.workspace_detail, name="workspace-detail"),
     path("workspaces/<int:workspace_id>/runs/", views.workspace_run_create, name="workspace-run-create"),
     path("workspaces/<int:workspace_id>/settings/", views_workspace.workspace_settings, name="workspace-settings"),
+    path("workspaces/<int:workspace_id>/vcs/", views_workspace.workspace_vcs, name="workspace-vcs"),
     path("workspaces/<int:workspace_id>/lock/", views_workspace.workspace_lock, {"lock": True}, name="workspace-lock"),
     path("workspaces/<int:workspace_id>/unlock/", views_workspace.workspace_lock, {"lock": False},
          name="workspace-unlock"),

@@ -37,6 +37,7 @@ from tasks_app.services.runs import (
 )
 from tasks_app.services.tokens import token_create, token_revoke
 from tasks_app.states import Operation
+from tasks_app.vcs.models import VcsConnection
 
 
 class WorkspaceCreateForm(forms.ModelForm):
@@ -101,6 +102,7 @@ def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
         context["pools"] = [p for p in AgentPool.objects.order_by("name")
                             if p.id == ws.pool_id or can_use_pool(request.user, p)]
         context["teams"] = Group.objects.order_by("name").values_list("name", flat=True)
+        context["vcs_connections"] = VcsConnection.objects.order_by("name").values_list("name", flat=True)
     return render(request, "tasks_app/workspace_detail.html", context)
 
 

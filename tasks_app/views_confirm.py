@@ -39,6 +39,7 @@ from tasks_app.page_access import readable_run
 from tasks_app.selectors import ms_between
 from tasks_app.services.runs import run_cancel, run_confirm, run_discard, run_prepare
 from tasks_app.states import FINAL, RunStatus
+from tasks_app.vcs.commit import run_commit
 
 # A response header the dialog's before-swap handler looks for: a 4xx carrying it is the
 # dialog with a refusal inside, to be swapped in; any other error response is left alone.
@@ -180,6 +181,8 @@ def confirm_dialog_context(task: Task, allowed: set[str], *, notice: str = "", e
         "warm": WarmExplanation(ready.kind in ("ready", "warming"), ready.text) if ready else None,
         "apply": apply_progress(task) if phase in ("confirmed", "done") else None,
         "plan_summary": plan.summary if plan else None,
+        # Which commit Confirm applies, and whether the branch has a newer one.
+        "commit": run_commit(task) if pending else None,
         "can_confirm": str(Action.CONFIRM) in allowed,
         "can_discard": str(Action.DISCARD) in allowed,
         "can_cancel": str(Action.CANCEL) in allowed and task.status not in FINAL,

@@ -32,6 +32,7 @@ from tasks_app.services.audit import audit_record
 from tasks_app.services.configs import configuration_create_from_archive
 from tasks_app.services.workspaces import workspace_access_remove, workspace_access_set, workspace_update
 from tasks_app.state_diff import TooLargeToCompare, state_versions_diff
+from tasks_app.vcs.connections import workspace_follow_repository
 
 
 def _back(workspace: Workspace, section: str) -> HttpResponse:
@@ -87,6 +88,30 @@ def workspace_settings(request: HttpRequest, workspace_id: int) -> HttpResponse:
     else:
         messages.success(request, "Settings saved.")
     return _back(ws, "settings")
+
+
+@workspace_form
+def workspace_vcs(request: HttpRequest, workspace_id: int) -> HttpResponse:
+    """The repository the workspace follows (`admin`): the API's service, the API's checks."""
+    ws = workspace_for(request.user, Action.READ, workspace_id)
+    connection = request.POST.get("connection", "").strip() or None
+    patterns = [p.strip() for p in request.POST.get("trigger_patterns", "").replace(",", "\n").splitlines()
+                if p.strip()]
+    try:
+        workspace_follow_repository(
+            workspace=ws, actor=request.user, connection=connection,
+            repository=request.POST.get("repository", "").strip(), branch=request.POST.get("branch", "").strip(),
+            working_directory=request.POST.get("working_directory", "").strip(), trigger_patterns=patterns,
+            tag_regex=request.POST.get("tag_regex", "").strip(),
+            keep_pending_runs=_checkbox(request, "keep_pending_runs"))
+    except (Forbidden, NotFound):
+        raise
+    except PlatformError as exc:
+        messages.error(request, f"Repository not saved: {exc}")
+    else:
+        messages.success(request, f"The workspace follows {ws.vcs_repository} ({ws.vcs_branch})." if connection
+                         else "The workspace follows no repository.")
+    return _back(ws, "repository")
 
 
 @workspace_form

@@ -22,6 +22,9 @@ TEST_ENV = {
     # A full pool releases reservations at once in tests (the grace is tested on its own:
     # tests/agents_app/test_dispatch.py), so a test's queued plan does not wait 30 s.
     "IAC_RESERVATION_GRACE_SECONDS": "0",
+    # The tests' git servers and forge APIs listen on the loopback.
+    "IAC_VCS_ALLOW_LOCAL_HOSTS": "true",
+    "IAC_VCS_TICK_SECONDS": "1",
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)

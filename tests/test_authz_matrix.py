@@ -173,6 +173,23 @@ RULES: dict[str, list[Case]] = {
     "api-workspace-outputs": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/outputs/", _expect(200, 200, 200, 404)),
     ],
+    # VCS: connections are site admins' alone; following a repository is a setting (`admin`);
+    # allowing a held pull request commit is `write` (404 here: nothing is held).
+    "api-vcs-connection-list": [
+        Case("GET", lambda w, u: "/api/v1/vcs-connections/", _expect(200, 403, 403, 403)),
+        Case("POST", lambda w, u: "/api/v1/vcs-connections/", _expect(201, 403, 403, 403),
+             body=lambda w, u: {"name": f"gh-{u}", "kind": "github", "url": "https://github.example.com"}),
+    ],
+    "api-workspace-vcs": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/vcs/", _expect(200, 200, 200, 404)),
+        Case("PUT", lambda w, u: f"/api/v1/workspaces/{w.a.id}/vcs/", _expect(200, 403, 403, 404),
+             body=lambda w, u: {"connection": None}),
+    ],
+    "api-workspace-vcs-held": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/vcs/held/", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/vcs/held/", _expect(404, 404, 403, 404),
+             body=lambda w, u: {"sha": "a" * 40}),
+    ],
     "api-access-list": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 200, 200, 404)),
         Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 403, 403, 404),
@@ -243,6 +260,10 @@ RULES: dict[str, list[Case]] = {
     "workspace-settings": [
         Case("POST", lambda w, u: f"/workspaces/{w.a.id}/settings/", _expect(302, 403, 403, 404), api=False,
              body=lambda w, u: {"pool": w.pool.id, "auto_apply": "on"}),
+    ],
+    "workspace-vcs": [
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/vcs/", _expect(302, 403, 403, 404), api=False,
+             body=lambda w, u: {"connection": ""}),
     ],
     "workspace-lock": [Case("POST", lambda w, u: f"/workspaces/{w.a.id}/lock/", _expect(302, 302, 403, 404), api=False)],
     "workspace-unlock": [
@@ -393,6 +414,8 @@ SPECIAL = {
     # Public on purpose: the API version header, and service discovery.
     "tfe-ping": "tests/tfe/test_api.py::test_it_answers_ping_with_the_api_version_terraform_needs",
     "tfe-discovery": "tests/tfe/test_api.py::test_it_offers_service_discovery",
+    # The forge's signature is the grant: tests/vcs/test_connections.py.
+    "vcs-webhook": "tests/vcs/test_connections.py::test_it_refuses_unsigned_forged_and_malformed_webhooks_storing_nothing",
     # A scraper's bearer token (always; loopback is not enough), not a user: tests/test_metrics.py.
     "metrics": "tests/test_metrics.py::test_it_refuses_anonymous_access_when_a_token_is_set",
 }

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from django.conf import settings
 
-from iacplatform.errors import invalid_field
+from iacplatform.errors import Conflict, invalid_field
 from tasks_app.models import ConfigurationVersion, Workspace
 
 
@@ -44,7 +44,7 @@ def _pack(entries: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def _store(workspace: Workspace, entries: list[tuple[str, bytes]], actor: Any) -> ConfigurationVersion:
+def _store(workspace: Workspace, entries: list[tuple[str, bytes]], actor: Any, **fields: Any) -> ConfigurationVersion:
     names = [n for n, _ in entries]
     _check_terraform_present(names)
     total = sum(len(d) for _, d in entries)
@@ -58,10 +58,35 @@ def _store(workspace: Workspace, entries: list[tuple[str, bytes]], actor: Any) -
         size=len(archive),
         files=sorted(names),
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        **fields,
     )
 
 
-def configuration_create_from_files(*, workspace: Workspace, files: Any, actor: Any) -> ConfigurationVersion:
+def configuration_create_from_commit(*, workspace: Workspace, entries: list[tuple[str, bytes]],
+                                     **commit: Any) -> ConfigurationVersion:
+    """A configuration made from a git commit (tasks_app/vcs/): `entries` already read through
+    archive_read_entries' checks; `commit` names it (vcs_sha, vcs_branch, ..., speculative)."""
+    return _store(workspace, entries, None, **commit)
+
+
+# Terraform's own words when a workspace follows a repository (its cloud backend says them
+# before it uploads anything; the platform says them too, for clients that do not).
+VCS_APPLY_REFUSED = ("Apply not allowed for workspaces with a VCS connection: a workspace that is connected to a "
+                     "VCS requires the VCS-driven workflow to ensure that the VCS remains the single source of truth")
+
+
+def configuration_upload_allowed(workspace: Workspace, *, speculative: bool) -> None:
+    """A workspace that follows a repository takes its configurations from git only; a
+    speculative one (a plan of one's own files, never applied) is still allowed."""
+    if workspace.vcs_connection_id is not None and not speculative:
+        followed = workspace.vcs_repository or "a repository"
+        raise Conflict(f"{VCS_APPLY_REFUSED}. Workspace '{workspace.name}' follows {followed}: "
+                       "push to its branch instead")
+
+
+def configuration_create_from_files(*, workspace: Workspace, files: Any, actor: Any,
+                                    speculative: bool = False) -> ConfigurationVersion:
+    configuration_upload_allowed(workspace, speculative=speculative)
     if not isinstance(files, dict) or not files:
         raise invalid_field("files", "must be a non-empty object mapping file names to their text")
     if len(files) > settings.IAC_MAX_CONFIG_FILES:
@@ -165,11 +190,13 @@ def archive_read_entries(stream: BinaryIO) -> list[tuple[str, bytes]]:
     return entries
 
 
-def configuration_create_from_archive(*, workspace: Workspace, data: bytes, actor: Any) -> ConfigurationVersion:
+def configuration_create_from_archive(*, workspace: Workspace, data: bytes, actor: Any,
+                                      speculative: bool = False) -> ConfigurationVersion:
     """Accept a .tar.gz. Rejects absolute paths, `..`, links, devices, and archives over the
     limits: IAC_MAX_CONFIG_BYTES for the compressed body and again for the unpacked files,
     IAC_MAX_CONFIG_FILES entries. Every limit is checked while decompressing, so a bomb costs
     no more than the limits themselves."""
+    configuration_upload_allowed(workspace, speculative=speculative)
     if len(data) > settings.IAC_MAX_CONFIG_BYTES:
         raise invalid_field("archive", f"archive is {len(data)} bytes; the limit is {settings.IAC_MAX_CONFIG_BYTES}")
     gz = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")

@@ -12,11 +12,12 @@ from django.db import transaction
 from iacplatform.errors import Conflict, PlatformError
 from tasks_app.models import ConfigurationUpload, Workspace
 from tasks_app.services.audit import audit_record
-from tasks_app.services.configs import configuration_create_from_archive
+from tasks_app.services.configs import configuration_create_from_archive, configuration_upload_allowed
 
 
 def configuration_upload_create(*, workspace: Workspace, actor: Any, speculative: bool,
                                 auto_queue_runs: bool = False) -> ConfigurationUpload:
+    configuration_upload_allowed(workspace, speculative=speculative)
     return ConfigurationUpload.objects.create(
         workspace=workspace, speculative=speculative, auto_queue_runs=auto_queue_runs,
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
@@ -34,7 +35,7 @@ def configuration_upload_receive(*, upload_id: int, data: bytes) -> Configuratio
         try:
             with transaction.atomic():
                 cv = configuration_create_from_archive(workspace=upload.workspace, data=data,
-                                                       actor=upload.created_by)
+                                                       actor=upload.created_by, speculative=upload.speculative)
         except PlatformError as exc:
             # Raised after the commit: the refusal's words stay on the announcement for the
             # client that polls it.

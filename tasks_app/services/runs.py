@@ -94,8 +94,8 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
     # (Not its archive: the run only points at it.) A speculative plan's configuration (the
     # TFE API's, which `plan` may upload) never becomes the one the workspace applies.
     cv = configuration_version or (
-        ConfigurationVersion.objects.filter(workspace=workspace).exclude(upload__speculative=True)
-        .order_by("-id").only("id").first())
+        ConfigurationVersion.objects.filter(workspace=workspace, speculative=False)
+        .exclude(upload__speculative=True).order_by("-id").only("id").first())
     if cv is None:
         raise Conflict(f"workspace '{workspace.name}' has no configuration yet: upload one first")
     if cv.workspace_id != workspace.id:

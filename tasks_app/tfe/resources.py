@@ -67,14 +67,16 @@ def workspace(ws: Workspace, user: Any) -> dict[str, Any]:
             # The CLI skips its version check for "latest"; a pinned workspace names its pin
             # (the agents that run it are the only ones its jobs go to).
             "terraform-version": ws.terraform_version or "latest",
-            "working-directory": "",
+            "working-directory": ws.vcs_working_directory,
             "structured-run-output-enabled": False,
             "speculative-enabled": True,
             "global-remote-state": False,
             "queue-all-runs": False,
             "file-triggers-enabled": False,
             "source": "tfe-api",
-            "vcs-repo": None,
+            # A workspace that follows a repository says so: terraform then refuses `apply`
+            # itself ("Apply not allowed for workspaces with a VCS connection").
+            "vcs-repo": vcs_repo(ws),
             "created-at": _time(ws.created_at),
             "updated-at": _time(ws.created_at),
             "resource-count": 0,
@@ -105,6 +107,16 @@ def workspace(ws: Workspace, user: Any) -> dict[str, Any]:
         },
         "links": {"self": f"/api/v2/organizations/{organization_name()}/workspaces/{ws.name}"},
     }
+
+
+def vcs_repo(ws: Workspace) -> dict[str, Any] | None:
+    """HCP Terraform's vcs-repo of a workspace that follows a repository (None otherwise)."""
+    if ws.vcs_connection_id is None:
+        return None
+    return {"identifier": ws.vcs_repository, "display-identifier": ws.vcs_repository, "branch": ws.vcs_branch,
+            "ingress-submodules": False, "tags-regex": ws.vcs_tag_regex or None,
+            "service-provider": ws.vcs_connection.kind, "oauth-token-id": None,
+            "repository-http-url": None, "webhook-url": None}
 
 
 def configuration_version(upload: ConfigurationUpload) -> dict[str, Any]:

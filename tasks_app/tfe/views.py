@@ -20,6 +20,7 @@ from iacplatform.errors import Conflict, Forbidden, Invalid, NotFound
 from iacplatform.permissions import Action, readable_workspaces, require, run_for, workspace_for
 from tasks_app.models import ConfigurationUpload, LogChunk, Task, Workspace
 from tasks_app.serializers import ADDRESS_PATTERN
+from tasks_app.services.configs import VCS_APPLY_REFUSED
 from tasks_app.services.configuration_uploads import configuration_upload_create, configuration_upload_receive
 from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard
 from tasks_app.services.workspaces import (
@@ -375,6 +376,8 @@ def runs(request: HttpRequest) -> HttpResponse:
     plan_only = data.bool("plan-only") or (upload is not None and upload.speculative)
     operation = Operation.PLAN if plan_only else Operation.PLAN_AND_APPLY
     require(request.user, Action.QUEUE_PLAN if plan_only else Action.QUEUE_APPLY, ws)
+    if not plan_only and ws.vcs_connection_id is not None:
+        raise Conflict(VCS_APPLY_REFUSED)
     task = run_create(
         workspace=ws, operation=operation, actor=request.user,
         # Not the request's `message`: a run's message is the platform's word on it (tasks_app/serializers.py).

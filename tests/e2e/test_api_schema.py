@@ -35,6 +35,11 @@ RULES_ACROSS_OBJECTS = [
     # Freeze windows: which fields a window needs depends on its kind (weekly: weekdays and
     # times; one_off: starts_at before ends_at), and a time zone must be a known IANA name.
     "POST /api/v1/pools/{id}/freeze-windows/", "PATCH /api/v1/pools/{id}/freeze-windows/{window_id}/",
+    # VCS connections: a URL must name a usable host, a plain git connection has no webhook
+    # secret and only it is polled; a workspace must name an existing connection and a
+    # repository path; a held commit must be held.
+    "POST /api/v1/vcs-connections/", "PUT /api/v1/workspaces/{workspace_id}/vcs/",
+    "POST /api/v1/workspaces/{workspace_id}/vcs/held/",
 ]
 POSITIVE_OK = '["2xx", "3xx", 400, 401, 403, 404, 409, 429, "5xx"]'
 
