@@ -348,3 +348,61 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
         audit_record(actor=request.user, action="token.revoke", obj=obj.user, data={"name": obj.name, "key": obj.token_key})
         super().delete_model(request, obj)
+
+
+# Workflows across workspaces (tasks_app/workflows/). Viewable here; every change goes through
+# the REST API's services, which check who may attach a set's secrets where and audit it.
+from tasks_app.workflows.models import (  # noqa: E402
+    NotificationAttempt,
+    NotificationDelivery,
+    NotificationDestination,
+    VariableSet,
+    VariableSetVariable,
+)
+
+
+class VariableSetVariableInline(admin.TabularInline):
+    model = VariableSetVariable
+    fields = ["key", "category", "sensitive", "shown_value"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="value")
+    def shown_value(self, obj: VariableSetVariable) -> str:
+        return "sensitive" if obj.sensitive else obj.plain_value
+
+
+@admin.register(VariableSet)
+class VariableSetAdmin(ReadOnlyAdmin):
+    list_display = ["name", "scope", "priority", "team", "created_at"]
+    list_filter = ["scope", "priority"]
+    fields = ["name", "description", "scope", "priority", "team", "workspaces", "created_at"]
+    inlines = [VariableSetVariableInline]
+
+
+@admin.register(VariableSetVariable)
+class VariableSetVariableAdmin(ReadOnlyAdmin):
+    list_display = ["key", "variable_set", "category", "sensitive"]
+    fields = ["variable_set", "key", "category", "sensitive"]
+
+
+@admin.register(NotificationDestination)
+class NotificationDestinationAdmin(ReadOnlyAdmin):
+    list_display = ["name", "workspace", "kind", "url", "enabled", "created_at"]
+    list_filter = ["kind", "enabled"]
+    fields = ["workspace", "name", "kind", "url", "emails", "triggers", "enabled", "created_at"]
+
+
+@admin.register(NotificationDelivery)
+class NotificationDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "destination", "trigger", "task", "status", "attempts", "next_attempt_at", "created_at"]
+    list_filter = ["status", "trigger"]
+
+
+@admin.register(NotificationAttempt)
+class NotificationAttemptAdmin(ReadOnlyAdmin):
+    list_display = ["id", "delivery", "number", "status_code", "to_status", "error", "created_at"]

@@ -6,6 +6,7 @@ from celery import shared_task
 
 from agents_app.services import autoscaler
 from tasks_app.services import sweep as control_loop
+from tasks_app.workflows import drift, notifications
 
 
 @shared_task
@@ -20,3 +21,16 @@ def autoscale() -> dict:
     """The autoscaler tick (agents_app.services.autoscaler): reconcile pods, replace pods that
     never registered, scale each managed pool, record every decision."""
     return autoscaler.autoscale()
+
+
+@shared_task
+def notifications_deliver() -> dict:
+    """Send the notifications that are due (tasks_app.workflows.notifications): stored first,
+    retried with back-off, never sent inside a run's transaction."""
+    return notifications.deliveries_send_due()
+
+
+@shared_task
+def drift_checks() -> list[int]:
+    """Queue the drift checks whose scheduled moment came (tasks_app.workflows.drift)."""
+    return drift.drift_checks_start()

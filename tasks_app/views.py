@@ -37,6 +37,7 @@ from tasks_app.services.runs import (
 )
 from tasks_app.services.tokens import token_create, token_revoke
 from tasks_app.states import Operation
+from tasks_app.workflows.states import Health
 
 
 class WorkspaceCreateForm(forms.ModelForm):
@@ -66,10 +67,14 @@ def workspace_list(request: HttpRequest) -> HttpResponse:
         form = WorkspaceCreateForm()
     search = request.GET.get("q", "")[:SEARCH_MAX_LENGTH]
     attention = request.GET.get("attention") == "1"
+    health = request.GET.get("health", "")
+    health = health if health in Health.values else ""
     context = {
-        "workspaces": workspace_rows(request.user, search=search, attention=attention),
+        "workspaces": workspace_rows(request.user, search=search, attention=attention, health=health),
         "search": search,
         "attention": attention,
+        "health": health,
+        "healths": Health.choices,
         "form": form if may_create else None,
     }
     # The search box and the filter ask for the table alone (same URL, `HX-Request` set); a

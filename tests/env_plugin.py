@@ -22,6 +22,13 @@ TEST_ENV = {
     # A full pool releases reservations at once in tests (the grace is tested on its own:
     # tests/agents_app/test_dispatch.py), so a test's queued plan does not wait 30 s.
     "IAC_RESERVATION_GRACE_SECONDS": "0",
+    # Notifications: the tests' receivers listen on the loopback (a site's setting allows it;
+    # tests/tasks_app/test_notifications.py checks the refusal without it), and retries come
+    # within a second.
+    "IAC_NOTIFY_ALLOW_PRIVATE_ADDRESSES": "1",
+    "IAC_NOTIFY_BACKOFF_SECONDS": "0.2",
+    "IAC_NOTIFY_INTERVAL_SECONDS": "0.5",
+    "IAC_DRIFT_INTERVAL_SECONDS": "1",
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)
