@@ -66,12 +66,15 @@ class WorkspaceAdmin(admin.ModelAdmin):
     """The admin asks the same `can` as every other door (site admins have `admin` on every
     workspace; a staff member without it sees nothing to change)."""
 
-    list_display = ["name", "pool", "auto_apply", "locked", "terraform_version", "created_at"]
-    list_filter = ["pool", "auto_apply", "locked"]
+    list_display = ["name", "pool", "auto_apply", "locked", "terraform_version", "health", "created_at"]
+    list_filter = ["pool", "auto_apply", "locked", "health"]
     search_fields = ["name"]
     inlines = [WorkspaceAccessInline]
-    # Changed through the TFE API's relationships/remote-state-consumers, which audits it.
-    readonly_fields = ["remote_state_consumers"]
+    # Changed through the TFE API's relationships/remote-state-consumers, which audits it; run
+    # triggers and drift schedules through the REST API (a cycle check, a cron and time zone
+    # check, an audit record); health only by the drift checks.
+    readonly_fields = ["remote_state_consumers", "trigger_sources", "drift_schedule", "drift_timezone",
+                       "drift_next_at", "health", "health_detail", "health_checked_at"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         allowed = super().has_change_permission(request, obj)
