@@ -128,7 +128,7 @@ class WorkspaceListCreate(generics.ListCreateAPIView):
     def get_queryset(self) -> QuerySet[Workspace]:
         workspaces = _workspace_queryset().filter(id__in=readable_workspaces(self.request.user).values("id"))
         health = self.request.query_params.get("health") if hasattr(self.request, "query_params") else None
-        if health:
+        if health is not None:
             if health not in Health.values:
                 raise ValidationError({"health": f"one of {', '.join(Health.values)}"})
             workspaces = workspaces.filter(health=health)
