@@ -37,6 +37,7 @@ from tasks_app.services.runs import (
 )
 from tasks_app.services.tokens import token_create, token_revoke
 from tasks_app.states import Operation
+from tasks_app.workflows.set_reads import sets_applying
 from tasks_app.workflows.states import Health
 
 
@@ -101,6 +102,9 @@ def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
         "access": ws.access.select_related("team").order_by("team__name"),
         "access_levels": AccessLevel.choices,
         "Operation": Operation,
+        "variable_sets": sets_applying(ws.id).prefetch_related("variables"),
+        "destinations": ws.notification_destinations.prefetch_related("deliveries__attempt_rows").order_by("name"),
+        "trigger_sources": ws.trigger_sources.order_by("name"),
     }
     if "settings" in allowed:
         context["pools"] = [p for p in AgentPool.objects.order_by("name")

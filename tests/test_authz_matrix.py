@@ -322,6 +322,10 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/workspaces/{w.a.id}/settings/", _expect(302, 403, 403, 404), api=False,
              body=lambda w, u: {"pool": w.pool.id, "auto_apply": "on"}),
     ],
+    "notification-destination-test": [
+        Case("POST", lambda w, u: f"/notification-destinations/{_destination(w).id}/test/",
+             _expect(302, 403, 403, 404), api=False),
+    ],
     "workspace-lock": [Case("POST", lambda w, u: f"/workspaces/{w.a.id}/lock/", _expect(302, 302, 403, 404), api=False)],
     "workspace-unlock": [
         Case("POST", lambda w, u: f"/workspaces/{w.a.id}/unlock/", _expect(302, 302, 403, 404), api=False),

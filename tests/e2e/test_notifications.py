@@ -11,6 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.test import Client
 
 from tests.live import wait_for
 
@@ -65,7 +66,8 @@ def receivers():
         receiver.close()
 
 
-def test_it_signs_each_notification_and_retries_a_failing_receiver_without_holding_the_run(scenario, receivers):
+def test_it_signs_each_notification_and_retries_a_failing_receiver_without_holding_the_run(scenario, receivers,
+                                                                                          alice):
     s = scenario()
     s.agent("a1")
     user, ws = s.user, s.workspace["id"]
@@ -100,8 +102,15 @@ def test_it_signs_each_notification_and_retries_a_failing_receiver_without_holdi
     # The run ended when it ended, whatever the receiver answered.
     assert user.run(run["id"])["status"] == "applied"
 
-    # "Send a test" reaches the receiver too, signed.
+    # The workspace page shows the last attempts; its "Send a test" reaches the receiver, signed,
+    # as the API's does.
+    page = Client()
+    page.force_login(alice)
+    html = page.get(f"/workspaces/{ws}/").content.decode()
+    assert "answered 500" in html and "Send a test" in html
+    assert page.post(f"/notification-destinations/{ops['id']}/test/").status_code == 302
+    wait_for(lambda: good.events().count("test") == 1, 20, "the page's test notification")
     test = user.request("POST", f"/api/v1/notification-destinations/{ops['id']}/test/", expect=202).json()
     assert test["trigger"] == "test"
-    wait_for(lambda: "test" in good.events(), 20, "the test notification")
+    wait_for(lambda: good.events().count("test") == 2, 20, "the API's test notification")
     assert good.bad_signatures == 0
