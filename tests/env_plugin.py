@@ -27,7 +27,7 @@ TEST_ENV = {
     # within a second.
     "IAC_NOTIFY_ALLOW_PRIVATE_ADDRESSES": "1",
     "IAC_NOTIFY_BACKOFF_SECONDS": "0.2",
-    "IAC_NOTIFY_INTERVAL_SECONDS": "0.5",
+    "IAC_NOTIFY_INTERVAL_SECONDS": "1",
     "IAC_DRIFT_INTERVAL_SECONDS": "1",
 }
 for key, value in TEST_ENV.items():

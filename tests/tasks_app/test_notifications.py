@@ -82,3 +82,22 @@ def test_it_waits_longer_after_each_failed_attempt(workspace, settings):
     assert delivery.status == "retrying" and delivery.attempts == 3
     assert 9 < gaps[0] < 11 and 19 < gaps[1] < 21 and 39 < gaps[2] < 41
     assert "ConnectionError" in delivery.attempt_rows.first().error
+
+
+def test_it_posts_a_slack_compatible_text(workspace, settings):
+    from tests.e2e.test_notifications import Receiver
+
+    settings.IAC_NOTIFY_ALLOW_PRIVATE_ADDRESSES = True
+    receiver = Receiver()
+    try:
+        NotificationDestination.objects.create(workspace=workspace, name="chat", kind="slack", url=receiver.url,
+                                               triggers=["applied"])
+        with unit_of_work() as uow:
+            notifications_enqueue(workspace_id=workspace.id, trigger=Trigger.APPLIED, uow=uow,
+                                  event={"run": 3, "workspace": workspace.name, "message": ""})
+        assert deliveries_send_due() == {"sent": 1, "failed": 0}
+        [sent] = receiver.received
+        assert set(sent["body"]) == {"text"} and sent["body"]["text"].startswith(f"[{workspace.name}] run 3 applied")
+        assert "/runs/3/" in sent["body"]["text"]
+    finally:
+        receiver.close()
