@@ -21,7 +21,7 @@ from tasks_app.dispatch.models import Job
 from tasks_app.models import ConfigurationVersion, StateVersion, Task, Variable
 from tasks_app.states import Operation
 from tasks_app.workflows.precedence import Resolved, SetValue, resolve
-from tasks_app.workflows.set_reads import set_values, set_values_for, set_variables_array
+from tasks_app.workflows.set_reads import set_values_for
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def with_payload_variables(qs: QuerySet[Task]) -> QuerySet[Task]:
         key="key", category="category", sensitive="sensitive", plain="plain_value",
         cipher=Func(F("encrypted_value"), Value("base64"), function="encode"),
     ))
-    return qs.annotate(payload_variables=ArraySubquery(rows), payload_set_variables=set_variables_array())
+    return qs.annotate(payload_variables=ArraySubquery(rows))
 
 
 def payload_variables(task: Task) -> list[Variable]:
@@ -103,9 +103,11 @@ def payload_variables(task: Task) -> list[Variable]:
 
 
 def payload_set_variables(task: Task) -> list[SetValue]:
-    """The variables of the sets that apply to the run's workspace, as a run read
-    `with_payload_variables` carries them."""
-    return set_values(task.payload_set_variables)
+    """The variables of the sets that apply to the run's workspace: a query of their own. (Read
+    as one more array subquery of the locked run, they made the claim's query slow enough for
+    an agent to miss its heartbeat bound on a loaded machine: tests/tasks_app/test_lock_order.py
+    next to a live server.)"""
+    return set_values_for(task.workspace_id)
 
 
 def run_variables_resolved(task: Task, reads: PayloadReads) -> tuple[list[Resolved], list[str]]:

@@ -1,16 +1,14 @@
-"""Reads of the variable sets that apply to a workspace: for a job's payload (read with the
-locked run, tasks_app/dispatch/job_payloads.py), the server's masking (tasks_app/redaction.py)
-and the workspace page. Reads only."""
+"""Reads of the variable sets that apply to a workspace: for a job's payload
+(tasks_app/dispatch/job_payloads.py), the server's masking (tasks_app/redaction.py, and the
+sensitive ciphertexts read with a locked job) and the workspace page. Reads only."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import Exists, F, Func, OuterRef, Q, Value
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.expressions import Combinable
-from django.db.models.functions import JSONObject
 
 from tasks_app.models import AccessLevel, WorkspaceAccess
 from tasks_app.workflows.models import VariableSet, VariableSetVariable
@@ -33,33 +31,6 @@ def applies_to(workspace_id: Combinable | int, prefix: str = "") -> Q:
 
 def sets_applying(workspace_id: int) -> Any:
     return VariableSet.objects.filter(applies_to(workspace_id)).order_by("name")
-
-
-def set_variables_array(workspace_ref: str = "workspace_id") -> ArraySubquery:
-    """An annotation: the variables of the sets that apply to the row's workspace
-    (`OuterRef(workspace_ref)`), each as JSON with its set's rank (a sensitive value as its
-    ciphertext in base64): `set_values` turns them back into SetValues."""
-    # applies_to's subqueries sit two levels below the row whose workspace it is.
-    ref = OuterRef(OuterRef(workspace_ref))
-    rows = (
-        VariableSetVariable.objects.filter(applies_to(ref, prefix="variable_set__"))
-        .order_by().values(row=JSONObject(
-            key="key", category="category", sensitive="sensitive", plain="plain_value",
-            cipher=Func(F("encrypted_value"), Value("base64"), function="encode"),
-            set_id="variable_set_id", set_name="variable_set__name", scope="variable_set__scope",
-            priority="variable_set__priority",
-        ))
-    )
-    return ArraySubquery(rows)
-
-
-def set_values(rows: list[dict[str, Any]]) -> list[SetValue]:
-    return [SetValue(
-        variable=VariableSetVariable(key=r["key"], category=r["category"], sensitive=r["sensitive"],
-                                     plain_value=r["plain"],
-                                     encrypted_value=base64.b64decode(r["cipher"]) if r["cipher"] else None),
-        set_id=r["set_id"], set_name=r["set_name"], scope=r["scope"], priority=r["priority"],
-    ) for r in rows]
 
 
 def set_values_for(workspace_id: int) -> list[SetValue]:
