@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dj_database_url
+from croniter import croniter
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from marshmallow import ValidationError
@@ -181,6 +182,28 @@ try:
     IAC_KUBECONFIG = env.str("IAC_KUBECONFIG", "")
     # Every call to the Kubernetes API is bounded: a hung API server must not hang the reconciler.
     IAC_KUBERNETES_TIMEOUT_SECONDS = env.float("IAC_KUBERNETES_TIMEOUT_SECONDS", 10.0, validate=POSITIVE)
+    # Notifications (tasks_app/workflows/notifications.py). A destination on a loopback,
+    # link-local (cloud metadata) or private address is refused unless the site allows it.
+    IAC_NOTIFY_ALLOW_PRIVATE_ADDRESSES = env.bool("IAC_NOTIFY_ALLOW_PRIVATE_ADDRESSES", False)
+    IAC_NOTIFY_MAX_ATTEMPTS = env.int("IAC_NOTIFY_MAX_ATTEMPTS", 6, validate=Range(min=1, max=50))
+    # Retries wait base * 2^(attempt-1) seconds, at most IAC_NOTIFY_BACKOFF_MAX_SECONDS.
+    IAC_NOTIFY_BACKOFF_SECONDS = env.float("IAC_NOTIFY_BACKOFF_SECONDS", 10.0, validate=POSITIVE)
+    IAC_NOTIFY_BACKOFF_MAX_SECONDS = env.float("IAC_NOTIFY_BACKOFF_MAX_SECONDS", 3600.0, validate=POSITIVE)
+    IAC_NOTIFY_TIMEOUT_SECONDS = env.float("IAC_NOTIFY_TIMEOUT_SECONDS", 10.0, validate=POSITIVE)
+    IAC_NOTIFY_INTERVAL_SECONDS = env.float("IAC_NOTIFY_INTERVAL_SECONDS", 2.0, validate=POSITIVE)
+    # Drift checks (tasks_app/workflows/drift.py): the site's default schedule for workspaces
+    # without their own (a 5-field cron expression, in each workspace's time zone; "": none),
+    # and how often the scheduler looks for due checks.
+    IAC_DRIFT_SCHEDULE = env.str("IAC_DRIFT_SCHEDULE", "")
+    IAC_DRIFT_INTERVAL_SECONDS = env.float("IAC_DRIFT_INTERVAL_SECONDS", 30.0, validate=POSITIVE)
+    # Email notifications go through Django's email backend (SMTP unless told otherwise).
+    EMAIL_BACKEND = env.str("IAC_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+    EMAIL_HOST = env.str("IAC_EMAIL_HOST", "localhost")
+    EMAIL_PORT = env.int("IAC_EMAIL_PORT", 25, validate=Range(min=1, max=65535))
+    EMAIL_HOST_USER = env.str("IAC_EMAIL_USER", "")
+    EMAIL_HOST_PASSWORD = env.str("IAC_EMAIL_PASSWORD", "")
+    EMAIL_USE_TLS = env.bool("IAC_EMAIL_USE_TLS", False)
+    DEFAULT_FROM_EMAIL = env.str("IAC_EMAIL_FROM", "iac-platform@localhost")
 except EnvError as exc:  # pragma: no cover - exercised by tests/test_settings_env.py
     raise ImproperlyConfigured(str(exc)) from exc
 
@@ -401,7 +424,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     # One enum for a run's status wherever it appears (a run, its log page, the filters).
-    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "tasks_app.states.RunStatus"},
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "tasks_app.states.RunStatus",
+                            "DeliveryStatusEnum": "tasks_app.workflows.states.DELIVERY_STATUS_CHOICES"},
 }
 
 CHANNEL_LAYERS = {
@@ -431,7 +455,11 @@ CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "tasks_app.tasks.sweep", "schedule": IAC_SWEEP_INTERVAL_SECONDS},
     "autoscale": {"task": "tasks_app.tasks.autoscale", "schedule": IAC_AUTOSCALE_INTERVAL_SECONDS},
     "vcs": {"task": "tasks_app.tasks.vcs_tick", "schedule": IAC_VCS_TICK_SECONDS},
+    "notifications": {"task": "tasks_app.tasks.notifications_deliver", "schedule": IAC_NOTIFY_INTERVAL_SECONDS},
+    "drift": {"task": "tasks_app.tasks.drift_checks", "schedule": IAC_DRIFT_INTERVAL_SECONDS},
 }
+if IAC_DRIFT_SCHEDULE and (len(IAC_DRIFT_SCHEDULE.split()) != 5 or not croniter.is_valid(IAC_DRIFT_SCHEDULE)):
+    raise ImproperlyConfigured(f"IAC_DRIFT_SCHEDULE: '{IAC_DRIFT_SCHEDULE}' is not a 5-field cron expression")
 
 # IAC_LOG_FORMAT: `text` (the message alone, as always) or `json` (one object per line with
 # level, logger, timestamp and the run/job/agent ids bound where the work is done).

@@ -2,7 +2,8 @@
 
 What it serves: the in-process histograms and counters of iacplatform.metrics, plus gauges
 computed from the database at scrape time (`DatabaseCollector`: runs by status, jobs by pool,
-kind and status, agents by pool and status, slots of online agents by pool and state). The
+kind and status, agents by pool and status, slots of online agents by pool and state,
+workspaces by health, notification deliveries by status). The
 gauges are GROUP BY queries, not counters kept in memory, so they are right whichever process
 (web, the Celery worker's sweep, the admin) changed the rows, and right after a restart.
 
@@ -32,8 +33,10 @@ from agents_app.models import Agent, AgentPool
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState
 from iacplatform.metrics import REGISTRY
 from tasks_app.dispatch.models import Job, Slot
-from tasks_app.models import Task
+from tasks_app.models import Task, Workspace
 from tasks_app.states import RunStatus
+from tasks_app.workflows.models import NotificationDelivery
+from tasks_app.workflows.states import DeliveryStatus, Health
 
 
 class DatabaseCollector:
@@ -82,6 +85,19 @@ class DatabaseCollector:
             for state in SlotState:
                 slots.add_metric([pool, state], by_slot.get((pool, state), 0))
         yield slots
+
+        # Drift checks' findings (tasks_app/workflows/health.py): how many workspaces are in each health.
+        health = GaugeMetricFamily("iac_workspaces_health", "Workspaces by health (drift checks)", labels=["health"])
+        by_health = dict(Workspace.objects.values_list("health").annotate(n=Count("id")).order_by())
+        for value in Health.values:
+            health.add_metric([value], by_health.get(value, 0))
+        yield health
+        deliveries = GaugeMetricFamily("iac_notification_deliveries", "Notification deliveries by status",
+                                       labels=["status"])
+        by_delivery = dict(NotificationDelivery.objects.values_list("status").annotate(n=Count("id")).order_by())
+        for status in DeliveryStatus:
+            deliveries.add_metric([status], by_delivery.get(status, 0))
+        yield deliveries
 
 
 class _Scrape:

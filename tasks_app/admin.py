@@ -100,15 +100,18 @@ class WorkspaceAdmin(admin.ModelAdmin):
     """The admin asks the same `can` as every other door (site admins have `admin` on every
     workspace; a staff member without it sees nothing to change)."""
 
-    list_display = ["name", "pool", "auto_apply", "locked", "terraform_version", "created_at"]
-    list_filter = ["pool", "auto_apply", "locked"]
+    list_display = ["name", "pool", "auto_apply", "locked", "terraform_version", "health", "created_at"]
+    list_filter = ["pool", "auto_apply", "locked", "health"]
     search_fields = ["name"]
     inlines = [WorkspaceAccessInline]
     form = WorkspaceAdminForm
-    # Changed through the TFE API's relationships/remote-state-consumers, which audits it;
-    # the last commit seen on the branch is the webhooks' record.
+    # Changed through the TFE API's relationships/remote-state-consumers, which audits it; run
+    # triggers and drift schedules through the REST API (a cycle check, a cron and time zone
+    # check, an audit record); health only by the drift checks; the last commit seen on the
+    # branch is the webhooks' record.
     readonly_fields = ["remote_state_consumers", "vcs_last_sha", "vcs_seen_delivery_id", "vcs_last_delivery_id",
-                       "vcs_polled_at"]
+                       "vcs_polled_at", "trigger_sources", "drift_schedule", "drift_timezone", "drift_next_at",
+                       "health", "health_detail", "health_checked_at"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         allowed = super().has_change_permission(request, obj)
@@ -481,3 +484,61 @@ class HeldPullRequestAdmin(ReadOnlyAdmin):
 @admin.register(PullRequestComment)
 class PullRequestCommentAdmin(ReadOnlyAdmin):
     list_display = ["id", "connection", "repository", "number", "workspace", "comment_id"]
+
+
+# Workflows across workspaces (tasks_app/workflows/). Viewable here; every change goes through
+# the REST API's services, which check who may attach a set's secrets where and audit it.
+from tasks_app.workflows.models import (  # noqa: E402
+    NotificationAttempt,
+    NotificationDelivery,
+    NotificationDestination,
+    VariableSet,
+    VariableSetVariable,
+)
+
+
+class VariableSetVariableInline(admin.TabularInline):
+    model = VariableSetVariable
+    fields = ["key", "category", "sensitive", "shown_value"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="value")
+    def shown_value(self, obj: VariableSetVariable) -> str:
+        return "sensitive" if obj.sensitive else obj.plain_value
+
+
+@admin.register(VariableSet)
+class VariableSetAdmin(ReadOnlyAdmin):
+    list_display = ["name", "scope", "priority", "team", "created_at"]
+    list_filter = ["scope", "priority"]
+    fields = ["name", "description", "scope", "priority", "team", "workspaces", "created_at"]
+    inlines = [VariableSetVariableInline]
+
+
+@admin.register(VariableSetVariable)
+class VariableSetVariableAdmin(ReadOnlyAdmin):
+    list_display = ["key", "variable_set", "category", "sensitive"]
+    fields = ["variable_set", "key", "category", "sensitive"]
+
+
+@admin.register(NotificationDestination)
+class NotificationDestinationAdmin(ReadOnlyAdmin):
+    list_display = ["name", "workspace", "kind", "url", "enabled", "created_at"]
+    list_filter = ["kind", "enabled"]
+    fields = ["workspace", "name", "kind", "url", "emails", "triggers", "enabled", "created_at"]
+
+
+@admin.register(NotificationDelivery)
+class NotificationDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "destination", "trigger", "task", "status", "attempts", "next_attempt_at", "created_at"]
+    list_filter = ["status", "trigger"]
+
+
+@admin.register(NotificationAttempt)
+class NotificationAttemptAdmin(ReadOnlyAdmin):
+    list_display = ["id", "delivery", "number", "status_code", "to_status", "error", "created_at"]

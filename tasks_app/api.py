@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import BaseParser, JSONParser
@@ -81,6 +81,7 @@ from tasks_app.services.runs import (
 from tasks_app.services.variables import variable_create, variable_delete, variable_update
 from tasks_app.services.workspaces import workspace_default_pool, workspace_update
 from tasks_app.states import FINAL, Operation, RunStatus, is_final
+from tasks_app.workflows.states import Health
 
 # JSON only: form encodings would make `{"force": "false"}`-style ambiguity possible again
 # and nothing in the API is meant to be posted from an HTML form.
@@ -125,7 +126,18 @@ class WorkspaceListCreate(generics.ListCreateAPIView):
     parser_classes = JSON_ONLY
 
     def get_queryset(self) -> QuerySet[Workspace]:
-        return _workspace_queryset().filter(id__in=readable_workspaces(self.request.user).values("id"))
+        workspaces = _workspace_queryset().filter(id__in=readable_workspaces(self.request.user).values("id"))
+        health = self.request.query_params.get("health") if hasattr(self.request, "query_params") else None
+        if health is not None:
+            if health not in Health.values:
+                raise ValidationError({"health": f"one of {', '.join(Health.values)}"})
+            workspaces = workspaces.filter(health=health)
+        return workspaces
+
+    @extend_schema(parameters=[OpenApiParameter("health", str, enum=Health.values,
+                                                description="only the workspaces of this health (drift checks)")])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
         user = self.request.user

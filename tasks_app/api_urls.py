@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app import api, api_access
+from tasks_app import api, api_access, api_workflows
 from tasks_app.vcs import views as vcs_views
 
 urlpatterns = [
+    path("variable-sets/", api_workflows.VariableSetListCreate.as_view(), name="api-variable-set-list"),
+    path("variable-sets/<int:pk>/", api_workflows.VariableSetDetail.as_view(), name="api-variable-set-detail"),
+    path("variable-sets/<int:set_id>/variables/", api_workflows.SetVariableListCreate.as_view(),
+         name="api-variable-set-variable-list"),
+    path("variable-sets/<int:set_id>/variables/<int:pk>/", api_workflows.SetVariableDetail.as_view(),
+         name="api-variable-set-variable-detail"),
+    path("variable-sets/<int:set_id>/workspaces/<int:workspace_id>/", api_workflows.VariableSetWorkspace.as_view(),
+         name="api-variable-set-workspace"),
+    path("workspaces/<int:workspace_id>/run-triggers/", api_workflows.RunTriggerListCreate.as_view(),
+         name="api-run-trigger-list"),
+    path("workspaces/<int:workspace_id>/run-triggers/<int:source_id>/", api_workflows.RunTriggerRemove.as_view(),
+         name="api-run-trigger-detail"),
+    path("workspaces/<int:workspace_id>/notification-destinations/", api_workflows.DestinationListCreate.as_view(),
+         name="api-notification-destination-list"),
+    path("notification-destinations/<int:pk>/", api_workflows.DestinationDetail.as_view(),
+         name="api-notification-destination-detail"),
+    path("notification-destinations/<int:pk>/test/", api_workflows.DestinationTest.as_view(),
+         name="api-notification-destination-test"),
+    path("workspaces/<int:workspace_id>/drift-check/", api_workflows.DriftCheck.as_view(), name="api-drift-check"),
+    path("workspaces/<int:workspace_id>/variable-sets/", api_workflows.WorkspaceVariableSets.as_view(),
+         name="api-workspace-variable-sets"),
     path("audit-events/", api_access.AuditEventList.as_view(), name="api-audit-list"),
     path("tokens/", api_access.TokenListCreate.as_view(), name="api-token-list"),
     path("tokens/<str:key>/", api_access.TokenRevoke.as_view(), name="api-token-detail"),

@@ -8,6 +8,8 @@ from knox.models import AbstractAuthToken
 from agents_app.protocol import ApplyPath, PlanMode, WarmupStatus, choices
 from iacplatform import crypto
 from tasks_app.states import Operation, RunStatus
+from tasks_app.variable_fields import VariableCategory, VariableFields  # noqa: F401  (VariableCategory re-exported)
+from tasks_app.workflows.states import Health
 
 
 class Workspace(models.Model):
@@ -43,6 +45,18 @@ class Workspace(models.Model):
     vcs_seen_delivery_id = models.BigIntegerField(null=True, blank=True)  # the delivery that brought vcs_last_sha
     vcs_last_delivery_id = models.BigIntegerField(null=True, blank=True)  # the delivery that made the last run
     vcs_polled_at = models.DateTimeField(null=True, blank=True)
+    # Run triggers: an apply of one of these workspaces that changed its state queues a
+    # plan_and_apply here (tasks_app/workflows/run_triggers.py). No cycles.
+    trigger_sources = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="trigger_consumers")
+    # Drift detection (tasks_app/workflows/drift.py): a cron schedule in a time zone ("": the
+    # site's IAC_DRIFT_SCHEDULE, "off": never), when the next check is due, and what the last
+    # one found (written only by workflows.health).
+    drift_schedule = models.CharField(max_length=100, blank=True)
+    drift_timezone = models.CharField(max_length=64, default="UTC")
+    drift_next_at = models.DateTimeField(null=True, blank=True)
+    health = models.CharField(max_length=20, choices=Health.choices, default=Health.UNKNOWN)
+    health_detail = models.JSONField(default=dict, blank=True)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -122,37 +136,12 @@ class ConfigurationVersion(models.Model):
         ordering = ["-id"]
 
 
-class VariableCategory(models.TextChoices):
-    TERRAFORM = "terraform"
-    ENV = "env"
-
-
-class Variable(models.Model):
+class Variable(VariableFields):
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="variables")
-    key = models.CharField(max_length=200)
-    category = models.CharField(max_length=20, choices=VariableCategory.choices, default=VariableCategory.TERRAFORM)
-    sensitive = models.BooleanField(default=False)
-    # Non-sensitive values are kept readable; sensitive ones only as ciphertext.
-    plain_value = models.TextField(blank=True)
-    encrypted_value = models.BinaryField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["workspace", "key", "category"], name="variable_unique_key")]
         ordering = ["category", "key"]
-
-    @property
-    def value(self) -> str:
-        if self.sensitive:
-            return crypto.decrypt(self.encrypted_value).decode() if self.encrypted_value else ""
-        return self.plain_value
-
-    def set_value(self, value: str) -> None:
-        if self.sensitive:
-            self.encrypted_value = crypto.encrypt(value.encode())
-            self.plain_value = ""
-        else:
-            self.plain_value = value
-            self.encrypted_value = None
 
 
 class Task(models.Model):
@@ -174,6 +163,16 @@ class Task(models.Model):
     # Terraform variables given for this run only ({key: value}; the CLI's `-var`), over the
     # workspace's: values as terraform reads them from TF_VAR_<key>.
     run_variables = models.JSONField(default=dict, blank=True)
+    # Every variable the run's plan was given and where its value came from (the run's own,
+    # the workspace's, a variable set's), as workflows.precedence resolved them when an agent
+    # took the plan: [{key, category, sensitive, source, variable_set}]. Never a value.
+    variable_sources = models.JSONField(default=list, blank=True)
+    # A run queued by a run trigger: the source workspace's applied run that queued it.
+    triggered_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="triggered_runs")
+    # A drift check (a refresh-only plan queued by the schedule or "check now"): its result
+    # becomes the workspace's health.
+    drift_check = models.BooleanField(default=False)
     status = models.CharField(max_length=30, choices=RunStatus.choices, default=RunStatus.PENDING)
     message = models.TextField(blank=True)  # why it errored / was discarded, shown to the user
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -373,3 +372,4 @@ from tasks_app.vcs.models import (  # noqa: E402,F401
     VcsReport,
     WebhookDelivery,
 )
+from tasks_app.workflows import models as _workflow_models  # noqa: E402,F401

@@ -5,11 +5,16 @@ the agent (pure Python, no Django)."""
 from __future__ import annotations
 
 from tasks_app.models import Task, Variable
+from tasks_app.workflows.models import VariableSetVariable
+from tasks_app.workflows.set_reads import applies_to
 
 
 def sensitive_values(workspace_id: int) -> list[str]:
-    """The values of the workspace's sensitive variables (terraform and env), decrypted."""
-    return [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
+    """The values of the workspace's sensitive variables (terraform and env) and of those of
+    the variable sets that apply to it, decrypted."""
+    own = [v.value for v in Variable.objects.filter(workspace_id=workspace_id, sensitive=True) if v.value]
+    sets = VariableSetVariable.objects.filter(applies_to(workspace_id, prefix="variable_set__"), sensitive=True)
+    return own + [v.value for v in sets if v.value]
 
 
 def run_sensitive_values(task: Task, ciphertexts: list[bytes] | None = None) -> list[str]:

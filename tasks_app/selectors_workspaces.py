@@ -10,6 +10,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from iacplatform.permissions import readable_workspaces
 from tasks_app.models import Task, Workspace
 from tasks_app.states import RunStatus
+from tasks_app.workflows.states import Health
 
 # "Needs attention": a run waits for someone's Confirm, or the latest run errored.
 ATTENTION_STATUSES = (RunStatus.APPLY_PENDING, RunStatus.ERRORED)
@@ -17,7 +18,7 @@ SEARCH_MAX_LENGTH = 100
 RUNS_SHOWN = 50
 
 
-def workspace_rows(user: Any, *, search: str = "", attention: bool = False) -> QuerySet[Workspace]:
+def workspace_rows(user: Any, *, search: str = "", attention: bool = False, health: str = "") -> QuerySet[Workspace]:
     """The workspaces `user` may read, each annotated with its latest run (id, status, time)
     and whether it needs attention; `search` matches the name or the pool's name."""
     latest = Task.objects.filter(workspace=OuterRef("pk")).order_by("-id")
@@ -38,6 +39,8 @@ def workspace_rows(user: Any, *, search: str = "", attention: bool = False) -> Q
         rows = rows.filter(Q(name__icontains=search) | Q(pool__name__icontains=search))
     if attention:
         rows = rows.filter(Q(waiting_confirm=True) | Q(latest_run_status=RunStatus.ERRORED))
+    if health in Health.values:
+        rows = rows.filter(health=health)
     return rows
 
 

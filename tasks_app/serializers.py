@@ -94,10 +94,15 @@ class WorkspaceSerializer(StrictModelSerializer):
     class Meta:
         model = Workspace
         fields = ["id", "name", "pool", "auto_apply", "locked", "terraform_version", "created_at",
-                  "latest_configuration_version"]
-        read_only_fields = ["id", "created_at"]
-        extra_kwargs = {"pool": {"required": False, "help_text": "default: IAC_DEFAULT_POOL, else the only pool "
-                                                                 "you may use"}}
+                  "latest_configuration_version", "drift_schedule", "drift_timezone", "drift_next_at",
+                  "health", "health_detail", "health_checked_at"]
+        read_only_fields = ["id", "created_at", "drift_next_at", "health", "health_detail", "health_checked_at"]
+        extra_kwargs = {
+            "pool": {"required": False, "help_text": "default: IAC_DEFAULT_POOL, else the only pool you may use"},
+            "drift_schedule": {"help_text": "drift checks: a 5-field cron expression ('0 6 * * *'), 'off', or "
+                                            "empty for the site's IAC_DRIFT_SCHEDULE"},
+            "drift_timezone": {"help_text": "the IANA time zone of drift_schedule"},
+        }
 
     def create(self, validated_data: dict[str, Any]) -> Workspace:
         with unique_or_400("name", "a workspace with this name already exists"):
@@ -274,6 +279,10 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
     events = TaskEventSerializer(many=True, read_only=True)
     commit = serializers.SerializerMethodField()
     vcs_report = serializers.SerializerMethodField()
+    variables = serializers.ListField(
+        source="variable_sources", child=serializers.DictField(), read_only=True,
+        help_text="every variable the plan was given and where its value came from: source run, workspace or "
+                  "variable_set (then variable_set names it, with its scope and priority); never a value")
 
     class Meta:
         model = Task
@@ -284,7 +293,7 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
             "warmup_status", "warmup_agent", "warmup_at", "warmup_expires_at", "warmup_retry_count", "warmup_message",
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
             "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "sandbox",
-            "plan_start", "plan_start_reason", "events", "commit", "vcs_report",
+            "plan_start", "plan_start_reason", "events", "commit", "vcs_report", "variables", "triggered_by",
         ]  # fmt: skip
         read_only_fields = fields
 

@@ -8,6 +8,7 @@ from agents_app.services import autoscaler
 from tasks_app.services import sweep as control_loop
 from tasks_app.vcs import tick as vcs_loop
 from tasks_app.vcs import webhooks
+from tasks_app.workflows import drift, notifications
 
 
 @shared_task
@@ -34,3 +35,16 @@ def vcs_tick() -> dict:
 def vcs_delivery_process(delivery_id: int) -> str:
     """A webhook delivery, stored and answered: make its runs (at most once)."""
     return webhooks.delivery_process(delivery_id=delivery_id)
+
+
+@shared_task
+def notifications_deliver() -> dict:
+    """Send the notifications that are due (tasks_app.workflows.notifications): stored first,
+    retried with back-off, never sent inside a run's transaction."""
+    return notifications.deliveries_send_due()
+
+
+@shared_task
+def drift_checks() -> list[int]:
+    """Queue the drift checks whose scheduled moment came (tasks_app.workflows.drift)."""
+    return drift.drift_checks_start()

@@ -21,6 +21,8 @@ urlpatterns = [
     path("variables/<int:variable_id>/delete/", views_workspace.variable_remove, name="variable-delete"),
     path("workspaces/<int:workspace_id>/configuration/", views_workspace.configuration_upload,
          name="workspace-configuration-upload"),
+    path("notification-destinations/<int:destination_id>/test/", views_workspace.notification_test,
+         name="notification-destination-test"),
     path("workspaces/<int:workspace_id>/state/diff/", views_workspace.state_diff, name="workspace-state-diff"),
     path("runs/<int:task_id>/", views_runs.run_detail, name="run-detail"),
     path("runs/<int:task_id>/log.txt", views_runs.run_log_download, name="run-log-download"),

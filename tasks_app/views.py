@@ -38,6 +38,8 @@ from tasks_app.services.runs import (
 from tasks_app.services.tokens import token_create, token_revoke
 from tasks_app.states import Operation
 from tasks_app.vcs.models import VcsConnection
+from tasks_app.workflows.set_reads import sets_applying
+from tasks_app.workflows.states import Health
 
 
 class WorkspaceCreateForm(forms.ModelForm):
@@ -67,10 +69,14 @@ def workspace_list(request: HttpRequest) -> HttpResponse:
         form = WorkspaceCreateForm()
     search = request.GET.get("q", "")[:SEARCH_MAX_LENGTH]
     attention = request.GET.get("attention") == "1"
+    health = request.GET.get("health", "")
+    health = health if health in Health.values else ""
     context = {
-        "workspaces": workspace_rows(request.user, search=search, attention=attention),
+        "workspaces": workspace_rows(request.user, search=search, attention=attention, health=health),
         "search": search,
         "attention": attention,
+        "health": health,
+        "healths": Health.choices,
         "form": form if may_create else None,
     }
     # The search box and the filter ask for the table alone (same URL, `HX-Request` set); a
@@ -97,6 +103,9 @@ def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
         "access": ws.access.select_related("team").order_by("team__name"),
         "access_levels": AccessLevel.choices,
         "Operation": Operation,
+        "variable_sets": sets_applying(ws.id).prefetch_related("variables"),
+        "destinations": ws.notification_destinations.prefetch_related("deliveries__attempt_rows").order_by("name"),
+        "trigger_sources": ws.trigger_sources.order_by("name"),
     }
     if "settings" in allowed:
         context["pools"] = [p for p in AgentPool.objects.order_by("name")

@@ -33,6 +33,8 @@ from tasks_app.services.configs import configuration_create_from_archive
 from tasks_app.services.workspaces import workspace_access_remove, workspace_access_set, workspace_update
 from tasks_app.state_diff import TooLargeToCompare, state_versions_diff
 from tasks_app.vcs.connections import workspace_follow_repository
+from tasks_app.workflows.models import NotificationDestination
+from tasks_app.workflows.notifications import notification_destination_test
 
 
 def _back(workspace: Workspace, section: str) -> HttpResponse:
@@ -271,3 +273,15 @@ def state_diff(request: HttpRequest, workspace_id: int) -> HttpResponse:
     return render(request, "tasks_app/workspace_state_diff.html",
                   {"workspace": ws, "diff": diff, "error": error, "serials": serials, "old": old, "new": new},
                   status=400 if error else 200)
+
+
+@workspace_form
+def notification_test(request: HttpRequest, destination_id: int) -> HttpResponse:
+    """The workspace page's "Send a test" (admin): a delivery stored and sent like any other."""
+    destination = NotificationDestination.objects.select_related("workspace").filter(id=destination_id).first()
+    if destination is None:
+        raise NotFound("no such notification destination")
+    workspace_for(request.user, Action.READ, destination.workspace_id)
+    notification_destination_test(destination=destination, actor=request.user)
+    messages.success(request, f"A test notification to {destination.name} is on its way: its delivery shows below.")
+    return _back(destination.workspace, "notifications")

@@ -25,6 +25,13 @@ TEST_ENV = {
     # The tests' git servers and forge APIs listen on the loopback.
     "IAC_VCS_ALLOW_LOCAL_HOSTS": "true",
     "IAC_VCS_TICK_SECONDS": "1",
+    # Notifications: the tests' receivers listen on the loopback (a site's setting allows it;
+    # tests/tasks_app/test_notifications.py checks the refusal without it), and retries come
+    # within a second.
+    "IAC_NOTIFY_ALLOW_PRIVATE_ADDRESSES": "1",
+    "IAC_NOTIFY_BACKOFF_SECONDS": "0.2",
+    "IAC_NOTIFY_INTERVAL_SECONDS": "1",
+    "IAC_DRIFT_INTERVAL_SECONDS": "1",
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)

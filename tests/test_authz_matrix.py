@@ -100,6 +100,28 @@ def _upload(w: World):
     return ConfigurationUpload.objects.filter(workspace=w.a).first() or ConfigurationUpload.objects.create(workspace=w.a)
 
 
+def _vset(w: World):
+    """A variable set of bob's team `builders` (write on A, not admin), with one variable."""
+    from tasks_app.workflows.models import VariableSet
+
+    found = VariableSet.objects.filter(name="builders-set").first()
+    if found is None:
+        found = VariableSet.objects.create(name="builders-set", team=Group.objects.get(name="builders"))
+        variable = found.variables.model(variable_set=found, key="region")
+        variable.set_value("eu")
+        variable.save()
+    return found
+
+
+def _destination(w: World):
+    """A notification destination of workspace A."""
+    from tasks_app.workflows.models import NotificationDestination
+
+    return (NotificationDestination.objects.filter(workspace=w.a).first()
+            or NotificationDestination.objects.create(workspace=w.a, name="ops", kind="webhook",
+                                                      url="https://hooks.example.com/x", triggers=["applied"]))
+
+
 def _expect(alice: int, bob: int, carol: int, dave: int) -> dict[str, int]:
     return {"alice": alice, "bob": bob, "carol": carol, "dave": dave}
 
@@ -190,6 +212,62 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/vcs/held/", _expect(404, 404, 403, 404),
              body=lambda w, u: {"sha": "a" * 40}),
     ],
+    "api-variable-set-list": [
+        Case("GET", lambda w, u: "/api/v1/variable-sets/", _expect(200, 200, 200, 200)),
+        Case("POST", lambda w, u: "/api/v1/variable-sets/", _expect(201, 403, 403, 403),
+             body=lambda w, u: {"name": f"set-{u}", "scope": "global"}),
+    ],
+    "api-variable-set-detail": [
+        Case("GET", lambda w, u: f"/api/v1/variable-sets/{_vset(w).id}/", _expect(200, 200, 404, 404)),
+        Case("PATCH", lambda w, u: f"/api/v1/variable-sets/{_vset(w).id}/", _expect(200, 200, 404, 404),
+             body=lambda w, u: {"description": f"by {u}"}),
+    ],
+    "api-variable-set-variable-list": [
+        Case("GET", lambda w, u: f"/api/v1/variable-sets/{_vset(w).id}/variables/", _expect(200, 200, 404, 404)),
+        Case("POST", lambda w, u: f"/api/v1/variable-sets/{_vset(w).id}/variables/", _expect(201, 201, 404, 404),
+             body=lambda w, u: {"key": f"k_{u}", "value": "v"}),
+    ],
+    "api-variable-set-variable-detail": [
+        Case("GET", lambda w, u: f"/api/v1/variable-sets/{_vset(w).id}/variables/{_vset(w).variables.first().id}/",
+             _expect(200, 200, 404, 404)),
+    ],
+    "api-variable-set-workspace": [
+        # bob's team may write on A, not administer it: its set's secrets may not go there.
+        Case("PUT", lambda w, u: f"/api/v1/variable-sets/{_vset(w).id}/workspaces/{w.a.id}/",
+             _expect(200, 403, 404, 404)),
+    ],
+    "api-workspace-variable-sets": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/variable-sets/", _expect(200, 200, 200, 404)),
+    ],
+    "api-run-trigger-list": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/run-triggers/", _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/run-triggers/", _expect(201, 403, 403, 404),
+             body=lambda w, u: {"source": w.b.id}),
+    ],
+    "api-run-trigger-detail": [
+        Case("DELETE", lambda w, u: f"/api/v1/workspaces/{w.a.id}/run-triggers/0/", _expect(404, 403, 403, 404)),
+    ],
+    "api-notification-destination-list": [
+        Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/notification-destinations/",
+             _expect(200, 200, 200, 404)),
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/notification-destinations/",
+             _expect(201, 403, 403, 404),
+             body=lambda w, u: {"name": f"n-{u}", "kind": "webhook", "url": "https://hooks.example.com/y"}),
+    ],
+    "api-notification-destination-detail": [
+        Case("GET", lambda w, u: f"/api/v1/notification-destinations/{_destination(w).id}/",
+             _expect(200, 200, 200, 404)),
+        Case("PATCH", lambda w, u: f"/api/v1/notification-destinations/{_destination(w).id}/",
+             _expect(200, 403, 403, 404), body=lambda w, u: {"enabled": True}),
+    ],
+    "api-notification-destination-test": [
+        Case("POST", lambda w, u: f"/api/v1/notification-destinations/{_destination(w).id}/test/",
+             _expect(202, 403, 403, 404)),
+    ],
+    "api-drift-check": [
+        # Workspace A has no state yet: a check is refused with 409 for who may queue a plan.
+        Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/drift-check/", _expect(409, 409, 403, 404)),
+    ],
     "api-access-list": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 200, 200, 404)),
         Case("POST", lambda w, u: f"/api/v1/workspaces/{w.a.id}/access/", _expect(200, 403, 403, 404),
@@ -264,6 +342,10 @@ RULES: dict[str, list[Case]] = {
     "workspace-vcs": [
         Case("POST", lambda w, u: f"/workspaces/{w.a.id}/vcs/", _expect(302, 403, 403, 404), api=False,
              body=lambda w, u: {"connection": ""}),
+    ],
+    "notification-destination-test": [
+        Case("POST", lambda w, u: f"/notification-destinations/{_destination(w).id}/test/",
+             _expect(302, 403, 403, 404), api=False),
     ],
     "workspace-lock": [Case("POST", lambda w, u: f"/workspaces/{w.a.id}/lock/", _expect(302, 302, 403, 404), api=False)],
     "workspace-unlock": [

@@ -107,6 +107,7 @@ OWNERS = {
     ("tasks_app/dispatch/warmups.py", "warmup_transition"),
     ("tasks_app/dispatch/slots.py", "slot_transition"),
     ("agents_app/services/agents.py", "agent_set_status"),
+    ("tasks_app/workflows/notifications.py", "delivery_attempted"),
     ("agents_app/agent/client.py", "__init__"),  # ServerError.status: an HTTP status, not a state
 }
 

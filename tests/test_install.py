@@ -9,15 +9,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Never in a production install: test runners, a browser driver, plotting, lint, test doubles,
-# the benchmark's 121 MB provider wheel.
+# the benchmark's 121 MB provider wheel, the drift tests' provider framework.
 DEV_ONLY = {
     "pytest", "pytest-django", "pytest-asyncio", "playwright", "greenlet", "matplotlib", "numpy",
     "contourpy", "fonttools", "kiwisolver", "pillow", "ruff", "import-linter", "grimp", "rich",
-    "kmock", "workato-terraform-provider", "schemathesis", "hypothesis",
+    "kmock", "workato-terraform-provider", "schemathesis", "hypothesis", "tf", "grpcio", "protobuf",
 }
 # Their import names, which runtime code must not import (even inside a function).
 DEV_ONLY_MODULES = {"pytest", "playwright", "matplotlib", "numpy", "ruff", "importlinter", "grimp", "kmock",
-                    "schemathesis", "hypothesis"}
+                    "schemathesis", "hypothesis", "tf", "grpc"}
 RUNTIME_CODE = ["iacplatform", "tasks_app", "agents_app", "scripts", "manage.py"]
 
 

@@ -217,7 +217,12 @@ def plan_summary(show_json: dict) -> dict[str, Any]:
         if rc.get("change", {}).get("importing"):
             counts["import"] += 1
     outputs = [k for k, v in (show_json.get("output_changes") or {}).items() if v.get("actions") != ["no-op"]]
-    return {**counts, "resources": resources, "output_changes": outputs}
+    # What the refresh found changed outside terraform (a drift check's finding), masked as
+    # the changes are.
+    drift = [{"address": rc.get("address"), "actions": rc.get("change", {}).get("actions", []),
+              "diff": attribute_diff(rc.get("change", {}))}
+             for rc in show_json.get("resource_drift", []) or []]
+    return {**counts, "resources": resources, "output_changes": outputs, "drift": drift}
 
 
 class JobHost(Protocol):

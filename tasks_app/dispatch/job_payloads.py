@@ -20,6 +20,8 @@ from agents_app.protocol import JobKind, JobPayload, PlanOptions, StateBackend, 
 from tasks_app.dispatch.models import Job
 from tasks_app.models import ConfigurationVersion, StateVersion, Task, Variable
 from tasks_app.states import Operation
+from tasks_app.workflows.precedence import Resolved, SetValue, resolve
+from tasks_app.workflows.set_reads import set_values_for
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class PayloadReads:
     None: not read with the run (queried when needed)."""
 
     variables: list[Variable] | None = None
+    set_variables: list[SetValue] | None = None  # of the variable sets that apply to the workspace
     inline_archive: bytes | None = None
     state_serial: int | None = None
     state_serial_read: bool = False
@@ -59,7 +62,7 @@ def task_locked_for_payload(task_id: int, *, inline_archive: bool = False,
         ))
     task = qs.get(id=task_id)
     return task, PayloadReads(
-        variables=payload_variables(task),
+        variables=payload_variables(task), set_variables=payload_set_variables(task),
         inline_archive=task.inline_archive if inline_archive else None,
         state_serial=task.current_state_serial if state_serial else None, state_serial_read=state_serial,
     )
@@ -99,17 +102,36 @@ def payload_variables(task: Task) -> list[Variable]:
             for r in task.payload_variables]
 
 
+def payload_set_variables(task: Task) -> list[SetValue]:
+    """The variables of the sets that apply to the run's workspace: a query of their own. (Read
+    as one more array subquery of the locked run, they made the claim's query slow enough for
+    an agent to miss its heartbeat bound on a loaded machine: tests/tasks_app/test_lock_order.py
+    next to a live server.)"""
+    return set_values_for(task.workspace_id)
+
+
+def run_variables_resolved(task: Task, reads: PayloadReads) -> tuple[list[Resolved], list[str]]:
+    """The variables the run's job gets (workflows/precedence.py: the run's own, the sets',
+    the workspace's) and every sensitive value among all of them (a losing one too: the
+    agent masks them all)."""
+    workspace_variables = reads.variables
+    if workspace_variables is None:
+        workspace_variables = list(Variable.objects.filter(workspace_id=task.workspace_id))
+    set_variables = reads.set_variables
+    if set_variables is None:
+        set_variables = set_values_for(task.workspace_id)
+    resolved = resolve(workspace_variables=workspace_variables, set_variables=set_variables,
+                       run_variables=task.run_variables)
+    sensitive = [v.value for v in workspace_variables if v.sensitive and v.value]
+    sensitive += [s.variable.value for s in set_variables if s.variable.sensitive and s.variable.value]
+    return resolved, sensitive
+
+
 def job_payload(job: Job, task: Task, credential: str, *, reads: PayloadReads, note: str = "") -> dict[str, Any]:
     by_category: dict[str, dict[str, str]] = {"terraform": {}, "env": {}}
-    sensitive: list[str] = []
-    variables_read = reads.variables
-    if variables_read is None:
-        variables_read = list(Variable.objects.filter(workspace_id=task.workspace_id))
-    for var in variables_read:
+    resolved, sensitive = run_variables_resolved(task, reads)
+    for var in resolved:
         by_category[var.category][var.key] = var.value
-        if var.sensitive and var.value:
-            sensitive.append(var.value)
-    by_category["terraform"].update(task.run_variables)  # the run's own (the CLI's -var) win
     variables = Variables(**by_category)
     # Terraform runs beside the agent: it reaches web the way agents do (IAC_AGENT_URL).
     state_url = f"{settings.IAC_AGENT_URL}/api/v1/workspaces/{task.workspace_id}/state"

@@ -53,6 +53,7 @@ from tasks_app.dispatch.states import JOB
 from tasks_app.models import LogChunk, Plan, Task, Variable
 from tasks_app.redaction import run_sensitive_values
 from tasks_app.services.state import state_locks_release_for_job
+from tasks_app.workflows.set_reads import set_sensitive_ciphertexts
 
 # What every job credential starts with (agents_app.models.new_token); API tokens are hex.
 JOB_CREDENTIAL_PREFIX = "job-"
@@ -333,13 +334,15 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int |
     sensitive = Variable.objects.filter(workspace_id=OuterRef("task__workspace_id"), sensitive=True)
     qs = (
         Job.objects.select_for_update(no_key=True, of=("self", "task")).select_related("task__workspace__pool")
-        .annotate(sensitive_ciphertexts=ArraySubquery(sensitive.values("encrypted_value")))
+        .annotate(sensitive_ciphertexts=ArraySubquery(sensitive.values("encrypted_value")),
+                  set_sensitive_ciphertexts=set_sensitive_ciphertexts("task__workspace_id"))
     )
     if log_seq is not None:
         qs = qs.annotate(log_seq_stored=Exists(LogChunk.objects.filter(job=OuterRef("id"), seq=log_seq)))
     job = qs.filter(id=job_id, agent=agent).first()
     _check_running(job, job_id, fence)
-    return LockedJob(job=job, task=job.task, sensitive_ciphertexts=job.sensitive_ciphertexts,
+    return LockedJob(job=job, task=job.task,
+                     sensitive_ciphertexts=[*job.sensitive_ciphertexts, *job.set_sensitive_ciphertexts],
                      log_chunk_stored=job.log_seq_stored if log_seq is not None else None)
 
 

@@ -27,7 +27,13 @@ from iacplatform.errors import Conflict, Invalid, PlatformError, invalid_field
 from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app import events
 from tasks_app.dispatch.job_cancels import jobs_cancel_queued, jobs_request_cancel
-from tasks_app.dispatch.job_payloads import PayloadReads, payload_variables, with_payload_variables
+from tasks_app.dispatch.job_payloads import (
+    PayloadReads,
+    payload_set_variables,
+    payload_variables,
+    run_variables_resolved,
+    with_payload_variables,
+)
 from tasks_app.dispatch.jobs import Finished, job_abandon, job_assign, job_create, job_locked, run_jobs_locked
 from tasks_app.dispatch.models import Job
 from tasks_app.dispatch.slots import slot_transition
@@ -38,10 +44,12 @@ from tasks_app.dispatch.warmups import (
     warmup_reserve,
     warmups_ensure,
 )
-from tasks_app.models import ConfigurationVersion, Task, TaskEvent, Workspace
+from tasks_app.models import ConfigurationVersion, StateVersion, Task, TaskEvent, Workspace
 from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
 from tasks_app.services.audit import audit_record
 from tasks_app.states import BLOCKING, FINAL, Operation, RunStatus, check_transition
+from tasks_app.workflows.health import drift_check_finished
+from tasks_app.workflows.notifications import run_notify
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,10 @@ def run_transition(
     task_id = task.id
     uow.publish(wakeups.run_channel(task_id), f"status:{to}", "a run wake-up")
     events.run_changed(uow, task_id=task_id, workspace_id=task.workspace_id, status=to)
+    if to == RunStatus.APPLIED:
+        run_triggers_fire(task, uow=uow)
+    run_notify(task, to, uow=uow)
+    drift_check_finished(task, to, uow=uow)
     if to in FINAL:
         task.finished_at = timezone.now()
         warmup_release(task, uow=uow, message=f"run {task.id} is {to}")
@@ -79,7 +91,8 @@ def run_transition(
 def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "",
                mode: str = PlanMode.NORMAL, targets: Sequence[str] = (), replace: Sequence[str] = (),
                configuration_version: ConfigurationVersion | None = None, auto_apply: bool = False,
-               variables: dict[str, str] | None = None) -> Task:
+               variables: dict[str, str] | None = None, triggered_by: Task | None = None,
+               drift_check: bool = False) -> Task:
     """Queue a run. `mode`, `targets` and `replace` become terraform plan's -destroy /
     -refresh-only, -target=… and -replace=… (agents_app.protocol.PlanOptions). Of the
     workspace's latest configuration unless `configuration_version` names one (the TFE API's
@@ -115,6 +128,8 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
             plan_replace=list(replace),
             auto_apply=auto_apply,
             run_variables=dict(variables or {}),
+            triggered_by=triggered_by,
+            drift_check=drift_check,
         )
         TaskEvent.objects.create(task=task, to_status=RunStatus.PENDING, actor=_actor_label(actor), message=message)
         if getattr(actor, "is_authenticated", False):  # a person queued it (not auto-apply, not a test)
@@ -122,6 +137,27 @@ def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str
             audit_record(actor=actor, action="run.create", obj=task, data={"operation": operation, **options})
         events.run_changed(uow, task_id=task.id, workspace_id=workspace.id, status=RunStatus.PENDING)
     return task
+
+
+def run_triggers_fire(task: Task, *, uow: UnitOfWork) -> list[Task]:
+    """The run (locked) is becoming `applied`: when its apply changed the workspace's state,
+    queue a plan_and_apply on each workspace that lists this one as a run trigger source, in
+    this transaction (a trigger is never lost between the apply and its follow-ups), naming
+    the run as the reason. A consumer without a configuration yet is skipped, and says so in
+    the source run's timeline."""
+    if not StateVersion.objects.filter(task=task).exists():
+        return []
+    queued = []
+    source = task.workspace
+    for consumer in source.trigger_consumers.order_by("id"):
+        try:
+            queued.append(run_create(
+                workspace=consumer, operation=Operation.PLAN_AND_APPLY, actor="run trigger", triggered_by=task,
+                message=f"triggered by run {task.id} of workspace '{source.name}', which applied a change"))
+        except Conflict as exc:
+            uow.insert(TaskEvent(task=task, from_status=task.status, to_status=task.status, actor="run trigger",
+                                 message=f"run trigger to '{consumer.name}' skipped: {exc}"))
+    return queued
 
 
 def runs_start_next(*, workspace_id: int) -> list[int]:
@@ -172,6 +208,9 @@ def run_plan_started(task: Task, agent: Agent, *, uow: UnitOfWork, reads: Payloa
     task.base_state_serial = (reads.state_serial if reads is not None and reads.state_serial_read
                               else state_serial_current(task.workspace_id))
     task.terraform_version = agent.terraform_version
+    # Where each variable's value came from, as the plan gets them (the run page shows it).
+    resolved, _ = run_variables_resolved(task, reads if reads is not None else PayloadReads())
+    task.variable_sources = [r.described() for r in resolved]
     run_transition(task, RunStatus.PLANNING, uow=uow, message=f"planning on {agent.name}", event_only=True)
 
 
@@ -428,7 +467,8 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
                       terraform_version=task.terraform_version)
             assigned = job_assign(job, target.slot.agent, target.slot, task, uow=uow,
                                   message="confirmed: warm dir reserved here",
-                                  reads=PayloadReads(variables=payload_variables(task)))
+                                  reads=PayloadReads(variables=payload_variables(task),
+                                                    set_variables=payload_set_variables(task)))
             if hand:
                 handed = assigned.payload()
             else:

@@ -20,8 +20,9 @@ from iacplatform.permissions import Action, can_create_workspace, can_use_pool, 
 from tasks_app.models import AccessLevel, Workspace, WorkspaceAccess
 from tasks_app.services.audit import audit_record
 from tasks_app.services.runs import runs_start_next
+from tasks_app.workflows.schedules import drift_schedule_check
 
-SETTINGS_FIELDS = ("name", "pool", "auto_apply", "locked", "terraform_version")
+SETTINGS_FIELDS = ("name", "pool", "auto_apply", "locked", "terraform_version", "drift_schedule", "drift_timezone")
 
 
 def workspace_default_pool(user: Any) -> AgentPool:
@@ -105,17 +106,23 @@ def workspace_update(*, workspace: Workspace, actor: Any, changes: dict[str, Any
         raise Forbidden(f"none of your teams may use pool '{pool.name}'")
     if not changed:
         return workspace
+    if changed & {"drift_schedule", "drift_timezone"}:
+        drift_schedule_check(changes.get("drift_schedule", workspace.drift_schedule),
+                             changes.get("drift_timezone", workspace.drift_timezone))
     with transaction.atomic():
         ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
         was_locked = ws.locked
         for name in changed:
             setattr(ws, name, changes[name])
+        if changed & {"drift_schedule", "drift_timezone"}:
+            ws.drift_next_at = None  # the drift scheduler computes the new schedule's first moment
+            changed = changed | {"drift_next_at"}
         try:
             with transaction.atomic():  # a savepoint: the name's uniqueness is the database's call
                 ws.save(update_fields=sorted(changed))
         except IntegrityError as exc:
             raise invalid_field("name", "a workspace with this name already exists") from exc
-        settings_changed = {k: str(getattr(ws, k)) for k in changed - {"locked"}}
+        settings_changed = {k: str(getattr(ws, k)) for k in changed - {"locked", "drift_next_at"}}
         if settings_changed:
             audit_record(actor=actor, action="workspace.update", obj=ws, data=settings_changed)
         if ws.locked != was_locked:

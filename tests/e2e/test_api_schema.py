@@ -30,6 +30,14 @@ RULES_ACROSS_OBJECTS = [
     "POST /api/v1/workspaces/", "PATCH /api/v1/workspaces/{id}/",
     "POST /api/v1/workspaces/{workspace_id}/variables/", "PATCH /api/v1/variables/{id}/",
     "POST /api/v1/pools/", "PATCH /api/v1/pools/{id}/",
+    # Variable sets: a name or key taken, a team that does not exist, who may own what scope;
+    # run triggers and notification destinations: a source that would close a cycle, an
+    # address the platform may not call.
+    "POST /api/v1/variable-sets/", "PATCH /api/v1/variable-sets/{id}/",
+    "POST /api/v1/variable-sets/{set_id}/variables/", "PATCH /api/v1/variable-sets/{set_id}/variables/{id}/",
+    "POST /api/v1/workspaces/{workspace_id}/run-triggers/",
+    "POST /api/v1/workspaces/{workspace_id}/notification-destinations/",
+    "PATCH /api/v1/notification-destinations/{id}/",
     # File names: relative paths inside the configuration ("", "../x" and "/etc/x" are not).
     "POST /api/v1/workspaces/{workspace_id}/configuration-versions/",
     # Freeze windows: which fields a window needs depends on its kind (weekly: weekdays and
