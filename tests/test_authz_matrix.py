@@ -166,6 +166,19 @@ RULES: dict[str, list[Case]] = {
     "api-run-prepare": [Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/prepare/", _expect(200, 200, 403, 404),
                              body=lambda w, u: {})],
     "api-run-logs": [Case("GET", lambda w, u: f"/api/v1/runs/{w.run_a.id}/logs/", _expect(200, 200, 200, 404))],
+    # Overriding a failed policy is `admin` on the workspace (bob has `write`); the run has no
+    # soft-failed check, so who may gets the service's 409.
+    "api-run-override": [Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/override/", _expect(409, 403, 403, 404),
+                              body=lambda w, u: {"reason": "agreed"})],
+    # Policy sets are site admins' alone: an empty body is alice's 400, everyone else's 403.
+    "api-policy-set-list": [
+        Case("GET", lambda w, u: "/api/v1/policy-sets/", _expect(200, 403, 403, 403)),
+        Case("POST", lambda w, u: "/api/v1/policy-sets/", _expect(400, 403, 403, 403), body=lambda w, u: {}),
+    ],
+    "api-policy-set-detail": [
+        Case("GET", lambda w, u: "/api/v1/policy-sets/999999/", _expect(404, 403, 403, 403)),
+        Case("DELETE", lambda w, u: "/api/v1/policy-sets/999999/", _expect(404, 403, 403, 403)),
+    ],
     "api-state-version-list": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/state-versions/", _expect(200, 200, 200, 404)),
     ],
@@ -281,6 +294,8 @@ RULES: dict[str, list[Case]] = {
     # forged post: the dialog offers nothing else) is a 403 page.
     "run-confirm": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/confirm/", _expect(302, 302, 403, 404), api=False)],
     "run-discard": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/discard/", _expect(302, 302, 403, 404), api=False)],
+    "run-policy-override": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/override/", _expect(302, 403, 403, 404),
+                                 api=False, body=lambda w, u: {"reason": "agreed"})],
     "run-cancel": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/cancel/", _expect(302, 403, 403, 404), api=False,
                         body=lambda w, u: {"force": "1"})],
     "pool-list": [Case("GET", lambda w, u: "/pools/", _expect(200, 403, 403, 403), api=False)],

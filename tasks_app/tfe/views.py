@@ -330,7 +330,7 @@ def _addresses(data: Any, name: str) -> list[str]:
 
 
 def _run_document(request: HttpRequest, task_id: int, status: int = 200) -> HttpResponse:
-    task = Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data").get(id=task_id)
+    task = Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data", "plan__encrypted_json").get(id=task_id)
     upload_id = ConfigurationUpload.objects.filter(configuration_version_id=task.configuration_version_id) \
         .values_list("id", flat=True).first()
     included = []
@@ -424,7 +424,7 @@ def _plain_comment(raw: bytes) -> str | None:
 @endpoint("GET")
 def workspace_runs(request: HttpRequest, ident: str) -> HttpResponse:
     ws = _workspace_by_id(request, ident, Action.READ)
-    tasks = Task.objects.filter(workspace=ws).select_related("workspace", "plan").defer("plan__encrypted_data")
+    tasks = Task.objects.filter(workspace=ws).select_related("workspace", "plan").defer("plan__encrypted_data", "plan__encrypted_json")
     wanted = [s for s in request.GET.get("filter[status]", "").split(",") if s]
     if wanted:
         try:
@@ -450,7 +450,7 @@ def run_events(request: HttpRequest, ident: str) -> HttpResponse:
 
 def _phase_run(request: HttpRequest, prefix: str, ident: str) -> Task:
     task = run_for(request.user, Action.READ, parse_id(prefix, ident))
-    return Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data").get(id=task.id)
+    return Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data", "plan__encrypted_json").get(id=task.id)
 
 
 @endpoint("GET")
