@@ -109,7 +109,7 @@ def _checked_policies(raw: Any) -> list[Policy]:
     except EvaluatorFailure as exc:
         raise Invalid(f"the policies could not be compiled: {exc}", fields={"policies": [str(exc)]}) from exc
     if errors:
-        problems = [f"{name} does not compile:\n{text}" for name, text in errors.items()]
+        problems = [f"{name.removesuffix('.rego')} does not compile:\n{text}" for name, text in errors.items()]
         raise Invalid("; ".join(problems), fields={"policies": problems})
     return policies
 
