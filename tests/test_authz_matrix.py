@@ -69,6 +69,8 @@ def world(db) -> World:
     grant(users["carol"], a, AccessLevel.READ, team_name="viewers")
     pool.teams.add(builders)
     run_a = run_create(workspace=a, operation="plan", actor="alice")
+    # A policy check to read (and, not being apply_pending, nothing to override: a 409 for who may).
+    Task.objects.filter(id=run_a.id).update(policy_status="soft_failed")
     variable_a = Variable(workspace=a, key="region")
     variable_a.set_value("eu")
     variable_a.save()
@@ -369,6 +371,16 @@ RULES: dict[str, list[Case]] = {
         Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/runs", _expect(200, 200, 200, 404)),
     ],
     "tfe-plan": [Case("GET", lambda w, u: f"/api/v2/plans/plan-{w.run_a.id}", _expect(200, 200, 200, 404))],
+    "tfe-run-policy-checks": [
+        Case("GET", lambda w, u: f"/api/v2/runs/run-{w.run_a.id}/policy-checks", _expect(200, 200, 200, 404)),
+    ],
+    "tfe-policy-check": [Case("GET", lambda w, u: f"/api/v2/policy-checks/polchk-{w.run_a.id}",
+                              _expect(200, 200, 200, 404))],
+    "tfe-policy-check-output": [Case("GET", lambda w, u: f"/api/v2/policy-checks/polchk-{w.run_a.id}/output",
+                                     _expect(200, 200, 200, 404))],
+    # Overriding is `admin` on the workspace (bob has `write`).
+    "tfe-policy-check-action": [Case("POST", lambda w, u: f"/api/v2/policy-checks/polchk-{w.run_a.id}/actions/override",
+                                     _expect(409, 403, 403, 404))],
     "tfe-apply": [Case("GET", lambda w, u: f"/api/v2/applies/apply-{w.run_a.id}", _expect(200, 200, 200, 404))],
     "tfe-state-versions": [
         # The raw state is `write`; alice and bob get the refusal go-tfe needs to send it inline.
