@@ -6,11 +6,14 @@ override, hard-mandatory ones erroring the run."""
 from __future__ import annotations
 
 import pytest
+import requests
 from django.contrib.auth.models import User
+from django.test import Client
 
 from tasks_app.models import AuditEvent, Plan, Workspace
 from tests.e2e.apiclient import PlatformUser
 from tests.factories import grant, make_token
+from tests.live import METRICS_TOKEN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -96,15 +99,34 @@ def test_it_blocks_confirm_on_a_soft_failure_until_an_admin_overrides_it(scenari
     pending = s.user.wait(run["id"], "apply_pending", warmup="ready")
     assert pending["policy_status"] == "soft_failed"
     assert "soft-mandatory policy failed" in pending["waiting_reason"]
+    # The run page: the policy section, and a Confirm dialog that says why it is blocked and
+    # offers the override to the admin only.
+    as_dave, as_bob = Client(), Client()
+    as_dave.force_login(dave)
+    as_bob.force_login(bob)
+    admin_page, writer_page = as_dave.get(f"/runs/{run['id']}/").content.decode(), as_bob.get(
+        f"/runs/{run['id']}/").content.decode()
+    for page in (admin_page, writer_page):
+        assert 'id="run-policies"' in page and "terraform_data.demo: terraform_data is not allowed" in page
+        assert "Confirm is blocked" in page and "Confirm Apply</button>" not in page
+    assert "Override policy</button>" in admin_page
+    assert "Override policy</button>" not in writer_page and "Only an admin of this workspace" not in writer_page
+    assert "Only an admin of the workspace can override it." in writer_page
     refused = writer.confirm(run["id"])
     assert refused.status_code == 409
     assert "overrides the policy check" in refused.json()["detail"]
     assert writer.request("POST", f"/api/v1/runs/{run['id']}/override/", json={"reason": "mine"}).status_code == 403
+    metrics = requests.get(f"{live_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30)
+    assert 'iac_policy_checks{status="soft_failed"} 1.0' in metrics.text
     assert admin.request("POST", f"/api/v1/runs/{run['id']}/override/", json={}).status_code == 400
     assert s.applies() == 0
 
-    overridden = admin.request("POST", f"/api/v1/runs/{run['id']}/override/", expect=200,
-                               json={"reason": "a demo resource, agreed with the team"}).json()
+    # Overridden from the run page's Confirm dialog (htmx), by the workspace's admin.
+    answer = as_dave.post(f"/runs/{run['id']}/override/", {"reason": "a demo resource, agreed with the team"},
+                          HTTP_HX_REQUEST="true")
+    assert answer.status_code == 200 and "Policy check overridden" in answer.content.decode()
+    assert "Confirm Apply</button>" in answer.content.decode()
+    overridden = admin.run(run["id"])
     assert overridden["policy_status"] == "overridden"
     assert overridden["policy_check"]["overridden_by"] == "dave"
     assert overridden["policy_check"]["override_reason"] == "a demo resource, agreed with the team"
