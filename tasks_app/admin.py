@@ -27,6 +27,7 @@ from tasks_app.models import (
     ConfigurationVersion,
     LogChunk,
     Plan,
+    Policy,
     PolicyCheck,
     PolicySet,
     StateLock,
@@ -413,6 +414,14 @@ class PolicySetAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PolicySet]) -> None:
         for ps in queryset:
             policy_set_delete(actor=request.user, policy_set_id=ps.pk)
+
+
+@admin.register(Policy)
+class PolicyAdmin(ReadOnlyAdmin):
+    """A set's policies are changed with their set (PolicySetAdmin: checked, compiled, audited)."""
+
+    list_display = ["name", "policy_set", "enforcement_level", "package"]
+    list_filter = ["enforcement_level", "policy_set"]
 
 
 @admin.register(PolicyCheck)

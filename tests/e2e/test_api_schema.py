@@ -35,6 +35,11 @@ RULES_ACROSS_OBJECTS = [
     # Freeze windows: which fields a window needs depends on its kind (weekly: weekdays and
     # times; one_off: starts_at before ends_at), and a time zone must be a known IANA name.
     "POST /api/v1/pools/{id}/freeze-windows/", "PATCH /api/v1/pools/{id}/freeze-windows/{window_id}/",
+    # Policy sets: a module must compile, a set's names and packages must differ, a set's name
+    # must be free.
+    "POST /api/v1/policy-sets/", "PATCH /api/v1/policy-sets/{id}/",
+    # An override's reason must say something (not only blanks).
+    "POST /api/v1/runs/{id}/override/",
 ]
 POSITIVE_OK = '["2xx", "3xx", 400, 401, 403, 404, 409, 429, "5xx"]'
 
