@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from datetime import timedelta
 
 from django.test import Client
+from django.utils import timezone
 
+from agents_app.models import Agent
 from agents_app.protocol import PROTOCOL_VERSION
 from tasks_app.dispatch.models import Slot
 from tasks_app.models import Task
@@ -84,3 +87,11 @@ def apply_pending(setup, agent: FakeAgent) -> Task:
     return task
 
 
+
+
+def held_online(*agents: FakeAgent) -> None:
+    """Keep heartbeat-less fake agents online for a test that outlasts the suite's 4 s offline
+    window on a loaded machine: not only this process's sweeps (a settings override covers
+    those) but the live platform's too, which an e2e test of the same xdist worker started and
+    which sweeps this same database every second."""
+    Agent.objects.filter(id__in=[a.id for a in agents]).update(last_heartbeat_at=timezone.now() + timedelta(hours=1))

@@ -107,7 +107,7 @@ def test_it_prints_the_policy_check_and_waits_for_the_override_before_it_applies
     s.user.request("POST", "/api/v1/policy-sets/", expect=201, json={"name": "guard", "workspaces": [s.workspace["id"]],
         "policies": [{"name": "no-data", "enforcement_level": "soft-mandatory", "module": SOFT_POLICY}]})
 
-    held = iac(s.user, "run", s.workspace["name"], "--apply", "--auto-approve")
+    held = iac(s.user, "run", "-w", s.workspace["name"], "--apply", "--auto-approve")
     assert held.returncode == 3, held.stderr
     assert "Policy check: soft_failed (0 of 1 policies passed)" in held.stderr
     assert "FAIL  guard/no-data (soft-mandatory)" in held.stderr
