@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-cli bench-webhook bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live bench-abuse faults lint
+.PHONY: run test bench bench-cli bench-webhook bench-policy bench-dispatch bench-dispatch-guard bench-overhead bench-plan-init bench-autoscale bench-live bench-abuse faults lint
 
 # Two stamps: `make run` installs the runtime only (requirements.txt: no test runner, browser
 # driver or plotting library); `make test` and the benchmarks add requirements-dev.txt.
@@ -48,6 +48,11 @@ bench-dispatch: $(VENV)/.installed-dev
 bench-dispatch-guard: $(VENV)/.installed-dev
 	$(PY) -m bench.dispatch --runs 48 --workspaces 16 --agents 2 --slots 3 --human-share 0 \
 		--gate --min-fast-share 0.9 --no-query-log --name dispatch-guard
+
+# Policy evaluation of a 1,000-resource plan with 20 policies, a one-resource plan, exploding
+# policies stopped at their bound (bench/policy.py).
+bench-policy: $(VENV)/.installed-dev
+	$(PY) -m bench.policy
 
 bench-overhead: $(VENV)/.installed-dev
 	$(PY) -m bench.overhead

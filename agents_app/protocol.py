@@ -247,6 +247,9 @@ class JobPayload(_Message):
     # agent points it at the server with the job's credential (agents_app/agent/remote_state.py).
     # Optional: an older server sends none (no remote state through the platform).
     tfe_hostname: str = ""
+    # Send the plan's JSON with the plan (PlanUpload.json_gz_b64): policies govern the
+    # workspace, the server checks the plan. Optional: an older server asks for none.
+    plan_json: bool = False
 
 
 class ClaimReply(_Message):
@@ -278,6 +281,9 @@ class PlanUpload(_Message):
     summary: dict = {}
     has_changes: bool
     terraform_version: str = ""
+    # `terraform show -json` of the plan, gzipped, base64: sent when the job asked for it
+    # (JobPayload.plan_json), for the server's policy check. Holds sensitive values in clear.
+    json_gz_b64: str = ""
 
 
 class CommandTime(_Message):

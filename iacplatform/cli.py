@@ -5,7 +5,8 @@ needs only click, requests and pathspec.
     export IAC_URL=https://iac.example.com IAC_TOKEN=...
     python -m iacplatform.cli run --workspace demo --dir . --apply --auto-approve
 
-Exit status: 0 when the run ended as asked (planned, nothing to change, applied), 1 when it
+Exit status: 0 when the run ended as asked (planned, nothing to change, applied), 3 when a
+soft-mandatory policy holds it for an admin's override (`iac override`), 1 when it
 errored, was cancelled or discarded (or the platform refused a request), 2 when it waits for
 a confirmation nobody could give (no terminal and no --auto-approve).
 """
@@ -93,6 +94,24 @@ def plan_summary_line(summary: dict | None) -> str:
     if summary.get("import"):
         parts.insert(0, f"{summary['import']} to import")
     return "Plan: " + ", ".join(parts) + "."
+
+
+def policy_lines(run: dict) -> list[str]:
+    """The run's policy check as the terraform CLI shows one: each policy, pass or FAIL, its
+    messages; nothing for a run no policy governs."""
+    status, check = run.get("policy_status") or "", run.get("policy_check") or {}
+    if not status:
+        return []
+    results = check.get("results") or []
+    failed = sum(1 for r in results if not r["passed"])
+    lines = [f"Policy check: {status} ({len(results) - failed} of {len(results)} policies passed)"]
+    for r in results:
+        lines.append(f"  {'pass' if r['passed'] else 'FAIL'}  {r['policy_set']}/{r['policy']} ({r['level']})")
+        lines += [f"        {text}" for text in ([r["error"]] if r.get("error") else []) + r["deny"]]
+        lines += [f"        warning: {text}" for text in r["warn"]]
+    if check.get("overridden_by"):
+        lines.append(f"  overridden by {check['overridden_by']}: {check.get('override_reason', '')}")
+    return lines
 
 
 def follow(client: Client, run_id: int, offset: int, stop: set[str], out: Any) -> tuple[dict, int]:
@@ -191,6 +210,12 @@ def run(client: Client, workspace: str, directory: Path | None, apply_: bool, au
     click.echo(f"run {run_id} queued on workspace {ws['name']}", err=True)
     current, offset = follow(client, run_id, 0, PLAN_DONE | FINAL, sys.stdout)
     click.echo(plan_summary_line(current.get("plan_summary")), err=True)
+    for line in policy_lines(current):
+        click.echo(line, err=True)
+    if current["status"] == "apply_pending" and current.get("policy_status") == "soft_failed":
+        click.echo(f"run {run_id}: a soft-mandatory policy failed; an admin of the workspace may override it "
+                   f"(iac override {run_id} --reason '...'), then confirm it", err=True)
+        sys.exit(3)
     if current["status"] == "apply_pending":
         if auto_approve:
             approved = True
@@ -268,6 +293,18 @@ def status(client: Client, run_id: int) -> None:
                    f" {subject}".rstrip())
         if commit.get("newer_commit"):
             click.echo(f"a newer commit is on {commit.get('branch')}: {commit['newer_commit'][:12]}")
+    for line in policy_lines(current):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--reason", required=True, help="why the failed policy may be overridden (audited)")
+@click.pass_obj
+def override(client: Client, run_id: int, reason: str) -> None:
+    """Override a run's soft-failed policy check (admin on the workspace); confirm it next."""
+    current = client.call("POST", f"/runs/{run_id}/override/", json={"reason": reason})
+    click.echo(f"run {run_id}: policy check {current['policy_status']}", err=True)
 
 
 if __name__ == "__main__":

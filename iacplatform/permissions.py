@@ -50,6 +50,7 @@ class Action(enum.StrEnum):
     FORCE_UNLOCK = "force_unlock"
     FORCE_CANCEL = "force_cancel"
     DELETE = "delete"
+    OVERRIDE_POLICY = "override_policy"  # a soft-mandatory policy's failure, so the run may be confirmed
 
 
 REQUIRED: dict[Action, Level] = {
@@ -70,6 +71,7 @@ REQUIRED: dict[Action, Level] = {
     Action.FORCE_UNLOCK: Level.ADMIN,
     Action.FORCE_CANCEL: Level.ADMIN,
     Action.DELETE: Level.ADMIN,
+    Action.OVERRIDE_POLICY: Level.ADMIN,
 }
 
 

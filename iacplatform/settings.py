@@ -152,6 +152,12 @@ try:
     # How long a git fetch or a forge call may take.
     IAC_VCS_TIMEOUT_SECONDS = env.int("IAC_VCS_TIMEOUT_SECONDS", 60, validate=POSITIVE)
     IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
+    # Policy checks (tasks_app.services.policy_checks): the bounds of one evaluation in the
+    # worker's warm evaluator (a policy past them fails with that reason), a module's size.
+    IAC_POLICY_TIMEOUT_SECONDS = env.float("IAC_POLICY_TIMEOUT_SECONDS", 10.0, validate=POSITIVE)
+    IAC_POLICY_MEMORY_MB = env.int("IAC_POLICY_MEMORY_MB", 512, validate=Range(min=64))
+    IAC_POLICY_MAX_MODULE_BYTES = env.int("IAC_POLICY_MAX_MODULE_BYTES", 256 * 1024, validate=POSITIVE)
+    IAC_POLICY_EVALUATORS = env.int("IAC_POLICY_EVALUATORS", 2, validate=Range(min=1, max=32))
     DB_POOL = env.bool("IAC_DB_POOL", True)
     IAC_MAX_STATE_BYTES = env.int("IAC_MAX_STATE_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
     # Behind a reverse proxy of ours: take the client's address (for the audit log) from

@@ -34,7 +34,7 @@ from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState
 from iacplatform.metrics import REGISTRY
 from tasks_app.dispatch.models import Job, Slot
 from tasks_app.models import Task, Workspace
-from tasks_app.states import RunStatus
+from tasks_app.states import PolicyStatus, RunStatus
 from tasks_app.workflows.models import NotificationDelivery
 from tasks_app.workflows.states import DeliveryStatus, Health
 
@@ -51,6 +51,16 @@ class DatabaseCollector:
         for status in RunStatus.values:
             runs.add_metric([status], counts.get(status, 0))
         yield runs
+
+        # Runs by their policy check: checking, passed, soft_failed (waiting for an override),
+        # overridden, hard_failed. Runs no policy governs are not counted.
+        policy = GaugeMetricFamily("iac_policy_checks", "Runs by policy check status", labels=["status"])
+        by_policy = dict(Task.objects.exclude(policy_status="").values_list("policy_status")
+                         .annotate(n=Count("id")).order_by())
+        for status in PolicyStatus.values:
+            if status:
+                policy.add_metric([status], by_policy.get(status, 0))
+        yield policy
 
         jobs = GaugeMetricFamily("iac_jobs", "Jobs by pool, kind and status", labels=["pool", "kind", "status"])
         by_job = {

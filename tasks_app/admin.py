@@ -27,6 +27,9 @@ from tasks_app.models import (
     ConfigurationVersion,
     LogChunk,
     Plan,
+    Policy,
+    PolicyCheck,
+    PolicySet,
     StateLock,
     StateVersion,
     SweepHeartbeat,
@@ -37,6 +40,7 @@ from tasks_app.models import (
     WorkspaceAccess,
 )
 from tasks_app.services.audit import audit_record
+from tasks_app.services.policies import check_policies, policy_set_create, policy_set_delete, policy_set_update
 from tasks_app.services.runs import run_cancel, runs_start_next
 from tasks_app.services.state import state_unlock
 from tasks_app.services.variables import variable_check, variable_create, variable_delete, variable_update
@@ -318,7 +322,7 @@ class LogChunkAdmin(ReadOnlyAdmin):
 class PlanAdmin(ReadOnlyAdmin):
     list_display = ["id", "task", "sha256", "size", "created_at"]
     search_fields = ["task__id", "sha256"]
-    exclude = ["encrypted_data"]
+    exclude = ["encrypted_data", "encrypted_json"]
 
 
 @admin.register(StateVersion)
@@ -542,3 +546,78 @@ class NotificationDeliveryAdmin(ReadOnlyAdmin):
 @admin.register(NotificationAttempt)
 class NotificationAttemptAdmin(ReadOnlyAdmin):
     list_display = ["id", "delivery", "number", "status_code", "to_status", "error", "created_at"]
+
+
+class PolicySetAdminForm(forms.ModelForm):
+    """The admin's door to policy sets, with the API's rules: the policies (a JSON list of
+    {name, enforcement_level, module}) are checked and compiled by the policies service, and
+    the set is written by it, audited (PolicySetAdmin.save_model)."""
+
+    policies = forms.JSONField(
+        widget=forms.Textarea(attrs={"rows": 16, "cols": 100}),
+        help_text='[{"name": "...", "enforcement_level": "advisory | soft-mandatory | hard-mandatory", '
+                  '"module": "package ...\\n..."}]',
+    )
+
+    class Meta:
+        model = PolicySet
+        fields = ["name", "description", "is_global", "workspaces"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["policies"].initial = [
+                {"name": p.name, "enforcement_level": p.enforcement_level, "module": p.module}
+                for p in self.instance.policies.all()]
+
+    def clean_policies(self) -> Any:
+        raw = self.cleaned_data["policies"]
+        try:
+            check_policies(raw)
+        except Invalid as exc:
+            raise forms.ValidationError(exc.fields.get("policies") or [str(exc)]) from exc
+        return raw
+
+
+@admin.register(PolicySet)
+class PolicySetAdmin(admin.ModelAdmin):
+    form = PolicySetAdminForm
+    list_display = ["name", "is_global", "source", "updated_at"]
+    filter_horizontal = ["workspaces"]
+
+    def save_model(self, request: HttpRequest, obj: PolicySet, form: forms.ModelForm, change: bool) -> None:
+        data = form.cleaned_data
+        workspaces = [w.id for w in data["workspaces"]]
+        if change:
+            saved = policy_set_update(actor=request.user, policy_set_id=obj.pk, changes={
+                "name": data["name"], "description": data["description"], "global": data["is_global"],
+                "workspaces": workspaces, "policies": data["policies"]})
+        else:
+            saved = policy_set_create(actor=request.user, name=data["name"], policies=data["policies"],
+                                      description=data["description"], is_global=data["is_global"],
+                                      workspaces=workspaces)
+        obj.pk = saved.pk
+        obj.id = saved.id
+
+    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
+        """The service saved the workspaces with the set."""
+
+    def delete_model(self, request: HttpRequest, obj: PolicySet) -> None:
+        policy_set_delete(actor=request.user, policy_set_id=obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PolicySet]) -> None:
+        for ps in queryset:
+            policy_set_delete(actor=request.user, policy_set_id=ps.pk)
+
+
+@admin.register(Policy)
+class PolicyAdmin(ReadOnlyAdmin):
+    """A set's policies are changed with their set (PolicySetAdmin: checked, compiled, audited)."""
+
+    list_display = ["name", "policy_set", "enforcement_level", "package"]
+    list_filter = ["enforcement_level", "policy_set"]
+
+
+@admin.register(PolicyCheck)
+class PolicyCheckAdmin(ReadOnlyAdmin):
+    list_display = ["task", "finished_at", "duration_ms", "overridden_by"]

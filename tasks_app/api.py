@@ -101,8 +101,8 @@ def _task(request: Request, task_id: int, action: Action) -> Task:
 def _run_queryset() -> QuerySet[Task]:
     # `plan` is joined for its summary; its encrypted bytes (up to IAC_MAX_PLAN_BYTES) are not read.
     return (
-        Task.objects.select_related("workspace", "plan", "configuration_version")
-        .defer("plan__encrypted_data", "configuration_version__archive")
+        Task.objects.select_related("workspace", "plan", "configuration_version", "policy_check__overridden_by")
+        .defer("plan__encrypted_data", "plan__encrypted_json", "configuration_version__archive")
         .prefetch_related("events")
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app import api, api_access, api_workflows
+from tasks_app import api, api_access, api_policies, api_workflows
 from tasks_app.vcs import views as vcs_views
 
 urlpatterns = [
@@ -57,6 +57,9 @@ urlpatterns = [
     path("runs/<int:pk>/cancel/", api.RunCancel.as_view(), name="api-run-cancel"),
     path("runs/<int:pk>/prepare/", api.RunPrepare.as_view(), name="api-run-prepare"),
     path("runs/<int:pk>/logs/", api.RunLogs.as_view(), name="api-run-logs"),
+    path("runs/<int:pk>/override/", api_policies.RunPolicyOverride.as_view(), name="api-run-override"),
+    path("policy-sets/", api_policies.PolicySetListCreate.as_view(), name="api-policy-set-list"),
+    path("policy-sets/<int:pk>/", api_policies.PolicySetDetail.as_view(), name="api-policy-set-detail"),
     path("workspaces/<int:workspace_id>/outputs/", api.WorkspaceOutputs.as_view(), name="api-workspace-outputs"),
     path(
         "workspaces/<int:workspace_id>/state-versions/",

@@ -7,7 +7,7 @@ from knox.models import AbstractAuthToken
 
 from agents_app.protocol import ApplyPath, PlanMode, WarmupStatus, choices
 from iacplatform import crypto
-from tasks_app.states import Operation, RunStatus
+from tasks_app.states import EnforcementLevel, Operation, PolicyStatus, RunStatus
 from tasks_app.variable_fields import VariableCategory, VariableFields  # noqa: F401  (VariableCategory re-exported)
 from tasks_app.workflows.states import Health
 
@@ -212,6 +212,11 @@ class Task(models.Model):
     apply_path = models.CharField(max_length=20, choices=choices(ApplyPath), blank=True)
     apply_path_reason = models.TextField(blank=True)
 
+    # The policy check (tasks_app.services.policy_checks, the only writer): on the run's row
+    # so that Confirm's gate costs no query; the details are its PolicyCheck.
+    policy_status = models.CharField(max_length=20, choices=PolicyStatus.choices, default=PolicyStatus.NONE,
+                                     blank=True)
+
     class Meta:
         ordering = ["-id"]
         indexes = [
@@ -260,6 +265,9 @@ class Plan(models.Model):
     sha256 = models.CharField(max_length=64)  # of the plaintext plan.out
     size = models.PositiveIntegerField()
     summary = models.JSONField(default=dict)
+    # `terraform show -json` of the plan, gzipped then encrypted (it holds sensitive values in
+    # clear): the input of the policy check. Only sent by the agent when policies apply.
+    encrypted_json = models.BinaryField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     @property
@@ -361,8 +369,66 @@ class ConfigurationUpload(models.Model):
         ordering = ["-id"]
 
 
-# Dispatch's models (Job, Slot, DispatchEvent) live beside their services in tasks_app/dispatch/;
-# imported here so that Django registers them with this app when it loads its models.
+class PolicySet(models.Model):
+    """Rego policies applied to chosen workspaces or to all of them (`is_global`). Managed by
+    site admins only (tasks_app.services.policies)."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    is_global = models.BooleanField(default=False)
+    workspaces = models.ManyToManyField(Workspace, blank=True, related_name="policy_sets")
+    # Where its policies come from: uploaded (API, admin). A repository source (the VCS
+    # connections) would set this and sync the modules through the same service.
+    source = models.CharField(max_length=20, default="upload")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Policy(models.Model):
+    """One Rego module, queried at `data.<package>.deny` (failures) and `.warn` (notes)."""
+
+    policy_set = models.ForeignKey(PolicySet, on_delete=models.CASCADE, related_name="policies")
+    name = models.SlugField(max_length=100)
+    enforcement_level = models.CharField(max_length=20, choices=EnforcementLevel.choices,
+                                         default=EnforcementLevel.ADVISORY)
+    module = models.TextField()
+    package = models.CharField(max_length=200)  # from the module's `package` line
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy_set", "name"], name="policy_unique_name"),
+            models.UniqueConstraint(fields=["policy_set", "package"], name="policy_unique_package"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.policy_set.name}/{self.name}"
+
+
+class PolicyCheck(models.Model):
+    """A run's policy check: what was evaluated and what each policy said. `results` is a list
+    of {policy_set, policy, level, passed, deny: [...], warn: [...], error}."""
+
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="policy_check")
+    results = models.JSONField(default=list)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)  # the evaluation alone
+    overridden_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+")
+    overridden_at = models.DateTimeField(null=True, blank=True)
+    override_reason = models.TextField(blank=True)
+
+
+# Dispatch's models (Job, Slot, DispatchEvent), the VCS ones and the workflows' live beside
+# their services (tasks_app/dispatch/, vcs/, workflows/); imported here so that Django
+# registers them with this app when it loads its models.
 from tasks_app.dispatch import models as _dispatch_models  # noqa: E402,F401
 from tasks_app.vcs.models import (  # noqa: E402,F401
     HeldPullRequest,

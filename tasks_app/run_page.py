@@ -18,7 +18,7 @@ from agents_app.models import Pod
 from agents_app.redaction import plan_summary_masked
 from iacplatform.permissions import Action, allowed_actions, run_for
 from tasks_app.dispatch.models import Job
-from tasks_app.models import Plan, Task
+from tasks_app.models import Plan, PolicyCheck, Task
 from tasks_app.redaction import sensitive_values
 from tasks_app.selectors import duration_text, run_waiting_reason
 from tasks_app.services.retention import plan_pruned_note
@@ -130,12 +130,14 @@ def run_context(task: Task, allowed: set[str]) -> dict[str, Any]:
         "dialog_phase": dialog_phase(task),
         "commit": run_commit(task),
         "vcs_report": run_report(task),
+        "policy_check": (PolicyCheck.objects.select_related("overridden_by").filter(task=task).first()
+                         if task.policy_status else None),
     }
 
 
 
 # The partials a run.changed / dispatch.changed event re-renders, each swapped by its id.
-PARTS = ("status", "waiting", "actions", "timeline", "plan", "jobs")
+PARTS = ("status", "waiting", "policies", "actions", "timeline", "plan", "jobs")
 
 
 def run_fragments_html(task_id: int, user: Any) -> str:

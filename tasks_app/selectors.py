@@ -18,9 +18,9 @@ from agents_app.services.freeze import freeze_text, pool_freeze
 from iacplatform.permissions import Action, can
 from tasks_app.dispatch.models import Job, Slot
 from tasks_app.logrender import ansi_safe_cut, strip_ansi
-from tasks_app.models import AuditEvent, LogChunk, StateVersion, Task, TaskEvent, Workspace
+from tasks_app.models import AuditEvent, LogChunk, PolicySet, StateVersion, Task, TaskEvent, Workspace
 from tasks_app.redaction import sensitive_values
-from tasks_app.states import BLOCKING, Operation, RunStatus
+from tasks_app.states import BLOCKING, Operation, PolicyStatus, RunStatus
 
 # The most of a run's log one API call or websocket message carries; clients page on with
 # `next_offset`. (A log may hold IAC_MAX_LOG_BYTES, 50 MiB by default.)
@@ -270,6 +270,9 @@ def _apply_pending_reason(task: Task) -> str:
     else:
         warm = "not warm yet" + ("" if task.workspace.pool.warm_apply else ": warm apply is off for the pool")
     reason = f"apply_pending: waiting for confirmation ({warm})"
+    if task.policy_status == PolicyStatus.SOFT_FAILED:
+        reason = (f"apply_pending: a soft-mandatory policy failed; Confirm is refused until an admin of the "
+                  f"workspace overrides it ({warm})")
     freeze = pool_freeze(task.workspace.pool_id)
     if freeze.frozen:
         reason += f"; Confirm is refused while the pool is {freeze_text(freeze)}"
@@ -288,6 +291,8 @@ def run_waiting_reason(task: Task) -> str | None:
         return _queued_reason(task)
     if status == RunStatus.APPLY_PENDING:
         return _apply_pending_reason(task)
+    if status == RunStatus.POLICY_CHECKING:
+        return "policy_checking: the plan is being checked against the workspace's policies"
     if status != RunStatus.PENDING:
         return None
     if task.workspace.locked:
@@ -300,6 +305,12 @@ def run_waiting_reason(task: Task) -> str | None:
     if ahead is not None:
         return f"pending: run #{ahead.id} ({ahead.status}) holds the workspace"
     return "pending: waiting to be started"
+
+
+def workspace_has_policies(workspace_id: int) -> bool:
+    """Whether any policy set governs the workspace (a global one, or one attached to it):
+    its plans are checked before they can be confirmed."""
+    return PolicySet.objects.filter(Q(is_global=True) | Q(workspaces__id=workspace_id)).exists()
 
 
 def state_serial_current(workspace_id: int) -> int | None:

@@ -283,6 +283,7 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
         source="variable_sources", child=serializers.DictField(), read_only=True,
         help_text="every variable the plan was given and where its value came from: source run, workspace or "
                   "variable_set (then variable_set names it, with its scope and priority); never a value")
+    policy_check = serializers.SerializerMethodField()
 
     class Meta:
         model = Task
@@ -294,8 +295,24 @@ class RunSerializer(CachedFieldsMixin, serializers.ModelSerializer):
             "confirmed_at", "apply_started_at", "first_apply_log_at", "apply_path", "apply_path_reason",
             "confirm_to_apply_start_ms", "confirm_to_first_log_ms", "waiting_reason", "sandbox",
             "plan_start", "plan_start_reason", "events", "commit", "vcs_report", "variables", "triggered_by",
+            "policy_status", "policy_check",
         ]  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_policy_check(self, task: Task) -> dict | None:
+        """Each policy's result ({policy_set, policy, level, passed, deny, warn, error}) and the
+        override, once the check ran; None for a run no policy governs."""
+        if not task.policy_status:
+            return None
+        check = getattr(task, "policy_check", None)  # reverse one-to-one: AttributeError when absent
+        if check is None:
+            return {"results": [], "finished_at": None}
+        return {
+            "results": check.results, "finished_at": check.finished_at, "duration_ms": check.duration_ms,
+            "overridden_by": check.overridden_by.username if check.overridden_by else None,
+            "overridden_at": check.overridden_at, "override_reason": check.override_reason,
+        }
 
     @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
     def get_plan_summary(self, task: Task) -> dict | None:

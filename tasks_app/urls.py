@@ -29,6 +29,7 @@ urlpatterns = [
     path("runs/<int:task_id>/confirm-dialog/", views_confirm.run_confirm_dialog, name="run-confirm-dialog"),
     path("runs/<int:task_id>/confirm/", views_confirm.run_confirm_view, name="run-confirm"),
     path("runs/<int:task_id>/discard/", views_confirm.run_discard_view, name="run-discard"),
+    path("runs/<int:task_id>/override/", views_confirm.run_policy_override_view, name="run-policy-override"),
     path("runs/<int:task_id>/cancel/", views_confirm.run_cancel_view, name="run-cancel"),
     path("tokens/", views.tokens_page, name="tokens"),
     path("tokens/<str:key>/revoke/", views.token_revoke_view, name="token-revoke"),

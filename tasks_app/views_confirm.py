@@ -34,11 +34,11 @@ from iacplatform.errors import Forbidden, NotFound, PlatformError
 from iacplatform.permissions import Action, allowed_actions, require, run_for
 from tasks_app.dispatch.models import Job
 from tasks_app.dispatch.warmups import confirm_target
-from tasks_app.models import Plan, Task
+from tasks_app.models import Plan, PolicyCheck, Task
 from tasks_app.page_access import readable_run
 from tasks_app.selectors import ms_between
-from tasks_app.services.runs import run_cancel, run_confirm, run_discard, run_prepare
-from tasks_app.states import FINAL, RunStatus
+from tasks_app.services.runs import run_cancel, run_confirm, run_discard, run_policy_override, run_prepare
+from tasks_app.states import FINAL, PolicyStatus, RunStatus
 from tasks_app.vcs.commit import run_commit
 
 # A response header the dialog's before-swap handler looks for: a 4xx carrying it is the
@@ -168,6 +168,15 @@ def dialog_phase(task: Task) -> str:
     return ""
 
 
+def _policy_failures(task: Task) -> list[str]:
+    check = PolicyCheck.objects.filter(task=task).only("results").first()
+    out = []
+    for r in check.results if check else []:
+        if not r["passed"] and r["level"] != "advisory":
+            out.append(f"{r['policy_set']}/{r['policy']} ({r['level']}): {r['error'] or '; '.join(r['deny'][:3])}")
+    return out
+
+
 def confirm_dialog_context(task: Task, allowed: set[str], *, notice: str = "", error: str = "") -> dict:
     """What the dialog partial (tasks_app/_confirm_dialog.html) needs."""
     phase = dialog_phase(task)
@@ -184,6 +193,11 @@ def confirm_dialog_context(task: Task, allowed: set[str], *, notice: str = "", e
         # Which commit Confirm applies, and whether the branch has a newer one.
         "commit": run_commit(task) if pending else None,
         "can_confirm": str(Action.CONFIRM) in allowed,
+        # A soft-mandatory policy failed: Confirm waits for an override (admin on the workspace).
+        "policy_blocked": pending and task.policy_status == PolicyStatus.SOFT_FAILED,
+        "policy_overridden": task.policy_status == PolicyStatus.OVERRIDDEN,
+        "policy_failures": _policy_failures(task) if pending and task.policy_status else [],
+        "can_override": str(Action.OVERRIDE_POLICY) in allowed,
         "can_discard": str(Action.DISCARD) in allowed,
         "can_cancel": str(Action.CANCEL) in allowed and task.status not in FINAL,
         "can_force_cancel": str(Action.FORCE_CANCEL) in allowed and task.status not in FINAL,
@@ -289,3 +303,16 @@ def run_cancel_view(request: HttpRequest, task_id: int) -> HttpResponse:
     # The order is pushed to the agent at once (runs.run_cancel); the run ends when terraform stops.
     return _answer(request, task.id, notice="Cancel requested: terraform is being interrupted; the run becomes "
                                             "cancelled when it stops.")
+
+
+@login_required
+@require_POST
+def run_policy_override_view(request: HttpRequest, task_id: int) -> HttpResponse:
+    """Override a soft-failed policy check from the dialog (admin on the workspace; the
+    service checks it and audits the override with its reason)."""
+    task = readable_run(request, task_id)
+    try:
+        run_policy_override(task_id=task.id, actor=request.user, reason=request.POST.get("reason", ""))
+    except PlatformError as exc:
+        return _refused(request, task, exc)
+    return _answer(request, task.id, notice="Policy check overridden: the run may be confirmed.")

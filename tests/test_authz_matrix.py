@@ -69,6 +69,8 @@ def world(db) -> World:
     grant(users["carol"], a, AccessLevel.READ, team_name="viewers")
     pool.teams.add(builders)
     run_a = run_create(workspace=a, operation="plan", actor="alice")
+    # A policy check to read (and, not being apply_pending, nothing to override: a 409 for who may).
+    Task.objects.filter(id=run_a.id).update(policy_status="soft_failed")
     variable_a = Variable(workspace=a, key="region")
     variable_a.set_value("eu")
     variable_a.save()
@@ -188,6 +190,19 @@ RULES: dict[str, list[Case]] = {
     "api-run-prepare": [Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/prepare/", _expect(200, 200, 403, 404),
                              body=lambda w, u: {})],
     "api-run-logs": [Case("GET", lambda w, u: f"/api/v1/runs/{w.run_a.id}/logs/", _expect(200, 200, 200, 404))],
+    # Overriding a failed policy is `admin` on the workspace (bob has `write`); the run has no
+    # soft-failed check, so who may gets the service's 409.
+    "api-run-override": [Case("POST", lambda w, u: f"/api/v1/runs/{w.run_a.id}/override/", _expect(409, 403, 403, 404),
+                              body=lambda w, u: {"reason": "agreed"})],
+    # Policy sets are site admins' alone: an empty body is alice's 400, everyone else's 403.
+    "api-policy-set-list": [
+        Case("GET", lambda w, u: "/api/v1/policy-sets/", _expect(200, 403, 403, 403)),
+        Case("POST", lambda w, u: "/api/v1/policy-sets/", _expect(400, 403, 403, 403), body=lambda w, u: {}),
+    ],
+    "api-policy-set-detail": [
+        Case("GET", lambda w, u: "/api/v1/policy-sets/999999/", _expect(404, 403, 403, 403)),
+        Case("DELETE", lambda w, u: "/api/v1/policy-sets/999999/", _expect(404, 403, 403, 403)),
+    ],
     "api-state-version-list": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/state-versions/", _expect(200, 200, 200, 404)),
     ],
@@ -384,6 +399,8 @@ RULES: dict[str, list[Case]] = {
     # forged post: the dialog offers nothing else) is a 403 page.
     "run-confirm": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/confirm/", _expect(302, 302, 403, 404), api=False)],
     "run-discard": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/discard/", _expect(302, 302, 403, 404), api=False)],
+    "run-policy-override": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/override/", _expect(302, 403, 403, 404),
+                                 api=False, body=lambda w, u: {"reason": "agreed"})],
     "run-cancel": [Case("POST", lambda w, u: f"/runs/{w.run_a.id}/cancel/", _expect(302, 403, 403, 404), api=False,
                         body=lambda w, u: {"force": "1"})],
     "pool-list": [Case("GET", lambda w, u: "/pools/", _expect(200, 403, 403, 403), api=False)],
@@ -457,6 +474,16 @@ RULES: dict[str, list[Case]] = {
         Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/runs", _expect(200, 200, 200, 404)),
     ],
     "tfe-plan": [Case("GET", lambda w, u: f"/api/v2/plans/plan-{w.run_a.id}", _expect(200, 200, 200, 404))],
+    "tfe-run-policy-checks": [
+        Case("GET", lambda w, u: f"/api/v2/runs/run-{w.run_a.id}/policy-checks", _expect(200, 200, 200, 404)),
+    ],
+    "tfe-policy-check": [Case("GET", lambda w, u: f"/api/v2/policy-checks/polchk-{w.run_a.id}",
+                              _expect(200, 200, 200, 404))],
+    "tfe-policy-check-output": [Case("GET", lambda w, u: f"/api/v2/policy-checks/polchk-{w.run_a.id}/output",
+                                     _expect(200, 200, 200, 404))],
+    # Overriding is `admin` on the workspace (bob has `write`).
+    "tfe-policy-check-action": [Case("POST", lambda w, u: f"/api/v2/policy-checks/polchk-{w.run_a.id}/actions/override",
+                                     _expect(409, 403, 403, 404))],
     "tfe-apply": [Case("GET", lambda w, u: f"/api/v2/applies/apply-{w.run_a.id}", _expect(200, 200, 200, 404))],
     "tfe-state-versions": [
         # The raw state is `write`; alice and bob get the refusal go-tfe needs to send it inline.

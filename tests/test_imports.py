@@ -98,10 +98,11 @@ def test_it_keeps_the_import_contracts():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-STATUS_FIELDS = {"status", "state", "warmup_status"}
+STATUS_FIELDS = {"status", "state", "warmup_status", "policy_status"}
 # The one writer of each status (see docs/architecture.md, "Layers, owners and errors").
 OWNERS = {
     ("tasks_app/services/runs.py", "run_transition"),
+    ("tasks_app/services/runs.py", "policy_transition"),
     ("tasks_app/dispatch/jobs.py", "job_transition"),
     ("tasks_app/dispatch/jobs.py", "job_assign"),  # inserts Confirm's apply already running
     ("tasks_app/dispatch/warmups.py", "warmup_transition"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -537,8 +538,12 @@ class JobRun:
         summary = plan_summary(json.loads(show_out))
         data = (self.dir / "plan.out").read_bytes()
         self.plan_hash = hashlib.sha256(data).hexdigest()
+        # The plan's JSON goes to the server when policies govern the workspace: the server
+        # checks it (an agent's word is not a policy decision).
+        plan_json = base64.b64encode(gzip.compress(show_out, 6)).decode() if self.payload.plan_json else ""
         upload = PlanUpload(plan_b64=base64.b64encode(data).decode(), sha256=self.plan_hash, summary=summary,
-                            has_changes=has_changes, terraform_version=self.agent.terraform_version)
+                            has_changes=has_changes, terraform_version=self.agent.terraform_version,
+                            json_gz_b64=plan_json)
         keep = bool(self.payload.keep_dir and has_changes)
         if keep:
             # Registered before `finish` so a heartbeat sent meanwhile already reports it.

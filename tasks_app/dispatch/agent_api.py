@@ -148,7 +148,14 @@ def plan_upload(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
 def finish(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     result = parse(JobResult, request.body)
     plan = _plan_bytes(result.plan, "plan.plan_b64") if result.plan is not None else None
-    reply = agent_reports.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result, plan=plan)
+    plan_json = None
+    if result.plan is not None and result.plan.json_gz_b64:
+        try:
+            plan_json = base64.b64decode(result.plan.json_gz_b64, validate=True)
+        except binascii.Error as exc:
+            raise Invalid(f"field 'plan.json_gz_b64' is not valid base64: {exc}") from exc
+    reply = agent_reports.job_result(agent=agent, job_id=job_id, fence=_fence(request), result=result, plan=plan,
+                                     plan_json=plan_json)
     # `jobs` only when there are some: {"keep_dir": ...} as before otherwise.
     return JsonResponse(reply.model_dump(mode="json", exclude_defaults=True))
 

