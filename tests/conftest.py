@@ -130,13 +130,15 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The longest tests first, then the other end-to-end ones, then the rest (a stable sort:
-    each group keeps its order). pytest-xdist hands tests out one by one as workers free up,
-    in this order: a minute-long test taken last would leave the other workers idle while
-    it runs."""
-    def rank(item) -> int:
-        if item.get_closest_marker("longest"):
-            return 0
-        return 1 if item.get_closest_marker("e2e") else 2
+    """Tests without the session's live platform first, then those with it (`live_url`, which
+    `scenario` uses); in each part the longest tests first (a stable sort: the rest keep their
+    order). Why: once a test of an xdist worker starts the live platform, its Celery sweep runs
+    every second on that worker's test database until the session ends, and takes the fake
+    agents of the tests after it offline, or marks one offline before the test's own sweep does;
+    and pytest-xdist hands tests out one by one in this order, so a minute-long test taken last
+    would leave the other workers idle while it runs."""
+    def rank(item) -> tuple[int, int]:
+        live = "live_url" in item.fixturenames
+        return (1 if live else 0, 0 if item.get_closest_marker("longest") else 1)
 
     items.sort(key=rank)

@@ -43,6 +43,7 @@ from tasks_app.redaction import run_sensitive_values
 from tasks_app.services.policies import policy_engine, policy_sets_of
 from tasks_app.services.runs import policy_transition, run_confirm, run_transition
 from tasks_app.states import EnforcementLevel, Operation, PolicyStatus, RunStatus
+from tasks_app.workflows.notifications import run_notify_policy_failed
 
 log = logging.getLogger(__name__)
 L = EnforcementLevel
@@ -68,8 +69,10 @@ def _input_json(task: Task, plan_json: str) -> str:
         "speculative": task.operation == Operation.PLAN,
         "created_by": task.created_by.username if task.created_by else None,
         "message": task.message, "configuration_version": cv.id if cv else None,
-        # The commit a run from a repository was made of (the VCS connections); none for an upload.
-        "commit": getattr(cv, "commit_sha", None) or None,
+        # The commit a run from a repository was made of (tasks_app/vcs/); none for an upload.
+        "commit": ({"repository": cv.vcs_repository, "branch": cv.vcs_branch or None, "tag": cv.vcs_tag or None,
+                    "sha": cv.vcs_sha, "author": cv.vcs_author or None, "pull_request": cv.vcs_pr_number}
+                   if cv is not None and cv.vcs_sha else None),
         "targets": task.plan_targets, "replace": task.plan_replace,
     }
     ws = task.workspace
@@ -189,6 +192,12 @@ def policy_check_run(*, task_id: int) -> bool:
         summary = (f"policy check: {len(outcome.results) - len(failed)} of {len(outcome.results)} policies passed"
                    if outcome.results else "policy check: no policies")
         policy_transition(task, outcome.status, uow=uow, message=summary)
+        if outcome.status in (PolicyStatus.SOFT_FAILED, PolicyStatus.HARD_FAILED):
+            hard = outcome.status == PolicyStatus.HARD_FAILED
+            level = L.HARD_MANDATORY if hard else L.SOFT_MANDATORY
+            run_notify_policy_failed(task, uow=uow, level="hard" if hard else "soft", failures=[
+                f"{r['policy_set']}/{r['policy']}: {r['error'] or '; '.join(r['deny'][:3])}"
+                for r in outcome.results if not r["passed"] and r["level"] == level])
         if outcome.status == PolicyStatus.HARD_FAILED:
             run_transition(task, RunStatus.ERRORED, uow=uow, message=(
                 "a hard-mandatory policy failed: " + _failures(outcome.results, L.HARD_MANDATORY)))

@@ -208,6 +208,18 @@ def run_notify(task: Task, to: RunStatus, *, uow: UnitOfWork) -> None:
     })
 
 
+def run_notify_policy_failed(task: Task, *, uow: UnitOfWork, level: str, failures: list[str]) -> None:
+    """policy_transition's hook: a mandatory policy failed the run's plan (`level`: soft, an
+    override waits for a workspace admin; hard, the run errors). `failures`: the policies'
+    deny messages (masked when sent, as every payload is)."""
+    notifications_enqueue(workspace_id=task.workspace_id, trigger=Trigger.POLICY_FAILED, task=task, uow=uow,
+                          event=lambda: {
+                              "run": task.id, "workspace": task.workspace.name, "operation": task.operation,
+                              "status": str(task.status), "message": task.message, "policy_level": level,
+                              "policy_failures": failures[:20],
+                          })
+
+
 # Sending (the worker) -----------------------------------------------------------------------
 
 
@@ -232,11 +244,14 @@ def _payload(delivery: NotificationDelivery) -> dict[str, Any]:
 def _text(payload: dict[str, Any]) -> str:
     what = {Trigger.TEST: "test notification", Trigger.NEEDS_ATTENTION: "needs attention (waiting for Confirm)",
             Trigger.RUN_STARTED: "started", Trigger.APPLIED: "applied", Trigger.ERRORED: "errored",
-            Trigger.DRIFT_DETECTED: "drift detected"}[Trigger(payload["trigger"])]
+            Trigger.DRIFT_DETECTED: "drift detected",
+            Trigger.POLICY_FAILED: f"failed its {payload.get('policy_level', '')}-mandatory policy check",
+            }[Trigger(payload["trigger"])]
     run = f"run {payload['run']} " if payload.get("run") else ""
     lines = [f"[{payload.get('workspace', '')}] {run}{what}"]
     if payload.get("message"):
         lines.append(str(payload["message"]))
+    lines += [f"- {failure}" for failure in payload.get("policy_failures") or []]
     if payload.get("run_url"):
         lines.append(payload["run_url"])
     return "\n".join(lines)

@@ -29,6 +29,7 @@ class Trigger(models.TextChoices):
     APPLIED = "applied"
     ERRORED = "errored"
     DRIFT_DETECTED = "drift_detected"
+    POLICY_FAILED = "policy_failed"  # a mandatory policy failed: soft (an override waits) or hard (errored)
     TEST = "test"  # "send a test": never subscribed to, always sent
 
 

@@ -12,8 +12,9 @@ from django.test import Client
 
 from tasks_app.models import AuditEvent, Plan, Workspace
 from tests.e2e.apiclient import PlatformUser
+from tests.e2e.test_notifications import SECRET, receivers  # noqa: F401  (a fixture)
 from tests.factories import grant, make_token
-from tests.live import METRICS_TOKEN
+from tests.live import METRICS_TOKEN, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -139,9 +140,13 @@ def test_it_blocks_confirm_on_a_soft_failure_until_an_admin_overrides_it(scenari
     assert s.applies() == 1
 
 
-def test_it_errors_a_run_that_fails_a_hard_mandatory_policy(scenario):
+def test_it_errors_a_run_that_fails_a_hard_mandatory_policy_and_notifies(scenario, receivers):  # noqa: F811
     s = scenario()
     s.agent("a1")
+    receiver = receivers()
+    s.user.request("POST", f"/api/v1/workspaces/{s.workspace['id']}/notification-destinations/", expect=201, json={
+        "name": "ops", "kind": "webhook", "url": receiver.url, "secret": SECRET,
+        "triggers": ["policy_failed", "errored"]})
     _policy_set(s.user, s.workspace["id"], ("no-data", "hard-mandatory", DENY_TERRAFORM_DATA))
     run = s.user.queue(s.workspace["id"])
 
@@ -150,6 +155,12 @@ def test_it_errors_a_run_that_fails_a_hard_mandatory_policy(scenario):
     assert errored["message"].startswith("a hard-mandatory policy failed: guard/no-data: terraform_data.demo")
     assert s.user.confirm(run["id"]).status_code == 409
     assert s.applies() == 0
+    # The destination hears of the failed check, with what failed, then of the errored run.
+    wait_for(lambda: len(receiver.received) >= 2, 20, "the policy_failed and errored notifications")
+    assert receiver.events() == ["policy_failed", "errored"] and receiver.bad_signatures == 0
+    failed = receiver.received[0]["body"]
+    assert failed["run"] == run["id"] and failed["policy_level"] == "hard"
+    assert failed["policy_failures"][0].startswith("guard/no-data: terraform_data.demo: terraform_data is not allowed")
 
 
 def test_it_stops_an_exploding_policy_with_its_reason_and_keeps_checking(scenario):
