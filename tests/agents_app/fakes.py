@@ -90,13 +90,3 @@ def apply_pending(setup, agent: FakeAgent) -> Task:
     task.refresh_from_db()
     assert task.status == "apply_pending"
     return task
-
-
-
-
-def held_online(*agents: FakeAgent) -> None:
-    """Keep heartbeat-less fake agents online for a test that outlasts the suite's 4 s offline
-    window on a loaded machine: not only this process's sweeps (a settings override covers
-    those) but the live platform's too, which an e2e test of the same xdist worker started and
-    which sweeps this same database every second."""
-    Agent.objects.filter(id__in=[a.id for a in agents]).update(last_heartbeat_at=timezone.now() + timedelta(hours=1))

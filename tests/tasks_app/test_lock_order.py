@@ -25,7 +25,7 @@ from rest_framework.test import APIClient
 from tasks_app.dispatch.models import Job
 from tasks_app.models import Task
 from tasks_app.services.runs import run_create, run_expire_pending
-from tests.agents_app.fakes import FakeAgent, held_online
+from tests.agents_app.fakes import FakeAgent
 from tests.factories import DEMO_MAIN_TF, make_token, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -122,7 +122,6 @@ def _apply_pending_with_a_queued_warmup(ws, agent: FakeAgent) -> Task:
 def test_a_cancel_while_an_agent_claims_the_runs_plan_neither_deadlocks_nor_fails(setup, alice):
     pool, token, _ = setup
     agent = FakeAgent(Client(), token, "a1")
-    held_online(agent)
     for _ in range(ROUNDS):
         task = run_create(workspace=make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF}),
                           operation="plan", actor="test")
@@ -159,7 +158,6 @@ def test_discard_confirm_and_the_expiry_while_an_agent_claims_the_runs_warmup(se
     pool.save(update_fields=["apply_pending_timeout_seconds"])
     planner = FakeAgent(Client(), token, "planner", slots=1)
     warmer = FakeAgent(Client(), token, "warmer")
-    held_online(planner, warmer)
     for _ in range(ROUNDS):
         ws = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
         task = _apply_pending_with_a_queued_warmup(ws, planner)
