@@ -18,8 +18,8 @@ def sensitive_values(workspace_id: int) -> list[str]:
 
 
 def run_sensitive_values(task: Task, ciphertexts: list[bytes] | None = None) -> list[str]:
-    """The sensitive values of the run's workspace: from their `ciphertexts` when the caller
-    read them with the locked run (jobs.job_locked_with_run), else queried."""
+    """The sensitive values a job of the run was given: from their `ciphertexts` (the job's
+    Job.mask_ciphertexts, read with the locked job), else the workspace's, queried."""
     if ciphertexts is None:
         return sensitive_values(task.workspace_id)
     values = (Variable(sensitive=True, encrypted_value=c).value for c in ciphertexts)

@@ -230,13 +230,13 @@ def _on_assigned(assigned: Assigned, *, uow: UnitOfWork) -> bool:
 
 
 def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
-    """A log post. The job and its run are locked once, with the workspace's sensitive values
-    and the chunk's idempotency check (job_locked_with_run, as a result does), and the run's
+    """A log post. The job and its run are locked once, with the values to mask (the job's
+    row keeps them) and the chunk's idempotency check (job_locked_with_run, as a result does), and the run's
     row is written once: the warm apply's first line comes with its start and acknowledgement
     while terraform is making its state calls to this same web process, so the post must be
     cheap (one query to lock and read, the chunk, the job's ack, one UPDATE of the run)."""
     with bound(agent_id=agent.id, job_id=job_id), unit_of_work() as uow:
-        locked = job_locked_with_run(job_id, agent, fence, log_seq=post.seq)
+        locked = job_locked_with_run(job_id, agent, fence, log_seq=post.seq, with_workspace=False)
         appended = job_append_log(uow=uow, locked=locked, post=post)
         if appended is not None and appended.acked_now:
             appended.job.save(update_fields=["acked_at"])

@@ -7,7 +7,7 @@ small enough to travel inline, and the job's state credential. Reads only: the r
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -109,6 +109,25 @@ def payload_set_variables(task: Task) -> list[SetValue]:
     an agent to miss its heartbeat bound on a loaded machine: tests/tasks_app/test_lock_order.py
     next to a live server.)"""
     return set_values_for(task.workspace_id)
+
+
+def reads_with_variables(task: Task, reads: PayloadReads) -> PayloadReads:
+    """`reads` with the workspace's and its sets' variables, queried if they were not read."""
+    variables, set_variables = reads.variables, reads.set_variables
+    if variables is None:
+        variables = list(Variable.objects.filter(workspace_id=task.workspace_id))
+    if set_variables is None:
+        set_variables = set_values_for(task.workspace_id)
+    return replace(reads, variables=variables, set_variables=set_variables)
+
+
+def mask_ciphertexts(reads: PayloadReads) -> list[bytes]:
+    """The ciphertexts of every sensitive value a payload made from `reads` carries (the
+    `sensitive_values` its agent masks), for the job's row (Job.mask_ciphertexts)."""
+    assert reads.variables is not None and reads.set_variables is not None
+    own = [v.encrypted_value for v in reads.variables if v.sensitive and v.encrypted_value]
+    return own + [s.variable.encrypted_value for s in reads.set_variables
+                  if s.variable.sensitive and s.variable.encrypted_value]
 
 
 def run_variables_resolved(task: Task, reads: PayloadReads) -> tuple[list[Resolved], list[str]]:

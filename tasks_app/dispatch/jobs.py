@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import (
     Case,
     DateTimeField,
@@ -46,14 +45,19 @@ from iacplatform import pool_events as dispatch_events
 from iacplatform.errors import Conflict
 from iacplatform.unit_of_work import UnitOfWork
 from tasks_app.dispatch.dispatch_log import dispatch_event
-from tasks_app.dispatch.job_payloads import PayloadReads, job_payload, task_locked_for_payload
+from tasks_app.dispatch.job_payloads import (
+    PayloadReads,
+    job_payload,
+    mask_ciphertexts,
+    reads_with_variables,
+    task_locked_for_payload,
+)
 from tasks_app.dispatch.models import Job, Slot
 from tasks_app.dispatch.slots import slot_of_job, slot_transition
 from tasks_app.dispatch.states import JOB
-from tasks_app.models import LogChunk, Plan, Task, Variable
+from tasks_app.models import LogChunk, Plan, Task
 from tasks_app.redaction import run_sensitive_values
 from tasks_app.services.state import state_locks_release_for_job
-from tasks_app.workflows.set_reads import set_sensitive_ciphertexts
 
 # What every job credential starts with (agents_app.models.new_token); API tokens are hex.
 JOB_CREDENTIAL_PREFIX = "job-"
@@ -235,8 +239,12 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, uow: UnitOfWor
     job.credential_hash = credential_hash
     job.hold_until = None
     job.missed_heartbeats = 0
+    # The payload's variables are read now (if the caller did not read them with the run):
+    # the job keeps what its agent will mask, and the payload is made from the same reads.
+    reads = reads_with_variables(task, reads or PayloadReads())
+    job.mask_ciphertexts = [bytes(c) for c in mask_ciphertexts(reads)]
     fields = ("agent", "slot_index", "fence", "claimed_at", "lease_expires_at", "credential_hash", "hold_until",
-              "cold_reason", "missed_heartbeats")
+              "cold_reason", "missed_heartbeats", "mask_ciphertexts")
     if job.pk is None:
         job.status = JobStatus.RUNNING
         job.save()
@@ -250,7 +258,7 @@ def job_assign(job: Job, agent: Agent, slot: Slot, task: Task, *, uow: UnitOfWor
         job_transition(job, JobStatus.RUNNING, uow=uow, message=message or f"assigned to {agent.name}#{slot.index}",
                        fields=fields)
     slot_transition(slot, SlotState.RUNNING, uow=uow, job=job, task=task)
-    return Assigned(job=job, task=task, slot=slot, credential=credential, note=note, reads=reads or PayloadReads())
+    return Assigned(job=job, task=task, slot=slot, credential=credential, note=note, reads=reads)
 
 
 def job_running(job_id: int, agent: Agent, fence: int, *, lock: bool = False) -> Job:
@@ -316,33 +324,30 @@ def jobs_missed_by_heartbeat(*, agent: Agent, job_ids: list[int]) -> list[int]:
 @dataclass(frozen=True)
 class LockedJob:
     """A job and its run, locked together (job_locked_with_run), with what the same query read:
-    the ciphertexts of the workspace's sensitive values (to redact the log and the error a
-    result carries) and, when a log chunk's seq was asked for, whether it is stored already
-    (job_append_log's idempotency; None: not asked)."""
+    the ciphertexts of the sensitive values the job was given (to redact the log and the error
+    a result carries; None: an older job's, queried) and, when a log chunk's seq was asked
+    for, whether it is stored already (job_append_log's idempotency; None: not asked)."""
 
     job: Job
     task: Task
-    sensitive_ciphertexts: list[bytes]
+    sensitive_ciphertexts: list[bytes] | None
     log_chunk_stored: bool | None = None
 
 
-def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int | None = None) -> LockedJob:
+def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int | None = None,
+                        with_workspace: bool = True) -> LockedJob:
     """The job (still this agent's at this fence) and its run, both locked (in that order, as
     job_running then a lock of the run would), for a caller that passes them to several of
     the services below (a result: its log, plan and finish) instead of each fetching and
-    locking them again. One query (see LockedJob)."""
-    sensitive = Variable.objects.filter(workspace_id=OuterRef("task__workspace_id"), sensitive=True)
-    qs = (
-        Job.objects.select_for_update(no_key=True, of=("self", "task")).select_related("task__workspace__pool")
-        .annotate(sensitive_ciphertexts=ArraySubquery(sensitive.values("encrypted_value")),
-                  set_sensitive_ciphertexts=set_sensitive_ciphertexts("task__workspace_id"))
-    )
+    locking them again. One query (see LockedJob), with the run's workspace and pool unless
+    the caller needs neither (a log post: the warm apply's first line takes this path)."""
+    qs = Job.objects.select_for_update(no_key=True, of=("self", "task"))
+    qs = qs.select_related("task__workspace__pool" if with_workspace else "task")
     if log_seq is not None:
         qs = qs.annotate(log_seq_stored=Exists(LogChunk.objects.filter(job=OuterRef("id"), seq=log_seq)))
     job = qs.filter(id=job_id, agent=agent).first()
     _check_running(job, job_id, fence)
-    return LockedJob(job=job, task=job.task,
-                     sensitive_ciphertexts=[*job.sensitive_ciphertexts, *job.set_sensitive_ciphertexts],
+    return LockedJob(job=job, task=job.task, sensitive_ciphertexts=job.mask_ciphertexts,
                      log_chunk_stored=job.log_seq_stored if log_seq is not None else None)
 
 

@@ -4,6 +4,7 @@ by tasks_app/models.py); Slot and DispatchEvent keep the tables they had in agen
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -41,6 +42,11 @@ class Job(models.Model):
     fence = models.PositiveIntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     credential_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    # The ciphertexts of the sensitive values its payload carried (the workspace's and its
+    # variable sets'), set when it is assigned: the server masks the job's log, error and plan
+    # summary with exactly what its terraform was given, read with the job's own row (a log
+    # post is on the Confirm -> first apply line path). Null: assigned before this column.
+    mask_ciphertexts = ArrayField(models.BinaryField(), null=True, blank=True)
     cold_reason = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     force_cancel = models.BooleanField(default=False)

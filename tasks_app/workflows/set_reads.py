@@ -1,12 +1,11 @@
 """Reads of the variable sets that apply to a workspace: for a job's payload
-(tasks_app/dispatch/job_payloads.py), the server's masking (tasks_app/redaction.py, and the
-sensitive ciphertexts read with a locked job) and the workspace page. Reads only."""
+(tasks_app/dispatch/job_payloads.py, which also gives the job the ciphertexts it masks with),
+the server's masking (tasks_app/redaction.py) and the workspace page. Reads only."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.expressions import Combinable
 
@@ -39,11 +38,3 @@ def set_values_for(workspace_id: int) -> list[SetValue]:
             .select_related("variable_set"))
     return [SetValue(variable=v, set_id=v.variable_set_id, set_name=v.variable_set.name,
                      scope=v.variable_set.scope, priority=v.variable_set.priority) for v in rows]
-
-
-def set_sensitive_ciphertexts(workspace_ref: str) -> ArraySubquery:
-    """An annotation: the ciphertexts of the sensitive variables of the sets that apply to the
-    row's workspace (`OuterRef(workspace_ref)`), for the server's masking."""
-    ref = OuterRef(OuterRef(workspace_ref))
-    rows = VariableSetVariable.objects.filter(applies_to(ref, prefix="variable_set__"), sensitive=True).order_by().values("encrypted_value")
-    return ArraySubquery(rows)

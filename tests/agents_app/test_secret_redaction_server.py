@@ -87,3 +87,30 @@ def test_it_accepts_a_result_from_an_agent_that_does_not_report_its_sandbox(setu
     assert agent.finish(job, "failed", error="boom").status_code == 200
     assert Job.objects.get(id=job["id"]).sandbox == ""
     assert Task.objects.get(id=task.id).message == "boom"
+
+
+def test_it_masks_a_jobs_log_with_the_values_it_was_given_even_after_they_change(setup, client):
+    """A secret rotated (or deleted) while the job runs: terraform still has the value its
+    payload carried, and may print it; the server masks that value, and the new one too
+    only once a job is given it."""
+    from tasks_app.models import LogChunk
+    from tasks_app.workflows.models import VariableSet, VariableSetVariable
+
+    _, token, ws = setup
+    sensitive(ws, "db_password", SECRET)
+    global_set = VariableSet.objects.create(name="shared", scope="global")
+    set_var = VariableSetVariable(variable_set=global_set, key="api_key", category="env", sensitive=True)
+    set_var.set_value("set-secret-1")
+    set_var.save()
+    agent = FakeAgent(client, token, "a1")
+    run_create(workspace=ws, operation="plan", actor="test")
+    job = agent.claim()
+    assert sorted(job["sensitive_values"]) == sorted([SECRET, "set-secret-1"])
+
+    var = Variable.objects.get(workspace=ws, key="db_password")
+    var.set_value("rotated-value")
+    var.save()
+    set_var.delete()
+    text = f"old {SECRET} set set-secret-1 new rotated-value\n"
+    agent.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": text}, fence=job["fence"])
+    assert LogChunk.objects.get(job_id=job["id"]).text == "old *** set *** new rotated-value\n"
