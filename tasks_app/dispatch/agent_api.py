@@ -121,9 +121,16 @@ def plan_file(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
     return HttpResponse(data, content_type="application/octet-stream")
 
 
-@agent_view
-def logs(request: HttpRequest, agent: Any, job_id: int) -> HttpResponse:
-    agent_reports.job_log(agent=agent, job_id=job_id, fence=_fence(request), post=parse(LogPost, request.body))
+@csrf_exempt
+@require_http_methods(["POST"])
+def logs(request: HttpRequest, job_id: int) -> HttpResponse:
+    # Not agent_view: the token is checked by the query that locks the job (job_log_by_token).
+    try:
+        if not agent_reports.job_log_by_token(token=_bearer(request), job_id=job_id, fence=_fence(request),
+                                     post=parse(LogPost, request.body)):
+            return _error(401, NO_TOKEN)
+    except PlatformError as exc:
+        return error_response(exc)
     return JsonResponse({"ok": True})
 
 

@@ -34,6 +34,7 @@ from agents_app.protocol import (
 )
 from agents_app.services.agents import (
     agent_add_warm_plan,
+    agent_by_token,
     agent_locked_online,
     agent_record_heartbeat,
     agent_record_warm_plans,
@@ -49,10 +50,12 @@ from tasks_app.dispatch.job_cancels import jobs_to_cancel
 from tasks_app.dispatch.job_output import job_append_log, job_store_plan, plan_check
 from tasks_app.dispatch.jobs import (
     Assigned,
+    LockedJob,
     job_abandon,
     job_claim,
     job_finish,
     job_locked,
+    job_locked_by_token,
     job_locked_with_run,
     job_running,
     job_transition,
@@ -230,13 +233,31 @@ def _on_assigned(assigned: Assigned, *, uow: UnitOfWork) -> bool:
 
 
 def job_log(*, agent: Agent, job_id: int, fence: int, post: LogPost) -> None:
-    """A log post. The job and its run are locked once, with the values to mask (the job's
-    row keeps them) and the chunk's idempotency check (job_locked_with_run, as a result does), and the run's
-    row is written once: the warm apply's first line comes with its start and acknowledgement
-    while terraform is making its state calls to this same web process, so the post must be
-    cheap (one query to lock and read, the chunk, the job's ack, one UPDATE of the run)."""
-    with bound(agent_id=agent.id, job_id=job_id), unit_of_work() as uow:
-        locked = job_locked_with_run(job_id, agent, fence, log_seq=post.seq, with_workspace=False)
+    """A log post from `agent` (see job_log_by_token, the agents' endpoint)."""
+    with unit_of_work() as uow:
+        _log_append(uow, job_locked_with_run(job_id, agent, fence, log_seq=post.seq, with_workspace=False), post)
+
+
+def job_log_by_token(*, token: str, job_id: int, fence: int, post: LogPost) -> bool:
+    """A log post, from the agent with this token; False when no agent has it. One query
+    authenticates, locks the job and its run and reads the values to mask (the job's row
+    keeps them) and the chunk's idempotency check (job_locked_by_token); the run's row is
+    written once: the warm apply's first line comes with its start and acknowledgement while
+    terraform is making its state calls to this same web process, so the post must be cheap
+    (one query to find and lock, the chunk, the job's ack, one UPDATE of the run)."""
+    with unit_of_work() as uow:
+        locked = job_locked_by_token(job_id, token, fence, log_seq=post.seq) if token else None
+        if locked is None:  # which error: an unknown token, or a job that is not this agent's
+            agent = agent_by_token(token)
+            if agent is None:
+                return False
+            locked = job_locked_with_run(job_id, agent, fence, log_seq=post.seq, with_workspace=False)
+        _log_append(uow, locked, post)
+    return True
+
+
+def _log_append(uow: UnitOfWork, locked: LockedJob, post: LogPost) -> None:
+    with bound(agent_id=locked.job.agent_id, job_id=locked.job.id):
         appended = job_append_log(uow=uow, locked=locked, post=post)
         if appended is not None and appended.acked_now:
             appended.job.save(update_fields=["acked_at"])

@@ -351,6 +351,23 @@ def job_locked_with_run(job_id: int, agent: Agent, fence: int, *, log_seq: int |
                      log_chunk_stored=job.log_seq_stored if log_seq is not None else None)
 
 
+def job_locked_by_token(job_id: int, token: str, fence: int, *, log_seq: int) -> LockedJob | None:
+    """job_locked_with_run(with_workspace=False) for a caller that has only the agent's token:
+    the agent is found in the same query (a log post; the warm apply's first line takes this
+    path). None: the token is not that of the job's agent (unknown, or another agent's job:
+    the caller asks which, see job_locked_with_run)."""
+    job = (
+        Job.objects.select_for_update(no_key=True, of=("self", "task")).select_related("task", "agent")
+        .annotate(log_seq_stored=Exists(LogChunk.objects.filter(job=OuterRef("id"), seq=log_seq)))
+        .filter(id=job_id, agent__token_hash=hash_token(token)).first()
+    )
+    if job is None:
+        return None
+    _check_running(job, job_id, fence)
+    return LockedJob(job=job, task=job.task, sensitive_ciphertexts=job.mask_ciphertexts,
+                     log_chunk_stored=job.log_seq_stored)
+
+
 def job_plan_bytes(*, agent: Agent, job_id: int, fence: int) -> bytes:
     job = job_running(job_id, agent, fence)
     plan = Plan.objects.filter(task_id=job.task_id).first()

@@ -13,6 +13,7 @@ from django.utils import timezone
 from agents_app.models import Agent
 from tasks_app.dispatch.agent_reports import agent_set_offline
 from tasks_app.dispatch.models import Job, Slot
+from tasks_app.models import LogChunk
 from tasks_app.services.runs import run_confirm, run_create
 from tasks_app.tasks import sweep
 from tests.agents_app.fakes import FakeAgent, apply_pending, reservation
@@ -116,6 +117,9 @@ def test_it_hands_a_job_to_one_claimer_and_fences_the_loser(setup, client):
     assert a1.post("/agent/v1/heartbeat", {}).status_code == 410
     assert a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "late"}, fence=job["fence"]).status_code == 409
     assert a2.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "x"}, fence=job["fence"]).status_code == 409
+    unknown = a2.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "x"}, token="not-a-token", fence=job2["fence"])
+    assert unknown.status_code == 401 and "token" in unknown.json()["detail"]
+    assert not LogChunk.objects.filter(job_id=job["id"]).exists()
     task.refresh_from_db()
     assert task.status == "planning"
 

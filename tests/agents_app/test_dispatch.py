@@ -57,7 +57,7 @@ def test_it_answers_a_bug_with_a_500_not_a_client_error(setup, client, monkeypat
     def broken(**kwargs):
         raise ValueError("a bug in the server")
 
-    monkeypatch.setattr(agent_reports, "job_log", broken)
+    monkeypatch.setattr(agent_reports, "job_log_by_token", broken)
     client.raise_request_exception = False
     resp = a1.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": "x"}, fence=job["fence"])
     assert resp.status_code == 500
