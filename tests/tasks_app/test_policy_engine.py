@@ -119,3 +119,14 @@ def test_the_engine_of_a_set_is_kept_and_given_each_checks_own_input(engine):
     seen = [sorted(_evaluate(engine, module, {"xs": xs}, key="kept")["document"]["a"]["deny"])
             for xs in ([1, 2, 3], [5], [])]
     assert seen == [[2, 3], [5], []]
+
+
+def test_it_refuses_deep_nesting_before_the_parser_and_takes_long_lines(engine):
+    # regorus's parser takes time exponential in nested arrays (24 deep: ~10 s): refused at once.
+    deep = "package deep\n\nx := " + "[" * 24 + "]" * 24 + "\n"
+    nested_in_text = 'package fine\n\n# [[[[[[[[[[[[[[[[[[[[\nx := "{{{{{{{{{{{{{{{{{{{{"\n'
+    long_line = "package long\n\nallowed := {" + ", ".join(f'"t{i}.micro"' for i in range(2000)) + "}\n"
+    errors = engine.check({"deep.rego": deep, "fine.rego": nested_in_text, "long.rego": long_line})
+    assert errors == {"deep.rego": "deep.rego:3:22: brackets nested 17 deep (at most 16: the engine's parser takes "
+                                   "time exponential in the nesting)"}
+    assert len(_evaluate(engine, {"long.rego": long_line}, {})["document"]["long"]["allowed"]) == 2000
