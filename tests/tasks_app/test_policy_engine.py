@@ -99,6 +99,11 @@ def test_it_reports_errors_at_their_place(engine):
     assert answer == {"error": "c.rego:5:1: rule conflicts with rule at c.rego:3:1"}
     assert _evaluate(engine, {"good.rego": "package good\n\nx := 1\n"}, {})["document"] == {"good": {"x": 1}}
 
+    # A builtin given the wrong type is an error (OPA's strict-builtin-errors mode): fail closed.
+    typed = 'package typed\n\ndeny contains "long" if {\n  startswith(input.n, "x")\n}\n'
+    assert _evaluate(engine, {"typed.rego": typed}, {"n": 5}) == {
+        "error": "typed.rego:4:19: `startswith` expects string argument. Got `5` instead"}
+
 
 def test_a_policy_past_the_time_bound_is_stopped_and_the_evaluator_replaced(engine):
     # 2.7e10 iterations of a comprehension that keeps nothing: long, not large.
