@@ -99,7 +99,8 @@ def test_it_reports_errors_at_their_place(engine):
     assert answer == {"error": "c.rego:5:1: rule conflicts with rule at c.rego:3:1"}
     assert _evaluate(engine, {"good.rego": "package good\n\nx := 1\n"}, {})["document"] == {"good": {"x": 1}}
 
-    # A builtin given the wrong type is an error (OPA's strict-builtin-errors mode): fail closed.
+    # A builtin given the wrong type is an error (OPA's strict-builtin-errors mode; OPA's default
+    # makes the expression undefined): the policy fails closed.
     typed = 'package typed\n\ndeny contains "long" if {\n  startswith(input.n, "x")\n}\n'
     assert _evaluate(engine, {"typed.rego": typed}, {"n": 5}) == {
         "error": "typed.rego:4:19: `startswith` expects string argument. Got `5` instead"}
