@@ -144,6 +144,12 @@ class Child:
         except Exception as exc:  # noqa: BLE001 - a parse error, or a runtime error (conflicting values, a builtin's)
             self.engines.pop(key, None)
             return {"ok": False, "error": error_text(str(exc), modules)}
+        except BaseException as exc:  # a Rust panic (pyo3's PanicException): that engine is not reused
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.engines.pop(key, None)
+            self.last = None
+            return {"ok": False, "error": f"the engine failed evaluating this set ({' '.join(str(exc).split())[:500]})"}
         expressions = results[0].get("expressions", []) if results else []
         return {"ok": True, "document": expressions[0].get("value", {}) if expressions else {}}
 
