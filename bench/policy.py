@@ -6,14 +6,14 @@ A real plan: the bundled terraform plans `--resources` terraform_data resources 
 size each, the shape of a real resource's attributes) and `terraform show -json` gives the
 plan JSON the agent would send. The check is the worker's path (tasks_app.services.policy_checks):
 the input built around the JSON text, one request per set to a warm evaluator child
-(tasks_app.policy_engine) holding the set's compiled bundle, each policy's deny/warn picked out.
+(tasks_app.policy_engine, regorus) holding the set's parsed engine, each policy's deny/warn picked out.
 `--policies` policies of the shape the README's examples have (a scan of
 resource_changes per rule, deny and warn), one set.
 
 Measured, interleaved round by round: the large plan with all policies, and a one-resource
 plan with the same policies (what a small plan pays), `--gap` seconds apart (plans arrive
 seconds apart; the evaluator frees the previous check's input in between: back to back, a
-small plan right after a large one on the same evaluator pays ~70 ms for that). Then `--loops` exploding policies are
+small plan right after a large one on the same evaluator would pay for freeing the large input). Then `--loops` exploding policies are
 evaluated: each must be stopped at its bound, the evaluator replaced, and the next check must
 pass (counted in `timeouts_stopped`).
 
@@ -166,7 +166,7 @@ def main() -> int:
     print(f"\n{'case':<44}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{f'{args.resources} resources x {args.policies} policies':<44}{p50:>10.1f}{p99:>10.1f}")
     print(f"{f'1 resource x {args.policies} policies':<44}{single:>10.1f}{q(small_ms, 99):>10.1f}")
-    print(f"{'first check of the set (compiles it)':<44}{first_ms:>10.1f}")
+    print(f"{'first check of the set (parses it)':<44}{first_ms:>10.1f}")
     print(f"{'exploding policy stopped after':<44}{statistics.median(loop_ms) if loop_ms else 0:>10.1f}")
     print(f"terraform plan + show of {args.resources} resources: {large_plan_s:.1f}s; the check adds "
           f"{share:.1%} of it")

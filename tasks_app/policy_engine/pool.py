@@ -2,7 +2,7 @@
 serving one request at a time, bounded in time and memory.
 
 A child that does not answer within the time bound is killed and replaced; one that dies
-(the memory cap: rego-cpp aborts on a failed allocation) is replaced too. Either way the
+(a crash, or an allocation the engine could not get: Rust aborts) is replaced too. Either way the
 caller gets an `EvaluatorFailure` naming the reason, never a hang. The next request finds a
 fresh child already started, so one bad policy costs the next check nothing but that start.
 """
@@ -56,7 +56,7 @@ class Evaluator:
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         )
         self._buf = b""
-        # Waits for the child's import of regopy: the price paid once per child, not per check.
+        # Waits for the child's import of regorus: the price paid once per child, not per check.
         ready = self._read(deadline=time.monotonic() + max(self.limits.seconds, 30.0))
         if not ready.get("ready"):
             raise EvaluatorFailure("the policy evaluator did not start")
@@ -86,9 +86,9 @@ class Evaluator:
         return EvaluatorFailure(f"the policy evaluator exited ({code}); it was replaced")
 
     def rss_bytes(self) -> int:
-        """The child's resident memory. (Not RLIMIT_AS/RLIMIT_DATA: rego-cpp's allocator,
-        snmalloc, reserves 256 GiB of address space when it loads, so a cap on the address
-        space makes every allocation fail; the parent watches what the child really uses.)"""
+        """The child's resident memory. (Not RLIMIT_AS/RLIMIT_DATA: a cap on the address
+        space counts what is reserved, not used, and a refused allocation aborts the Rust
+        engine with no reason given: the parent watches what the child really uses.)"""
         try:
             with open(f"/proc/{self.proc.pid}/statm") as f:  # type: ignore[union-attr]
                 return int(f.read().split()[1]) * PAGE_BYTES

@@ -1,5 +1,5 @@
 """Policies end to end: policy sets through the REST API, real agents planning real
-configurations, the plan's JSON checked by regopy in the worker's warm evaluator, and the
+configurations, the plan's JSON checked by regorus in the worker's warm evaluator, and the
 Confirm gate: advisory failures reported, soft-mandatory ones waiting for an admin's audited
 override, hard-mandatory ones erroring the run."""
 
