@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from agents_app.ansi import strip_ansi
 from agents_app.redaction import redact
-from tasks_app.models import LogChunk, Plan, Task
+from tasks_app.models import LogChunk, Plan, PolicyCheck, Task
 from tasks_app.redaction import sensitive_values
-from tasks_app.states import RunStatus
+from tasks_app.states import PolicyStatus, RunStatus
 from tasks_app.vcs import forges
 from tasks_app.vcs.models import HeldPullRequest, PullRequestComment, VcsReport
 
@@ -56,15 +56,41 @@ def _first_error(task: Task) -> str:
     return (task.message or "the run failed").splitlines()[0]
 
 
+def _policy_results(task: Task) -> list[dict]:
+    check = PolicyCheck.objects.filter(task=task).only("results").first()
+    return check.results if check else []
+
+
+def _policy_note(results: list[dict]) -> str:
+    """What the forge's one-line description says of the run's policy check ("" if nothing
+    failed): the failures by level, the first one named."""
+    failed = [r for r in results if not r["passed"]]
+    if not failed:
+        return ""
+    first = failed[0]
+    levels = ", ".join(f"{sum(r['level'] == level for r in failed)} {level}"
+                       for level in ("hard-mandatory", "soft-mandatory", "advisory")
+                       if any(r["level"] == level for r in failed))
+    return f"policies failed: {levels} ({first['policy_set']}/{first['policy']})"
+
+
 def _status_of(task: Task) -> tuple[str, str]:
-    """GitHub's state and the description for a run."""
+    """GitHub's state and the description for a run. A mandatory policy that failed makes a
+    planned run's status a failure (what a pull request's reviewers must see before merging:
+    its apply would wait for an override, or error); an advisory one is named, not failed."""
     plan = Plan.objects.filter(task=task).only("summary").first()
     changes = summary_text(plan.summary if plan else None)
+    policies = _policy_note(_policy_results(task)) if task.policy_status else ""
+    mandatory_failed = task.policy_status in (PolicyStatus.SOFT_FAILED, PolicyStatus.HARD_FAILED)
     match task.status:
+        case RunStatus.PLANNED if mandatory_failed:
+            return "failure", f"{changes}; {policies}"
         case RunStatus.PLANNED:
-            return "success", changes
+            return "success", f"{changes}; {policies}" if policies else changes
         case RunStatus.PLANNED_NO_CHANGES:
             return "success", "no changes"
+        case RunStatus.APPLY_PENDING if task.policy_status == PolicyStatus.SOFT_FAILED:
+            return "pending", f"{changes}; {policies}: Confirm waits for an admin's override"
         case RunStatus.APPLY_PENDING:
             return "pending", f"{changes}: waiting for Confirm"
         case RunStatus.APPLY_QUEUED | RunStatus.APPLYING:
@@ -139,7 +165,20 @@ def _send_run(task: Task) -> str:
 def _comment(task: Task, state: str, description: str) -> str:
     cv = task.configuration_version
     mark = {"success": "✅", "failure": "❌", "error": "⚠️"}.get(state, "⏳")
-    return (f"<!-- iac:workspace={task.workspace.name} -->\n"
+    body = (f"<!-- iac:workspace={task.workspace.name} -->\n"
             f"### {mark} iac/{task.workspace.name}: {description}\n\n"
             f"Speculative plan of commit `{cv.vcs_sha[:7]}` ({task.status}). "
             f"[Run {task.id}]({_run_url(task.id)})\n")
+    results = _policy_results(task) if task.policy_status else []
+    if results:
+        body += "\n| policy | level | result |\n|---|---|---|\n"
+        for r in results:
+            said = r["error"] or "; ".join([*r["deny"][:3], *(f"warn: {w}" for w in r["warn"][:3])]) or ""
+            verdict = ("✅ passed" if r["passed"] else "❌ failed") + (f": {_cell(said)}" if said else "")
+            body += f"| {_cell(r['policy_set'])}/{_cell(r['policy'])} | {r['level']} | {verdict} |\n"
+    return body
+
+
+def _cell(text: str) -> str:
+    """Text for one cell of a Markdown table: one line, no column break."""
+    return " ".join(str(text).split()).replace("|", "\\|")[:300]
