@@ -59,6 +59,8 @@ class AgentPoolAdmin(admin.ModelAdmin):
             "no_agent_timeout_seconds", "apply_pending_timeout_seconds",
         ]}),
         ("Freeze windows", {"fields": ["freeze_state"]}),
+        ("Drift checks (the default of the pool's workspaces without a schedule of their own)",
+         {"fields": ["drift_schedule", "drift_timezone"]}),
         ("Kubernetes backend (pods of a kubernetes pool)", {"classes": ["collapse"], "fields": [
             "k8s_namespace", "k8s_image", ("k8s_cpu_request", "k8s_cpu_limit"),
             ("k8s_memory_request", "k8s_memory_limit"), "k8s_service_account", "k8s_node_selector",

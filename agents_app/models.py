@@ -20,6 +20,7 @@ from agents_app.pods.k8s_fields import (
 )
 from agents_app.protocol import AgentStatus, PodPhase, choices
 from iacplatform import crypto
+from tasks_app.workflows.schedules import schedule_problem, timezone_problem
 
 
 def hash_token(token: str) -> str:
@@ -144,6 +145,16 @@ class PoolBackend(models.TextChoices):
     STATIC = "static"
 
 
+def _drift_schedule_valid(value: str) -> None:
+    if problem := schedule_problem(value):
+        raise ValidationError(problem)
+
+
+def _drift_timezone_valid(value: str) -> None:
+    if problem := timezone_problem(value):
+        raise ValidationError(problem)
+
+
 class AgentPool(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     token_hash = models.CharField(max_length=64, db_index=True)
@@ -192,6 +203,15 @@ class AgentPool(models.Model):
     last_scaled_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Off = every apply takes the cold path (no kept dirs, no warmups). Used as the baseline.
     warm_apply = models.BooleanField(default=True)
+    # The drift check schedule of the pool's workspaces that have none of their own
+    # (tasks_app/workflows/schedules.py): "" takes the site's IAC_DRIFT_SCHEDULE, "off" none.
+    drift_schedule = models.CharField(
+        max_length=100, blank=True, validators=[_drift_schedule_valid],
+        help_text="drift checks of the pool's workspaces without a schedule of their own: a 5-field cron "
+                  "expression ('0 6 * * *'), 'off', or empty for the site's default",
+    )
+    drift_timezone = models.CharField(max_length=64, default="UTC", validators=[_drift_timezone_valid],
+                                      help_text="the IANA time zone of drift_schedule")
     # The teams whose workspaces may run on this pool (a site admin's setting).
     teams = models.ManyToManyField("auth.Group", blank=True, related_name="pools")
     # A bound on every wait (the sweep's `bounds` step fires them, each with a message on the run).

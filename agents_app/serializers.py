@@ -54,7 +54,7 @@ class PoolSerializer(StrictModelSerializer):
     class Meta:
         model = AgentPool
         fields = ["id", "name", "backend", "min_replicas", "max_replicas", "slots_per_pod", "warm_apply",
-                  *SCALING_FIELDS, *BOUND_FIELDS, *K8S_FIELDS, "frozen_until", "created_at"]
+                  "drift_schedule", "drift_timezone", *SCALING_FIELDS, *BOUND_FIELDS, *K8S_FIELDS, "frozen_until", "created_at"]
         read_only_fields = ["id", "created_at"]
         # A pod with no slot could never run anything, yet it would count towards max_replicas.
         extra_kwargs = {

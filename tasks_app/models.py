@@ -49,10 +49,13 @@ class Workspace(models.Model):
     # plan_and_apply here (tasks_app/workflows/run_triggers.py). No cycles.
     trigger_sources = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="trigger_consumers")
     # Drift detection (tasks_app/workflows/drift.py): a cron schedule in a time zone ("": the
-    # site's IAC_DRIFT_SCHEDULE, "off": never), when the next check is due, and what the last
+    # pool's default, else the site's IAC_DRIFT_SCHEDULE; "off": never), when the next check is due, and what the last
     # one found (written only by workflows.health).
     drift_schedule = models.CharField(max_length=100, blank=True)
     drift_timezone = models.CharField(max_length=64, default="UTC")
+    # The schedule drift_next_at was computed from (workflows/schedules.py's schedule_key): a
+    # change of the pool's default or of the site's is seen as a new schedule.
+    drift_next_for = models.CharField(max_length=200, blank=True, editable=False)
     drift_next_at = models.DateTimeField(null=True, blank=True)
     health = models.CharField(max_length=20, choices=Health.choices, default=Health.UNKNOWN)
     health_detail = models.JSONField(default=dict, blank=True)

@@ -16,6 +16,7 @@ from iacplatform.views_metrics import scrape
 from tasks_app.models import StateVersion, Task, Workspace
 from tasks_app.services.runs import run_cancel
 from tasks_app.workflows.drift import drift_checks_start
+from tests.factories import DEMO_MAIN_TF, make_workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -67,3 +68,48 @@ def test_it_never_checks_a_workspace_whose_schedule_is_off(workspace, settings):
     now = timezone.now()
     assert drift_checks_start(now=now) == [] and drift_checks_start(now=now + timedelta(minutes=5)) == []
     assert not Task.objects.exists()
+
+
+def test_a_pools_default_schedule_in_its_time_zone_checks_its_workspaces_without_one_of_their_own(
+        api, workspace, pool, settings):
+    settings.IAC_DRIFT_SCHEDULE = "0 3 * * *"  # the site's default: the pool's overrides it
+    own = make_workspace(pool=pool, files={"main.tf": DEMO_MAIN_TF})
+    Workspace.objects.filter(id=own.id).update(drift_schedule="30 12 * * *")  # in UTC, its own
+    for ws in (workspace, own):
+        StateVersion.objects.create(workspace=ws, serial=1, lineage="l", sha256="0" * 64, size=2,
+                                    encrypted_data=crypto.encrypt(b"{}"))
+    url = f"/api/v1/pools/{pool.id}/"
+    bad = api.patch(url, {"drift_schedule": "hourly"}, format="json")
+    assert bad.status_code == 400 and "5-field cron expression" in str(bad.json()["errors"]["drift_schedule"])
+    bad = api.patch(url, {"drift_timezone": "Mars/Olympus"}, format="json")
+    assert bad.status_code == 400 and "IANA time zone" in str(bad.json()["errors"]["drift_timezone"])
+    ok = api.patch(url, {"drift_schedule": "0 6 * * *", "drift_timezone": "America/New_York"}, format="json")
+    assert ok.status_code == 200 and ok.json()["drift_schedule"] == "0 6 * * *"
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=ZoneInfo("UTC"))
+    assert drift_checks_start(now=now) == []
+    workspace.refresh_from_db()
+    own.refresh_from_db()
+    assert workspace.drift_next_at == datetime(2026, 12, 8, 11, 0, tzinfo=ZoneInfo("UTC"))  # 06:00 in New York
+    assert own.drift_next_at == datetime(2026, 12, 7, 12, 30, tzinfo=ZoneInfo("UTC"))
+    runs = {Task.objects.get(id=i).workspace_id: i for i in drift_checks_start(
+        now=workspace.drift_next_at + timedelta(seconds=1))}
+    assert set(runs) == {workspace.id, own.id}  # own's moment came first
+    run_id = runs[workspace.id]
+    assert "(0 6 * * *, America/New_York)" in Task.objects.get(id=run_id).message
+    assert "(30 12 * * *, UTC)" in Task.objects.get(id=runs[own.id]).message
+    for done in runs.values():
+        run_cancel(task_id=done, actor="test")
+
+    # The pool's default changes: a new schedule for its workspaces that follow it, from now
+    # (not at the old one's next moment); the workspace with its own keeps it.
+    api.patch(url, {"drift_schedule": "15 * * * *", "drift_timezone": "UTC"}, format="json")
+    later = datetime(2026, 12, 8, 12, 0, tzinfo=ZoneInfo("UTC"))
+    drift_checks_start(now=later)
+    workspace.refresh_from_db()
+    assert workspace.drift_next_at == datetime(2026, 12, 8, 12, 15, tzinfo=ZoneInfo("UTC"))
+    # "off" on the pool: its followers are checked no more, not even by the site's default.
+    api.patch(url, {"drift_schedule": "off"}, format="json")
+    queued = drift_checks_start(now=later + timedelta(days=1))
+    assert [Task.objects.get(id=i).workspace_id for i in queued] == [own.id]
+    assert Task.objects.filter(workspace=workspace).count() == 1
