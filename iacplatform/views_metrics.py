@@ -27,7 +27,7 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agents_app.models import Agent, AgentPool
 from agents_app.protocol import AgentStatus, JobKind, JobStatus, SlotState
@@ -35,6 +35,7 @@ from iacplatform.metrics import REGISTRY
 from tasks_app.dispatch.models import Job, Slot
 from tasks_app.models import Task, Workspace
 from tasks_app.states import PolicyStatus, RunStatus
+from tasks_app.vcs.models import VcsConnection
 from tasks_app.workflows.models import NotificationDelivery
 from tasks_app.workflows.states import DeliveryStatus, Health
 
@@ -108,6 +109,14 @@ class DatabaseCollector:
         for status in DeliveryStatus:
             deliveries.add_metric([status], by_delivery.get(status, 0))
         yield deliveries
+        # Webhooks refused unread (unsigned or wrongly signed, tasks_app/vcs/webhooks.py): a
+        # forge whose secret changed, or someone knocking; counted on the connection's row.
+        refused = CounterMetricFamily("iac_webhook_deliveries_refused",
+                                      "Webhook deliveries refused as unsigned or wrongly signed, by VCS connection",
+                                      labels=["connection"])
+        for name, n in VcsConnection.objects.values_list("name", "refused_deliveries").order_by("name"):
+            refused.add_metric([name], n)
+        yield refused
 
 
 class _Scrape:

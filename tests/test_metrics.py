@@ -233,3 +233,20 @@ def test_it_exports_every_metric_the_grafana_dashboard_queries(client):
     exported = {family.name + suffix for family in text_string_to_metric_families(scrape(client).content.decode())
                 for suffix in suffixes.get(family.type, ())}
     assert queried and queried <= exported, f"queried but not exported: {sorted(queried - exported)}"
+
+
+@pytest.mark.django_db
+def test_it_counts_refused_webhooks_per_connection(client, api):
+    from tests.vcs.forge import sign
+
+    made = api.post("/api/v1/vcs-connections/", {"name": "gh", "kind": "github", "url": "https://github.com",
+                                                 "token": "ghp_" + "x" * 36}, format="json")
+    assert made.status_code == 201, made.content
+    assert value(samples(client), "iac_webhook_deliveries_refused_total", connection="gh") == 0
+    for signature in (None, sign("not-the-secret", b"{}")):
+        headers = {"HTTP_X_GITHUB_EVENT": "push", "HTTP_X_GITHUB_DELIVERY": "d-1"}
+        if signature:
+            headers["HTTP_X_HUB_SIGNATURE_256"] = signature
+        assert client.generic("POST", "/webhooks/gh/", b"{}", content_type="application/json",
+                              **headers).status_code == 403
+    assert value(samples(client), "iac_webhook_deliveries_refused_total", connection="gh") == 2
