@@ -499,14 +499,94 @@ from tasks_app.workflows.models import (  # noqa: E402
     VariableSet,
     VariableSetVariable,
 )
+from tasks_app.workflows.notifications import (  # noqa: E402
+    notification_destination_create,
+    notification_destination_delete,
+    notification_destination_update,
+)
+from tasks_app.workflows.variable_sets import (  # noqa: E402
+    set_variable_create,
+    set_variable_delete,
+    set_variable_update,
+    variable_set_attach,
+    variable_set_create,
+    variable_set_delete,
+    variable_set_detach,
+    variable_set_update,
+)
+
+
+class _DryRun(Exception):
+    """Ends a service call's dry run (service_problems): its writes are rolled back."""
+
+
+def service_problems(form: forms.Form, write: Any) -> None:
+    """Run `write` (the service call save_model will make) in a savepoint that is rolled
+    back: what the service refuses (a name taken, who may own what, a bad URL) becomes the
+    form's errors, in the API's words, and nothing of the try is kept (nor audited)."""
+    try:
+        with transaction.atomic():
+            write()
+            raise _DryRun
+    except _DryRun:
+        pass
+    except Invalid as exc:
+        if not exc.fields:
+            form.add_error(None, str(exc))
+        for field, problems in exc.fields.items():
+            for problem in problems:
+                form.add_error(field if field in form.fields else None, problem)
+    except PlatformError as exc:  # Forbidden, Conflict, NotFound
+        form.add_error(None, str(exc))
+
+
+class VariableSetAdminForm(forms.ModelForm):
+    """The admin's door to variable sets, with the API's rules: written (and checked, and
+    audited) by tasks_app/workflows/variable_sets.py; the workspaces a set of scope
+    'workspaces' is attached to by its attach and detach."""
+
+    class Meta:
+        model = VariableSet
+        fields = ["name", "description", "scope", "priority", "team", "workspaces"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not self.errors:
+            service_problems(self, lambda: self.write(self.actor))
+        return data
+
+    def write(self, actor: Any) -> VariableSet:
+        data = self.cleaned_data
+        if self.instance.pk:
+            stored = VariableSet.objects.select_related("team").get(pk=self.instance.pk)
+            changes = {k: data[k] for k in ("name", "description", "scope", "priority") if data[k] != getattr(stored, k)}
+            variable_set = variable_set_update(variable_set=stored, actor=actor, changes=changes) if changes else stored
+        else:
+            variable_set = variable_set_create(actor=actor, name=data["name"], scope=data["scope"],
+                                               priority=data["priority"], description=data["description"],
+                                               team=data["team"])
+        wanted = set(data["workspaces"])
+        attached = set(variable_set.workspaces.all())
+        for workspace in sorted(wanted - attached, key=lambda w: w.id):
+            variable_set_attach(variable_set=variable_set, workspace=workspace, actor=actor)
+        for workspace in sorted(attached - wanted, key=lambda w: w.id):
+            variable_set_detach(variable_set=variable_set, workspace=workspace, actor=actor)
+        return variable_set
+
+    def validate_unique(self) -> None:
+        """The service answers a taken name, in the API's words."""
 
 
 class VariableSetVariableInline(admin.TabularInline):
+    """A set's variables at a glance; each is added and changed on its own page (the value is
+    write-only there), through the set's service."""
+
     model = VariableSetVariable
     fields = ["key", "category", "sensitive", "shown_value"]
     readonly_fields = fields
     extra = 0
     can_delete = False
+    show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -517,24 +597,170 @@ class VariableSetVariableInline(admin.TabularInline):
 
 
 @admin.register(VariableSet)
-class VariableSetAdmin(ReadOnlyAdmin):
+class VariableSetAdmin(admin.ModelAdmin):
+    form = VariableSetAdminForm
     list_display = ["name", "scope", "priority", "team", "created_at"]
     list_filter = ["scope", "priority"]
-    fields = ["name", "description", "scope", "priority", "team", "workspaces", "created_at"]
+    filter_horizontal = ["workspaces"]
     inlines = [VariableSetVariableInline]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.actor = request.user  # the service's checks are the acting user's
+        return form
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["team"] if obj is not None else []  # who owns a set does not change (as in the API)
+
+    def save_model(self, request: HttpRequest, obj: VariableSet, form: forms.ModelForm, change: bool) -> None:
+        saved = form.write(request.user)
+        obj.pk = saved.pk
+        obj.id = saved.id
+
+    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
+        """The service attached and detached the workspaces (save_model); the inline's rows
+        are read-only (each variable has its own page), so its formset saves nothing."""
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def delete_model(self, request: HttpRequest, obj: VariableSet) -> None:
+        variable_set_delete(variable_set=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[VariableSet]) -> None:
+        for variable_set in queryset:
+            variable_set_delete(variable_set=variable_set, actor=request.user)
+
+
+class VariableSetVariableAdminForm(forms.ModelForm):
+    """A set's variable, written by the set's service (its key rules, its owner's rights,
+    the audit); the value is write-only for a sensitive one."""
+
+    value = forms.CharField(required=False, strip=False, widget=forms.Textarea(attrs={"rows": 2}),
+                            help_text="For a sensitive variable, leave blank to keep the current value.")
+
+    class Meta:
+        model = VariableSetVariable
+        fields = ["variable_set", "key", "category", "sensitive"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and not self.instance.sensitive:
+            self.fields["value"].initial = self.instance.plain_value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not self.errors:
+            service_problems(self, lambda: self.write(self.actor))
+        return data
+
+    def write(self, actor: Any) -> VariableSetVariable:
+        data = self.cleaned_data
+        value = data.get("value", "")
+        if self.instance.pk:
+            stored = VariableSetVariable.objects.select_related("variable_set__team").get(pk=self.instance.pk)
+            changes: dict[str, Any] = {"key": data["key"], "category": data["category"], "sensitive": data["sensitive"]}
+            if value or not data["sensitive"]:
+                changes["value"] = value  # blank for a sensitive one: the value is kept
+            return set_variable_update(variable=stored, actor=actor, changes=changes)
+        return set_variable_create(variable_set=data["variable_set"], actor=actor, key=data["key"], value=value,
+                                   category=data["category"], sensitive=data["sensitive"])
+
+    def validate_unique(self) -> None:
+        """The service answers a taken key, in the API's words."""
 
 
 @admin.register(VariableSetVariable)
-class VariableSetVariableAdmin(ReadOnlyAdmin):
-    list_display = ["key", "variable_set", "category", "sensitive"]
-    fields = ["variable_set", "key", "category", "sensitive"]
+class VariableSetVariableAdmin(admin.ModelAdmin):
+    form = VariableSetVariableAdminForm
+    list_display = ["key", "variable_set", "category", "sensitive", "shown_value"]
+    list_filter = ["category", "sensitive", "variable_set"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.actor = request.user
+        return form
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["variable_set"] if obj is not None else []
+
+    @admin.display(description="value")
+    def shown_value(self, obj: VariableSetVariable) -> str:
+        return "sensitive" if obj.sensitive else obj.plain_value
+
+    def save_model(self, request: HttpRequest, obj: VariableSetVariable, form: forms.ModelForm, change: bool) -> None:
+        saved = form.write(request.user)
+        obj.pk = saved.pk
+        obj.id = saved.id
+
+    def delete_model(self, request: HttpRequest, obj: VariableSetVariable) -> None:
+        set_variable_delete(variable=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[VariableSetVariable]) -> None:
+        for variable in queryset.select_related("variable_set__team"):
+            set_variable_delete(variable=variable, actor=request.user)
+
+
+class NotificationDestinationAdminForm(forms.ModelForm):
+    """A workspace's notification destination, written by tasks_app/workflows/notifications.py
+    (the URL rules, private addresses refused, the audit); the signing secret is write-only."""
+
+    secret = forms.CharField(required=False, strip=False, widget=forms.PasswordInput(render_value=False),
+                             help_text="The webhook's signing secret; leave blank to keep the current one.")
+    url = forms.URLField(required=False, max_length=2000, assume_scheme="https")
+
+    class Meta:
+        model = NotificationDestination
+        fields = ["workspace", "name", "kind", "url", "emails", "triggers", "enabled"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not self.errors:
+            service_problems(self, lambda: self.write(self.actor))
+        return data
+
+    def write(self, actor: Any) -> NotificationDestination:
+        data = self.cleaned_data
+        fields = {k: data[k] for k in ("name", "kind", "url", "emails", "triggers", "enabled")}
+        fields["emails"], fields["triggers"] = list(fields["emails"] or []), list(fields["triggers"] or [])
+        if self.instance.pk:
+            stored = NotificationDestination.objects.select_related("workspace").get(pk=self.instance.pk)
+            changes = {k: v for k, v in fields.items() if v != getattr(stored, k)}
+            if data["secret"]:
+                changes["secret"] = data["secret"]
+            return notification_destination_update(destination=stored, actor=actor, changes=changes)
+        return notification_destination_create(workspace=data["workspace"], actor=actor, secret=data["secret"],
+                                               **fields)
+
+    def validate_unique(self) -> None:
+        """The service answers a taken name, in the API's words."""
 
 
 @admin.register(NotificationDestination)
-class NotificationDestinationAdmin(ReadOnlyAdmin):
+class NotificationDestinationAdmin(admin.ModelAdmin):
+    form = NotificationDestinationAdminForm
     list_display = ["name", "workspace", "kind", "url", "enabled", "created_at"]
     list_filter = ["kind", "enabled"]
-    fields = ["workspace", "name", "kind", "url", "emails", "triggers", "enabled", "created_at"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.actor = request.user
+        return form
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["workspace"] if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: NotificationDestination, form: forms.ModelForm,
+                   change: bool) -> None:
+        saved = form.write(request.user)
+        obj.pk = saved.pk
+        obj.id = saved.id
+
+    def delete_model(self, request: HttpRequest, obj: NotificationDestination) -> None:
+        notification_destination_delete(destination=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[NotificationDestination]) -> None:
+        for destination in queryset.select_related("workspace"):
+            notification_destination_delete(destination=destination, actor=request.user)
 
 
 @admin.register(NotificationDelivery)
