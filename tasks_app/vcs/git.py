@@ -162,6 +162,17 @@ def changed_files(repo: Path, env: dict[str, str], *, url: str, old: str, new: s
     return {p for p in out.split("\x00") if p}
 
 
+def is_ancestor(repo: Path, env: dict[str, str], *, url: str, old: str, new: str, depth: int = 50) -> bool:
+    """Whether commit `old` (fetched) is among the last `depth` commits of `new`'s history:
+    an older commit of the same branch. False when it is not, or cannot be told (`new` gone
+    with a rewritten branch, or further back than `depth`)."""
+    checked_sha(new)
+    if _run(["git", "fetch", "-q", "--no-tags", f"--depth={depth}", url, new], env=env, cwd=repo,
+            check=False).returncode:
+        return False
+    return _run(["git", "merge-base", "--is-ancestor", old, new], env=env, cwd=repo, check=False).returncode == 0
+
+
 def ls_remote(env: dict[str, str], cwd: Path, *, url: str, branch: str) -> str | None:
     """The branch's commit on the server, None when it has no such branch."""
     out = _run(["git", "ls-remote", "--heads", url, f"refs/heads/{branch}"], env=env, cwd=cwd).stdout

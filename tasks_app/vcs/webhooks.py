@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from iacplatform.errors import Conflict, Forbidden, Invalid, NotFound, PlatformError
 from iacplatform.permissions import Action, require
-from tasks_app.models import Task, Workspace
+from tasks_app.models import ConfigurationVersion, Task, Workspace
 from tasks_app.services.configs import configuration_create_from_commit
 from tasks_app.services.runs import run_cancel, run_create, run_discard
 from tasks_app.states import Operation, RunStatus
@@ -222,6 +222,7 @@ def _process(delivery: WebhookDelivery) -> str:
         if not concerned:
             return _finish(delivery, f"the change touches no workspace's trigger patterns "
                                      f"({', '.join(ws.name for ws in candidates)})")
+        older = _older_than_last_run(repo, env, url, change, concerned) if change.kind == "branch" else {}
         entries: dict[str, list[tuple[str, bytes]] | PlatformError] = {}
         for ws in concerned:
             if ws.vcs_working_directory not in entries:
@@ -232,11 +233,28 @@ def _process(delivery: WebhookDelivery) -> str:
                     raise
                 except PlatformError as exc:  # the upload's limits: nothing to run from this commit
                     entries[ws.vcs_working_directory] = exc
-    return _make_runs(delivery, change, commit, concerned, entries)
+    return _make_runs(delivery, change, commit, concerned, entries, older)
+
+
+def _older_than_last_run(repo: Any, env: dict[str, str], url: str, change: Change,
+                         concerned: list[Workspace]) -> dict[int, str]:
+    """The workspaces whose last run from the branch is of a commit that has this push's
+    commit in its history: a delivery that arrived late (the forge sends each push's webhook
+    on its own; they may come out of order). {workspace id: that newer commit}. A push that
+    follows the last run's commit (its `before`) needs no check; one that does not (out of
+    order, a force push) is checked against that commit's last 50 commits."""
+    last = {}
+    for ws in concerned:
+        sha = (ConfigurationVersion.objects.filter(workspace=ws, vcs_pr_number__isnull=True, vcs_tag="")
+               .exclude(vcs_sha="").order_by("-id").values_list("vcs_sha", flat=True).first())
+        if sha and sha != change.sha and sha != change.before:
+            last[ws.id] = sha
+    newer = {sha for sha in set(last.values()) if git.is_ancestor(repo, env, url=url, old=change.sha, new=sha)}
+    return {ws_id: sha for ws_id, sha in last.items() if sha in newer}
 
 
 def _make_runs(delivery: WebhookDelivery, change: Change, commit: git.Commit, concerned: list[Workspace],
-               entries: dict[str, Any]) -> str:
+               entries: dict[str, Any], older: dict[int, str]) -> str:
     runs: list[int] = []
     superseded: list[int] = []
     notes: list[str] = []
@@ -273,6 +291,15 @@ def _make_runs(delivery: WebhookDelivery, change: Change, commit: git.Commit, co
                     # A newer push already made this workspace's run: this one would undo it.
                     superseded.append(ws.id)
                     notes.append(f"{ws.name}: superseded by a newer push")
+                    continue
+                if ws.id in older:
+                    # A newer commit's push came first: running this one would undo it.
+                    superseded.append(ws.id)
+                    notes.append(f"{ws.name}: superseded: {change.sha[:7]} is older than {older[ws.id][:7]}, "
+                                 "the commit of its last run (this push's webhook came late)")
+                    if ws.vcs_last_sha == change.sha:
+                        ws.vcs_last_sha = older[ws.id]
+                        ws.save(update_fields=["vcs_last_sha"])
                     continue
                 _supersede_waiting(ws, change.sha)
                 cv = configuration_create_from_commit(
