@@ -25,6 +25,9 @@ class Workspace(models.Model):
                                                     related_name="remote_state_sources")
     # Tags, as terraform's `cloud { workspaces { tags = [...] } }` selects workspaces by them.
     tags = models.JSONField(default=list, blank=True)
+    # Key-value tags ({key: value}; "" for a key alone), as terraform's
+    # `cloud { workspaces { tags = { env = "prod" } } }` selects and creates workspaces by them.
+    tag_bindings = models.JSONField(default=dict, blank=True)
     # A workspace that follows a repository (tasks_app/vcs/): its applies come from git only.
     vcs_connection = models.ForeignKey("tasks_app.VcsConnection", null=True, blank=True, on_delete=models.PROTECT,
                                        related_name="workspaces")

@@ -460,6 +460,15 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/tags", _expect(204, 403, 403, 404),
              body=lambda w, u: {"data": [{"type": "tags", "attributes": {"name": "app"}}]}),
     ],
+    "tfe-workspace-tag-bindings": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/tag-bindings", _expect(200, 200, 200, 404)),
+        Case("PATCH", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/tag-bindings", _expect(200, 403, 403, 404),
+             body=lambda w, u: {"data": [{"type": "tag-bindings", "attributes": {"key": "env", "value": "prod"}}]}),
+    ],
+    "tfe-workspace-effective-tag-bindings": [
+        Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/effective-tag-bindings",
+             _expect(200, 200, 200, 404)),
+    ],
     "tfe-remote-state-consumers": [
         Case("GET", lambda w, u: f"/api/v2/workspaces/ws-{w.a.id}/relationships/remote-state-consumers",
              _expect(200, 200, 200, 404)),
@@ -583,7 +592,10 @@ def test_it_lists_only_the_workspaces_a_user_may_read(world):
     assert names == {"alice": sorted([world.a.name, world.b.name]), "bob": [world.a.name], "carol": [world.a.name],
                      "dave": []}
     page = world.clients["dave"].get("/").content.decode()
-    assert world.a.name not in page and world.b.name not in page
+    # (As the list shows them: a name like "ws-2" is also in a script's file name.)
+    for ws in (world.a, world.b):
+        assert f"/workspaces/{ws.id}/" not in page and f">{ws.name}<" not in page
+    assert f">{world.a.name}<" in world.clients["carol"].get("/").content.decode()
 
 
 def test_it_refuses_forged_page_posts(world):

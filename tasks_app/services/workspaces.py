@@ -52,6 +52,39 @@ def _checked_tags(tags: list[str]) -> list[str]:
     return sorted(set(tags))
 
 
+# HCP Terraform's bounds for a key-value tag; its "hc:" and "hcp:" key prefixes are reserved.
+TAG_KEY_MAX, TAG_VALUE_MAX, TAG_BINDINGS_MAX = 128, 256, 100
+
+
+def _checked_tag_bindings(bindings: dict[str, str]) -> dict[str, str]:
+    if len(bindings) > TAG_BINDINGS_MAX:
+        raise invalid_field("tag-bindings", f"at most {TAG_BINDINGS_MAX} tags")
+    for key, value in bindings.items():
+        if not (isinstance(key, str) and 0 < len(key) <= TAG_KEY_MAX and key.isprintable() and key.strip() == key):
+            raise invalid_field("tag-bindings", f"a tag key is 1 to {TAG_KEY_MAX} printable characters, "
+                                                f"without spaces around it: {key!r} is not")
+        if key.lower().startswith(("hc:", "hcp:")):
+            raise invalid_field("tag-bindings", f"tag key '{key}': the prefixes 'hc:' and 'hcp:' are reserved")
+        if not (isinstance(value, str) and len(value) <= TAG_VALUE_MAX and value.isprintable()):
+            raise invalid_field("tag-bindings", f"the value of tag '{key}' is at most {TAG_VALUE_MAX} printable "
+                                                "characters")
+    return dict(sorted(bindings.items()))
+
+
+def workspace_tag_bindings_add(*, workspace: Workspace, actor: Any, bindings: dict[str, str]) -> Workspace:
+    """Add key-value tags, or change the value of keys it has (`admin`: a setting), audited."""
+    require(actor, Action.SETTINGS, workspace)
+    bindings = _checked_tag_bindings(bindings)
+    with transaction.atomic():
+        ws = Workspace.objects.select_for_update(no_key=True).get(id=workspace.id)
+        after = _checked_tag_bindings({**ws.tag_bindings, **bindings})
+        if after != ws.tag_bindings:
+            ws.tag_bindings = after
+            ws.save(update_fields=["tag_bindings"])
+            audit_record(actor=actor, action="workspace.tag_bindings", obj=ws, data={"added": bindings})
+    return ws
+
+
 def workspace_tags_change(*, workspace: Workspace, actor: Any, tags: list[str], mode: str) -> Workspace:
     """Add or remove tags (`admin`: a setting), audited."""
     require(actor, Action.SETTINGS, workspace)
@@ -67,7 +100,8 @@ def workspace_tags_change(*, workspace: Workspace, actor: Any, tags: list[str], 
     return ws
 
 
-def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None, tags: list[str] | None = None) -> Workspace:
+def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None, tags: list[str] | None = None,
+                     tag_bindings: dict[str, str] | None = None) -> Workspace:
     """A new workspace (site admins, and teams allowed to create workspaces); the creating
     team administers it, as in HCP Terraform. On the default pool unless `pool` is given."""
     if not can_create_workspace(actor):
@@ -81,7 +115,8 @@ def workspace_create(*, name: str, actor: Any, pool: AgentPool | None = None, ta
     with transaction.atomic():
         try:
             with transaction.atomic():  # a savepoint: the name's uniqueness is the database's call
-                ws = Workspace.objects.create(name=name, pool=pool, tags=_checked_tags(tags or []))
+                ws = Workspace.objects.create(name=name, pool=pool, tags=_checked_tags(tags or []),
+                                              tag_bindings=_checked_tag_bindings(tag_bindings or {}))
         except IntegrityError as exc:
             raise invalid_field("name", "a workspace with this name already exists") from exc
         if team is not None:

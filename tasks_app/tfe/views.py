@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
@@ -26,6 +27,7 @@ from tasks_app.services.runs import run_cancel, run_confirm, run_create, run_dis
 from tasks_app.services.workspaces import (
     workspace_create,
     workspace_remote_state_consumers_change,
+    workspace_tag_bindings_add,
     workspace_tags_change,
     workspace_update,
 )
@@ -114,15 +116,28 @@ def organization_workspaces(request: HttpRequest, org: str) -> HttpResponse:
         mode = data.str("execution-mode", "remote", max_length=20)
         if mode not in ("remote", "agent"):
             raise Invalid(fields={"execution-mode": ["only remote execution (on the platform's agents) is offered"]})
-        ws = workspace_create(name=name, actor=request.user, tags=_tag_names(data))
+        ws = workspace_create(name=name, actor=request.user, tags=_tag_names(data),
+                              tag_bindings=_tag_bindings(data.relationships.get("tag-bindings")))
         return document(resources.workspace(ws, request.user), status=201)
     workspaces = readable_workspaces(request.user).select_related("pool").order_by("name")
     search = request.GET.get("search[name]", "")
     if search:
         workspaces = workspaces.filter(name__icontains=search)
-    # `cloud { workspaces { tags = [...] } }`: the workspaces that have all of them.
+    # `cloud { workspaces { tags = [...] } }`: the workspaces that have all of them (a key of
+    # their key-value tags counts: the CLI sends a map's keys here too, for servers without them).
     for tag in filter(None, request.GET.get("search[tags]", "").split(",")):
-        workspaces = workspaces.filter(tags__contains=[tag.strip()])
+        workspaces = workspaces.filter(Q(tags__contains=[tag.strip()]) | Q(tag_bindings__has_key=tag.strip()))
+    # `tags = { env = "prod" }`: filter[tagged][i][key] and [value], each pair to match.
+    tagged: dict[str, dict[str, str]] = {}
+    for param, value in request.GET.items():
+        if m := TAGGED.fullmatch(param):
+            tagged.setdefault(m["index"], {})[m["part"]] = value
+    for pair in tagged.values():
+        key, value = pair.get("key", ""), pair.get("value", "")
+        if not key:
+            raise Invalid("filter[tagged][…][value] without its [key]")
+        workspaces = workspaces.filter(Q(tag_bindings__contains={key: value}) if value
+                                       else Q(tag_bindings__has_key=key) | Q(tags__contains=[key]))
     window, meta = page(request, workspaces.count())
     return document([resources.workspace(ws, request.user) for ws in workspaces[window]], meta=meta)
 
@@ -177,6 +192,55 @@ def workspace_action(request: HttpRequest, ident: str, action: str) -> HttpRespo
     else:
         raise NotFound(f"no workspace action '{action}'")
     return document(resources.workspace(ws, request.user))
+
+
+TAGGED = re.compile(r"filter\[tagged\]\[(?P<index>\d{1,3})\]\[(?P<part>key|value)\]")
+
+
+def _tag_bindings(rel: Any) -> dict[str, str]:
+    """Key-value tags of a body's `data` list (PATCH tag-bindings) or a create's `tag-bindings`
+    relationship: [{"type": "tag-bindings", "attributes": {"key": …, "value": …}}, …]."""
+    items = rel.get("data") if isinstance(rel, dict) else rel
+    if items is None:
+        return {}
+    bindings = {}
+    for item in items if isinstance(items, list) else [None]:
+        attributes = item.get("attributes") if isinstance(item, dict) else None
+        key = attributes.get("key") if isinstance(attributes, dict) else None
+        value = attributes.get("value", "") if isinstance(attributes, dict) else None
+        if not isinstance(key, str) or not isinstance(value, str | None):
+            raise Invalid('tag bindings are [{"type": "tag-bindings", "attributes": {"key": "…", "value": "…"}}, …]')
+        bindings[key] = value or ""
+    return bindings
+
+
+def _binding_resources(ws: Workspace, kind: str) -> list[dict[str, Any]]:
+    """The workspace's key-value tags and, as keys alone, its other tags (a `tags = [...]`
+    block checks its keys among the bindings)."""
+    keys = {**{tag: "" for tag in ws.tags}, **ws.tag_bindings}
+    return [{"id": f"tb-{ws.id}-{i}", "type": kind, "attributes": {"key": k, "value": v}}
+            for i, (k, v) in enumerate(sorted(keys.items()))]
+
+
+@endpoint("GET", "PATCH")
+def workspace_tag_bindings(request: HttpRequest, ident: str) -> HttpResponse:
+    """GET the workspace's key-value tags; PATCH adds them, or changes the value of keys it
+    has (`admin`)."""
+    ws = _workspace_by_id(request, ident, Action.READ)
+    if request.method == "PATCH":
+        try:
+            doc = json.loads(request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise Invalid("the body is not JSON") from None
+        ws = workspace_tag_bindings_add(workspace=ws, actor=request.user,
+                                        bindings=_tag_bindings(doc if isinstance(doc, dict) else None) or {})
+    return document(_binding_resources(ws, "tag-bindings"))
+
+
+@endpoint("GET")
+def workspace_effective_tag_bindings(request: HttpRequest, ident: str) -> HttpResponse:
+    """The workspace's tags as they apply to it (there are no projects to inherit from)."""
+    return document(_binding_resources(_workspace_by_id(request, ident, Action.READ), "effective-tag-bindings"))
 
 
 def _tag_names(data: Any) -> list[str]:
