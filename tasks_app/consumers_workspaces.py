@@ -9,7 +9,9 @@ gets: a fragment is the whole truth of its part of the page, so repeats are harm
   consumer re-checks, per event, that its user may read the workspace (access can be
   revoked while the page is open) and pushes that workspace's row only then.
 - `/ws/workspaces/<id>/`: group `workspace-<id>`; read permission is checked on connect and
-  again on each event; each run change re-renders the runs table.
+  again on each event; each run change re-renders the runs table, the health and the
+  notification deliveries (a `workspace.changed`, sent when a delivery is attempted, the
+  last two).
 
 Both close with 4403 when their user loses access (an `access.changed`, see
 iacplatform/live_consumer.py: the list when the account is deactivated, the workspace page
@@ -51,6 +53,17 @@ def _runs_html(user: Any, workspace_id: int) -> str | None:
     context = {"runs": workspace_runs(ws.id), "oob": True,
                "configuration": ws.configuration_versions.order_by("-id").only("id").first()}
     return render_to_string("tasks_app/workspace/_runs.html", context)
+
+
+def _workflows_html(user: Any, workspace_id: int) -> str | None:
+    """The workspace's health and its destinations' last deliveries, as oob fragments."""
+    ws = Workspace.objects.filter(id=workspace_id).first()
+    if ws is None or not can(user, Action.READ, ws):
+        return None
+    html = render_to_string("tasks_app/workspace/_health.html", {"workspace": ws, "oob": True})
+    destinations = ws.notification_destinations.prefetch_related("deliveries__attempt_rows").order_by("name")
+    return html + "".join(render_to_string("tasks_app/workspace/_deliveries.html", {"d": d, "oob": True})
+                          for d in destinations)
 
 
 def _authenticated(user: Any) -> bool:
@@ -115,8 +128,18 @@ class WorkspaceConsumer(LiveConsumer):
         return ws is not None and can(user, Action.READ, ws)
 
     async def run_changed(self, event: dict) -> None:
+        # A run's change may be a drift check's end (the health) or a notification queued.
         html = await database_sync_to_async(_runs_html)(self.user, self.workspace_id)
-        if html is None:  # access revoked (or the workspace deleted) while the page was open
+        more = await database_sync_to_async(_workflows_html)(self.user, self.workspace_id)
+        if html is None or more is None:  # access revoked (or the workspace deleted) while the page was open
+            await self.close_access_lost()
+            return
+        await self.send(text_data=html + more)
+
+    async def workspace_changed(self, event: dict) -> None:
+        """A notification delivery was attempted (the worker): its table again."""
+        html = await database_sync_to_async(_workflows_html)(self.user, self.workspace_id)
+        if html is None:
             await self.close_access_lost()
             return
         await self.send(text_data=html)

@@ -56,6 +56,13 @@ def run_changed(uow: UnitOfWork, *, task_id: int, workspace_id: int, status: str
              "a live run update")
 
 
+def workspace_changed(*, workspace_id: int) -> None:
+    """Something of the workspace's page besides its runs changed (a notification delivery
+    was attempted): sent once the current transaction commits."""
+    message = {"type": "workspace.changed", "workspace_id": workspace_id}
+    transaction.on_commit(lambda: group_send([(workspace_group(workspace_id), message)], "a live workspace update"))
+
+
 def access_changed(user_ids: Iterable[int]) -> None:
     """What these users may see may have changed: once the current transaction commits (at
     once outside one), each of their open live sockets checks again and closes if it may no

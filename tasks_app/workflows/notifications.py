@@ -42,6 +42,7 @@ from agents_app.redaction import redact
 from iacplatform.errors import invalid_field
 from iacplatform.permissions import Action, require
 from iacplatform.unit_of_work import UnitOfWork
+from tasks_app import events
 from tasks_app.models import Task, Workspace
 from tasks_app.redaction import sensitive_values
 from tasks_app.services.audit import audit_record
@@ -321,7 +322,7 @@ def deliveries_claim_due(*, limit: int = 20) -> list[int]:
 def delivery_attempted(*, delivery_id: int, outcome: Outcome) -> NotificationDelivery:
     """The one writer of a delivery's status: an attempt's outcome, under the row's lock."""
     with transaction.atomic():
-        delivery = NotificationDelivery.objects.select_for_update().get(id=delivery_id)
+        delivery = NotificationDelivery.objects.select_for_update(of=("self",)).select_related("destination").get(id=delivery_id)
         delivery.attempts += 1
         if outcome.ok:
             to = DeliveryStatus.DELIVERED
@@ -338,6 +339,7 @@ def delivery_attempted(*, delivery_id: int, outcome: Outcome) -> NotificationDel
         delivery.save(update_fields=["attempts", "status", "next_attempt_at", "finished_at"])
         NotificationAttempt.objects.create(delivery=delivery, number=delivery.attempts, status_code=outcome.status_code,
                                            error=outcome.error, to_status=to)
+        events.workspace_changed(workspace_id=delivery.destination.workspace_id)
     return delivery
 
 

@@ -195,7 +195,8 @@ def test_the_admin_form_checks_the_same_bounds(alice):
             "warmup_expire_seconds": 1800, "warmup_max_retries": 3, "pod_start_wait_seconds": 60,
             "pod_register_deadline_seconds": 180, "plan_timeout_seconds": 1, "plan_kill_grace_seconds": 1,
             "apply_timeout_seconds": 1, "apply_kill_grace_seconds": 1, "no_agent_timeout_seconds": 1,
-            "apply_pending_timeout_seconds": 0, "k8s_namespace": "iac-agents", "k8s_image": "iac-agent:latest"}
+            "apply_pending_timeout_seconds": 0, "k8s_namespace": "iac-agents", "k8s_image": "iac-agent:latest",
+            "drift_schedule": "", "drift_timezone": "UTC"}
     form = form_class(data=data)
     assert not form.is_valid() and "must be between 1 and 16" in str(form.errors["slots_per_pod"])
     form = form_class(data={**data, "slots_per_pod": 3, "warmup_expire_seconds": 600})

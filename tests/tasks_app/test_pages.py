@@ -412,6 +412,7 @@ def test_it_shows_a_new_pool_token_once_in_the_admin(client_alice):
             "max_replicas": 2,
             "slots_per_pod": 3,
             "warm_apply": "on",
+            "drift_schedule": "", "drift_timezone": "UTC",  # as the add form shows them
             **ADMIN_BOUNDS,
         },
         follow=True,

@@ -136,3 +136,44 @@ async def test_it_backfills_what_changed_while_the_page_was_disconnected(workspa
     backfill = await again.receive_from(timeout=5)
     assert f'id="run-row-{task.id}"' in backfill and 'data-status="errored"' in backfill
     await again.disconnect()
+
+
+def _attempt_delivery(workspace_id: int, task_id: int) -> int:
+    """A notification delivery of the workspace, and its first attempt failing (500): the
+    worker's path (delivery_attempted, the one writer of its status)."""
+    from tasks_app.workflows.models import NotificationDelivery, NotificationDestination
+    from tasks_app.workflows.notifications import Outcome, delivery_attempted
+
+    destination = NotificationDestination.objects.create(workspace_id=workspace_id, name="ops", kind="webhook",
+                                                         url="https://hooks.example.com/x", triggers=["errored"])
+    delivery = NotificationDelivery.objects.create(destination=destination, trigger="errored", task_id=task_id,
+                                                   event={}, next_attempt_at=None)
+    delivery_attempted(delivery_id=delivery.id, outcome=Outcome(ok=False, status_code=500, error="HTTP 500"))
+    return destination.id
+
+
+async def test_it_pushes_a_deliverys_attempt_and_a_drift_checks_health_to_the_workspace_page(workspace, bob):
+    from tasks_app.models import Workspace
+
+    task = await sync_to_async(run_create)(workspace=workspace, operation="plan", actor="test")
+    ws = await connect(f"/ws/workspaces/{workspace.id}/", bob)
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.receive_from(timeout=5)  # the runs table
+
+    destination_id = await sync_to_async(_attempt_delivery)(workspace.id, task.id)
+    html = await ws.receive_from(timeout=5)
+    while f'id="deliveries-{destination_id}"' not in html:
+        html = await ws.receive_from(timeout=5)
+    assert 'hx-swap-oob="true"' in html and "retrying" in html and "500 HTTP 500" in html
+
+    # A drift check's end is a run change: the health comes with the runs table.
+    await sync_to_async(Workspace.objects.filter(id=workspace.id).update)(
+        health="drifted", health_detail={"run": task.id, "resources": [{"address": "aws_s3_bucket.b",
+                                                                         "attributes": ["acl"]}]})
+    await sync_to_async(error_run)(task.id)
+    html = await ws.receive_from(timeout=5)
+    while 'id="workspace-health"' not in html or "Drifted" not in html:
+        html = await ws.receive_from(timeout=5)
+    assert "aws_s3_bucket.b" in html and "acl" in html
+    await ws.disconnect()
