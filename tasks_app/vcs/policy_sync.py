@@ -27,6 +27,7 @@ from tasks_app.services.policies import PACKAGE, policy_set_sync_failed, policy_
 from tasks_app.states import EnforcementLevel
 from tasks_app.vcs import events as vcs_events
 from tasks_app.vcs import git
+from tasks_app.vcs.connections import NAME as CONNECTION_NAME
 from tasks_app.vcs.connections import follow_values
 from tasks_app.vcs.events import Change
 from tasks_app.vcs.models import VcsConnection, VcsKind
@@ -45,8 +46,9 @@ BLOCK_FIELDS = {"query", "enforcement_level", "description"}
 def repository_values(raw: Any) -> dict[str, Any]:
     """The set's repository fields from the API's {"connection", "repository", "branch",
     "directory"}, checked as a workspace's are (tasks_app.vcs.connections)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("connection"), str):
-        raise Invalid("repository: an object {connection, repository, branch, directory}",
+    if not isinstance(raw, dict) or not isinstance(raw.get("connection"), str) \
+            or not CONNECTION_NAME.fullmatch(raw["connection"]):
+        raise Invalid("repository: an object {connection (a connection's name), repository, branch, directory}",
                       fields={"repository": ["an object {connection, repository, branch, directory}"]})
     unknown = set(raw) - {"connection", "repository", "branch", "directory"}
     if unknown:
