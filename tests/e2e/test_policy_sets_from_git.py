@@ -60,6 +60,9 @@ class Git:
         assert answer.status_code == 202, answer.text
         return self.head
 
+    def runs(self) -> list[dict]:
+        return self.user.request("GET", f"/api/v1/workspaces/{self.ws['id']}/runs/", expect=200).json()["results"]
+
     def policy_set(self, set_id: int) -> dict:
         return self.user.request("GET", f"/api/v1/policy-sets/{set_id}/", expect=200).json()
 
@@ -99,8 +102,8 @@ def test_a_push_syncs_the_policies_that_govern_its_run_and_a_module_that_does_no
         "no_data": "soft-mandatory", "instances": "advisory"}
 
     # The run the same push started is checked against them: HCP's "mandatory" is soft-mandatory.
-    runs = git.user.request("GET", f"/api/v1/workspaces/{git.ws['id']}/runs/", expect=200).json()["results"]
-    run = next(r for r in runs if (r["commit"] or {}).get("sha") == sha)
+    run = wait_for(lambda: next((r for r in git.runs() if (r["commit"] or {}).get("sha") == sha), None), 60,
+                   "the push's run")  # made after the sync, by the same delivery
     pending = git.user.wait(run["id"], "apply_pending")
     assert pending["policy_status"] == "soft_failed"
     failed = {r["policy"]: r for r in pending["policy_check"]["results"]}
