@@ -795,9 +795,16 @@ class PolicySetAdminForm(forms.ModelForm):
             self.fields["policies"].initial = [
                 {"name": p.name, "enforcement_level": p.enforcement_level, "module": p.module}
                 for p in self.instance.policies.all()]
+        if self.instance.source == "vcs":
+            # Its policies come from its repository (tasks_app.vcs.policy_sync): shown, not edited.
+            self.fields["policies"].disabled = True
+            self.fields["policies"].required = False
+            self.fields["policies"].help_text = "taken from the repository on each push (see Repository below)"
 
     def clean_policies(self) -> Any:
         raw = self.cleaned_data["policies"]
+        if self.instance.source == "vcs":
+            return None
         try:
             check_policies(raw)
         except Invalid as exc:
@@ -808,16 +815,22 @@ class PolicySetAdminForm(forms.ModelForm):
 @admin.register(PolicySet)
 class PolicySetAdmin(admin.ModelAdmin):
     form = PolicySetAdminForm
-    list_display = ["name", "is_global", "source", "updated_at"]
+    list_display = ["name", "is_global", "source", "vcs_sha", "vcs_sync_error", "updated_at"]
     filter_horizontal = ["workspaces"]
+    # A set follows a repository through the API (POST/PATCH `repository`); here it is shown,
+    # with how its last sync went.
+    readonly_fields = ["source", "vcs_connection", "vcs_repository", "vcs_branch", "vcs_directory", "vcs_sha",
+                       "vcs_synced_at", "vcs_sync_error", "vcs_error_sha"]
 
     def save_model(self, request: HttpRequest, obj: PolicySet, form: forms.ModelForm, change: bool) -> None:
         data = form.cleaned_data
         workspaces = [w.id for w in data["workspaces"]]
         if change:
-            saved = policy_set_update(actor=request.user, policy_set_id=obj.pk, changes={
-                "name": data["name"], "description": data["description"], "global": data["is_global"],
-                "workspaces": workspaces, "policies": data["policies"]})
+            changes = {"name": data["name"], "description": data["description"], "global": data["is_global"],
+                       "workspaces": workspaces}
+            if data["policies"] is not None:
+                changes["policies"] = data["policies"]
+            saved = policy_set_update(actor=request.user, policy_set_id=obj.pk, changes=changes)
         else:
             saved = policy_set_create(actor=request.user, name=data["name"], policies=data["policies"],
                                       description=data["description"], is_global=data["is_global"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -20,6 +20,7 @@ from tasks_app.serializers import RunSerializer
 from tasks_app.services.policies import policy_set_create, policy_set_delete, policy_set_update
 from tasks_app.services.runs import run_policy_override
 from tasks_app.states import EnforcementLevel
+from tasks_app.vcs.policy_sync import policy_set_sync, repository_values
 
 
 class PolicySerializer(serializers.Serializer):
@@ -29,17 +30,36 @@ class PolicySerializer(serializers.Serializer):
     module = serializers.CharField()
 
 
+class PolicySetRepositorySerializer(serializers.Serializer):
+    """Where a set's policies come from, and how its last sync went."""
+
+    connection = serializers.CharField(source="vcs_connection.name")
+    repository = serializers.CharField(source="vcs_repository")
+    branch = serializers.CharField(source="vcs_branch")
+    directory = serializers.CharField(source="vcs_directory")
+    sha = serializers.CharField(source="vcs_sha", help_text="the commit whose policies the set holds")
+    synced_at = serializers.DateTimeField(source="vcs_synced_at", allow_null=True)
+    sync_error = serializers.CharField(source="vcs_sync_error",
+                                       help_text="why the last sync failed (the set kept its policies); empty")
+    error_sha = serializers.CharField(source="vcs_error_sha")
+
+
 class PolicySetSerializer(serializers.ModelSerializer):
     policies = PolicySerializer(many=True, read_only=True)
     workspaces = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     # JSON's `global` (a Python keyword on the model: is_global).
     global_ = serializers.BooleanField(source="is_global", read_only=True)
+    repository = serializers.SerializerMethodField()
 
     class Meta:
         model = PolicySet
-        fields = ["id", "name", "description", "global_", "workspaces", "source", "policies", "created_at",
-                  "updated_at"]
+        fields = ["id", "name", "description", "global_", "workspaces", "source", "repository", "policies",
+                  "created_at", "updated_at"]
         read_only_fields = fields
+
+    @extend_schema_field(PolicySetRepositorySerializer(allow_null=True))
+    def get_repository(self, instance: PolicySet) -> dict[str, Any] | None:
+        return PolicySetRepositorySerializer(instance).data if instance.source == "vcs" else None
 
     def to_representation(self, instance: PolicySet) -> dict[str, Any]:
         data = super().to_representation(instance)
@@ -53,6 +73,13 @@ class PolicyRequestSerializer(serializers.Serializer):
     module = serializers.CharField(help_text="the Rego module (OPA v1 syntax), with its `package` line")
 
 
+class RepositoryRequestSerializer(serializers.Serializer):
+    connection = serializers.CharField(help_text="a VCS connection's name")
+    repository = serializers.CharField(required=False, help_text="owner/name on a forge; a path on plain git")
+    branch = serializers.CharField(required=False, help_text="default main")
+    directory = serializers.CharField(required=False, help_text="the directory holding the policies; default the root")
+
+
 class PolicySetRequestSerializer(serializers.Serializer):
     """What a POST (all of it, `name` and `policies` required) or a PATCH (any of it) sends;
     other fields are ignored, as everywhere in the API."""
@@ -61,7 +88,12 @@ class PolicySetRequestSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     global_ = serializers.BooleanField(required=False, help_text="govern every workspace")
     workspaces = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
-    policies = PolicyRequestSerializer(many=True)
+    policies = PolicyRequestSerializer(many=True, required=False,
+                                       help_text="required unless the set follows a repository")
+    repository = RepositoryRequestSerializer(
+        required=False, allow_null=True,
+        help_text="follow a directory of a repository's branch (its *.rego files, levels from policies.hcl); "
+                  "null: back to uploaded policies, keeping the current ones")
 
     def get_fields(self) -> dict[str, Any]:
         fields = super().get_fields()
@@ -69,7 +101,7 @@ class PolicySetRequestSerializer(serializers.Serializer):
         return fields
 
 
-FIELDS = ("name", "description", "global", "workspaces", "policies")
+FIELDS = ("name", "description", "global", "workspaces", "policies", "repository")
 
 
 def _site_admin(request: Request) -> None:
@@ -107,9 +139,12 @@ class PolicySetListCreate(APIView):
     def post(self, request: Request) -> Response:
         _site_admin(request)
         body = _body(request)
+        repository = repository_values(body["repository"]) if body.get("repository") is not None else None
         ps = policy_set_create(actor=request.user, name=body.get("name"), policies=body.get("policies"),
                                description=body.get("description", ""), is_global=body.get("global", False),
-                               workspaces=body.get("workspaces", []))
+                               workspaces=body.get("workspaces", []), repository=repository)
+        if repository is not None:
+            policy_set_sync(policy_set_id=ps.id, actor=request.user)
         return _answer(ps.id, status.HTTP_201_CREATED)
 
 
@@ -126,7 +161,12 @@ class PolicySetDetail(APIView):
     @extend_schema(request=PolicySetRequestSerializer(partial=True), responses={200: PolicySetSerializer})
     def patch(self, request: Request, pk: int) -> Response:
         _site_admin(request)
-        ps = policy_set_update(actor=request.user, policy_set_id=pk, changes=dict(_body(request)))
+        changes = dict(_body(request))
+        if changes.get("repository") is not None:
+            changes["repository"] = repository_values(changes["repository"])
+        ps = policy_set_update(actor=request.user, policy_set_id=pk, changes=changes)
+        if changes.get("repository") is not None:
+            policy_set_sync(policy_set_id=ps.id, actor=request.user)
         return _answer(ps.id)
 
     @extend_schema(request=None, responses={204: None})
@@ -134,6 +174,19 @@ class PolicySetDetail(APIView):
         _site_admin(request)
         policy_set_delete(actor=request.user, policy_set_id=pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PolicySetSync(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: PolicySetSerializer, 409: OpenApiResponse(description="the set does not follow a repository")},
+        description="Sync a set that follows a repository from its branch's head now (site admins). The answer "
+                    "is the set: its new policies and commit, or its kept policies and `repository.sync_error`.",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        _site_admin(request)
+        ps = policy_set_sync(policy_set_id=pk, actor=request.user)
+        return _answer(ps.id)
 
 
 class RunOverrideSerializer(serializers.Serializer):

@@ -60,6 +60,7 @@ urlpatterns = [
     path("runs/<int:pk>/override/", api_policies.RunPolicyOverride.as_view(), name="api-run-override"),
     path("policy-sets/", api_policies.PolicySetListCreate.as_view(), name="api-policy-set-list"),
     path("policy-sets/<int:pk>/", api_policies.PolicySetDetail.as_view(), name="api-policy-set-detail"),
+    path("policy-sets/<int:pk>/sync/", api_policies.PolicySetSync.as_view(), name="api-policy-set-sync"),
     path("workspaces/<int:workspace_id>/outputs/", api.WorkspaceOutputs.as_view(), name="api-workspace-outputs"),
     path(
         "workspaces/<int:workspace_id>/state-versions/",

@@ -383,9 +383,24 @@ class PolicySet(models.Model):
     description = models.TextField(blank=True)
     is_global = models.BooleanField(default=False)
     workspaces = models.ManyToManyField(Workspace, blank=True, related_name="policy_sets")
-    # Where its policies come from: uploaded (API, admin). A repository source (the VCS
-    # connections) would set this and sync the modules through the same service.
+    # Where its policies come from: "upload" (API, admin) or "vcs": a directory of a
+    # repository's branch, synced on each push (tasks_app.vcs.policy_sync) through the same
+    # service the API uses.
     source = models.CharField(max_length=20, default="upload")
+    vcs_connection = models.ForeignKey("tasks_app.VcsConnection", null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="policy_sets")
+    vcs_repository = models.CharField(max_length=300, blank=True)
+    vcs_branch = models.CharField(max_length=250, blank=True)
+    vcs_directory = models.CharField(max_length=300, blank=True)
+    # The commit whose policies the set holds, and when they were taken.
+    vcs_sha = models.CharField(max_length=64, blank=True)
+    vcs_synced_at = models.DateTimeField(null=True, blank=True)
+    # The last sync that failed (the set kept its policies): why, and at which commit.
+    vcs_sync_error = models.TextField(blank=True)
+    vcs_error_sha = models.CharField(max_length=64, blank=True)
+    vcs_polled_at = models.DateTimeField(null=True, blank=True)
+    # The webhook delivery that brought vcs_sha: an older delivery processed later is skipped.
+    vcs_delivery_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

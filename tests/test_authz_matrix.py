@@ -220,6 +220,9 @@ RULES: dict[str, list[Case]] = {
         Case("GET", lambda w, u: "/api/v1/policy-sets/999999/", _expect(404, 403, 403, 403)),
         Case("DELETE", lambda w, u: "/api/v1/policy-sets/999999/", _expect(404, 403, 403, 403)),
     ],
+    "api-policy-set-sync": [
+        Case("POST", lambda w, u: "/api/v1/policy-sets/999999/sync/", _expect(404, 403, 403, 403)),
+    ],
     "api-state-version-list": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/state-versions/", _expect(200, 200, 200, 404)),
     ],

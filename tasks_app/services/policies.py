@@ -3,6 +3,10 @@
 delete them, through the REST API and the admin alike; a workspace admin cannot detach what
 governs their workspace. Every change is audited.
 
+A set's policies are uploaded (`source` "upload") or taken from a repository (`source` "vcs":
+tasks_app.vcs.policy_sync fetches the commit and hands the files to `policy_set_sync_replace`,
+which replaces them with the same checks and the same writes as an upload).
+
 A module is refused whole, with the engine's message, before anything is written: a set is
 never saved with a module that does not compile. Modules are compiled in the process's warm
 evaluator (the same bounded child process the checks use), never in the web process itself.
@@ -18,6 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from iacplatform.errors import Conflict, Forbidden, Invalid, NotFound, invalid_field
 from iacplatform.permissions import is_site_admin
@@ -138,21 +143,59 @@ def _workspaces(ids: Any) -> list[Workspace]:
 
 
 def _described(ps: PolicySet) -> dict[str, Any]:
-    return {"name": ps.name, "global": ps.is_global, "workspaces": sorted(ps.workspaces.values_list("id", flat=True)),
-            "policies": [{"name": p.name, "enforcement_level": p.enforcement_level} for p in ps.policies.all()]}
+    described = {"name": ps.name, "global": ps.is_global,
+                 "workspaces": sorted(ps.workspaces.values_list("id", flat=True)),
+                 "policies": [{"name": p.name, "enforcement_level": p.enforcement_level} for p in ps.policies.all()]}
+    if ps.source == "vcs":
+        described["repository"] = _repository_of(ps)
+    return described
 
 
-def policy_set_create(*, actor: Any, name: str, policies: Any, description: str = "", is_global: bool = False,
-                      workspaces: Sequence[int] = ()) -> PolicySet:
+REPOSITORY_FIELDS = ("vcs_connection", "vcs_repository", "vcs_branch", "vcs_directory")
+
+
+def _repository_of(ps: PolicySet) -> dict[str, Any]:
+    return {"connection": ps.vcs_connection.name if ps.vcs_connection_id else None,
+            "repository": ps.vcs_repository, "branch": ps.vcs_branch, "directory": ps.vcs_directory,
+            "sha": ps.vcs_sha}
+
+
+def _follow(ps: PolicySet, repository: dict[str, Any] | None) -> None:
+    """Point the set at a repository (`repository`: the checked fields, see
+    tasks_app.vcs.policy_sync.repository_values) or back to uploads (None: its policies are
+    kept). Either way nothing of the previous repository's sync is remembered."""
+    if repository is None:
+        ps.source = "upload"
+        ps.vcs_connection, ps.vcs_repository, ps.vcs_branch, ps.vcs_directory = None, "", "", ""
+    else:
+        if set(repository) != set(REPOSITORY_FIELDS):
+            raise Invalid("repository: connection, repository, branch and directory are required")
+        ps.source = "vcs"
+        for field in REPOSITORY_FIELDS:
+            setattr(ps, field, repository[field])
+    ps.vcs_sha, ps.vcs_synced_at, ps.vcs_sync_error, ps.vcs_error_sha = "", None, "", ""
+    ps.vcs_polled_at, ps.vcs_delivery_id = None, None
+
+
+def policy_set_create(*, actor: Any, name: str, policies: Any = None, description: str = "",
+                      is_global: bool = False, workspaces: Sequence[int] = (),
+                      repository: dict[str, Any] | None = None) -> PolicySet:
+    """A set of uploaded `policies`, or (`repository`, checked by
+    tasks_app.vcs.policy_sync.repository_values) one that follows a repository: it starts
+    with no policies and takes them from the first sync."""
     _require_site_admin(actor)
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise invalid_field("name", "1 to 100 letters, digits, '-' or '_'")
     description, is_global = _text("description", description), _flag("global", is_global)
-    checked = _checked_policies(policies)
+    if repository is not None and policies is not None:
+        raise invalid_field("policies", "a set that follows a repository takes its policies from it")
+    checked = _checked_policies(policies) if repository is None else []
     attached = _workspaces(workspaces)
     try:
         with transaction.atomic():
-            ps = PolicySet.objects.create(name=name, description=description, is_global=is_global)
+            ps = PolicySet(name=name, description=description, is_global=is_global)
+            _follow(ps, repository)
+            ps.save(force_insert=True)
             ps.workspaces.set(attached)
             for p in checked:
                 p.policy_set = ps
@@ -165,9 +208,11 @@ def policy_set_create(*, actor: Any, name: str, policies: Any, description: str 
 
 def policy_set_update(*, actor: Any, policy_set_id: int, changes: dict[str, Any]) -> PolicySet:
     """Change a set: any of name, description, global, workspaces (the full list), policies
-    (the full list: replaces the set's). Checked whole before anything is written."""
+    (the full list: replaces the set's; not for a set that follows a repository), repository
+    (checked fields: follow it; None: back to uploads, keeping the policies). Checked whole
+    before anything is written."""
     _require_site_admin(actor)
-    unknown = set(changes) - {"name", "description", "global", "workspaces", "policies"}
+    unknown = set(changes) - {"name", "description", "global", "workspaces", "policies", "repository"}
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
     if "name" in changes and (not isinstance(changes["name"], str) or not NAME.fullmatch(changes["name"])):
@@ -184,6 +229,11 @@ def policy_set_update(*, actor: Any, policy_set_id: int, changes: dict[str, Any]
             if ps is None:
                 raise NotFound(f"no policy set {policy_set_id}")
             before = _described(ps)
+            if "repository" in changes:
+                _follow(ps, changes["repository"])
+            if checked is not None and ps.source == "vcs":
+                raise invalid_field("policies", "this set follows a repository: its policies come from there "
+                                                "(set repository to null to upload them)")
             for field, attr in (("name", "name"), ("description", "description"), ("global", "is_global")):
                 if field in changes:
                     setattr(ps, attr, changes[field])
@@ -200,6 +250,42 @@ def policy_set_update(*, actor: Any, policy_set_id: int, changes: dict[str, Any]
     except IntegrityError as exc:
         raise Conflict(f"a policy set named '{changes.get('name')}' exists") from exc
     return ps
+
+
+def policy_set_sync_replace(*, policy_set_id: int, policies: Any, sha: str, actor: Any,
+                            delivery_id: int | None = None) -> PolicySet:
+    """A repository's policies at commit `sha` replace the set's, all at once: checked and
+    compiled as an upload's are, then written in one transaction with the commit recorded
+    and audited. Invalid (nothing written) when a module does not compile. Called by the
+    sync (tasks_app.vcs.policy_sync) for a set a site admin pointed at the repository."""
+    checked = _checked_policies(policies)
+    with transaction.atomic():
+        ps = PolicySet.objects.select_for_update().filter(id=policy_set_id, source="vcs").first()
+        if ps is None:
+            raise NotFound(f"no policy set {policy_set_id} following a repository")
+        before = _described(ps)
+        ps.policies.all().delete()
+        for p in checked:
+            p.policy_set = ps
+        Policy.objects.bulk_create(checked)
+        ps.vcs_sha, ps.vcs_synced_at, ps.vcs_sync_error, ps.vcs_error_sha = sha, timezone.now(), "", ""
+        if delivery_id is not None:
+            ps.vcs_delivery_id = delivery_id
+        ps.save()
+        audit_record(actor=actor, action="policy_set.sync", obj=ps, data={"before": before, "after": _described(ps)})
+    return ps
+
+
+def policy_set_sync_failed(*, policy_set_id: int, sha: str, error: str, actor: Any) -> None:
+    """A sync that failed: the set keeps its policies; the error is recorded and audited."""
+    with transaction.atomic():
+        ps = PolicySet.objects.select_for_update().filter(id=policy_set_id).first()
+        if ps is None:
+            return
+        ps.vcs_sync_error, ps.vcs_error_sha = error[:10000], sha
+        ps.save(update_fields=["vcs_sync_error", "vcs_error_sha", "updated_at"])
+        audit_record(actor=actor, action="policy_set.sync_failed", obj=ps,
+                     data={"sha": sha, "error": error[:2000], "kept": _described(ps)})
 
 
 def policy_set_delete(*, actor: Any, policy_set_id: int) -> None:

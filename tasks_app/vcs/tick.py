@@ -1,7 +1,8 @@
 """The VCS tick (Celery beat, IAC_VCS_TICK_SECONDS): deliveries nobody is processing (the
 enqueue after the answer was lost, a worker died mid-way), plain git branches due for an
-ls-remote poll, and reports the forges have not received yet. One tick at a time across
-workers (a Postgres advisory lock); each item on its own, a failing one is logged."""
+ls-remote poll (workspaces' and policy sets'), and reports the forges have not received
+yet. One tick at a time across workers (a Postgres advisory lock); each item on its own, a
+failing one is logged."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from iacplatform.pglock import try_advisory_lock
 from tasks_app.models import Workspace
 from tasks_app.vcs import git
 from tasks_app.vcs.models import VcsKind
+from tasks_app.vcs.policy_sync import policy_set_poll, policy_sets_poll_due
 from tasks_app.vcs.reports import report_send, reports_due
 from tasks_app.vcs.webhooks import deliveries_stalled, delivery_process, delivery_store_polled
 
@@ -75,6 +77,7 @@ def vcs_tick() -> dict[str, Any]:
         results: dict[str, Any] = {}
         _each("deliveries", deliveries_stalled(), lambda i: delivery_process(delivery_id=i), results)
         _each("polls", workspaces_poll_due(), lambda i: workspace_poll(workspace_id=i), results)
+        _each("policy_sets", policy_sets_poll_due(), lambda i: policy_set_poll(policy_set_id=i), results)
         _each("reports", reports_due(), lambda i: report_send(report_id=i), results)
         return results
 

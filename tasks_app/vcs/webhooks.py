@@ -7,7 +7,8 @@ enqueues `delivery_process`; the VCS tick picks up whatever that missed (a worke
 Redis away) once the claim's lease has run out. Processing claims the row with a
 conditional update, fetches the commit, and in one transaction makes the configurations,
 the runs, their report rows and marks the delivery processed: a crash before the commit
-leaves nothing half-made, and the retry starts over."""
+leaves nothing half-made, and the retry starts over. A push also syncs the policy sets that
+follow its branch (tasks_app.vcs.policy_sync), before its runs are made."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from tasks_app.vcs import events as vcs_events
 from tasks_app.vcs import git
 from tasks_app.vcs.events import Change
 from tasks_app.vcs.models import HeldPullRequest, VcsConnection, VcsKind, VcsReport, WebhookDelivery
+from tasks_app.vcs.policy_sync import policy_sets_sync_push
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +188,21 @@ def _finish(delivery: WebhookDelivery, result: str, **fields: Any) -> str:
 
 
 def _process(delivery: WebhookDelivery) -> str:
+    """Policy sets following the pushed branch are synced first (so the runs this push
+    starts are checked against them), then the workspaces' runs are made."""
     change = _change(delivery)
+    if change is not None and not change.deleted and change.kind == "branch":
+        git.checked_sha(change.sha)
+        synced = policy_sets_sync_push(connection=delivery.connection, change=change, delivery_id=delivery.id)
+        if synced:
+            result = _process_runs(delivery, change)
+            result = "; ".join([*synced, result])
+            WebhookDelivery.objects.filter(id=delivery.id).update(result=result[:5000])
+            return result
+    return _process_runs(delivery, change)
+
+
+def _process_runs(delivery: WebhookDelivery, change: Change | None) -> str:
     connection = delivery.connection
     if change is None or change.deleted:
         return _finish(delivery, "nothing to run (a deleted branch or an action that starts nothing)")
