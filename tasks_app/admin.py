@@ -540,6 +540,34 @@ def service_problems(form: forms.Form, write: Any) -> None:
         form.add_error(None, str(exc))
 
 
+class ServiceAdmin(admin.ModelAdmin):
+    """An admin whose form writes through the model's service (`form.write(actor)`, checked
+    first by service_problems in the form's clean) and whose deletes go through
+    `delete_through_service`: the API's rules and audit records, from the admin."""
+
+    delete_related: tuple[str, ...] = ()  # what delete_through_service reads of each row
+
+    def delete_through_service(self, obj: Any, actor: Any) -> None:
+        raise NotImplementedError
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.actor = request.user  # the service's checks (service_problems) are the acting user's
+        return form
+
+    def save_model(self, request: HttpRequest, obj: Any, form: forms.ModelForm, change: bool) -> None:
+        saved = form.write(request.user)
+        obj.pk = saved.pk
+        obj.id = saved.id
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self.delete_through_service(obj, request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for obj in queryset.select_related(*self.delete_related):
+            self.delete_through_service(obj, request.user)
+
+
 class VariableSetAdminForm(forms.ModelForm):
     """The admin's door to variable sets, with the API's rules: written (and checked, and
     audited) by tasks_app/workflows/variable_sets.py; the workspaces a set of scope
@@ -597,25 +625,16 @@ class VariableSetVariableInline(admin.TabularInline):
 
 
 @admin.register(VariableSet)
-class VariableSetAdmin(admin.ModelAdmin):
+class VariableSetAdmin(ServiceAdmin):
     form = VariableSetAdminForm
     list_display = ["name", "scope", "priority", "team", "created_at"]
     list_filter = ["scope", "priority"]
     filter_horizontal = ["workspaces"]
     inlines = [VariableSetVariableInline]
-
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        form = super().get_form(request, obj, change=change, **kwargs)
-        form.actor = request.user  # the service's checks are the acting user's
-        return form
+    delete_related = ("team",)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["team"] if obj is not None else []  # who owns a set does not change (as in the API)
-
-    def save_model(self, request: HttpRequest, obj: VariableSet, form: forms.ModelForm, change: bool) -> None:
-        saved = form.write(request.user)
-        obj.pk = saved.pk
-        obj.id = saved.id
 
     def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
         """The service attached and detached the workspaces (save_model); the inline's rows
@@ -623,12 +642,8 @@ class VariableSetAdmin(admin.ModelAdmin):
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
-    def delete_model(self, request: HttpRequest, obj: VariableSet) -> None:
-        variable_set_delete(variable_set=obj, actor=request.user)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[VariableSet]) -> None:
-        for variable_set in queryset:
-            variable_set_delete(variable_set=variable_set, actor=request.user)
+    def delete_through_service(self, obj: VariableSet, actor: Any) -> None:
+        variable_set_delete(variable_set=obj, actor=actor)
 
 
 class VariableSetVariableAdminForm(forms.ModelForm):
@@ -670,15 +685,11 @@ class VariableSetVariableAdminForm(forms.ModelForm):
 
 
 @admin.register(VariableSetVariable)
-class VariableSetVariableAdmin(admin.ModelAdmin):
+class VariableSetVariableAdmin(ServiceAdmin):
     form = VariableSetVariableAdminForm
     list_display = ["key", "variable_set", "category", "sensitive", "shown_value"]
     list_filter = ["category", "sensitive", "variable_set"]
-
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        form = super().get_form(request, obj, change=change, **kwargs)
-        form.actor = request.user
-        return form
+    delete_related = ("variable_set__team",)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["variable_set"] if obj is not None else []
@@ -687,17 +698,8 @@ class VariableSetVariableAdmin(admin.ModelAdmin):
     def shown_value(self, obj: VariableSetVariable) -> str:
         return "sensitive" if obj.sensitive else obj.plain_value
 
-    def save_model(self, request: HttpRequest, obj: VariableSetVariable, form: forms.ModelForm, change: bool) -> None:
-        saved = form.write(request.user)
-        obj.pk = saved.pk
-        obj.id = saved.id
-
-    def delete_model(self, request: HttpRequest, obj: VariableSetVariable) -> None:
-        set_variable_delete(variable=obj, actor=request.user)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[VariableSetVariable]) -> None:
-        for variable in queryset.select_related("variable_set__team"):
-            set_variable_delete(variable=variable, actor=request.user)
+    def delete_through_service(self, obj: VariableSetVariable, actor: Any) -> None:
+        set_variable_delete(variable=obj, actor=actor)
 
 
 class NotificationDestinationAdminForm(forms.ModelForm):
@@ -736,31 +738,17 @@ class NotificationDestinationAdminForm(forms.ModelForm):
 
 
 @admin.register(NotificationDestination)
-class NotificationDestinationAdmin(admin.ModelAdmin):
+class NotificationDestinationAdmin(ServiceAdmin):
     form = NotificationDestinationAdminForm
     list_display = ["name", "workspace", "kind", "url", "enabled", "created_at"]
     list_filter = ["kind", "enabled"]
-
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        form = super().get_form(request, obj, change=change, **kwargs)
-        form.actor = request.user
-        return form
+    delete_related = ("workspace",)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["workspace"] if obj is not None else []
 
-    def save_model(self, request: HttpRequest, obj: NotificationDestination, form: forms.ModelForm,
-                   change: bool) -> None:
-        saved = form.write(request.user)
-        obj.pk = saved.pk
-        obj.id = saved.id
-
-    def delete_model(self, request: HttpRequest, obj: NotificationDestination) -> None:
-        notification_destination_delete(destination=obj, actor=request.user)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[NotificationDestination]) -> None:
-        for destination in queryset.select_related("workspace"):
-            notification_destination_delete(destination=destination, actor=request.user)
+    def delete_through_service(self, obj: NotificationDestination, actor: Any) -> None:
+        notification_destination_delete(destination=obj, actor=actor)
 
 
 @admin.register(NotificationDelivery)

@@ -10,19 +10,12 @@ from tasks_app.models import Workspace
 from tasks_app.vcs.models import WebhookDelivery
 from tests.live import wait_for
 from tests.vcs.forge import push_payload, send
-from tests.vcs.test_runs_from_git import CHANGED_TF, REPO, Vcs
+from tests.vcs.test_runs_from_git import CHANGED_TF, REPO, vcs  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def vcs(scenario, tmp_path):
-    v = Vcs(scenario, tmp_path)
-    yield v
-    v.stop()
-
-
-def test_a_late_webhook_of_an_older_push_does_not_undo_the_newer_commits_run(vcs):
+def test_a_late_webhook_of_an_older_push_does_not_undo_the_newer_commits_run(vcs):  # noqa: F811
     vcs.s.agent("a1")
     first = vcs.repo.commit({"infra/main.tf": CHANGED_TF}, "First change")
     second = vcs.repo.commit({"infra/main.tf": CHANGED_TF.replace("hello again", "hello thrice")}, "Second change")

@@ -10,19 +10,12 @@ import pytest
 from tests.e2e.test_policies import ALLOW_ALL, DENY_TERRAFORM_DATA
 from tests.live import wait_for
 from tests.vcs.forge import pull_request_payload, send
-from tests.vcs.test_runs_from_git import CHANGED_TF, REPO, Vcs
+from tests.vcs.test_runs_from_git import CHANGED_TF, REPO, vcs  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def vcs(scenario, tmp_path):
-    v = Vcs(scenario, tmp_path)
-    yield v
-    v.stop()
-
-
-def test_a_pull_requests_status_fails_on_a_mandatory_policy_and_its_comment_lists_each_policy(vcs):
+def test_a_pull_requests_status_fails_on_a_mandatory_policy_and_its_comment_lists_each_policy(vcs):  # noqa: F811
     vcs.user.request("POST", "/api/v1/policy-sets/", expect=201, json={
         "name": "guard", "workspaces": [vcs.ws["id"]], "policies": [
             {"name": "no-data", "enforcement_level": "soft-mandatory", "module": DENY_TERRAFORM_DATA},
