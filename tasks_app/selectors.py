@@ -21,6 +21,7 @@ from tasks_app.logrender import ansi_safe_cut, strip_ansi
 from tasks_app.models import AuditEvent, LogChunk, PolicySet, StateVersion, Task, TaskEvent, Workspace
 from tasks_app.redaction import sensitive_values
 from tasks_app.states import BLOCKING, Operation, PolicyStatus, RunStatus
+from tasks_app.workflows.set_reads import sets_applying
 
 # The most of a run's log one API call or websocket message carries; clients page on with
 # `next_offset`. (A log may hold IAC_MAX_LOG_BYTES, 50 MiB by default.)
@@ -340,13 +341,20 @@ def masked_values_for(user: Any, workspace: Workspace) -> list[str] | None:
 
 
 def sensitive_values_changed_since(workspace_id: int, moment: datetime) -> bool:
-    """Whether a sensitive variable of the workspace was changed or deleted after `moment`
-    (its audit record says so): what was written before may hold a value no longer known,
+    """Whether a sensitive value the workspace's runs could have used was changed or deleted
+    after `moment` (the audit records say so): one of its own variables, one of a variable
+    set that applies to it, a set detached from it, or any set deleted (which workspaces it
+    applied to is gone with it). What was written before may hold a value no longer known,
     which therefore cannot be masked by value."""
-    return AuditEvent.objects.filter(
-        Q(action="variable.update", data__sensitive=True) | Q(action="variable.delete"),
-        object_type="workspace", object_id=str(workspace_id), created_at__gt=moment,
-    ).exists()
+    own = Q(action__in=["variable.update", "variable.delete"], object_type="workspace", object_id=str(workspace_id))
+    own_changed = Q(action="variable.update", data__sensitive=True) | Q(action="variable.delete")
+    set_ids = [str(i) for i in sets_applying(workspace_id).values_list("id", flat=True)]
+    set_changed = Q(object_type="variableset", object_id__in=set_ids, data__sensitive=True,
+                    action__in=["variable_set.variable_update", "variable_set.variable_delete"])
+    name = Workspace.objects.filter(id=workspace_id).values_list("name", flat=True).first()
+    set_gone = Q(action="variable_set.detach", data__workspace=name) | Q(action="variable_set.delete")
+    return AuditEvent.objects.filter(created_at__gt=moment).filter(
+        (own & own_changed) | set_changed | set_gone).exists()
 
 
 def state_outputs(workspace_id: int, masked: list[str] | None = None) -> list[dict[str, Any]]:

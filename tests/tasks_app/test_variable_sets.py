@@ -101,3 +101,37 @@ def test_it_lets_a_team_attach_its_set_only_where_it_administers(bob, charlie, p
     assert applied[0]["name"] == "net-creds" and applied[0]["variables"][0]["value"] is None
     assert "s3cret" not in str(list(AuditEvent.objects.values_list("data", flat=True)))
     assert team.name == "net"
+
+
+def test_a_reader_sees_every_output_masked_once_a_sets_secret_the_state_may_hold_is_rotated(alice, charlie, pool):
+    """The state may hold a variable set's old secret in clear (an output that prints it): while
+    the set still has that value, a reader sees it masked by value; once it is rotated, the
+    old value is known no more, so every output is masked for readers (as for a workspace
+    variable's)."""
+    import json
+
+    from iacplatform import crypto
+    from tasks_app.models import StateVersion
+    from tasks_app.workflows.models import VariableSetVariable
+    from tasks_app.workflows.variable_sets import set_variable_update, variable_set_create
+
+    ws = make_workspace(pool=pool)
+    grant(charlie, ws, AccessLevel.READ, team_name="readers")
+    shared = variable_set_create(actor=alice, name="shared", scope="global")
+    secret = VariableSetVariable(variable_set=shared, key="api_key", category="terraform", sensitive=True)
+    secret.set_value("k3y-0ld-v4lue")
+    secret.save()
+    state = json.dumps({"version": 4, "serial": 1, "lineage": "l", "outputs": {
+        "url": {"value": "https://svc?key=k3y-0ld-v4lue", "type": "string"},
+        "region": {"value": "eu-west-1", "type": "string"}}}).encode()
+    StateVersion.objects.create(workspace=ws, serial=1, lineage="l", sha256="c" * 64, size=len(state),
+                                encrypted_data=crypto.encrypt(state))
+
+    def outputs() -> dict:
+        return {o["name"]: o["value"] for o in _client(charlie).get(f"/api/v1/workspaces/{ws.id}/outputs/").json()}
+
+    assert outputs() == {"region": "eu-west-1", "url": "https://svc?key=***"}
+    set_variable_update(variable=secret, actor=alice, changes={"value": "k3y-n3w-v4lue"})
+    assert outputs() == {"region": "***", "url": "***"}, "what the state holds can no longer be told apart"
+    assert _client(alice).get(f"/api/v1/workspaces/{ws.id}/outputs/").json()[1]["value"] == \
+        "https://svc?key=k3y-0ld-v4lue"
