@@ -16,6 +16,7 @@ urlpatterns = [
     path("workspaces/<int:workspace_id>/unlock/", views_workspace.workspace_lock, {"lock": False},
          name="workspace-unlock"),
     path("workspaces/<int:workspace_id>/access/", views_workspace.workspace_access, name="workspace-access"),
+    path("workspaces/<int:workspace_id>/sharing/", views_workspace.workspace_sharing, name="workspace-sharing"),
     path("workspaces/<int:workspace_id>/variables/", views_workspace.variable_add, name="workspace-variable-create"),
     path("variables/<int:variable_id>/", views_workspace.variable_edit, name="variable-update"),
     path("variables/<int:variable_id>/delete/", views_workspace.variable_remove, name="variable-delete"),

@@ -26,6 +26,7 @@ from iacplatform.permissions import (
     can_use_pool,
     creating_team,
     is_site_admin,
+    readable_workspaces,
     require,
 )
 from tasks_app.models import AccessLevel, ApiToken, VariableCategory, Workspace, WorkspaceAccess
@@ -106,12 +107,15 @@ def workspace_detail(request: HttpRequest, workspace_id: int) -> HttpResponse:
         "variable_sets": sets_applying(ws.id).prefetch_related("variables"),
         "destinations": ws.notification_destinations.prefetch_related("deliveries__attempt_rows").order_by("name"),
         "trigger_sources": ws.trigger_sources.order_by("name"),
+        "state_consumers": ws.remote_state_consumers.order_by("name"),
+        "tag_bindings": sorted(ws.tag_bindings.items()),
     }
     if "settings" in allowed:
         context["pools"] = [p for p in AgentPool.objects.order_by("name")
                             if p.id == ws.pool_id or can_use_pool(request.user, p)]
         context["teams"] = Group.objects.order_by("name").values_list("name", flat=True)
         context["vcs_connections"] = VcsConnection.objects.order_by("name").values_list("name", flat=True)
+        context["sharing_candidates"] = readable_workspaces(request.user).exclude(id=ws.id).order_by("name")
     return render(request, "tasks_app/workspace_detail.html", context)
 
 

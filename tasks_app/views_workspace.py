@@ -30,7 +30,12 @@ from tasks_app.serializers import VariableSerializer
 from tasks_app.services import variables
 from tasks_app.services.audit import audit_record
 from tasks_app.services.configs import configuration_create_from_archive
-from tasks_app.services.workspaces import workspace_access_remove, workspace_access_set, workspace_update
+from tasks_app.services.workspaces import (
+    workspace_access_remove,
+    workspace_access_set,
+    workspace_remote_state_consumers_change,
+    workspace_update,
+)
 from tasks_app.state_diff import TooLargeToCompare, state_versions_diff
 from tasks_app.vcs.connections import workspace_follow_repository
 from tasks_app.workflows.models import NotificationDestination
@@ -141,6 +146,27 @@ def workspace_access(request: HttpRequest, workspace_id: int) -> HttpResponse:
         raise
     except PlatformError as exc:  # NotFound here is a team, not the workspace: say so on the page
         messages.error(request, f"Access not changed: {exc}")
+    return _back(ws, "settings")
+
+
+@workspace_form
+def workspace_sharing(request: HttpRequest, workspace_id: int) -> HttpResponse:
+    """Remote state sharing from the page: the workspaces whose runs may read this one's
+    state and outputs (`terraform_remote_state`), replaced by the form's choice (`admin`)."""
+    ws = workspace_for(request.user, Action.READ, workspace_id)
+    ids = request.POST.getlist("consumers")
+    if not all(i.isascii() and i.isdigit() and len(i) <= 18 for i in ids):
+        messages.error(request, "Sharing not changed: a workspace id is not a number.")
+        return _back(ws, "settings")
+    consumers = list(Workspace.objects.filter(id__in=[int(i) for i in ids]).exclude(id=ws.id))
+    try:
+        workspace_remote_state_consumers_change(workspace=ws, actor=request.user, consumers=consumers, mode="replace")
+        names = ", ".join(sorted(c.name for c in consumers)) or "none"
+        messages.success(request, f"Runs of these workspaces may read this one's state and outputs: {names}.")
+    except Forbidden:
+        raise
+    except PlatformError as exc:  # a chosen workspace the user may not read: as if it did not exist
+        messages.error(request, f"Sharing not changed: {exc}")
     return _back(ws, "settings")
 
 

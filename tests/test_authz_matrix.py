@@ -390,6 +390,10 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: f"/workspaces/{w.a.id}/access/", _expect(302, 403, 403, 404), api=False,
              body=lambda w, u: {"team": "viewers", "level": "read"}),
     ],
+    "workspace-sharing": [
+        Case("POST", lambda w, u: f"/workspaces/{w.a.id}/sharing/", _expect(302, 403, 403, 404), api=False,
+             body=lambda w, u: {"consumers": [str(w.b.id)]}),
+    ],
     "workspace-variable-create": [
         Case("POST", lambda w, u: f"/workspaces/{w.a.id}/variables/", _expect(302, 302, 403, 404), api=False,
              body=lambda w, u: {"key": f"k_{u}", "value": "v", "category": "terraform"}),

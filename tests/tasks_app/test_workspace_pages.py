@@ -24,6 +24,7 @@ from tasks_app.models import (
     StateVersion,
     Task,
     Variable,
+    Workspace,
     WorkspaceAccess,
 )
 from tasks_app.services.runs import run_create
@@ -332,3 +333,24 @@ def test_it_shows_statuses_in_words_and_times_exactly_on_hover(alice, workspace)
     html = page(login(alice).get(f"/workspaces/{workspace.id}/"))
     assert 'class="status tone-wait status-apply_pending" data-status="apply_pending">apply pending</span>' in html
     assert '<time datetime="' in html and ' UTC">just now</time>' in html
+
+
+def test_it_shows_tags_and_lets_an_admin_share_the_state_from_the_page(alice, bob, pool, workspace):
+    consumer = make_workspace(pool=pool)
+    Workspace.objects.filter(id=workspace.id).update(tags=["app"], tag_bindings={"env": "prod"})
+    client = login(alice)
+    shown = page(client.get(f"/workspaces/{workspace.id}/"))
+    assert "<code>app</code>" in shown and "<code>env=prod</code>" in shown
+    assert f'<option value="{consumer.id}">{consumer.name}</option>' in shown
+
+    saved = client.post(f"/workspaces/{workspace.id}/sharing/", {"consumers": [str(consumer.id)]}, follow=True)
+    assert f"may read this one's state and outputs: {consumer.name}." in page(saved)
+    assert list(workspace.remote_state_consumers.all()) == [consumer]
+    assert AuditEvent.objects.filter(action="workspace.remote_state_consumers").exists()
+    # Someone without 'admin' on it: refused, nothing changed.
+    refused = login(bob).post(f"/workspaces/{workspace.id}/sharing/", {"consumers": []})
+    assert refused.status_code in (403, 404)
+    assert list(workspace.remote_state_consumers.all()) == [consumer]
+    # Cleared by an admin.
+    client.post(f"/workspaces/{workspace.id}/sharing/", {})
+    assert not workspace.remote_state_consumers.exists()
