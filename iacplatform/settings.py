@@ -151,6 +151,8 @@ try:
     IAC_VCS_TICK_SECONDS = env.float("IAC_VCS_TICK_SECONDS", 2.0, validate=POSITIVE)
     # How long a git fetch or a forge call may take.
     IAC_VCS_TIMEOUT_SECONDS = env.int("IAC_VCS_TIMEOUT_SECONDS", 60, validate=POSITIVE)
+    # A failed report to a forge is tried again after base * 2^attempts seconds, at most 600.
+    IAC_VCS_REPORT_BACKOFF_SECONDS = env.float("IAC_VCS_REPORT_BACKOFF_SECONDS", 1.0, validate=POSITIVE)
     IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
     # Policy checks (tasks_app.services.policy_checks): the bounds of one evaluation in the
     # worker's warm evaluator (a policy past them fails with that reason), a module's size.
