@@ -110,15 +110,49 @@ def test_it_calls_a_missing_or_late_sweep_degraded():
 
 
 @dataclass
+class OwnPostgres:
+    """A PostgreSQL of the module's own (pgserver, in a temp dir), shared by its tests: a test
+    may stop it (own_servers starts it again after), and a migrated database is made once (or
+    taken from the test that migrates one) and copied (CREATE DATABASE ... TEMPLATE) for each
+    test that needs one."""
+
+    root: Path
+    pg: pgserver.PostgresServer | None = None
+    template: str = ""  # a migrated database no one is connected to
+
+    def server(self) -> pgserver.PostgresServer:
+        if self.pg is None:
+            self.pg = pgserver.get_server(self.root / "pg", cleanup_mode="stop")
+        return self.pg
+
+    def stop(self) -> None:
+        if self.pg is not None:
+            self.pg.cleanup()  # pg_ctl -w stop (cleanup_mode="stop"); the data dir stays
+            self.pg = None
+
+
+@dataclass
 class OwnServers:
     root: Path
-    pg: pgserver.PostgresServer
+    postgres: OwnPostgres
     redis_dir: Path
     redis_socket: Path
 
     def database_url(self, name: str) -> str:
-        self.pg.psql(f"CREATE DATABASE {name};")
-        return self.pg.get_uri(name)
+        """An empty database: no migration applied."""
+        pg = self.postgres.server()
+        pg.psql(f"CREATE DATABASE {name};")
+        return pg.get_uri(name)
+
+    def migrated_database_url(self, name: str) -> str:
+        """A database with every migration applied (`manage.py migrate`, once per module)."""
+        pg = self.postgres.server()
+        if not self.postgres.template:
+            pg.psql("CREATE DATABASE migrated;")
+            _manage(_env(self, pg.get_uri("migrated"), free_port()), "migrate", "--no-input")
+            self.postgres.template = "migrated"
+        pg.psql(f"CREATE DATABASE {name} TEMPLATE {self.postgres.template};")
+        return pg.get_uri(name)
 
     def stop_redis(self) -> None:
         pid = int((self.redis_dir / "redis.pid").read_text())
@@ -126,24 +160,38 @@ class OwnServers:
         wait_for(lambda: not embedded._redis_alive(self.redis_socket), 10, "redis to stop")
 
     def stop_postgres(self) -> None:
-        self.pg.cleanup()  # pg_ctl -w stop (cleanup_mode="stop"); the data dir stays until the rmtree
+        self.postgres.stop()
+
+
+def _own_root(prefix: str) -> Path:
+    # Not pytest's tmp_path: pgserver runs PostgreSQL as its own user when we are root, and
+    # that user must be able to enter the directory.
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    return root
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[OwnPostgres]:
+    postgres = OwnPostgres(root=_own_root("iac-health-pg-"))
+    try:
+        yield postgres
+    finally:
+        postgres.stop()
+        shutil.rmtree(postgres.root, ignore_errors=True)
 
 
 @pytest.fixture
-def own_servers() -> Iterator[OwnServers]:
-    # Not pytest's tmp_path: pgserver runs PostgreSQL as its own user when we are root, and
-    # that user must be able to enter the directory.
-    root = Path(tempfile.mkdtemp(prefix="iac-health-"))
-    root.chmod(0o755)
-    pg = pgserver.get_server(root / "pg", cleanup_mode="stop")
+def own_servers(own_postgres) -> Iterator[OwnServers]:
+    root = _own_root("iac-health-")
+    own_postgres.server()  # running again if the test before stopped it
     redis_socket = embedded.ensure_redis(root)
-    servers = OwnServers(root=root, pg=pg, redis_dir=root / "redis", redis_socket=redis_socket)
+    servers = OwnServers(root=root, postgres=own_postgres, redis_dir=root / "redis", redis_socket=redis_socket)
     try:
         yield servers
     finally:
         if embedded._redis_alive(redis_socket):
             servers.stop_redis()
-        servers.stop_postgres()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -215,6 +263,7 @@ def _ready_once(base: str, reached, what: str) -> tuple[int, dict]:
 
 @pytest.mark.e2e
 @pytest.mark.longest
+@pytest.mark.xdist_group("health-own-postgres")  # one worker: one module PostgreSQL, one migrate for two tests
 def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
     port = free_port()
     env = _env(own_servers, own_servers.database_url("fresh"), port)
@@ -230,14 +279,16 @@ def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
         _manage(env, "migrate", "--no-input")
         _, body = _ready_once(base, lambda s, b: b["checks"]["migrations"]["status"] == "ok", "migrations applied")
         assert "error" not in body["checks"]["migrations"]
+    # Daphne gone, nothing uses the database: the module's other tests copy it, not migrate again.
+    own_servers.postgres.template = own_servers.postgres.template or "fresh"
 
 
 @pytest.mark.e2e
 @pytest.mark.longest
+@pytest.mark.xdist_group("health-own-postgres")  # one worker: one module PostgreSQL, one migrate for two tests
 def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_servers):
     port = free_port()
-    env = _env(own_servers, own_servers.database_url("platform"), port)
-    _manage(env, "migrate", "--no-input")
+    env = _env(own_servers, own_servers.migrated_database_url("platform"), port)
     # One control-loop tick, as the Celery worker runs it: the sweep's time is recorded.
     _manage(env, "shell", "-c", "from tasks_app.services.sweep import sweep; sweep()")
     with _daphne(env, port) as base:
@@ -262,10 +313,11 @@ def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_server
 
 @pytest.mark.e2e
 @pytest.mark.longest
+@pytest.mark.xdist_group("health-own-postgres")  # one worker: one module PostgreSQL, one migrate for two tests
 def test_it_reports_a_late_sweep_as_degraded(own_servers):
     port = free_port()
-    env = _env(own_servers, own_servers.database_url("nosweep"), port)
-    _manage(env, "migrate", "--no-input")  # no sweep ever ran: no worker, no beat
+    # Migrated, but no sweep ever ran: no worker, no beat.
+    env = _env(own_servers, own_servers.migrated_database_url("nosweep"), port)
     with _daphne(env, port) as base:
         status, body = _ready(base)
     assert (status, body["status"]) == (200, "degraded"), body
