@@ -263,7 +263,6 @@ def _ready_once(base: str, reached, what: str) -> tuple[int, dict]:
 
 @pytest.mark.e2e
 @pytest.mark.longest
-@pytest.mark.xdist_group("health-own-postgres")  # one worker: one module PostgreSQL, one migrate for two tests
 def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
     port = free_port()
     env = _env(own_servers, own_servers.database_url("fresh"), port)
@@ -285,7 +284,6 @@ def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
 
 @pytest.mark.e2e
 @pytest.mark.longest
-@pytest.mark.xdist_group("health-own-postgres")  # one worker: one module PostgreSQL, one migrate for two tests
 def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_servers):
     port = free_port()
     env = _env(own_servers, own_servers.migrated_database_url("platform"), port)
@@ -313,7 +311,6 @@ def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_server
 
 @pytest.mark.e2e
 @pytest.mark.longest
-@pytest.mark.xdist_group("health-own-postgres")  # one worker: one module PostgreSQL, one migrate for two tests
 def test_it_reports_a_late_sweep_as_degraded(own_servers):
     port = free_port()
     # Migrated, but no sweep ever ran: no worker, no beat.
