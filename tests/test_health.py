@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pgserver
@@ -119,6 +119,7 @@ class OwnPostgres:
     root: Path
     pg: pgserver.PostgresServer | None = None
     template: str = ""  # a migrated database no one is connected to
+    suite_database: dict = field(default_factory=dict)  # the suite's (migrated) test database
 
     def server(self) -> pgserver.PostgresServer:
         if self.pg is None:
@@ -145,11 +146,14 @@ class OwnServers:
         return pg.get_uri(name)
 
     def migrated_database_url(self, name: str) -> str:
-        """A database with every migration applied (`manage.py migrate`, once per module)."""
+        """A database with every migration applied: the suite's test database's schema and
+        its record of applied migrations, copied (`manage.py migrate` if that fails), once per
+        module."""
         pg = self.postgres.server()
         if not self.postgres.template:
             pg.psql("CREATE DATABASE migrated;")
-            _manage(_env(self, pg.get_uri("migrated"), free_port()), "migrate", "--no-input")
+            if not _copy_schema(self.postgres.suite_database, pg.get_uri("migrated")):
+                _manage(_env(self, pg.get_uri("migrated"), free_port()), "migrate", "--no-input")
             self.postgres.template = "migrated"
         pg.psql(f"CREATE DATABASE {name} TEMPLATE {self.postgres.template};")
         return pg.get_uri(name)
@@ -171,9 +175,39 @@ def _own_root(prefix: str) -> Path:
     return root
 
 
+def _copy_schema(suite: dict, url: str) -> bool:
+    """The suite's test database's schema and django_migrations rows into `url`'s database
+    (pg_dump, a second instead of a migrate's ten): the readiness checks read nothing else
+    a migrate writes. False when it cannot be had (no test database in this session, a
+    server pg_dump cannot read)."""
+    if not suite:
+        return False
+    bin_dir = pgserver.postgres_server.POSTGRES_BIN_PATH
+    env = dict(os.environ, PGPASSWORD=suite.get("PASSWORD") or "")
+    target = [f"--host={suite.get('HOST') or ''}", f"--port={suite.get('PORT') or 5432}",
+              f"--username={suite.get('USER') or 'postgres'}", suite["NAME"]]
+    try:
+        schema = subprocess.run([bin_dir / "pg_dump", "--schema-only", "--no-owner", "--no-privileges", *target],
+                                env=env, check=True, capture_output=True).stdout
+        applied = subprocess.run([bin_dir / "pg_dump", "--data-only", "--table=django_migrations", *target],
+                                 env=env, check=True, capture_output=True).stdout
+        subprocess.run([bin_dir / "psql", "--quiet", "--set=ON_ERROR_STOP=1", url], input=schema + applied,
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
-def own_postgres() -> Iterator[OwnPostgres]:
-    postgres = OwnPostgres(root=_own_root("iac-health-pg-"))
+def own_postgres(django_db_setup) -> Iterator[OwnPostgres]:
+    from django.db import connection
+    from django.db.backends.base.creation import TEST_DATABASE_PREFIX
+
+    # The test database exists only when a test of the session uses the database.
+    suite = dict(connection.settings_dict)
+    if not (suite["NAME"] == (suite.get("TEST") or {}).get("NAME") or suite["NAME"].startswith(TEST_DATABASE_PREFIX)):
+        suite = {}
+    postgres = OwnPostgres(root=_own_root("iac-health-pg-"), suite_database=suite)
     try:
         yield postgres
     finally:
