@@ -70,6 +70,9 @@ try:
     # How agents and terraform reach web: the jobs' state backend address and the --server of
     # the agents `manage.py up` starts. On Kubernetes, a Service name. Defaults to the public URL.
     IAC_AGENT_URL = _url_text(env.url("IAC_AGENT_URL", IAC_PUBLIC_URL))
+    # `manage.py up`: a program supervisord starts counts as started once it has run this
+    # long (each program's own time, 1 to 3 s, at most this); one that exits sooner failed to start.
+    IAC_UP_START_SECONDS = env.int("IAC_UP_START_SECONDS", 3, validate=Range(min=0, max=60))
     # "Header: value" a TLS-terminating proxy sets on https requests (Django's
     # SECURE_PROXY_SSL_HEADER). Default with an https public URL: "X-Forwarded-Proto: https";
     # set it to "off" when web is not behind such a proxy (the header could then be forged).
@@ -151,6 +154,8 @@ try:
     IAC_VCS_TICK_SECONDS = env.float("IAC_VCS_TICK_SECONDS", 2.0, validate=POSITIVE)
     # How long a git fetch or a forge call may take.
     IAC_VCS_TIMEOUT_SECONDS = env.int("IAC_VCS_TIMEOUT_SECONDS", 60, validate=POSITIVE)
+    # A failed report to a forge is tried again after base * 2^attempts seconds, at most 600.
+    IAC_VCS_REPORT_BACKOFF_SECONDS = env.float("IAC_VCS_REPORT_BACKOFF_SECONDS", 1.0, validate=POSITIVE)
     IAC_MAX_PLAN_BYTES = env.int("IAC_MAX_PLAN_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
     # Policy checks (tasks_app.services.policy_checks): the bounds of one evaluation in the
     # worker's warm evaluator (a policy past them fails with that reason), a module's size.
@@ -159,6 +164,8 @@ try:
     IAC_POLICY_MAX_MODULE_BYTES = env.int("IAC_POLICY_MAX_MODULE_BYTES", 256 * 1024, validate=POSITIVE)
     IAC_POLICY_EVALUATORS = env.int("IAC_POLICY_EVALUATORS", 2, validate=Range(min=1, max=32))
     DB_POOL = env.bool("IAC_DB_POOL", True)
+    # How long a request waits for a pooled connection (PostgreSQL down: then it answers 503).
+    IAC_DB_POOL_TIMEOUT_SECONDS = env.float("IAC_DB_POOL_TIMEOUT_SECONDS", 10.0, validate=POSITIVE)
     IAC_MAX_STATE_BYTES = env.int("IAC_MAX_STATE_BYTES", 50 * 1024 * 1024, validate=POSITIVE)
     # Behind a reverse proxy of ours: take the client's address (for the audit log) from
     # X-Forwarded-For. Off by default: a client could forge the header.
@@ -301,7 +308,8 @@ if not DATABASES["default"].get("NAME"):
 # A connection pool per process (psycopg_pool): every agent call would otherwise open a new
 # PostgreSQL connection (~3 ms on the Confirm -> apply path).
 if DB_POOL:
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 20, "timeout": 10}
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 20,
+                                                             "timeout": IAC_DB_POOL_TIMEOUT_SECONDS}
 # PostgreSQL may restart under running processes: the pool checks a connection before handing
 # it out (Django passes psycopg_pool's ConnectionPool.check_connection to the pool; without a
 # pool, Django's own check before reusing a connection), so no request or sweep gets one that

@@ -25,6 +25,8 @@ TEST_ENV = {
     # The tests' git servers and forge APIs listen on the loopback.
     "IAC_VCS_ALLOW_LOCAL_HOSTS": "true",
     "IAC_VCS_TICK_SECONDS": "1",
+    # A forge's failed report is retried within a second (2, 4, 8 s by default).
+    "IAC_VCS_REPORT_BACKOFF_SECONDS": "0.1",
     # Notifications: the tests' receivers listen on the loopback (a site's setting allows it;
     # tests/tasks_app/test_notifications.py checks the refusal without it), and retries come
     # within a second.

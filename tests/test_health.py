@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pgserver
@@ -110,15 +110,53 @@ def test_it_calls_a_missing_or_late_sweep_degraded():
 
 
 @dataclass
+class OwnPostgres:
+    """A PostgreSQL of the module's own (pgserver, in a temp dir), shared by its tests: a test
+    may stop it (own_servers starts it again after), and a migrated database is made once (or
+    taken from the test that migrates one) and copied (CREATE DATABASE ... TEMPLATE) for each
+    test that needs one."""
+
+    root: Path
+    pg: pgserver.PostgresServer | None = None
+    template: str = ""  # a migrated database no one is connected to
+    suite_database: dict = field(default_factory=dict)  # the suite's (migrated) test database
+
+    def server(self) -> pgserver.PostgresServer:
+        if self.pg is None:
+            self.pg = pgserver.get_server(self.root / "pg", cleanup_mode="stop")
+        return self.pg
+
+    def stop(self) -> None:
+        if self.pg is not None:
+            self.pg.cleanup()  # pg_ctl -w stop (cleanup_mode="stop"); the data dir stays
+            self.pg = None
+
+
+@dataclass
 class OwnServers:
     root: Path
-    pg: pgserver.PostgresServer
+    postgres: OwnPostgres
     redis_dir: Path
     redis_socket: Path
 
     def database_url(self, name: str) -> str:
-        self.pg.psql(f"CREATE DATABASE {name};")
-        return self.pg.get_uri(name)
+        """An empty database: no migration applied."""
+        pg = self.postgres.server()
+        pg.psql(f"CREATE DATABASE {name};")
+        return pg.get_uri(name)
+
+    def migrated_database_url(self, name: str) -> str:
+        """A database with every migration applied: the suite's test database's schema and
+        its record of applied migrations, copied (`manage.py migrate` if that fails), once per
+        module."""
+        pg = self.postgres.server()
+        if not self.postgres.template:
+            pg.psql("CREATE DATABASE migrated;")
+            if not _copy_schema(self.postgres.suite_database, pg.get_uri("migrated")):
+                _manage(_env(self, pg.get_uri("migrated"), free_port()), "migrate", "--no-input")
+            self.postgres.template = "migrated"
+        pg.psql(f"CREATE DATABASE {name} TEMPLATE {self.postgres.template};")
+        return pg.get_uri(name)
 
     def stop_redis(self) -> None:
         pid = int((self.redis_dir / "redis.pid").read_text())
@@ -126,24 +164,68 @@ class OwnServers:
         wait_for(lambda: not embedded._redis_alive(self.redis_socket), 10, "redis to stop")
 
     def stop_postgres(self) -> None:
-        self.pg.cleanup()  # pg_ctl -w stop (cleanup_mode="stop"); the data dir stays until the rmtree
+        self.postgres.stop()
+
+
+def _own_root(prefix: str) -> Path:
+    # Not pytest's tmp_path: pgserver runs PostgreSQL as its own user when we are root, and
+    # that user must be able to enter the directory.
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    return root
+
+
+def _copy_schema(suite: dict, url: str) -> bool:
+    """The suite's test database's schema and django_migrations rows into `url`'s database
+    (pg_dump, a second instead of a migrate's ten): the readiness checks read nothing else
+    a migrate writes. False when it cannot be had (no test database in this session, a
+    server pg_dump cannot read)."""
+    if not suite:
+        return False
+    bin_dir = pgserver.postgres_server.POSTGRES_BIN_PATH
+    env = dict(os.environ, PGPASSWORD=suite.get("PASSWORD") or "")
+    target = [f"--host={suite.get('HOST') or ''}", f"--port={suite.get('PORT') or 5432}",
+              f"--username={suite.get('USER') or 'postgres'}", suite["NAME"]]
+    try:
+        schema = subprocess.run([bin_dir / "pg_dump", "--schema-only", "--no-owner", "--no-privileges", *target],
+                                env=env, check=True, capture_output=True).stdout
+        applied = subprocess.run([bin_dir / "pg_dump", "--data-only", "--table=django_migrations", *target],
+                                 env=env, check=True, capture_output=True).stdout
+        subprocess.run([bin_dir / "psql", "--quiet", "--set=ON_ERROR_STOP=1", url], input=schema + applied,
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def own_postgres(django_db_setup) -> Iterator[OwnPostgres]:
+    from django.db import connection
+    from django.db.backends.base.creation import TEST_DATABASE_PREFIX
+
+    # The test database exists only when a test of the session uses the database.
+    suite = dict(connection.settings_dict)
+    if not (suite["NAME"] == (suite.get("TEST") or {}).get("NAME") or suite["NAME"].startswith(TEST_DATABASE_PREFIX)):
+        suite = {}
+    postgres = OwnPostgres(root=_own_root("iac-health-pg-"), suite_database=suite)
+    try:
+        yield postgres
+    finally:
+        postgres.stop()
+        shutil.rmtree(postgres.root, ignore_errors=True)
 
 
 @pytest.fixture
-def own_servers() -> Iterator[OwnServers]:
-    # Not pytest's tmp_path: pgserver runs PostgreSQL as its own user when we are root, and
-    # that user must be able to enter the directory.
-    root = Path(tempfile.mkdtemp(prefix="iac-health-"))
-    root.chmod(0o755)
-    pg = pgserver.get_server(root / "pg", cleanup_mode="stop")
+def own_servers(own_postgres) -> Iterator[OwnServers]:
+    root = _own_root("iac-health-")
+    own_postgres.server()  # running again if the test before stopped it
     redis_socket = embedded.ensure_redis(root)
-    servers = OwnServers(root=root, pg=pg, redis_dir=root / "redis", redis_socket=redis_socket)
+    servers = OwnServers(root=root, postgres=own_postgres, redis_dir=root / "redis", redis_socket=redis_socket)
     try:
         yield servers
     finally:
         if embedded._redis_alive(redis_socket):
             servers.stop_redis()
-        servers.stop_postgres()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -230,14 +312,15 @@ def test_it_reports_missing_migrations_on_a_fresh_database(own_servers):
         _manage(env, "migrate", "--no-input")
         _, body = _ready_once(base, lambda s, b: b["checks"]["migrations"]["status"] == "ok", "migrations applied")
         assert "error" not in body["checks"]["migrations"]
+    # Daphne gone, nothing uses the database: the module's other tests copy it, not migrate again.
+    own_servers.postgres.template = own_servers.postgres.template or "fresh"
 
 
 @pytest.mark.e2e
 @pytest.mark.longest
 def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_servers):
     port = free_port()
-    env = _env(own_servers, own_servers.database_url("platform"), port)
-    _manage(env, "migrate", "--no-input")
+    env = _env(own_servers, own_servers.migrated_database_url("platform"), port)
     # One control-loop tick, as the Celery worker runs it: the sweep's time is recorded.
     _manage(env, "shell", "-c", "from tasks_app.services.sweep import sweep; sweep()")
     with _daphne(env, port) as base:
@@ -264,8 +347,8 @@ def test_it_turns_degraded_without_redis_and_fails_without_postgresql(own_server
 @pytest.mark.longest
 def test_it_reports_a_late_sweep_as_degraded(own_servers):
     port = free_port()
-    env = _env(own_servers, own_servers.database_url("nosweep"), port)
-    _manage(env, "migrate", "--no-input")  # no sweep ever ran: no worker, no beat
+    # Migrated, but no sweep ever ran: no worker, no beat.
+    env = _env(own_servers, own_servers.migrated_database_url("nosweep"), port)
     with _daphne(env, port) as base:
         status, body = _ready(base)
     assert (status, body["status"]) == (200, "degraded"), body

@@ -31,7 +31,7 @@ HELD = "held"
 
 
 def _backoff(attempts: int) -> float:
-    return min(2 ** attempts, BACKOFF_MAX_SECONDS)
+    return min(settings.IAC_VCS_REPORT_BACKOFF_SECONDS * 2 ** attempts, BACKOFF_MAX_SECONDS)
 
 
 def reports_due() -> list[int]:

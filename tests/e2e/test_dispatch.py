@@ -72,8 +72,13 @@ def test_it_applies_on_the_warmup_in_progress(scenario, tmp_path):
     a1 = s.agent("a1")
     run = s.user.queue(s.workspace["id"])
     s.user.wait(run["id"], "apply_pending", warmup="ready")
-    # a2's `terraform init` takes a few seconds, like a provider download.
-    s.agent("a2", env={"IAC_TERRAFORM_BIN": wrapper(tmp_path, "slow-init", '[ "$1" = init ] && sleep 4')})
+    # a2's `terraform init` lasts, like a provider download, until the test has confirmed
+    # during it (at most a minute): no fixed sleep to outlast on a loaded machine.
+    gate = tmp_path / "init-may-finish"
+    s.agent("a2", env={"IAC_TERRAFORM_BIN": wrapper(tmp_path, "slow-init", (
+        'if [ "$1" = init ]; then\n'
+        f'  i=0; while [ ! -e {gate} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n'
+        "fi"))})
     a1.kill()
 
     s.user.wait(run["id"], "apply_pending", warmup="warming", timeout=60)
@@ -81,6 +86,7 @@ def test_it_applies_on_the_warmup_in_progress(scenario, tmp_path):
     waiting = s.user.run(run["id"])
     assert waiting["status"] == "apply_queued"
     assert waiting["waiting_reason"].startswith(f"queued: waiting for the warmup on {s.agents['a2'].name} to finish")
+    gate.touch()
     done = s.user.wait(run["id"], "applied", timeout=60)
 
     assert done["apply_path"] == "rewarmed", done["apply_path_reason"]

@@ -95,10 +95,13 @@ def up() -> Iterator[Up]:
     var = root / "var"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "IAC_PUBLIC_URL", "IAC_AGENT_URL")}
-    # Short timings (tests/env_plugin.py sets them for the suite) and the agents' work dirs
-    # in this test's dir.
+    # Short timings (tests/env_plugin.py sets them for the suite; a program counts as started
+    # after 1 s, not 3: up's start, each restart and `supervisorctl start` wait that long; a
+    # request while PostgreSQL is stopped waits 3 s for a connection, not 10, before its 503)
+    # and the agents' work dirs in this test's dir.
     env.update(IAC_VAR_DIR=str(var), IAC_AGENT_WORK_ROOT=str(root / "agents"), IAC_AGENT_HEARTBEAT_SECONDS="1",
-               IAC_AGENT_OFFLINE_AFTER_SECONDS="4", IAC_SWEEP_INTERVAL_SECONDS="1", PYTHONUNBUFFERED="1")
+               IAC_AGENT_OFFLINE_AFTER_SECONDS="4", IAC_SWEEP_INTERVAL_SECONDS="1", IAC_UP_START_SECONDS="1",
+               IAC_DB_POOL_TIMEOUT_SECONDS="3", PYTHONUNBUFFERED="1")
     output = root / "up.out"
     with open(output, "wb") as out:
         proc = subprocess.Popen([sys.executable, "manage.py", "up", "--port", str(port)], cwd=ROOT, env=env,

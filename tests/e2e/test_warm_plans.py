@@ -84,24 +84,26 @@ def cache_counters(agent_name: str, installs: int, hits: int) -> dict:
     return wait_for(reported, 15, f"{agent_name}'s heartbeat to report {installs} install(s) and {hits} hit(s)")
 
 
-def show_json(plan_bytes: bytes, files: dict[str, str], work: Path, mirror_dir: Path) -> dict:
-    """`terraform show -json` of a plan file, in a dir of its configuration (init without the
-    backend), minus what differs between any two plans (timestamps)."""
+def show_json(plans: list[bytes], files: dict[str, str], work: Path, mirror_dir: Path) -> list[dict]:
+    """`terraform show -json` of each plan file, in one dir of their configuration (one init
+    without the backend), minus what differs between any two plans (timestamps)."""
     work.mkdir(parents=True)
     for name, text in files.items():
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(text)
-    (work / "plan.out").write_bytes(plan_bytes)
     cli = work.parent / f"{work.name}.tfrc"
     cli.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror_dir}"\n  }}\n}}\n')
     env = dict(os.environ, TF_CLI_CONFIG_FILE=str(cli), CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
     terraform = resolve_terraform(settings.VAR_DIR)
     subprocess.run([terraform, "init", "-backend=false", "-input=false", "-no-color"], cwd=work, env=env, check=True,
                    capture_output=True)
-    out = subprocess.run([terraform, "show", "-json", "plan.out"], cwd=work, env=env, check=True,
-                         capture_output=True).stdout
-    shown = json.loads(out)
-    shown.pop("timestamp", None)
+    shown = []
+    for n, plan_bytes in enumerate(plans):
+        (work / f"plan-{n}.out").write_bytes(plan_bytes)
+        out = subprocess.run([terraform, "show", "-json", f"plan-{n}.out"], cwd=work, env=env, check=True,
+                             capture_output=True).stdout
+        shown.append(json.loads(out))
+        shown[-1].pop("timestamp", None)
     return shown
 
 
@@ -133,8 +135,8 @@ def test_it_plans_warm_the_second_time_without_init_and_with_the_same_json_plan(
     assert counters["entries"] == 1 and counters["misses"] == 1
     assert counters["size_bytes"] > 10_000_000  # the real provider, unpacked
 
-    cold_json = show_json(Plan.objects.get(task_id=first["id"]).data, files, tmp_path / "show-cold", mirror_dir)
-    warm_json = show_json(Plan.objects.get(task_id=second["id"]).data, files, tmp_path / "show-warm", mirror_dir)
+    cold_json, warm_json = show_json([Plan.objects.get(task_id=run["id"]).data for run in (first, second)], files,
+                                     tmp_path / "show", mirror_dir)
     assert cold_json["resource_changes"] and warm_json == cold_json
 
 

@@ -76,7 +76,7 @@ class Program:
             f"priority={self.priority}",
             "autostart=true",
             "autorestart=true",
-            f"startsecs={self.startsecs}",
+            f"startsecs={min(self.startsecs, settings.IAC_UP_START_SECONDS)}",
             f"startretries={self.startretries}",
             f"stopsignal={self.stopsignal}",
             f"stopwaitsecs={self.stopwaitsecs}",
