@@ -14,7 +14,7 @@ from github import Auth, Github, GithubException
 from iacplatform.errors import PlatformError
 from tasks_app.vcs import github_app
 from tasks_app.vcs.models import VcsConnection, VcsKind
-from tasks_app.vcs.urls_check import check_url
+from tasks_app.vcs.urls_check import api_url
 
 # GitHub's commit status states; GitLab's differ for failures ("failed", "canceled").
 GITLAB_STATES = {"pending": "running", "success": "success", "failure": "failed", "error": "failed"}
@@ -22,11 +22,6 @@ GITLAB_STATES = {"pending": "running", "success": "success", "failure": "failed"
 
 class ForgeError(PlatformError):
     status = 502
-
-
-def api_url(connection: VcsConnection) -> str:
-    default = "https://api.github.com" if connection.kind == VcsKind.GITHUB else connection.url
-    return check_url((connection.api_url or default).rstrip("/"), field="api_url", schemes=("https",))
 
 
 def _github(connection: VcsConnection) -> Github:

@@ -22,9 +22,9 @@ from django.conf import settings
 
 from iacplatform.errors import Invalid, PlatformError
 from tasks_app.services.configs import _CappedReader, archive_read_entries, stream_limit
-from tasks_app.vcs import forges, github_app
+from tasks_app.vcs import github_app
 from tasks_app.vcs.models import VcsConnection, VcsKind
-from tasks_app.vcs.urls_check import SCP_LIKE, check_url
+from tasks_app.vcs.urls_check import SCP_LIKE, api_url, check_url
 
 SHA = frozenset("0123456789abcdef")
 
@@ -64,7 +64,7 @@ def _token(connection: VcsConnection) -> str:
     if not connection.uses_github_app:
         return connection.token
     try:
-        return github_app.installation_token(connection, forges.api_url(connection))
+        return github_app.installation_token(connection, api_url(connection))
     except github_app.GitHubAppError as exc:
         raise GitError(str(exc)) from exc
 
