@@ -194,3 +194,24 @@ def test_a_key_github_does_not_know_is_reported_without_the_key(pem, settings):
     finally:
         github_app.forget(c.id)
         fake.stop()
+
+
+def test_the_admin_makes_an_app_connection_and_rotates_its_key_without_showing_it(client, alice, pem):
+    client.force_login(alice)
+    added = client.post("/admin/tasks_app/vcsconnection/add/", {
+        "name": "gh-admin", "kind": "github", "url": "https://github.com", "api_url": "", "token": "",
+        "ssh_key": "", "app_id": APP_ID, "app_private_key": pem, "app_installation_id": str(INSTALLATION),
+        "webhook_secret": "", "poll_interval_seconds": "0", "trusted_authors": "[]"})
+    assert added.status_code == 302, added.content.decode()[:2000]
+    c = VcsConnection.objects.get(name="gh-admin")
+    assert c.uses_github_app and c.github_app_private_key.strip() == pem.strip()
+    page = client.get(f"/admin/tasks_app/vcsconnection/{c.id}/change/")
+    assert page.status_code == 200 and not _shows(page.content.decode(), pem) and APP_ID in page.content.decode()
+
+    bad = client.post(f"/admin/tasks_app/vcsconnection/{c.id}/change/", {"app_private_key": "nope"}, follow=True)
+    assert "is not a PEM private key" in bad.content.decode()
+    rotated = new_private_key()
+    client.post(f"/admin/tasks_app/vcsconnection/{c.id}/change/", {"app_private_key": rotated})
+    c.refresh_from_db()
+    assert c.github_app_private_key.strip() == rotated.strip() and c.github_app_id == APP_ID
+    assert not _shows(client.get(f"/admin/tasks_app/vcsconnection/{c.id}/change/").content.decode(), rotated)
