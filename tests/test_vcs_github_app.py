@@ -6,7 +6,9 @@ once for its lifetime, again shortly before it expires), against the local fake 
 from __future__ import annotations
 
 import json
+import logging
 
+import github as pygithub
 import pytest
 from django.db import connection as db
 from rest_framework.test import APIClient
@@ -155,7 +157,10 @@ def _connection(pem: str) -> VcsConnection:
     return c
 
 
-def test_the_installation_token_is_traded_once_and_again_shortly_before_it_expires(pem):
+def test_the_installation_token_is_traded_once_and_again_shortly_before_it_expires(pem, caplog):
+    # Everything at DEBUG, PyGithub's debug logging too: still neither token nor key logged.
+    caplog.set_level(logging.DEBUG)
+    pygithub.set_log_level(logging.DEBUG)
     fake = FakeGitHubApp(app_id=APP_ID, installation_id=INSTALLATION, private_key=pem)
     c = _connection(pem)
     github_app.forget(c.id)
@@ -171,7 +176,9 @@ def test_the_installation_token_is_traded_once_and_again_shortly_before_it_expir
         github_app.forget(c.id)
         short = github_app.installation_token(c, fake.url)
         assert github_app.installation_token(c, fake.url) != short and len(fake.app.grants) == 3
+        assert not any(t in caplog.text for t in fake.tokens()) and not _shows(caplog.text, pem)
     finally:
+        pygithub.set_log_level(logging.INFO)
         github_app.forget(c.id)
         fake.stop()
 

@@ -13,6 +13,7 @@ installation id takes effect on the next call in every process."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ from github import Auth, GithubException, GithubIntegration
 
 from iacplatform.errors import PlatformError, invalid_field
 from tasks_app.vcs.models import VcsConnection
+
+# PyGithub logs every answer's body at DEBUG, and the access_tokens answer is the token
+# itself. PyGithub sets its "github" logger to INFO on import; its requester is pinned at
+# INFO too, so that turning PyGithub's debug logging on never writes a token.
+logging.getLogger("github.Requester").setLevel(logging.INFO)
 
 # A token is traded for a new one this long before GitHub says it expires (GitHub: one hour).
 REFRESH_BEFORE_SECONDS = 300
