@@ -44,7 +44,12 @@ from tasks_app.services.policies import check_policies, policy_set_create, polic
 from tasks_app.services.runs import run_cancel, runs_start_next
 from tasks_app.services.state import state_unlock
 from tasks_app.services.variables import variable_check, variable_create, variable_delete, variable_update
-from tasks_app.vcs.connections import follow_values, vcs_connection_create, workspace_follow_repository
+from tasks_app.vcs.connections import (
+    follow_values,
+    vcs_connection_create,
+    vcs_connection_update,
+    workspace_follow_repository,
+)
 from tasks_app.vcs.models import HeldPullRequest, PullRequestComment, VcsConnection, VcsReport, WebhookDelivery
 
 
@@ -415,51 +420,90 @@ class VcsConnectionAdminForm(forms.ModelForm):
     ssh_key = forms.CharField(required=False, strip=False, widget=forms.Textarea(attrs={"autocomplete": "off"}))
     webhook_secret = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
                                      help_text="blank: one is generated and shown once")
+    app_id = forms.CharField(required=False, max_length=100, label="GitHub App id",
+                             help_text="GitHub, instead of a token: the App's id (or client id)")
+    app_private_key = forms.CharField(required=False, strip=False, label="GitHub App private key",
+                                      widget=forms.Textarea(attrs={"autocomplete": "off"}),
+                                      help_text="the PEM file GitHub generated; never shown again")
+    app_installation_id = forms.IntegerField(required=False, min_value=1, label="GitHub App installation id")
 
     class Meta:
         model = VcsConnection
         fields = ["name", "kind", "url", "api_url", "poll_interval_seconds", "trusted_authors"]
 
 
+class VcsConnectionCredentialForm(forms.Form):
+    """A connection's credential changed through the service the API's PATCH uses: blank
+    fields keep what is stored (write-only: nothing is shown). A token replaces a GitHub App's
+    credentials; App credentials replace the token."""
+
+    token = forms.CharField(required=False, strip=False, widget=forms.PasswordInput(render_value=False),
+                            help_text="blank: unchanged")
+    app_id = forms.CharField(required=False, max_length=100, label="GitHub App id", help_text="blank: unchanged")
+    app_private_key = forms.CharField(required=False, strip=False, label="GitHub App private key",
+                                      widget=forms.Textarea(attrs={"autocomplete": "off"}),
+                                      help_text="blank: the stored key is kept")
+    app_installation_id = forms.IntegerField(required=False, min_value=1, label="GitHub App installation id",
+                                             help_text="blank: unchanged")
+
+
+class VcsConnectionChangeForm(VcsConnectionCredentialForm, forms.ModelForm):
+    class Meta:
+        model = VcsConnection
+        fields: list[str] = []
+
+
 @admin.register(VcsConnection)
 class VcsConnectionAdmin(admin.ModelAdmin):
-    """Site admins only (staff); added here or through the API, then read-only: a changed
-    URL or credential is a new connection."""
+    """Site admins only (staff); added here or through the API. Afterwards only the
+    credential changes (a rotated token or App key, a token replaced by a GitHub App): a
+    changed URL is a new connection."""
 
     list_display = ["name", "kind", "url", "api_url", "poll_interval_seconds", "refused_deliveries", "created_at"]
+    CREDENTIAL_FIELDS = ["token", "app_id", "app_private_key", "app_installation_id"]
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        if obj is None:
-            kwargs["form"] = VcsConnectionAdminForm
+        kwargs["form"] = VcsConnectionAdminForm if obj is None else VcsConnectionChangeForm
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
             return []
-        return ["name", "kind", "url", "api_url", "poll_interval_seconds", "trusted_authors", "refused_deliveries",
-                "created_at"]
+        return ["name", "kind", "url", "api_url", "github_app_id", "github_app_installation_id",
+                "poll_interval_seconds", "trusted_authors", "refused_deliveries", "created_at"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
-            return ["name", "kind", "url", "api_url", "token", "ssh_key", "webhook_secret", "poll_interval_seconds",
-                    "trusted_authors"]
-        return self.get_readonly_fields(request, obj)
+            return ["name", "kind", "url", "api_url", "token", "ssh_key", "app_id", "app_private_key",
+                    "app_installation_id", "webhook_secret", "poll_interval_seconds", "trusted_authors"]
+        return [*self.get_readonly_fields(request, obj), *self.CREDENTIAL_FIELDS]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False if obj is not None else super().has_change_permission(request, obj)
+        return bool(request.user.is_staff) and super().has_change_permission(request, obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.is_staff)
 
     def save_model(self, request: HttpRequest, obj: VcsConnection, form: forms.ModelForm, change: bool) -> None:
         data = form.cleaned_data
+        if change:
+            given = {k: data[k] for k in self.CREDENTIAL_FIELDS if data.get(k) not in (None, "")}
+            if not given:
+                return
+            try:
+                vcs_connection_update(actor=request.user, connection_id=obj.pk, **given)
+            except PlatformError as exc:
+                messages.error(request, f"Credential not changed: {exc}")
+            return
         try:
             made, secret = vcs_connection_create(
                 actor=request.user, name=data["name"], kind=data["kind"], url=data["url"],
                 api_url=data.get("api_url") or "", token=data.get("token") or "", ssh_key=data.get("ssh_key") or "",
                 webhook_secret=data.get("webhook_secret") or "",
                 poll_interval_seconds=data.get("poll_interval_seconds") or 0,
-                trusted_authors=data.get("trusted_authors") or [])
+                trusted_authors=data.get("trusted_authors") or [], app_id=data.get("app_id") or "",
+                app_private_key=data.get("app_private_key") or "",
+                app_installation_id=data.get("app_installation_id"))
         except PlatformError as exc:
             messages.error(request, f"Connection not created: {exc}")
             return

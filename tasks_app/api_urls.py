@@ -39,6 +39,8 @@ urlpatterns = [
         name="api-access-detail",
     ),
     path("vcs-connections/", vcs_views.ConnectionList.as_view(), name="api-vcs-connection-list"),
+    path("vcs-connections/<int:connection_id>/", vcs_views.ConnectionDetail.as_view(),
+         name="api-vcs-connection-detail"),
     path("workspaces/<int:workspace_id>/vcs/", vcs_views.WorkspaceVcs.as_view(), name="api-workspace-vcs"),
     path("workspaces/<int:workspace_id>/vcs/held/", vcs_views.HeldAllow.as_view(), name="api-workspace-vcs-held"),
     path("workspaces/", api.WorkspaceListCreate.as_view(), name="api-workspace-list"),

@@ -237,6 +237,13 @@ RULES: dict[str, list[Case]] = {
         Case("POST", lambda w, u: "/api/v1/vcs-connections/", _expect(201, 403, 403, 403),
              body=lambda w, u: {"name": f"gh-{u}", "kind": "github", "url": "https://github.example.com"}),
     ],
+    # One connection (its credential changed by PATCH): site admins' alone too; 404 for them
+    # here (no such connection), 403 for everyone else before anything is looked up.
+    "api-vcs-connection-detail": [
+        Case("GET", lambda w, u: "/api/v1/vcs-connections/999999/", _expect(404, 403, 403, 403)),
+        Case("PATCH", lambda w, u: "/api/v1/vcs-connections/999999/", _expect(404, 403, 403, 403),
+             body=lambda w, u: {"token": "ghp_x"}),
+    ],
     "api-workspace-vcs": [
         Case("GET", lambda w, u: f"/api/v1/workspaces/{w.a.id}/vcs/", _expect(200, 200, 200, 404)),
         Case("PUT", lambda w, u: f"/api/v1/workspaces/{w.a.id}/vcs/", _expect(200, 403, 403, 404),

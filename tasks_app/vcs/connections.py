@@ -14,6 +14,7 @@ from iacplatform.errors import Forbidden, NotFound, invalid_field
 from iacplatform.permissions import Action, is_site_admin, require
 from tasks_app.models import Workspace
 from tasks_app.services.audit import audit_record
+from tasks_app.vcs import github_app
 from tasks_app.vcs.models import VcsConnection, VcsKind
 from tasks_app.vcs.urls_check import check_url
 
@@ -33,9 +34,12 @@ def _text(value: Any, field: str, *, limit: int = 20000) -> str:
 
 def vcs_connection_create(*, actor: Any, name: str, kind: str, url: str, api_url: str = "", token: str = "",
                           ssh_key: str = "", webhook_secret: str = "", poll_interval_seconds: int = 0,
-                          trusted_authors: list[str] | None = None) -> tuple[VcsConnection, str]:
+                          trusted_authors: list[str] | None = None, app_id: str | int | None = None,
+                          app_private_key: str = "", app_installation_id: int | None = None,
+                          ) -> tuple[VcsConnection, str]:
     """A new connection; returns it with its webhook secret (generated when not given), the
-    only time the secret is shown."""
+    only time the secret is shown. A GitHub connection authenticates with a token or with a
+    GitHub App (its id, private key and installation id), not both."""
     if not is_site_admin(actor):
         raise Forbidden("only site admins manage VCS connections")
     if not isinstance(name, str) or not NAME.fullmatch(name):
@@ -58,9 +62,11 @@ def vcs_connection_create(*, actor: Any, name: str, kind: str, url: str, api_url
     if not isinstance(trusted, list) or len(trusted) > 1000 or not all(
             isinstance(a, str) and 0 < len(a) <= 100 for a in trusted):
         raise invalid_field("trusted_authors", "a list of logins")
+    app = _app_values(kind=kind, app_id=app_id, app_private_key=app_private_key,
+                      app_installation_id=app_installation_id, token=token, ssh_key=ssh_key)
     if kind != VcsKind.GIT and not webhook_secret:
         webhook_secret = secrets.token_urlsafe(32)
-    connection = VcsConnection(
+    connection = VcsConnection(**app,
         name=name, kind=kind, url=url.rstrip("/"), api_url=api_url.rstrip("/"),
         encrypted_token=crypto.encrypt(token.encode()) if token else None,
         encrypted_ssh_key=crypto.encrypt(ssh_key.encode()) if ssh_key else None,
@@ -74,8 +80,101 @@ def vcs_connection_create(*, actor: Any, name: str, kind: str, url: str, api_url
         except IntegrityError as exc:
             raise invalid_field("name", "a connection with this name already exists") from exc
         audit_record(actor=actor, action="vcs_connection.create", obj=connection,
-                     data={"name": name, "kind": kind, "url": connection.url})
+                     data={"name": name, "kind": kind, "url": connection.url, "auth": auth_kind(connection)})
     return connection, webhook_secret
+
+
+def auth_kind(c: VcsConnection) -> str | None:
+    """How the connection authenticates, for people (never the credential)."""
+    if c.uses_github_app:
+        return "github_app"
+    if c.encrypted_token is not None:
+        return "token"
+    return "ssh_key" if c.encrypted_ssh_key is not None else None
+
+
+def _app_values(*, kind: str, app_id: Any, app_private_key: Any, app_installation_id: Any, token: str,
+                ssh_key: str) -> dict[str, Any]:
+    """The GitHub App fields, checked (all three or none; GitHub only; not with a token or a
+    deploy key), the key encrypted."""
+    given = [f for f, v in (("app_id", app_id), ("app_private_key", app_private_key),
+                            ("app_installation_id", app_installation_id)) if v not in (None, "")]
+    if not given:
+        return {"github_app_id": "", "encrypted_github_app_private_key": None, "github_app_installation_id": None}
+    if kind != VcsKind.GITHUB:
+        raise invalid_field(given[0], "only GitHub connections authenticate as a GitHub App")
+    if token or ssh_key:
+        raise invalid_field("token" if token else "ssh_key", "give a token or a GitHub App's credentials, not both")
+    missing = [f for f in ("app_id", "app_private_key", "app_installation_id") if f not in given]
+    if missing:
+        raise invalid_field(missing[0], "a GitHub App needs its app_id, app_private_key and app_installation_id")
+    pem = github_app.check_private_key(app_private_key)
+    return {"github_app_id": github_app.check_app_id(app_id),
+            "encrypted_github_app_private_key": crypto.encrypt(pem.encode()),
+            "github_app_installation_id": github_app.check_installation_id(app_installation_id)}
+
+
+UNSET: Any = object()
+
+
+def vcs_connection_update(*, actor: Any, connection_id: int, token: Any = UNSET, ssh_key: Any = UNSET,
+                          app_id: Any = UNSET, app_private_key: Any = UNSET, app_installation_id: Any = UNSET,
+                          trusted_authors: Any = UNSET) -> VcsConnection:
+    """Change a connection's credential (rotate a token or an App's key, move from a token to
+    a GitHub App or back) or its trusted authors. Site admins; audited with what changed,
+    never the values. Giving a credential replaces the other kind: a token drops the App's
+    credentials, App credentials drop the token. An App's id or installation id alone keeps
+    its stored key."""
+    if not is_site_admin(actor):
+        raise Forbidden("only site admins manage VCS connections")
+    with transaction.atomic():
+        c = VcsConnection.objects.select_for_update().filter(id=connection_id).first()
+        if c is None:
+            raise NotFound(f"no VCS connection {connection_id}")
+        changed: list[str] = []
+        fields: dict[str, Any] = {}
+        new_token = _text(token, "token", limit=2000) if token is not UNSET else ""
+        new_ssh = _text(ssh_key, "ssh_key") if ssh_key is not UNSET else ""
+        app_given = any(v is not UNSET and v not in (None, "") for v in (app_id, app_private_key, app_installation_id))
+        if app_given:
+            if token is not UNSET and new_token or ssh_key is not UNSET and new_ssh:
+                raise invalid_field("token" if new_token else "ssh_key",
+                                    "give a token or a GitHub App's credentials, not both")
+            fields.update(_app_values(
+                kind=c.kind, token="", ssh_key="",
+                app_id=c.github_app_id if app_id is UNSET else app_id,
+                app_installation_id=c.github_app_installation_id if app_installation_id is UNSET
+                else app_installation_id,
+                app_private_key=c.github_app_private_key if app_private_key in (UNSET, None, "") else app_private_key))
+            fields.update(encrypted_token=None, encrypted_ssh_key=None)
+            changed += [f for f, v in (("app_id", app_id), ("app_private_key", app_private_key),
+                                       ("app_installation_id", app_installation_id)) if v is not UNSET]
+        if token is not UNSET:
+            if not app_given:
+                fields["encrypted_token"] = crypto.encrypt(new_token.encode()) if new_token else None
+                if new_token:
+                    fields.update(github_app_id="", encrypted_github_app_private_key=None,
+                                  github_app_installation_id=None)
+            changed.append("token")
+        if ssh_key is not UNSET:
+            if not app_given:
+                fields["encrypted_ssh_key"] = crypto.encrypt(new_ssh.encode()) if new_ssh else None
+            changed.append("ssh_key")
+        if trusted_authors is not UNSET:
+            trusted = trusted_authors or []
+            if not isinstance(trusted, list) or len(trusted) > 1000 or not all(
+                    isinstance(a, str) and 0 < len(a) <= 100 for a in trusted):
+                raise invalid_field("trusted_authors", "a list of logins")
+            fields["trusted_authors"] = sorted(set(trusted))
+            changed.append("trusted_authors")
+        for key, value in fields.items():
+            setattr(c, key, value)
+        if fields:
+            c.save(update_fields=list(fields))
+        audit_record(actor=actor, action="vcs_connection.update", obj=c,
+                     data={"name": c.name, "changed": sorted(set(changed)), "auth": auth_kind(c)})
+    github_app.forget(c.id)
+    return c
 
 
 VCS_FIELDS = ("vcs_connection", "vcs_repository", "vcs_branch", "vcs_working_directory", "vcs_trigger_patterns",

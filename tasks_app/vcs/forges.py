@@ -12,8 +12,9 @@ from django.conf import settings
 from github import Auth, Github, GithubException
 
 from iacplatform.errors import PlatformError
+from tasks_app.vcs import github_app
 from tasks_app.vcs.models import VcsConnection, VcsKind
-from tasks_app.vcs.urls_check import check_url
+from tasks_app.vcs.urls_check import api_url
 
 # GitHub's commit status states; GitLab's differ for failures ("failed", "canceled").
 GITLAB_STATES = {"pending": "running", "success": "success", "failure": "failed", "error": "failed"}
@@ -23,18 +24,16 @@ class ForgeError(PlatformError):
     status = 502
 
 
-def _api(connection: VcsConnection) -> str:
-    default = "https://api.github.com" if connection.kind == VcsKind.GITHUB else connection.url
-    return check_url((connection.api_url or default).rstrip("/"), field="api_url", schemes=("https",))
-
-
 def _github(connection: VcsConnection) -> Github:
-    return Github(base_url=_api(connection), auth=Auth.Token(connection.token) if connection.token else None,
+    api = api_url(connection)
+    # A GitHub App: its installation's access token (from memory, or traded for a new one).
+    token = github_app.installation_token(connection, api) if connection.uses_github_app else connection.token
+    return Github(base_url=api, auth=Auth.Token(token) if token else None,
                   timeout=settings.IAC_VCS_TIMEOUT_SECONDS, retry=None, lazy=True)
 
 
 def _gitlab(connection: VcsConnection) -> gitlab.Gitlab:
-    return gitlab.Gitlab(_api(connection), private_token=connection.token or None,
+    return gitlab.Gitlab(api_url(connection), private_token=connection.token or None,
                          timeout=settings.IAC_VCS_TIMEOUT_SECONDS, retry_transient_errors=False)
 
 
@@ -58,6 +57,8 @@ def status_set(connection: VcsConnection, *, repository: str, sha: str, state: s
             project.commits.get(sha, lazy=True).statuses.create({
                 "state": GITLAB_STATES[state], "name": context, "target_url": target_url,
                 "description": description})
+    except github_app.GitHubAppError as exc:
+        raise ForgeError(str(exc)) from exc
     except (GithubException, gitlab.GitlabError, requests.RequestException, github.BadAttributeException) as exc:
         raise _fail(exc) from exc
 
@@ -78,6 +79,8 @@ def comment_upsert(connection: VcsConnection, *, repository: str, number: int, c
                 mr.notes.update(comment_id, {"body": body})
                 return comment_id
             return int(mr.notes.create({"body": body}).id)
+    except github_app.GitHubAppError as exc:
+        raise ForgeError(str(exc)) from exc
     except (GithubException, gitlab.GitlabError, requests.RequestException, github.BadAttributeException) as exc:
         raise _fail(exc) from exc
     raise ForgeError(f"a {connection.kind} connection has no pull requests")

@@ -22,8 +22,9 @@ from django.conf import settings
 
 from iacplatform.errors import Invalid, PlatformError
 from tasks_app.services.configs import _CappedReader, archive_read_entries, stream_limit
+from tasks_app.vcs import github_app
 from tasks_app.vcs.models import VcsConnection, VcsKind
-from tasks_app.vcs.urls_check import SCP_LIKE, check_url
+from tasks_app.vcs.urls_check import SCP_LIKE, api_url, check_url
 
 SHA = frozenset("0123456789abcdef")
 
@@ -57,6 +58,17 @@ def checked_sha(sha: str) -> str:
 _USERS = {VcsKind.GITHUB: "x-access-token", VcsKind.GITLAB: "oauth2", VcsKind.GIT: "git"}
 
 
+def _token(connection: VcsConnection) -> str:
+    """The password git sends: the connection's token, or a GitHub App installation's access
+    token (GitHub documents `x-access-token` as its user name)."""
+    if not connection.uses_github_app:
+        return connection.token
+    try:
+        return github_app.installation_token(connection, api_url(connection))
+    except github_app.GitHubAppError as exc:
+        raise GitError(str(exc)) from exc
+
+
 @contextmanager
 def git_dir(connection: VcsConnection) -> Iterator[tuple[Path, dict[str, str]]]:
     """A fresh empty repository and the environment git runs with inside it."""
@@ -70,7 +82,7 @@ def git_dir(connection: VcsConnection) -> Iterator[tuple[Path, dict[str, str]]]:
             "LC_ALL": "C",
         }
         config = [("core.hooksPath", "/dev/null"), ("protocol.version", "2"), ("fetch.recurseSubmodules", "false")]
-        token = connection.token
+        token = _token(connection)
         if token:
             basic = base64.b64encode(f"{_USERS[VcsKind(connection.kind)]}:{token}".encode()).decode()
             config.append(("http.extraHeader", f"Authorization: Basic {basic}"))

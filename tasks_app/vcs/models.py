@@ -30,6 +30,13 @@ class VcsConnection(models.Model):
     encrypted_token = models.BinaryField(null=True, blank=True)
     encrypted_ssh_key = models.BinaryField(null=True, blank=True)
     encrypted_webhook_secret = models.BinaryField(null=True, blank=True)
+    # GitHub only, instead of a token: a GitHub App installed on the repositories' account. Its
+    # id (or client id: the JWT's `iss`), its private key (PEM, encrypted like the token) and
+    # the installation's id; the platform trades a JWT signed with the key for an installation
+    # access token (about an hour), kept in memory only (tasks_app/vcs/github_app.py).
+    github_app_id = models.CharField(max_length=100, blank=True)
+    encrypted_github_app_private_key = models.BinaryField(null=True, blank=True)
+    github_app_installation_id = models.PositiveBigIntegerField(null=True, blank=True)
     # Plain git: how often the tracked branches are looked up with `git ls-remote` (0: never).
     poll_interval_seconds = models.PositiveIntegerField(default=0)
     # Authors whose pull requests are planned without anyone allowing them (logins). Empty:
@@ -56,6 +63,15 @@ class VcsConnection(models.Model):
     @property
     def ssh_key(self) -> str:
         return self._open(self.encrypted_ssh_key)
+
+    @property
+    def github_app_private_key(self) -> str:
+        return self._open(self.encrypted_github_app_private_key)
+
+    @property
+    def uses_github_app(self) -> bool:
+        return bool(self.github_app_id and self.encrypted_github_app_private_key is not None
+                    and self.github_app_installation_id)
 
     @property
     def webhook_secret(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -55,3 +56,10 @@ def check_url(url: str, *, field: str, schemes: tuple[str, ...]) -> str:
     _scheme, host = url_host(url, field=field, schemes=schemes)
     check_host(host, field=field)
     return url
+
+
+def api_url(connection: Any) -> str:
+    """Where a connection's forge API answers (GitHub's default: https://api.github.com;
+    GitLab: the instance), checked like every URL before use."""
+    default = "https://api.github.com" if connection.kind == "github" else connection.url
+    return check_url((connection.api_url or default).rstrip("/"), field="api_url", schemes=("https",))

@@ -17,12 +17,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from iacplatform.celery import app as celery_app
-from iacplatform.errors import Forbidden, PlatformError
+from iacplatform.errors import Forbidden, NotFound, PlatformError
 from iacplatform.permissions import Action, is_site_admin, workspace_for
 from tasks_app.api import JSON_ONLY
 from tasks_app.models import Workspace
 from tasks_app.serializers import StrictBooleanField, StrictCharField, StrictChoiceField
-from tasks_app.vcs.connections import vcs_connection_create, workspace_follow_repository
+from tasks_app.vcs.connections import (
+    auth_kind,
+    vcs_connection_create,
+    vcs_connection_update,
+    workspace_follow_repository,
+)
 from tasks_app.vcs.models import HeldPullRequest, VcsConnection, VcsKind
 from tasks_app.vcs.webhooks import delivery_receive, held_allow
 
@@ -56,7 +61,9 @@ def connection_json(c: VcsConnection) -> dict[str, Any]:
     # The credential and the webhook secret are never shown again: only whether they are set.
     return {"id": c.id, "name": c.name, "kind": c.kind, "url": c.url, "api_url": c.api_url,
             "has_token": c.encrypted_token is not None, "has_ssh_key": c.encrypted_ssh_key is not None,
-            "has_webhook_secret": c.encrypted_webhook_secret is not None, "webhook_path": f"/webhooks/{c.name}/",
+            "has_webhook_secret": c.encrypted_webhook_secret is not None, "auth": auth_kind(c),
+            "app_id": c.github_app_id or None, "app_installation_id": c.github_app_installation_id,
+            "has_app_private_key": c.encrypted_github_app_private_key is not None, "webhook_path": f"/webhooks/{c.name}/",
             "poll_interval_seconds": c.poll_interval_seconds, "trusted_authors": c.trusted_authors,
             "refused_deliveries": c.refused_deliveries, "created_at": c.created_at}
 
@@ -72,6 +79,25 @@ class ConnectionCreateSerializer(serializers.Serializer):
     poll_interval_seconds = serializers.IntegerField(required=False, default=0, min_value=0, max_value=86400)
     trusted_authors = serializers.ListField(child=StrictCharField(max_length=100), required=False, default=list,
                                             max_length=1000)
+    app_id = StrictCharField(max_length=100, required=False, default="", allow_blank=True,
+                             help_text="GitHub App: its id (or client id), from the App's settings page")
+    app_private_key = StrictCharField(max_length=20000, required=False, default="", allow_blank=True,
+                                      trim_whitespace=False,
+                                      help_text="GitHub App: its private key (PEM); write-only, never shown again")
+    app_installation_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                                   max_value=2**63 - 1,
+                                                   help_text="GitHub App: the installation's id")
+
+
+class ConnectionUpdateSerializer(serializers.Serializer):
+    token = StrictCharField(max_length=2000, required=False, allow_blank=True, trim_whitespace=False,
+                            help_text="replaces the GitHub App's credentials when given")
+    ssh_key = StrictCharField(max_length=20000, required=False, allow_blank=True, trim_whitespace=False)
+    app_id = StrictCharField(max_length=100, required=False, allow_blank=True)
+    app_private_key = StrictCharField(max_length=20000, required=False, allow_blank=True, trim_whitespace=False,
+                                      help_text="write-only; omitted: the stored key is kept")
+    app_installation_id = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    trusted_authors = serializers.ListField(child=StrictCharField(max_length=100), required=False, max_length=1000)
 
 
 OBJECT = {"type": "object", "additionalProperties": True}
@@ -97,6 +123,31 @@ class ConnectionList(APIView):
         data.is_valid(raise_exception=True)
         connection, secret = vcs_connection_create(actor=request.user, **data.validated_data)
         return Response({**connection_json(connection), "webhook_secret": secret}, status=201)
+
+
+class ConnectionDetail(APIView):
+    """Site admins only: `GET` one connection; `PATCH` its credential (a token, a deploy key,
+    or a GitHub App's id, key and installation id) or its trusted authors."""
+
+    parser_classes = JSON_ONLY
+
+    @extend_schema(responses={200: OBJECT})
+    def get(self, request: Request, connection_id: int) -> Response:
+        if not is_site_admin(request.user):
+            raise Forbidden("only site admins manage VCS connections")
+        connection = VcsConnection.objects.filter(id=connection_id).first()
+        if connection is None:
+            raise NotFound(f"no VCS connection {connection_id}")
+        return Response(connection_json(connection))
+
+    @extend_schema(request=ConnectionUpdateSerializer, responses={200: OBJECT})
+    def patch(self, request: Request, connection_id: int) -> Response:
+        if not is_site_admin(request.user):
+            raise Forbidden("only site admins manage VCS connections")
+        data = ConnectionUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        connection = vcs_connection_update(actor=request.user, connection_id=connection_id, **data.validated_data)
+        return Response(connection_json(connection))
 
 
 class FollowSerializer(serializers.Serializer):

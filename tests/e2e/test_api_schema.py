@@ -45,8 +45,10 @@ RULES_ACROSS_OBJECTS = [
     "POST /api/v1/pools/{id}/freeze-windows/", "PATCH /api/v1/pools/{id}/freeze-windows/{window_id}/",
     # VCS connections: a URL must name a usable host, a plain git connection has no webhook
     # secret and only it is polled; a workspace must name an existing connection and a
-    # repository path; a held commit must be held.
-    "POST /api/v1/vcs-connections/", "PUT /api/v1/workspaces/{workspace_id}/vcs/",
+    # repository path; a held commit must be held. A GitHub App's key must parse as an RSA
+    # private key and its id, key and installation id come together, never with a token.
+    "POST /api/v1/vcs-connections/", "PATCH /api/v1/vcs-connections/{connection_id}/",
+    "PUT /api/v1/workspaces/{workspace_id}/vcs/",
     "POST /api/v1/workspaces/{workspace_id}/vcs/held/",
     # Policy sets: a module must compile, a set's names and packages must differ, a set's name
     # must be free.
