@@ -131,7 +131,7 @@ class ConnectionDetail(APIView):
 
     parser_classes = JSON_ONLY
 
-    @extend_schema(responses={200: OBJECT})
+    @extend_schema(operation_id="v1_vcs_connections_read", responses={200: OBJECT})
     def get(self, request: Request, connection_id: int) -> Response:
         if not is_site_admin(request.user):
             raise Forbidden("only site admins manage VCS connections")
