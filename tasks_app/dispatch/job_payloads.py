@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import BinaryField, Case, F, Func, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models import BinaryField, Case, Exists, F, Func, OuterRef, QuerySet, Subquery, Value, When
 from django.db.models.functions import JSONObject
 
 from agents_app.protocol import JobKind, JobPayload, PlanOptions, StateBackend, TaskRef, Variables
@@ -21,6 +21,7 @@ from tasks_app.dispatch.models import Job
 from tasks_app.models import ConfigurationVersion, StateVersion, Task, Variable
 from tasks_app.selectors import workspace_has_policies
 from tasks_app.states import Operation
+from tasks_app.workflows.models import VariableSet
 from tasks_app.workflows.precedence import Resolved, SetValue, resolve
 from tasks_app.workflows.set_reads import set_values_for
 
@@ -93,7 +94,9 @@ def with_payload_variables(qs: QuerySet[Task]) -> QuerySet[Task]:
         key="key", category="category", sensitive="sensitive", plain="plain_value",
         cipher=Func(F("encrypted_value"), Value("base64"), function="encode"),
     ))
-    return qs.annotate(payload_variables=ArraySubquery(rows))
+    # Whether any variable set exists at all (a tiny table): without one, the payload's set
+    # variables need no query of their own (payload_set_variables).
+    return qs.annotate(payload_variables=ArraySubquery(rows), any_variable_set=Exists(VariableSet.objects.all()))
 
 
 def payload_variables(task: Task) -> list[Variable]:
@@ -104,10 +107,13 @@ def payload_variables(task: Task) -> list[Variable]:
 
 
 def payload_set_variables(task: Task) -> list[SetValue]:
-    """The variables of the sets that apply to the run's workspace: a query of their own. (Read
-    as one more array subquery of the locked run, they made the claim's query slow enough for
+    """The variables of the sets that apply to the run's workspace: a query of their own, none
+    when the locked run's read found no variable set at all (`any_variable_set`). (Read as one
+    more array subquery of the locked run, they made the claim's query slow enough for
     an agent to miss its heartbeat bound on a loaded machine: tests/tasks_app/test_lock_order.py
     next to a live server.)"""
+    if not getattr(task, "any_variable_set", True):  # read with the locked run: there is none
+        return []
     return set_values_for(task.workspace_id)
 
 
