@@ -22,5 +22,10 @@ def run_sensitive_values(task: Task, ciphertexts: list[bytes] | None = None) -> 
     Job.mask_ciphertexts, read with the locked job), else the workspace's, queried."""
     if ciphertexts is None:
         return sensitive_values(task.workspace_id)
-    values = (Variable(sensitive=True, encrypted_value=c).value for c in ciphertexts)
+    try:
+        values = [Variable(sensitive=True, encrypted_value=bytes(c)).value for c in ciphertexts]
+    except ValueError:
+        # Sealed with a key dropped since the job started (a key rotation while it ran):
+        # the workspace's current values, rather than no masking or a failed request.
+        return sensitive_values(task.workspace_id)
     return [v for v in values if v]

@@ -114,3 +114,19 @@ def test_it_masks_a_jobs_log_with_the_values_it_was_given_even_after_they_change
     text = f"old {SECRET} set set-secret-1 new rotated-value\n"
     agent.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": text}, fence=job["fence"])
     assert LogChunk.objects.get(job_id=job["id"]).text == "old *** set *** new rotated-value\n"
+
+
+def test_a_jobs_mask_sealed_with_a_dropped_key_falls_back_to_the_workspaces_values(setup, client):
+    """A key rotated (and the old one dropped) while a job runs: its stored mask no longer
+    decrypts; the server masks with the workspace's current values instead of failing."""
+    from tasks_app.models import LogChunk
+
+    _, token, ws = setup
+    sensitive(ws, "db_password", SECRET)
+    agent = FakeAgent(client, token, "a1")
+    run_create(workspace=ws, operation="plan", actor="test")
+    job = agent.claim()
+    Job.objects.filter(id=job["id"]).update(mask_ciphertexts=[b"gAAAAA-not-a-token-of-any-key"])
+    resp = agent.post(f"/agent/v1/jobs/{job['id']}/logs", {"seq": 1, "text": f"pw {SECRET}\n"}, fence=job["fence"])
+    assert resp.status_code == 200, resp.content
+    assert LogChunk.objects.get(job_id=job["id"]).text == "pw ***\n"
