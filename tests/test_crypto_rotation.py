@@ -95,3 +95,16 @@ def test_it_refuses_to_start_with_a_malformed_key_in_the_list():
     assert done.returncode != 0
     assert 'Environment variable "IAC_ENCRYPTION_KEYS" invalid' in done.stderr and "key 2" in done.stderr
     assert KEY_A not in done.stderr  # a key is never echoed
+
+
+def test_reencrypt_knows_every_encrypted_column():
+    """A column sealed with iacplatform.crypto that `manage.py reencrypt` does not rotate
+    would become unreadable once the old key is dropped."""
+    from django.apps import apps
+    from django.db import models
+
+    from tasks_app.management.commands.reencrypt import ENCRYPTED_COLUMNS
+
+    sealed = {(m, f.name) for m in apps.get_models() for f in m._meta.get_fields()
+              if isinstance(f, models.BinaryField) and ("encrypted" in f.name)}
+    assert sealed == set(ENCRYPTED_COLUMNS)

@@ -18,18 +18,30 @@ from django.db import models, transaction
 from agents_app.models import AgentPool
 from iacplatform import crypto
 from tasks_app.models import Plan, StateVersion, Variable
+from tasks_app.vcs.models import VcsConnection
+from tasks_app.workflows.models import NotificationDestination, VariableSetVariable
 
 # Every column written with iacplatform.crypto.encrypt (grep for it when adding one).
 ENCRYPTED_COLUMNS: list[tuple[type[models.Model], str]] = [
     (Variable, "encrypted_value"),
+    (VariableSetVariable, "encrypted_value"),
     (Plan, "encrypted_data"),
+    (Plan, "encrypted_json"),  # the plan's `show -json`, for policy checks
     (StateVersion, "encrypted_data"),
     (AgentPool, "token_encrypted"),  # the pool token the autoscaler starts pods with
+    (NotificationDestination, "encrypted_secret"),
+    (VcsConnection, "encrypted_token"),
+    (VcsConnection, "encrypted_ssh_key"),
+    (VcsConnection, "encrypted_webhook_secret"),
+    (VcsConnection, "encrypted_github_app_private_key"),
 ]
+# Not here: Job.mask_ciphertexts (an array; a running job's copy of its variables' values,
+# which falls back to the workspace's values when it no longer decrypts: tasks_app/redaction.py).
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt sensitive variables, plan files, state versions and pool tokens with the first IAC_ENCRYPTION_KEYS key."
+    help = ("Re-encrypt sensitive variables (of workspaces and variable sets), plan files and their JSON, state "
+            "versions, pool tokens, notification and VCS connection secrets with the first IAC_ENCRYPTION_KEYS key.")
 
     def add_arguments(self, parser: Any) -> None:
         # Small batches: a plan file or state may be tens of MiB, and a batch is in memory.
